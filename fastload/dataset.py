@@ -1,0 +1,218 @@
+"""Reading datasets: ``fastload.Dataset(path)`` gives random access to records by index."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _core
+from .errors import IncompleteDatasetError, ManifestError
+from .format.manifest import Manifest, ShardInfo
+from .format.record import RecordDecodeError, RecordLayout
+from .format.schema import Schema
+from .format.shard_reader import ShardReader
+from .format.spec import MANIFEST_NAME
+from .io.fs import join, open_fs
+from .io.source import open_source
+
+__all__ = ["Dataset"]
+
+
+class Dataset:
+    """A fastload dataset at a local path or fsspec URL.
+
+    ``len(ds)``, ``ds[i]`` (a dict of field values; negative indices count from the end),
+    iteration in storage order, and ``ds.get_batch(indices)`` for columnar batches. Every
+    record's checksum is checked before it is used unless ``verify=False``.
+
+    Datasets pickle cheaply (open shards are not pickled), so they can be sent to workers.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
+                 verify: bool = True) -> None:  # fmt: skip
+        self.path = os.fspath(path)
+        self.storage_options = storage_options
+        self.verify = verify
+        self.fs, self.root = open_fs(self.path, storage_options)
+        self.manifest = _read_manifest(self.fs, self.root, self.path)
+        self.schema: Schema = self.manifest.schema
+        self._layout = RecordLayout(self.schema)
+        self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
+        self._readers: list[ShardReader | None] = [None] * len(self.manifest.shards)
+
+    # -- shards ---------------------------------------------------------------------------
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self.manifest.shards
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the dataset's content (changes if any shard changes)."""
+        return self.manifest.fingerprint
+
+    def shard_reader(self, s: int) -> ShardReader:
+        """The reader of shard ``s``, opened (and its index validated) on first use."""
+        reader = self._readers[s]
+        if reader is None:
+            info = self.manifest.shards[s]
+            path = join(self.fs, self.root, info.path)
+            source = open_source(self.fs, path, name=_display(self.fs, path))
+            try:
+                reader = ShardReader(source, expected=info, verify=self.verify)
+            except BaseException:
+                source.close()
+                raise
+            self._readers[s] = reader
+        return reader
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(shard, record within shard)`` of a dataset index (negative counts from the end)."""
+        n = len(self)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"dataset indices must be integers, got {type(index).__name__}")
+        i = int(index) + n if index < 0 else int(index)
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} is out of range for a dataset of {n} records")
+        s = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return s, i - int(self._starts[s])
+
+    # -- records --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        s, r = self.locate(index)
+        return self._decode(s, r)
+
+    def _decode(self, s: int, r: int) -> dict[str, Any]:
+        reader = self.shard_reader(s)
+        try:
+            return self._layout.decode(memoryview(reader.record(r)))
+        except RecordDecodeError as e:
+            raise reader.corrupt_record(r, f"is malformed: {e}") from None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for s, info in enumerate(self.manifest.shards):
+            for r in range(info.records):
+                yield self._decode(s, r)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Records ``indices`` as columns: one numpy array per fixed-size field (gathered in the
+        compiled core) and one list per variable-size field, in the order given."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        bad = np.flatnonzero((idx < -n) | (idx >= n))
+        if len(bad):
+            raise IndexError(f"index {idx[bad[0]]} is out of range for a dataset of {n} records")
+        idx = np.where(idx < 0, idx + n, idx)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        local = idx - self._starts[shard_of]
+        buffers: list = []
+        src = np.empty(len(idx), np.uint32)
+        offsets = np.empty(len(idx), np.uint64)
+        lengths = np.empty(len(idx), np.uint64)
+        owner = np.empty(len(idx), np.int64)  # shard of each record, for error messages
+        for s in np.unique(shard_of):
+            mine = np.flatnonzero(shard_of == s)
+            bufs, si, off, ln = self.shard_reader(int(s)).locate(local[mine])
+            src[mine] = si + len(buffers)
+            offsets[mine], lengths[mine], owner[mine] = off, ln, s
+            buffers.extend(bufs)
+        return self._gather(buffers, src, offsets, lengths, owner, local)
+
+    def _gather(self, buffers, src, offsets, lengths, owner, local) -> dict[str, Any]:
+        layout = self._layout
+        n, hsize = len(src), layout.header_size
+
+        def corrupt(i: int, why: str):
+            return self.shard_reader(int(owner[i])).corrupt_record(int(local[i]), why)
+
+        short = np.flatnonzero(lengths < hsize)
+        if len(short):
+            raise corrupt(short[0], f"is {lengths[short[0]]} bytes, shorter than its header")
+        headers = np.empty(n, layout.header_dtype)
+        _core.gather(buffers, src, offsets, np.full(n, hsize, np.uint64), headers.view(np.uint8),
+                     np.arange(n, dtype=np.uint64) * np.uint64(hsize))  # fmt: skip
+        out: dict[str, Any] = {}
+        for f in layout.fixed_fields:
+            if f.kind != "image":
+                out[f.name] = np.ascontiguousarray(headers[f.name])
+        if layout.var_fields:
+            out.update(self._gather_var(buffers, src, offsets, lengths, headers, corrupt))
+        return {name: out[name] for name in self.schema.names}
+
+    def _gather_var(self, buffers, src, offsets, lengths, headers, corrupt) -> dict[str, list]:
+        layout = self._layout
+        n, k = len(src), len(layout.var_fields)
+        ends = headers["__var_ends__"].reshape(n, k).astype(np.uint64)
+        starts = np.concatenate([np.zeros((n, 1), np.uint64), ends[:, :-1]], axis=1)
+        room = lengths - np.uint64(layout.header_size)
+        bad = np.flatnonzero((ends < starts).any(axis=1) | (ends[:, -1] > room))
+        if len(bad):
+            raise corrupt(bad[0], "is malformed: its field lengths run past its end")
+        sizes = (ends - starts).reshape(-1)
+        dst = np.concatenate(([0], np.cumsum(sizes, dtype=np.uint64)[:-1])).astype(np.uint64)
+        data = np.empty(int(sizes.sum()), np.uint8)
+        src_off = (offsets[:, None] + np.uint64(layout.header_size) + starts).reshape(-1)
+        _core.gather(buffers, np.repeat(src, k), src_off, sizes, data, dst)
+        view = memoryview(data)
+        columns: dict[str, list] = {}
+        for j, f in enumerate(layout.var_fields):
+            col = []
+            for i in range(n):
+                a = int(dst[i * k + j])
+                try:
+                    col.append(layout.var_value(f, view[a : a + int(sizes[i * k + j])], headers[i]))
+                except RecordDecodeError as e:
+                    raise corrupt(i, f"is malformed: {e}") from None
+            columns[f.name] = col
+        return columns
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap every open shard (the dataset reopens them if used again)."""
+        for i, reader in enumerate(self._readers):
+            if reader is not None:
+                reader.close()
+                reader.source.close()
+                self._readers[i] = None
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = [None] * len(self._readers)
+        return state
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.path!r}, records={len(self)}, shards={len(self.shards)}, "
+                f"schema={self.schema.to_dict()})")  # fmt: skip
+
+
+def _display(fs, path: str) -> str:
+    return path if fs.protocol in ("file", ("file", "local")) else fs.unstrip_protocol(path)
+
+
+def _read_manifest(fs, root: str, shown: str) -> Manifest:
+    path = join(fs, root, MANIFEST_NAME)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        if not fs.exists(root):
+            raise IncompleteDatasetError(f"{shown}: no such dataset (the path does not exist)") \
+                from None
+        raise IncompleteDatasetError(
+            f"{_display(fs, path)}: missing; {shown} is not a complete fastload dataset (a "
+            "convert that was interrupted leaves no manifest: run it again)"
+        ) from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: is a directory, not a manifest") from None
+    return Manifest.from_bytes(data, _display(fs, path))

@@ -1,0 +1,63 @@
+"""The typed errors fastload raises.
+
+Every message says what failed, where (file, shard, block, record, byte offset) and, where
+there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FastloadError",
+    "SchemaError",
+    "ManifestError",
+    "IncompleteDatasetError",
+    "ShardFormatError",
+    "ShardChecksumError",
+    "CorruptRecordError",
+    "MissingShardError",
+    "ConvertError",
+    "SourceRecordError",
+]
+
+
+class FastloadError(Exception):
+    """Base class of every error fastload raises on purpose."""
+
+
+class SchemaError(FastloadError, ValueError):
+    """A schema is invalid, or a record does not fit its schema."""
+
+
+class ManifestError(FastloadError):
+    """The dataset's manifest is unreadable or inconsistent."""
+
+
+class IncompleteDatasetError(ManifestError, FileNotFoundError):
+    """There is no manifest: the dataset was never finished (e.g. an interrupted convert)."""
+
+
+class ShardFormatError(FastloadError):
+    """A shard file is not a valid fastload shard (bad size, magic, version or index)."""
+
+
+class ShardChecksumError(ShardFormatError):
+    """A shard's content does not match the hash the manifest records for it."""
+
+
+class CorruptRecordError(ShardFormatError):
+    """A block or record failed its checksum or could not be decoded."""
+
+
+class MissingShardError(FastloadError, FileNotFoundError):
+    """A shard listed in the manifest does not exist."""
+
+
+class ConvertError(FastloadError):
+    """`fastload convert` cannot proceed (bad arguments, destination or source)."""
+
+
+class SourceRecordError(ConvertError):
+    """One input record is bad (corrupt image, line that breaks the schema, unsafe tar member).
+
+    Under ``skip_bad`` such records are skipped and counted instead of failing the convert.
+    """

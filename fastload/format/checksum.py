@@ -1,0 +1,34 @@
+"""Checksums of blocks, records and indexes (XXH64, computed in the compiled core)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+
+__all__ = ["hash64", "record_checksum", "first_bad_record", "format_hash"]
+
+
+def hash64(data) -> int:
+    """XXH64 (seed 0) of a buffer; the GIL is released while it runs."""
+    return _core.xxh64(data)
+
+
+def record_checksum(data) -> int:
+    """The 32-bit checksum stored for each record: the low half of its XXH64."""
+    return _core.xxh64(data) & 0xFFFFFFFF
+
+
+def first_bad_record(buf, offsets: np.ndarray, lengths: np.ndarray, expected: np.ndarray) -> int:
+    """Index of the first slice of ``buf`` whose checksum differs from ``expected``, or -1."""
+    return _core.check_slices(
+        buf,
+        np.ascontiguousarray(offsets, dtype=np.uint64),
+        np.ascontiguousarray(lengths, dtype=np.uint64),
+        np.ascontiguousarray(expected, dtype=np.uint32),
+    )
+
+
+def format_hash(value: int) -> str:
+    """How the manifest spells a shard hash."""
+    return f"xxh64:{value:016x}"

@@ -1,0 +1,70 @@
+"""Block compression: each block is compressed alone, or stored raw when that does not pay."""
+
+from __future__ import annotations
+
+import zstandard
+
+from .spec import CODEC_NONE, CODEC_ZSTD
+
+__all__ = ["BlockCompressor", "decompress_block", "BlockCodecError", "COMPRESSIONS"]
+
+COMPRESSIONS = ("zstd", "none")
+# Keep the compressed form only if it saves at least this fraction: JPEG bytes gain ~1% and
+# would cost a decompression on every read for nothing.
+_MIN_SAVING = 0.05
+
+
+class BlockCodecError(ValueError):
+    """A stored block does not decompress to what the index says."""
+
+
+class BlockCompressor:
+    """Compresses blocks for the writer; chooses per block between zstd and raw."""
+
+    def __init__(self, compression: str = "zstd", level: int = 3) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if not -7 <= level <= 22:
+            raise ValueError(f"zstd level must be in -7..22, got {level}")
+        self.compression = compression
+        self.level = level
+        # Content size lets readers bound the output; the frame checksum catches corruption
+        # that slips past the block checksum (e.g. a bug in our own writer).
+        self._zstd = (
+            zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+            if compression == "zstd"
+            else None
+        )
+
+    def compress(self, raw: bytes | bytearray | memoryview) -> tuple[int, bytes | memoryview]:
+        """``(codec id, stored bytes)`` for one block."""
+        if self._zstd is not None and len(raw) > 0:
+            packed = self._zstd.compress(raw)
+            if len(packed) <= len(raw) * (1 - _MIN_SAVING):
+                return CODEC_ZSTD, packed
+        return CODEC_NONE, memoryview(raw)
+
+
+_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+def decompress_block(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | memoryview:
+    """The raw bytes of a block. ``raw_size`` comes from the (already bounds-checked) index."""
+    if codec == CODEC_NONE:
+        if len(stored) != raw_size:
+            raise BlockCodecError(f"raw block has {len(stored)} bytes, index says {raw_size}")
+        return stored
+    if codec == CODEC_ZSTD:
+        try:
+            params = zstandard.get_frame_parameters(stored)
+            if params.content_size != raw_size:
+                raise BlockCodecError(
+                    f"zstd frame declares {params.content_size} bytes, index says {raw_size}"
+                )
+            out = _DECOMPRESSOR.decompress(stored, max_output_size=raw_size)
+        except zstandard.ZstdError as e:
+            raise BlockCodecError(f"zstd: {e}") from None
+        if len(out) != raw_size:
+            raise BlockCodecError(f"zstd block decompressed to {len(out)} bytes, index says {raw_size}")
+        return out
+    raise BlockCodecError(f"unknown codec id {codec}")

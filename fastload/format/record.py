@@ -1,0 +1,275 @@
+"""How one record's fields are laid out in bytes, and encoding/decoding of records.
+
+A record is::
+
+    fixed region   every fixed-size field at an offset the schema determines (scalars,
+                   fixed-shape ndarrays, an image's height/width/format), ordered by alignment
+    var ends       one little-endian u32 per variable-size field: where its bytes end,
+                   counted from the start of the var data
+    var data       the variable-size fields' bytes, in schema order
+
+Because the fixed region is the same structured dtype in every record, a batch of records'
+fixed fields is gathered with one memcpy per record and read as a numpy structured array.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import SchemaError
+from .imageinfo import FORMAT_IDS, FORMAT_NAMES, EncodedImage, probe_image
+from .schema import Field, Schema
+
+__all__ = ["RecordLayout", "RecordDecodeError"]
+
+_IMAGE_META = np.dtype([("height", "<u4"), ("width", "<u4"), ("format", "u1")])
+
+
+class RecordDecodeError(ValueError):
+    """A record's bytes do not match its layout; the reader adds shard and record context."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    field: Field
+    dtype: np.dtype  # of the value in the fixed region (the image's meta for images)
+
+
+class RecordLayout:
+    """The byte layout of records of one schema; used by both the writer and the reader."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        fixed: list[_Slot] = []
+        for f in schema:
+            if f.kind == "scalar":
+                fixed.append(_Slot(f, f.np_dtype))
+            elif f.kind == "ndarray" and f.is_fixed:
+                fixed.append(_Slot(f, np.dtype((f.np_dtype, tuple(f.shape or ())))))
+            elif f.kind == "image":
+                fixed.append(_Slot(f, _IMAGE_META))
+        self.var_fields: tuple[Field, ...] = tuple(
+            f for f in schema if not (f.kind == "scalar" or (f.kind == "ndarray" and f.is_fixed))
+        )
+        # Largest alignment first keeps every fixed field naturally aligned without padding.
+        fixed.sort(key=lambda s: -_alignment(s.dtype))
+        names, formats, offsets, offset = [], [], [], 0
+        for slot in fixed:
+            offset = _round_up(offset, _alignment(slot.dtype))
+            names.append(slot.field.name)
+            formats.append(slot.dtype)
+            offsets.append(offset)
+            offset += slot.dtype.itemsize
+        self.fixed_size = _round_up(offset, 4)
+        n_var = len(self.var_fields)
+        names.append("__var_ends__")
+        formats.append(np.dtype(("<u4", (n_var,))) if n_var else np.dtype("V0"))
+        offsets.append(self.fixed_size)
+        self.header_size = self.fixed_size + 4 * n_var
+        #: Structured dtype of a record's fixed region plus its var-ends table.
+        self.header_dtype = np.dtype(
+            {"names": names, "formats": formats, "offsets": offsets, "itemsize": self.header_size}
+        )
+        self.fixed_fields: tuple[Field, ...] = tuple(s.field for s in fixed)
+
+    # -- writing -------------------------------------------------------------------------
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """The bytes of one record. Raises SchemaError naming the field that does not fit."""
+        if not isinstance(record, Mapping):
+            raise SchemaError(f"a record must be a dict of field -> value, got {type(record)}")
+        missing = [n for n in self.schema.names if n not in record]
+        extra = [n for n in record if n not in self.schema]
+        if missing or extra:
+            raise SchemaError(
+                f"record does not match the schema: missing fields {missing}, "
+                f"unknown fields {extra}; schema is {self.schema.to_dict()}"
+            )
+        header = np.zeros((), dtype=self.header_dtype)
+        for f in self.fixed_fields:
+            header[f.name] = _fixed_value(f, record[f.name])
+        parts: list[bytes] = []
+        ends = []
+        end = 0
+        for f in self.var_fields:
+            data = _var_bytes(f, record[f.name], header)
+            parts.append(data)
+            end += len(data)
+            if end >= 1 << 32:
+                raise SchemaError(f"record is larger than 4 GiB at field {f.name!r}")
+            ends.append(end)
+        if ends:
+            header["__var_ends__"] = ends
+        return header.tobytes() + b"".join(parts)
+
+    # -- reading -------------------------------------------------------------------------
+    def decode(self, buf: memoryview) -> dict[str, Any]:
+        """The field values of one record's bytes (values are copies: safe to keep)."""
+        if len(buf) < self.header_size:
+            raise RecordDecodeError(
+                f"record is {len(buf)} bytes, shorter than its {self.header_size}-byte header"
+            )
+        header = np.frombuffer(buf, dtype=self.header_dtype, count=1)[0]
+        out: dict[str, Any] = {}
+        for f in self.fixed_fields:
+            if f.kind == "image":
+                continue
+            value = header[f.name]
+            out[f.name] = value.copy() if f.kind == "ndarray" else value.item()
+        start = 0
+        var_data = buf[self.header_size :]
+        ends = header["__var_ends__"] if self.var_fields else ()
+        for f, end in zip(self.var_fields, ends):
+            end = int(end)
+            if end < start or end > len(var_data):
+                raise RecordDecodeError(
+                    f"field {f.name!r} claims bytes [{start}, {end}) but the record has "
+                    f"{len(var_data)} bytes of variable data"
+                )
+            out[f.name] = _var_value(f, var_data[start:end], header)
+            start = end
+        return {name: out[name] for name in self.schema.names}
+
+    def var_value(self, f: Field, data: memoryview, header: np.void) -> Any:
+        """Decode one variable-size field's bytes (``header`` supplies image metadata)."""
+        return _var_value(f, data, header)
+
+
+def _alignment(dtype: np.dtype) -> int:
+    base = dtype.base if dtype.subdtype else dtype
+    if base.fields:
+        return max(_alignment(base.fields[n][0]) for n in base.names)
+    return max(1, min(base.itemsize, 8))
+
+
+def _round_up(n: int, k: int) -> int:
+    return (n + k - 1) // k * k
+
+
+def _fixed_value(f: Field, value: Any) -> Any:
+    if f.kind == "image":
+        return 0  # filled in with the var bytes, once the image is probed
+    dtype = f.np_dtype
+    if f.kind == "scalar":
+        if dtype.kind == "b":
+            if not isinstance(value, (bool, np.bool_)):
+                raise SchemaError(f"field {f.name!r} is bool, got {type(value).__name__} {value!r}")
+            return bool(value)
+        if dtype.kind in "iu":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise SchemaError(f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}")
+            info = np.iinfo(dtype)
+            if not info.min <= int(value) <= info.max:
+                raise SchemaError(f"field {f.name!r}: {value} does not fit in {dtype}")
+            return int(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise SchemaError(f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}")
+        return value
+    return _checked_array(f, value)
+
+
+def _checked_array(f: Field, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    dtype = f.np_dtype
+    if arr.dtype != dtype and not _castable(arr, dtype):
+        raise SchemaError(f"field {f.name!r} is {f.spec}, got an array of {arr.dtype}")
+    shape = tuple(f.shape or ())
+    if arr.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, arr.shape)):
+        raise SchemaError(f"field {f.name!r} is {f.spec}, got an array of shape {arr.shape}")
+    return arr.astype(dtype, copy=False)
+
+
+def _castable(arr: np.ndarray, dtype: np.dtype) -> bool:
+    """Safe casts, plus integer arrays whose values all fit (np.arange gives int64)."""
+    if np.can_cast(arr.dtype, dtype, "safe"):
+        return True
+    if arr.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return arr.size == 0 or (info.min <= arr.min() and arr.max() <= info.max)
+    return arr.dtype.kind in "iuf" and dtype.kind == "f"
+
+
+def _var_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
+    kind = f.kind
+    if kind == "bytes":
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise SchemaError(f"field {f.name!r} is bytes, got {type(value).__name__}")
+        return bytes(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SchemaError(f"field {f.name!r} is str, got {type(value).__name__}")
+        return value.encode("utf-8")
+    if kind == "json":
+        try:
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise SchemaError(f"field {f.name!r} is json, but the value is not: {e}") from None
+        return text.encode("utf-8")
+    if kind == "image":
+        return _image_bytes(f, value, header)
+    arr = _checked_array(f, value)  # variable-shape ndarray: shape (u64 each), then the data
+    return np.asarray(arr.shape, dtype="<u8").tobytes() + np.ascontiguousarray(arr).tobytes()
+
+
+def _image_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
+    if isinstance(value, EncodedImage):
+        data, info_format, height, width = value.data, value.format, value.height, value.width
+        if info_format not in FORMAT_IDS:
+            raise SchemaError(f"field {f.name!r}: unknown image format {info_format!r}")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        info = probe_image(data)
+        if info is None:
+            raise SchemaError(
+                f"field {f.name!r}: bytes are not a JPEG, PNG or WebP image "
+                f"(they start with {bytes(data[:8])!r})"
+            )
+        info_format, height, width = info.format, info.height, info.width
+    else:
+        raise SchemaError(
+            f"field {f.name!r} is image: give encoded bytes or an EncodedImage, "
+            f"got {type(value).__name__}"
+        )
+    header[f.name] = (height, width, FORMAT_IDS[info_format])
+    return bytes(data)
+
+
+def _var_value(f: Field, data: memoryview, header: np.void) -> Any:
+    kind = f.kind
+    if kind == "bytes":
+        return bytes(data)
+    if kind == "str":
+        return _utf8(f, data)
+    if kind == "json":
+        return json.loads(_utf8(f, data))
+    if kind == "image":
+        meta = header[f.name]
+        fmt = FORMAT_NAMES.get(int(meta["format"]))
+        if fmt is None:
+            raise RecordDecodeError(f"field {f.name!r}: unknown image format id {int(meta['format'])}")
+        return EncodedImage(bytes(data), fmt, int(meta["height"]), int(meta["width"]))
+    ndim = len(f.shape or ())
+    if len(data) < 8 * ndim:
+        raise RecordDecodeError(f"field {f.name!r}: {len(data)} bytes cannot hold a {ndim}-d shape")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype="<u8", count=ndim))
+    dtype = f.np_dtype
+    payload = data[8 * ndim :]
+    count = math.prod(shape)
+    if any(d >= 1 << 40 for d in shape) or count * dtype.itemsize != len(payload):
+        raise RecordDecodeError(
+            f"field {f.name!r}: shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, "
+            f"record holds {len(payload)}"
+        )
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+
+
+def _utf8(f: Field, data: memoryview) -> str:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordDecodeError(f"field {f.name!r}: invalid UTF-8 ({e})") from None

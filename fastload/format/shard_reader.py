@@ -1,0 +1,289 @@
+"""Opens a shard, validates its index, and hands out record bytes with their checksums checked.
+
+The file is untrusted: every size, offset and count is checked against the file's real size and
+against each other before anything is read or allocated (RELIABILITY.md A1-A12), and errors name
+the shard, the block, the record and the byte offset.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Optional, Protocol
+
+import numpy as np
+
+from ..errors import CorruptRecordError, ShardChecksumError, ShardFormatError
+from .checksum import first_bad_record, format_hash, hash64, record_checksum
+from .codec import BlockCodecError, decompress_block
+from .manifest import ShardInfo
+from .spec import (
+    BLOCK_DTYPE,
+    CODEC_NAMES,
+    CODEC_NONE,
+    HEADER_DTYPE,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_BLOCK_RAW_SIZE,
+    MIN_SHARD_SIZE,
+    RECORD_DTYPE,
+    SUPPORTED_VERSIONS,
+    TRAILER_DTYPE,
+    TRAILER_SIZE,
+    index_size,
+)
+
+__all__ = ["ByteSource", "ShardReader"]
+
+
+class ByteSource(Protocol):
+    """Where a shard's bytes come from (a mapped local file, ranged reads of an object...)."""
+
+    name: str  # shown in errors
+    size: int
+    # The whole file as one buffer when it is mapped locally (zero-copy slices), else None.
+    buffer: Optional[memoryview]
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Exactly ``length`` bytes at ``offset`` (raises if the file is shorter)."""
+        ...
+
+
+class ShardReader:
+    """Random access to the records of one shard."""
+
+    def __init__(self, source: ByteSource, *, expected: ShardInfo | None = None,
+                 verify: bool = True, cached_blocks: int = 8) -> None:  # fmt: skip
+        self.source = source
+        self.name = source.name
+        self.verify = verify
+        self._cached_blocks = cached_blocks
+        self._cache: OrderedDict[int, bytes | memoryview] = OrderedDict()
+        self._open(expected)
+
+    # -- opening and validation -----------------------------------------------------------
+    def _fail(self, why: str) -> ShardFormatError:
+        return ShardFormatError(f"{self.name}: {why}")
+
+    def _open(self, expected: ShardInfo | None) -> None:
+        size = self.source.size
+        if size == 0:
+            raise self._fail("file is 0 bytes; it is not a fastload shard (an interrupted "
+                             "write or download?)")
+        if size < MIN_SHARD_SIZE:
+            raise self._fail(f"file is {size} bytes, smaller than the minimum shard size "
+                             f"({MIN_SHARD_SIZE} bytes: header + trailer); it is truncated")
+        header = np.frombuffer(self.source.read(0, HEADER_SIZE), HEADER_DTYPE)[0]
+        if header["magic"] != MAGIC:
+            raise self._fail(f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, "
+                             f"expected {MAGIC!r})")
+        self._check_version(int(header["version"]), "header")
+        if expected is not None and size != expected.bytes:
+            raise self._fail(f"file is {size} bytes but the manifest says {expected.bytes}: "
+                             "the shard is truncated or was replaced; re-create the dataset")
+        trailer = np.frombuffer(self.source.read(size - TRAILER_SIZE, TRAILER_SIZE),
+                                TRAILER_DTYPE)[0]  # fmt: skip
+        if trailer["magic"] != MAGIC:
+            raise self._fail("trailer magic bytes missing: the shard is truncated or corrupt")
+        self._check_version(int(trailer["version"]), "trailer")
+        self._read_index(trailer, size)
+        if expected is not None:
+            self._check_expected(expected)
+
+    def _check_version(self, version: int, where: str) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise self._fail(f"format version {version} in the {where} is not supported by this "
+                             f"fastload (supports {list(SUPPORTED_VERSIONS)}); upgrade fastload")
+
+    def _read_index(self, trailer: np.void, size: int) -> None:
+        offset, length = int(trailer["index_offset"]), int(trailer["index_size"])
+        n_blocks, n_records = int(trailer["n_blocks"]), int(trailer["n_records"])
+        index_end = size - TRAILER_SIZE
+        if offset < HEADER_SIZE or length > index_end or offset + length != index_end:
+            raise self._fail(f"index claims {length} bytes at offset {offset}, but the file has "
+                             f"{size} bytes (index must end at {index_end})")
+        if length != index_size(n_blocks, n_records):
+            raise self._fail(f"index is {length} bytes, which does not hold {n_blocks} blocks and "
+                             f"{n_records} records; the trailer is corrupt")
+        raw = bytes(self.source.read(offset, length))  # a copy: the map may be closed first
+        self.index_hash = hash64(raw)
+        if self.index_hash != int(trailer["index_hash"]):
+            raise self._fail(f"index (bytes {offset}..{offset + length}) failed its checksum; "
+                             "the shard is corrupt")
+        split = n_blocks * BLOCK_DTYPE.itemsize
+        self.blocks = np.frombuffer(raw, BLOCK_DTYPE, count=n_blocks)
+        self.records = np.frombuffer(raw, RECORD_DTYPE, count=n_records, offset=split)
+        self.data_end = offset
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        """Every block inside the data area, in order; every record inside its block."""
+        b, r = self.blocks, self.records
+        start = b["offset"].astype(np.int64)
+        end = start + b["stored_size"].astype(np.int64)
+        problems = []
+        if len(b):
+            bad = np.flatnonzero((start < HEADER_SIZE) | (end > self.data_end)
+                                 | (b["stored_size"] > (1 << 62)))  # fmt: skip
+            problems += [f"block {i} lies outside the data area" for i in bad[:1]]
+            bad = np.flatnonzero(start[1:] < end[:-1])
+            problems += [f"block {i + 1} overlaps block {i}" for i in bad[:1]]
+            bad = np.flatnonzero(b["raw_size"] > MAX_BLOCK_RAW_SIZE)
+            problems += [f"block {i} claims {b['raw_size'][i]} raw bytes (limit "
+                         f"{MAX_BLOCK_RAW_SIZE})" for i in bad[:1]]  # fmt: skip
+            bad = np.flatnonzero(~np.isin(b["codec"], list(CODEC_NAMES)))
+            problems += [f"block {i} has unknown codec {b['codec'][i]}" for i in bad[:1]]
+            bad = np.flatnonzero((b["codec"] == CODEC_NONE) & (b["stored_size"] != b["raw_size"]))
+            problems += [f"raw block {i} has stored size != raw size" for i in bad[:1]]
+            first = np.concatenate(([0], np.cumsum(b["n_records"], dtype=np.uint64)[:-1]))
+            bad = np.flatnonzero(b["first_record"] != first)
+            problems += [f"block {i} says its first record is {b['first_record'][i]}, "
+                         f"expected {first[i]}" for i in bad[:1]]  # fmt: skip
+        if int(b["n_records"].sum(dtype=np.uint64)) != len(r):
+            problems.append(f"blocks hold {int(b['n_records'].sum())} records, index has {len(r)}")
+        elif len(r):
+            owner = np.repeat(np.arange(len(b), dtype=np.uint32), b["n_records"])
+            bad = np.flatnonzero(r["block"] != owner)
+            problems += [f"record {i} points to block {r['block'][i]}, expected {owner[i]}"
+                         for i in bad[:1]]  # fmt: skip
+            rec_end = r["offset"].astype(np.int64) + r["length"].astype(np.int64)
+            bad = np.flatnonzero(rec_end > b["raw_size"][owner].astype(np.int64))
+            problems += [f"record {i} ends past the end of block {owner[i]}" for i in bad[:1]]
+        if problems:
+            raise self._fail("index is inconsistent: " + "; ".join(problems))
+
+    def _check_expected(self, expected: ShardInfo) -> None:
+        if format_hash(self.index_hash) != expected.hash:
+            raise ShardChecksumError(
+                f"{self.name}: shard hash is {format_hash(self.index_hash)} but the manifest "
+                f"says {expected.hash}: the shard was replaced or corrupted; re-create it"
+            )
+        if len(self.records) != expected.records or len(self.blocks) != expected.blocks:
+            raise self._fail(f"has {len(self.records)} records in {len(self.blocks)} blocks, the "
+                             f"manifest says {expected.records} in {expected.blocks}")
+
+    # -- reading --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def block(self, b: int) -> bytes | memoryview:
+        """The raw (decompressed) bytes of block ``b``, checked against its checksum."""
+        cached = self._cache.get(b)
+        if cached is not None:
+            self._cache.move_to_end(b)
+            return cached
+        entry = self.blocks[b]
+        offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
+        buffer = self.source.buffer
+        stored = buffer[offset : offset + stored_size] if buffer is not None else \
+            self.source.read(offset, stored_size)  # fmt: skip
+        if self.verify and hash64(stored) != int(entry["checksum"]):
+            raise self._corrupt_block(b, "failed its checksum")
+        try:
+            raw = decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
+        except BlockCodecError as e:
+            raise self._corrupt_block(b, f"could not be decoded ({e})") from None
+        if buffer is None or entry["codec"] != CODEC_NONE:  # mapped raw blocks cost nothing
+            self._cache[b] = raw
+            if len(self._cache) > self._cached_blocks:
+                self._cache.popitem(last=False)
+        return raw
+
+    def _corrupt_block(self, b: int, why: str) -> CorruptRecordError:
+        entry = self.blocks[b]
+        first = int(entry["first_record"])
+        last = first + int(entry["n_records"]) - 1
+        offset = int(entry["offset"])
+        return CorruptRecordError(
+            f"{self.name}: block {b} (byte offset {offset}, {int(entry['stored_size'])} bytes, "
+            f"records {first}..{last}) {why}; the shard is corrupt: re-create or re-download it"
+        )
+
+    def corrupt_record(self, r: int, why: str) -> CorruptRecordError:
+        """The error for record ``r`` (also used by callers that decode it)."""
+        entry = self.records[r]
+        b = int(entry["block"])
+        where = int(self.blocks[b]["offset"]) + int(entry["offset"])
+        in_block = "" if self.blocks[b]["codec"] == CODEC_NONE else " before decompression"
+        return CorruptRecordError(
+            f"{self.name}: record {r} (block {b}, byte offset {where}{in_block}) {why}"
+        )
+
+    def record(self, r: int) -> bytes | memoryview:
+        """The bytes of record ``r`` (a zero-copy slice when the shard is mapped)."""
+        entry = self.records[r]
+        b, offset, length = int(entry["block"]), int(entry["offset"]), int(entry["length"])
+        view = self._raw_record(b, offset, length)
+        if self.verify and record_checksum(view) != int(entry["checksum"]):
+            raise self.corrupt_record(r, "failed its checksum; the shard is corrupt: "
+                                         "re-create or re-download it")
+        return view
+
+    def _raw_record(self, b: int, offset: int, length: int) -> bytes | memoryview:
+        entry = self.blocks[b]
+        if entry["codec"] == CODEC_NONE:
+            # Stored raw: the record is one slice of the map, or one ranged read remotely.
+            start = int(entry["offset"]) + offset
+            if self.source.buffer is not None:
+                return self.source.buffer[start : start + length]
+            if b not in self._cache:
+                return self.source.read(start, length)
+        return memoryview(self.block(b))[offset : offset + length]
+
+    def locate(self, rs: np.ndarray) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+        """Where records ``rs`` lie, for a batched gather in the compiled core.
+
+        Returns ``(buffers, buffer index per record, offset in that buffer, length)``, with every
+        record's checksum already checked.
+        """
+        entries = self.records[rs]
+        blocks = entries["block"]
+        lengths = entries["length"].astype(np.uint64)
+        offsets = entries["offset"].astype(np.uint64)
+        source_index = np.empty(len(rs), np.uint32)
+        buffers: list = []
+        mapped = self.source.buffer
+        raw_mapped = (self.blocks["codec"][blocks] == CODEC_NONE) if mapped is not None else \
+            np.zeros(len(rs), bool)  # fmt: skip
+        if raw_mapped.any():
+            buffers.append(mapped)
+            source_index[raw_mapped] = 0
+            offsets[raw_mapped] += self.blocks["offset"][blocks[raw_mapped]]
+        for b in np.unique(blocks[~raw_mapped]):
+            source_index[blocks == b] = len(buffers)
+            buffers.append(self.block(int(b)))
+        if self.verify:
+            for i, buf in enumerate(buffers):
+                mine = np.flatnonzero(source_index == i)
+                bad = first_bad_record(buf, offsets[mine], lengths[mine], entries["checksum"][mine])
+                if bad >= 0:
+                    raise self.corrupt_record(int(rs[mine[bad]]), "failed its checksum; the "
+                                              "shard is corrupt: re-create or re-download it")
+        return buffers, source_index, offsets, lengths
+
+    def problems(self) -> Iterator[CorruptRecordError]:
+        """Check every block and record checksum; yield one error per bad block or record."""
+        for b in range(len(self.blocks)):
+            entry = self.blocks[b]
+            offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
+            stored = self.source.read(offset, stored_size)
+            if hash64(stored) != int(entry["checksum"]):
+                yield self._corrupt_block(b, "failed its checksum")
+                continue
+            try:
+                raw = decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
+            except BlockCodecError as e:
+                yield self._corrupt_block(b, f"could not be decoded ({e})")
+                continue
+            first, n = int(entry["first_record"]), int(entry["n_records"])
+            recs = self.records[first : first + n]
+            while len(recs):
+                bad = first_bad_record(raw, recs["offset"], recs["length"], recs["checksum"])
+                if bad < 0:
+                    break
+                yield self.corrupt_record(first + bad, "failed its checksum")
+                first, recs = first + bad + 1, recs[bad + 1 :]
+
+    def close(self) -> None:
+        self._cache.clear()
+        self.blocks = self.blocks[:0]
+        self.records = self.records[:0]

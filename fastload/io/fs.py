@@ -1,0 +1,78 @@
+"""fsspec resolution and the few filesystem operations fastload needs.
+
+Any fsspec URL works (local paths, ``file://``, ``s3://``, ``gs://``, ``memory://`` ...).
+Writes are atomic: locally a temporary name renamed into place; on object stores an upload
+that only becomes visible when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from typing import Any, Iterator, BinaryIO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from ..format.spec import TMP_SUFFIX
+
+__all__ = ["open_fs", "join", "is_local", "atomic_write", "remove_quietly"]
+
+
+def open_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+    """``(filesystem, path)`` for a local path or fsspec URL."""
+    url = os.fspath(url)
+    if not url:
+        raise ValueError("empty path or URL")
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if is_local(fs):
+        path = os.path.abspath(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def is_local(fs) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(fs, root: str, name: str) -> str:
+    return os.path.join(root, name) if is_local(fs) else posixpath.join(root, name)
+
+
+@contextlib.contextmanager
+def atomic_write(fs, path: str) -> Iterator[BinaryIO]:
+    """A file that appears at ``path`` only if the block completes without an exception."""
+    if is_local(fs):
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            remove_quietly(fs, tmp)
+        return
+    # Object stores publish an object only when its upload completes, so a failed write leaves
+    # nothing behind under the final name. Aborting is done by not closing normally.
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if hasattr(f, "discard"):
+                f.discard()
+            elif hasattr(f, "abort"):
+                f.abort()
+        raise
+    f.close()
+
+
+def remove_quietly(fs, path: str) -> None:
+    """Remove a file if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        if is_local(fs):
+            os.remove(path)
+        elif fs.exists(path):
+            fs.rm(path)

@@ -1,0 +1,84 @@
+"""Byte sources for the shard reader: a memory map locally, ranged reads elsewhere."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Optional
+
+from ..errors import MissingShardError, ShardFormatError
+from .fs import is_local
+
+__all__ = ["MappedSource", "FileSource", "open_source"]
+
+
+class MappedSource:
+    """A local file mapped into memory: records are zero-copy slices of the map."""
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        self.name = name or path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingShardError(f"{self.name}: shard listed in the manifest does not exist "
+                                    "(deleted, or the dataset was copied incompletely)") from None
+        try:
+            self.size = os.fstat(fd).st_size
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if self.size else None
+        finally:
+            os.close(fd)
+        self.buffer: Optional[memoryview] = memoryview(self._map) if self._map else None
+
+    def read(self, offset: int, length: int) -> memoryview:
+        if offset < 0 or length < 0 or offset + length > self.size or self.buffer is None:
+            raise ShardFormatError(f"{self.name}: read of {length} bytes at offset {offset} is "
+                                   f"past the end of the {self.size}-byte file")
+        return self.buffer[offset : offset + length]
+
+    def close(self) -> None:
+        if self.buffer is not None:
+            self.buffer.release()
+            self.buffer = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a caller still holds a slice; the map is freed with it
+            self._map = None
+
+
+class FileSource:
+    """Ranged reads through fsspec (object stores, HTTP, ...)."""
+
+    buffer: Optional[memoryview] = None
+
+    def __init__(self, fs, path: str, name: str | None = None, size: int | None = None) -> None:
+        self.fs, self.path = fs, path
+        self.name = name or fs.unstrip_protocol(path)
+        if size is None:
+            try:
+                size = int(fs.size(path))
+            except FileNotFoundError:
+                raise MissingShardError(f"{self.name}: shard listed in the manifest does not "
+                                        "exist") from None
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ShardFormatError(f"{self.name}: read of {length} bytes at offset {offset} is "
+                                   f"past the end of the {self.size}-byte file")
+        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        if len(data) != length:
+            raise ShardFormatError(f"{self.name}: asked for {length} bytes at offset {offset}, "
+                                   f"got {len(data)} (the object changed or is truncated)")
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(fs, path: str, name: str | None = None):
+    """A mapped source for local files, ranged reads otherwise."""
+    if is_local(fs):
+        return MappedSource(path, name)
+    return FileSource(fs, path, name)
