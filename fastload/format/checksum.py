@@ -10,7 +10,7 @@ __all__ = ["hash64", "record_checksum", "first_bad_record", "format_hash"]
 
 
 def hash64(data) -> int:
-    """XXH64 (seed 0) of a buffer; the GIL is released while it runs."""
+    """XXH64 (seed 0) of a buffer; the GIL is released while large inputs are hashed."""
     return _core.xxh64(data)
 
 

@@ -1,0 +1,79 @@
+"""fastload's compiled core (``fastload._core``): hashing, bounds-checked gathers, CUDA queries.
+
+Buffers are any object exporting a C-contiguous buffer (bytes, bytearray, memoryview, mmap.mmap,
+numpy arrays); ``out`` buffers must also be writable. Index arrays must be 1-D C-contiguous numpy
+arrays of exactly the stated dtype (no implicit conversion: a wrong dtype raises TypeError).
+
+Every offset/length is checked before any byte is touched: a bad one raises ValueError naming
+the item and the numbers, and nothing is written. Calls with real work in them (>= 64 KiB of bytes
+or >= 1024 items) run with the GIL released.
+"""
+
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from _typeshed import ReadableBuffer, WriteableBuffer
+
+core_has_cuda: bool
+"""True when the CUDA part was compiled into this module."""
+
+def xxh64(data: ReadableBuffer, seed: int = 0) -> int:
+    """XXH64 of ``data``; equal to ``xxhash.xxh64_intdigest(data, seed)``."""
+
+def xxh64_slices(
+    data: ReadableBuffer,
+    offsets: npt.NDArray[np.uint64],
+    lengths: npt.NDArray[np.uint64],
+    seed: int = 0,
+) -> npt.NDArray[np.uint64]:
+    """XXH64 of each slice ``data[offsets[i] : offsets[i] + lengths[i]]``.
+
+    Raises ValueError if the arrays differ in length or a slice is out of bounds.
+    """
+
+def check_slices(
+    data: ReadableBuffer,
+    offsets: npt.NDArray[np.uint64],
+    lengths: npt.NDArray[np.uint64],
+    expected: npt.NDArray[np.uint32],
+) -> int:
+    """Index of the first slice whose checksum is wrong, or -1 when all match.
+
+    The checksum of slice i is the low 32 bits of ``xxh64(data[offsets[i] : offsets[i] +
+    lengths[i]], 0)``. Raises ValueError if the arrays differ in length or a slice is out of
+    bounds (all slices are bounds-checked before any is hashed).
+    """
+
+def gather(
+    sources: Sequence[ReadableBuffer],
+    source_index: npt.NDArray[np.uint32],
+    offsets: npt.NDArray[np.uint64],
+    lengths: npt.NDArray[np.uint64],
+    out: WriteableBuffer,
+    out_offsets: npt.NDArray[np.uint64],
+) -> None:
+    """Copy ``sources[source_index[i]][offsets[i] : +lengths[i]]`` to ``out[out_offsets[i] :
+    +lengths[i]]`` for each i, in order (a later item wins where destinations overlap).
+
+    Raises ValueError for a source index out of range, a slice outside its source or outside
+    ``out``, or arrays of different lengths; TypeError for a non-buffer or read-only ``out``.
+    """
+
+def gather_fixed(
+    source: ReadableBuffer,
+    offsets: npt.NDArray[np.uint64],
+    size: int,
+    out: WriteableBuffer,
+) -> None:
+    """Copy ``size`` bytes from ``source[offsets[i]:]`` to ``out[i * size :]`` for each i.
+
+    ``out`` must hold at least ``len(offsets) * size`` bytes. Raises ValueError when it does
+    not or a slice is outside ``source``.
+    """
+
+def cuda_available() -> bool:
+    """True when the core was built with CUDA and at least one device is usable. Never raises."""
+
+def cuda_device_count() -> int:
+    """Number of visible CUDA devices; 0 without CUDA support, a driver or a device."""
