@@ -1,0 +1,141 @@
+"""The ``fastload`` command: ``convert``, ``inspect`` and ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .dataset import Dataset
+from .errors import FastloadError
+from .format.imageinfo import EncodedImage
+from .utils import format_size
+
+__all__ = ["main"]
+
+
+def _storage_options(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"fastload: error: --storage-options is not valid JSON: {e}")
+    if not isinstance(value, dict):
+        raise SystemExit("fastload: error: --storage-options must be a JSON object")
+    return value
+
+
+def _describe(value: Any) -> str:
+    """A short, printable summary of one field value."""
+    if isinstance(value, EncodedImage):
+        return repr(value)
+    if isinstance(value, np.ndarray):
+        head = np.array2string(value.reshape(-1)[:8], separator=", ")
+        return f"ndarray {value.dtype}{list(value.shape)} {head}{' ...' if value.size > 8 else ''}"
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes {value[:16]!r}{'...' if len(value) > 16 else ''}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with Dataset(args.path, storage_options=_storage_options(args.storage_options)) as ds:
+        m = ds.manifest
+        raw = sum(s.raw_bytes for s in m.shards)
+        info = {
+            "path": args.path,
+            "format_version": m.version,
+            "records": len(ds),
+            "shards": len(m.shards),
+            "bytes": m.bytes,
+            "raw_bytes": raw,
+            "compression_ratio": round(raw / m.bytes, 3) if m.bytes else None,
+            "options": m.options,
+            "schema": ds.schema.to_dict(),
+            "fingerprint": ds.fingerprint,
+        }
+        sample = ds[0] if len(ds) else None
+        if args.json:
+            info["sample"] = {k: _describe(v) for k, v in sample.items()} if sample else None
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"dataset      {args.path}")
+        print(f"format       fastload v{m.version}, fingerprint {ds.fingerprint}")
+        print(f"records      {len(ds):,}")
+        print(f"shards       {len(m.shards)}")
+        print(f"size         {format_size(m.bytes)} on disk, {format_size(raw)} raw "
+              f"(ratio {info['compression_ratio']})")
+        print("options      " + ", ".join(f"{k}={v}" for k, v in m.options.items()))
+        print("schema")
+        for f in ds.schema:
+            print(f"  {f.name:<20} {f.spec}")
+        if sample is not None:
+            print("record 0")
+            for k, v in sample.items():
+                print(f"  {k:<20} {_describe(v)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .verify import verify_dataset
+
+    options = _storage_options(args.storage_options)
+    with Dataset(args.path, storage_options=options) as ds:
+        total = ds.manifest.bytes
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=args.no_progress,
+              file=sys.stderr) as bar:  # fmt: skip
+        report = verify_dataset(args.path, storage_options=options, on_shard=bar.update)
+    for problem in report.problems:
+        print(f"CORRUPT {problem}")
+    if report.ok:
+        print(f"OK: {report.shards} shards, {report.records:,} records, "
+              f"{format_size(report.bytes)}: every checksum matches")
+        return 0
+    print(f"FAILED: {len(report.problems)} problem(s) in {args.path}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .convert.cli import add_parser as add_convert
+
+    parser = argparse.ArgumentParser(
+        prog="fastload",
+        description="Convert datasets to fastload's sharded, checksummed format; inspect and "
+        "verify them.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastload {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_convert(sub)
+    p = sub.add_parser("inspect", help="show a dataset's schema, size, shards and one record",
+                       description="Show a dataset's schema, size, shards and its first record.")
+    p.add_argument("path", help="dataset directory or URL (s3://, gs://, ...)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("verify", help="check every checksum; exit 1 naming what is corrupt",
+                       description="Read every block of every shard and check its checksums. "
+                       "Exits 1 and names the shard, block and record of each problem.")
+    p.add_argument("path", help="dataset directory or URL")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FastloadError as e:
+        print(f"fastload {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastload {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,146 @@
+"""The ``fastload convert`` subcommand: argument parsing and the summary it prints.
+
+``fastload/cli.py`` registers it with ``add_parser(subparsers)`` and calls ``args.func(args)``
+(this module's :func:`run`), which returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from ..errors import FastloadError
+from .auto import SOURCES
+from .tokens import BIN_DTYPES
+
+__all__ = ["add_parser", "run", "build_parser"]
+
+_DESCRIPTION = """\
+Convert a dataset into fastload's sharded, compressed, checksummed format.
+
+Input kinds (--from, or detected from SRC):
+  imagefolder  SRC/<class>/<image>; fields image, label (class index), filename
+  parquet      .parquet/.arrow/.feather file or directory; one field per column
+  jsonl        .jsonl(.gz) file or directory; schema inferred from the first lines
+  webdataset   .tar file, directory, or brace pattern; one field per extension, plus key
+  tokens       .bin (needs --dtype) or .npy token file; --seq-len tokens per sample
+
+DST is a local path or an fsspec URL (s3://, gs://, ...). The output is identical for any
+--workers. Nothing counts as written until the manifest appears, last; an interrupted
+convert is cleaned up by the next one to the same DST.
+"""
+
+_EXAMPLES = """\
+examples:
+  fastload convert imagenet/train out/imagenet-train --workers 8
+  fastload convert data.parquet s3://bucket/ds --storage-options '{"anon": false}'
+  fastload convert logs/ out/logs --from jsonl --skip-bad
+  fastload convert 'shards-{000..099}.tar' out/wds
+  fastload convert tokens.bin out/lm --dtype uint16 --seq-len 2048 --overlap
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone parser for ``convert`` (what ``fastload convert`` parses)."""
+    parser = argparse.ArgumentParser(prog="fastload")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``convert`` on an argparse subparsers object; sets ``func=run``."""
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a dataset (image folder, Parquet, JSONL, WebDataset, tokens) to fastload",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="input file, directory or tar brace pattern")
+    p.add_argument("dst", metavar="DST", help="output directory or fsspec URL")
+    p.add_argument("--from", dest="source", default="auto", choices=["auto", *SOURCES],
+                   help="input kind (default: detect from SRC)")  # fmt: skip
+    out = p.add_argument_group("output")
+    out.add_argument("--shard-size", default="256MB", metavar="SIZE",
+                     help="input bytes per task, and output bytes per shard (default: 256MB)")
+    out.add_argument("--block-size", default="1MB", metavar="SIZE",
+                     help="bytes per compressed block inside a shard (default: 1MB)")
+    out.add_argument("--compression", default="zstd", choices=["zstd", "none"])
+    out.add_argument("--level", type=int, default=3, metavar="N",
+                     help="zstd level, -7..22 (default: 3)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace a fastload dataset already at DST")
+    out.add_argument("--storage-options", metavar="JSON", type=_json_object,
+                     help="fsspec options for DST, as a JSON object")
+    run_group = p.add_argument_group("running")
+    run_group.add_argument("--workers", type=int, default=None, metavar="N",
+                           help="worker processes (default: min(4, CPU count))")
+    run_group.add_argument("--skip-bad", action="store_true",
+                           help="skip and count bad input records instead of failing")
+    run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    src = p.add_argument_group("source options")
+    src.add_argument("--decode-check", action="store_true", default=None,
+                     help="imagefolder/webdataset: fully decode every image to catch corruption")
+    src.add_argument("--seq-len", type=int, default=None, metavar="N",
+                     help="tokens: tokens per sample")
+    src.add_argument("--dtype", choices=BIN_DTYPES, default=None,
+                     help="tokens: the token type of a raw .bin file")
+    src.add_argument("--overlap", action="store_true", default=None,
+                     help="tokens: samples of seq-len+1 tokens, sharing one with the next")
+    src.add_argument("--infer-lines", type=int, default=None, metavar="N",
+                     help="jsonl: lines to infer the schema from (default: 1000)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``convert`` command; returns the exit status."""
+    from .runner import convert
+
+    _setup_logging()
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    try:
+        result = convert(
+            args.src, args.dst, source=args.source, workers=workers, shard_size=args.shard_size,
+            block_size=args.block_size, compression=args.compression, level=args.level,
+            overwrite=args.overwrite, skip_bad=args.skip_bad,
+            storage_options=args.storage_options, progress=not args.no_progress,
+            decode_check=args.decode_check, seq_len=args.seq_len, dtype=args.dtype,
+            overlap=args.overlap, infer_lines=args.infer_lines,
+        )  # fmt: skip
+    except FastloadError as e:
+        print(f"fastload convert: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastload convert: interrupted; no dataset was written", file=sys.stderr)
+        return 130
+    print(result.summary())
+    return 0
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _setup_logging() -> None:
+    """Show the convert's info lines and warnings on stderr, unless logging is configured."""
+    log = logging.getLogger("fastload.convert")
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fastload convert: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

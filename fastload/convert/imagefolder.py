@@ -1,0 +1,151 @@
+"""``root/<class>/<file>`` image folders, as torchvision's ImageFolder reads them.
+
+Classes are the sorted names of root's subfolders and a record's label is its class's index,
+so labels match torchvision's. Each record holds the file's original bytes (never re-encoded),
+its label and its path relative to root. Hidden files and folders are ignored, as are files
+directly under root.
+
+Symlinks are followed only while they stay inside root; one that leads outside is a bad record
+(an error, or skipped under ``skip_bad``), never read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import ConvertError, SourceRecordError
+from ..format.schema import Schema
+from .base import ReadItem, Source, Task, pack
+from .images import IMAGE_SUFFIXES, image_problem
+
+__all__ = ["ImageFolderSource", "ImageFile", "ImageFolderTask", "find_classes"]
+
+SCHEMA = Schema({"image": "image", "label": "int64", "filename": "str"})
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One listed image. ``problem`` is set when it must not be read (e.g. a symlink out)."""
+
+    path: str  # relative to root, '/'-separated
+    label: int
+    size: int
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFolderTask(Task):
+    root: str
+    files: tuple[ImageFile, ...]
+
+    def describe(self) -> str:
+        return (f"{self.root}: {len(self.files)} images from {self.files[0].path} to "
+                f"{self.files[-1].path}")  # fmt: skip
+
+
+class ImageFolderSource(Source):
+    """Images in class subfolders; see the module docstring."""
+
+    name = "imagefolder"
+
+    def __init__(self, root: str, *, shard_size: int, decode_check: bool = False) -> None:
+        if not os.path.isdir(root):
+            raise ConvertError(f"{root}: not a directory (imagefolder expects root/<class>/<file>)")
+        self.root = os.path.abspath(root)
+        self.shard_size = shard_size
+        self.decode_check = decode_check
+        self.classes = find_classes(self.root)
+        self._n_images: int | None = None
+
+    def schema(self) -> Schema:
+        return SCHEMA
+
+    def tasks(self) -> list[Task]:
+        files = list_images(self.root, self.classes)
+        if not files:
+            raise ConvertError(
+                f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders "
+                "(imagefolder expects root/<class>/<file>)"
+            )
+        self._n_images = len(files)
+        groups = pack(files, [f.size for f in files], self.shard_size)
+        return [ImageFolderTask(sum(f.size for f in g), self.root, tuple(g)) for g in groups]
+
+    def read(self, task: ImageFolderTask) -> Iterator[ReadItem]:
+        for f in task.files:
+            where = os.path.join(self.root, *f.path.split("/"))
+            if f.problem:
+                yield SourceRecordError(f"{where}: {f.problem}")
+                continue
+            try:
+                with open(where, "rb") as fh:
+                    data = fh.read()
+            except OSError as e:
+                yield SourceRecordError(f"{where}: cannot be read ({e.strerror or e})")
+                continue
+            problem = image_problem(data, decode=self.decode_check)
+            if problem:
+                yield SourceRecordError(f"{where}: {problem}")
+                continue
+            yield {"image": data, "label": f.label, "filename": f.path}
+
+    def notes(self) -> list[str]:
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.classes[:50]))
+        more = f", ... ({len(self.classes)} in all)" if len(self.classes) > 50 else ""
+        count = f"{self._n_images} images in " if self._n_images is not None else ""
+        return [f"imagefolder: {count}{len(self.classes)} classes (label=name): {shown}{more}"]
+
+
+def find_classes(root: str) -> list[str]:
+    """The sorted names of root's (non-hidden) subfolders, as torchvision's ImageFolder finds."""
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ConvertError(f"{root}: no class subfolders (imagefolder expects root/<class>/<file>)")
+    return classes
+
+
+def list_images(root: str, classes: list[str]) -> list[ImageFile]:
+    """Every image under root's class folders, sorted by class, then by relative path."""
+    real_root = os.path.realpath(root)
+    files: list[ImageFile] = []
+    for label, name in enumerate(classes):
+        _walk(root, real_root, name, label, files, active=set())
+    return files
+
+
+def _walk(root: str, real_root: str, rel: str, label: int, out: list[ImageFile],
+          active: set[str]) -> None:  # fmt: skip
+    """Append the images under ``root/rel`` in sorted order, following safe symlinks."""
+    path = os.path.join(root, *rel.split("/"))
+    problem = _link_problem(path, real_root)
+    if problem:
+        out.append(ImageFile(rel, label, 0, problem))
+        return
+    real = os.path.realpath(path)
+    if real in active:  # a symlink loop: this folder is already being listed
+        return
+    active.add(real)
+    with os.scandir(path) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for e in entries:
+        child = f"{rel}/{e.name}"
+        if e.is_dir():
+            _walk(root, real_root, child, label, out, active)
+        elif e.name.lower().endswith(IMAGE_SUFFIXES):
+            problem = _link_problem(e.path, real_root) if e.is_symlink() else None
+            if problem is None and not e.is_file():
+                problem = "is not a regular file (broken symlink?)"
+            out.append(ImageFile(child, label, 0 if problem else e.stat().st_size, problem))
+    active.discard(real)
+
+
+def _link_problem(path: str, real_root: str) -> str | None:
+    """Why a (possibly symlinked) path must not be followed, or None."""
+    real = os.path.realpath(path)
+    # commonpath, not startswith: /data/root-evil is not inside /data/root.
+    if os.path.commonpath([real, real_root]) != real_root:
+        return f"is a symlink to {real}, outside {real_root}; not followed"
+    return None

@@ -1,0 +1,215 @@
+"""JSON Lines (``.jsonl``, ``.ndjson``, optionally gzipped): one field per key.
+
+The schema is inferred from the first ``infer_lines`` lines: per key, ints -> int64, floats (or
+ints mixed with floats) -> float64, bools -> bool, strings -> str, anything else or a mix ->
+json. A key missing from some of those lines becomes a json field that holds null where the key
+is absent. Fields keep the order in which keys were first seen.
+
+A later line that does not fit (invalid JSON, not an object, a missing or unknown key, a value
+of the wrong type) is a bad record naming the file and line number. Plain files are split into
+tasks at line boundaries; a gzipped file is one task.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
+
+from ..errors import ConvertError, SourceRecordError
+from ..format.schema import Schema
+from .base import ReadItem, Source, Task, check_field_name, list_files, pack
+
+__all__ = ["JsonlSource", "JsonlPiece", "JsonlTask", "infer_schema", "SUFFIXES"]
+
+SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+# The Python types a value of each inferred field type may have.
+_ALLOWED: dict[str, tuple[type, ...]] = {
+    "int64": (int,), "float64": (float, int), "bool": (bool,), "str": (str,)
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JsonlPiece:
+    """Bytes ``[start, stop)`` of one file, cut at line starts (``stop=-1``: to the end)."""
+
+    path: str
+    start: int
+    stop: int
+    size: int
+
+
+@dataclass(frozen=True)
+class JsonlTask(Task):
+    pieces: tuple[JsonlPiece, ...]
+
+    def describe(self) -> str:
+        p = self.pieces[0]
+        more = f" and {len(self.pieces) - 1} more pieces" if len(self.pieces) > 1 else ""
+        return f"{p.path} from byte {p.start}{more}"
+
+
+class JsonlSource(Source):
+    """JSON Lines files; see the module docstring."""
+
+    name = "jsonl"
+
+    def __init__(self, src: str, *, shard_size: int, infer_lines: int = 1000) -> None:
+        if infer_lines < 1:
+            raise ConvertError(f"infer_lines must be at least 1, got {infer_lines}")
+        self.shard_size = shard_size
+        self.files = list_files(src, SUFFIXES, what="JSON Lines")
+        self._schema, self.optional = infer_schema(self.files, infer_lines)
+        # Each typed field's allowed Python types; json fields accept any value.
+        self._checks = [(f.name, f.spec, _ALLOWED[f.spec]) for f in self._schema
+                        if f.spec in _ALLOWED]  # fmt: skip
+        self._keys = frozenset(self._schema.names)
+        self._required = self._keys - self.optional
+
+    def schema(self) -> Schema:
+        return self._schema
+
+    def tasks(self) -> list[Task]:
+        pieces = [p for path in self.files for p in split_lines(path, self.shard_size)]
+        groups = pack(pieces, [p.size for p in pieces], self.shard_size)
+        return [JsonlTask(sum(p.size for p in g), tuple(g)) for g in groups]
+
+    def read(self, task: JsonlTask) -> Iterator[ReadItem]:
+        for piece in task.pieces:
+            yield from self._read_piece(piece)
+
+    def _read_piece(self, piece: JsonlPiece) -> Iterator[ReadItem]:
+        first_line: int | None = None  # counted only when an error needs it
+        with _open(piece.path) as f:
+            f.seek(piece.start)
+            pos = piece.start
+            for i, line in enumerate(f):
+                if piece.stop >= 0 and pos >= piece.stop:
+                    break
+                pos += len(line)
+                if not line.strip():
+                    continue
+                record, problem = self._parse(line)
+                if problem is None:
+                    yield record
+                    continue
+                if first_line is None:
+                    first_line = _count_lines(piece.path, piece.start) + 1
+                yield SourceRecordError(f"{piece.path} line {first_line + i}: {problem}")
+
+    def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+        """``(record, None)`` for a line that fits the schema, else ``(None, why not)``."""
+        try:
+            obj = json.loads(line)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            return None, f"invalid JSON ({e})"
+        if type(obj) is not dict:
+            return None, f"not a JSON object but {type(obj).__name__}"
+        if obj.keys() != self._keys:
+            problem = self._key_problem(obj)
+            if problem:
+                return None, problem
+            obj = {k: obj.get(k) for k in self._schema.names}  # optional keys -> null
+        for name, spec, allowed in self._checks:
+            value = obj[name]
+            if type(value) not in allowed:
+                return None, (f"key {name!r} is {_json_type(value)}, but the schema (inferred "
+                              f"from the first lines) says {spec}")  # fmt: skip
+            if spec == "int64" and not _INT64[0] <= value <= _INT64[1]:
+                return None, f"key {name!r}: {value} does not fit in int64"
+        return obj, None
+
+    def _key_problem(self, obj: dict[str, Any]) -> str | None:
+        unknown = [k for k in obj if k not in self._schema]
+        missing = sorted(self._required - obj.keys())
+        if not unknown and not missing:
+            return None
+        parts = ([f"unknown keys {unknown}"] if unknown else []) + (
+            [f"missing keys {missing}"] if missing else [])  # fmt: skip
+        return (f"{' and '.join(parts)}; the schema (inferred from the first lines) has keys "
+                f"{self._schema.names}")  # fmt: skip
+
+
+def infer_schema(files: list[str], n_lines: int) -> tuple[Schema, frozenset[str]]:
+    """The schema of the first ``n_lines`` parseable object lines, and its optional keys."""
+    kinds: dict[str, set[str]] = {}  # key -> JSON types seen, keys in first-seen order
+    counts: dict[str, int] = {}
+    seen = 0
+    for path in files:
+        with _open(path) as f:
+            for line in f:
+                if seen >= n_lines:
+                    break
+                try:
+                    obj = json.loads(line) if line.strip() else None
+                except ValueError:
+                    continue  # reported when the line is read
+                if type(obj) is not dict:
+                    continue
+                seen += 1
+                for key, value in obj.items():
+                    kinds.setdefault(key, set()).add(_json_type(value))
+                    counts[key] = counts.get(key, 0) + 1
+        if seen >= n_lines:
+            break
+    if not kinds:
+        raise ConvertError(f"{files[0]}: no JSON object lines to infer a schema from")
+    optional = frozenset(k for k, n in counts.items() if n < seen)
+    fields = {check_field_name(k, f"{files[0]}: key"): "json" if k in optional else _spec(kinds[k])
+              for k in kinds}  # fmt: skip
+    return Schema(fields), optional
+
+
+def _spec(kinds: set[str]) -> str:
+    if kinds == {"int"}:
+        return "int64"
+    if kinds <= {"int", "float"}:
+        return "float64"
+    if kinds == {"bool"}:
+        return "bool"
+    if kinds == {"str"}:
+        return "str"
+    return "json"
+
+
+def _json_type(value: Any) -> str:
+    t = type(value)
+    if t is int:
+        return "int" if _INT64[0] <= value <= _INT64[1] else "bigint"
+    return {bool: "bool", float: "float", str: "str", list: "list", dict: "dict"}.get(t, "null")
+
+
+def split_lines(path: str, target: int) -> list[JsonlPiece]:
+    """A file cut into pieces of about ``target`` bytes at line starts (gzip: one piece)."""
+    size = os.path.getsize(path)
+    if path.lower().endswith(".gz"):
+        return [JsonlPiece(path, 0, -1, size)] if size else []
+    with open(path, "rb") as f:
+        cuts = [0]
+        while cuts[-1] + target < size:
+            f.seek(cuts[-1] + target - 1)
+            f.readline()  # to the end of the line holding the target offset
+            cuts.append(f.tell())
+        if cuts[-1] < size:
+            cuts.append(size)
+    return [JsonlPiece(path, a, b, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def _count_lines(path: str, end: int) -> int:
+    """The number of newlines in the first ``end`` bytes of a file."""
+    n, left = 0, end
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 16 << 20))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            left -= len(chunk)
+    return n
+
+
+def _open(path: str) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")

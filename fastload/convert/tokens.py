@@ -1,0 +1,164 @@
+"""Token files (a raw ``.bin`` or a ``.npy``) cut into fixed-length samples for LM training.
+
+Sample ``i`` is ``tokens[i*seq_len : i*seq_len + seq_len]`` in field ``tokens`` of type
+``uint16[seq_len]`` (or the file's integer dtype). With ``overlap=True`` each sample takes one
+more token, ``tokens[i*seq_len : i*seq_len + seq_len + 1]``, so consecutive samples share one
+token and a sample holds both the inputs and the next-token targets. The trailing tokens that do
+not fill a sample are dropped (and counted in :meth:`TokensSource.notes`).
+
+A raw ``.bin`` needs ``dtype`` (uint16 or uint32); a ``.npy`` carries its own. Files are
+memory-mapped and samples are slices of the map: there is no Python work per token. Input may
+be a directory of token files (sorted); samples never span two files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import ConvertError
+from ..format.record import RecordLayout
+from ..format.schema import Schema
+from .base import ReadItem, Source, Task, list_files
+
+__all__ = ["TokensSource", "TokensTask", "SUFFIXES", "BIN_DTYPES"]
+
+SUFFIXES = (".bin", ".npy")
+BIN_DTYPES = ("uint16", "uint32")
+
+
+@dataclass(frozen=True)
+class TokensTask(Task):
+    """Samples ``[start, stop)`` of one token file."""
+
+    path: str
+    start: int
+    stop: int
+
+    def describe(self) -> str:
+        return f"{self.path} samples {self.start}..{self.stop - 1}"
+
+
+class TokensSource(Source):
+    """Fixed-length token samples; see the module docstring."""
+
+    name = "tokens"
+
+    def __init__(self, src: str, *, shard_size: int, seq_len: int | None = None,
+                 dtype: str | None = None, overlap: bool = False) -> None:  # fmt: skip
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+            raise ConvertError(f"tokens: seq_len (--seq-len) must be a positive integer, got "
+                               f"{seq_len!r}")  # fmt: skip
+        if dtype is not None and dtype not in BIN_DTYPES:
+            raise ConvertError(f"tokens: dtype must be one of {BIN_DTYPES}, got {dtype!r}")
+        self.shard_size = shard_size
+        self.seq_len = seq_len
+        self.overlap = overlap
+        self.sample_len = seq_len + 1 if overlap else seq_len
+        self.files = list_files(src, SUFFIXES, what="token")
+        shapes = {p: _token_file(p, dtype) for p in self.files}
+        dtypes = {str(dt) for _, dt in shapes.values()}
+        if len(dtypes) > 1:
+            raise ConvertError(f"{src}: token files have different dtypes {sorted(dtypes)}")
+        self.dtype = np.dtype(dtypes.pop())
+        self.n_tokens = {p: n for p, (n, _) in shapes.items()}
+        if not any(self._n_samples(p) for p in self.files):
+            raise ConvertError(f"{src}: fewer than {self.sample_len} tokens in every file; "
+                               "nothing to convert (lower --seq-len?)")  # fmt: skip
+
+    def schema(self) -> Schema:
+        return Schema({"tokens": f"{self.dtype.name}[{self.sample_len}]"})
+
+    def _n_samples(self, path: str) -> int:
+        n = self.n_tokens[path] - (1 if self.overlap else 0)
+        return max(0, n // self.seq_len)
+
+    def tasks(self) -> list[Task]:
+        per_task = max(1, self.shard_size // (self.sample_len * self.dtype.itemsize))
+        tasks: list[Task] = []
+        for path in self.files:
+            n = self._n_samples(path)
+            for start in range(0, n, per_task):
+                stop = min(n, start + per_task)
+                size = (stop - start) * self.seq_len * self.dtype.itemsize
+                tasks.append(TokensTask(size, path, start, stop))
+        return tasks
+
+    def read(self, task: TokensTask) -> Iterator[ReadItem]:
+        tokens = _map(task.path, self.dtype)
+        step, length = self.seq_len, self.sample_len
+        for i in range(task.start * step, task.stop * step, step):
+            yield {"tokens": tokens[i : i + length]}
+
+    def read_encoded(self, task: TokensTask, layout: RecordLayout) -> Iterator[bytes] | None:
+        """Samples as record bytes: a sample's tokens, zero-padded to the record's size.
+
+        That is the layout of a record whose only field is one fixed-shape array; the first
+        sample is checked against the real encoder, and any difference (a big-endian .npy,
+        a layout change) falls back to :meth:`read`.
+        """
+        tokens = _map(task.path, self.dtype)
+        step, length = self.seq_len, self.sample_len
+        first = tokens[task.start * step : task.start * step + length]
+        pad = bytes(max(0, layout.header_size - first.nbytes))
+        if layout.encode({"tokens": first}) != first.tobytes() + pad:
+            return None
+        return (tokens[i : i + length].tobytes() + pad
+                for i in range(task.start * step, task.stop * step, step))  # fmt: skip
+
+    def dropped_tokens(self) -> int:
+        """Tokens at the ends of files that fill no whole sample."""
+        used = sum(self._n_samples(p) * self.seq_len + (self.overlap and self._n_samples(p) > 0)
+                   for p in self.files)  # fmt: skip
+        return sum(self.n_tokens.values()) - used
+
+    def notes(self) -> list[str]:
+        dropped = self.dropped_tokens()
+        return [f"tokens: {sum(self.n_tokens.values())} {self.dtype.name} tokens in "
+                f"{len(self.files)} file(s) -> samples of {self.sample_len}; "
+                f"{dropped} trailing token(s) dropped"]  # fmt: skip
+
+
+def _token_file(path: str, dtype: str | None) -> tuple[int, np.dtype]:
+    """``(number of tokens, dtype)`` of a token file, checking it can be read as one."""
+    if path.lower().endswith(".npy"):
+        arr = _load_npy(path)
+        if dtype is not None and arr.dtype != np.dtype(dtype):
+            raise ConvertError(f"{path}: holds {arr.dtype} tokens but dtype {dtype} was asked for")
+        return arr.size, arr.dtype.newbyteorder("=")
+    if dtype is None:
+        raise ConvertError(f"{path}: a raw .bin token file needs its dtype: pass --dtype "
+                           f"{' or '.join(BIN_DTYPES)} (dtype=...)")  # fmt: skip
+    size, item = os.path.getsize(path), np.dtype(dtype).itemsize
+    if size % item:
+        raise ConvertError(f"{path}: {size} bytes is not a whole number of {dtype} tokens "
+                           f"({item} bytes each); wrong --dtype, or a truncated file?")  # fmt: skip
+    return size // item, np.dtype(dtype)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ConvertError(f"{path}: not a readable .npy token file ({e})") from None
+    if arr.dtype.kind not in "iu":
+        raise ConvertError(f"{path}: holds {arr.dtype} values; token files hold integers")
+    if arr.ndim != 1 and not arr.flags.c_contiguous:
+        raise ConvertError(f"{path}: a {arr.ndim}-d array must be C-ordered to read as tokens")
+    return arr.reshape(-1)
+
+
+def _map(path: str, dtype: np.dtype) -> np.ndarray:
+    """The file's tokens, memory-mapped read-only (an empty array for an empty file).
+
+    Returned as a plain ndarray view of the map: slicing an np.memmap costs microseconds more
+    per sample, which shows at hundreds of thousands of samples a second.
+    """
+    if path.lower().endswith(".npy"):
+        return _load_npy(path).view(np.ndarray)
+    if os.path.getsize(path) == 0:
+        return np.empty(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)

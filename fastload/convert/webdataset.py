@@ -1,0 +1,249 @@
+"""WebDataset tar shards: members grouped into samples by key, one field per extension.
+
+Input is a tar file, a directory of them, or a brace pattern such as ``shards-{000..009}.tar``.
+As in WebDataset, a member's key is its path up to the first '.' of its base name, and the rest
+(lower-cased) is its extension: ``a/0001.seg.png`` is key ``a/0001``, extension ``seg.png``.
+
+The schema is ``key`` (str) plus one field per extension of the first sample, typed by the last
+part of the extension: jpg/jpeg/png/webp -> image, cls/cls2/index -> int64 (from text), json ->
+json, txt/text -> str, anything else -> bytes. One task per tar file.
+
+Tars are untrusted input: members are read into memory in stream order and their names are
+never used as paths on disk. A member with an absolute path or '..' in it, a link, a device or a
+fifo is a bad record, and so are a sample with two members of one extension, a key that comes
+back after other keys (interleaved samples) and a sample whose fields differ from the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..errors import ConvertError, SourceRecordError
+from ..format.schema import Schema
+from .base import ReadItem, Source, Task, check_field_name, list_files
+from .images import image_problem
+
+__all__ = ["WebDatasetSource", "TarTask", "tar_samples", "expand_braces", "SUFFIXES"]
+
+SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
+_INT_EXTS = {"cls", "cls2", "index"}
+_TEXT_EXTS = {"txt", "text"}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_BRACE_RE = re.compile(r"\{([^{}]*)\}")
+_INTERLEAVED = ("its key appears again after other keys (interleaved samples); group each "
+                "sample's members together")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TarTask(Task):
+    path: str
+
+    def describe(self) -> str:
+        return self.path
+
+
+@dataclass
+class _Sample:
+    key: str
+    members: dict[str, bytes]  # extension -> bytes
+    first_member: str
+    problem: str | None = None
+
+
+class WebDatasetSource(Source):
+    """WebDataset tars; see the module docstring."""
+
+    name = "webdataset"
+
+    def __init__(self, src: str, *, shard_size: int, decode_check: bool = False) -> None:
+        self.files = tar_files(src)
+        self.decode_check = decode_check
+        self.exts = _first_sample_exts(self.files)
+        self._schema = Schema({"key": "str", **{e: _ext_type(e) for e in self.exts}})
+
+    def schema(self) -> Schema:
+        return self._schema
+
+    def tasks(self) -> list[Task]:
+        return [TarTask(os.path.getsize(p), p) for p in self.files]
+
+    def read(self, task: TarTask) -> Iterator[ReadItem]:
+        for sample in tar_samples(task.path):
+            if isinstance(sample, SourceRecordError):
+                yield sample
+                continue
+            where = f"{task.path}: sample {sample.key!r}"
+            if sample.problem:
+                yield SourceRecordError(f"{where}: {sample.problem}")
+                continue
+            try:
+                yield self._record(sample)
+            except ValueError as e:
+                yield SourceRecordError(f"{where}: {e}")
+
+    def _record(self, sample: _Sample) -> dict[str, Any]:
+        if sample.members.keys() != set(self.exts):
+            missing = sorted(set(self.exts) - sample.members.keys())
+            extra = sorted(sample.members.keys() - set(self.exts))
+            raise ValueError(f"has extensions {sorted(sample.members)}, the schema (from the "
+                             f"first sample) has {self.exts}: missing {missing}, "
+                             f"extra {extra}")  # fmt: skip
+        record: dict[str, Any] = {"key": sample.key}
+        for ext, data in sample.members.items():
+            record[ext] = self._value(ext, data)
+        return record
+
+    def _value(self, ext: str, data: bytes) -> Any:
+        """A member's bytes as its field's value; ValueError says why they do not fit."""
+        kind = ext.rsplit(".", 1)[-1]
+        if kind in _IMAGE_EXTS:
+            problem = image_problem(data, decode=self.decode_check)
+            if problem:
+                raise ValueError(f"member .{ext}: {problem}")
+            return data
+        if kind in _INT_EXTS:
+            try:
+                value = int(data.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                raise ValueError(f"member .{ext} is not an integer: {data[:40]!r}") from None
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise ValueError(f"member .{ext}: {value} does not fit in int64")
+            return value
+        if kind == "json":
+            try:
+                return json.loads(data)
+            except ValueError as e:
+                raise ValueError(f"member .{ext} is not valid JSON ({e})") from None
+        if kind in _TEXT_EXTS:
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"member .{ext} is not UTF-8 text ({e})") from None
+        return data
+
+
+def _ext_type(ext: str) -> str:
+    kind = ext.rsplit(".", 1)[-1]
+    if kind in _IMAGE_EXTS:
+        return "image"
+    if kind in _INT_EXTS:
+        return "int64"
+    if kind == "json":
+        return "json"
+    return "str" if kind in _TEXT_EXTS else "bytes"
+
+
+def _first_sample_exts(files: list[str]) -> list[str]:
+    """The sorted extensions of the first well-formed sample: the schema's fields."""
+    for path in files:
+        for sample in tar_samples(path):
+            if isinstance(sample, _Sample) and not sample.problem:
+                exts = sorted(sample.members)
+                if "key" in exts:
+                    raise ConvertError(f"{path}: extension 'key' clashes with the key field")
+                return [check_field_name(e, f"{path}: extension of {sample.first_member!r}")
+                        for e in exts]  # fmt: skip
+    raise ConvertError(f"{files[0]}: no well-formed samples found in the input tars")
+
+
+def tar_samples(path: str) -> Iterator[_Sample | SourceRecordError]:
+    """The samples of one tar in stream order; unsafe members and broken grouping are errors.
+
+    Nothing is ever extracted: member bytes are read into memory only.
+    """
+    seen: set[str] = set()
+    sample: _Sample | None = None
+    last = "(start of file)"
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for member in tf:
+                if member.isdir():
+                    continue
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                key, ext = _split(name)
+                problem = _unsafe(member)
+                if problem is None and key is None:
+                    continue  # no extension: not part of any sample (as in WebDataset)
+                if sample is not None and key != sample.key:
+                    yield sample
+                    sample = None
+                if problem:
+                    if sample is not None:
+                        sample.problem = f"member {name!r} {problem}"
+                    else:
+                        yield SourceRecordError(f"{path}: member {name!r} {problem}")
+                    last = name
+                    continue
+                if sample is None:
+                    sample = _Sample(key, {}, name)
+                    if key in seen:
+                        sample.problem = _INTERLEAVED
+                    seen.add(key)
+                if ext in sample.members:
+                    sample.problem = f"has two members with extension {ext!r} ({name!r})"
+                else:
+                    sample.members[ext] = tf.extractfile(member).read()
+                last = name
+        if sample is not None:
+            yield sample
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        yield SourceRecordError(f"{path}: unreadable after member {last!r} ({e}); the rest of "
+                                "this tar is skipped")  # fmt: skip
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    """``(key, extension)`` by WebDataset's rule, or ``(None, "")`` for a name without one."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None, ""
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def _unsafe(member: tarfile.TarInfo) -> str | None:
+    """Why a member must be rejected (PEP 706 'data' filter rules), or None."""
+    name = member.name
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "has an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "has '..' in its path"
+    if member.issym() or member.islnk():
+        return f"is a link (to {member.linkname!r}); links are not allowed"
+    if not member.isfile():
+        return "is a device, fifo or other special file; only regular files are allowed"
+    return None
+
+
+def tar_files(src: str) -> list[str]:
+    """The tar files named by ``src``: a file, a directory, or a brace pattern."""
+    if "{" in src:
+        files = expand_braces(src)
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise ConvertError(f"{src}: {len(missing)} of {len(files)} files do not exist, "
+                               f"e.g. {missing[0]}")  # fmt: skip
+        return files
+    return list_files(src, SUFFIXES, what="tar")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar``; ``{x,y}`` lists alternatives."""
+    m = _BRACE_RE.search(pattern)
+    if m is None:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [p for opt in options for p in expand_braces(head + opt + tail)]

@@ -1,0 +1,1 @@
+"""Tests of fastload.convert (one module per source, plus the runner and the CLI)."""

@@ -1,0 +1,124 @@
+"""The tokens source: fixed-length samples, overlap, dropped tail, dtypes, odd sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastload import ConvertError
+from fastload.convert import convert
+from fastload.convert.tokens import TokensSource
+
+from .conftest import dir_bytes, read_all
+
+
+def tokens(n: int, dtype=np.uint16) -> np.ndarray:
+    return (np.arange(n, dtype=np.int64) * 7 % 60001).astype(dtype)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_bin_round_trip(tmp_path, overlap):
+    t = tokens(1000)
+    t.tofile(tmp_path / "t.bin")
+    result = convert(tmp_path / "t.bin", tmp_path / "out", progress=False, seq_len=64,
+                     dtype="uint16", overlap=overlap, shard_size=500)  # fmt: skip
+    n = (1000 - overlap) // 64
+    assert result.records == n and result.tasks > 3
+    dropped = 1000 - n * 64 - overlap
+    assert f"{dropped} trailing token(s) dropped" in result.notes[0]
+    records = read_all(tmp_path / "out")
+    for i, r in enumerate(records):
+        assert r["tokens"].dtype == np.uint16
+        np.testing.assert_array_equal(r["tokens"], t[i * 64 : i * 64 + 64 + overlap])
+    if overlap:  # consecutive samples share one token: inputs and next-token targets
+        assert records[0]["tokens"][-1] == records[1]["tokens"][0]
+
+
+def test_npy_uint32_and_schema(tmp_path):
+    t = tokens(500, np.uint32) + 70000
+    np.save(tmp_path / "t.npy", t)
+    source = TokensSource(str(tmp_path / "t.npy"), shard_size=1 << 20, seq_len=100,
+                          overlap=True)  # fmt: skip
+    assert source.schema().to_dict() == {"tokens": "uint32[101]"}
+    convert(tmp_path / "t.npy", tmp_path / "out", progress=False, seq_len=100, overlap=True)
+    records = read_all(tmp_path / "out")
+    assert len(records) == 4
+    np.testing.assert_array_equal(records[3]["tokens"], t[300:401])
+
+
+def test_big_endian_npy(tmp_path):
+    t = tokens(300).astype(">u2")
+    np.save(tmp_path / "t.npy", t)
+    convert(tmp_path / "t.npy", tmp_path / "out", progress=False, seq_len=100)
+    np.testing.assert_array_equal(read_all(tmp_path / "out")[2]["tokens"], t[200:300])
+
+
+def test_workers_give_identical_output(tmp_path):
+    tokens(5000).tofile(tmp_path / "t.bin")
+    for w in (1, 2):
+        convert(tmp_path / "t.bin", tmp_path / f"o{w}", workers=w, progress=False, seq_len=50,
+                dtype="uint16", shard_size="1KB")  # fmt: skip
+    assert len(dir_bytes(tmp_path / "o1")) > 5
+    assert dir_bytes(tmp_path / "o1") == dir_bytes(tmp_path / "o2")
+
+
+def test_directory_of_token_files(tmp_path):
+    (tmp_path / "in").mkdir()
+    tokens(250).tofile(tmp_path / "in" / "a.bin")
+    tokens(130).tofile(tmp_path / "in" / "b.bin")
+    result = convert(tmp_path / "in", tmp_path / "out", progress=False, seq_len=100,
+                     dtype="uint16")  # fmt: skip
+    assert result.records == 3  # 2 from a, 1 from b: samples never span files
+
+
+def test_odd_sizes_and_missing_options(tmp_path):
+    (tmp_path / "odd.bin").write_bytes(b"\x01" * 101)
+    with pytest.raises(ConvertError, match="101 bytes is not a whole number of uint16 tokens"):
+        convert(tmp_path / "odd.bin", tmp_path / "out", progress=False, seq_len=10,
+                dtype="uint16")  # fmt: skip
+    tokens(10).tofile(tmp_path / "t.bin")
+    with pytest.raises(ConvertError, match="needs its dtype"):
+        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, seq_len=4)
+    with pytest.raises(ConvertError, match="seq_len .* must be a positive integer"):
+        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16")
+    with pytest.raises(ConvertError, match="fewer than 11 tokens"):
+        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16",
+                seq_len=10, overlap=True)  # fmt: skip
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(ConvertError, match="fewer than"):
+        convert(tmp_path / "empty.bin", tmp_path / "out", progress=False, dtype="uint16",
+                seq_len=4)  # fmt: skip
+    np.save(tmp_path / "f.npy", np.zeros(10, np.float32))
+    with pytest.raises(ConvertError, match="token files hold integers"):
+        convert(tmp_path / "f.npy", tmp_path / "out", progress=False, seq_len=4)
+    with pytest.raises(ConvertError, match="does not take decode_check"):
+        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16",
+                seq_len=4, decode_check=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("seq_len", [33, 64])  # odd byte sizes are padded in the record
+def test_encoded_fast_path_writes_the_same_bytes(tmp_path, monkeypatch, seq_len):
+    from fastload.writer import Writer
+
+    if not hasattr(Writer, "write_encoded"):
+        pytest.skip("Writer.write_encoded (the fast path) is not there")
+    tokens(999).tofile(tmp_path / "t.bin")
+    options = dict(progress=False, seq_len=seq_len, dtype="uint16", overlap=True, shard_size=900)
+    convert(tmp_path / "t.bin", tmp_path / "fast", **options)
+    monkeypatch.delattr(Writer, "write_encoded")
+    convert(tmp_path / "t.bin", tmp_path / "slow", **options)
+    assert len(dir_bytes(tmp_path / "fast")) > 2
+    assert dir_bytes(tmp_path / "fast") == dir_bytes(tmp_path / "slow")
+
+
+def test_encoded_fast_path_declines_big_endian(tmp_path):
+    from fastload.format.record import RecordLayout
+
+    np.save(tmp_path / "t.npy", tokens(300).astype(">u2"))
+    source = TokensSource(str(tmp_path / "t.npy"), shard_size=1 << 20, seq_len=100)
+    task = source.tasks()[0]
+    assert source.read_encoded(task, RecordLayout(source.schema())) is None
+    np.save(tmp_path / "t.npy", tokens(300))
+    source = TokensSource(str(tmp_path / "t.npy"), shard_size=1 << 20, seq_len=100)
+    encoded = list(source.read_encoded(task, RecordLayout(source.schema())))
+    assert encoded == [tokens(300)[i : i + 100].tobytes() for i in (0, 100, 200)]
