@@ -139,3 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fastload {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastload inspect DS | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0

@@ -103,7 +103,7 @@ class Dataset:
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Records ``indices`` as columns: one numpy array per fixed-size field (gathered in the
         compiled core) and one list per variable-size field, in the order given."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = _as_indices(indices)
         n = len(self)
         bad = np.flatnonzero((idx < -n) | (idx >= n))
         if len(bad):
@@ -155,7 +155,8 @@ class Dataset:
         if len(bad):
             raise corrupt(bad[0], "is malformed: its field lengths run past its end")
         sizes = (ends - starts).reshape(-1)
-        dst = np.concatenate(([0], np.cumsum(sizes, dtype=np.uint64)[:-1])).astype(np.uint64)
+        dst = np.zeros(len(sizes), np.uint64)  # where each value starts in ``data``
+        np.cumsum(sizes[:-1], dtype=np.uint64, out=dst[1:])
         data = np.empty(int(sizes.sum()), np.uint8)
         src_off = (offsets[:, None] + np.uint64(layout.header_size) + starts).reshape(-1)
         _core.gather(buffers, np.repeat(src, k), src_off, sizes, data, dst)
@@ -195,6 +196,22 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.path!r}, records={len(self)}, shards={len(self.shards)}, "
                 f"schema={self.schema.to_dict()})")  # fmt: skip
+
+
+def _as_indices(indices) -> np.ndarray:
+    """``indices`` as a flat int64 array; floats, bools and other non-integers are a TypeError
+    (a silent truncation would return the wrong records)."""
+    arr = np.asarray(indices).reshape(-1)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind == "O" and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                     for i in arr):  # Python ints beyond 64 bits
+        return np.array([max(min(int(i), 1 << 62), -(1 << 62)) for i in arr], np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"dataset indices must be integers, got an array of {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        return np.minimum(arr, 1 << 62).astype(np.int64)  # still out of range, but not wrapped
+    return arr.astype(np.int64, copy=False)
 
 
 def _display(fs, path: str) -> str:

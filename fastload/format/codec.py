@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import zstandard
 
 from .spec import CODEC_NONE, CODEC_ZSTD
@@ -45,7 +47,16 @@ class BlockCompressor:
         return CODEC_NONE, memoryview(raw)
 
 
-_DECOMPRESSOR = zstandard.ZstdDecompressor()
+# A ZstdDecompressor must not be used by two threads at once (python-zstandard releases the GIL
+# while decompressing, and concurrent use of one context corrupts the output): one per thread.
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
 
 
 def decompress_block(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | memoryview:
@@ -61,7 +72,7 @@ def decompress_block(codec: int, stored: bytes | memoryview, raw_size: int) -> b
                 raise BlockCodecError(
                     f"zstd frame declares {params.content_size} bytes, index says {raw_size}"
                 )
-            out = _DECOMPRESSOR.decompress(stored, max_output_size=raw_size)
+            out = _decompressor().decompress(stored, max_output_size=raw_size)
         except zstandard.ZstdError as e:
             raise BlockCodecError(f"zstd: {e}") from None
         if len(out) != raw_size:

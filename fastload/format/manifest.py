@@ -84,7 +84,7 @@ class Manifest:
             raise ManifestError(f"{where}: manifest is empty; the dataset is incomplete or corrupt")
         try:
             doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ManifestError(f"{where}: manifest is not valid JSON ({e}); the dataset is "
                                 "corrupt or was not written by fastload") from None
         if not isinstance(doc, dict) or doc.get("format") != "fastload":

@@ -88,6 +88,10 @@ class Field:
         if m:
             dtype = _ALIASES.get(m.group(1), m.group(1))
             dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
+            bad = [d for d in dims if d != "?" and not (d.isascii() and d.isdigit())]
+            if bad:
+                raise SchemaError(f"field {name!r}: ndarray type {spec!r} has invalid dimension "
+                                  f"{bad[0]!r}; each dimension is a number or '?'")
             shape = tuple(None if d == "?" else int(d) for d in dims)
             return cls(name, "ndarray", dtype, shape)
         raise SchemaError(

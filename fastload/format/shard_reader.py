@@ -78,8 +78,9 @@ class ShardReader:
                              f"expected {MAGIC!r})")
         self._check_version(int(header["version"]), "header")
         if expected is not None and size != expected.bytes:
-            raise self._fail(f"file is {size} bytes but the manifest says {expected.bytes}: "
-                             "the shard is truncated or was replaced; re-create the dataset")
+            raise ShardChecksumError(f"{self.name}: file is {size} bytes but the manifest says "
+                                     f"{expected.bytes}: the shard is truncated or was replaced; "
+                                     "re-create or re-download it")  # fmt: skip
         trailer = np.frombuffer(self.source.read(size - TRAILER_SIZE, TRAILER_SIZE),
                                 TRAILER_DTYPE)[0]  # fmt: skip
         if trailer["magic"] != MAGIC:

@@ -1,0 +1,105 @@
+"""Write the golden fastload dataset of format version 1 to tests/format/data/v1/.
+
+    python tests/format/make_golden.py            # refuses if it exists
+    python tests/format/make_golden.py --force    # only if the v1 files were never released
+
+The files are committed and test_golden.py reads them with the current code, so a change that
+breaks reading old datasets fails CI. Once committed they must never be regenerated: a new
+format version gets its own directory (data/v2/) and its own generator function.
+
+The records are built from constants and integer arithmetic only (no Pillow, no RNG), so
+test_golden.py can rebuild the expected values on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+V1_DIR = HERE / "data" / "v1"
+
+# A 3x2 RGB PNG and a 3x2 lossless WebP, made once with Pillow and frozen here.
+PNG_3X2 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000030000000208020000001216f14d0000001549444154789c63"
+    "3cc125c7c0c0c0c0c0c0c400030011c600f484e11a010000000049454e44ae426082"
+)
+WEBP_3X2 = bytes.fromhex(
+    "524946461e000000574542505650384c110000002f0240000007508522d7a3ff8188e87f0000"
+)
+
+V1_SCHEMA = {
+    "i": "int64",
+    "u8": "uint8",
+    "f32": "float32",
+    "flag": "bool",
+    "name": "str",
+    "blob": "bytes",
+    "meta": "json",
+    "vec": "float64[3]",
+    "toks": "uint16[?]",
+    "img": "image",
+}
+V1_OPTIONS = {"block_size": 160, "shard_size": 700, "compression": "zstd", "level": 3}
+V1_RECORDS = 12
+
+
+def v1_blob(i: int) -> bytes:
+    """Incompressible bytes for even records (raw blocks), repetitive ones for odd (zstd)."""
+    if i % 2:
+        return bytes([i]) * (10 * i)
+    out, seed = b"", b"fastload-golden-%d" % i
+    while len(out) < 40 + i:
+        seed = hashlib.sha256(seed).digest()
+        out += seed
+    return out[: 40 + i]
+
+
+def v1_record(i: int) -> dict:
+    return {
+        "i": i * 1_000_003 - 5,
+        "u8": (i * 37) % 256,
+        "f32": i / 4 - 1.5,  # exactly representable in float32
+        "flag": i % 3 == 1,
+        "name": ["", "zero", "一", "deux ✓", "🧪"][i % 5] * (1 + i % 2),
+        "blob": v1_blob(i),
+        "meta": {"i": i, "tags": ["a"] * (i % 3), "nested": {"ok": i % 2 == 0, "n": None}},
+        "vec": np.array([i, -0.5 * i, 2.0**i], np.float64),
+        "toks": np.arange(i % 5, dtype=np.uint16) * 1000 + i,
+        "img": PNG_3X2 if i % 2 == 0 else WEBP_3X2,
+    }
+
+
+def write_v1(dst: Path) -> None:
+    import fastload
+
+    with fastload.Writer(dst, V1_SCHEMA, **V1_OPTIONS) as w:
+        for i in range(V1_RECORDS):
+            w.write(v1_record(i))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--force", action="store_true", help="replace existing golden files")
+    parser.add_argument("--out", type=Path, default=V1_DIR, help="where to write (for trying)")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        if not args.force:
+            print(f"{args.out} exists; golden files are never regenerated (see the docstring)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        shutil.rmtree(args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_v1(args.out)
+    for p in sorted(args.out.iterdir()):
+        print(f"{p.name}  {hashlib.sha256(p.read_bytes()).hexdigest()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,642 @@
+"""Bad input (RELIABILITY A1-A18): every fault gives a typed fastload error naming the file (and
+the block, record and offset where they apply); never wrong data, never another exception."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from formattools import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    TRAILER,
+    MemSource,
+    all_files,
+    assert_record,
+    build_shard,
+    hash64,
+    index_bytes,
+    parse_shard,
+    replace_shard,
+    reseal,
+)
+
+import fastload
+from fastload import (
+    CorruptRecordError,
+    FastloadError,
+    IncompleteDatasetError,
+    ManifestError,
+    MissingShardError,
+    ShardChecksumError,
+    ShardFormatError,
+)
+from fastload.format.manifest import ShardInfo
+from fastload.format.shard_reader import ShardReader
+from fastload.verify import verify_dataset
+
+SCHEMA = {"i": "int32", "b": "bytes", "s": "str"}
+N = 14
+NAME = "mem://ds/shard-00000.fls"
+
+
+def small_record(i: int) -> dict:
+    """Random (raw-block) and repetitive (zstd-block) payloads, so both codecs appear."""
+    return {"i": i, "b": index_bytes(i, 24) if i % 6 < 3 else bytes([65 + i]) * 40,
+            "s": "é" * (i % 4)}  # fmt: skip
+
+
+ORIGINALS = [small_record(i) for i in range(N)]
+
+
+@pytest.fixture(scope="module")
+def small_ds_path(tmp_path_factory) -> Path:
+    """A one-shard dataset of N records in 9 small blocks, raw and zstd."""
+    path = tmp_path_factory.mktemp("small") / "ds"
+    with fastload.Writer(path, SCHEMA, block_size=100) as w:
+        for rec in ORIGINALS:
+            w.write(rec)
+    return path
+
+
+@pytest.fixture
+def ds_copy(small_ds_path, tmp_path) -> Path:
+    """A private copy of the small dataset, to damage."""
+    return Path(shutil.copytree(small_ds_path, tmp_path / "ds"))
+
+
+@pytest.fixture(scope="module")
+def small(small_ds_path):
+    """(dataset, shard bytes, manifest entry, parsed shard) of the small dataset."""
+    ds = fastload.Dataset(small_ds_path)
+    info = ds.shards[0]
+    data = (small_ds_path / info.path).read_bytes()
+    p = parse_shard(data)
+    assert {b["codec"] for b in p["blocks"]} == {CODEC_NONE, CODEC_ZSTD} and len(p["blocks"]) > 4
+    yield ds, data, info, p
+    ds.close()
+
+
+def shard_path(root: Path, s: int = 0) -> Path:
+    return root / json.loads((root / "manifest.json").read_text())["shards"][s]["path"]
+
+
+def read_all(ds: fastload.Dataset) -> None:
+    for i in range(len(ds)):
+        ds[i]
+
+
+def with_reader(ds: fastload.Dataset, data: bytes, info: ShardInfo | None, mapped: bool = True):
+    """Point shard 0 of ``ds`` at in-memory ``data`` (opening it: may raise)."""
+    ds.close()
+    ds._readers[0] = ShardReader(MemSource(data, NAME, mapped), expected=info)
+    return ds
+
+
+def read_through(ds: fastload.Dataset, data: bytes, info, mapped: bool):
+    """Open ``data`` as shard 0 and read every record with ds[i] and get_batch.
+
+    Returns ``(stage, error)``: ``("ok", None)`` when every read gave exactly the original
+    records, else the stage that raised ("open" or "read") and the FastloadError. Any other
+    exception propagates (and fails the test).
+    """
+    try:
+        with_reader(ds, data, info, mapped)
+    except FastloadError as e:
+        return "open", e
+    try:
+        for i in range(N):
+            assert_record(ds[i], ORIGINALS[i], i)
+        order = [N - 1, 0, 5, 5, -2, 3, 9, 1]
+        batch = ds.get_batch(order)
+        for k in SCHEMA:
+            assert [np.asarray(v).item() if k == "i" else v for v in batch[k]] == \
+                [ORIGINALS[i][k] for i in order], k  # fmt: skip
+    except FastloadError as e:
+        return "read", e
+    return "ok", None
+
+
+# --------------------------------------------------------------------------- A1-A5
+
+
+def test_a1_zero_byte_shard(ds_copy):
+    shard_path(ds_copy).write_bytes(b"")
+    with fastload.Dataset(ds_copy) as ds:
+        with pytest.raises(ShardFormatError, match="file is 0 bytes") as e:
+            ds[0]
+    assert str(shard_path(ds_copy)) in str(e.value)
+    with pytest.raises(ShardFormatError, match=f"^{NAME}: file is 0 bytes"):
+        ShardReader(MemSource(b"", NAME))
+
+
+@pytest.mark.parametrize("size", [1, 8, 32, 87])
+def test_a2_shard_shorter_than_header_and_trailer(small, size):
+    _, data, info, _ = small
+    for expected in (info, None):
+        with pytest.raises(ShardFormatError, match=f"^{NAME}: file is {size} bytes, smaller "
+                           r"than the minimum shard size \(88 bytes"):  # fmt: skip
+            ShardReader(MemSource(data[:size], NAME), expected=expected)
+
+
+def test_a3_html_error_page_saved_as_a_shard(ds_copy):
+    page = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>" \
+        + b"<h1>Not Found</h1>" * 20 + b"</body></html>"  # fmt: skip
+    shard_path(ds_copy).write_bytes(page)
+    with fastload.Dataset(ds_copy) as ds:
+        with pytest.raises(ShardFormatError, match=r"not a fastload shard \(magic bytes "
+                           r"b'<!DOCTYP', expected b'FASTLOAD'") as e:  # fmt: skip
+            ds.get_batch([0])
+    assert str(shard_path(ds_copy)) in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["header", "trailer"])
+@pytest.mark.parametrize("version", [0, 2, 2**32 - 1])
+def test_a4_unknown_format_version(small, where, version):
+    _, data, info, _ = small
+    bad = bytearray(data)
+    offset = 8 if where == "header" else len(data) - 56 + 40
+    bad[offset: offset + 4] = struct.pack("<I", version)
+    for expected in (info, None):
+        with pytest.raises(ShardFormatError) as e:
+            ShardReader(MemSource(bytes(bad), NAME), expected=expected)
+        msg = str(e.value)
+        assert msg.startswith(NAME) and f"format version {version} in the {where}" in msg
+        assert "supports [1]" in msg and "upgrade fastload" in msg
+
+
+def test_a4_version_check_is_not_an_assertion(small):
+    """Also with python -O: the check must be a real error, not an assert."""
+    _, data, _, _ = small
+    bad = bytearray(data)
+    bad[8] = 9
+    with pytest.raises(FastloadError):
+        ShardReader(MemSource(bytes(bad), NAME))
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("index_offset", 10**9, "index claims .* bytes at offset 1000000000, but the file has"),
+        ("index_offset", 2**64 - 1, "index claims"),
+        ("index_offset", 0, "index claims"),
+        ("index_size", 10**9, r"index claims 1000000000 bytes .*the file has \d+ bytes"),
+        ("index_size", 2**63, "index claims"),
+        ("n_blocks", 2**40, "does not hold"),
+        ("n_records", 2**64 - 1, "does not hold"),
+    ],
+)
+def test_a5_trailer_pointing_past_eof(small, field, value, match):
+    _, data, _, p = small
+    t = dict(p["trailer"])
+    t[field] = value
+    bad = data[: len(data) - 56] + TRAILER.pack(*t.values())
+    with pytest.raises(ShardFormatError, match=match) as e:
+        ShardReader(MemSource(bad, NAME))
+    assert str(e.value).startswith(NAME)
+
+
+# --------------------------------------------------------------------------- A6: the index
+
+
+class SpySource(MemSource):
+    """Records every read, to show what was (not) read before an error."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, mapped=False, **kw)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, offset, length):
+        self.reads.append((offset, length))
+        return super().read(offset, length)
+
+
+def test_a6_flipped_index_byte_fails_the_index_checksum_before_any_record_is_read(small):
+    _, data, info, p = small
+    start = p["trailer"]["index_offset"]
+    for pos in range(start, len(data) - 56, 7):
+        bad = bytearray(data)
+        bad[pos] ^= 0x10
+        src = SpySource(bytes(bad), NAME)
+        with pytest.raises(ShardFormatError, match=rf"^{NAME}: index \(bytes {start}\.\.\d+\) "
+                           "failed its checksum"):  # fmt: skip
+            ShardReader(src, expected=None)
+        assert all(o == 0 or o >= start for o, _ in src.reads), src.reads  # no block was read
+
+
+# --------------------------------------------------------------------------- every byte
+
+
+def byte_classes(data: bytes, p: dict) -> dict[int, tuple]:
+    """What each byte of the shard is: ("header", ...), ("block", k, record or None), ..."""
+    out: dict[int, tuple] = {}
+    for pos in range(32):
+        out[pos] = ("header-flags",) if pos >= 12 else ("header",)  # flags, reserved
+    for k, b in enumerate(p["blocks"]):
+        for pos in range(b["offset"], b["offset"] + b["stored_size"]):
+            out[pos] = ("block", k, None)
+        if b["codec"] == CODEC_NONE:
+            for r in range(b["first_record"], b["first_record"] + b["n_records"]):
+                rec = p["records"][r]
+                for pos in range(rec["offset"], rec["offset"] + rec["length"]):
+                    out[b["offset"] + pos] = ("block", k, r)
+    for pos in range(p["trailer"]["index_offset"], len(data)):
+        out[pos] = ("index",)
+    t0 = len(data) - 56
+    for pos in range(t0, len(data)):
+        out[pos] = ("trailer-flags",) if t0 + 44 <= pos < t0 + 48 else ("trailer",)
+    assert len(out) == len(data)
+    return out
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "ranged"])
+def test_every_byte_flip_is_detected_or_harmless(small, mapped):
+    """Flip each byte of a shard (every bit, and all bits); reading everything must either give
+    exactly the original records or raise a FastloadError that names the shard and the damaged block and
+    record. Only the reserved header/trailer flags and the padding between records may be
+    flipped without an error on read -- and `fastload verify` still reports the padding."""
+    ds, data, info, p = small
+    classes = byte_classes(data, p)
+    undetected = []
+    masks = [1 << bit for bit in range(8)] + [0xFF] if mapped else [0xFF]
+    for pos in range(len(data)):
+        for mask in masks if mapped else [1 << (pos % 8)] + masks:
+            bad = bytearray(data)
+            bad[pos] ^= mask
+            try:
+                stage, err = read_through(ds, bytes(bad), info, mapped)
+            except Exception as e:  # noqa: BLE001
+                pytest.fail(f"flip {mask:#x} at byte {pos} {classes[pos]}: {type(e).__name__}: {e}")
+            cls = classes[pos]
+            if stage == "ok":
+                undetected.append((pos, cls))
+                continue
+            msg = str(err)
+            assert msg.startswith(NAME), (pos, msg)
+            if cls[0] == "block":
+                assert stage == "read", (pos, cls, msg)
+                k, r = cls[1], cls[2]
+                blk = p["blocks"][k]
+                assert isinstance(err, CorruptRecordError), (pos, msg)
+                if r is None:  # zstd block: the block and the records it holds
+                    first, last = blk["first_record"], blk["first_record"] + blk["n_records"] - 1
+                    assert f"block {k} (byte offset {blk['offset']}" in msg, msg
+                    assert f"records {first}..{last}" in msg, msg
+                else:  # raw block: the record itself, with its byte offset in the file
+                    offset = blk["offset"] + p["records"][r]["offset"]
+                    assert f"record {r} (block {k}, byte offset {offset})" in msg, msg
+            else:
+                assert stage == "open", (pos, cls, msg)
+    for pos, cls in undetected:
+        assert cls[0] in ("header-flags", "trailer-flags") or cls == ("block", cls[1], None) \
+            and p["blocks"][cls[1]]["codec"] == CODEC_NONE, (pos, cls)  # fmt: skip
+        if cls[0] == "block":  # padding between records: verify's block checksum sees it
+            bad = bytearray(data)
+            bad[pos] ^= 1
+            problems = [str(e) for e in ShardReader(MemSource(bytes(bad), NAME)).problems()]
+            assert len(problems) == 1 and f"block {cls[1]} " in problems[0], problems
+    # the undetected bytes are few: flags and reserved bytes, and padding (< 8 per record)
+    assert len({pos for pos, _ in undetected}) <= 20 + 4 + 7 * N
+
+
+def test_every_index_and_trailer_flip_is_detected_without_a_manifest(small):
+    ds, data, _, p = small
+    for pos in range(p["trailer"]["index_offset"], len(data)):
+        if len(data) - 12 <= pos < len(data) - 8:
+            continue  # trailer flags
+        bad = bytearray(data)
+        bad[pos] ^= 0x04
+        stage, err = read_through(ds, bytes(bad), None, True)
+        assert stage == "open" and str(err).startswith(NAME), (pos, stage)
+
+
+def test_every_truncation_and_extension_is_detected(small):
+    ds, data, info, _ = small
+    for cut in range(len(data)):
+        for expected in (info, None):
+            with pytest.raises(ShardFormatError) as e:
+                ShardReader(MemSource(data[:cut], NAME), expected=expected)
+            assert str(e.value).startswith(NAME)
+    for extra in (b"\0", b"FASTLOAD", data[-56:], data):
+        for expected in (info, None):
+            stage, err = read_through(ds, data + extra, expected, True)
+            assert stage == "open" and isinstance(err, ShardFormatError)
+
+
+def test_truncated_shard_in_a_dataset_names_sizes(ds_copy):
+    path = shard_path(ds_copy)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with fastload.Dataset(ds_copy) as ds:
+        with pytest.raises(ShardFormatError, match=f"is {len(data) // 2} bytes but the manifest "
+                           f"says {len(data)}") as e:  # fmt: skip
+            ds[3]
+    assert str(path) in str(e.value)
+
+
+# --------------------------------------------------------------------------- forged shards
+
+
+def forged(p: dict, edit) -> bytes:
+    """``p`` with ``edit(blocks, records)`` applied and every checksum recomputed."""
+    q = {**p, "blocks": [dict(b) for b in p["blocks"]],
+         "records": [dict(r) for r in p["records"]]}  # fmt: skip
+    edit(q["blocks"], q["records"])
+    return reseal(q)
+
+
+def test_resealed_copy_is_identical(small):
+    """The forging helper reproduces the writer's bytes exactly (so forged shards differ only
+    where a test edits them)."""
+    _, data, _, p = small
+    assert reseal(p) == data
+
+
+@pytest.mark.parametrize("length", [2**32 - 1, 2**31, 10**6])
+def test_a7_a11_huge_record_length_is_rejected_at_open_without_allocating(small, length):
+    _, _, _, p = small
+
+    def edit(blocks, records):
+        records[5]["length"] = length
+
+    bad = forged(p, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ShardFormatError, match=rf"^{NAME}: index is inconsistent: record 5 "
+                           "ends past the end of block"):  # fmt: skip
+            ShardReader(MemSource(bad, NAME))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda b, r: b[2].update(raw_size=2**40), r"block 2 claims 1099511627776 raw bytes"),
+        (lambda b, r: b[2].update(raw_size=2**64 - 1), "block 2 claims"),
+        (lambda b, r: b[1].update(codec=9), "block 1 has unknown codec 9"),
+        (lambda b, r: b[0].update(raw_size=b[0]["raw_size"] + 1), "raw block 0 has stored size"),
+        (lambda b, r: b[3].update(first_record=0), "block 3 says its first record is 0"),
+        (lambda b, r: b[3].update(n_records=b[3]["n_records"] + 1), "blocks hold 15 records"),
+        (lambda b, r: r[4].update(block=0), "record 4 points to block 0"),
+        (lambda b, r: r[4].update(offset=2**32 - 1), "record 4 ends past the end of block"),
+    ],
+)  # fmt: skip
+def test_inconsistent_index_is_rejected_at_open(small, edit, match):
+    _, _, _, p = small
+    with pytest.raises(ShardFormatError, match=rf"^{NAME}: index is inconsistent: .*{match}"):
+        ShardReader(MemSource(forged(p, edit), NAME))
+
+
+@pytest.mark.parametrize("where", ["outside", "overlap", "huge"])
+def test_blocks_outside_the_data_area_are_rejected(small, where):
+    _, _, _, p = small
+    blocks = [dict(b) for b in p["blocks"]]
+    if where == "outside":
+        blocks[4]["offset"] = 10**7
+    elif where == "overlap":
+        blocks[4]["offset"] -= 5
+    else:
+        blocks[4]["stored_size"] = 2**63
+    bad = build_shard(p["stored"], blocks, p["records"], fix_offsets=False)
+    with pytest.raises(ShardFormatError, match="block 4 (lies outside|overlaps)"):
+        ShardReader(MemSource(bad, NAME))
+
+
+def zstd_block_index(p: dict) -> int:
+    return next(k for k, b in enumerate(p["blocks"]) if b["codec"] == CODEC_ZSTD)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bad-frame-checksum", "size-lie"])
+def test_a12_corrupt_zstd_frame_behind_a_valid_block_checksum(small, damage):
+    """The stored bytes match their (recomputed) block checksum, but the frame is bad: the zstd
+    error is wrapped, naming shard, block and records; nothing is allocated from the lie."""
+    ds, _, _, p = small
+    k = zstd_block_index(p)
+    stored = list(p["stored"])
+    frame = stored[k]
+    raw = zstandard.ZstdDecompressor().decompress(frame)
+    if damage == "truncated":
+        stored[k] = frame[: len(frame) - 6]
+    elif damage == "garbage":
+        stored[k] = frame[:6] + bytes(len(frame) - 6)
+    elif damage == "bad-frame-checksum":
+        stored[k] = frame[:-1] + bytes([frame[-1] ^ 1])
+    else:  # a frame that declares (and holds) more bytes than the index says
+        stored[k] = zstandard.ZstdCompressor(write_content_size=True).compress(raw + b"x" * 10**5)
+    blocks = [dict(b) for b in p["blocks"]]
+    blocks[k]["checksum"] = hash64(stored[k])
+    bad = build_shard(stored, blocks, p["records"])
+    first = blocks[k]["first_record"]
+    for verify in (True, False):
+        reader = ShardReader(MemSource(bad, NAME), verify=verify)
+        with pytest.raises(CorruptRecordError) as e:
+            reader.record(first)
+        msg = str(e.value)
+        assert msg.startswith(f"{NAME}: block {k} (byte offset") and "could not be decoded" in msg
+        assert f"records {first}..{first + blocks[k]['n_records'] - 1}" in msg
+        if damage == "size-lie":
+            assert f"declares {len(raw) + 10**5} bytes, index says {len(raw)}" in msg
+    problems = [str(x) for x in ShardReader(MemSource(bad, NAME)).problems()]
+    assert any("could not be decoded" in x for x in problems)
+
+
+def test_corrupt_zstd_block_with_verify_off_is_still_an_error(ds_copy, small):
+    _, data, _, p = small
+    k = zstd_block_index(p)
+    bad = bytearray(data)
+    bad[p["blocks"][k]["offset"] + p["blocks"][k]["stored_size"] // 2] ^= 0x55
+    shard_path(ds_copy).write_bytes(bytes(bad))
+    with fastload.Dataset(ds_copy, verify=False) as ds:
+        with pytest.raises(CorruptRecordError, match=f"block {k} .*could not be decoded"):
+            read_all(ds)
+
+
+def test_malformed_record_behind_a_valid_checksum_names_the_record(small):
+    """A record whose own field lengths are wrong (checksums recomputed) is reported as
+    malformed, by ds[i] and by get_batch, without allocating from the bad lengths."""
+    ds, data, info, p = small
+    for field_end, value in ((0, 2**32 - 1), (0, 2**31), (1, 0)):
+        raws = [bytes(zstandard.ZstdDecompressor().decompress(s)) if b["codec"] == CODEC_ZSTD
+                else bytes(s) for b, s in zip(p["blocks"], p["stored"])]  # fmt: skip
+        r = 6
+        rec = p["records"][r]
+        raw = bytearray(raws[rec["block"]])
+        at = rec["offset"] + 4 + 4 * field_end  # after the int32 'i': the var ends of b and s
+        raw[at: at + 4] = struct.pack("<I", value)
+        raws[rec["block"]] = bytes(raw)
+        bad = reseal({**p, "raw": raws})
+        with_reader(ds, bad, None)
+        blk = rec["block"]
+        with pytest.raises(CorruptRecordError, match=rf"^{NAME}: record {r} \(block {blk}, "
+                           r"byte offset \d+.*\) is malformed: field"):  # fmt: skip
+            ds[r]
+        with pytest.raises(CorruptRecordError, match=rf"^{NAME}: record {r} .*is malformed"):
+            ds.get_batch([0, r, 1])
+        assert_record(ds[r - 1], ORIGINALS[r - 1])  # neighbours still read
+
+
+# --------------------------------------------------------------------------- A13, A15
+
+
+def test_a13_shard_replaced_by_another_valid_shard(tmp_path):
+    with fastload.Writer(tmp_path / "ds", {"i": "int64"}, compression="none", block_size=64,
+                         shard_size=300) as w:  # fmt: skip
+        for i in range(100):
+            w.write({"i": i})
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    a, b = (tmp_path / "ds" / m["shards"][k]["path"] for k in (0, 1))
+    assert m["shards"][0]["bytes"] == m["shards"][1]["bytes"]  # same size, other content
+    a.write_bytes(b.read_bytes())
+    with fastload.Dataset(tmp_path / "ds") as ds:
+        with pytest.raises(ShardChecksumError) as e:
+            ds[0]
+        assert ds[len(ds) - 1]["i"] == 99  # other shards are fine
+    msg = str(e.value)
+    assert msg.startswith(str(a))
+    assert m["shards"][0]["hash"] in msg and m["shards"][1]["hash"] in msg
+    report = verify_dataset(str(tmp_path / "ds"))
+    assert not report.ok and str(a) in report.problems[0]
+
+
+def test_a13_replaced_by_a_shard_of_another_size(ds_copy, tmp_path):
+    other = tmp_path / "other"
+    with fastload.Writer(other, SCHEMA) as w:
+        w.write(small_record(0))
+    shard_path(ds_copy).write_bytes(shard_path(other).read_bytes())
+    with fastload.Dataset(ds_copy) as ds:
+        with pytest.raises(ShardFormatError, match="bytes but the manifest says"):
+            ds[0]
+
+
+def test_a15_verify_off_returns_corrupt_payload_without_error(ds_copy, small):
+    """The documented contract: with verify=False, a flipped payload byte in a raw block is
+    returned as is (no detection); with verify=True it is an error."""
+    _, data, _, p = small
+    r = 1  # in the first block, which is raw
+    blk = p["blocks"][p["records"][r]["block"]]
+    assert blk["codec"] == CODEC_NONE
+    pos = blk["offset"] + p["records"][r]["offset"] + 12 + 3  # 4th byte of field b
+    bad = bytearray(data)
+    bad[pos] ^= 0xFF
+    shard_path(ds_copy).write_bytes(bytes(bad))
+    with fastload.Dataset(ds_copy, verify=False) as ds:
+        got = ds[r]
+        assert got["b"] != ORIGINALS[r]["b"] and len(got["b"]) == 24
+        assert got["b"][3] == ORIGINALS[r]["b"][3] ^ 0xFF
+        assert ds.get_batch([r])["b"] == [got["b"]]
+        assert_record(ds[0], ORIGINALS[0])
+    with fastload.Dataset(ds_copy) as ds:
+        with pytest.raises(CorruptRecordError, match=f"record {r} .*failed its checksum"):
+            ds[r]
+        with pytest.raises(CorruptRecordError, match=f"record {r} .*failed its checksum"):
+            ds.get_batch([0, r])
+
+
+# --------------------------------------------------------------------------- manifests, A16-A18
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "manifest is empty"),
+        (b"  \n", "manifest is empty"),
+        (b"{\"format\": \"fastload\", ", "not valid JSON"),
+        (b"\xff\xfe garbage", "not valid JSON"),
+        pytest.param(b"[" * 100000 + b"]" * 100000, "not valid JSON", id="deeply-nested"),
+        (b"[]", "not a fastload manifest"),
+        (b"{\"format\": \"parquet\"}", "not a fastload manifest"),
+        (b"<html>503 Service Unavailable</html>", "not valid JSON"),
+    ],
+)  # fmt: skip
+def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
+    (ds_copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ManifestError, match=match) as e:
+        fastload.Dataset(ds_copy)
+    assert str(e.value).startswith(str(ds_copy / "manifest.json"))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m.update(version=2), r"format version 2 is not supported.*supports \[1\]"),
+        (lambda m: m.pop("version"), "format version None is not supported"),
+        (lambda m: m.update(records=999), "\"records\" is 999 but the shards add up to 14"),
+        (lambda m: m.update(schema={"i": "int32"}), "invalid schema"),
+        (lambda m: m.update(schema=[{"name": "i", "type": "int33"}]), "invalid schema"),
+        (lambda m: m.update(shards={}), "\"shards\" must be a list"),
+        (lambda m: m.update(options=[]), "\"options\" must be an object"),
+        (lambda m: m["shards"].append(7), "shard entry 1: must be an object"),
+        (lambda m: m["shards"][0].update(path="../../etc/passwd"), "shard entry 0: path"),
+        (lambda m: m["shards"][0].update(path="/etc/passwd"), "shard entry 0: path"),
+        (lambda m: m["shards"][0].update(path="s3://bucket/x.fls"), "shard entry 0: path"),
+        (lambda m: m["shards"][0].update(path="a/./b.fls"), "shard entry 0: path"),
+        (lambda m: m["shards"][0].update(path=""), "shard entry 0: path"),
+        (lambda m: m["shards"][0].update(records=-1), "'records' must be a non-negative"),
+        (lambda m: m["shards"][0].update(bytes="12"), "'bytes' must be a non-negative"),
+        (lambda m: m["shards"][0].update(blocks=True), "'blocks' must be a non-negative"),
+        (lambda m: m["shards"][0].update(hash="md5:00"), "hash 'md5:00' must look like"),
+    ],
+)  # fmt: skip
+def test_a16_invalid_manifest_content_names_its_path(ds_copy, edit, match):
+    m = json.loads((ds_copy / "manifest.json").read_text())
+    edit(m)
+    (ds_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match=match) as e:
+        fastload.Dataset(ds_copy)
+    assert str(e.value).startswith(str(ds_copy / "manifest.json"))
+
+
+def test_missing_manifest_says_the_dataset_is_incomplete(ds_copy, tmp_path):
+    (ds_copy / "manifest.json").unlink()
+    with pytest.raises(IncompleteDatasetError, match="interrupted") as e:
+        fastload.Dataset(ds_copy)
+    assert str(ds_copy / "manifest.json") in str(e.value)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ManifestError)
+    with pytest.raises(IncompleteDatasetError, match="no such dataset"):
+        fastload.Dataset(tmp_path / "nope")
+    (ds_copy / "manifest.json").mkdir()
+    with pytest.raises(ManifestError, match="is a directory"):
+        fastload.Dataset(ds_copy)
+
+
+def test_a17_manifest_lists_a_missing_shard(ds_copy):
+    path = shard_path(ds_copy)
+    path.unlink()
+    ds = fastload.Dataset(ds_copy)  # opening is lazy: the manifest itself is fine
+    for read in (lambda: ds[0], lambda: ds.get_batch([1]), lambda: list(ds)):
+        with pytest.raises(MissingShardError, match="does not exist") as e:
+            read()
+        assert str(e.value).startswith(str(path)) and isinstance(e.value, FileNotFoundError)
+    report = verify_dataset(str(ds_copy))
+    assert not report.ok and str(path) in report.problems[0]
+
+
+def test_a18_leftover_tmp_files_beside_a_finished_dataset_are_ignored(ds_copy):
+    (ds_copy / "shard-00000.fls.1a2b3c4d.tmp").write_bytes(b"half a shard")
+    (ds_copy / "shard-00001.fls.deadbeef.tmp").write_bytes(b"")
+    (ds_copy / "manifest.json.00000000.tmp").write_text("{\"format\": \"fastload\"")
+    with fastload.Dataset(ds_copy) as ds:
+        assert len(ds) == N and len(ds.shards) == 1
+        for i, rec in enumerate(ds):
+            assert_record(rec, ORIGINALS[i])
+    assert verify_dataset(str(ds_copy)).ok
+
+
+def test_replace_shard_helper_keeps_a_dataset_readable(ds_copy, small):
+    """Sanity check of the helper the fuzz tests use: a resealed shard with an updated
+    manifest reads back identically."""
+    _, data, _, p = small
+    replace_shard(ds_copy, 0, reseal(p))
+    with fastload.Dataset(ds_copy) as ds:
+        for i, rec in enumerate(ds):
+            assert_record(rec, ORIGINALS[i])
+    assert all_files(ds_copy)[shard_path(ds_copy).name] == data
