@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, TypeVar, Union
 
 from ..errors import ConvertError, SchemaError, SourceRecordError
-from ..format.record import RecordLayout
 from ..format.schema import Field, Schema
 
 __all__ = [
@@ -30,6 +29,7 @@ __all__ = [
     "Task",
     "Source",
     "pack",
+    "balanced_target",
     "list_files",
     "check_field_name",
 ]
@@ -73,10 +73,10 @@ class Source(ABC):
     def read(self, task: Task) -> Iterator[ReadItem]:
         """The records of ``task`` in order; a bad input record is yielded as an error."""
 
-    def read_encoded(self, task: Task, layout: RecordLayout) -> Iterator[bytes] | None:
-        """Optionally, ``task``'s records already encoded in ``layout``, for sources whose
-        records are plain slices of input bytes (tokens); they skip the per-record encoder.
-        None (the default) means: use :meth:`read`. Only records, never errors, come out."""
+    def read_columns(self, task: Task) -> Iterator[dict[str, Any]] | None:
+        """Optionally, ``task``'s records as columns (``{field: array (n, ...)}``, in order),
+        for sources of fixed-size fields (tokens): the Writer then encodes and checksums them
+        in bulk, with no Python per record. None (the default) means: use :meth:`read`."""
         return None
 
     def notes(self) -> list[str]:
@@ -87,21 +87,30 @@ class Source(ABC):
 def pack(items: Sequence[T], sizes: Sequence[int], target: int) -> list[list[T]]:
     """Split ``items`` into consecutive groups of about ``target`` total size each.
 
-    A group is closed once it reaches ``target``; an item bigger than ``target`` gets a group
-    of its own. The grouping depends only on the sizes, so it is deterministic.
+    The groups are balanced: as few as ``target`` allows, of about equal size (100 MB at a
+    64 MB target gives two groups of 50 MB, which two workers finish together, not 64 + 36).
+    Each item goes to the group its midpoint falls in; an item bigger than a group gets a
+    group of its own. The grouping depends only on the sizes, so it is deterministic.
     """
+    total = sum(sizes)
+    n_groups = max(1, -(-total // max(1, target)))
     groups: list[list[T]] = []
-    current: list[T] = []
-    total = 0
+    last, before = -1, 0
     for item, size in zip(items, sizes):
-        if current and total + size > target:
-            groups.append(current)
-            current, total = [], 0
-        current.append(item)
-        total += size
-    if current:
-        groups.append(current)
+        g = min(n_groups - 1, (2 * before + size) * n_groups // max(1, 2 * total))
+        if g != last or not groups:
+            groups.append([])
+            last = g
+        groups[-1].append(item)
+        before += size
     return groups
+
+
+def balanced_target(total: int, target: int) -> int:
+    """The group size that splits ``total`` into the fewest groups of at most ``target``,
+    all of about equal size."""
+    groups = max(1, -(-total // max(1, target)))
+    return max(1, -(-total // groups))
 
 
 def list_files(src: str, suffixes: Iterable[str], *, what: str) -> list[str]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -65,8 +66,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", default="auto", choices=["auto", *SOURCES],
                    help="input kind (default: detect from SRC)")  # fmt: skip
     out = p.add_argument_group("output")
-    out.add_argument("--shard-size", default="256MB", metavar="SIZE",
-                     help="input bytes per task, and output bytes per shard (default: 256MB)")
+    out.add_argument("--shard-size", default="64MiB", metavar="SIZE",
+                     help="input bytes per task, and output bytes per shard (default: 64MiB)")
     out.add_argument("--block-size", default="1MB", metavar="SIZE",
                      help="bytes per compressed block inside a shard (default: 1MB)")
     out.add_argument("--compression", default="zstd", choices=["zstd", "none"])
@@ -82,6 +83,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run_group.add_argument("--skip-bad", action="store_true",
                            help="skip and count bad input records instead of failing")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_group.add_argument("--json", action="store_true",
+                           help="print the result as one JSON object instead of a summary")
     src = p.add_argument_group("source options")
     src.add_argument("--decode-check", action="store_true", default=None,
                      help="imagefolder/webdataset: fully decode every image to catch corruption")
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("fastload convert: interrupted; no dataset was written", file=sys.stderr)
         return 130
-    print(result.summary())
+    print(json.dumps(dataclasses.asdict(result)) if args.json else result.summary())
     return 0
 
 

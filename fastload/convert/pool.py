@@ -83,7 +83,12 @@ def _context():
     # forkserver: workers start from a clean process, not a fork of one that may hold locks
     # of threads (tqdm's monitor, Arrow's pools); spawn where forkserver does not exist.
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # Imported once in the fork server, so each worker starts without re-importing fastload.
+    ctx.set_forkserver_preload(["fastload.convert.worker"])
+    return ctx
 
 
 def _check_workers(procs, current, tasks: Sequence[Task], *, idle: bool) -> None:

@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 from .. import errors
 from ..errors import ConvertError, FastloadError, SchemaError, SourceRecordError
-from ..format.record import RecordLayout
 from ..format.schema import Schema
 from ..writer import Writer
 from .base import Source, Task
@@ -65,9 +64,9 @@ def run_task(source: Source, schema: Schema, index: int, task: Task, opts: Write
         with Writer(opts.dst, schema, part=index, shard_size=opts.shard_size,
                     block_size=opts.block_size, compression=opts.compression, level=opts.level,
                     storage_options=opts.storage_options) as writer:  # fmt: skip
-            encoded = _encoded_records(source, task, writer)
-            if encoded is not None:
-                _copy_encoded(encoded, writer, result, report)
+            columns = source.read_columns(task)
+            if columns is not None:
+                _copy_columns(columns, writer, result, report)
             else:
                 _copy_records(source, task, writer, skip_bad, result, report)
         result.output_bytes = writer.bytes_written
@@ -76,13 +75,6 @@ def run_task(source: Source, schema: Schema, index: int, task: Task, opts: Write
     except Exception as e:
         raise ConvertError(f"{task.describe()}: {type(e).__name__}: {e}") from e
     return result
-
-
-def _encoded_records(source: Source, task: Task, writer: Writer):
-    """The source's pre-encoded records, where both it and the Writer offer that fast path."""
-    if not hasattr(writer, "write_encoded"):
-        return None
-    return source.read_encoded(task, RecordLayout(writer.schema))
 
 
 class _Ticker:
@@ -103,12 +95,11 @@ class _Ticker:
         self._next = time.monotonic() + _REPORT_SECONDS
 
 
-def _copy_encoded(encoded, writer: Writer, result: TaskResult, report: Report) -> None:
-    write, ticker = writer.write_encoded, _Ticker(report)
-    for n, data in enumerate(encoded, 1):
-        write(data)
-        if n % 256 == 0:
-            ticker.tick(n, 0)
+def _copy_columns(columns, writer: Writer, result: TaskResult, report: Report) -> None:
+    ticker = _Ticker(report)
+    for chunk in columns:
+        writer.write_columns(chunk)
+        ticker.tick(writer.records_written, 0)
     result.records = writer.records_written
     ticker.flush(result.records, 0)
 

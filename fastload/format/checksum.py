@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["hash64", "record_checksum", "first_bad_record", "format_hash"]
+__all__ = ["hash64", "record_checksum", "record_checksums", "first_bad_record", "format_hash"]
 
 
 def hash64(data) -> int:
@@ -17,6 +17,13 @@ def hash64(data) -> int:
 def record_checksum(data) -> int:
     """The 32-bit checksum stored for each record: the low half of its XXH64."""
     return _core.xxh64(data) & 0xFFFFFFFF
+
+
+def record_checksums(buf, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """:func:`record_checksum` of many slices of ``buf`` at once (uint32 array)."""
+    hashes = _core.xxh64_slices(buf, np.ascontiguousarray(offsets, dtype=np.uint64),
+                                np.ascontiguousarray(lengths, dtype=np.uint64))  # fmt: skip
+    return (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def first_bad_record(buf, offsets: np.ndarray, lengths: np.ndarray, expected: np.ndarray) -> int:

@@ -106,6 +106,26 @@ class RecordLayout:
             header["__var_ends__"] = ends
         return header.tobytes() + b"".join(parts)
 
+    def encode_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """Many records at once, as the rows of a 2-D uint8 array (row i = ``encode`` of
+        record i). For schemas of fixed-size fields only; each column holds one field's
+        values for every record (shape ``(n, *field shape)``)."""
+        if self.var_fields:
+            raise SchemaError(f"encode_columns needs fixed-size fields only; "
+                              f"{[f.name for f in self.var_fields]} vary in size")  # fmt: skip
+        names = set(self.schema.names)
+        if set(columns) != names:
+            raise SchemaError(f"columns {sorted(columns)} do not match the schema's fields "
+                              f"{sorted(names)}")  # fmt: skip
+        n = len(next(iter(columns.values())))
+        rows = np.zeros(n, dtype=self.header_dtype)
+        for f in self.fixed_fields:
+            column = _checked_array(_column_field(f), columns[f.name])
+            if len(column) != n:
+                raise SchemaError(f"column {f.name!r} has {len(column)} values, expected {n}")
+            rows[f.name] = column
+        return rows.view(np.uint8).reshape(n, self.header_size)
+
     # -- reading -------------------------------------------------------------------------
     def decode(self, buf: memoryview) -> dict[str, Any]:
         """The field values of one record's bytes (values are copies: safe to keep)."""
@@ -139,6 +159,13 @@ class RecordLayout:
         return _var_value(f, data, header)
 
 
+def _column_field(f: Field) -> Field:
+    """The field of a whole column of ``f``: one more, leading dimension of any length."""
+    if f.kind not in ("scalar", "ndarray"):
+        raise SchemaError(f"field {f.name!r} of kind {f.kind!r} cannot be given as a column")
+    return Field(f.name, "ndarray", f.dtype, (None, *(f.shape or ())))
+
+
 def _alignment(dtype: np.dtype) -> int:
     base = dtype.base if dtype.subdtype else dtype
     if base.fields:
@@ -166,14 +193,27 @@ def _fixed_value(f: Field, value: Any) -> Any:
             if not info.min <= int(value) <= info.max:
                 raise SchemaError(f"field {f.name!r}: {value} does not fit in {dtype}")
             return int(value)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        if isinstance(value, (bool, np.bool_, np.complexfloating)) or not isinstance(
+                value, (int, float, np.number)):  # fmt: skip
             raise SchemaError(f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}")
-        return value
+        try:
+            with np.errstate(over="ignore"):
+                stored = dtype.type(value)
+            fits = not math.isfinite(float(value)) or bool(np.isfinite(stored))
+        except OverflowError:
+            fits = False
+        if not fits:
+            raise SchemaError(f"field {f.name!r}: {value!r} does not fit in {dtype}")
+        return stored
     return _checked_array(f, value)
 
 
 def _checked_array(f: Field, value: Any) -> np.ndarray:
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as e:  # ragged nested lists, ...
+        raise SchemaError(f"field {f.name!r} is {f.spec}, got a value that is not an array: "
+                          f"{e}") from None
     dtype = f.np_dtype
     if arr.dtype != dtype and not _castable(arr, dtype):
         raise SchemaError(f"field {f.name!r} is {f.spec}, got an array of {arr.dtype}")
@@ -202,14 +242,14 @@ def _var_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
     if kind == "str":
         if not isinstance(value, str):
             raise SchemaError(f"field {f.name!r} is str, got {type(value).__name__}")
-        return value.encode("utf-8")
+        return _encode_utf8(f, value)
     if kind == "json":
         try:
             text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise SchemaError(f"field {f.name!r} is json, but the value is not: {e}") from None
-        return text.encode("utf-8")
+        return _encode_utf8(f, text)
     if kind == "image":
         return _image_bytes(f, value, header)
     arr = _checked_array(f, value)  # variable-shape ndarray: shape (u64 each), then the data
@@ -246,7 +286,10 @@ def _var_value(f: Field, data: memoryview, header: np.void) -> Any:
     if kind == "str":
         return _utf8(f, data)
     if kind == "json":
-        return json.loads(_utf8(f, data))
+        try:
+            return json.loads(_utf8(f, data))
+        except (ValueError, RecursionError) as e:
+            raise RecordDecodeError(f"field {f.name!r}: invalid JSON ({e})") from None
     if kind == "image":
         meta = header[f.name]
         fmt = FORMAT_NAMES.get(int(meta["format"]))
@@ -266,6 +309,13 @@ def _var_value(f: Field, data: memoryview, header: np.void) -> Any:
             f"record holds {len(payload)}"
         )
     return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+
+
+def _encode_utf8(f: Field, text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates
+        raise SchemaError(f"field {f.name!r}: text cannot be encoded as UTF-8 ({e})") from None
 
 
 def _utf8(f: Field, data: memoryview) -> str:

@@ -6,7 +6,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .checksum import hash64, record_checksum
+from .checksum import hash64, record_checksum, record_checksums
 from .codec import BlockCompressor
 from .spec import (
     BLOCK_DTYPE,
@@ -42,7 +42,8 @@ class ShardWriter:
         self._block = bytearray()
         self._block_records: list[tuple[int, int, int]] = []  # (offset, length, checksum)
         self._blocks: list[tuple] = []
-        self._records: list[tuple[int, int, int, int]] = []
+        self._records: list[np.ndarray] = []  # RECORD_DTYPE entries, one array per block
+        self._n_records = 0  # in finished blocks
         self.bytes_written = 0
         self.raw_bytes = 0
         header = np.zeros((), HEADER_DTYPE)
@@ -52,65 +53,123 @@ class ShardWriter:
 
     @property
     def records_written(self) -> int:
-        return len(self._records) + len(self._block_records)
+        return self._n_records + len(self._block_records)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Raw bytes of the block being filled, not yet written."""
+        return len(self._block)
 
     def _write(self, data) -> None:
         self._out.write(data)
         self.bytes_written += len(data)
 
-    def add(self, record: bytes) -> None:
-        """Append one encoded record."""
-        if len(record) > MAX_BLOCK_RAW_SIZE:
-            raise ValueError(f"record of {len(record)} bytes exceeds the {MAX_BLOCK_RAW_SIZE} limit")
-        # A record never straddles blocks: a big one closes the current block and gets its own.
-        aligned = -len(self._block) % RECORD_ALIGN
-        if self._block_records and len(self._block) + aligned + len(record) > self._block_size:
+    def _fits(self, size: int) -> bool:
+        """Whether a record of ``size`` bytes still goes into the open block. A record never
+        straddles blocks: a big one closes the current block and gets one of its own."""
+        pad = -len(self._block) % RECORD_ALIGN
+        return not self._block_records or len(self._block) + pad + size <= self._block_size
+
+    def add(self, record) -> None:
+        """Append one encoded record (any bytes-like object)."""
+        record = memoryview(record).cast("B")  # also makes `+=` below a byte append for arrays
+        size = len(record)
+        if size > MAX_BLOCK_RAW_SIZE:
+            raise ValueError(f"record of {size} bytes exceeds the {MAX_BLOCK_RAW_SIZE} limit")
+        if not self._fits(size):
             self._flush_block()
-            aligned = 0
-        self._block += b"\0" * aligned
-        self._block_records.append((len(self._block), len(record), record_checksum(record)))
+        self._block += bytes(-len(self._block) % RECORD_ALIGN)
+        self._block_records.append((len(self._block), size, record_checksum(record)))
         self._block += record
         if len(self._block) >= self._block_size:
             self._flush_block()
 
+    def records_per_block(self, size: int) -> int:
+        """How many records of ``size`` bytes fill one block (what :meth:`add` would put)."""
+        if size >= self._block_size:
+            return 1
+        return (self._block_size - size) // _round_up(size, RECORD_ALIGN) + 1
+
+    def add_many(self, rows: np.ndarray) -> None:
+        """Append equal-size encoded records, the rows of a 2-D uint8 array.
+
+        Blocks come out exactly as :meth:`add` would cut them, but whole blocks are built and
+        checksummed in bulk, with no Python per record (token files are millions of records).
+        """
+        n, size = rows.shape
+        i = 0
+        while i < n and self._block_records:  # top up the open block first, as add() would
+            if not self._fits(size):
+                self._flush_block()
+                break
+            self.add(rows[i])
+            i += 1
+        per_block = self.records_per_block(size)
+        full_end = i + (n - i) // per_block * per_block
+        for start in range(i, full_end, per_block):
+            self._flush_rows(rows[start : start + per_block])
+        for j in range(full_end, n):
+            self.add(rows[j])
+
+    def _flush_rows(self, rows: np.ndarray) -> None:
+        n, size = rows.shape
+        stride = _round_up(size, RECORD_ALIGN)
+        padded = np.zeros((n, stride), np.uint8)
+        padded[:, :size] = rows
+        raw = padded.reshape(-1)[: (n - 1) * stride + size]
+        offsets = np.arange(n, dtype=np.uint64) * np.uint64(stride)
+        lengths = np.full(n, size, np.uint64)
+        self._finish_block(raw, offsets, lengths, record_checksums(raw, offsets, lengths))
+
     def _flush_block(self) -> None:
         if not self._block_records:
             return
-        codec, stored = self._compressor.compress(self._block)
-        block_index = len(self._blocks)
-        self._blocks.append(
-            (self.bytes_written, len(stored), len(self._block), len(self._records),
-             len(self._block_records), codec, b"", hash64(stored))
-        )  # fmt: skip
-        self._records.extend((block_index, o, n, c) for o, n, c in self._block_records)
-        self._write(stored)
-        self.raw_bytes += len(self._block)
+        offsets, lengths, checksums = zip(*self._block_records)
+        self._finish_block(self._block, offsets, lengths, checksums)
         self._block = bytearray()
         self._block_records = []
+
+    def _finish_block(self, raw, offsets, lengths, checksums) -> None:
+        """Compress and write one block of records and remember their index entries."""
+        codec, stored = self._compressor.compress(raw)
+        block = len(self._blocks)
+        entries = np.zeros(len(offsets), RECORD_DTYPE)
+        entries["block"], entries["offset"] = block, offsets
+        entries["length"], entries["checksum"] = lengths, checksums
+        self._blocks.append(
+            (self.bytes_written, len(stored), len(raw), self._n_records, len(entries), codec, b"",
+             hash64(stored))
+        )  # fmt: skip
+        self._records.append(entries)
+        self._n_records += len(entries)
+        self._write(stored)
+        self.raw_bytes += len(raw)
 
     def finish(self) -> ShardSummary:
         """Write the last block, the index and the trailer; return the manifest entry."""
         self._flush_block()
-        index = (
-            np.array(self._blocks, dtype=BLOCK_DTYPE).tobytes()
-            + np.array(self._records, dtype=RECORD_DTYPE).tobytes()
-        )
+        records = np.concatenate(self._records) if self._records else np.zeros(0, RECORD_DTYPE)
+        index = np.array(self._blocks, dtype=BLOCK_DTYPE).tobytes() + records.tobytes()
         index_offset = self.bytes_written
         index_hash = hash64(index)
         trailer = np.zeros((), TRAILER_DTYPE)
         trailer["index_offset"] = index_offset
         trailer["index_size"] = len(index)
         trailer["n_blocks"] = len(self._blocks)
-        trailer["n_records"] = len(self._records)
+        trailer["n_records"] = len(records)
         trailer["index_hash"] = index_hash
         trailer["version"] = FORMAT_VERSION
         trailer["magic"] = MAGIC
         self._write(index)
         self._write(trailer.tobytes())
         return ShardSummary(
-            records=len(self._records),
+            records=len(records),
             bytes=self.bytes_written,
             blocks=len(self._blocks),
             raw_bytes=self.raw_bytes,
             hash=index_hash,
         )
+
+
+def _round_up(n: int, k: int) -> int:
+    return (n + k - 1) // k * k
