@@ -43,7 +43,7 @@ CHUNK = 5_000_000  # tokens generated at a time
 SEQ_LEN = 2048
 # fastload's defaults (its MB is 10^6 bytes), passed to every contender explicitly.
 BLOCK_BYTES = 1_000_000  # --block-size; the zstd limit compresses blocks of this size
-SHARD_BYTES = 256_000_000  # --shard-size; WebDataset's maxsize, MDSWriter's size_limit
+SHARD_BYTES = 64 << 20  # --shard-size; WebDataset's maxsize, MDSWriter's size_limit
 MB = 1e6  # sizes and rates are in decimal megabytes
 
 
@@ -162,8 +162,7 @@ def run_timed(cmd: list[str]) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def run_once(cmd: list[str], inputs: list[str], dst: str, inner: bool
-             ) -> tuple[float, float, dict]:
+def run_once(cmd: list[str], inputs: list[str], dst: str) -> tuple[float, float, dict]:
     """(timed seconds, wall seconds, what _writers printed) of one run from an empty ``dst``.
 
     Before the clock: inputs read once (warm page cache; dropping it would need root) and
@@ -172,19 +171,22 @@ def run_once(cmd: list[str], inputs: list[str], dst: str, inner: bool
     warm_cache(inputs)
     os.sync()
     wall, stdout = run_timed(cmd)
-    info = json.loads(stdout.strip().splitlines()[-1]) if inner else {}
-    return info.pop("write_s", wall), wall, info
+    info = json.loads(stdout.strip().splitlines()[-1])
+    if "write_s" not in info:  # fastload convert --json: its own convert() time
+        info = {"write_s": info["seconds"], "records": info["records"]}
+    return info.pop("write_s"), wall, info
 
 
 def contender(name: str, cmd: list[str], inputs: list[str], dst: str, records: int | None,
-              inner: bool, repeat: int) -> dict:
+              repeat: int) -> dict:
     """The median of ``repeat`` runs of one contender; never raises.
 
-    ``inner``: the command prints _writers' JSON and its ``write_s`` is the timed part;
-    otherwise (fastload) the whole command's wall time is."""
+    Every command prints a JSON line with the time of its own work (for fastload, convert()'s
+    time; for the others, their write loop): "time s" compares work with work, "wall s"
+    whole processes with whole processes (interpreter start and imports included)."""
     print(f"  {name} ...", flush=True)
     try:
-        runs = [run_once(cmd, inputs, dst, inner) for _ in range(repeat)]
+        runs = [run_once(cmd, inputs, dst) for _ in range(repeat)]
     except Exception as e:  # a missing or failing contender must not stop the others
         print(f"    failed: {str(e).splitlines()[-1]}")
         return {"name": name, "error": str(e), "command": cmd}
@@ -239,7 +241,7 @@ def streaming_python() -> tuple[str | None, str]:
 # ---------------------------------------------------------------- the two benchmarks
 
 def fastload_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fastload", "convert", *args]
+    return [sys.executable, "-m", "fastload", "convert", "--json", "--no-progress", *args]
 
 
 def writer_cmd(python: str, *args: str) -> list[str]:
@@ -251,11 +253,11 @@ def bench_images(src: str, workers: int, skip_streaming: bool, repeat: int
     files = [path for path, _ in _writers.list_imagefolder(src)]
     out = lambda name: os.path.join(DATA, "out", name)
     shard = ["--shard-bytes", str(SHARD_BYTES)]
-    runs = [(f"fastload --workers {w}", out(f"fastload-w{w}"), False, fastload_cmd(
+    runs = [(f"fastload --workers {w}", out(f"fastload-w{w}"), fastload_cmd(
                 src, out(f"fastload-w{w}"), "--from", "imagefolder", "--workers", str(w),
                 "--overwrite", "--shard-size", str(SHARD_BYTES)))
             for w in sorted({workers, 1}, reverse=True)]
-    runs.append(("webdataset ShardWriter", out("webdataset"), True, writer_cmd(
+    runs.append(("webdataset ShardWriter", out("webdataset"), writer_cmd(
         sys.executable, "webdataset", src, out("webdataset"), *shard)))
 
     python, why = (None, "--skip-streaming") if skip_streaming else streaming_python()
@@ -263,11 +265,11 @@ def bench_images(src: str, workers: int, skip_streaming: bool, repeat: int
         print(f"  MDSWriter not run: {why}")
     for enc, comp in [("bytes", "none"), ("bytes", "zstd"), ("jpeg", "none")] if python else []:
         dst = out(f"mds-{enc}-{comp}")
-        runs.append((f"MDSWriter {enc} {comp}", dst, True, writer_cmd(
+        runs.append((f"MDSWriter {enc} {comp}", dst, writer_cmd(
             python, "mds", src, dst, *shard, "--encoding", enc, "--compression", comp)))
 
-    rows = [contender(name, cmd, files, dst, len(files), inner, repeat)
-            for name, dst, inner, cmd in runs]
+    rows = [contender(name, cmd, files, dst, len(files), repeat)
+            for name, dst, cmd in runs]
     add_rates(rows, "MDSWriter bytes none", "vs_mds")
     streaming = {"venv": why}
     for r in rows:  # what the MDSWriter process itself reported about its environment
@@ -285,11 +287,11 @@ def bench_tokens(src: str, workers: int, repeat: int) -> list[dict]:
             src, fastload_dst, "--from", "tokens", "--seq-len", str(SEQ_LEN), "--dtype", "uint16",
             "--compression", "zstd", "--level", "3", "--workers", str(workers), "--overwrite",
             "--block-size", str(BLOCK_BYTES)),
-            [src], fastload_dst, sequences, False, repeat),
+            [src], fastload_dst, sequences, repeat),
         contender(f"zstd -3, {workers} procs", writer_cmd(
             sys.executable, "zstd", src, zstd_dst, "--workers", str(workers),
             "--block-size", str(BLOCK_BYTES), "--level", "3"),
-            [src], zstd_dst, None, True, repeat),
+            [src], zstd_dst, None, repeat),
     ]
     add_rates(rows, rows[-1]["name"], "vs_zstd")
     return rows
