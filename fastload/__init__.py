@@ -18,12 +18,15 @@ from .errors import (
 )
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
+from .loader import DataLoader, ImageDecode
 from .writer import Writer, merge_parts
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Dataset",
+    "DataLoader",
+    "ImageDecode",
     "Writer",
     "merge_parts",
     "Schema",

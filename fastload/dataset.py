@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -103,7 +104,41 @@ class Dataset:
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Records ``indices`` as columns: one numpy array per fixed-size field (gathered in the
         compiled core) and one list per variable-size field, in the order given."""
-        idx = _as_indices(indices)
+        return self.read_into(indices)
+
+    def read_into(self, indices: Sequence[int] | np.ndarray,
+                  out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Like :meth:`get_batch`, but the fixed-size fields named in ``out`` are gathered
+        straight into the arrays given there (shape ``(n, *field shape)``, the field's dtype,
+        C-contiguous; a shared-memory batch buffer, say): one copy of their bytes, in C++.
+        Returns the other fields, by name."""
+        out = dict(out or {})
+        spans = self._locate(_as_indices(indices))
+        layout = self._layout
+        n = len(spans.src)
+        for name, array in out.items():
+            _check_out(self.schema[name], array, n)
+        result: dict[str, Any] = {}
+        for name, array in out.items():
+            _, offset = layout.header_dtype.fields[name][:2]
+            size = array.dtype.itemsize * (array.size // max(n, 1))
+            _core.gather(spans.buffers, spans.src, spans.offsets + np.uint64(offset),
+                         np.full(n, size, np.uint64), array.reshape(-1).view(np.uint8),
+                         np.arange(n, dtype=np.uint64) * np.uint64(size))  # fmt: skip
+        rest = [f for f in layout.fixed_fields if f.name not in out and f.kind != "image"]
+        if rest or layout.var_fields:
+            headers = np.empty(n, layout.header_dtype)
+            _core.gather(spans.buffers, spans.src, spans.offsets,
+                         np.full(n, layout.header_size, np.uint64), headers.view(np.uint8),
+                         np.arange(n, dtype=np.uint64) * np.uint64(layout.header_size))  # fmt: skip
+            for f in rest:
+                result[f.name] = np.ascontiguousarray(headers[f.name])
+            if layout.var_fields:
+                result.update(self._gather_var(spans, headers))
+        return {name: result[name] for name in self.schema.names if name in result}
+
+    def _locate(self, idx: np.ndarray) -> "_Spans":
+        """Where records ``idx`` lie (checksums checked), for gathers in the compiled core."""
         n = len(self)
         bad = np.flatnonzero((idx < -n) | (idx >= n))
         if len(bad):
@@ -115,38 +150,22 @@ class Dataset:
         src = np.empty(len(idx), np.uint32)
         offsets = np.empty(len(idx), np.uint64)
         lengths = np.empty(len(idx), np.uint64)
-        owner = np.empty(len(idx), np.int64)  # shard of each record, for error messages
         for s in np.unique(shard_of):
             mine = np.flatnonzero(shard_of == s)
             bufs, si, off, ln = self.shard_reader(int(s)).locate(local[mine])
             src[mine] = si + len(buffers)
-            offsets[mine], lengths[mine], owner[mine] = off, ln, s
+            offsets[mine], lengths[mine] = off, ln
             buffers.extend(bufs)
-        return self._gather(buffers, src, offsets, lengths, owner, local)
-
-    def _gather(self, buffers, src, offsets, lengths, owner, local) -> dict[str, Any]:
-        layout = self._layout
-        n, hsize = len(src), layout.header_size
-
-        def corrupt(i: int, why: str):
-            return self.shard_reader(int(owner[i])).corrupt_record(int(local[i]), why)
-
-        short = np.flatnonzero(lengths < hsize)
+        spans = _Spans(self, buffers, src, offsets, lengths, shard_of, local)
+        short = np.flatnonzero(lengths < self._layout.header_size)
         if len(short):
-            raise corrupt(short[0], f"is {lengths[short[0]]} bytes, shorter than its header")
-        headers = np.empty(n, layout.header_dtype)
-        _core.gather(buffers, src, offsets, np.full(n, hsize, np.uint64), headers.view(np.uint8),
-                     np.arange(n, dtype=np.uint64) * np.uint64(hsize))  # fmt: skip
-        out: dict[str, Any] = {}
-        for f in layout.fixed_fields:
-            if f.kind != "image":
-                out[f.name] = np.ascontiguousarray(headers[f.name])
-        if layout.var_fields:
-            out.update(self._gather_var(buffers, src, offsets, lengths, headers, corrupt))
-        return {name: out[name] for name in self.schema.names}
+            raise spans.corrupt(short[0], f"is {lengths[short[0]]} bytes, shorter than its header")
+        return spans
 
-    def _gather_var(self, buffers, src, offsets, lengths, headers, corrupt) -> dict[str, list]:
+    def _gather_var(self, spans: "_Spans", headers: np.ndarray) -> dict[str, list]:
         layout = self._layout
+        buffers, src, offsets, lengths = spans.buffers, spans.src, spans.offsets, spans.lengths
+        corrupt = spans.corrupt
         n, k = len(src), len(layout.var_fields)
         ends = headers["__var_ends__"].reshape(n, k).astype(np.uint64)
         starts = np.concatenate([np.zeros((n, 1), np.uint64), ends[:, :-1]], axis=1)
@@ -196,6 +215,34 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.path!r}, records={len(self)}, shards={len(self.shards)}, "
                 f"schema={self.schema.to_dict()})")  # fmt: skip
+
+
+@dataclass
+class _Spans:
+    """Records located in their buffers: record i is ``buffers[src[i]][offsets[i]:+lengths[i]]``."""
+
+    dataset: Dataset
+    buffers: list
+    src: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    shard: np.ndarray
+    local: np.ndarray
+
+    def corrupt(self, i: int, why: str):
+        """The error for the i-th located record, naming its shard and record."""
+        reader = self.dataset.shard_reader(int(self.shard[i]))
+        return reader.corrupt_record(int(self.local[i]), why)
+
+
+def _check_out(field, array: np.ndarray, n: int) -> None:
+    if field.kind not in ("scalar", "ndarray") or not field.is_fixed:
+        raise ValueError(f"field {field.name!r} is not fixed-size; it cannot be read into an array")
+    want = (n, *(field.shape or ()))
+    if (not isinstance(array, np.ndarray) or array.shape != want or array.dtype != field.np_dtype
+            or not array.flags.c_contiguous or not array.flags.writeable):
+        raise ValueError(f"out[{field.name!r}] must be a writable C-contiguous {field.np_dtype} "
+                         f"array of shape {want}")
 
 
 def _as_indices(indices) -> np.ndarray:

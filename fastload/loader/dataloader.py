@@ -1,0 +1,315 @@
+"""``fastload.DataLoader``: torch's DataLoader arguments, fastload's speed.
+
+With a :class:`fastload.Dataset` (and no custom ``collate_fn``) batches come from the fast
+path: workers gather fixed-size fields straight into shared-memory slabs with the compiled
+core and decode images in place; the consumer receives tensors that *are* the slab (no copy,
+no pickling of sample bytes). Any other dataset, or a custom ``collate_fn``, runs on torch's own
+DataLoader with the same arguments, so it yields exactly what torch would.
+
+Batches of the fast path are dicts: fixed-size fields and decoded images as tensors of shape
+``(n, ...)``, other fields as lists. See :mod:`fastload.loader.slabs` for the lifetime rule.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
+
+from ..dataset import Dataset
+from .layout import BatchLayout, ImageDecode
+from .pool import WorkerPool
+from .slabs import SlabPool
+from .stats import LoaderStats
+from .worker import Result, Task, WorkerSetup
+
+__all__ = ["DataLoader"]
+
+_WORKER_TYPES = ("process", "thread")
+
+
+class DataLoader:
+    """A drop-in replacement for ``torch.utils.data.DataLoader``.
+
+    Arguments up to ``in_order`` have torch's meaning. fastload adds, keyword-only:
+
+    - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
+      fixed-size uint8 pixels in the workers;
+    - ``worker_type``: ``"process"`` (default) or ``"thread"`` (for work that releases the GIL);
+    - ``device``: return batches on this device (copied on a side stream).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: Optional[int] = 1,
+        shuffle: Optional[bool] = None,
+        sampler: Optional[Sampler | Iterable] = None,
+        batch_sampler: Optional[Sampler | Iterable] = None,
+        num_workers: int = 0,
+        collate_fn: Optional[Callable] = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Optional[Callable[[int], None]] = None,
+        multiprocessing_context: Any = None,
+        generator: Optional[torch.Generator] = None,
+        *,
+        prefetch_factor: Optional[int] = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        decode: Optional[Mapping[str, ImageDecode]] = None,
+        worker_type: str = "process",
+        device: Optional[str | torch.device] = None,
+    ) -> None:
+        if worker_type not in _WORKER_TYPES:
+            raise ValueError(f"worker_type must be one of {_WORKER_TYPES}, got {worker_type!r}")
+        if num_workers < 0:
+            raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
+                             "disable multiprocessing.")  # fmt: skip
+        if timeout < 0:
+            raise ValueError("timeout option should be non-negative")
+        if num_workers == 0 and prefetch_factor is not None:
+            raise ValueError("prefetch_factor option could only be specified in multiprocessing."
+                             "let num_workers > 0 to enable multiprocessing, otherwise set "
+                             "prefetch_factor to None.")  # fmt: skip
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers option needs num_workers > 0")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.prefetch_factor = 2 if prefetch_factor is None and num_workers > 0 else prefetch_factor
+        self.pin_memory = pin_memory
+        self.timeout = timeout
+        self.worker_init_fn = worker_init_fn
+        self.multiprocessing_context = multiprocessing_context
+        self.generator = generator
+        self.persistent_workers = persistent_workers
+        self.in_order = in_order
+        self.worker_type = worker_type
+        self.device = torch.device(device) if device is not None else None
+        self._stats = LoaderStats()
+        self._pool: Optional[WorkerPool] = None
+        self.fast = isinstance(dataset, Dataset) and collate_fn is None and batch_size is not None
+        if decode and not self.fast:
+            raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
+                             "collate_fn")  # fmt: skip
+        if not self.fast:
+            self._torch = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
+                pin_memory=pin_memory, drop_last=drop_last, timeout=timeout,
+                worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
+                generator=generator, prefetch_factor=prefetch_factor,
+                persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
+                in_order=in_order)  # fmt: skip
+            self.batch_sampler = self._torch.batch_sampler
+            self.sampler = self._torch.sampler
+            return
+        self.batch_sampler = _batch_sampler(dataset, batch_size, shuffle, sampler, batch_sampler,
+                                            drop_last, generator)  # fmt: skip
+        self.sampler = getattr(self.batch_sampler, "sampler", sampler)
+        if batch_sampler is not None:
+            self.batch_size, self.drop_last = None, False
+        size = batch_size if batch_sampler is None else _max_batch(self.batch_sampler)
+        self.layout = BatchLayout(dataset.schema, size, decode)
+        slabs = max(2, num_workers * self.prefetch_factor + 2) if num_workers else 2
+        self._slabs = SlabPool(self.layout.slab_size, slabs,
+                               shared=num_workers > 0 and worker_type == "process")  # fmt: skip
+        self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
+
+    # -- torch's DataLoader surface -------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._torch) if not self.fast else len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.fast:
+            return self._timed(iter(self._torch))
+        return self._timed(self._fast_batches())
+
+    def stats(self) -> dict:
+        """Throughput (samples/s, MB/s), the fraction of wall time the consumer waited for
+        data (``data_stall``), and seconds per stage, since the first batch was asked for."""
+        return self._stats.as_dict()
+
+    def close(self) -> None:
+        """Stop the workers now (also done at the end of each epoch unless persistent)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- iteration ------------------------------------------------------------------------
+    def _timed(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Counts the time the consumer spends waiting inside next()."""
+        stats = self._stats
+        stats.start()
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            stats.wait_seconds += time.perf_counter() - start
+            if not self.fast:
+                stats.add_batch(_batch_len(batch), 0, {})
+            yield batch
+
+    def _fast_batches(self) -> Iterator[dict]:
+        base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        plan = (np.asarray(b, dtype=np.int64) for b in self.batch_sampler)
+        if self.num_workers == 0:
+            yield from self._in_process(plan, base_seed)
+            return
+        pool = self._pool or self._start_pool(base_seed)
+        try:
+            yield from self._from_workers(pool, plan, base_seed)
+        finally:
+            if not self.persistent_workers:
+                self.close()
+
+    def _in_process(self, plan: Iterator[np.ndarray], base_seed: int) -> Iterator[dict]:
+        from .fill import fill_batch
+
+        for j, indices in enumerate(plan):
+            slab = self._slabs.acquire(grow=True)
+            try:
+                listed, timings = fill_batch(self.dataset, self.layout, self._slabs.arrays[slab],
+                                             indices, (base_seed, j))  # fmt: skip
+            except BaseException:
+                self._slabs.release(slab)
+                raise
+            yield self._deliver(Result(j, slab, len(indices), listed, timings))
+
+    def _start_pool(self, base_seed: int) -> WorkerPool:
+        setup = WorkerSetup(self.dataset, self.layout, self.worker_init_fn, self.num_workers,
+                            base_seed)  # fmt: skip
+        self._pool = WorkerPool(setup, list(self._slabs.tensors), worker_type=self.worker_type,
+                                context=self.multiprocessing_context)  # fmt: skip
+        return self._pool
+
+    def _from_workers(self, pool: WorkerPool, plan: Iterator[np.ndarray],
+                      base_seed: int) -> Iterator[dict]:  # fmt: skip
+        in_flight: dict[int, int] = {}  # batch -> slab, sent and not yet delivered
+        ready: dict[int, Result] = {}
+        next_batch = sent = 0
+        limit = self.num_workers * self.prefetch_factor
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < limit:
+                # Grow only when nothing is in flight: the consumer holds every slab.
+                slab = self._slabs.acquire(grow=not in_flight)
+                if slab is None:
+                    break
+                indices = next(plan, None)
+                if indices is None:
+                    self._slabs.release(slab)
+                    exhausted = True
+                    break
+                pool.submit(sent % self.num_workers,
+                            Task(sent, slab, indices, (base_seed, sent)),
+                            self._slabs.tensors[slab])  # fmt: skip
+                in_flight[sent] = slab
+                sent += 1
+            if next_batch == sent and exhausted:
+                return
+            result = ready.pop(next_batch, None) if self.in_order else None
+            while result is None:
+                got = pool.get(self.timeout)
+                if got.error is not None:
+                    if got.slab >= 0:
+                        self._slabs.release(got.slab)
+                    got.error.reraise()
+                if not self.in_order or got.batch == next_batch:
+                    result = got
+                else:
+                    ready[got.batch] = got
+            del in_flight[result.batch]
+            next_batch += 1
+            yield self._deliver(result)
+
+    def _deliver(self, result: Result) -> dict:
+        """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
+        start = time.perf_counter()
+        lease = self._slabs.lease(result.slab)
+        views = self.layout.views(lease, result.samples)
+        batch: dict[str, Any] = {}
+        for name in self.dataset.schema.names:
+            if name in views:
+                batch[name] = torch.from_numpy(views[name])
+            else:
+                batch[name] = result.listed[name]
+        del views, lease  # the batch's tensors now own the slab
+        self._stats.stage_seconds["collate"] += time.perf_counter() - start
+        self._stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
+        if self.device is not None:
+            batch = self._to_device(batch)
+        return batch
+
+    # -- pinning and device transfer ------------------------------------------------------
+    def _setup_pinning(self, pin_memory: bool, pin_memory_device: str) -> bool:
+        if not (pin_memory or (self.device is not None and self.device.type == "cuda")):
+            return False
+        if not torch.cuda.is_available():
+            if pin_memory:
+                warnings.warn("'pin_memory' argument is set as true but no accelerator is "
+                              "found, then device pinned memory won't be used.")  # fmt: skip
+            return False
+        from .device import register_slabs
+
+        register_slabs(self._slabs)
+        return True
+
+    def _to_device(self, batch: dict) -> dict:
+        from .device import to_device
+
+        start = time.perf_counter()
+        out = to_device(batch, self.device)
+        self._stats.stage_seconds["transfer"] += time.perf_counter() - start
+        return out
+
+
+def _batch_sampler(dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, generator):
+    """The batch sampler torch's DataLoader would build from the same arguments."""
+    if batch_sampler is not None:
+        if batch_size != 1 or shuffle or sampler is not None or drop_last:
+            raise ValueError("batch_sampler option is mutually exclusive with batch_size, "
+                             "shuffle, sampler, and drop_last")  # fmt: skip
+        return batch_sampler
+    if sampler is not None and shuffle:
+        raise ValueError("sampler option is mutually exclusive with shuffle")
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else \
+            SequentialSampler(dataset)  # fmt: skip
+    return BatchSampler(sampler, batch_size, drop_last)
+
+
+def _max_batch(batch_sampler) -> int:
+    size = getattr(batch_sampler, "batch_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    return max((len(b) for b in batch_sampler), default=1)
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, Mapping):
+        batch = next(iter(batch.values()), ())
+    elif isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    try:
+        return len(batch)
+    except TypeError:
+        return 1

@@ -1,0 +1,51 @@
+"""Pinning slabs and copying batches to the GPU (only used where CUDA is available).
+
+Slabs are pinned by registering their memory with CUDA (no copy into a pinned buffer), so a
+host-to-device copy is a DMA straight from the slab.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .slabs import SlabPool
+
+__all__ = ["register_slabs", "to_device"]
+
+
+def register_slabs(pool: SlabPool) -> None:
+    """Page-lock every slab of ``pool`` (and any it grows later) with cudaHostRegister."""
+    cudart = torch.cuda.cudart()
+
+    def register(index: int) -> None:
+        tensor = pool.tensors[index]
+        err = cudart.cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0)
+        if int(err) != 0:
+            raise RuntimeError(f"cudaHostRegister of a {tensor.numel()}-byte slab failed: {err}")
+
+    for i in range(len(pool.tensors)):
+        register(i)
+    pool.on_new_slab = register
+
+
+_streams: dict = {}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Copy a batch's tensors to ``device`` on a side stream; the current stream waits for the
+    copy before anything queued after this call runs."""
+    if device.type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    stream = _streams.get(device)
+    if stream is None:
+        stream = _streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+               for k, v in batch.items()}  # fmt: skip
+    torch.cuda.current_stream(device).wait_stream(stream)
+    for v in out.values():
+        if isinstance(v, torch.Tensor):
+            v.record_stream(torch.cuda.current_stream(device))
+    # The source slab must outlive the copy: sync the side stream before it can be recycled.
+    stream.synchronize()
+    return out

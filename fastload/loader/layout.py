@@ -1,0 +1,105 @@
+"""Where each field of a batch lives in a batch slab.
+
+Fixed-size fields (scalars, fixed-shape arrays) and decoded images have a known size per
+sample, so a batch of ``batch_size`` records has a fixed byte layout: each such field is one
+``(n, *shape)`` array at a 64-byte aligned offset of the slab. Workers gather or decode straight
+into those arrays; the main process turns them into tensors without copying. Other fields
+(bytes, str, json, variable-shape arrays, images without a decoder) travel as Python lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..format.schema import Schema
+
+__all__ = ["BatchLayout", "Slot", "ImageDecode"]
+
+_ALIGN = 64  # a cache line: no two fields share one, and SIMD loads stay aligned
+
+
+@dataclass(frozen=True)
+class ImageDecode:
+    """Decode an image field into fixed-size uint8 pixels inside the workers.
+
+    ``train=True``: RandomResizedCrop(size) + random horizontal flip, as torchvision's
+    standard ImageNet training transform; ``train=False``: resize + center crop. ``layout``
+    is ``"HWC"`` (channels last) or ``"CHW"``.
+    """
+
+    size: int | tuple[int, int] = 224
+    train: bool = True
+    layout: str = "HWC"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("HWC", "CHW"):
+            raise ValueError(f"layout must be 'HWC' or 'CHW', got {self.layout!r}")
+        h, w = self.hw
+        if h <= 0 or w <= 0:
+            raise ValueError(f"size must be positive, got {self.size!r}")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w = self.hw
+        return (h, w, 3) if self.layout == "HWC" else (3, h, w)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One field's array in the slab: ``(n, *shape)`` of ``dtype`` at ``offset``."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+    sample_bytes: int  # bytes of one sample's value
+
+
+class BatchLayout:
+    """The slab layout of batches of up to ``batch_size`` records of ``schema``."""
+
+    def __init__(self, schema: Schema, batch_size: int,
+                 decode: Mapping[str, ImageDecode] | None = None) -> None:  # fmt: skip
+        decode = dict(decode or {})
+        for name, spec in decode.items():
+            if name not in schema or schema[name].kind != "image":
+                raise ValueError(f"decode: {name!r} is not an image field of the dataset "
+                                 f"(fields: {schema.to_dict()})")  # fmt: skip
+            if not isinstance(spec, ImageDecode):
+                raise TypeError(f"decode[{name!r}] must be an ImageDecode, got {spec!r}")
+        self.schema = schema
+        self.batch_size = batch_size
+        self.decode = decode
+        slots, offset = [], 0
+        for f in schema:
+            if f.kind in ("scalar", "ndarray") and f.is_fixed:
+                dtype, shape = f.np_dtype, tuple(f.shape or ())
+            elif f.name in decode:
+                dtype, shape = np.dtype(np.uint8), decode[f.name].shape
+            else:
+                continue
+            sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            slots.append(Slot(f.name, dtype, shape, offset, sample_bytes))
+            offset += -(-batch_size * slots[-1].sample_bytes // _ALIGN) * _ALIGN
+        self.slots: tuple[Slot, ...] = tuple(slots)
+        #: Fields that are gathered straight into the slab (fixed-size ones).
+        self.gathered = tuple(s.name for s in slots if s.name not in decode)
+        #: Fields that travel as lists.
+        self.listed = tuple(f.name for f in schema if f.name not in {s.name for s in slots})
+        self.slab_size = max(offset, _ALIGN)
+
+    def views(self, slab: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """The arrays of a batch of ``n`` records inside ``slab`` (a uint8 array)."""
+        out = {}
+        for s in self.slots:
+            size = n * s.sample_bytes
+            out[s.name] = slab[s.offset : s.offset + size].view(s.dtype).reshape((n, *s.shape))
+        return out

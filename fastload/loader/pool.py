@@ -1,0 +1,148 @@
+"""Worker processes (or threads) of the loader, and the consumer's side of talking to them.
+
+The consumer sends tasks to one queue per worker (batch j goes to worker j % num_workers, as in
+torch) and reads results from one shared queue. While it waits it checks, every poll interval,
+that no worker died: a worker killed by a signal is reported in about a second, never a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection as mpc
+import signal
+import threading
+import time
+from typing import Any
+
+import torch.multiprocessing as tmp
+
+from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
+
+__all__ = ["WorkerPool", "WorkerDiedError", "LoaderTimeoutError"]
+
+
+class WorkerDiedError(RuntimeError):
+    """A loader worker exited without reporting an error (killed, crashed, out of memory)."""
+
+
+class LoaderTimeoutError(RuntimeError):
+    """No batch arrived within the DataLoader's ``timeout``."""
+
+
+_POLL = 0.5
+
+
+class WorkerPool:
+    def __init__(self, setup: WorkerSetup, slabs: list, *, worker_type: str,
+                 context: Any = None) -> None:  # fmt: skip
+        self.num_workers = setup.num_workers
+        self.is_process = worker_type == "process"
+        self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
+        # One duplex pipe per worker: tasks go down, results come back. Pipes (not Queues):
+        # no feeder threads, and the consumer can wait on all of them and on the workers'
+        # exit sentinels at once, so a dead worker is noticed the moment it dies.
+        ctx = _context(context) if self.is_process else None
+        pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
+        self.conns = [mine for mine, _ in pipes]
+        if self.is_process:
+            self.workers = [
+                ctx.Process(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
+                            args=(setup, i, slabs, theirs, theirs, True))
+                for i, (_, theirs) in enumerate(pipes)
+            ]  # fmt: skip
+        else:
+            arrays = [t.numpy() for t in slabs]
+            self.workers = [
+                threading.Thread(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
+                                 args=(setup, i, arrays, theirs, theirs, False))
+                for i, (_, theirs) in enumerate(pipes)
+            ]  # fmt: skip
+        for w in self.workers:
+            w.start()
+        if self.is_process:
+            for _, theirs in pipes:
+                theirs.close()  # the workers hold their ends; EOF then means a worker is gone
+        self._by_conn = {c: i for i, c in enumerate(self.conns)}
+        self.closed = False
+
+    def submit(self, worker: int, task: Task, slab_tensor) -> None:
+        """Send ``task``; a slab the worker has not seen travels with it (once)."""
+        if task.slab not in self.slabs_known[worker]:
+            task.new_slab = slab_tensor if self.is_process else _Wrap(slab_tensor)
+            self.slabs_known[worker].add(task.slab)
+        self.conns[worker].send(task)
+
+    def get(self, timeout: float) -> Result:
+        """The next result from any worker. Raises WorkerDiedError if a worker died,
+        LoaderTimeoutError after ``timeout`` seconds without a result (0: wait forever)."""
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        sentinels = [w.sentinel for w in self.workers] if self.is_process else []
+        while True:
+            wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
+            for ready in mpc.wait([*self.conns, *sentinels], wait):
+                if ready in self._by_conn:
+                    try:
+                        return ready.recv()
+                    except (EOFError, OSError):
+                        pass  # the worker is gone: check_alive says how
+            self.check_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LoaderTimeoutError(f"DataLoader timed out after {timeout} seconds "
+                                         "waiting for a batch from its workers")  # fmt: skip
+
+    def check_alive(self) -> None:
+        if not self.is_process:
+            dead = [i for i, w in enumerate(self.workers) if not w.is_alive()]
+            if dead:
+                raise WorkerDiedError(f"fastload worker thread {dead[0]} exited unexpectedly")
+            return
+        for i, w in enumerate(self.workers):
+            code = w.exitcode
+            if code is not None:
+                how = (f"was killed by signal {-code} ({signal.Signals(-code).name})"
+                       if code < 0 else f"exited with status {code}")  # fmt: skip
+                hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+                raise WorkerDiedError(f"fastload worker {i} (pid {w.pid}) {how} "
+                                      f"unexpectedly{hint}")  # fmt: skip
+
+    def shutdown(self) -> None:
+        """Stop every worker and reap it; safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        for c in self.conns:
+            try:
+                c.send(None)
+            except (OSError, ValueError):
+                pass  # that worker is already gone
+        deadline = time.monotonic() + 2 * POLL_SECONDS + 1
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+        if self.is_process:
+            for w in self.workers:
+                if w.is_alive():
+                    w.terminate()
+                    w.join(1.0)
+                if w.is_alive():
+                    w.kill()
+                    w.join()
+        for c in self.conns:
+            c.close()
+
+
+class _Wrap:
+    """A thread worker's view of a new slab: the same memory, no pickling."""
+
+    def __init__(self, tensor) -> None:
+        self._tensor = tensor
+
+    def numpy(self):
+        return self._tensor.numpy()
+
+
+def _context(context: Any):
+    """torch's multiprocessing context (it shares tensors by file descriptor)."""
+    if context is None:
+        return tmp.get_context()
+    if isinstance(context, str):
+        return tmp.get_context(context)
+    return context

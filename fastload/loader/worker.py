@@ -1,0 +1,155 @@
+"""The loader's worker: fill batch slabs from a dataset until told to stop.
+
+Runs as a process (default) or a thread; both execute :func:`worker_loop`. Failure semantics
+(if the code disagrees with this comment, the code is wrong):
+
+- an exception while filling a batch is sent to the consumer, who re-raises it with this
+  worker's traceback and the batch's record indices; the worker keeps serving later tasks;
+- an exception in ``worker_init_fn`` is sent once and the worker exits;
+- a process worker whose parent died exits within a poll interval (no orphans);
+- the consumer detects a worker that died without a word (killed, segfault) by its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .fill import fill_batch
+from .layout import BatchLayout
+
+__all__ = ["WorkerSetup", "WorkerError", "worker_loop", "Task", "Result"]
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class WorkerSetup:
+    """What every worker gets once, at start."""
+
+    dataset: Any
+    layout: BatchLayout
+    worker_init_fn: Optional[Callable[[int], None]]
+    num_workers: int
+    seed: int
+
+
+@dataclass
+class Task:
+    batch: int  # position of the batch in the epoch
+    slab: int
+    indices: np.ndarray
+    rng_seed: tuple
+    new_slab: Any = None  # a slab this worker has not seen yet (its shared tensor)
+
+
+@dataclass
+class Result:
+    batch: int
+    slab: int
+    samples: int = 0
+    listed: Optional[dict] = None
+    timings: Optional[dict] = None
+    error: Optional["WorkerError"] = None
+
+
+@dataclass
+class WorkerError:
+    """An exception from a worker, as plain data (its class may not be importable here)."""
+
+    type_name: str
+    module: str
+    message: str
+    traceback: str
+    worker_id: int
+    pid: int
+    where: str
+
+    @classmethod
+    def capture(cls, e: BaseException, worker_id: int, where: str) -> "WorkerError":
+        trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        return cls(type(e).__name__, type(e).__module__, str(e), trace, worker_id, os.getpid(),
+                   where)  # fmt: skip
+
+    def reraise(self) -> None:
+        """Raise it in the consumer: the same class where it can be rebuilt from a message,
+        else RuntimeError, with the worker's traceback in the message (as torch does)."""
+        text = (f"Caught {self.type_name} in fastload worker {self.worker_id} (pid {self.pid}) "
+                f"{self.where}.\nOriginal {self.traceback}")  # fmt: skip
+        cls = _exception_class(self.module, self.type_name)
+        try:
+            error = cls(text)
+        except Exception:
+            error = RuntimeError(text)
+        raise error
+
+
+def _exception_class(module: str, name: str) -> type:
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except Exception:
+        return RuntimeError
+    return cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
+
+
+def worker_loop(setup: WorkerSetup, worker_id: int, slabs: list, tasks, results,
+                is_process: bool) -> None:  # fmt: skip
+    """Serve tasks from the connection ``tasks`` (a Task, or None to stop) and send a Result
+    for each on ``results`` (the same duplex pipe, in practice)."""
+    if is_process:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
+        import torch
+
+        torch.set_num_threads(1)  # two workers on two cores must not fight over threads
+    arrays = [s if isinstance(s, np.ndarray) else s.numpy() for s in slabs]
+    if setup.worker_init_fn is not None:
+        try:
+            setup.worker_init_fn(worker_id)
+        except BaseException as e:
+            _send(results, Result(-1, -1, error=WorkerError.capture(e, worker_id,
+                                                                 "in worker_init_fn")))
+            return
+    parent = os.getppid()
+    while True:
+        try:
+            if not tasks.poll(POLL_SECONDS):
+                if is_process and os.getppid() != parent:
+                    return  # orphaned: the consumer is gone
+                continue
+            task = tasks.recv()
+        except (EOFError, OSError):
+            return  # the consumer closed its end
+        if task is None:
+            return
+        if task.new_slab is not None:
+            while len(arrays) <= task.slab:
+                arrays.append(None)
+            arrays[task.slab] = task.new_slab.numpy()
+        try:
+            listed, timings = fill_batch(setup.dataset, setup.layout, arrays[task.slab],
+                                         task.indices, task.rng_seed)  # fmt: skip
+            _send(results, Result(task.batch, task.slab, len(task.indices), listed, timings))
+        except Exception as e:
+            where = (f"while loading batch {task.batch} (dataset indices "
+                     f"{_short(task.indices)})")  # fmt: skip
+            _send(results, Result(task.batch, task.slab,
+                               error=WorkerError.capture(e, worker_id, where)))
+
+
+def _send(conn, result: Result) -> None:
+    try:
+        conn.send(result)
+    except (OSError, ValueError):
+        pass  # the consumer is gone; the next recv ends this worker
+
+
+def _short(indices: np.ndarray) -> str:
+    head = ", ".join(str(int(i)) for i in indices[:8])
+    return f"[{head}{', ...' if len(indices) > 8 else ''}]"
