@@ -146,6 +146,9 @@ class Dataset:
         idx = np.where(idx < 0, idx + n, idx)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         local = idx - self._starts[shard_of]
+        if len(self._readers) == 1 or (len(idx) and (shard_of == shard_of[0]).all()):
+            bufs, src, offsets, lengths = self.shard_reader(int(shard_of[0])).locate(local)
+            return self._spans(list(bufs), src, offsets, lengths, shard_of, local)
         buffers: list = []
         src = np.empty(len(idx), np.uint32)
         offsets = np.empty(len(idx), np.uint64)
@@ -156,6 +159,9 @@ class Dataset:
             src[mine] = si + len(buffers)
             offsets[mine], lengths[mine] = off, ln
             buffers.extend(bufs)
+        return self._spans(buffers, src, offsets, lengths, shard_of, local)
+
+    def _spans(self, buffers, src, offsets, lengths, shard_of, local) -> "_Spans":
         spans = _Spans(self, buffers, src, offsets, lengths, shard_of, local)
         short = np.flatnonzero(lengths < self._layout.header_size)
         if len(short):

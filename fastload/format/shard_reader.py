@@ -115,6 +115,15 @@ class ShardReader:
         self.records = np.frombuffer(raw, RECORD_DTYPE, count=n_records, offset=split)
         self.data_end = offset
         self._check_tables()
+        # Per-record arrays the batched path (locate) would otherwise rebuild every batch.
+        self._lengths = self.records["length"].astype(np.uint64)
+        self._checksums = np.ascontiguousarray(self.records["checksum"])
+        raw = self.blocks["codec"] == CODEC_NONE
+        self._all_raw = bool(raw.all())
+        # Where each record starts in the file, when every block is stored raw: a batch of
+        # them is then one fancy-index away from a gather out of the memory map.
+        self._starts = (self.blocks["offset"][self.records["block"]] + self.records["offset"]
+                        if self._all_raw else None)  # fmt: skip
 
     def _check_tables(self) -> None:
         """Every block inside the data area, in order; every record inside its block."""
@@ -236,13 +245,21 @@ class ShardReader:
         Returns ``(buffers, buffer index per record, offset in that buffer, length)``, with every
         record's checksum already checked.
         """
+        mapped = self.source.buffer
+        if mapped is not None and self._all_raw:  # the common case for local, raw shards
+            offsets, lengths = self._starts[rs], self._lengths[rs]
+            if self.verify:
+                bad = first_bad_record(mapped, offsets, lengths, self._checksums[rs])
+                if bad >= 0:
+                    raise self.corrupt_record(int(rs[bad]), "failed its checksum; the shard is "
+                                              "corrupt: re-create or re-download it")  # fmt: skip
+            return [mapped], np.zeros(len(rs), np.uint32), offsets, lengths
         entries = self.records[rs]
         blocks = entries["block"]
         lengths = entries["length"].astype(np.uint64)
         offsets = entries["offset"].astype(np.uint64)
         source_index = np.empty(len(rs), np.uint32)
         buffers: list = []
-        mapped = self.source.buffer
         raw_mapped = (self.blocks["codec"][blocks] == CODEC_NONE) if mapped is not None else \
             np.zeros(len(rs), bool)  # fmt: skip
         if raw_mapped.any():
@@ -288,3 +305,5 @@ class ShardReader:
         self._cache.clear()
         self.blocks = self.blocks[:0]
         self.records = self.records[:0]
+        self._lengths = self._checksums = self._lengths[:0]
+        self._all_raw, self._starts = False, None
