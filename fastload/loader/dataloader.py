@@ -30,6 +30,7 @@ from .worker import Result, Task, WorkerSetup
 __all__ = ["DataLoader"]
 
 _WORKER_TYPES = ("process", "thread")
+_SMALL_BATCH_BYTES = 4 << 20  # batches smaller than this may share a message to a worker
 
 
 class DataLoader:
@@ -119,7 +120,11 @@ class DataLoader:
             self.batch_size, self.drop_last = None, False
         size = batch_size if batch_sampler is None else _max_batch(self.batch_sampler)
         self.layout = BatchLayout(dataset.schema, size, decode)
-        slabs = max(2, num_workers * self.prefetch_factor + 2) if num_workers else 2
+        # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
+        # for every batch that can be in flight, plus the one the consumer is using.
+        self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
+                                       _SMALL_BATCH_BYTES // self.layout.slab_size))  # fmt: skip
+        slabs = num_workers * self.prefetch_factor * self._per_message + 2 if num_workers else 2
         self._slabs = SlabPool(self.layout.slab_size, slabs,
                                shared=num_workers > 0 and worker_type == "process")  # fmt: skip
         self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
@@ -195,49 +200,72 @@ class DataLoader:
     def _start_pool(self, base_seed: int) -> WorkerPool:
         setup = WorkerSetup(self.dataset, self.layout, self.worker_init_fn, self.num_workers,
                             base_seed)  # fmt: skip
-        self._pool = WorkerPool(setup, list(self._slabs.tensors), worker_type=self.worker_type,
+        self._pool = WorkerPool(setup, self._slabs, worker_type=self.worker_type,
                                 context=self.multiprocessing_context)  # fmt: skip
         return self._pool
 
     def _from_workers(self, pool: WorkerPool, plan: Iterator[np.ndarray],
                       base_seed: int) -> Iterator[dict]:  # fmt: skip
-        in_flight: dict[int, int] = {}  # batch -> slab, sent and not yet delivered
+        """Batches from the workers, in order (or as they come with ``in_order=False``).
+
+        Each worker has up to ``prefetch_factor`` messages in flight; a message carries as
+        many batches as fit in about 2 ms of work (one, for image batches; a dozen, for small
+        token batches), since every message costs both sides a wake-up.
+        """
+        workers, limit = self.num_workers, self.prefetch_factor
+        pending = [0] * workers  # messages in flight, per worker
         ready: dict[int, Result] = {}
-        next_batch = sent = 0
-        limit = self.num_workers * self.prefetch_factor
+        sizer = _MessageSizer(self._per_message)
+        next_batch = sent = turn = 0
         exhausted = False
-        while True:
-            while not exhausted and len(in_flight) < limit:
-                # Grow only when nothing is in flight: the consumer holds every slab.
-                slab = self._slabs.acquire(grow=not in_flight)
-                if slab is None:
-                    break
-                indices = next(plan, None)
-                if indices is None:
-                    self._slabs.release(slab)
-                    exhausted = True
-                    break
-                pool.submit(sent % self.num_workers,
-                            Task(sent, slab, indices, (base_seed, sent)),
-                            self._slabs.tensors[slab])  # fmt: skip
-                in_flight[sent] = slab
-                sent += 1
-            if next_batch == sent and exhausted:
-                return
-            result = ready.pop(next_batch, None) if self.in_order else None
-            while result is None:
-                got = pool.get(self.timeout)
-                if got.error is not None:
-                    if got.slab >= 0:
-                        self._slabs.release(got.slab)
-                    got.error.reraise()
-                if not self.in_order or got.batch == next_batch:
-                    result = got
-                else:
-                    ready[got.batch] = got
-            del in_flight[result.batch]
-            next_batch += 1
-            yield self._deliver(result)
+        try:
+            while True:
+                while not exhausted and pending[turn % workers] < limit:
+                    tasks = self._tasks(plan, sent, sizer.batches, base_seed,
+                                        idle=sent == next_batch)  # fmt: skip
+                    if not tasks:
+                        exhausted = sent == next_batch or tasks is None
+                        break
+                    pool.submit(turn % workers, tasks, self._slabs)
+                    pending[turn % workers] += 1
+                    sent += len(tasks)
+                    turn += 1
+                if next_batch == sent and exhausted:
+                    return
+                while (next_batch if self.in_order else next(iter(ready), None)) not in ready:
+                    worker, results = pool.get(self.timeout)
+                    pending[worker] -= 1
+                    for r in results:
+                        ready[r.batch] = r
+                        sizer.observe(r.timings)
+                result = ready.pop(next_batch if self.in_order else next(iter(ready)))
+                next_batch += 1
+                if result.error is not None:
+                    self._slabs.release(result.slab)
+                    result.error.reraise()
+                yield self._deliver(result)
+        finally:
+            for r in ready.values():  # filled but never delivered (an error, or a break)
+                self._slabs.release(r.slab)
+
+    def _tasks(self, plan: Iterator[np.ndarray], first: int, count: int, base_seed: int,
+               idle: bool) -> list[Task] | None:  # fmt: skip
+        """Up to ``count`` tasks for the next batches of ``plan``, each with a free slab.
+        Returns None when the plan is exhausted and [] when no slab is free."""
+        tasks: list[Task] = []
+        # Grow only when nothing is in flight (the consumer holds every slab).
+        while len(tasks) < count:
+            grow = idle and not tasks
+            slab = self._slabs.acquire(grow=grow)
+            if slab is None:
+                break
+            indices = next(plan, None)
+            if indices is None:
+                self._slabs.release(slab)
+                return tasks or None
+            batch = first + len(tasks)
+            tasks.append(Task(batch, slab, indices, (base_seed, batch)))
+        return tasks
 
     def _deliver(self, result: Result) -> dict:
         """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
@@ -278,6 +306,29 @@ class DataLoader:
         out = to_device(batch, self.device)
         self._stats.stage_seconds["transfer"] += time.perf_counter() - start
         return out
+
+
+class _MessageSizer:
+    """How many batches to put in one message to a worker: about 2 ms of work."""
+
+    TARGET_SECONDS = 0.002
+    MAX_BATCHES = 16
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # what the slab pool was sized for
+        self.seconds_per_batch: float | None = None
+
+    @property
+    def batches(self) -> int:
+        if not self.seconds_per_batch:
+            return 1
+        return max(1, min(self.limit, int(self.TARGET_SECONDS / self.seconds_per_batch)))
+
+    def observe(self, timings: dict | None) -> None:
+        if timings:
+            t = timings.get("read", 0.0) + timings.get("decode", 0.0)
+            old = self.seconds_per_batch
+            self.seconds_per_batch = t if old is None else 0.8 * old + 0.2 * t
 
 
 def _batch_sampler(dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, generator):

@@ -14,18 +14,18 @@ __all__ = ["register_slabs", "to_device"]
 
 
 def register_slabs(pool: SlabPool) -> None:
-    """Page-lock every slab of ``pool`` (and any it grows later) with cudaHostRegister."""
+    """Page-lock every arena of ``pool`` (and any it grows later) with cudaHostRegister."""
     cudart = torch.cuda.cudart()
 
-    def register(index: int) -> None:
-        tensor = pool.tensors[index]
-        err = cudart.cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0)
+    def register(arena: torch.Tensor) -> None:
+        err = cudart.cudaHostRegister(arena.data_ptr(), arena.numel(), 0)
         if int(err) != 0:
-            raise RuntimeError(f"cudaHostRegister of a {tensor.numel()}-byte slab failed: {err}")
+            raise RuntimeError(f"cudaHostRegister of a {arena.numel()}-byte slab arena failed: "
+                               f"{err}")  # fmt: skip
 
-    for i in range(len(pool.tensors)):
-        register(i)
-    pool.on_new_slab = register
+    for arena in pool.arenas:
+        register(arena)
+    pool.on_new_arena = register
 
 
 _streams: dict = {}

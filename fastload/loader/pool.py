@@ -15,6 +15,7 @@ from typing import Any
 
 import torch.multiprocessing as tmp
 
+from .slabs import SlabMap, SlabPool
 from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
 
 __all__ = ["WorkerPool", "WorkerDiedError", "LoaderTimeoutError"]
@@ -32,11 +33,13 @@ _POLL = 0.5
 
 
 class WorkerPool:
-    def __init__(self, setup: WorkerSetup, slabs: list, *, worker_type: str,
+    def __init__(self, setup: WorkerSetup, slabs: SlabPool, *, worker_type: str,
                  context: Any = None) -> None:  # fmt: skip
         self.num_workers = setup.num_workers
         self.is_process = worker_type == "process"
         self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
+        arenas = list(slabs.arenas) if self.is_process else [a.numpy() for a in slabs.arenas]
+        slab_map = SlabMap(arenas, slabs.places, slabs.slab_size)
         # One duplex pipe per worker: tasks go down, results come back. Pipes (not Queues):
         # no feeder threads, and the consumer can wait on all of them and on the workers'
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
@@ -46,14 +49,13 @@ class WorkerPool:
         if self.is_process:
             self.workers = [
                 ctx.Process(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                            args=(setup, i, slabs, theirs, theirs, True))
+                            args=(setup, i, slab_map, theirs, theirs, True))
                 for i, (_, theirs) in enumerate(pipes)
             ]  # fmt: skip
         else:
-            arrays = [t.numpy() for t in slabs]
             self.workers = [
                 threading.Thread(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                                 args=(setup, i, arrays, theirs, theirs, False))
+                                 args=(setup, i, _copy(slab_map), theirs, theirs, False))
                 for i, (_, theirs) in enumerate(pipes)
             ]  # fmt: skip
         for w in self.workers:
@@ -64,16 +66,21 @@ class WorkerPool:
         self._by_conn = {c: i for i, c in enumerate(self.conns)}
         self.closed = False
 
-    def submit(self, worker: int, task: Task, slab_tensor) -> None:
-        """Send ``task``; a slab the worker has not seen travels with it (once)."""
-        if task.slab not in self.slabs_known[worker]:
-            task.new_slab = slab_tensor if self.is_process else _Wrap(slab_tensor)
-            self.slabs_known[worker].add(task.slab)
-        self.conns[worker].send(task)
+    def submit(self, worker: int, tasks: list[Task], slabs: SlabPool) -> None:
+        """Send ``tasks`` in one message; a slab the worker has not seen travels with its
+        task (once, with its arena)."""
+        for task in tasks:
+            if task.slab not in self.slabs_known[worker]:
+                arena, offset = slabs.places[task.slab]
+                tensor = slabs.arenas[arena]
+                task.new_slab = (tensor if self.is_process else tensor.numpy(), (arena, offset))
+                self.slabs_known[worker].add(task.slab)
+        self.conns[worker].send(tasks)
 
-    def get(self, timeout: float) -> Result:
-        """The next result from any worker. Raises WorkerDiedError if a worker died,
-        LoaderTimeoutError after ``timeout`` seconds without a result (0: wait forever)."""
+    def get(self, timeout: float) -> tuple[int, list[Result]]:
+        """``(worker, the results of one message)`` from any worker. Raises WorkerDiedError if
+        a worker died, LoaderTimeoutError after ``timeout`` seconds without a result (0: wait
+        forever)."""
         deadline = time.monotonic() + timeout if timeout > 0 else None
         sentinels = [w.sentinel for w in self.workers] if self.is_process else []
         while True:
@@ -81,7 +88,7 @@ class WorkerPool:
             for ready in mpc.wait([*self.conns, *sentinels], wait):
                 if ready in self._by_conn:
                     try:
-                        return ready.recv()
+                        return self._by_conn[ready], ready.recv()
                     except (EOFError, OSError):
                         pass  # the worker is gone: check_alive says how
             self.check_alive()
@@ -129,14 +136,9 @@ class WorkerPool:
             c.close()
 
 
-class _Wrap:
-    """A thread worker's view of a new slab: the same memory, no pickling."""
-
-    def __init__(self, tensor) -> None:
-        self._tensor = tensor
-
-    def numpy(self):
-        return self._tensor.numpy()
+def _copy(slab_map: SlabMap) -> SlabMap:
+    """Each thread worker learns grown slabs on its own, like a process would."""
+    return SlabMap(slab_map.arenas, slab_map.places, slab_map.slab_size)
 
 
 def _context(context: Any):

@@ -5,8 +5,9 @@ batch. It returns to the pool only once every tensor of that batch (and every vi
 gone, so a training loop that keeps a batch (or part of it) never sees it overwritten. If the
 consumer holds more batches than there are slabs, the pool grows instead of waiting.
 
-Slabs come from ``torch``'s shared memory (file descriptors, unlinked at once): nothing named is
-left behind in /dev/shm even if the process is killed.
+Slabs are slices of a few large *arenas* from torch's shared memory (file descriptors, unlinked
+at once: nothing named is left in /dev/shm even if the process is killed). Workers receive the
+arenas once, at start; only slabs grown later travel with a task.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -26,39 +27,49 @@ class SlabPool:
     def __init__(self, slab_size: int, count: int, *, shared: bool) -> None:
         self.slab_size = slab_size
         self.shared = shared
-        self.tensors: list[torch.Tensor] = []
-        self.arrays: list[np.ndarray] = []
+        self.arenas: list[torch.Tensor] = []
+        self.places: list[tuple[int, int]] = []  # slab -> (arena, byte offset)
+        self.arrays: list[np.ndarray] = []  # slab -> its bytes
         self._free: deque[int] = deque()
         self._lock = threading.Lock()
-        self.on_new_slab = None  # called with a new slab's index (pinning registers it)
-        for _ in range(count):
-            self._free.append(self._new())
+        #: Called with each new arena (pinning registers it with CUDA).
+        self.on_new_arena: Optional[Callable[[torch.Tensor], None]] = None
+        self._add_arena(count)
 
-    def _new(self) -> int:
-        tensor = torch.empty(self.slab_size, dtype=torch.uint8)
+    def _add_arena(self, count: int) -> list[int]:
+        arena = torch.empty(self.slab_size * count, dtype=torch.uint8)
         if self.shared:
-            tensor.share_memory_()
-        self.tensors.append(tensor)
-        self.arrays.append(tensor.numpy())
-        index = len(self.tensors) - 1
-        if self.on_new_slab is not None:
-            self.on_new_slab(index)
-        return index
+            arena.share_memory_()
+        if self.on_new_arena is not None:
+            self.on_new_arena(arena)
+        self.arenas.append(arena)
+        whole = arena.numpy()
+        new = []
+        for k in range(count):
+            self.places.append((len(self.arenas) - 1, k * self.slab_size))
+            self.arrays.append(whole[k * self.slab_size : (k + 1) * self.slab_size])
+            new.append(len(self.arrays) - 1)
+        with self._lock:
+            self._free.extend(new)
+        return new
+
+    def __len__(self) -> int:
+        return len(self.arrays)
 
     def acquire(self, grow: bool) -> Optional[int]:
         """A free slab's index; a new slab if none is free and ``grow``; else None."""
         with self._lock:
             if self._free:
                 return self._free.popleft()
-        return self._new() if grow else None
+        if not grow:
+            return None
+        self._add_arena(1)
+        with self._lock:
+            return self._free.popleft()
 
     def release(self, index: int) -> None:
         with self._lock:
             self._free.append(index)
-
-    @property
-    def free(self) -> int:
-        return len(self._free)
 
     def lease(self, index: int) -> np.ndarray:
         """The bytes of slab ``index`` as a fresh array that returns the slab to the pool
@@ -68,3 +79,24 @@ class SlabPool:
         # last tensor of the batch; torch.from_numpy keeps its array alive the same way.
         weakref.finalize(view, self.release, index)
         return view
+
+
+class SlabMap:
+    """A worker's view of the pool: slab index -> bytes, over arenas it was sent."""
+
+    def __init__(self, arenas: list, places: list[tuple[int, int]], slab_size: int) -> None:
+        self.slab_size = slab_size
+        self.arenas = [a if isinstance(a, np.ndarray) else a.numpy() for a in arenas]
+        self.places = list(places)
+
+    def add(self, slab: int, arena, place: tuple[int, int]) -> None:
+        """Learn a slab grown after start (its arena travelled with the task)."""
+        while len(self.arenas) <= place[0]:
+            self.arenas.append(None)
+        self.arenas[place[0]] = arena if isinstance(arena, np.ndarray) else arena.numpy()
+        self.places.extend([None] * (slab + 1 - len(self.places)))
+        self.places[slab] = place
+
+    def __getitem__(self, slab: int) -> np.ndarray:
+        arena, offset = self.places[slab]
+        return self.arenas[arena][offset : offset + self.slab_size]

@@ -22,6 +22,7 @@ import numpy as np
 
 from .fill import fill_batch
 from .layout import BatchLayout
+from .slabs import SlabMap
 
 __all__ = ["WorkerSetup", "WorkerError", "worker_loop", "Task", "Result"]
 
@@ -45,7 +46,7 @@ class Task:
     slab: int
     indices: np.ndarray
     rng_seed: tuple
-    new_slab: Any = None  # a slab this worker has not seen yet (its shared tensor)
+    new_slab: Any = None  # (arena, place) of a slab this worker has not seen yet
 
 
 @dataclass
@@ -99,22 +100,21 @@ def _exception_class(module: str, name: str) -> type:
     return cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
 
 
-def worker_loop(setup: WorkerSetup, worker_id: int, slabs: list, tasks, results,
+def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, results,
                 is_process: bool) -> None:  # fmt: skip
-    """Serve tasks from the connection ``tasks`` (a Task, or None to stop) and send a Result
-    for each on ``results`` (the same duplex pipe, in practice)."""
+    """Serve tasks from the connection ``tasks`` (lists of Task, or None to stop) and send
+    a list of Results for each on ``results`` (the same duplex pipe, in practice)."""
     if is_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
         import torch
 
         torch.set_num_threads(1)  # two workers on two cores must not fight over threads
-    arrays = [s if isinstance(s, np.ndarray) else s.numpy() for s in slabs]
     if setup.worker_init_fn is not None:
         try:
             setup.worker_init_fn(worker_id)
         except BaseException as e:
-            _send(results, Result(-1, -1, error=WorkerError.capture(e, worker_id,
-                                                                 "in worker_init_fn")))
+            _send(results, [Result(-1, -1, error=WorkerError.capture(e, worker_id,
+                                                                  "in worker_init_fn"))])
             return
     parent = os.getppid()
     while True:
@@ -128,24 +128,26 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: list, tasks, results,
             return  # the consumer closed its end
         if task is None:
             return
-        if task.new_slab is not None:
-            while len(arrays) <= task.slab:
-                arrays.append(None)
-            arrays[task.slab] = task.new_slab.numpy()
-        try:
-            listed, timings = fill_batch(setup.dataset, setup.layout, arrays[task.slab],
-                                         task.indices, task.rng_seed)  # fmt: skip
-            _send(results, Result(task.batch, task.slab, len(task.indices), listed, timings))
-        except Exception as e:
-            where = (f"while loading batch {task.batch} (dataset indices "
-                     f"{_short(task.indices)})")  # fmt: skip
-            _send(results, Result(task.batch, task.slab,
-                               error=WorkerError.capture(e, worker_id, where)))
+        # A message is a list of tasks (several cheap batches per message: each message
+        # costs a wake-up of the other side) and is answered by one list of results.
+        _send(results, [_run(setup, worker_id, slabs, t) for t in task])
 
 
-def _send(conn, result: Result) -> None:
+def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Result:
+    if task.new_slab is not None:
+        slabs.add(task.slab, *task.new_slab)
     try:
-        conn.send(result)
+        listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
+                                     task.indices, task.rng_seed)  # fmt: skip
+        return Result(task.batch, task.slab, len(task.indices), listed, timings)
+    except Exception as e:
+        where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
+        return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where))
+
+
+def _send(conn, results: list) -> None:
+    try:
+        conn.send(results)
     except (OSError, ValueError):
         pass  # the consumer is gone; the next recv ends this worker
 
