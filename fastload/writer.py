@@ -169,7 +169,7 @@ def _part_path(fs, root: str, part: int) -> str:
 
 
 def _write_manifest(fs, root: str, manifest: Manifest) -> None:
-    with atomic_write(fs, join(fs, root, MANIFEST_NAME)) as f:
+    with atomic_write(fs, join(fs, root, MANIFEST_NAME), durable=True) as f:
         f.write(manifest.to_bytes())
 
 

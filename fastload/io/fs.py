@@ -41,15 +41,21 @@ def join(fs, root: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(fs, path: str) -> Iterator[BinaryIO]:
-    """A file that appears at ``path`` only if the block completes without an exception."""
+def atomic_write(fs, path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A file that appears at ``path`` only if the block completes without an exception.
+
+    ``durable`` also fsyncs it before it appears (the manifest). Shards are not fsynced: that
+    doubles the cost of writing them, and a shard lost to a power cut is caught on read by
+    its size and checksums, never returned as data.
+    """
     if is_local(fs):
         tmp = f"{path}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
                 yield f
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             remove_quietly(fs, tmp)
