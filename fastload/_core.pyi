@@ -1,4 +1,5 @@
-"""fastload's compiled core (``fastload._core``): hashing, bounds-checked gathers, CUDA queries.
+"""fastload's compiled core (``fastload._core``): hashing, bounds-checked gathers, keyed
+permutations, CUDA queries.
 
 Buffers are any object exporting a C-contiguous buffer (bytes, bytearray, memoryview, mmap.mmap,
 numpy arrays); ``out`` buffers must also be writable. Index arrays must be 1-D C-contiguous numpy
@@ -71,6 +72,21 @@ def gather_fixed(
     ``out`` must hold at least ``len(offsets) * size`` bytes. Raises ValueError when it does
     not or a slice is outside ``source``.
     """
+
+def permute(n: int, key: int, positions: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """``P(positions[i])`` for the bijection P of [0, n) keyed by ``key`` (a uint64).
+
+    P is a Feistel network over the smallest 2**k >= n with cycle-walking (a keyed
+    Fisher-Yates table for n <= 256): O(1) time and memory per position, the same on every
+    machine. Raises ValueError for n = 0 or a position >= n (all are checked first).
+    """
+
+def permute_inverse(n: int, key: int, values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """``P^-1(values[i])``: the position of each value in the order of :func:`permute`."""
+
+def permute_range(n: int, key: int, start: int, count: int) -> npt.NDArray[np.uint64]:
+    """``P(start + i)`` for i in [0, count); ValueError unless ``start + count <= n`` (checked
+    before anything is allocated)."""
 
 def cuda_available() -> bool:
     """True when the core was built with CUDA and at least one device is usable. Never raises."""
