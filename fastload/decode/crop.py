@@ -1,0 +1,152 @@
+"""Decode one encoded image and write a resized crop of it into a caller's array."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .decoders import dct_scale, decode_any, decode_jpeg, is_jpeg
+from .params import EVAL_CROP_RATIO, center_crop_params, eval_resize_size
+from .resize import box_resize_into, resize_crop_into, resize_into, round_box
+
+__all__ = ["decode_crop_into", "decode_center_crop_into", "check_out", "LAYOUTS"]
+
+Buffer = Union[bytes, bytearray, memoryview]
+LAYOUTS = ("HWC", "CHW")
+
+
+def check_out(out: np.ndarray, layout: str, batched: bool) -> tuple:
+    """Validate an output array; return its (height, width). Raises ValueError."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8, got {out.dtype}")
+    ndim = 4 if batched else 3
+    shape = "(N, H, W, 3)" if layout == "HWC" else "(N, 3, H, W)"
+    if not batched:
+        shape = shape.replace("N, ", "")
+    if out.ndim != ndim:
+        raise ValueError(f"out must be {shape} for layout {layout}, got shape {out.shape}")
+    img = out.shape[1:] if batched else out.shape
+    channels, h, w = (img[2], img[0], img[1]) if layout == "HWC" else img
+    if channels != 3:
+        raise ValueError(f"out must be {shape} for layout {layout}, got shape {out.shape}")
+    if h == 0 or w == 0:
+        raise ValueError(f"out has a zero-size image dimension: shape {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    return h, w
+
+
+def _check_crop(crop: Sequence[float], height: int, width: int) -> tuple:
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    if len(crop) != 4:
+        raise ValueError(f"crop must be (top, left, height, width), got {crop!r}")
+    top, left, h, w = (float(v) for v in crop)
+    eps = 1e-6 * max(height, width)
+    if not (h > 0 and w > 0 and top >= -eps and left >= -eps
+            and top + h <= height + eps and left + w <= width + eps):
+        raise ValueError(f"crop {tuple(crop)} is not a non-empty box inside the "
+                         f"{width}x{height} image")
+    return top, left, h, w
+
+
+def decode_crop_into(
+    data: Buffer,
+    out: np.ndarray,
+    crop: Sequence[float],
+    flip: bool,
+    *,
+    width: int,
+    height: int,
+    layout: str = "HWC",
+    jpeg_backend: Optional[str] = None,
+    resize_backend: Optional[str] = None,
+) -> None:
+    """Decode ``data`` (JPEG, PNG or WebP bytes), resize its ``crop`` to ``out``'s size with
+    antialiased bilinear, mirror it left-right if ``flip``, and write it into ``out`` in place.
+
+    ``crop`` is ``(top, left, height, width)`` in the original image's pixels. A box on
+    whole decoded pixels is cropped then resized (torch's uint8 antialiased bilinear, as
+    torchvision's v2 ``RandomResizedCrop``); a box between pixels (fractional values, or a
+    DCT-scaled decode of a crop not on multiples of the scale) is resized with Pillow's
+    ``resize(box=...)``, exact to the fraction. ``out`` is ``(H, W, 3)`` for
+    ``layout="HWC"`` or ``(3, H, W)`` for ``"CHW"``, uint8, any strides (a view into a larger
+    buffer is fine); nothing outside it is written. ``width``/``height`` are the image's size
+    as recorded in the dataset; a different decoded size is a :class:`DecodeError`.
+
+    JPEGs are decoded at a 1/2, 1/4 or 1/8 DCT scale when the crop is still at least
+    ``out``'s size at that scale, and (``pillow`` backend) only down to the crop's last row.
+    Colour: grayscale, palette, CMYK and alpha images become RGB (alpha dropped). EXIF
+    orientation is ignored. With the ``pillow`` backend, damage confined to rows below the
+    crop goes unnoticed (they are not decoded). Raises DecodeError for bytes that do not
+    decode, ValueError for a bad ``out`` or ``crop``.
+
+    ``jpeg_backend``: ``"simplejpeg"`` (if installed), ``"pillow"`` or ``"pillow-draft"``;
+    ``resize_backend``: ``"torch"`` or ``"pil"``; default the fastest available (see
+    ``available_jpeg_backends()``, ``available_resize_backends()``).
+    """
+    oh, ow = check_out(out, layout, batched=False)
+    top, left, h, w = _check_crop(crop, height, width)
+    if is_jpeg(data):
+        scale = dct_scale(h, w, oh, ow)
+        # The crop's last decoded row, plus Pillow's filter reach (``box_resize_into`` reads
+        # up to ~(decoded crop / out) rows past the box), plus one for rounding.
+        rows_needed = int(math.ceil((top + h) / scale)) + int(math.ceil(h / scale / oh)) + 2
+        decoded = decode_jpeg(data, scale, rows_needed, height, width, jpeg_backend)
+    else:
+        decoded = decode_any(data, 1, height, width)
+    rows, cols = decoded.pixels.shape[:2]
+    k = decoded.scale
+    fbox = (top * k, left * k, (top + h) * k, (left + w) * k)
+    if all(abs(v - round(v)) < 1e-6 for v in fbox):
+        box = round_box(*fbox, rows, cols)
+        resize_into(decoded.pixels, box, out, layout, bool(flip), resize_backend)
+    else:
+        box_resize_into(decoded.pixels, fbox, out, layout, bool(flip))
+
+
+def decode_center_crop_into(
+    data: Buffer,
+    out: np.ndarray,
+    *,
+    width: int,
+    height: int,
+    crop_ratio: float = EVAL_CROP_RATIO,
+    layout: str = "HWC",
+    jpeg_backend: Optional[str] = None,
+    resize_backend: Optional[str] = None,
+) -> None:
+    """The evaluation transform: torchvision's ``Resize(int(S / crop_ratio))`` (shorter side;
+    the longer side ``int(256 * long / short)`` for S=224) then ``CenterCrop(S)``, S = ``out``'s
+    (square) size, written into ``out`` (HWC or CHW) in place.
+
+    With the ``torch`` resize backend this is the same computation as torchvision's v2
+    transforms on a uint8 tensor (antialiased bilinear). JPEGs are decoded at a 1/2..1/8
+    DCT scale when the resized image is at most that fraction of the original."""
+    oh, ow = check_out(out, layout, batched=False)
+    if oh != ow:
+        raise ValueError(f"the eval center crop is square; out is {ow}x{oh}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    box = center_crop_params(height, width, oh, crop_ratio)
+    new_h, new_w = eval_resize_size(height, width, oh, crop_ratio)
+    if new_h < oh or new_w < ow:
+        # Resized smaller than the crop (crop_ratio > 1): torchvision would pad with zeros;
+        # this stretches the whole clamped box instead.
+        decode_crop_into(data, out, box, False, width=width, height=height, layout=layout,
+                         jpeg_backend=jpeg_backend, resize_backend=resize_backend)
+        return
+    # torchvision's CenterCrop offsets.
+    at = (int(round((new_h - oh) / 2.0)), int(round((new_w - ow) / 2.0)))
+    if is_jpeg(data):
+        scale = dct_scale(height, width, new_h, new_w)
+        decoded = decode_jpeg(data, scale, -(-height // scale), height, width, jpeg_backend)
+    else:
+        decoded = decode_any(data, 1, height, width)
+    resize_crop_into(decoded.pixels, (new_h, new_w), at, out, layout, resize_backend)
