@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Sampler
 
 from ..dataset import Dataset
 from .layout import BatchLayout, ImageDecode
-from .pool import WorkerPool
+from .pool import LoaderTimeoutError, WorkerDiedError, WorkerPool
 from .slabs import SlabPool
 from .stats import LoaderStats
 from .worker import Result, Task, WorkerSetup
@@ -70,54 +70,48 @@ class DataLoader:
     ) -> None:
         if worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {_WORKER_TYPES}, got {worker_type!r}")
-        if num_workers < 0:
-            raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
-                             "disable multiprocessing.")  # fmt: skip
-        if timeout < 0:
-            raise ValueError("timeout option should be non-negative")
-        if num_workers == 0 and prefetch_factor is not None:
-            raise ValueError("prefetch_factor option could only be specified in multiprocessing."
-                             "let num_workers > 0 to enable multiprocessing, otherwise set "
-                             "prefetch_factor to None.")  # fmt: skip
-        if persistent_workers and num_workers == 0:
-            raise ValueError("persistent_workers option needs num_workers > 0")
+        # torch's own DataLoader checks the arguments (its errors, in its order) and builds the
+        # samplers; off the fast path it also does the loading.
+        self._torch = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+            batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
+            pin_memory=pin_memory, drop_last=drop_last, timeout=timeout,
+            worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
+            generator=generator, prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
+            in_order=in_order)  # fmt: skip
         self.dataset = dataset
-        self.batch_size = batch_size
-        self.drop_last = drop_last
+        self.batch_size = self._torch.batch_size
+        self.drop_last = self._torch.drop_last
         self.num_workers = num_workers
-        self.prefetch_factor = 2 if prefetch_factor is None and num_workers > 0 else prefetch_factor
+        self.prefetch_factor = self._torch.prefetch_factor
         self.pin_memory = pin_memory
         self.timeout = timeout
         self.worker_init_fn = worker_init_fn
-        self.multiprocessing_context = multiprocessing_context
+        self.multiprocessing_context = self._torch.multiprocessing_context  # a context object
         self.generator = generator
         self.persistent_workers = persistent_workers
         self.in_order = in_order
         self.worker_type = worker_type
         self.device = torch.device(device) if device is not None else None
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r}, but CUDA is not available here (torch "
+                               f"{torch.__version__} finds no GPU); leave device unset or use "
+                               "device='cpu'")  # fmt: skip
         self._stats = LoaderStats()
         self._pool: Optional[WorkerPool] = None
+        self._persistent_seed: Optional[int] = None  # persistent workers' base seed
         self.fast = isinstance(dataset, Dataset) and collate_fn is None and batch_size is not None
         if decode and not self.fast:
             raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn")  # fmt: skip
+        self.batch_sampler = self._torch.batch_sampler
+        self.sampler = self._torch.sampler
         if not self.fast:
-            self._torch = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
-                pin_memory=pin_memory, drop_last=drop_last, timeout=timeout,
-                worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
-                generator=generator, prefetch_factor=prefetch_factor,
-                persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
-                in_order=in_order)  # fmt: skip
-            self.batch_sampler = self._torch.batch_sampler
-            self.sampler = self._torch.sampler
             return
-        self.batch_sampler = _batch_sampler(dataset, batch_size, shuffle, sampler, batch_sampler,
-                                            drop_last, generator)  # fmt: skip
-        self.sampler = getattr(self.batch_sampler, "sampler", sampler)
-        if batch_sampler is not None:
-            self.batch_size, self.drop_last = None, False
+        if num_workers > 0 and not self.prefetch_factor:
+            # torch accepts it here and fails on iteration; here it would wait forever
+            raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
         size = batch_size if batch_sampler is None else _max_batch(self.batch_sampler)
         self.layout = BatchLayout(dataset.schema, size, decode)
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
@@ -136,7 +130,15 @@ class DataLoader:
     def __iter__(self) -> Iterator[Any]:
         if not self.fast:
             return self._timed(iter(self._torch))
-        return self._timed(self._fast_batches())
+        # As in torch, the workers' base seed is drawn from the generator when the iterator is
+        # made, but only once for persistent workers (torch draws it when they start).
+        if self.persistent_workers and self._persistent_seed is not None:
+            base_seed = self._persistent_seed
+        else:
+            base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+            if self.persistent_workers:
+                self._persistent_seed = base_seed
+        return self._timed(self._fast_batches(base_seed))
 
     def stats(self) -> dict:
         """Throughput (samples/s, MB/s), the fraction of wall time the consumer waited for
@@ -146,7 +148,16 @@ class DataLoader:
     def close(self) -> None:
         """Stop the workers now (also done at the end of each epoch unless persistent)."""
         if self._pool is not None:
-            self._pool.shutdown()
+            self._close_pool(self._pool)
+        self._persistent_seed = None
+
+    def _close_pool(self, pool: WorkerPool) -> None:
+        if pool.shutdown():
+            # Every worker has stopped: the slabs it still had (a break, an error) are free.
+            for slab in pool.out:
+                self._slabs.release(slab)
+            pool.out.clear()
+        if self._pool is pool:
             self._pool = None
 
     def __del__(self) -> None:
@@ -168,21 +179,55 @@ class DataLoader:
                 return
             stats.wait_seconds += time.perf_counter() - start
             if not self.fast:
-                stats.add_batch(_batch_len(batch), 0, {})
+                # without automatic batching (batch_size=None) each item is one sample
+                stats.add_batch(_batch_len(batch) if self.batch_sampler is not None else 1, 0, {})
+                if self.device is not None:
+                    batch = self._to_device(batch)
             yield batch
 
-    def _fast_batches(self) -> Iterator[dict]:
-        base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-        plan = (np.asarray(b, dtype=np.int64) for b in self.batch_sampler)
+    def _fast_batches(self, base_seed: int) -> Iterator[dict]:
+        plan = self._plan()
         if self.num_workers == 0:
             yield from self._in_process(plan, base_seed)
             return
-        pool = self._pool or self._start_pool(base_seed)
+        if not self.persistent_workers:
+            pool = self._start_pool(base_seed)  # each iterator has its own workers, as in torch
+        else:
+            pool = self._pool or self._start_pool(base_seed)
+            try:
+                self._drain(pool)
+            except (WorkerDiedError, LoaderTimeoutError):
+                self._close_pool(pool)
+                pool = self._start_pool(base_seed)
         try:
             yield from self._from_workers(pool, plan, base_seed)
         finally:
-            if not self.persistent_workers:
-                self.close()
+            if not self.persistent_workers or pool.broken:
+                self._close_pool(pool)
+
+    def _plan(self) -> Iterator[np.ndarray]:
+        """The epoch's batches of dataset indices, each no larger than a slab holds."""
+        capacity = self.layout.batch_size
+        for batch in self.batch_sampler:
+            indices = np.asarray(batch, dtype=np.int64)
+            if len(indices) > capacity:
+                raise ValueError(
+                    f"batch_sampler yielded a batch of {len(indices)} indices, more than the "
+                    f"{capacity} the loader's batch buffers hold (sized from batch_size, or from "
+                    "the largest batch of one pass over a batch_sampler without a batch_size "
+                    "attribute); give the batch sampler a batch_size attribute with its largest "
+                    "batch size")  # fmt: skip
+            yield indices
+
+    def _drain(self, pool: WorkerPool) -> None:
+        """Receive, and free the slabs of, the batches an earlier epoch left in flight."""
+        while any(pool.pending):
+            worker, results = pool.get(self.timeout)
+            pool.pending[worker] -= 1
+            for r in results:
+                if r.slab >= 0:
+                    pool.out.discard(r.slab)
+                    self._slabs.release(r.slab)
 
     def _in_process(self, plan: Iterator[np.ndarray], base_seed: int) -> Iterator[dict]:
         from .fill import fill_batch
@@ -213,7 +258,7 @@ class DataLoader:
         token batches), since every message costs both sides a wake-up.
         """
         workers, limit = self.num_workers, self.prefetch_factor
-        pending = [0] * workers  # messages in flight, per worker
+        pending = pool.pending  # messages in flight, per worker
         ready: dict[int, Result] = {}
         sizer = _MessageSizer(self._per_message)
         next_batch = sent = turn = 0
@@ -227,6 +272,7 @@ class DataLoader:
                         exhausted = sent == next_batch or tasks is None
                         break
                     pool.submit(turn % workers, tasks, self._slabs)
+                    pool.out.update(t.slab for t in tasks)
                     pending[turn % workers] += 1
                     sent += len(tasks)
                     turn += 1
@@ -236,6 +282,10 @@ class DataLoader:
                     worker, results = pool.get(self.timeout)
                     pending[worker] -= 1
                     for r in results:
+                        pool.out.discard(r.slab)
+                        if r.batch < 0:  # worker_init_fn failed: that worker is gone
+                            pool.broken = True
+                            r.error.reraise()
                         ready[r.batch] = r
                         sizer.observe(r.timings)
                 result = ready.pop(next_batch if self.in_order else next(iter(ready)))
@@ -259,7 +309,11 @@ class DataLoader:
             slab = self._slabs.acquire(grow=grow)
             if slab is None:
                 break
-            indices = next(plan, None)
+            try:
+                indices = next(plan, None)
+            except BaseException:
+                self._slabs.release(slab)
+                raise
             if indices is None:
                 self._slabs.release(slab)
                 return tasks or None
@@ -300,10 +354,10 @@ class DataLoader:
         return True
 
     def _to_device(self, batch: dict) -> dict:
-        from .device import to_device
+        from .device import move, to_device
 
         start = time.perf_counter()
-        out = to_device(batch, self.device)
+        out = to_device(batch, self.device) if self.fast else move(batch, self.device)
         self._stats.stage_seconds["transfer"] += time.perf_counter() - start
         return out
 
@@ -329,21 +383,6 @@ class _MessageSizer:
             t = timings.get("read", 0.0) + timings.get("decode", 0.0)
             old = self.seconds_per_batch
             self.seconds_per_batch = t if old is None else 0.8 * old + 0.2 * t
-
-
-def _batch_sampler(dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, generator):
-    """The batch sampler torch's DataLoader would build from the same arguments."""
-    if batch_sampler is not None:
-        if batch_size != 1 or shuffle or sampler is not None or drop_last:
-            raise ValueError("batch_sampler option is mutually exclusive with batch_size, "
-                             "shuffle, sampler, and drop_last")  # fmt: skip
-        return batch_sampler
-    if sampler is not None and shuffle:
-        raise ValueError("sampler option is mutually exclusive with shuffle")
-    if sampler is None:
-        sampler = RandomSampler(dataset, generator=generator) if shuffle else \
-            SequentialSampler(dataset)  # fmt: skip
-    return BatchSampler(sampler, batch_size, drop_last)
 
 
 def _max_batch(batch_sampler) -> int:

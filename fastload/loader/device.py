@@ -6,11 +6,13 @@ host-to-device copy is a DMA straight from the slab.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
 from .slabs import SlabPool
 
-__all__ = ["register_slabs", "to_device"]
+__all__ = ["register_slabs", "to_device", "move"]
 
 
 def register_slabs(pool: SlabPool) -> None:
@@ -29,6 +31,24 @@ def register_slabs(pool: SlabPool) -> None:
 
 
 _streams: dict = {}
+
+
+def move(obj, device: torch.device):
+    """A batch of any structure (tensors in dicts, lists, tuples, namedtuples; the general
+    path's batches) with every tensor on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=device.type == "cuda" and obj.is_pinned())
+    if isinstance(obj, Mapping):
+        moved = {k: move(v, device) for k, v in obj.items()}
+        try:
+            return type(obj)(moved)
+        except TypeError:
+            return moved
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(move(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move(v, device) for v in obj)
+    return obj
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -47,9 +47,15 @@ class WorkerPool:
         pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
         self.conns = [mine for mine, _ in pipes]
         if self.is_process:
+            # A forked worker inherits every end of every pipe; it closes all but its own, or
+            # the consumer's end of its pipe would outlive the consumer (no EOF when the main
+            # process dies, and a send to it could block forever: an orphan).
+            forked = ctx.get_start_method() == "fork"
             self.workers = [
                 ctx.Process(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                            args=(setup, i, slab_map, theirs, theirs, True))
+                            args=(setup, i, slab_map, theirs, theirs, True,
+                                  [c for pair in pipes for c in pair if c is not theirs]
+                                  if forked else []))
                 for i, (_, theirs) in enumerate(pipes)
             ]  # fmt: skip
         else:
@@ -65,6 +71,13 @@ class WorkerPool:
                 theirs.close()  # the workers hold their ends; EOF then means a worker is gone
         self._by_conn = {c: i for i, c in enumerate(self.conns)}
         self.closed = False
+        self.seed = setup.seed
+        #: The consumer's bookkeeping, kept here so that it outlives one epoch (persistent
+        #: workers): messages in flight per worker, slabs out with the workers, and whether
+        #: the pool is broken (a worker died, hung or failed to start) and must not be reused.
+        self.pending = [0] * self.num_workers
+        self.out: set[int] = set()
+        self.broken = False
 
     def submit(self, worker: int, tasks: list[Task], slabs: SlabPool) -> None:
         """Send ``tasks`` in one message; a slab the worker has not seen travels with its
@@ -75,7 +88,10 @@ class WorkerPool:
                 tensor = slabs.arenas[arena]
                 task.new_slab = (tensor if self.is_process else tensor.numpy(), (arena, offset))
                 self.slabs_known[worker].add(task.slab)
-        self.conns[worker].send(tasks)
+        try:
+            self.conns[worker].send(tasks)
+        except OSError:
+            pass  # the worker is gone: get() says how, after any message it left behind
 
     def get(self, timeout: float) -> tuple[int, list[Result]]:
         """``(worker, the results of one message)`` from any worker. Raises WorkerDiedError if
@@ -91,8 +107,18 @@ class WorkerPool:
                         return self._by_conn[ready], ready.recv()
                     except (EOFError, OSError):
                         pass  # the worker is gone: check_alive says how
-            self.check_alive()
+            try:
+                self.check_alive()
+            except WorkerDiedError:
+                # What a worker sent before it went (worker_init_fn's error) comes first.
+                for ready in mpc.wait(self.conns, 0):
+                    try:
+                        return self._by_conn[ready], ready.recv()
+                    except (EOFError, OSError):
+                        pass
+                raise
             if deadline is not None and time.monotonic() >= deadline:
+                self.broken = True
                 raise LoaderTimeoutError(f"DataLoader timed out after {timeout} seconds "
                                          "waiting for a batch from its workers")  # fmt: skip
 
@@ -100,28 +126,32 @@ class WorkerPool:
         if not self.is_process:
             dead = [i for i, w in enumerate(self.workers) if not w.is_alive()]
             if dead:
+                self.broken = True
                 raise WorkerDiedError(f"fastload worker thread {dead[0]} exited unexpectedly")
             return
         for i, w in enumerate(self.workers):
             code = w.exitcode
             if code is not None:
+                self.broken = True
                 how = (f"was killed by signal {-code} ({signal.Signals(-code).name})"
                        if code < 0 else f"exited with status {code}")  # fmt: skip
                 hint = " (out of memory?)" if code == -signal.SIGKILL else ""
                 raise WorkerDiedError(f"fastload worker {i} (pid {w.pid}) {how} "
                                       f"unexpectedly{hint}")  # fmt: skip
 
-    def shutdown(self) -> None:
-        """Stop every worker and reap it; safe to call twice."""
+    def shutdown(self) -> bool:
+        """Stop every worker and reap it; safe to call twice. Returns whether every worker
+        has stopped (a thread stuck in a read cannot be stopped)."""
         if self.closed:
-            return
+            return not any(w.is_alive() for w in self.workers)
         self.closed = True
         for c in self.conns:
             try:
                 c.send(None)
             except (OSError, ValueError):
                 pass  # that worker is already gone
-        deadline = time.monotonic() + 2 * POLL_SECONDS + 1
+        # A broken pool (a worker hung, died or failed to start) gets no grace period.
+        deadline = time.monotonic() + (0 if self.broken else 2 * POLL_SECONDS + 1)
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
         if self.is_process:
@@ -134,6 +164,7 @@ class WorkerPool:
                     w.join()
         for c in self.conns:
             c.close()
+        return not any(w.is_alive() for w in self.workers)
 
 
 def _copy(slab_map: SlabMap) -> SlabMap:

@@ -86,17 +86,22 @@ class SlabMap:
 
     def __init__(self, arenas: list, places: list[tuple[int, int]], slab_size: int) -> None:
         self.slab_size = slab_size
-        self.arenas = [a if isinstance(a, np.ndarray) else a.numpy() for a in arenas]
+        # Arenas stay torch tensors until used in the worker: a tensor pickles (spawn,
+        # forkserver) as a handle to the same shared memory, a numpy array as a copy.
+        self.arenas = list(arenas)
         self.places = list(places)
 
     def add(self, slab: int, arena, place: tuple[int, int]) -> None:
         """Learn a slab grown after start (its arena travelled with the task)."""
         while len(self.arenas) <= place[0]:
             self.arenas.append(None)
-        self.arenas[place[0]] = arena if isinstance(arena, np.ndarray) else arena.numpy()
+        self.arenas[place[0]] = arena
         self.places.extend([None] * (slab + 1 - len(self.places)))
         self.places[slab] = place
 
     def __getitem__(self, slab: int) -> np.ndarray:
         arena, offset = self.places[slab]
-        return self.arenas[arena][offset : offset + self.slab_size]
+        whole = self.arenas[arena]
+        if not isinstance(whole, np.ndarray):
+            whole = self.arenas[arena] = whole.numpy()
+        return whole[offset : offset + self.slab_size]

@@ -101,9 +101,12 @@ def _exception_class(module: str, name: str) -> type:
 
 
 def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, results,
-                is_process: bool) -> None:  # fmt: skip
+                is_process: bool, inherited: list = ()) -> None:  # fmt: skip
     """Serve tasks from the connection ``tasks`` (lists of Task, or None to stop) and send
-    a list of Results for each on ``results`` (the same duplex pipe, in practice)."""
+    a list of Results for each on ``results`` (the same duplex pipe, in practice).
+    ``inherited``: connections a forked worker got by inheritance and must close."""
+    for conn in inherited:
+        conn.close()
     if is_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
         import torch
