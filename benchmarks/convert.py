@@ -341,9 +341,10 @@ def report(results: dict, path: str) -> None:
     print(f"""
 {a['images']} images, {a['tokens']:,} tokens, {os.cpu_count()} cores.
 MB        10^6 bytes. MB/s: input MB / time s.
-time s    fastload: the whole command as a user sees it, interpreter start included
-          (`convert --help` alone: {startup} s). Others: their write loop (list, read, write),
-          timed inside their process after its imports. wall s: the whole process, for all.
+time s    fastload: convert()'s own time as `convert --json` reports it (listing, reading,
+          writing, worker start; interpreter start and imports excluded: `convert --help`
+          alone takes {startup} s). Others: their write loop (list, read, write), timed inside
+          their process after its imports. wall s: the whole process, for all.
 range s   fastest-slowest of {a['repeat']} runs; each row is the median run. Before each run: inputs
           read once (warm page cache; dropping it needs root) and os.sync(); nobody fsyncs.
 x MDS     speed against 'MDSWriter bytes none' by time s / by wall s (x zstd: likewise).

@@ -18,10 +18,27 @@ from .errors import (
 )
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
-from .loader import DataLoader, ImageDecode
 from .writer import Writer, merge_parts
 
 __version__ = "0.1.0"
+
+# The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
+# their worker processes, never need it, so it is imported on first use.
+_LAZY = {"DataLoader": "loader", "ImageDecode": "loader"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Dataset",

@@ -99,13 +99,17 @@ class Writer:
         rows = self._layout.encode_columns(columns)
         if self._shard is None:
             self._open_shard()
-        # One block at a time, so shards roll at a block boundary, as with write().
-        step = self._shard.records_per_block(rows.shape[1])
-        for start in range(0, len(rows), step):
+        # One block at a time, so shards roll at a block boundary, as with write(). The first
+        # piece only fills the block a previous call left open, so the rest go whole-block
+        # (a misaligned piece would top up record by record, every time).
+        start = 0
+        while start < len(rows):
             if self._shard is None:
                 self._open_shard()
-            self._shard.add_many(rows[start : start + step])
-            self.records_written += len(rows[start : start + step])
+            piece = rows[start : start + self._shard.records_fitting(rows.shape[1])]
+            self._shard.add_many(piece)
+            self.records_written += len(piece)
+            start += len(piece)
             if self._shard.bytes_written >= self.shard_size:
                 self._close_shard()
 

@@ -60,6 +60,9 @@ class Source(ABC):
 
     #: The name ``--from`` selects this source by.
     name: str = ""
+    #: True when a task's work is almost all in code that releases the GIL (numpy copies, zstd):
+    #: convert then runs tasks on threads, which start in microseconds, not on processes.
+    threads_suffice: bool = False
 
     @abstractmethod
     def schema(self) -> Schema:

@@ -26,6 +26,7 @@ from .auto import open_source
 from .base import Source, Task
 from .pool import run_in_processes
 from .progress import Progress
+from .threads import run_in_threads
 from .worker import TaskResult, WriteOptions, run_task
 
 __all__ = ["convert", "ConvertResult"]
@@ -171,7 +172,8 @@ def _run(reader: Source, schema: Schema, tasks: list[Task], opts: WriteOptions,
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():
         if workers > 1:
-            return run_in_processes(reader, schema, tasks, opts, skip_bad, workers, bar.on_event)
+            run = run_in_threads if reader.threads_suffice else run_in_processes
+            return run(reader, schema, tasks, opts, skip_bad, workers, bar.on_event)
         results = []
         for i, task in enumerate(tasks):
             results.append(run_task(reader, schema, i, task, opts, skip_bad, bar.on_event))

@@ -46,6 +46,7 @@ class TokensSource(Source):
     """Fixed-length token samples; see the module docstring."""
 
     name = "tokens"
+    threads_suffice = True  # memmap slices, numpy encode and zstd: all without the GIL
 
     def __init__(self, src: str, *, shard_size: int, seq_len: int | None = None,
                  dtype: str | None = None, overlap: bool = False) -> None:  # fmt: skip
@@ -88,15 +89,24 @@ class TokensSource(Source):
                 tasks.append(TokensTask(size, path, start, stop))
         return tasks
 
-    def read(self, task: TokensTask) -> Iterator[ReadItem]:
+    def _tokens(self, task: TokensTask) -> np.ndarray:
+        """The task's file mapped, checked to still hold the tokens its tasks were cut from
+        (a shorter file would be read past its end)."""
         tokens = _map(task.path, self.dtype)
+        if tokens.size != self.n_tokens[task.path]:
+            raise ConvertError(f"{task.path}: changed size during the convert (had "
+                               f"{self.n_tokens[task.path]} tokens, now {tokens.size})")
+        return tokens
+
+    def read(self, task: TokensTask) -> Iterator[ReadItem]:
+        tokens = self._tokens(task)
         step, length = self.seq_len, self.sample_len
         for i in range(task.start * step, task.stop * step, step):
             yield {"tokens": tokens[i : i + length]}
 
     def read_columns(self, task: TokensTask) -> Iterator[dict[str, np.ndarray]]:
         """Samples as 2-D views of the map, a few thousand rows at a time (no copies here)."""
-        tokens = _map(task.path, self.dtype)
+        tokens = self._tokens(task)
         step, length = self.seq_len, self.sample_len
         rows = np.lib.stride_tricks.as_strided(
             tokens[task.start * step :], shape=(task.stop - task.start, length),

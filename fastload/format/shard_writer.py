@@ -90,6 +90,16 @@ class ShardWriter:
             return 1
         return (self._block_size - size) // _round_up(size, RECORD_ALIGN) + 1
 
+    def records_fitting(self, size: int) -> int:
+        """How many records of ``size`` bytes :meth:`add` would put in the open block before
+        closing it (a whole block's worth when none is open or the next one would not fit)."""
+        if not self._block_records or size >= self._block_size:
+            return self.records_per_block(size)
+        first = _round_up(len(self._block), RECORD_ALIGN)
+        if first + size > self._block_size:
+            return self.records_per_block(size)
+        return (self._block_size - size - first) // _round_up(size, RECORD_ALIGN) + 1
+
     def add_many(self, rows: np.ndarray) -> None:
         """Append equal-size encoded records, the rows of a 2-D uint8 array.
 
@@ -114,9 +124,12 @@ class ShardWriter:
     def _flush_rows(self, rows: np.ndarray) -> None:
         n, size = rows.shape
         stride = _round_up(size, RECORD_ALIGN)
-        padded = np.zeros((n, stride), np.uint8)
-        padded[:, :size] = rows
-        raw = padded.reshape(-1)[: (n - 1) * stride + size]
+        if stride == size:  # already aligned (token samples): the rows are the block
+            raw = np.ascontiguousarray(rows).reshape(-1)
+        else:
+            padded = np.zeros((n, stride), np.uint8)
+            padded[:, :size] = rows
+            raw = padded.reshape(-1)[: (n - 1) * stride + size]
         offsets = np.arange(n, dtype=np.uint64) * np.uint64(stride)
         lengths = np.full(n, size, np.uint64)
         self._finish_block(raw, offsets, lengths, record_checksums(raw, offsets, lengths))

@@ -75,15 +75,27 @@ def test_parser_in_process(tmp_path, capsys):
 
 # -- being killed ----------------------------------------------------------------------------
 TOKENS, SEQ = 5_000_000, 32
+LINES = 300_000
+# Token converts run their tasks on threads, JSONL converts on worker processes: both must stop
+# cleanly on SIGTERM and leave no manifest when SIGKILLed.
+KINDS = ["tokens", "jsonl"]
 
 
-def start_big_convert(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[str]]:
-    """A token convert that takes a few seconds; returns once it has written a shard."""
-    src, dst = tmp_path / "t.bin", tmp_path / "out"
-    if not src.exists():
-        (np.arange(TOKENS, dtype=np.int64) % 50000).astype(np.uint16).tofile(src)
-    args = [*cli_command(), "convert", str(src), str(dst), "--dtype", "uint16", "--seq-len",
-            str(SEQ), "--workers", "2", "--shard-size", "1MB", "--no-progress"]  # fmt: skip
+def start_big_convert(tmp_path: Path, kind: str) -> tuple[subprocess.Popen, Path, list[str]]:
+    """A convert that takes a few seconds; returns once it has written a shard."""
+    dst = tmp_path / "out"
+    if kind == "tokens":
+        src = tmp_path / "t.bin"
+        if not src.exists():
+            (np.arange(TOKENS, dtype=np.int64) % 50000).astype(np.uint16).tofile(src)
+        options = ["--dtype", "uint16", "--seq-len", str(SEQ)]
+    else:
+        src = tmp_path / "big.jsonl"
+        if not src.exists():
+            src.write_text("".join(f'{{"i": {i}, "text": "{i:040d}"}}\n' for i in range(LINES)))
+        options = []
+    args = [*cli_command(), "convert", str(src), str(dst), *options, "--workers", "2",
+            "--shard-size", "1MB", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60
@@ -127,20 +139,24 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def check_finished_dataset(dst: Path) -> None:
+def check_finished_dataset(dst: Path, kind: str) -> None:
     ds = fastload.Dataset(dst)
-    n = (TOKENS // SEQ)
+    n = TOKENS // SEQ if kind == "tokens" else LINES
     assert len(ds) == n
     for i in (0, n // 2, n - 1):
-        expected = (np.arange(i * SEQ, i * SEQ + SEQ) % 50000).astype(np.uint16)
-        np.testing.assert_array_equal(ds[i]["tokens"], expected)
+        if kind == "tokens":
+            expected = (np.arange(i * SEQ, i * SEQ + SEQ) % 50000).astype(np.uint16)
+            np.testing.assert_array_equal(ds[i]["tokens"], expected)
+        else:
+            assert (ds[i]["i"], ds[i]["text"]) == (i, f"{i:040d}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_sigkill_leaves_no_manifest_and_rerun_succeeds(tmp_path):
-    proc, dst, args = start_big_convert(tmp_path)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigkill_leaves_no_manifest_and_rerun_succeeds(tmp_path, kind):
+    proc, dst, args = start_big_convert(tmp_path, kind)
     workers = descendants(proc.pid)
-    assert workers
+    assert bool(workers) == (kind == "jsonl")  # tokens: threads of the one process
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     try:
@@ -155,12 +171,13 @@ def test_sigkill_leaves_no_manifest_and_rerun_succeeds(tmp_path):
         fastload.Dataset(dst)
     done = subprocess.run(args, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
-    check_finished_dataset(dst)
+    check_finished_dataset(dst, kind)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_sigterm_stops_workers_and_cleans_up(tmp_path):
-    proc, dst, _ = start_big_convert(tmp_path)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigterm_stops_workers_and_cleans_up(tmp_path, kind):
+    proc, dst, _ = start_big_convert(tmp_path, kind)
     workers = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM

@@ -116,3 +116,27 @@ def test_big_endian_npy_reads_as_native_values(tmp_path):
     ds = Dataset(str(tmp_path / "out"))
     assert [r["tokens"].tolist() for r in ds] == [tokens(300)[i : i + 100].tolist()
                                                   for i in (0, 100, 200)]  # fmt: skip
+
+
+def test_a_file_that_shrinks_mid_convert_fails_naming_it_and_stops_the_threads(tmp_path):
+    # Token tasks run on threads (their work releases the GIL); a failure in one must stop the
+    # convert with the error naming the file, never read past the end of a shorter file.
+    from fastload.convert.threads import run_in_threads
+    from fastload.convert.worker import WriteOptions
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        tokens(3000).tofile(src / f"{name}.bin")
+    source = TokensSource(str(src), shard_size=1000, seq_len=50, dtype="uint16")
+    tasks = source.tasks()
+    (src / "b.bin").write_bytes(tokens(100).tobytes())  # changed after the tasks were cut
+    opts = WriteOptions(str(tmp_path / "out"), 1000, 500, "zstd", 3, None)
+    events = []
+    with pytest.raises(ConvertError, match=r"b\.bin: changed size during the convert"):
+        run_in_threads(source, source.schema(), tasks, opts, False, 2,
+                       lambda kind, value: events.append(kind))  # fmt: skip
+    assert "error" not in events  # errors are raised, not reported as progress
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("fastload-convert")]
