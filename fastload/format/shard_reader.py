@@ -77,6 +77,7 @@ class ShardReader:
             raise self._fail(f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, "
                              f"expected {MAGIC!r})")
         self._check_version(int(header["version"]), "header")
+        self._check_unused(int(header["flags"]), bytes(header["reserved"]), "header")
         if expected is not None and size != expected.bytes:
             raise ShardChecksumError(f"{self.name}: file is {size} bytes but the manifest says "
                                      f"{expected.bytes}: the shard is truncated or was replaced; "
@@ -86,6 +87,7 @@ class ShardReader:
         if trailer["magic"] != MAGIC:
             raise self._fail("trailer magic bytes missing: the shard is truncated or corrupt")
         self._check_version(int(trailer["version"]), "trailer")
+        self._check_unused(int(trailer["flags"]), b"", "trailer")
         self._read_index(trailer, size)
         if expected is not None:
             self._check_expected(expected)
@@ -94,6 +96,14 @@ class ShardReader:
         if version not in SUPPORTED_VERSIONS:
             raise self._fail(f"format version {version} in the {where} is not supported by this "
                              f"fastload (supports {list(SUPPORTED_VERSIONS)}); upgrade fastload")
+
+    def _check_unused(self, flags: int, reserved: bytes, where: str) -> None:
+        # Version 1 defines no flags: a set bit is a feature this reader cannot honour (or a
+        # damaged byte), so it is refused rather than ignored.
+        if flags or any(reserved):
+            raise self._fail(f"the {where} has flags {flags:#x} and reserved bytes "
+                             f"{reserved.hex() or '-'} where format version 1 writes zeros: the "
+                             "shard is corrupt or needs a newer fastload")  # fmt: skip
 
     def _read_index(self, trailer: np.void, size: int) -> None:
         offset, length = int(trailer["index_offset"]), int(trailer["index_size"])

@@ -259,8 +259,8 @@ def byte_classes(data: bytes, p: dict) -> dict[int, tuple]:
 def test_every_byte_flip_is_detected_or_harmless(small, mapped):
     """Flip each byte of a shard (every bit, and all bits); reading everything must either give
     exactly the original records or raise a FastloadError that names the shard and the damaged block and
-    record. Only the reserved header/trailer flags and the padding between records may be
-    flipped without an error on read -- and `fastload verify` still reports the padding."""
+    record. Only the padding between records may be flipped without an error on read -- and
+    `fastload verify` still reports it."""
     ds, data, info, p = small
     classes = byte_classes(data, p)
     undetected = []
@@ -294,8 +294,8 @@ def test_every_byte_flip_is_detected_or_harmless(small, mapped):
             else:
                 assert stage == "open", (pos, cls, msg)
     for pos, cls in undetected:
-        assert cls[0] in ("header-flags", "trailer-flags") or cls == ("block", cls[1], None) \
-            and p["blocks"][cls[1]]["codec"] == CODEC_NONE, (pos, cls)  # fmt: skip
+        assert cls == ("block", cls[1], None) and p["blocks"][cls[1]]["codec"] == CODEC_NONE, \
+            (pos, cls)  # fmt: skip
         if cls[0] == "block":  # padding between records: verify's block checksum sees it
             bad = bytearray(data)
             bad[pos] ^= 1
