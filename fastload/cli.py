@@ -1,4 +1,4 @@
-"""The ``fastload`` command: ``convert``, ``inspect`` and ``verify``."""
+"""The ``fastload`` command: ``convert``, ``inspect``, ``verify`` and ``cache``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import os
+
+    from .io.cache import LAYOUT, BlockCache, default_cache_dir
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    if not os.path.isdir(os.path.join(cache_dir, LAYOUT)):
+        print(f"no fastload cache in {cache_dir}")
+        return 0
+    cache = BlockCache(cache_dir, 1 << 60)  # listing and clearing need no limit
+    if args.action == "ls":
+        entries = cache.entries()
+        if args.json:
+            print(json.dumps({"cache_dir": cache.dir, "bytes": sum(e.bytes for e in entries),
+                              "objects": [e.__dict__ for e in entries]}, indent=2))
+            return 0
+        for e in entries:
+            print(f"{format_size(e.bytes):>10}  {e.blocks:>7} blocks  {e.url}  ({e.hash})")
+        total = sum(e.bytes for e in entries)
+        print(f"{format_size(total):>10}  in {len(entries)} object(s) in {cache.dir}")
+        return 0
+    freed = cache.clear(args.url)
+    what = f"of objects under {args.url} " if args.url else ""
+    print(f"removed {format_size(freed)} of cached blocks {what}from {cache.dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .convert.cli import add_parser as add_convert
 
@@ -126,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("cache", help="list or clear the local cache of remote blocks",
+                       description="List (ls) or delete (clear) the local copies of remote "
+                       "blocks. The cache directory is --cache-dir, else $FASTLOAD_CACHE_DIR, "
+                       "else ~/.cache/fastload. Only fastload's own cache files are deleted.")
+    p.add_argument("action", choices=["ls", "clear"], help="ls: what is cached; clear: delete it")
+    p.add_argument("--cache-dir", metavar="DIR", help="the cache directory")
+    p.add_argument("--url", metavar="PREFIX", help="clear: only objects whose URL starts with "
+                   "PREFIX (e.g. s3://bucket/dataset/)")
+    p.add_argument("--json", action="store_true", help="ls: print JSON")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+import fsspec
 import numpy as np
 
 from . import _core
-from .errors import IncompleteDatasetError, ManifestError
+from .errors import FastloadError, IncompleteDatasetError, ManifestError
 from .format.manifest import Manifest, ShardInfo
 from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
 from .format.shard_reader import ShardReader
 from .format.spec import MANIFEST_NAME
-from .io.fs import join, open_fs
+from .io.fs import is_local, join, open_fs
+from .io.iostats import STATS
+from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
 from .io.source import open_source
 
 __all__ = ["Dataset"]
@@ -29,15 +33,43 @@ class Dataset:
     record's checksum is checked before it is used unless ``verify=False``.
 
     Datasets pickle cheaply (open shards are not pickled), so they can be sent to workers.
+
+    Remote datasets (``s3://``, ``gs://``, any fsspec URL that is not a local path) are read
+    with ranged GETs of blocks, retried on transient errors, through a block cache on local
+    disk: ``cache_dir`` (default ``$FASTLOAD_CACHE_DIR`` or ``~/.cache/fastload``; ``False``
+    for none) holding at most ``cache_limit`` bytes (``"50GB"``; default 10 GB), shared safely
+    by every process using that directory. ``ds.prefetch(indices)`` starts fetching the blocks
+    of records about to be read; ``ds.io_stats()`` counts requests, retries, bytes and cache
+    hits. ``remote_options`` (a :class:`fastload.io.remote.RemoteOptions`) tunes the rest.
     """
 
     def __init__(self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
-                 verify: bool = True) -> None:  # fmt: skip
+                 verify: bool = True, cache_dir: str | os.PathLike | bool | None = None,
+                 cache_limit: int | str | None = None,
+                 remote_options: RemoteOptions | None = None) -> None:  # fmt: skip
         self.path = os.fspath(path)
         self.storage_options = storage_options
         self.verify = verify
-        self.fs, self.root = open_fs(self.path, storage_options)
-        self.manifest = _read_manifest(self.fs, self.root, self.path)
+        protocol = fsspec.utils.get_protocol(self.path)
+        local = protocol in ("file", "local")
+        self._fs_options = storage_options if local else \
+            read_fs_options(protocol, storage_options)  # fmt: skip
+        self.fs, self.root = open_fs(self.path, self._fs_options)
+        self.remote = not is_local(self.fs)
+        self._pid = os.getpid()
+        options = copy.copy(remote_options) if remote_options is not None else RemoteOptions()
+        if cache_dir is not None:
+            options.cache_dir = os.fspath(cache_dir) if cache_dir is not False else False
+        elif remote_options is None and _protocol(self.fs) == "memory":
+            options.cache_dir = False  # nothing to gain from a disk copy of memory
+        if cache_limit is not None:
+            options.cache_limit = cache_limit
+        self.remote_options = options
+        self._store: RemoteStore | None = None
+        if self.remote:
+            _check_limit(options)
+        self.manifest = _read_manifest(self.fs, self.root, self.path,
+                                       self._store_() if self.remote else None)  # fmt: skip
         self.schema: Schema = self.manifest.schema
         self._layout = RecordLayout(self.schema)
         self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
@@ -55,18 +87,91 @@ class Dataset:
 
     def shard_reader(self, s: int) -> ShardReader:
         """The reader of shard ``s``, opened (and its index validated) on first use."""
+        if self.remote and self._pid != os.getpid():
+            self._forked()
         reader = self._readers[s]
         if reader is None:
             info = self.manifest.shards[s]
             path = join(self.fs, self.root, info.path)
-            source = open_source(self.fs, path, name=_display(self.fs, path))
+            if self.remote:
+                source = RemoteSource(self._store_(), path, _display(self.fs, path), info)
+            else:
+                source = open_source(self.fs, path, name=_display(self.fs, path))
             try:
-                reader = ShardReader(source, expected=info, verify=self.verify)
+                try:
+                    reader = ShardReader(source, expected=info, verify=self.verify)
+                except FastloadError:
+                    if not (self.remote and source.from_cache):
+                        raise
+                    source.forget_cached()  # a bad cached header or index: fetch it anew
+                    reader = ShardReader(source, expected=info, verify=self.verify)
+                if self.remote:
+                    source.attach(reader.blocks)
             except BaseException:
                 source.close()
                 raise
             self._readers[s] = reader
         return reader
+
+    # -- remote reads -----------------------------------------------------------------------
+    def _forked(self) -> None:
+        """In a forked child: the parent's connections, event loop and threads are not ours
+        (fsspec's async filesystems refuse to run there), so start afresh."""
+        self._pid = os.getpid()
+        self._readers = [None] * len(self._readers)
+        self._store = None
+        self.fs, _ = open_fs(self.path, self._fs_options)
+
+    def _store_(self) -> RemoteStore:
+        if self.remote and self._pid != os.getpid():
+            self._forked()
+        if self._store is None:
+            self._store = RemoteStore(self.fs, self.remote_options)
+        return self._store
+
+    @property
+    def cache(self):
+        """The local block cache of a remote dataset (a :class:`fastload.io.cache.BlockCache`),
+        or None."""
+        return self._store_().cache if self.remote else None
+
+    def prefetch(self, indices: Sequence[int] | np.ndarray) -> int:
+        """Start fetching, in background threads, the blocks holding records ``indices`` (in
+        the order given: the soonest first), neighbouring blocks in one ranged GET. A no-op for
+        local datasets. Returns how many blocks were scheduled; never raises for a bad index
+        (reading that record will)."""
+        if not self.remote:
+            return 0
+        idx = _as_indices(indices)
+        n = len(self)
+        idx = idx[(idx >= -n) & (idx < n)]
+        if not len(idx):
+            return 0
+        idx = np.where(idx < 0, idx + n, idx)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        scheduled = 0
+        order = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])]
+        for s in order:
+            mine = idx[shard_of == s] - self._starts[s]
+            reader = self.shard_reader(int(s))
+            blocks = reader.records["block"][mine]
+            _, first = np.unique(blocks, return_index=True)
+            held = reader._cache  # decompressed blocks the reader holds need no fetch
+            scheduled += reader.source.prefetch(b for b in blocks[np.sort(first)].tolist()
+                                                if b not in held)  # fmt: skip
+        return scheduled
+
+    def io_stats(self) -> dict:
+        """Counters of remote reads in this process: ``requests``, ``retries``, ``errors``,
+        ``bytes_fetched``, ``cache_hits``, ``cache_misses``, ``cache_bytes_read``,
+        ``cache_bytes_written``, ``cache_corrupt``, ``cache_evicted_bytes``,
+        ``prefetched_blocks``, ``prefetch_hits``, ``wait_seconds``."""
+        return STATS.as_dict()
+
+    def io_stats_delta(self) -> dict:
+        """The counters of :meth:`io_stats` that moved since the last call (in this process);
+        the loader's workers send these with each batch."""
+        return STATS.delta()
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard, record within shard)`` of a dataset index (negative counts from the end)."""
@@ -144,6 +249,8 @@ class Dataset:
         if len(bad):
             raise IndexError(f"index {idx[bad[0]]} is out of range for a dataset of {n} records")
         idx = np.where(idx < 0, idx + n, idx)
+        if self.remote and len(idx) > 1:
+            self.prefetch(idx)  # the batch's blocks in parallel, neighbours coalesced
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         local = idx - self._starts[shard_of]
         if len(self._readers) == 1 or (len(idx) and (shard_of == shard_of[0]).all()):
@@ -206,6 +313,9 @@ class Dataset:
                 reader.close()
                 reader.source.close()
                 self._readers[i] = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def __enter__(self) -> "Dataset":
         return self
@@ -216,6 +326,7 @@ class Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = [None] * len(self._readers)
+        state["_store"] = None  # threads and open connections stay in this process
         return state
 
     def __repr__(self) -> str:
@@ -271,10 +382,21 @@ def _display(fs, path: str) -> str:
     return path if fs.protocol in ("file", ("file", "local")) else fs.unstrip_protocol(path)
 
 
-def _read_manifest(fs, root: str, shown: str) -> Manifest:
+def _protocol(fs) -> str:
+    p = fs.protocol
+    return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def _check_limit(options: RemoteOptions) -> None:
+    from .utils import parse_size
+
+    parse_size(options.cache_limit)  # a bad size fails here, not in a worker
+
+
+def _read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) -> Manifest:
     path = join(fs, root, MANIFEST_NAME)
     try:
-        data = fs.cat_file(path)
+        data = store.cat(path, _display(fs, path)) if store is not None else fs.cat_file(path)
     except FileNotFoundError:
         if not fs.exists(root):
             raise IncompleteDatasetError(f"{shown}: no such dataset (the path does not exist)") \

@@ -17,6 +17,8 @@ __all__ = [
     "MissingShardError",
     "ConvertError",
     "SourceRecordError",
+    "RemoteReadError",
+    "RemoteAccessError",
 ]
 
 
@@ -61,3 +63,12 @@ class SourceRecordError(ConvertError):
 
     Under ``skip_bad`` such records are skipped and counted instead of failing the convert.
     """
+
+
+class RemoteReadError(FastloadError, OSError):
+    """A remote read failed for good: a permanent error, or transient ones past the retry
+    budget. The message names the URL and byte range, the attempts and the last cause."""
+
+
+class RemoteAccessError(RemoteReadError, PermissionError):
+    """The object store refused access (HTTP 403): check the credentials."""

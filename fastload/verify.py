@@ -31,7 +31,8 @@ def verify_dataset(path: str, *, storage_options: dict[str, Any] | None = None,
     Does not stop at the first problem: the report names every bad shard, block and record
     (up to ``max_problems``). Raises only if the manifest itself cannot be read.
     """
-    ds = Dataset(path, storage_options=storage_options)
+    # Remote: check the server's bytes themselves, not cached copies (and cache nothing).
+    ds = Dataset(path, storage_options=storage_options, cache_dir=False)
     report = VerifyReport()
     try:
         for s, info in enumerate(ds.shards):

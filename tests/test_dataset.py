@@ -18,7 +18,8 @@ from formattools import (
 )
 
 import fastload
-from fastload.io.source import FileSource, MappedSource
+from fastload.io.remote import RemoteSource
+from fastload.io.source import MappedSource
 
 N = 120
 
@@ -259,7 +260,8 @@ def test_remote_filesystem_round_trip():
             assert_record(ds[i], index_record(i))
         check_batch_remote = ds.get_batch([39, 0, 17, 17])
         assert check_batch_remote["i"].tolist() == [39, 0, 17, 17]
-        assert isinstance(ds.shard_reader(0).source, FileSource)
+        assert isinstance(ds.shard_reader(0).source, RemoteSource)  # ranged reads of blocks
+        assert ds.shard_reader(0).source.buffer is None
         assert ds.shard_reader(0).name.startswith("memory://")
         copy = pickle.loads(pickle.dumps(ds))
         assert_record(copy[5], index_record(5))

@@ -18,6 +18,9 @@ class LoaderStats:
     wait_seconds: float = 0.0  # the consumer inside next(), waiting for data
     stage_seconds: dict = field(default_factory=lambda: {"read": 0.0, "decode": 0.0,
                                                          "collate": 0.0, "transfer": 0.0})
+    # Remote reads (requests, retries, bytes_fetched, cache_hits, ...), summed over workers;
+    # see Dataset.io_stats().
+    io: dict = field(default_factory=dict)
     _started: float | None = None
 
     def start(self) -> None:
@@ -30,6 +33,8 @@ class LoaderStats:
         self.bytes += nbytes
         for stage in ("read", "decode"):
             self.stage_seconds[stage] += timings.get(stage, 0.0)
+        for name, value in (timings.get("io") or {}).items():
+            self.io[name] = self.io.get(name, 0) + value
 
     def reset(self) -> None:
         self.__init__()
@@ -47,4 +52,5 @@ class LoaderStats:
             # read/decode are summed over workers (CPU-seconds), collate/transfer are the
             # consumer's own.
             "stage_seconds": dict(self.stage_seconds),
+            "io": dict(self.io),
         }

@@ -1,0 +1,265 @@
+"""Reading datasets from S3 (moto) and GCS (emulator) on loopback: ranged reads of blocks,
+read-ahead, retries under injected faults, and the errors that must not be retried."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from formattools import assert_record, index_bytes, index_record, write_index_dataset
+
+import fastload
+from fastload.errors import MissingShardError
+from fastload.io.remote import RemoteOptions
+from fastload.io.retry import RemoteAccessError, RemoteReadError, RetryPolicy
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 400
+FAST_RETRY = RetryPolicy(attempts=6, base_s=0.01, cap_s=0.1, budget_s=20)
+
+
+@pytest.fixture(scope="module")
+def local_ds(tmp_path_factory) -> Path:
+    # ~20 KB shards of ~2 KB blocks: many shards and blocks, little data.
+    return write_index_dataset(tmp_path_factory.mktemp("remote") / "ds", N, block_size=1000,
+                               shard_size=6000)
+
+
+def upload(server, local: Path) -> str:
+    """``local`` copied into a fresh bucket; returns the dataset's URL."""
+    url = f"{server.new_bucket()}/ds"
+    server.fs().put(str(local), url.split("://", 1)[1], recursive=True)
+    return url
+
+
+@pytest.fixture(scope="module")
+def s3_ds(s3_server, local_ds) -> str:
+    return upload(s3_server, local_ds)
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
+def check_all(ds, n=N):
+    for i in range(n):
+        assert_record(ds[i], index_record(i), i)
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_every_record_and_batch_then_warm_cache(kind, request, local_ds, tmp_path):
+    server = request.getfixturevalue(f"{kind}_server")
+    url = upload(server, local_ds)
+    opts = dict(storage_options=server.storage_options, cache_dir=tmp_path / "cache",
+                cache_limit="10MB")
+    with fastload.Dataset(url, **opts) as ds:
+        assert ds.remote and len(ds) == N
+        check_all(ds)
+        idx = np.random.default_rng(0).permutation(N)[:97]
+        batch = ds.get_batch(idx)
+        assert batch["i"].tolist() == idx.tolist()
+        assert batch["b"] == [index_bytes(int(i)) for i in idx]
+        assert [r["i"] for r in ds] == list(range(N))
+    # A second reader (another process would do the same) finds every block in the cache.
+    with fastload.Dataset(url, **opts) as ds:
+        before = ds.io_stats()
+        check_all(ds)
+        d = delta(before, ds.io_stats())
+        assert d["cache_misses"] == 0 and d["cache_hits"] > 0
+        # Shard headers and indexes come from the cache too: nothing goes to the server.
+        assert d["requests"] == 0, d
+
+
+def test_first_record_does_not_wait_for_the_shard(s3_server, tmp_path):
+    local = write_index_dataset(tmp_path / "big", 3000, block_size=16 << 10,
+                                shard_size=8 << 20, compression="none",
+                                record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)})
+    url = upload(s3_server, local)
+    with fastload.Dataset(url, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:
+        assert len(ds.shards) == 1 and ds.shards[0].bytes > 4 << 20
+        before = ds.io_stats()
+        assert_record(ds[1234], index_record(1234) | {"b": index_bytes(1234, 2000)})
+        d = delta(before, ds.io_stats())
+        assert d["bytes_fetched"] < 600_000 and d["requests"] <= 3, d
+
+
+def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:
+        ds.shard_reader(0)  # opened (2 small requests)
+        n0 = ds.shards[0].records
+        blocks = ds.shards[0].blocks
+        assert blocks >= 4
+        before = ds.io_stats()
+        assert ds.prefetch(range(n0)) == blocks
+        deadline = time.monotonic() + 10
+        while ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"] < \
+                ds.shards[0].bytes // 2 and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.02)
+        check_all_shard = [ds[i] for i in range(n0)]
+        for i, r in enumerate(check_all_shard):
+            assert_record(r, index_record(i), i)
+        d = delta(before, ds.io_stats())
+        assert d["requests"] == 1, d  # the shard's neighbouring blocks: one ranged GET
+        assert d["prefetch_hits"] == blocks and d["cache_misses"] == 0
+        assert ds.prefetch(range(n0)) == 0  # cached now: nothing to fetch
+
+
+def test_prefetch_ignores_bad_indices_and_local_datasets(s3_server, s3_ds, local_ds, tmp_path):
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "c") as ds:
+        assert ds.prefetch([N + 5, -N - 1]) == 0
+        assert ds.prefetch([]) == 0
+    with fastload.Dataset(local_ds) as ds:
+        assert not ds.remote and ds.prefetch([1, 2, 3]) == 0
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "reset", "truncate", "short", "stall"])
+def test_transient_faults_are_retried(fault, fault_proxy, s3_ds, tmp_path):
+    fault_proxy.stall_seconds = 2.0
+    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
+                          cache_dir=False, remote_options=RemoteOptions(retry=FAST_RETRY,
+                                                                       readahead_blocks=0)) as ds:
+        ds.shard_reader(3)
+        before = ds.io_stats()
+        fault_proxy.script([fault, fault])
+        first = int(ds._starts[3])
+        assert_record(ds[first], index_record(first))
+        d = delta(before, ds.io_stats())
+        assert fault_proxy.counts[fault] == 2
+        if fault != "reset":  # aiohttp itself retries a reset on a reused connection
+            assert d["retries"] >= 1, d
+
+
+def test_body_cut_short_resumes_from_last_byte(fault_proxy, s3_ds):
+    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
+                          remote_options=RemoteOptions(retry=FAST_RETRY,
+                                                       readahead_blocks=0)) as ds:
+        reader = ds.shard_reader(2)
+        entry = reader.blocks[1]
+        start, size = int(entry["offset"]), int(entry["stored_size"])
+        for fault in ("truncate", "short"):
+            ds.close()
+            reader = ds.shard_reader(2)
+            fault_proxy.log.clear()
+            fault_proxy.script([fault])
+            r = int(reader.blocks[1]["first_record"])
+            i = int(ds._starts[2]) + r
+            assert_record(ds[i], index_record(i))
+            ranges = [rng for _, _, rng, _ in fault_proxy.log]
+            assert ranges[0] == f"bytes={start}-{start + size - 1}"
+            assert ranges[1] == f"bytes={start + size // 2}-{start + size - 1}", (fault, ranges)
+
+
+def test_permanent_errors_fail_at_once(fault_proxy, s3_server, s3_ds, local_ds, tmp_path):
+    opts = dict(storage_options=fault_proxy.storage_options, cache_dir=False,
+                remote_options=RemoteOptions(retry=FAST_RETRY))
+    with fastload.Dataset(s3_ds, **opts) as ds:
+        for fault, error in (("403", RemoteAccessError), ("404", MissingShardError)):
+            ds.close()
+            fault_proxy.script([fault])
+            n = fault_proxy.counts["requests"]
+            with pytest.raises(error) as e:
+                ds[0]
+            assert fault_proxy.counts["requests"] == n + 1  # no retry
+            assert "shard-00000.fls" in str(e.value) and fault in str(e.value)
+    # A shard deleted from the bucket: named, at once.
+    url = upload(s3_server, local_ds)
+    s3_server.fs().rm(f"{url.split('://', 1)[1]}/shard-00001.fls")
+    with fastload.Dataset(url, storage_options=s3_server.storage_options,
+                          cache_dir=False) as ds:
+        with pytest.raises(MissingShardError, match="shard-00001.fls"):
+            ds[int(ds._starts[1])]
+
+
+def test_retry_budget_spent_names_url_attempts_and_cause(fault_proxy, s3_ds):
+    policy = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.02, budget_s=10)
+    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
+                          remote_options=RemoteOptions(retry=policy)) as ds:
+        fault_proxy.rate, fault_proxy.kinds = 1.0, ("503",)
+        t = time.monotonic()
+        with pytest.raises(RemoteReadError) as e:
+            ds[0]
+        assert time.monotonic() - t < 5
+        text = str(e.value)
+        assert "s3://" in text and "shard-00000.fls" in text and "4 attempts" in text
+        assert "503" in text
+
+
+def test_manifest_read_is_retried(fault_proxy, s3_ds):
+    fault_proxy.script(["503", "reset"])
+    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
+                          remote_options=RemoteOptions(retry=FAST_RETRY)) as ds:
+        assert len(ds) == N
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("workers,worker_type", [(0, "process"), (2, "process"),
+                                                (2, "thread")])
+def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_proxy, s3_ds,
+                                                tmp_path):  # fmt: skip
+    """An epoch through fastload.DataLoader, with a fifth of the reads failing in every way:
+    every sample exactly once, every byte right."""
+    fault_proxy.rate = 0.2
+    fault_proxy.kinds = ("500", "503", "reset", "truncate", "short")
+    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
+                          cache_dir=tmp_path / "cache", cache_limit="200KB",
+                          remote_options=RemoteOptions(retry=FAST_RETRY))
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers, seed=1,
+                                 timeout=60 if workers else 0, worker_type=worker_type)
+    seen = []
+    for batch in loader:
+        ids = batch["i"].tolist()
+        seen += ids
+        for i, b, v in zip(ids, batch["b"], batch["v"]):
+            assert b == index_bytes(i)
+            assert np.asarray(v).tobytes() == index_record(i)["v"].tobytes()
+    assert sorted(seen) == list(range(N))
+    injected = sum(v for k, v in fault_proxy.counts.items() if k != "requests")
+    assert injected > 5
+    io = loader.stats()["io"]
+    assert io["requests"] > 0 and io["retries"] > 0 and io["bytes_fetched"] > 0
+    assert io["prefetch_hits"] > 0  # blocks fetched ahead (the workers hint their queued batches)
+    ds.close()
+
+
+def test_cli_inspect_and_verify_remote(s3_server, s3_ds, capsys, monkeypatch, tmp_path):
+    import json
+
+    from fastload.cli import main
+
+    monkeypatch.setenv("FASTLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    opts = json.dumps(s3_server.storage_options)
+    assert main(["inspect", s3_ds, "--storage-options", opts, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == N
+    assert main(["verify", s3_ds, "--storage-options", opts, "--no-progress"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_dataset_pickles_without_its_connections(s3_server, s3_ds, tmp_path):
+    import pickle
+
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path) as ds:
+        ds[3]
+        copy = pickle.loads(pickle.dumps(ds))
+        assert copy._store is None
+        assert_record(copy[7], index_record(7))
+        copy.close()
+
+
+def test_plain_http_url(s3_server, local_ds, tmp_path):
+    """``http(s)://`` URLs read the same way (here: moto serving public objects)."""
+    url = upload(s3_server, local_ds)
+    fs = s3_server.fs()
+    for path in fs.find(url.split("://", 1)[1]):
+        fs.chmod(path, "public-read")
+    http_url = f"{s3_server.endpoint_url}/{url.split('://', 1)[1]}"
+    with fastload.Dataset(http_url, cache_dir=tmp_path) as ds:
+        assert ds.remote
+        check_all(ds)
+        assert ds.get_batch([5, 399, 0])["i"].tolist() == [5, 399, 0]
