@@ -11,6 +11,8 @@ from .errors import (
     IncompleteDatasetError,
     ManifestError,
     MissingShardError,
+    RemoteAccessError,
+    RemoteReadError,
     SchemaError,
     ShardChecksumError,
     ShardFormatError,
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 
 # The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
 # their worker processes, never need it, so it is imported on first use.
-_LAZY = {"DataLoader": "loader", "ImageDecode": "loader"}
+_LAZY = {"DataLoader": "loader", "ImageDecode": "loader", "Mix": "mix"}
 
 
 def __getattr__(name: str):
@@ -44,6 +46,7 @@ __all__ = [
     "Dataset",
     "DataLoader",
     "ImageDecode",
+    "Mix",
     "Writer",
     "merge_parts",
     "Schema",
@@ -59,4 +62,6 @@ __all__ = [
     "MissingShardError",
     "ConvertError",
     "SourceRecordError",
+    "RemoteReadError",
+    "RemoteAccessError",
 ]

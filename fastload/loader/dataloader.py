@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Sampler
 
 from ..dataset import Dataset
+from ..mix import Mix
 from .layout import BatchLayout, ImageDecode
+from .planning import PlanBatchSampler, Planner, wants_plan
 from .pool import LoaderTimeoutError, WorkerDiedError, WorkerPool
 from .slabs import SlabPool
 from .stats import LoaderStats
@@ -41,14 +43,26 @@ class DataLoader:
     - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
       fixed-size uint8 pixels in the workers;
     - ``worker_type``: ``"process"`` (default) or ``"thread"`` (for work that releases the GIL);
-    - ``device``: return batches on this device (copied on a side stream).
+    - ``device``: return batches on this device (copied on a side stream);
+    - ``seed``: plan the order from (seed, epoch) instead of torch's samplers (see below);
+    - ``rank`` / ``world_size``: this process's DDP place (default: torch.distributed when
+      initialised, else the RANK / WORLD_SIZE environment variables);
+    - ``block_window``: blocks per shuffle window of ``shuffle="block"``.
+
+    **Planned order.** With ``seed=``, ``shuffle="global"`` / ``"block"``, ``rank=`` /
+    ``world_size=`` or a :class:`fastload.Mix`, the loader plans its own order (seed defaults to
+    0): deterministic from (seed, epoch) whatever the worker count or type, split into equal
+    batch counts per DDP rank, with ``set_epoch``, ``state_dict`` and ``load_state_dict``
+    (exact resumption, also with another world size or worker count). It then refuses
+    ``sampler``, ``batch_sampler`` and ``generator``. Without those arguments the order is
+    torch's own (same batches as torch's DataLoader) and ``state_dict`` raises.
     """
 
     def __init__(
         self,
         dataset: Any,
         batch_size: Optional[int] = 1,
-        shuffle: Optional[bool] = None,
+        shuffle: Optional[bool | str] = None,
         sampler: Optional[Sampler | Iterable] = None,
         batch_sampler: Optional[Sampler | Iterable] = None,
         num_workers: int = 0,
@@ -67,9 +81,30 @@ class DataLoader:
         decode: Optional[Mapping[str, ImageDecode]] = None,
         worker_type: str = "process",
         device: Optional[str | torch.device] = None,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        block_window: int = 16,
     ) -> None:
         if worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {_WORKER_TYPES}, got {worker_type!r}")
+        self._planner: Optional[Planner] = None
+        if wants_plan(dataset, shuffle, seed, rank, world_size):
+            taken = [name for name, v in (("sampler", sampler), ("batch_sampler", batch_sampler),
+                                          ("generator", generator)) if v is not None]  # fmt: skip
+            if taken:
+                raise ValueError(f"{' and '.join(taken)} cannot be combined with seed=, "
+                                 "shuffle='global'/'block', rank=, world_size= or a Mix: the "
+                                 "loader's plan decides the order and the DDP split")  # fmt: skip
+            self._planner = Planner(dataset, batch_size=batch_size, drop_last=drop_last,
+                                    shuffle=shuffle, seed=seed, rank=rank,
+                                    world_size=world_size, block_window=block_window)  # fmt: skip
+            fast_capable = _fast_capable(dataset) and collate_fn is None
+            # torch's DataLoader still checks the other arguments and, off the fast path,
+            # loads the planned batches.
+            batch_sampler = PlanBatchSampler(self._planner, as_lists=not fast_capable)
+            shuffle = None
+            user_batch_size, batch_size, user_drop_last, drop_last = batch_size, 1, drop_last, False
         # torch's own DataLoader checks the arguments (its errors, in its order) and builds the
         # samplers; off the fast path it also does the loading.
         self._torch = torch.utils.data.DataLoader(
@@ -83,6 +118,9 @@ class DataLoader:
         self.dataset = dataset
         self.batch_size = self._torch.batch_size
         self.drop_last = self._torch.drop_last
+        if self._planner is not None:
+            self.batch_size, self.drop_last = user_batch_size, user_drop_last
+            batch_size = user_batch_size
         self.num_workers = num_workers
         self.prefetch_factor = self._torch.prefetch_factor
         self.pin_memory = pin_memory
@@ -101,7 +139,7 @@ class DataLoader:
         self._stats = LoaderStats()
         self._pool: Optional[WorkerPool] = None
         self._persistent_seed: Optional[int] = None  # persistent workers' base seed
-        self.fast = isinstance(dataset, Dataset) and collate_fn is None and batch_size is not None
+        self.fast = _fast_capable(dataset) and collate_fn is None and batch_size is not None
         if decode and not self.fast:
             raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn")  # fmt: skip
@@ -112,7 +150,8 @@ class DataLoader:
         if num_workers > 0 and not self.prefetch_factor:
             # torch accepts it here and fails on iteration; here it would wait forever
             raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
-        size = batch_size if batch_sampler is None else _max_batch(self.batch_sampler)
+        planned = self._planner is not None
+        size = batch_size if batch_sampler is None or planned else _max_batch(self.batch_sampler)
         self.layout = BatchLayout(dataset.schema, size, decode)
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
@@ -128,6 +167,11 @@ class DataLoader:
         return len(self._torch) if not self.fast else len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[Any]:
+        if self._planner is not None:
+            cursor = self._planner.begin()
+            batches = (iter(self._torch) if not self.fast
+                       else self._fast_batches(cursor.aug_seed))  # fmt: skip
+            return self._timed(self._planner.track(cursor, batches))
         if not self.fast:
             return self._timed(iter(self._torch))
         # As in torch, the workers' base seed is drawn from the generator when the iterator is
@@ -142,8 +186,71 @@ class DataLoader:
 
     def stats(self) -> dict:
         """Throughput (samples/s, MB/s), the fraction of wall time the consumer waited for
-        data (``data_stall``), and seconds per stage, since the first batch was asked for."""
-        return self._stats.as_dict()
+        data (``data_stall``), and seconds per stage, since the first batch was asked for.
+        With a planned order, also ``plan``: epoch, rank, world size, padded and dropped
+        samples of the current epoch."""
+        out = self._stats.as_dict()
+        if self._planner is not None:
+            out["plan"] = self._plan_info()
+        return out
+
+    # -- the planned order (seed, DDP, resumption; see planning.py) --------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next iteration (its order; a loaded state of another epoch is
+        dropped). Without a planned order, passed on to a sampler that has ``set_epoch``
+        (e.g. DistributedSampler), as users of torch expect."""
+        if self._planner is not None:
+            self._planner.set_epoch(epoch)
+            return
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+                return
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands: the global position in its plan (batches handed out on
+        every rank; prefetched ones do not count), the seed, the order and the dataset's
+        fingerprint. Plain ints and strings (JSON-safe); the same on every rank in lockstep."""
+        planner = self._need_plan("state_dict")
+        if not self.in_order:
+            raise ValueError("state_dict() needs in_order=True: with in_order=False batches "
+                             "arrive out of order, so no position says what was consumed")
+        return planner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` at the next iteration: nothing repeated, nothing skipped,
+        whatever the world size, worker count or worker type now. PlanStateError when it was
+        saved for another dataset or with another seed / shuffle."""
+        self._need_plan("load_state_dict").load_state_dict(state)
+
+    @property
+    def padding(self) -> int:
+        """Samples repeated (over all ranks) to give every rank equal batches this epoch."""
+        return self._plan_info()["padding"] if self._planner is not None else 0
+
+    @property
+    def dropped(self) -> int:
+        """Samples no rank serves this epoch (``drop_last`` with a tail)."""
+        return self._plan_info()["dropped"] if self._planner is not None else 0
+
+    def _plan_info(self) -> dict[str, int]:
+        planner = self._planner
+        assert planner is not None
+        cur = planner.current
+        if cur is not None:
+            plan, epoch = cur.plan, cur.plan.epoch
+        else:
+            epoch = planner.position()[0]
+            plan = planner.epoch_plan(epoch)
+        return {"epoch": epoch, "rank": plan.rank, "world_size": plan.world_size,
+                "padding": plan.padding, "dropped": plan.dropped}  # fmt: skip
+
+    def _need_plan(self, what: str) -> Planner:
+        if self._planner is None:
+            raise ValueError(f"{what}() needs the loader's planned order: pass seed= (and no "
+                             "sampler, batch_sampler or generator). Torch's samplers draw from "
+                             "a generator whose position cannot be saved exactly.")  # fmt: skip
+        return self._planner
 
     def close(self) -> None:
         """Stop the workers now (also done at the end of each epoch unless persistent)."""
@@ -236,7 +343,7 @@ class DataLoader:
             slab = self._slabs.acquire(grow=True)
             try:
                 listed, timings = fill_batch(self.dataset, self.layout, self._slabs.arrays[slab],
-                                             indices, (base_seed, j))  # fmt: skip
+                                             indices, self._rng_seed(base_seed, j))  # fmt: skip
             except BaseException:
                 self._slabs.release(slab)
                 raise
@@ -318,8 +425,14 @@ class DataLoader:
                 self._slabs.release(slab)
                 return tasks or None
             batch = first + len(tasks)
-            tasks.append(Task(batch, slab, indices, (base_seed, batch)))
+            tasks.append(Task(batch, slab, indices, self._rng_seed(base_seed, batch)))
         return tasks
+
+    def _rng_seed(self, base_seed: int, j: int) -> tuple:
+        """Augmentation seed of the iteration's j-th batch (planned: by its epoch position)."""
+        if self._planner is not None and self._planner.current is not None:
+            return self._planner.current.rng_seed(j)
+        return (base_seed, j)
 
     def _deliver(self, result: Result) -> dict:
         """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
@@ -383,6 +496,11 @@ class _MessageSizer:
             t = timings.get("read", 0.0) + timings.get("decode", 0.0)
             old = self.seconds_per_batch
             self.seconds_per_batch = t if old is None else 0.8 * old + 0.2 * t
+
+
+def _fast_capable(dataset: Any) -> bool:
+    """A fastload Dataset, or a Mix of fastload Datasets with one schema."""
+    return isinstance(dataset, Dataset) or (isinstance(dataset, Mix) and dataset.schema is not None)
 
 
 def _max_batch(batch_sampler) -> int:

@@ -26,6 +26,7 @@ STREAM_BLOCKS = 2
 STREAM_WINDOW = 3
 STREAM_MIX_SLOTS = 4
 STREAM_MIX_DATA = 5
+STREAM_AUGMENT = 6  # the loader's per-batch augmentation seeds
 
 IntArray = npt.NDArray[np.int64]
 PositionsLike = Union[int, npt.ArrayLike]

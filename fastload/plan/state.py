@@ -20,7 +20,7 @@ from .partition import Partition
 from .permutation import IntArray, Order, Permutation
 from .topology import current_topology
 
-__all__ = ["STATE_VERSION", "EpochPlan", "PlanStateError"]
+__all__ = ["STATE_VERSION", "EpochPlan", "PlanStateError", "validate_state"]
 
 STATE_VERSION = 1
 _MODES = ("global", "block")
@@ -143,6 +143,9 @@ class EpochPlan:
         ``blocks``) and the current topology, which may differ from the saved one. The order
         (seed, epoch, shuffle, mode, window) comes from the state."""
         s = _validated(state)
+        if s["mode"] == "block" and blocks is None:
+            raise PlanStateError("plan state was saved with mode='block': continuing it "
+                                 "needs blocks= (the dataset's block layout)")  # fmt: skip
         now = {"n": n, "fingerprint": str(fingerprint)}
         if s["mode"] == "block" and blocks is not None:
             now["layout"] = layout_digest(blocks)
@@ -169,6 +172,12 @@ class EpochPlan:
 
 _FIELDS = {"version": int, "consumed": int, "n": int, "seed": int, "epoch": int,
            "shuffle": bool, "mode": str, "fingerprint": str}  # fmt: skip
+
+
+def validate_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state`` if it is a well-formed plan state of this version (fields and types only;
+    :meth:`EpochPlan.from_state_dict` also checks it against the dataset), else PlanStateError."""
+    return _validated(state)
 
 
 def _validated(state: Mapping[str, Any]) -> Mapping[str, Any]:
