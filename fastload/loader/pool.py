@@ -8,6 +8,7 @@ that no worker died: a worker killed by a signal is reported in about a second, 
 from __future__ import annotations
 
 import multiprocessing.connection as mpc
+import select
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch.multiprocessing as tmp
 
+from .messages import decode, encode_tasks
 from .slabs import SlabMap, SlabPool
 from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
 
@@ -37,6 +39,12 @@ class WorkerPool:
                  context: Any = None) -> None:  # fmt: skip
         self.num_workers = setup.num_workers
         self.is_process = worker_type == "process"
+        if setup.layout.decode:
+            # Imports and first-call costs of image decoding, paid once here: forked workers
+            # (and threads) start warm, so the first batch is not ~0.3 s late.
+            from ..decode import warm_up
+
+            warm_up()
         self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
         arenas = list(slabs.arenas) if self.is_process else [a.numpy() for a in slabs.arenas]
         slab_map = SlabMap(arenas, slabs.places, slabs.slab_size)
@@ -70,6 +78,10 @@ class WorkerPool:
             for _, theirs in pipes:
                 theirs.close()  # the workers hold their ends; EOF then means a worker is gone
         self._by_conn = {c: i for i, c in enumerate(self.conns)}
+        self._conn_of_fd = {c.fileno(): c for c in self.conns}
+        self._poller = select.poll()
+        for fd in [*self._conn_of_fd, *(w.sentinel for w in self.workers if self.is_process)]:
+            self._poller.register(fd, select.POLLIN)
         self.closed = False
         self.seed = setup.seed
         #: The consumer's bookkeeping, kept here so that it outlives one epoch (persistent
@@ -89,7 +101,7 @@ class WorkerPool:
                 task.new_slab = (tensor if self.is_process else tensor.numpy(), (arena, offset))
                 self.slabs_known[worker].add(task.slab)
         try:
-            self.conns[worker].send(tasks)
+            self.conns[worker].send_bytes(encode_tasks(tasks))
         except OSError:
             pass  # the worker is gone: get() says how, after any message it left behind
 
@@ -98,13 +110,15 @@ class WorkerPool:
         a worker died, LoaderTimeoutError after ``timeout`` seconds without a result (0: wait
         forever)."""
         deadline = time.monotonic() + timeout if timeout > 0 else None
-        sentinels = [w.sentinel for w in self.workers] if self.is_process else []
         while True:
             wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
-            for ready in mpc.wait([*self.conns, *sentinels], wait):
-                if ready in self._by_conn:
+            # One poll object for the pool's life (mpc.wait builds a selector per call: ~15 us,
+            # a good part of the consumer's time per small batch).
+            for fd, _ in self._poller.poll(wait * 1000):
+                conn = self._conn_of_fd.get(fd)
+                if conn is not None:
                     try:
-                        return self._by_conn[ready], ready.recv()
+                        return self._by_conn[conn], decode(conn.recv_bytes())
                     except (EOFError, OSError):
                         pass  # the worker is gone: check_alive says how
             try:
@@ -113,7 +127,7 @@ class WorkerPool:
                 # What a worker sent before it went (worker_init_fn's error) comes first.
                 for ready in mpc.wait(self.conns, 0):
                     try:
-                        return self._by_conn[ready], ready.recv()
+                        return self._by_conn[ready], decode(ready.recv_bytes())
                     except (EOFError, OSError):
                         pass
                 raise

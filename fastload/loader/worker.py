@@ -12,9 +12,11 @@ Runs as a process (default) or a thread; both execute :func:`worker_loop`. Failu
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from .fill import fill_batch
 from .layout import BatchLayout
+from .messages import decode, encode_results
 from .slabs import SlabMap
 
 __all__ = ["WorkerSetup", "WorkerError", "worker_loop", "Task", "Result"]
@@ -112,6 +115,11 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         import torch
 
         torch.set_num_threads(1)  # two workers on two cores must not fight over threads
+        # The objects inherited from the consumer are shared copy-on-write; a garbage
+        # collection that walks them writes to every page they are on, and each worker ends
+        # up with a private copy of the consumer's heap (~50 MB each, measured). Frozen, the
+        # collector leaves them alone (they live as long as this process anyway).
+        gc.freeze()
     if setup.worker_init_fn is not None:
         try:
             setup.worker_init_fn(worker_id)
@@ -120,20 +128,48 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
                                                                   "in worker_init_fn"))])
             return
     parent = os.getppid()
+    backlog: deque = deque()  # messages received but not yet served (read-ahead, below)
+    read_ahead = bool(getattr(setup.dataset, "remote", False)) and \
+        callable(getattr(setup.dataset, "prefetch", None))  # fmt: skip
     while True:
-        try:
-            if not tasks.poll(POLL_SECONDS):
-                if is_process and os.getppid() != parent:
-                    return  # orphaned: the consumer is gone
-                continue
-            task = tasks.recv()
-        except (EOFError, OSError):
-            return  # the consumer closed its end
+        if not backlog:
+            try:
+                if not tasks.poll(POLL_SECONDS):
+                    if is_process and os.getppid() != parent:
+                        return  # orphaned: the consumer is gone
+                    continue
+                backlog.append(decode(tasks.recv_bytes()))
+            except (EOFError, OSError):
+                return  # the consumer closed its end
+            if read_ahead:
+                _hint(setup.dataset, backlog[-1])
+        if read_ahead:
+            # Remote data: take every message already queued for this worker (up to
+            # prefetch_factor) and start fetching their records' blocks, so that the network
+            # works on batch k+1.. while this worker decodes batch k.
+            try:
+                while backlog[-1] is not None and tasks.poll(0):
+                    backlog.append(decode(tasks.recv_bytes()))
+                    _hint(setup.dataset, backlog[-1])
+            except (EOFError, OSError):
+                backlog.append(None)
+        task = backlog.popleft()
         if task is None:
             return
         # A message is a list of tasks (several cheap batches per message: each message
         # costs a wake-up of the other side) and is answered by one list of results.
         _send(results, [_run(setup, worker_id, slabs, t) for t in task])
+
+
+def _hint(dataset, message) -> None:
+    """Tell a remote dataset which records this worker reads next (never fails the worker:
+    a real problem shows when the batch is read)."""
+    if not message:
+        return
+    try:
+        dataset.prefetch(np.concatenate([t.indices for t in message]))
+    except Exception:
+        pass
 
 
 def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Result:
@@ -150,7 +186,7 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
 
 def _send(conn, results: list) -> None:
     try:
-        conn.send(results)
+        conn.send_bytes(encode_results(results))
     except (OSError, ValueError):
         pass  # the consumer is gone; the next recv ends this worker
 

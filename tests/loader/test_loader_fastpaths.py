@@ -1,0 +1,188 @@
+"""The loader's fast paths for small batches: the flat message encoding between consumer and
+workers (messages.py) and the batched gather for local uncompressed datasets (fill.RawGather).
+Each must give exactly what the general path gives, and step aside for anything unusual."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from formattools import parse_shard
+
+import fastload
+from fastload.errors import CorruptRecordError
+from fastload.loader import fill
+from fastload.loader.fill import BatchTimings, RawGather, fill_batch
+from fastload.loader.layout import BatchLayout
+from fastload.loader.messages import (
+    RESULTS,
+    TASKS,
+    decode,
+    encode_results,
+    encode_tasks,
+)
+from fastload.loader.worker import Result, Task, WorkerError
+
+pytestmark = pytest.mark.timeout(120)
+
+FIXED = {"i": "int64", "tokens": "uint16[33]", "x": "float32[2]"}
+
+
+def fixed_record(i: int) -> dict:
+    return {"i": i, "tokens": ((np.arange(33) * 7 + i) % 65536).astype(np.uint16),
+            "x": np.array([i, -i], np.float32)}  # fmt: skip
+
+
+def write_fixed(path: Path, n: int = 200, compression: str = "none") -> Path:
+    # small shards: a batch usually spans several of them
+    with fastload.Writer(path, FIXED, shard_size=1200, block_size=400,
+                         compression=compression) as w:  # fmt: skip
+        for i in range(n):
+            w.write(fixed_record(i))
+    return path
+
+
+def check_fixed(batch: dict, indices) -> None:
+    want = [fixed_record(int(i)) for i in indices]
+    assert batch["i"].tolist() == [int(i) for i in indices]
+    assert np.array_equal(batch["tokens"].numpy(), np.stack([r["tokens"] for r in want]))
+    assert np.array_equal(batch["x"].numpy(), np.stack([r["x"] for r in want]))
+
+
+# ----------------------------------------------------------------------------- messages
+
+def test_tasks_round_trip_flat():
+    tasks = [Task(7, 3, np.array([5, 1, 9], np.int64), (2**64 - 1, 0)),
+             Task(8, 0, np.array([], np.int64), (0, 12345)),
+             Task(9, 11, np.arange(16), (2**63, 2))]  # fmt: skip
+    data = encode_tasks(tasks)
+    assert data[:4] == TASKS
+    got = decode(data)
+    assert [(t.batch, t.slab, t.rng_seed, t.new_slab) for t in got] == \
+        [(t.batch, t.slab, t.rng_seed, None) for t in tasks]  # fmt: skip
+    for a, b in zip(got, tasks):
+        assert a.indices.dtype == np.int64 and a.indices.tolist() == list(b.indices)
+    assert all(type(x) is int for t in got for x in (t.batch, t.slab, *t.rng_seed))
+
+
+@pytest.mark.parametrize("tasks", [
+    None,
+    [Task(0, 0, np.arange(3), (-1, 2))],  # a seed that is not in [0, 2**64)
+    [Task(0, 0, np.arange(3), (2**64, 2))],
+    [Task(0, 0, np.arange(3), (1, 2, 3))],  # not two words
+    [Task(0, 0, np.arange(3), (1, 2), new_slab=("arena", (0, 64)))],  # a slab handle
+])
+def test_tasks_fall_back_to_pickle(tasks):
+    data = encode_tasks(tasks)
+    assert data[:4] != TASKS
+    got = decode(data)
+    if tasks is None:
+        assert got is None
+    else:
+        assert got[0].rng_seed == tasks[0].rng_seed and got[0].new_slab == tasks[0].new_slab
+
+
+def test_results_round_trip_flat_and_pickled():
+    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568)),
+             Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0))]
+    data = encode_results(plain)
+    assert data[:4] == RESULTS
+    got = decode(data)
+    for a, b in zip(got, plain):
+        assert (a.batch, a.slab, a.samples, a.listed, a.error) == \
+            (b.batch, b.slab, b.samples, {}, None)  # fmt: skip
+        assert dict(a.timings) == dict(b.timings)
+    error = WorkerError("ValueError", "builtins", "bad", "tb", 1, 2, "here")
+    for odd in ([Result(1, 1, error=error)],
+                [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
+                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, io={"n": 1}))]):
+        data = encode_results(odd)
+        assert data[:4] != RESULTS
+        back = decode(data)[0]
+        assert (back.error, back.listed, dict(back.timings or {})) == \
+            (odd[0].error, odd[0].listed, dict(odd[0].timings or {}))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- RawGather
+
+@pytest.fixture(scope="module")
+def fixed_path(tmp_path_factory) -> Path:
+    return write_fixed(tmp_path_factory.mktemp("fixed") / "ds")
+
+
+def test_raw_gather_used_only_where_it_applies(fixed_path, tmp_path):
+    ds = fastload.Dataset(fixed_path)
+    assert len(ds.shards) > 2
+    assert isinstance(RawGather.build(ds, BatchLayout(ds.schema, 8)), RawGather)
+    zstd = fastload.Dataset(write_fixed(tmp_path / "z", compression="zstd"))
+    assert RawGather.build(zstd, BatchLayout(zstd.schema, 8)) is None
+    with fastload.Writer(tmp_path / "v", {"i": "int64", "s": "str"}) as w:
+        w.write({"i": 1, "s": "a"})
+    listed = fastload.Dataset(tmp_path / "v")
+    assert RawGather.build(listed, BatchLayout(listed.schema, 8)) is None
+
+
+def test_raw_gather_equals_read_into(fixed_path):
+    ds = fastload.Dataset(fixed_path)
+    layout = BatchLayout(ds.schema, 16)
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 16):
+        idx = rng.integers(0, len(ds), n)
+        fast = np.zeros(layout.slab_size, np.uint8)
+        listed, timings = fill_batch(ds, layout, fast, idx, (0, 0))
+        assert listed == {} and set(timings) == {"read", "decode", "bytes"}
+        ref = {k: np.zeros_like(v) for k, v in layout.views(fast, n).items()}
+        assert ds.read_into(idx, out=ref) == {}
+        for name, view in layout.views(fast, n).items():
+            assert np.array_equal(view, ref[name])
+        check_fixed({k: torch.from_numpy(v) for k, v in layout.views(fast, n).items()}, idx)
+    assert fill._raw_gather(ds, layout) is not None  # the fast path did those batches
+
+
+def test_raw_gather_leaves_errors_to_read_into(fixed_path, tmp_path):
+    ds = fastload.Dataset(fixed_path)
+    layout = BatchLayout(ds.schema, 4)
+    slab = np.zeros(layout.slab_size, np.uint8)
+    with pytest.raises(IndexError):
+        fill_batch(ds, layout, slab, np.array([0, len(ds)]), (0, 0))
+    # negative indices count from the end, as in read_into
+    fill_batch(ds, layout, slab, np.array([-1, 0]), (0, 0))
+    check_fixed({k: torch.from_numpy(v) for k, v in layout.views(slab, 2).items()},
+                [len(ds) - 1, 0])  # fmt: skip
+    # a damaged record: the same CorruptRecordError as the general path
+    bad_path = tmp_path / "bad"
+    shutil.copytree(fixed_path, bad_path)
+    m = json.loads((bad_path / "manifest.json").read_text())
+    shard = bad_path / m["shards"][1]["path"]
+    data = bytearray(shard.read_bytes())
+    parsed = parse_shard(bytes(data))
+    rec, block = parsed["records"][2], parsed["blocks"][parsed["records"][2]["block"]]
+    data[block["offset"] + rec["offset"] + rec["length"] // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    bad = m["shards"][0]["records"] + 2
+    bad_ds = fastload.Dataset(bad_path)
+    with pytest.raises(CorruptRecordError, match="checksum"):
+        fill_batch(bad_ds, layout, slab, np.array([0, bad]), (0, 0))
+    fill_batch(bad_ds, layout, slab, np.array([0, bad + 1]), (0, 0))  # its neighbours are fine
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
+                                                     (2, "thread")])
+def test_loader_over_fixed_fields_matches_torch_order(fixed_path, num_workers, worker_type):
+    ds = fastload.Dataset(fixed_path)
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
+                                 worker_type=worker_type,
+                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+    order = [b.tolist() for b in torch.utils.data.DataLoader(
+        range(len(ds)), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))]
+    got = 0
+    for batch, want in zip(loader, order):
+        check_fixed(batch, want)
+        got += 1
+    assert got == len(order) == len(loader)
+    stats = loader.stats()
+    assert stats["samples"] == len(ds) and stats["stage_seconds"]["read"] > 0
