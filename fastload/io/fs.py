@@ -64,15 +64,44 @@ def atomic_write(fs, path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
     # nothing behind under the final name. Aborting is done by not closing normally.
     f = fs.open(path, "wb")
     try:
-        yield f
+        yield _NamedUpload(f, fs.unstrip_protocol(path))
     except BaseException:
         with contextlib.suppress(Exception):
             if hasattr(f, "discard"):
                 f.discard()
             elif hasattr(f, "abort"):
                 f.abort()
+        f.closed = True  # discarded: garbage collection must not try to finish the upload
         raise
-    f.close()
+    try:
+        f.close()
+    except OSError as e:
+        raise _naming(e, fs.unstrip_protocol(path)) from e
+
+
+class _NamedUpload:
+    """A file being uploaded whose errors name the object (the bare ones from s3fs or gcsfs
+    say only "Access Denied")."""
+
+    def __init__(self, f, url: str) -> None:
+        self._f, self._url = f, url
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:  # a part of a multipart upload failed
+            raise _naming(e, self._url) from e
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def _naming(e: OSError, url: str) -> OSError:
+    """``e``'s class (PermissionError, ...) with a message that names ``url``."""
+    try:
+        return type(e)(f"uploading {url} failed: {e}")
+    except Exception:
+        return OSError(f"uploading {url} failed: {e}")
 
 
 def remove_quietly(fs, path: str) -> None:
