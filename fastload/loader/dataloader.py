@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -339,7 +340,7 @@ class DataLoader:
     def _in_process(self, plan: Iterator[np.ndarray], base_seed: int) -> Iterator[dict]:
         from .fill import fill_batch
 
-        for j, indices in enumerate(plan):
+        for j, indices in enumerate(_hinting(self.dataset, plan)):
             slab = self._slabs.acquire(grow=True)
             try:
                 listed, timings = fill_batch(self.dataset, self.layout, self._slabs.arrays[slab],
@@ -496,6 +497,23 @@ class _MessageSizer:
             t = timings.get("read", 0.0) + timings.get("decode", 0.0)
             old = self.seconds_per_batch
             self.seconds_per_batch = t if old is None else 0.8 * old + 0.2 * t
+
+
+def _hinting(dataset: Any, plan: Iterator[np.ndarray],
+             ahead: int = 2) -> Iterator[np.ndarray]:  # fmt: skip
+    """``plan``'s batches; for a remote dataset, each yielded while the blocks of the next
+    ``ahead`` are already being fetched (in the dataset's background threads), as workers do
+    for their queued batches. Local datasets: ``plan`` itself."""
+    if not getattr(dataset, "remote", False) or not callable(getattr(dataset, "prefetch", None)):
+        yield from plan
+        return
+    queued: deque = deque()
+    for indices in plan:
+        queued.append(indices)
+        dataset.prefetch(indices)  # in plan order: the batch needed first is fetched first
+        if len(queued) > ahead:
+            yield queued.popleft()
+    yield from queued
 
 
 def _fast_capable(dataset: Any) -> bool:

@@ -227,6 +227,22 @@ def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_prox
     ds.close()
 
 
+def test_loader_without_workers_fetches_the_next_batches_ahead(s3_server, s3_ds, tmp_path):
+    """num_workers=0: while batch k is read, the blocks of batches k+1 and k+2 are already
+    being fetched (here from other shards, so no in-shard read-ahead can explain it)."""
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+        mid = N // 2
+        batches = [list(range(16)), list(range(N - 16, N)), list(range(mid, mid + 16)),
+                   list(range(16, 32))]  # fmt: skip
+        assert ds.locate(N - 1)[0] != ds.locate(mid)[0] != ds.locate(0)[0]
+        it = iter(fastload.DataLoader(ds, batch_sampler=batches, num_workers=0))
+        assert next(it)["i"].tolist() == batches[0]
+        assert ds.prefetch(batches[1]) == 0  # in flight or cached already: nothing to schedule
+        assert ds.prefetch(batches[2]) == 0
+        assert [b["i"].tolist() for b in it] == batches[1:]
+
+
 def test_cli_inspect_and_verify_remote(s3_server, s3_ds, capsys, monkeypatch, tmp_path):
     import json
 
