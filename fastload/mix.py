@@ -13,7 +13,7 @@ A Mix is two things:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,7 +87,8 @@ class Mix:
         return self.datasets[d][i]
 
     def read_into(self, indices: Sequence[int] | np.ndarray,
-                  out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+                  out: Mapping[str, np.ndarray] | None = None, *,
+                  image_views: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
         """:meth:`fastload.Dataset.read_into` over the concatenation (fast path only)."""
         if self.schema is None:
             raise TypeError("read_into needs fastload.Datasets that share one schema")
@@ -99,14 +100,14 @@ class Mix:
         groups = np.unique(owner)
         if len(groups) <= 1:  # one dataset: straight into ``out``
             d = int(groups[0]) if len(groups) else 0
-            return self.datasets[d].read_into(local, out)
+            return self.datasets[d].read_into(local, out, image_views=image_views)
         # Several: each dataset reads its rows into a scratch buffer, scattered into ``out``.
         out = dict(out or {})
         merged: dict[str, Any] = {}
         for d in groups.tolist():
             rows = np.flatnonzero(owner == d)
             scratch = {k: np.empty((len(rows), *a.shape[1:]), a.dtype) for k, a in out.items()}
-            got = self.datasets[d].read_into(local[rows], scratch)
+            got = self.datasets[d].read_into(local[rows], scratch, image_views=image_views)
             for k, a in scratch.items():
                 out[k][rows] = a
             for k, v in got.items():

@@ -266,3 +266,26 @@ def test_remote_filesystem_round_trip():
         copy = pickle.loads(pickle.dumps(ds))
         assert_record(copy[5], index_record(5))
     fsspec.filesystem("memory").rm(url.split("://")[1].rsplit("/", 1)[0], recursive=True)
+
+
+def test_read_into_image_views_share_one_buffer_only_for_named_fields(tmp_path):
+    import io
+
+    from PIL import Image
+
+    def jpeg(i: int) -> bytes:
+        f = io.BytesIO()
+        Image.new("RGB", (8 + i, 6), (i, 2 * i, 3)).save(f, "JPEG")
+        return f.getvalue()
+
+    with fastload.Writer(tmp_path / "im", {"a": "image", "b": "image", "i": "int64"}) as w:
+        for i in range(6):
+            w.write({"a": jpeg(i), "b": jpeg(i + 10), "i": i})
+    with fastload.Dataset(tmp_path / "im") as ds:
+        got = ds.read_into([4, 0, 5], image_views=["a"])
+        assert [type(im.data) for im in got["a"]] == [memoryview] * 3
+        assert [type(im.data) for im in got["b"]] == [bytes] * 3  # not named: a copy
+        for k, i in enumerate([4, 0, 5]):
+            assert bytes(got["a"][k].data) == jpeg(i) and got["b"][k].data == jpeg(i + 10)
+            assert (got["a"][k].width, got["a"][k].height) == (8 + i, 6)
+        assert [type(im.data) for im in ds.read_into([1])["a"]] == [bytes]  # default: copies

@@ -31,7 +31,7 @@ class ImageInfo:
 class EncodedImage:
     """An image field's value: the encoded bytes as stored, with their format and size."""
 
-    data: bytes
+    data: bytes  # a memoryview where a reader asked for no copy (Dataset.read_into)
     format: str
     height: int
     width: int

@@ -154,9 +154,11 @@ class RecordLayout:
             start = end
         return {name: out[name] for name in self.schema.names}
 
-    def var_value(self, f: Field, data: memoryview, header: np.void) -> Any:
-        """Decode one variable-size field's bytes (``header`` supplies image metadata)."""
-        return _var_value(f, data, header)
+    def var_value(self, f: Field, data: memoryview, header: np.void, *,
+                  image_views: bool = False) -> Any:  # fmt: skip
+        """Decode one variable-size field's bytes (``header`` supplies image metadata).
+        ``image_views``: an image's ``data`` is ``data`` itself, not a bytes copy."""
+        return _var_value(f, data, header, image_views)
 
 
 def _column_field(f: Field) -> Field:
@@ -279,7 +281,7 @@ def _image_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
     return bytes(data)
 
 
-def _var_value(f: Field, data: memoryview, header: np.void) -> Any:
+def _var_value(f: Field, data: memoryview, header: np.void, image_views: bool = False) -> Any:
     kind = f.kind
     if kind == "bytes":
         return bytes(data)
@@ -295,7 +297,8 @@ def _var_value(f: Field, data: memoryview, header: np.void) -> Any:
         fmt = FORMAT_NAMES.get(int(meta["format"]))
         if fmt is None:
             raise RecordDecodeError(f"field {f.name!r}: unknown image format id {int(meta['format'])}")
-        return EncodedImage(bytes(data), fmt, int(meta["height"]), int(meta["width"]))
+        return EncodedImage(data if image_views else bytes(data), fmt, int(meta["height"]),
+                            int(meta["width"]))  # fmt: skip
     ndim = len(f.shape or ())
     if len(data) < 8 * ndim:
         raise RecordDecodeError(f"field {f.name!r}: {len(data)} bytes cannot hold a {ndim}-d shape")

@@ -32,7 +32,10 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     views = layout.views(slab, n)
     fast = _raw_gather(dataset, layout)
     if fast is None or not fast.gather(indices, views):
-        listed = dataset.read_into(indices, out={name: views[name] for name in layout.gathered})
+        # Images to decode here are read as views (decoded below, never sent anywhere).
+        extra = {"image_views": tuple(layout.decode)} if layout.decode else {}
+        listed = dataset.read_into(indices, out={name: views[name] for name in layout.gathered},
+                                   **extra)  # fmt: skip
     else:
         listed = {}
     read_done = time.perf_counter()

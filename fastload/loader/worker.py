@@ -120,6 +120,7 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         # up with a private copy of the consumer's heap (~50 MB each, measured). Frozen, the
         # collector leaves them alone (they live as long as this process anyway).
         gc.freeze()
+        _return_big_buffers()
     if setup.worker_init_fn is not None:
         try:
             setup.worker_init_fn(worker_id)
@@ -159,6 +160,22 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         # A message is a list of tasks (several cheap batches per message: each message
         # costs a wake-up of the other side) and is answered by one list of results.
         _send(results, [_run(setup, worker_id, slabs, t) for t in task])
+
+
+def _return_big_buffers(threshold: int = 4 << 20) -> None:
+    """Have glibc give buffers of ``threshold`` bytes or more back to the system when they are
+    freed. By default it raises that threshold to the largest buffer freed so far (up to
+    32 MB) and keeps up to twice that of free heap: a batch of 256 JPEGs gathered into one
+    ~30 MB buffer left ~55 MB of idle heap in every worker (measured). Mapping a buffer that
+    large anew costs well under 1% of the batch's decode time. A no-op off glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_MMAP_THRESHOLD = -3
+    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(threshold))
 
 
 def _hint(dataset, message) -> None:

@@ -186,3 +186,32 @@ def test_loader_over_fixed_fields_matches_torch_order(fixed_path, num_workers, w
     assert got == len(order) == len(loader)
     stats = loader.stats()
     assert stats["samples"] == len(ds) and stats["stage_seconds"]["read"] > 0
+
+
+def _anon_mb() -> float:
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Anonymous:")) / 1024
+
+
+def _big_buffers_come_back(worker_id: int) -> None:
+    """In a worker: buffers of tens of MB, freed, go back to the system (glibc would keep
+    them as idle heap after the first one: a batch's worth of memory per worker)."""
+    base = _anon_mb()
+    for _ in range(3):
+        buf = np.ones(30 << 17)  # 30 MiB of float64
+        del buf
+    kept = _anon_mb() - base
+    if kept > 8:
+        raise AssertionError(f"worker {worker_id} kept {kept:.0f} MB of freed buffers")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+def test_process_workers_return_big_freed_buffers(tmp_path):
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the setting is glibc's")
+    ds = fastload.Dataset(write_fixed(tmp_path / "ds", 20))
+    loader = fastload.DataLoader(ds, batch_size=5, num_workers=1,
+                                 worker_init_fn=_big_buffers_come_back)  # fmt: skip
+    assert sum(len(b["i"]) for b in loader) == 20
