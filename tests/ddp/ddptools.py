@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import fastload
 
@@ -108,3 +109,16 @@ def launch(world: int, cfg: dict[str, Any]) -> list[dict]:
     tmp.start_processes(rank_main, args=(world, free_port(), cfg), nprocs=world, join=True,
                         start_method=START_METHOD)
     return [json.loads(Path(cfg["out"], f"rank{r}.json").read_text()) for r in range(world)]
+
+
+class Plain(torch.utils.data.Dataset):
+    """A plain map-style dataset (general path)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i

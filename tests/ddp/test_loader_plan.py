@@ -15,7 +15,7 @@ import fastload
 from fastload.mix import Mix
 from fastload.plan import PlanStateError
 
-from .ddptools import batch_indices, check_exactly_once
+from .ddptools import Plain, batch_indices, check_exactly_once
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,19 +33,6 @@ def run(loader, limit: int | None = None) -> list[list[int]]:
 
 def flat(batches: list[list[int]]) -> list[int]:
     return [i for b in batches for i in b]
-
-
-class Plain(torch.utils.data.Dataset):
-    """A plain map-style dataset (general path)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 class Stream(torch.utils.data.IterableDataset):

@@ -6,26 +6,14 @@ counts, and a state saved at any step resumes exactly on another world size and 
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastload
 
-from .ddptools import check_exactly_once
+from .ddptools import Plain, check_exactly_once
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class Plain(torch.utils.data.Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 def loaders(dataset, world: int, **kwargs) -> list:
