@@ -5,7 +5,9 @@
 1. makes an ImageNet-like folder of JPEGs (class subfolders),
 2. converts it with ``fastload convert`` (parallel, checksummed, sharded),
 3. verifies every checksum with ``fastload verify``,
-4. reads it in shuffled batches of 256 (records/s and MB/s) and decodes one batch's images.
+4. trains-loads it with ``fastload.DataLoader``: shuffled batches of 256, JPEGs decoded,
+   randomly cropped to 224 and flipped in 2 worker processes, printing samples/s,
+5. saves the loader's position mid-epoch and resumes from it, as after a restart.
 """
 
 from __future__ import annotations
@@ -55,18 +57,36 @@ def main() -> None:
     run("inspect", dst)
 
     ds = fastload.Dataset(dst)
-    order = np.random.default_rng(0).permutation(len(ds))
-    start, nbytes = time.perf_counter(), 0
-    for i in range(0, len(order), 256):
-        batch = ds.get_batch(order[i : i + 256])
-        nbytes += sum(len(img.data) for img in batch["image"])
-    seconds = time.perf_counter() - start
-    print(f"read {len(ds)} records in shuffled batches of 256: {len(ds) / seconds:,.0f} records/s, "
-          f"{nbytes / seconds / 1e6:,.0f} MB/s")
-    start = time.perf_counter()
-    images = [img.decode() for img in batch["image"]]
-    print(f"decoded the last batch ({len(images)} images, {images[0].shape}) at "
-          f"{len(images) / (time.perf_counter() - start):,.0f} images/s; labels {batch['label'][:8]}")
+    loader = fastload.DataLoader(ds, batch_size=256, shuffle=True, seed=0, num_workers=2,
+                                 drop_last=True, persistent_workers=True,
+                                 decode={"image": fastload.ImageDecode(224, train=True)})
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        start, samples = time.perf_counter(), 0
+        for batch in loader:
+            samples += len(batch["label"])  # a training step would use batch["image"] here
+        seconds = time.perf_counter() - start
+        print(f"epoch {epoch}: {samples} samples in {seconds:.2f} s, {samples / seconds:,.0f} "
+              f"samples/s; batch {tuple(batch['image'].shape)} {batch['image'].dtype}, "
+              f"labels {batch['label'][:8].tolist()}")
+    stats = loader.stats()
+    print(f"loader.stats(): {stats['samples_per_s']:,.0f} samples/s, "
+          f"data stall {stats['data_stall']:.0%} (this loop does no training work)")
+
+    # Exact resumption: save mid-epoch, restart, continue with nothing repeated or lost.
+    loader.set_epoch(2)
+    it = iter(loader)
+    seen = [next(it)["label"] for _ in range(2)]
+    state = loader.state_dict()
+    del it
+    resumed = fastload.DataLoader(ds, batch_size=256, shuffle=True, seed=0, num_workers=2,
+                                  drop_last=True)  # another loader, as after a restart
+    resumed.load_state_dict(state)
+    rest = sum(len(b["label"]) for b in resumed)
+    print(f"resumed epoch 2 after {len(seen)} batches: {rest} more samples "
+          f"({len(seen) * 256 + rest} of {len(loader) * 256}); the state: epoch {state['epoch']}, "
+          f"{state['consumed']} samples consumed, dataset {state['fingerprint']}")
+    loader.close()
 
 
 if __name__ == "__main__":
