@@ -151,6 +151,7 @@ class Dataset:
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         scheduled = 0
         order = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])]
+        self._open_shards(order.tolist())
         for s in order:
             mine = idx[shard_of == s] - self._starts[s]
             reader = self.shard_reader(int(s))
@@ -160,6 +161,28 @@ class Dataset:
             scheduled += reader.source.prefetch(b for b in blocks[np.sort(first)].tolist()
                                                 if b not in held)  # fmt: skip
         return scheduled
+
+    def _open_shards(self, shards: list[int]) -> None:
+        """Open the remote shards among ``shards`` not opened yet, several at once. Each
+        costs a round trip or two (header; trailer and index), and a shuffled batch touches
+        many shards at first: one after another, that alone took seconds. A shard that fails
+        to open is left for the read that needs it to raise."""
+        todo = [s for s in shards if self._readers[s] is None]
+        if len(todo) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._store_()  # created once, here, not by racing threads
+
+        def try_open(s: int) -> None:
+            try:
+                self.shard_reader(s)
+            except Exception:
+                pass
+
+        with ThreadPoolExecutor(min(len(todo), self.remote_options.concurrency),
+                                thread_name_prefix="fastload-open") as pool:  # fmt: skip
+            list(pool.map(try_open, todo))
 
     def io_stats(self) -> dict:
         """Counters of remote reads in this process: ``requests``, ``retries``, ``errors``,

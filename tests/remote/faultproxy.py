@@ -25,7 +25,8 @@ Fault kinds:
 - ``"403"`` / ``"404"``: ``AccessDenied`` / ``NoSuchKey`` (permanent errors; never chosen at
   random unless listed in ``kinds``).
 
-``log`` records every request as ``(method, path, Range header or None, fault or None)``.
+``log`` records every request as ``(method, path, Range header or None, fault or None)``;
+``max_in_flight`` is the most requests it was serving at once.
 
 Only requests whose method is in ``methods`` (default GET) are faulted; ``match`` (a substring of
 the path) narrows it further.
@@ -66,6 +67,7 @@ class FaultProxy:
         self.latency = 0.0
         self.stall_seconds = 3.0
         self.counts: dict[str, int] = {"requests": 0}
+        self.in_flight = self.max_in_flight = 0
         self.log: list[tuple[str, str, Optional[str], Optional[str]]] = []
         self._script: list[Optional[str]] = []
         self._rng = random.Random(seed)
@@ -210,6 +212,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _serve(self) -> None:
+        owner = self.owner
+        with owner._lock:
+            owner.in_flight += 1
+            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        try:
+            self._serve_one()
+        finally:
+            with owner._lock:
+                owner.in_flight -= 1
+
+    def _serve_one(self) -> None:
         owner = self.owner
         body = self._body()
         method = self.command

@@ -109,6 +109,21 @@ def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
         assert ds.prefetch(range(n0)) == 0  # cached now: nothing to fetch
 
 
+def test_a_batch_across_many_shards_opens_them_concurrently(fault_proxy, s3_ds):
+    """A shuffled batch touches many shards at first; their headers and indexes are fetched
+    several at once, not one round trip after another."""
+    fault_proxy.latency = 0.1  # an object store's round trip, so that requests overlap
+    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
+                          cache_dir=False) as ds:  # fmt: skip
+        assert len(ds.shards) >= 6
+        firsts = [ds.locate(i)[0] for i in range(N)]
+        one_per_shard = [firsts.index(s) for s in range(len(ds.shards))]
+        fault_proxy.max_in_flight = 0
+        batch = ds.get_batch(one_per_shard)
+        assert batch["i"].tolist() == one_per_shard
+        assert fault_proxy.max_in_flight >= 4
+
+
 def test_prefetch_ignores_bad_indices_and_local_datasets(s3_server, s3_ds, local_ds, tmp_path):
     with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
                           cache_dir=tmp_path / "c") as ds:
