@@ -4,7 +4,7 @@
     python _loaders.py run pil-limit|pil-draft-limit IMAGE_FOLDER [--epochs N]
     python _loaders.py imports KIND -                   (imports KIND's libraries, sleeps 1 s)
     python _loaders.py write-wds SRC DST --shards N
-    python _loaders.py write-mds-tokens SRC DST        (from benchmarks/.venv-streaming)
+    python _loaders.py write-mds-tokens SRC DST [--shard-bytes N]  (from .venv-streaming)
     python _loaders.py write-litdata-tokens SRC DST
 
 ``run`` prints one JSON line: samples/s, time to first batch, data stall %, and what was
@@ -161,7 +161,9 @@ class Gather:
 
 
 def streaming_loader(path: str, batch: int, images: bool):
-    """MosaicML Streaming over local MDS shards (no remote), torch DataLoader on top."""
+    """MosaicML Streaming over local MDS shards, torch DataLoader on top. ``path`` may also be
+    a remote URL (remote.py): then shards are downloaded to $STREAMING_LOCAL (its client reads
+    S3_ENDPOINT_URL and the AWS_* variables)."""
     import torch
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
@@ -174,7 +176,9 @@ def streaming_loader(path: str, batch: int, images: bool):
             return to_chw(augment(open_jpeg(sample["image"]))), sample["label"]
 
     cls = Images if images else StreamingDataset
-    ds = cls(local=path, batch_size=batch, shuffle=True)
+    where = dict(remote=path, local=os.environ["STREAMING_LOCAL"]) if "://" in path else \
+        dict(local=path)
+    ds = cls(**where, batch_size=batch, shuffle=True)
     return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=WORKERS)
 
 
@@ -348,7 +352,8 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
     steady_s = times[-1] - times[WARM - 1]
     per_batch = steady_s / (len(times) - WARM)
     result.update(samples_per_s=sum(sizes[WARM:]) / steady_s, steady_s=steady_s,
-                  batches=len(times), mean_batch_s=per_batch,
+                  batches=len(times), mean_batch_s=per_batch, samples=sum(sizes),
+                  last_batch_s=times[-1] - start,
                   step_s=step_factor * per_batch,
                   # the consumer thread's CPU per batch (the loader's own work in the main
                   # process: receiving, collating, handing out); threads of DALI not included
@@ -454,13 +459,15 @@ def write_wds(src: str, dst: str, shards: int) -> dict:
     return {"records": len(items)}
 
 
-def write_mds_tokens(src: str, dst: str) -> dict:
-    """MDS shards (64 MB, uncompressed) with one fixed-shape ndarray column."""
+def write_mds_tokens(src: str, dst: str, shard_bytes: int = 64 << 20) -> dict:
+    """MDS shards (``shard_bytes``, 64 MB by default; uncompressed) with one fixed-shape
+    ndarray column."""
     from streaming import MDSWriter
 
     n = os.path.getsize(src) // 2 // SEQ
     tokens = np.memmap(src, np.uint16, "r", shape=(n, SEQ))
-    with MDSWriter(out=dst, columns={"tokens": f"ndarray:uint16:{SEQ}"}, size_limit=64 << 20) as w:
+    with MDSWriter(out=dst, columns={"tokens": f"ndarray:uint16:{SEQ}"},
+                   size_limit=shard_bytes) as w:
         for i in range(n):
             w.write({"tokens": np.array(tokens[i])})
     return {"records": n}
@@ -503,6 +510,8 @@ def main() -> None:
                    help="fake step, as a multiple of the measured time per batch")
     p.add_argument("--epochs", type=int, default=1, help="pil-limit: passes over the images")
     p.add_argument("--shards", type=int, default=10, help="write-wds: shards")
+    p.add_argument("--shard-bytes", type=int, default=64 << 20,
+                   help="write-mds-tokens: size_limit")
     a = p.parse_args()
     if a.what == "imports":  # the import footprint alone, for loader.py to measure
         for module in IMPORTS[a.kind_or_src.split("-")[0]]:
@@ -520,7 +529,7 @@ def main() -> None:
     elif a.what == "write-wds":
         result = write_wds(a.kind_or_src, a.data, a.shards)
     elif a.what == "write-mds-tokens":
-        result = write_mds_tokens(a.kind_or_src, a.data)
+        result = write_mds_tokens(a.kind_or_src, a.data, a.shard_bytes)
     else:
         result = write_litdata_tokens(a.kind_or_src, a.data)
     print(json.dumps({**result, "versions": versions()}, default=str))
