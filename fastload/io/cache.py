@@ -25,7 +25,10 @@ Layout (everything fastload owns lives under ``<cache_dir>/fastload-cache-v1/``)
 - Eviction and ``clear`` delete only ``*.blk``, ``*.part``, ``*.lock`` and ``meta.json`` files
   in this layout; nothing else is ever removed.
 - Locks are ``fcntl.flock`` on an open file: the kernel releases them when a process dies, and
-  nothing named survives a crash.
+  nothing named survives a crash. A flock belongs to the open file, which a forked child
+  shares: a worker forked while another thread held the lock would hold it forever (that
+  thread does not exist in the child to close it), so a forked child closes its copies of
+  every lock file open at the fork.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import mmap
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,6 +61,40 @@ DEFAULT_CACHE_LIMIT = "10GB"
 AHEAD_SECONDS = 10 * 365 * 86400  # mtime offset of blocks fetched ahead of use
 STALE_PART_SECONDS = 3600
 _BLOCK_RE = re.compile(r"^(\d+)-(\d+)\.blk$")
+
+# Lock files open in this process. Opening and closing them is atomic with respect to fork
+# (the fork waits for _held_guard), so a child never holds a copy it does not know about.
+_held: set[int] = set()
+_held_guard = threading.Lock()
+
+
+def _open_lock(path: str, flags: int) -> int:
+    with _held_guard:
+        fd = os.open(path, flags, 0o644)
+        _held.add(fd)
+    return fd
+
+
+def _close_lock(fd: int) -> None:
+    """Closes a lock file (which releases its flock once no other copy is open)."""
+    with _held_guard:
+        _held.discard(fd)
+        os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    global _held_guard
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+    _held_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: _held_guard.acquire(),
+                        after_in_parent=lambda: _held_guard.release(),
+                        after_in_child=_after_fork_in_child)  # fmt: skip
 
 
 def default_cache_dir() -> str:
@@ -106,13 +144,13 @@ class BlockCache:
     # -- locking and accounting -----------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(self._lock_path, os.O_RDWR | os.O_CREAT)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # also releases the lock
+            _close_lock(fd)
 
     def _read_usage(self) -> Optional[int]:
         try:
@@ -240,11 +278,11 @@ class BlockCache:
         if fcntl is None:
             return (None, None)
         path = self._claim_path(url, content_hash, size, offset)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
+            _close_lock(fd)
             return None
         return (fd, path)
 
@@ -266,7 +304,7 @@ class BlockCache:
         fd, path = claim
         with contextlib.suppress(OSError):
             os.remove(path)  # a waiter holding the old file then finds the block cached
-        os.close(fd)
+        _close_lock(fd)
 
     def has(self, url: str, content_hash: str, size: int, offset: int, length: int) -> bool:
         d = self._dir(url, content_hash, size)
@@ -378,7 +416,7 @@ class BlockCache:
                 with contextlib.suppress(FileNotFoundError):
                     for f in os.scandir(self._locks):
                         if f.name.endswith(".lock") and f.is_file(follow_symlinks=False):
-                            fd = os.open(f.path, os.O_RDWR)
+                            fd = _open_lock(f.path, os.O_RDWR)
                             try:
                                 if fcntl is not None:
                                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -386,7 +424,7 @@ class BlockCache:
                             except OSError:
                                 pass  # held: someone is fetching that block now
                             finally:
-                                os.close(fd)
+                                _close_lock(fd)
         self._known_dirs.clear()
         return freed
 

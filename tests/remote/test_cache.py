@@ -119,6 +119,54 @@ def test_clear_deletes_only_cache_files(tmp_path):
     assert any(p.name == "notes.txt" for p in tmp_path.rglob("notes.txt"))
 
 
+def flock_free(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork and flock are POSIX")
+def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path):
+    """A loader worker forked while a fetch thread held the cache lock (or a fetch claim)
+    must not keep it: the flock lives on the open file the child shares, the thread that
+    would close it does not exist there, and every process using the cache would wait
+    forever."""
+    import fcntl
+    import multiprocessing
+    import threading
+
+    cache = BlockCache(tmp_path, limit="1MB")
+    claim = cache.claim("s3://b/x", "xxh64:0", 100, 0)
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with cache._locked():
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()  # forked while both are held
+    try:
+        done.set()
+        holder.join(30)
+        assert flock_free(tmp_path / LAYOUT / "lock")
+        with open(claim[1], "rb") as waiter:  # opened by a process waiting for the block
+            cache.release(claim)
+            fcntl.flock(waiter, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+        assert child.is_alive()  # the child's copies would still be open now
+    finally:
+        child.kill()
+        child.join(30)
+
+
 # -- through Dataset ------------------------------------------------------------------------
 def test_dataset_never_exceeds_the_limit(s3_server, s3_ds, tmp_path):
     limit = 12_000  # a fraction of the dataset (~65 KB)
