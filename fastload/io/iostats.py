@@ -6,6 +6,7 @@ each worker's increments to ``loader.stats()["io"]``.
 
 from __future__ import annotations
 
+import os
 import threading
 
 __all__ = ["IOStats", "io_stats", "STATS"]
@@ -43,8 +44,18 @@ class IOStats:
             self._values = dict.fromkeys(FIELDS, 0)
             self._seen = dict.fromkeys(FIELDS, 0)
 
+    def _forked(self) -> None:
+        # A forked child (a loader worker) starts from zero: otherwise the parent's counts
+        # come back as the child's first increments, once per worker and epoch. The lock
+        # may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(FIELDS, 0)
+        self._seen = dict.fromkeys(FIELDS, 0)
+
 
 STATS = IOStats()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=STATS._forked)
 
 
 def io_stats() -> dict:

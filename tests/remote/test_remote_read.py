@@ -242,6 +242,24 @@ def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_prox
     ds.close()
 
 
+def test_loader_io_counters_count_each_request_once(fault_proxy, s3_ds, tmp_path):
+    """Forked workers start their counters from zero: what the main process fetched before
+    the fork is not reported again by every worker, every epoch."""
+    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+    check_all(ds, 40)  # the main process reads first
+    assert ds.io_stats()["requests"] > 0
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2)
+    before = fault_proxy.counts["requests"]
+    for _ in range(2):  # fresh workers each epoch
+        assert sum(len(b["i"]) for b in loader) == N
+    served = fault_proxy.counts["requests"] - before
+    # At most what the server saw (read-ahead still in flight when a worker's last batch
+    # was reported is not counted; before the fix, the main process's requests were).
+    assert 0 < loader.stats()["io"]["requests"] <= served
+    ds.close()
+
+
 def test_loader_without_workers_fetches_the_next_batches_ahead(s3_server, s3_ds, tmp_path):
     """num_workers=0: while batch k is read, the blocks of batches k+1 and k+2 are already
     being fetched (here from other shards, so no in-shard read-ahead can explain it)."""
