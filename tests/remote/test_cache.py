@@ -152,9 +152,17 @@ def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path):
     holder = threading.Thread(target=hold)
     holder.start()
     assert held.wait(30)
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+
+    def child_main():
+        started.set()  # past fork's hooks: the child's copies are closed, or never will be
+        time.sleep(60)
+
+    child = ctx.Process(target=child_main)
     child.start()  # forked while both are held
     try:
+        assert started.wait(30)
         done.set()
         holder.join(30)
         assert flock_free(tmp_path / LAYOUT / "lock")
