@@ -376,13 +376,14 @@ class RemoteSource:
             return 0
         cache = self.store.cache
         opts = self.store.options
+        maps, uid = self.store.maps, self._uid
         todo: list[int] = []
         with self._lock:
             budget = opts.memory_limit - self.store.pending_bytes
             for b in blocks:
                 b = int(b)
-                if b in self._pending or b in todo:
-                    continue
+                if b in self._pending or b in todo or (uid, b) in maps:
+                    continue  # in flight, or cached and mapped already (no file lookup)
                 offset, length, _ = self._entry(b)
                 if cache is not None and cache.has(self.name, self.hash, self.size, offset,
                                                    length):  # fmt: skip
