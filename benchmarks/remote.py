@@ -452,10 +452,9 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                   "before)."),
         ("requests", "loader.stats()['io'] summed over the workers: GETs (manifest, shard "
                      "header and index, blocks; one per stretch of neighbouring blocks), MB got "
-                     "= bytes_fetched, hits = cache_hits; all counters in the JSON. They "
-                     "overcount: each forked worker reports, every epoch, the counts of the "
-                     "main process before the fork as its own (the main process's manifest GET, "
-                     "2 per epoch here): a warm row really makes 1 request (its manifest)."),
+                     "= bytes_fetched, hits = cache_hits; all counters in the JSON. The "
+                     "main process's manifest GET (before the loader) is not among them: a "
+                     "warm row makes that one request."),
         ("srv cpu", "CPU seconds moto (and the proxy) spent during the run: on 2 cores the "
                     "server takes CPU from the loader's workers."),
         ("others", "% of the machine's CPU used by other processes during the run (the "
