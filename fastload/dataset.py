@@ -149,17 +149,30 @@ class Dataset:
             return 0
         idx = np.where(idx < 0, idx + n, idx)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        # Each shard's records, shards in order of first use (the one needed first is
+        # fetched first).
+        by_shard = np.argsort(shard_of, kind="stable")
+        runs = np.split(by_shard, np.flatnonzero(np.diff(shard_of[by_shard])) + 1)
+        runs.sort(key=lambda run: run[0])
+        return self._prefetch_groups([(int(shard_of[run[0]]),
+                                       idx[run] - self._starts[shard_of[run[0]]])
+                                      for run in runs])  # fmt: skip
+
+    def _prefetch_groups(self, groups: list[tuple[int, np.ndarray]]) -> int:
+        """:meth:`prefetch` of ``(shard, records in it)`` pairs, in the order given. It runs
+        for every batch (the loader's hint, then the read itself), so the blocks already at
+        hand are skipped in plain Python, without a file lookup."""
+        self._open_shards([s for s, _ in groups])
         scheduled = 0
-        order = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])]
-        self._open_shards(order.tolist())
-        for s in order:
-            mine = idx[shard_of == s] - self._starts[s]
-            reader = self.shard_reader(int(s))
-            blocks = reader.records["block"][mine]
-            _, first = np.unique(blocks, return_index=True)
+        for s, records in groups:
+            reader = self.shard_reader(s)
+            source = reader.source
             held = reader._cache  # decompressed blocks the reader holds need no fetch
-            scheduled += reader.source.prefetch(b for b in blocks[np.sort(first)].tolist()
-                                                if b not in held)  # fmt: skip
+            resident = source.resident
+            todo = [b for b in dict.fromkeys(reader.records["block"][records].tolist())
+                    if b not in held and resident(b) is None]  # fmt: skip
+            if todo:
+                scheduled += source.prefetch(todo)
         return scheduled
 
     def _open_shards(self, shards: list[int]) -> None:
@@ -278,20 +291,23 @@ class Dataset:
         if len(bad):
             raise IndexError(f"index {idx[bad[0]]} is out of range for a dataset of {n} records")
         idx = np.where(idx < 0, idx + n, idx)
-        if self.remote and len(idx) > 1:
-            self.prefetch(idx)  # the batch's blocks in parallel, neighbours coalesced
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         local = idx - self._starts[shard_of]
+        fetch = self.remote and len(idx) > 1  # the batch's blocks in parallel, coalesced
         if len(self._readers) == 1 or (len(idx) and (shard_of == shard_of[0]).all()):
+            if fetch:
+                self._prefetch_groups([(int(shard_of[0]), local)])
             bufs, src, offsets, lengths = self.shard_reader(int(shard_of[0])).locate(local)
             return self._spans(list(bufs), src, offsets, lengths, shard_of, local)
         buffers: list = []
         src = np.empty(len(idx), np.uint32)
         offsets = np.empty(len(idx), np.uint64)
         lengths = np.empty(len(idx), np.uint64)
-        for s in np.unique(shard_of):
-            mine = np.flatnonzero(shard_of == s)
-            bufs, si, off, ln = self.shard_reader(int(s)).locate(local[mine])
+        groups = [(int(s), np.flatnonzero(shard_of == s)) for s in np.unique(shard_of)]
+        if fetch:
+            self._prefetch_groups([(s, local[mine]) for s, mine in groups])
+        for s, mine in groups:
+            bufs, si, off, ln = self.shard_reader(s).locate(local[mine])
             src[mine] = si + len(buffers)
             offsets[mine], lengths[mine] = off, ln
             buffers.extend(bufs)

@@ -132,6 +132,7 @@ class ShardReader:
         self._lengths = self.records["length"].astype(np.uint64)
         self._checksums = np.ascontiguousarray(self.records["checksum"])
         raw = self.blocks["codec"] == CODEC_NONE
+        self._raw = raw.tolist()  # per block: stored bytes are the raw bytes
         self._all_raw = bool(raw.all())
         # Where each record starts in the file, when every block is stored raw: a batch of
         # them is then one fancy-index away from a gather out of the memory map.
@@ -294,9 +295,13 @@ class ShardReader:
             # One buffer per distinct block. Each was checked whole against its block
             # checksum (verify=True), which covers every record in it: checking the records
             # again cost a call per block per batch, for nothing.
-            unique, inverse = np.unique(blocks[in_blocks], return_inverse=True)
-            source_index[in_blocks] = inverse.astype(np.uint32) + len(buffers)
-            buffers.extend(self.block(int(b)) for b in unique)
+            slot: dict[int, int] = {}  # block -> its buffer (a dict: batches are small)
+            mine = [slot.setdefault(b, len(slot)) for b in blocks[in_blocks].tolist()]
+            source_index[in_blocks] = np.array(mine, np.uint32) + np.uint32(len(buffers))
+            resident = getattr(self.source, "resident", None)  # checked, mapped stored bytes
+            for b in slot:
+                view = resident(b) if resident is not None and self._raw[b] else None
+                buffers.append(view if view is not None else self.block(b))
         return buffers, source_index, offsets, lengths
 
     def problems(self) -> Iterator[CorruptRecordError]:
@@ -327,4 +332,4 @@ class ShardReader:
         self.blocks = self.blocks[:0]
         self.records = self.records[:0]
         self._lengths = self._checksums = self._lengths[:0]
-        self._all_raw, self._starts = False, None
+        self._all_raw, self._starts, self._raw = False, None, []

@@ -322,6 +322,12 @@ class RemoteSource:
         reader then need not hash them again)."""
         return b not in self._unchecked
 
+    def resident(self, b: int) -> Optional[memoryview]:
+        """The stored bytes of block ``b`` if they are at hand already (a cached copy mapped
+        and checked), else None; no I/O, no lock: the per-batch fast path of the shard
+        reader."""
+        return self.store.maps.get((self._uid, b))
+
     def block(self, b: int) -> bytes | memoryview:
         """The stored bytes of block ``b``: from read-ahead, the cache, or a ranged GET."""
         key = (self._uid, b)
