@@ -276,6 +276,86 @@ def test_loader_without_workers_fetches_the_next_batches_ahead(s3_server, s3_ds,
         assert [b["i"].tolist() for b in it] == batches[1:]
 
 
+TOKENS = {"i": "int64", "tokens": "uint16[65]"}
+
+
+def token_row(i: int) -> dict:
+    return {"i": i, "tokens": ((np.arange(65) * 31 + i) % 65536).astype(np.uint16)}
+
+
+@pytest.fixture(scope="module")
+def s3_tokens(s3_server, tmp_path_factory) -> str:
+    """Fixed-size rows in uncompressed blocks, over several shards (the token-data case)."""
+    path = tmp_path_factory.mktemp("tokens") / "ds"
+    with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="none") as w:
+        for i in range(300):
+            w.write(token_row(i))
+    return upload(s3_server, path)
+
+
+def assert_rows(views: dict, indices) -> None:
+    want = [token_row(int(i)) for i in indices]
+    assert views["i"].tolist() == [int(i) for i in indices]
+    assert np.array_equal(views["tokens"], np.stack([r["tokens"] for r in want]))
+
+
+def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_path):
+    """A batch whose blocks are cached, mapped and checked in this process is gathered in one
+    call (ResidentGather), the same rows as read_into; a batch with a block not at hand, or
+    over a dataset closed and reopened, goes through read_into, which fetches or reopens."""
+    from fastload.loader import fill
+    from fastload.loader.layout import BatchLayout
+
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+    assert len(ds.shards) > 3
+    layout = BatchLayout(ds.schema, 16)
+    fast = fill._raw_gather(ds, layout)
+    assert isinstance(fast, fill.ResidentGather)
+    slab = np.zeros(layout.slab_size, np.uint8)
+    rng = np.random.default_rng(0)
+
+    def batch(n=16):
+        return rng.permutation(len(ds))[:n]
+
+    idx = batch()
+    assert not fast.gather(idx, layout.views(slab, 16))  # cold: nothing at hand
+    assert fill.fill_batch(ds, layout, slab, idx, (0, 0))[0] == {}
+    assert_rows(layout.views(slab, 16), idx)
+    for _ in range(2):  # fetched and cached, then mapped from the cache
+        ds.read_into(np.arange(len(ds)))
+    for n in (1, 5, 16):
+        idx = batch(n)
+        slab[:] = 0
+        assert fast.gather(idx, layout.views(slab, n))
+        assert_rows(layout.views(slab, n), idx)
+    ds.close()  # the sources it knew are gone: read_into reopens the shards
+    idx = batch()
+    assert not fast.gather(idx, layout.views(slab, 16))
+    fill.fill_batch(ds, layout, slab, idx, (0, 0))
+    assert_rows(layout.views(slab, 16), idx)
+    ds.read_into(np.arange(len(ds)))  # the cache is warm: this maps every block again
+    assert fast.gather(idx, layout.views(slab, 16))
+    assert_rows(layout.views(slab, 16), idx)
+    ds.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_tokens, tmp_path):
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=workers,
+                                 persistent_workers=workers > 0)  # fmt: skip
+    for epoch in range(3):  # cold, then from the cache, then from mapped copies
+        seen = []
+        for b in loader:
+            assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())
+            seen += b["i"].tolist()
+        assert sorted(seen) == list(range(len(ds))), epoch
+    del loader
+    ds.close()
+
+
 def test_cli_inspect_and_verify_remote(s3_server, s3_ds, capsys, monkeypatch, tmp_path):
     import json
 
