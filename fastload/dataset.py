@@ -24,6 +24,8 @@ from .io.source import open_source
 
 __all__ = ["Dataset"]
 
+MAX_BLOCK_TABLE = 1 << 24  # records (4 bytes each) up to which prefetch keeps a block table
+
 
 class Dataset:
     """A fastload dataset at a local path or fsspec URL.
@@ -74,6 +76,9 @@ class Dataset:
         self._layout = RecordLayout(self.schema)
         self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
         self._readers: list[ShardReader | None] = [None] * len(self.manifest.shards)
+        # Remote: each record's block, for the shards opened so far (-1: not opened), so
+        # that read-ahead hints, one per batch, need no per-shard numpy work.
+        self._block_of: np.ndarray | None = None
 
     # -- shards ---------------------------------------------------------------------------
     @property
@@ -87,8 +92,7 @@ class Dataset:
 
     def shard_reader(self, s: int) -> ShardReader:
         """The reader of shard ``s``, opened (and its index validated) on first use."""
-        if self.remote and self._pid != os.getpid():
-            self._forked()
+        self._own()
         reader = self._readers[s]
         if reader is None:
             info = self.manifest.shards[s]
@@ -111,20 +115,27 @@ class Dataset:
                 source.close()
                 raise
             self._readers[s] = reader
+            if self._block_of is not None:
+                self._block_of[self._starts[s] : self._starts[s + 1]] = reader.records["block"]
         return reader
 
     # -- remote reads -----------------------------------------------------------------------
+    def _own(self) -> None:
+        """Start afresh if this is a forked child of the process that opened things."""
+        if self.remote and self._pid != os.getpid():
+            self._forked()
+
     def _forked(self) -> None:
         """In a forked child: the parent's connections, event loop and threads are not ours
         (fsspec's async filesystems refuse to run there), so start afresh."""
         self._pid = os.getpid()
         self._readers = [None] * len(self._readers)
+        self._block_of = None
         self._store = None
         self.fs, _ = open_fs(self.path, self._fs_options)
 
     def _store_(self) -> RemoteStore:
-        if self.remote and self._pid != os.getpid():
-            self._forked()
+        self._own()
         if self._store is None:
             self._store = RemoteStore(self.fs, self.remote_options)
         return self._store
@@ -142,6 +153,7 @@ class Dataset:
         (reading that record will)."""
         if not self.remote:
             return 0
+        self._own()
         idx = _as_indices(indices)
         n = len(self)
         idx = idx[(idx >= -n) & (idx < n)]
@@ -149,6 +161,15 @@ class Dataset:
             return 0
         idx = np.where(idx < 0, idx + n, idx)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        if self._block_of is None and n <= MAX_BLOCK_TABLE:
+            self._block_of = np.full(n, -1, np.int32)
+            for s, reader in enumerate(self._readers):
+                if reader is not None:
+                    self._block_of[self._starts[s] : self._starts[s + 1]] = reader.records["block"]
+        if self._block_of is not None:
+            blocks = self._block_of[idx]
+            if int(blocks.min()) >= 0:  # every shard open: the common case, once running
+                return self._prefetch_blocks(shard_of.tolist(), blocks.tolist())
         # Each shard's records, shards in order of first use (the one needed first is
         # fetched first).
         by_shard = np.argsort(shard_of, kind="stable")
@@ -157,6 +178,17 @@ class Dataset:
         return self._prefetch_groups([(int(shard_of[run[0]]),
                                        idx[run] - self._starts[shard_of[run[0]]])
                                       for run in runs])  # fmt: skip
+
+    def _prefetch_blocks(self, shards: list[int], blocks: list[int]) -> int:
+        """:meth:`prefetch` of blocks ``(shards[i], blocks[i])`` of open shards, in order."""
+        todo: dict[int, dict[int, None]] = {}
+        for s, b in zip(shards, blocks):
+            reader = self._readers[s]
+            if reader is None:  # closed meanwhile: it reopens when read
+                continue
+            if b not in reader._cache and reader.source.resident(b) is None:
+                todo.setdefault(s, {})[b] = None
+        return sum(self._readers[s].source.prefetch(list(bs)) for s, bs in todo.items())
 
     def _prefetch_groups(self, groups: list[tuple[int, np.ndarray]]) -> int:
         """:meth:`prefetch` of ``(shard, records in it)`` pairs, in the order given. It runs
@@ -361,6 +393,7 @@ class Dataset:
                 reader.close()
                 reader.source.close()
                 self._readers[i] = None
+        self._block_of = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -374,6 +407,7 @@ class Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = [None] * len(self._readers)
+        state["_block_of"] = None
         state["_store"] = None  # threads and open connections stay in this process
         return state
 

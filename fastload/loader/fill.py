@@ -186,6 +186,7 @@ class ResidentGather:
         """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
         when read_into must do it instead."""
         if os.getpid() != self.pid:  # forked: this process opens the shards anew
+            self.dataset._own()
             self.pid, self.readers = os.getpid(), [None] * len(self.readers)
             self.block.fill(-1)
         idx = np.asarray(indices)

@@ -109,6 +109,21 @@ def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
         assert ds.prefetch(range(n0)) == 0  # cached now: nothing to fetch
 
 
+def test_prefetch_across_shards_before_and_after_close(s3_server, s3_ds, tmp_path):
+    """Blocks of shards not opened yet, of open ones, and after close (which drops what the
+    dataset knew of its shards): each block is scheduled once, and none once cached."""
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+        total = sum(s.blocks for s in ds.shards)
+        order = np.random.default_rng(0).permutation(N)
+        assert ds.prefetch(order[: N // 2]) + ds.prefetch(order) == total
+        check_all(ds)
+        assert ds.prefetch(order) == 0  # every shard open, every block cached
+        ds.close()
+        assert ds.prefetch(order) == 0  # reopened: still cached
+        check_all(ds)
+
+
 def test_a_batch_across_many_shards_opens_them_concurrently(fault_proxy, s3_ds):
     """A shuffled batch touches many shards at first; their headers and indexes are fetched
     several at once, not one round trip after another."""
