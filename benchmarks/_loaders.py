@@ -191,14 +191,18 @@ def litdata_tokens(path: str, batch: int):
     return StreamingDataLoader(ds, batch_size=batch, num_workers=WORKERS)
 
 
-def fastload_loader(path: str, batch: int, images: bool, planned: bool = False):
+def fastload_loader(path: str, batch: int, images: bool, planned: bool = False,
+                    persistent: bool = False):  # fmt: skip
     """fastload's DataLoader as a drop-in: torch's arguments (shuffle=True, a seeded
     generator), so the order comes from torch's RandomSampler as in the torch row.
-    ``planned``: seed= instead, fastload's own (seed, epoch) plan (resumable, DDP-aware)."""
+    ``planned``: seed= instead, fastload's own (seed, epoch) plan (resumable, DDP-aware).
+    ``persistent``: persistent_workers=True (workers, and what they opened, last across
+    epochs)."""
     import fastload
     import torch
 
-    kw = dict(batch_size=batch, shuffle=True, num_workers=WORKERS)
+    kw = dict(batch_size=batch, shuffle=True, num_workers=WORKERS,
+              persistent_workers=persistent)  # fmt: skip
     if images:
         kw["decode"] = {"image": fastload.ImageDecode(size=SIZE, train=True)}
     ds = fastload.Dataset(path)
@@ -410,6 +414,8 @@ BUILDERS = {
     "litdata-tokens": lambda d, b: litdata_tokens(d, b),
     "fastload-tokens": lambda d, b: fastload_loader(d, b, images=False),
     "fastload-planned-tokens": lambda d, b: fastload_loader(d, b, images=False, planned=True),
+    "fastload-persistent-tokens": lambda d, b: fastload_loader(d, b, images=False,
+                                                               persistent=True),  # fmt: skip
     "torch-images": lambda d, b: torch_images(d, b),
     "wds-images": lambda d, b: wds_images(d, b),
     "streaming-images": lambda d, b: streaming_loader(d, b, images=True),

@@ -220,13 +220,13 @@ def environment(values: dict):
 
 
 def spec(name, kind, data, python=sys.executable, role=None, endpoint=None, latency=0.0,
-         cache=None, error=None, judge=False):
+         cache=None, error=None, judge=False, keep=False):
     """A row. ``role``: local, cold, warm, streaming-cold, streaming-warm, limit. ``cache``:
     the key of the cache dir (fastload) or local dir (Streaming) a cold run starts afresh and
-    the warm run after it reuses."""
+    the warm run after it reuses (and removes, unless ``keep``: another warm row follows)."""
     return {"name": name, "kind": kind, "data": data, "python": python, "role": role,
             "endpoint": endpoint, "latency": latency, "cache": cache, "error": error,
-            "judge": judge}
+            "judge": judge, "keep": keep}
 
 
 def run_one(s: dict, opts: list[str], servers: list[Server], a, rep: int) -> dict:
@@ -252,7 +252,7 @@ def run_one(s: dict, opts: list[str], servers: list[Server], a, rep: int) -> dic
         res["server_cpu_s"] = server_cpu
         res["others_pct"] = max(0.0, res["others_pct"] - 100 * server_cpu / (
             res["wall_s"] * os.cpu_count()))
-        if s["role"] in ("warm", "streaming-warm") and where:
+        if s["role"] in ("warm", "streaming-warm") and where and not s.get("keep"):
             convert.remove(where)  # its cold run and it are done with it
     return res
 
@@ -339,12 +339,14 @@ def add_ratios(rows: list[dict], samples_mb: float) -> None:
         if r["role"] in ("limit", "limit-ranged") and "error" not in r:
             r["samples_per_s"] = r["mb_per_s"] / samples_mb
     local = next((r for r in rows if r["role"] == "local" and "error" not in r), None)
+    locals_ = {r["kind"]: r for r in reversed(rows) if r["role"] == "local" and "error" not in r}
     limits = {r["latency"]: r for r in rows if r["role"] == "limit" and "error" not in r}
     for r in rows:
         if "error" in r or r["role"] in ("limit", "limit-ranged"):
             continue
-        if local:
-            r["x_local"] = r["samples_per_s"] / local["samples_per_s"]
+        mine = locals_.get(r["kind"], local)  # persistent workers: against local's, persistent
+        if mine:
+            r["x_local"] = r["samples_per_s"] / mine["samples_per_s"]
         lim = limits.get(r["latency"])
         if local and lim and r["role"] in ("cold", "streaming-cold"):
             r["bound"] = min(local["samples_per_s"], lim["samples_per_s"])
@@ -455,6 +457,10 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                      "= bytes_fetched, hits = cache_hits; all counters in the JSON. The "
                      "main process's manifest GET (before the loader) is not among them: a "
                      "warm row makes that one request."),
+        ("persistent", "tokens only: persistent_workers=True, local and warm (its x local is "
+                       "against the persistent local row). An epoch here is ~0.1 s, and "
+                       "workers started anew each epoch (reopening the shards, remapping "
+                       "the cached blocks) cost more than its reading."),
         ("srv cpu", "CPU seconds moto (and the proxy) spent during the run: on 2 cores the "
                     "server takes CPU from the loader's workers."),
         ("others", "% of the machine's CPU used by other processes during the run (the "
@@ -486,14 +492,24 @@ def suite_specs(suite: str, kind: str, data: dict, endpoints: dict, streaming, w
     murl = f"s3://{bucket_prefix}/mds"
     ms = f"+{1000 * latency:.0f} ms"
     rows = [spec("fastload local disk", f"fastload-{kind}", fl, role="local", error=fl_error)]
+    # Tokens: an epoch here is ~0.1 s, and workers started anew for each one (reopening
+    # shards, remapping cached blocks) cost more than its reading; a long epoch pays that
+    # once, as persistent workers do here.
+    persistent = suite == "tokens"
+    if persistent:
+        rows.append(spec("fastload local, persistent workers", "fastload-persistent-tokens",
+                         fl, role="local", error=fl_error))  # fmt: skip
     for lat, tag in ((0.0, ""), (latency, f", {ms}")):
         e = endpoints[lat]
-        rows += [
-            spec(f"fastload S3 cold{tag}", f"fastload-{kind}", url, role="cold", endpoint=e,
-                 latency=lat, cache=f"{suite}-fl-{lat}", error=fl_error, judge=True),
-            spec(f"fastload S3 warm{tag}", f"fastload-{kind}", url, role="warm", endpoint=e,
-                 latency=lat, cache=f"{suite}-fl-{lat}", error=fl_error, judge=True),
-        ]
+        cache = f"{suite}-fl-{lat}"
+        rows.append(spec(f"fastload S3 cold{tag}", f"fastload-{kind}", url, role="cold",
+                         endpoint=e, latency=lat, cache=cache, error=fl_error, judge=True))
+        if persistent and not lat:
+            rows.append(spec("fastload S3 warm, persistent workers", "fastload-persistent-tokens",
+                             url, role="warm", endpoint=e, cache=cache, error=fl_error,
+                             judge=True, keep=True))  # fmt: skip
+        rows.append(spec(f"fastload S3 warm{tag}", f"fastload-{kind}", url, role="warm",
+                         endpoint=e, latency=lat, cache=cache, error=fl_error, judge=True))
     # Streaming straight to moto only: through faultproxy.py its boto3 download (HEAD, then
     # ranged GETs with If-Match) got 412 from moto and then stalled 60 s (the proxy waits on
     # moto's 412 body), an artifact of the test proxy, not a cost of Streaming.
