@@ -109,12 +109,10 @@ class RawGather:
     def gather(self, indices: np.ndarray, views: dict) -> bool:
         """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
         when read_into must do it instead."""
-        idx = np.asarray(indices)
+        idx = _plain_indices(indices, self.n)
+        if idx is None:
+            return False
         n = len(idx)
-        if n == 0 or idx.dtype.kind not in "iu" or idx.ndim != 1:
-            return False
-        if int(idx.min()) < 0 or int(idx.max()) >= self.n:
-            return False
         src, offsets = self.src[idx], self.offsets[idx]
         if self.verify:
             lengths, checksums = self.lengths[idx], self.checksums[idx]
@@ -189,12 +187,10 @@ class ResidentGather:
             self.dataset._own()
             self.pid, self.readers = os.getpid(), [None] * len(self.readers)
             self.block.fill(-1)
-        idx = np.asarray(indices)
+        idx = _plain_indices(indices, self.n)
+        if idx is None:
+            return False
         n = len(idx)
-        if n == 0 or idx.dtype.kind not in "iu" or idx.ndim != 1:
-            return False
-        if int(idx.min()) < 0 or int(idx.max()) >= self.n:
-            return False
         blocks = self.block[idx]
         shard_of = np.searchsorted(self.dataset._starts, idx, side="right") - 1
         if int(blocks.min()) < 0:
@@ -218,6 +214,17 @@ class ResidentGather:
         offsets = self.offset[idx].astype(np.uint64)
         _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, n)
         return True
+
+
+def _plain_indices(indices: Any, n: int) -> Optional[np.ndarray]:
+    """``indices`` as an array if they are the plain case (non-empty, 1-D, integers in
+    ``[0, n)``), else None: read_into handles the rest and raises its errors."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or len(idx) == 0 or idx.dtype.kind not in "iu":
+        return None
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        return None
+    return idx
 
 
 def _all_gathered(dataset: Any, layout: BatchLayout) -> bool:
