@@ -24,7 +24,8 @@ from .io.source import open_source
 
 __all__ = ["Dataset"]
 
-MAX_BLOCK_TABLE = 1 << 24  # records (4 bytes each) up to which prefetch keeps a block table
+MAX_BLOCK_TABLE = 1 << 22  # records (8 bytes each) up to which a remote dataset keeps
+# each record's block and offset in it (see Dataset._block_table)
 
 
 class Dataset:
@@ -76,9 +77,10 @@ class Dataset:
         self._layout = RecordLayout(self.schema)
         self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
         self._readers: list[ShardReader | None] = [None] * len(self.manifest.shards)
-        # Remote: each record's block, for the shards opened so far (-1: not opened), so
-        # that read-ahead hints, one per batch, need no per-shard numpy work.
+        # Remote: each record's block and offset in it, for the shards opened so far
+        # (block -1: not opened); see _block_table.
         self._block_of: np.ndarray | None = None
+        self._offset_in_block: np.ndarray | None = None
 
     # -- shards ---------------------------------------------------------------------------
     @property
@@ -116,8 +118,29 @@ class Dataset:
                 raise
             self._readers[s] = reader
             if self._block_of is not None:
-                self._block_of[self._starts[s] : self._starts[s + 1]] = reader.records["block"]
+                self._tabulate(s, reader)
         return reader
+
+    def _block_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Remote, up to ``MAX_BLOCK_TABLE`` records: each record's block and its offset in
+        the block (block -1: its shard is not open in this process), kept as shards open and
+        dropped on close and fork. Per-batch work (read-ahead hints, the loader's gather of
+        blocks at hand) then needs no per-shard numpy work."""
+        n = len(self)
+        if self._block_of is None and self.remote and n <= MAX_BLOCK_TABLE:
+            self._block_of = np.full(n, -1, np.int32)
+            self._offset_in_block = np.zeros(n, np.uint32)
+            for s, reader in enumerate(self._readers):
+                if reader is not None:
+                    self._tabulate(s, reader)
+        if self._block_of is None:
+            return None
+        return self._block_of, self._offset_in_block
+
+    def _tabulate(self, s: int, reader: ShardReader) -> None:
+        a, b = self._starts[s], self._starts[s + 1]
+        self._offset_in_block[a:b] = reader.records["offset"]
+        self._block_of[a:b] = reader.records["block"]  # last: -1 until the row is whole
 
     # -- remote reads -----------------------------------------------------------------------
     def _own(self) -> None:
@@ -130,7 +153,7 @@ class Dataset:
         (fsspec's async filesystems refuse to run there), so start afresh."""
         self._pid = os.getpid()
         self._readers = [None] * len(self._readers)
-        self._block_of = None
+        self._block_of = self._offset_in_block = None
         self._store = None
         self.fs, _ = open_fs(self.path, self._fs_options)
 
@@ -161,13 +184,9 @@ class Dataset:
             return 0
         idx = np.where(idx < 0, idx + n, idx)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        if self._block_of is None and n <= MAX_BLOCK_TABLE:
-            self._block_of = np.full(n, -1, np.int32)
-            for s, reader in enumerate(self._readers):
-                if reader is not None:
-                    self._block_of[self._starts[s] : self._starts[s + 1]] = reader.records["block"]
-        if self._block_of is not None:
-            blocks = self._block_of[idx]
+        table = self._block_table()
+        if table is not None:
+            blocks = table[0][idx]
             if int(blocks.min()) >= 0:  # every shard open: the common case, once running
                 return self._prefetch_blocks(shard_of.tolist(), blocks.tolist())
         # Each shard's records, shards in order of first use (the one needed first is
@@ -393,7 +412,7 @@ class Dataset:
                 reader.close()
                 reader.source.close()
                 self._readers[i] = None
-        self._block_of = None
+        self._block_of = self._offset_in_block = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -407,7 +426,7 @@ class Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = [None] * len(self._readers)
-        state["_block_of"] = None
+        state["_block_of"] = state["_offset_in_block"] = None
         state["_store"] = None  # threads and open connections stay in this process
         return state
 

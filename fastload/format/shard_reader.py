@@ -130,6 +130,7 @@ class ShardReader:
         self._check_tables()
         # Per-record arrays the batched path (locate) would otherwise rebuild every batch.
         self._lengths = self.records["length"].astype(np.uint64)
+        self.shortest = int(self._lengths.min()) if len(self._lengths) else 0  # record bytes
         self._checksums = np.ascontiguousarray(self.records["checksum"])
         raw = self.blocks["codec"] == CODEC_NONE
         self._raw = raw.tolist()  # per block: stored bytes are the raw bytes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 from typing import Any, Optional
@@ -132,86 +131,53 @@ class ResidentGather:
     """:class:`RawGather`'s counterpart for a remote dataset: a batch whose records all lie in
     uncompressed blocks already at hand in this process and checked whole (cached copies
     mapped, ``RemoteSource.resident``, or blocks the shard reader holds) is gathered in one
-    call, without read_into's work per
-    shard and per block (a shuffled batch of 16 token rows touches ~14 blocks). Anything
-    else (a block not at hand, a shard not opened yet, a short record) returns False, and
-    read_into does the read, fetching what is missing; the loader's read-ahead has usually
-    asked for those blocks already.
-
-    Per-record tables (block, offset in it: 8 bytes a record) are filled shard by shard as
-    the dataset opens them, so it is used only up to ``MAX_RECORDS`` records."""
-
-    MAX_RECORDS = RawGather.MAX_RECORDS
+    call, without read_into's work per shard and per block (a shuffled batch of 16 token
+    rows touches ~14 blocks). Anything else (a block not at hand, a shard not opened yet, a
+    compressed shard, a short record) returns False, and read_into does the read, fetching
+    what is missing; the loader's read-ahead has usually asked for those blocks already.
+    Where each record lies comes from the dataset's block table."""
 
     def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
         self.dataset, self.n = dataset, len(dataset)
         self.fields = _field_plan(dataset, layout)
         self.header = dataset._layout.header_size
-        self.pid = os.getpid()
-        self.block = np.full(self.n, -1, np.int32)  # -1: its shard is not in the tables yet
-        self.offset = np.zeros(self.n, np.uint32)  # in its block (blocks are < 4 GiB)
-        self.readers: list = [None] * len(dataset.shards)
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
         if type(dataset) is not Dataset or not getattr(dataset, "remote", False) or \
                 layout.decode or layout.listed or not layout.slots or \
-                len(dataset) > cls.MAX_RECORDS or not _all_gathered(dataset, layout):  # fmt: skip
+                dataset._block_table() is None or not _all_gathered(dataset, layout):  # fmt: skip
             return None
         return cls(dataset, layout)
-
-    def _add_shard(self, s: int) -> bool:
-        """Put shard ``s`` in the tables if it is open, uncompressed and sound."""
-        reader = self.dataset._readers[s]
-        if reader is None or not reader._all_raw or \
-                (len(reader._lengths) and int(reader._lengths.min()) < self.header):  # fmt: skip
-            return False
-        a, b = int(self.dataset._starts[s]), int(self.dataset._starts[s + 1])
-        self.block[a:b] = reader.records["block"]
-        self.offset[a:b] = reader.records["offset"]
-        self.readers[s] = reader
-        return True
-
-    def _forget_closed(self) -> None:
-        """Drop the shards whose readers the dataset has closed."""
-        starts = self.dataset._starts
-        for s, reader in enumerate(self.readers):
-            if reader is not None and self.dataset._readers[s] is not reader:
-                self.readers[s] = None
-                self.block[int(starts[s]) : int(starts[s + 1])] = -1
 
     def gather(self, indices: np.ndarray, views: dict) -> bool:
         """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
         when read_into must do it instead."""
-        if os.getpid() != self.pid:  # forked: this process opens the shards anew
-            self.dataset._own()
-            self.pid, self.readers = os.getpid(), [None] * len(self.readers)
-            self.block.fill(-1)
+        ds = self.dataset
+        ds._own()  # a forked child starts afresh (and so do the tables)
         idx = _plain_indices(indices, self.n)
-        if idx is None:
+        table = ds._block_table()
+        if idx is None or table is None:
             return False
         n = len(idx)
-        blocks = self.block[idx]
-        shard_of = np.searchsorted(self.dataset._starts, idx, side="right") - 1
+        blocks = table[0][idx]
         if int(blocks.min()) < 0:
-            new = np.unique(shard_of[blocks < 0]).tolist()
-            if not all([self._add_shard(s) for s in new]):
-                return False
-            blocks = self.block[idx]
+            return False  # a shard not open here yet
+        shard_of = np.searchsorted(ds._starts, idx, side="right") - 1
         slot: dict[tuple[int, int], int] = {}  # (shard, block) -> its buffer
         src = [slot.setdefault(key, len(slot)) for key in zip(shard_of.tolist(), blocks.tolist())]
         buffers = []
         for s, b in slot:
-            reader = self.readers[s]
+            reader = ds._readers[s]
+            if reader is None or not reader._all_raw or reader.shortest < self.header:
+                return False
             view = reader.source.resident(b)
             if view is None:
                 view = reader._cache.get(b)
             if view is None:
-                if self.dataset._readers[s] is not reader:  # closed (and maybe reopened)
-                    self._forget_closed()
                 return False
             buffers.append(view)
-        offsets = self.offset[idx].astype(np.uint64)
+        offsets = table[1][idx].astype(np.uint64)
         _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, n)
         return True
 
