@@ -97,14 +97,14 @@ class Mix:
         if len(idx) and ((idx < 0) | (idx >= self.records)).any():
             raise IndexError(f"indices out of range for a mix of {self.records} records")
         local = idx - self.offsets[owner] if len(idx) else idx
-        groups = np.unique(owner)
+        groups = sorted(set(owner.tolist()))  # not np.unique: see Dataset._locate
         if len(groups) <= 1:  # one dataset: straight into ``out``
-            d = int(groups[0]) if len(groups) else 0
+            d = groups[0] if groups else 0
             return self.datasets[d].read_into(local, out, image_views=image_views)
         # Several: each dataset reads its rows into a scratch buffer, scattered into ``out``.
         out = dict(out or {})
         merged: dict[str, Any] = {}
-        for d in groups.tolist():
+        for d in groups:
             rows = np.flatnonzero(owner == d)
             scratch = {k: np.empty((len(rows), *a.shape[1:]), a.dtype) for k, a in out.items()}
             got = self.datasets[d].read_into(local[rows], scratch, image_views=image_views)
