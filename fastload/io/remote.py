@@ -37,6 +37,7 @@ _UIDS = itertools.count()
 TAIL_BYTES = 256 * 1024
 HEADER_BYTES = 32  # the end of a shard fetched at open: trailer and (usually) index
 STREAM_CHUNK = 256 * 1024
+DENSE = 4  # read-ahead fills gaps once a process asked for 1/DENSE of a shard's blocks
 
 
 @dataclass
@@ -241,6 +242,7 @@ class RemoteSource:
         self._pending: OrderedDict[int, Future] = OrderedDict()  # block -> its bytes
         self._pending_bytes = 0  # this shard's part of store.pending_bytes
         self._last = -2
+        self._wanted: set[int] = set()  # blocks this process was asked to read ahead
         self._unchecked: set[int] = set()  # blocks handed out that failed their checksum
         self._uid = next(_UIDS)
 
@@ -390,10 +392,10 @@ class RemoteSource:
                 b = int(b)
                 if b in self._pending or b in todo or (uid, b) in maps:
                     continue  # in flight, or cached and mapped already (no file lookup)
-                offset, length, _ = self._entry(b)
-                if cache is not None and cache.has(self.name, self.hash, self.size, offset,
-                                                   length):  # fmt: skip
+                self._wanted.add(b)
+                if self._fetched(b):
                     continue
+                length = self._entry(b)[1]
                 if length > budget:
                     self._trim()
                     budget = opts.memory_limit - self.store.pending_bytes
@@ -403,7 +405,10 @@ class RemoteSource:
                 todo.append(b)
             if not todo:
                 return 0
-            runs = _runs(sorted(todo), self._blocks, opts.max_request)
+            todo.sort()
+            if cache is not None and DENSE * len(self._wanted) >= len(self._blocks):
+                todo = self._fill_gaps(todo, budget)
+            runs = _runs(todo, self._blocks, opts.max_request)
             for run in runs:
                 futures = {b: Future() for b in run}
                 for b, f in futures.items():
@@ -412,6 +417,36 @@ class RemoteSource:
                 self.store.pool.submit(self._run_task, run, futures)
         STATS.add("prefetched_blocks", len(todo))
         return len(todo)
+
+    def _fetched(self, b: int) -> bool:
+        """Whether block ``b`` is in the cache already (a file lookup)."""
+        cache = self.store.cache
+        if cache is None:
+            return False
+        offset, length, _ = self._entry(b)
+        return cache.has(self.name, self.hash, self.size, offset, length)
+
+    def _fill_gaps(self, todo: list[int], budget: int) -> list[int]:
+        """``todo`` (sorted) with the blocks between two of its neighbours added, where the
+        gap is short and its blocks are not fetched or in flight (lock held). Used once this
+        process has asked for a large part of the shard (a shuffled epoch reads nearly every
+        block of it): its blocks then come in a few GETs of up to ``max_request`` bytes
+        rather than one GET per block, which is what a server serves fastest (moto: 2.5x
+        the bytes/s of 1 MiB GETs), and the gaps are read soon anyway. Gap blocks go to the
+        cache like any read-ahead."""
+        sizes = self._blocks["stored_size"]
+        limit = self.store.options.max_request // 2
+        out = [todo[0]]
+        for b in todo[1:]:
+            gap = range(out[-1] + 1, b)
+            if gap:
+                nbytes = int(sizes[gap.start : gap.stop].sum())
+                if nbytes <= min(limit, budget) and not any(
+                        g in self._pending or self._fetched(g) for g in gap):  # fmt: skip
+                    out.extend(gap)
+                    budget -= nbytes
+            out.append(b)
+        return out
 
     def _add_pending(self, n: int) -> None:
         self._pending_bytes += n

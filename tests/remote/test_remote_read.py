@@ -109,6 +109,59 @@ def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
         assert ds.prefetch(range(n0)) == 0  # cached now: nothing to fetch
 
 
+@pytest.fixture(scope="module")
+def s3_one_shard(s3_server, tmp_path_factory) -> str:
+    """One shard of 40 uncompressed blocks of ~16 KB."""
+    path = write_index_dataset(tmp_path_factory.mktemp("one") / "ds", 320,
+                               block_size=16 << 10, shard_size=64 << 20, compression="none",
+                               record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)})
+    return upload(s3_server, path)
+
+
+def wait_written(ds, before: dict, nbytes: int) -> None:
+    deadline = time.monotonic() + 10
+    while ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"] < nbytes and \
+            time.monotonic() < deadline:  # fmt: skip
+        time.sleep(0.02)
+
+
+def test_dense_read_ahead_fills_gaps_sparse_does_not(s3_server, s3_one_shard, tmp_path):
+    """A process that asks for a large part of a shard (a shuffled epoch) gets its blocks in a
+    few GETs, the unasked blocks between them included; one that asks for a few blocks of it
+    gets just those, one GET each."""
+    opts = dict(storage_options=s3_server.storage_options,
+                remote_options=RemoteOptions(max_request=256 << 10))
+    with fastload.Dataset(s3_one_shard, cache_dir=tmp_path / "sparse", **opts) as ds:
+        reader = ds.shard_reader(0)
+        blocks = ds.shards[0].blocks
+        assert blocks >= 30
+        first = [int(np.flatnonzero(reader.records["block"] == b)[0]) for b in range(blocks)]
+        before = ds.io_stats()
+        assert ds.prefetch([first[3], first[20]]) == 2  # 2 of 40 blocks: not dense
+        sizes = reader.blocks["stored_size"]
+        wait_written(ds, before, int(sizes[3] + sizes[20]))
+        d = delta(before, ds.io_stats())
+        assert d["requests"] == 2 and d["bytes_fetched"] == sizes[3] + sizes[20], d
+    with fastload.Dataset(s3_one_shard, cache_dir=tmp_path / "dense", **opts) as ds:
+        reader = ds.shard_reader(0)
+        wanted = sorted(np.random.default_rng(0).permutation(blocks)[: blocks // 2].tolist())
+        assert any(b - a > 1 for a, b in zip(wanted, wanted[1:]))  # gaps to fill
+        before = ds.io_stats()
+        scheduled = ds.prefetch([first[b] for b in wanted])
+        span = range(wanted[0], wanted[-1] + 1)
+        assert scheduled == len(span)  # the gaps too
+        wait_written(ds, before, int(sizes[span.start : span.stop].sum()))
+        d = delta(before, ds.io_stats())
+        whole = -(-int(sizes[span.start : span.stop].sum()) // (256 << 10))
+        assert d["requests"] <= whole + 2, d  # GETs of up to max_request, not one per block
+        before = ds.io_stats()
+        for b in reversed(span):  # every block of the span, asked for or not, is cached
+            # (backwards: reading forwards would read ahead past the span)
+            i = first[b]
+            assert_record(ds[i], index_record(i) | {"b": index_bytes(i, 2000)})
+        assert delta(before, ds.io_stats())["requests"] == 0
+
+
 def test_prefetch_across_shards_before_and_after_close(s3_server, s3_ds, tmp_path):
     """Blocks of shards not opened yet, of open ones, and after close (which drops what the
     dataset knew of its shards): each block is scheduled once, and none once cached."""
@@ -238,7 +291,8 @@ def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_prox
     fault_proxy.kinds = ("500", "503", "reset", "truncate", "short")
     ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
                           cache_dir=tmp_path / "cache", cache_limit="200KB",
-                          remote_options=RemoteOptions(retry=FAST_RETRY))
+                          # requests of two blocks at most: many requests, so many faults
+                          remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000))
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers, seed=1,
                                  timeout=60 if workers else 0, worker_type=worker_type)
     seen = []
