@@ -17,7 +17,7 @@ from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
 from .format.shard_reader import ShardReader
 from .format.spec import MANIFEST_NAME
-from .io.fs import is_local, join, open_fs
+from .io.fs import is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
 from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
 from .io.source import open_source
@@ -155,7 +155,7 @@ class Dataset:
         self._readers = [None] * len(self._readers)
         self._block_of = self._offset_in_block = None
         self._store = None
-        self.fs, _ = open_fs(self.path, self._fs_options)
+        self.fs, _ = reopen_fs(self.fs, self.path, self._fs_options)
 
     def _store_(self) -> RemoteStore:
         self._own()

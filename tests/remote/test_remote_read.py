@@ -162,6 +162,23 @@ def test_dense_read_ahead_fills_gaps_sparse_does_not(s3_server, s3_one_shard, tm
         assert delta(before, ds.io_stats())["requests"] == 0
 
 
+def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, tmp_path):
+    """A worker's new s3fs filesystem reuses the parent's parsed botocore models (they cost
+    ~100 ms to load before a new worker's first GET), in a session of its own."""
+    from fastload.io.fs import reopen_fs
+
+    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+        parent = ds.fs.session  # created by the manifest's read
+        assert parent is not None
+        fs, root = reopen_fs(ds.fs, s3_ds, ds._fs_options)
+        assert fs is not ds.fs and fs.session is not parent
+        assert fs.session.get_component("data_loader") is parent.get_component("data_loader")
+        assert fs.cat_file(f"{root}/manifest.json") == ds.fs.cat_file(f"{ds.root}/manifest.json")
+        own = {"session": object()}  # a session the user gave is kept as given
+        assert reopen_fs(ds.fs, s3_ds, {**ds._fs_options, **own})[0].session is own["session"]
+
+
 def test_prefetch_across_shards_before_and_after_close(s3_server, s3_ds, tmp_path):
     """Blocks of shards not opened yet, of open ones, and after close (which drops what the
     dataset knew of its shards): each block is scheduled once, and none once cached."""
