@@ -34,8 +34,7 @@ from .retry import RetryPolicy, ShortRead, call_with_retries
 __all__ = ["RemoteOptions", "RemoteStore", "RemoteSource", "read_fs_options"]
 
 _UIDS = itertools.count()
-TAIL_BYTES = 256 * 1024
-HEADER_BYTES = 32  # the end of a shard fetched at open: trailer and (usually) index
+HEADER_BYTES = 32  # a shard's header, read first at open
 STREAM_CHUNK = 256 * 1024
 DENSE = 4  # read-ahead fills gaps once a process asked for 1/DENSE of a shard's blocks
 
@@ -52,6 +51,8 @@ class RemoteOptions:
     memory_limit: int = 128 << 20  # bytes of read-ahead held in memory per process
     readahead_blocks: int = 4  # when a shard is read in order, blocks fetched ahead
     mapped_blocks: int = 1024  # cached blocks kept mapped per process (verified once)
+    tail_bytes: int = 256 << 10  # the end of a shard fetched at open: trailer, index (and
+    # the last blocks; all of a small shard)
 
 
 def read_fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -98,11 +99,25 @@ class RemoteStore:
         # Cached blocks already mapped and checked: (source id, block) -> memoryview.
         self.maps: OrderedDict[tuple[int, int], memoryview] = OrderedDict()
         self.pending_bytes = 0
+        self.filling = 0  # background GETs of shards read densely (RemoteSource._fill_more)
 
     def add_pending(self, n: int) -> None:
         """Bytes of read-ahead held in memory, over every shard of this store."""
         with self._lock:
             self.pending_bytes += n
+
+    def start_fill(self) -> bool:
+        """Reserve one of the few GETs that fetch the rest of densely read shards (at most
+        half of ``concurrency``: reads asked for never wait behind many of them)."""
+        with self._lock:
+            if self.filling >= max(1, self.options.concurrency // 2):
+                return False
+            self.filling += 1
+            return True
+
+    def end_fill(self) -> None:
+        with self._lock:
+            self.filling -= 1
 
     def mapped(self, key: tuple[int, int]) -> Optional[memoryview]:
         with self._lock:
@@ -232,7 +247,7 @@ class RemoteSource:
         self.store, self.path, self.name = store, path, url
         self.size = int(info.bytes)
         self.hash = info.hash
-        self._tail_start = max(0, self.size - TAIL_BYTES)
+        self._tail_start = max(0, self.size - store.options.tail_bytes)
         self._regions: dict[int, bytes | memoryview] = {}  # header, tail: start -> bytes
         self._fresh: list[int] = []  # regions fetched (not from the cache)
         self.from_cache = False
@@ -243,6 +258,8 @@ class RemoteSource:
         self._pending_bytes = 0  # this shard's part of store.pending_bytes
         self._last = -2
         self._wanted: set[int] = set()  # blocks this process was asked to read ahead
+        self._fill_at = 0  # dense reading: blocks before this one were fetched or queued
+        self._closed = False
         self._unchecked: set[int] = set()  # blocks handed out that failed their checksum
         self._uid = next(_UIDS)
 
@@ -263,6 +280,10 @@ class RemoteSource:
             tail = self._region(self._tail_start, self.size)
             return tail[offset - self._tail_start : offset - self._tail_start + length]
         if offset == 0 and length == HEADER_BYTES:
+            if self._tail_start > 0 and self._tail_start not in self._regions:
+                # The index is read next: its round trip overlaps the header's.
+                self._regions[self._tail_start] = self.store.pool.submit(
+                    self._fetch_region, self._tail_start, self.size)
             return self._region(0, HEADER_BYTES)
         return self.store.get_range(self.path, self.name, offset, offset + length)
 
@@ -270,24 +291,34 @@ class RemoteSource:
         """The header or the tail: from the cache (a copy the shard reader validated when it
         was stored: it checks both against the manifest again), else fetched."""
         got = self._regions.get(start)
-        if got is not None:
+        if isinstance(got, Future):
+            got = got.result()
+        elif got is None:
+            got = self._fetch_region(start, end)
+        else:
             return got
+        data, fresh = got
+        if fresh:
+            self._fresh.append(start)
+        else:
+            self.from_cache = True
+        self._regions[start] = data
+        return data
+
+    def _fetch_region(self, start: int, end: int) -> tuple[bytes | memoryview, bool]:
+        """A region's bytes from the cache, else fetched; and whether they were fetched."""
         cache = self.store.cache
         if cache is not None:
             got = cache.get(self.name, self.hash, self.size, start, end - start, None)
             if got is not None:
-                self.from_cache = True
-        if got is None:
-            got = self.store.get_range(self.path, self.name, start, end)
-            self._fresh.append(start)
-        self._regions[start] = got
-        return got
+                return got, False
+        return self.store.get_range(self.path, self.name, start, end), True
 
     def forget_cached(self) -> None:
         """The shard reader rejected what came from the cache: drop those copies."""
         cache = self.store.cache
         for start, data in self._regions.items():
-            if start not in self._fresh and cache is not None:
+            if start not in self._fresh and cache is not None and not isinstance(data, Future):
                 cache.discard(self.name, self.hash, self.size, start, len(data))
         self._regions.clear()
         self._fresh.clear()
@@ -303,11 +334,25 @@ class RemoteSource:
             for start in self._fresh:
                 data = self._regions[start]
                 cache.put(self.name, self.hash, self.size, start, bytes(data))
+                self._cache_blocks_in(start, data)
         self._regions.clear()
         self._fresh.clear()
 
+    def _cache_blocks_in(self, start: int, data: bytes | memoryview) -> None:
+        """Cache the blocks lying wholly inside fetched bytes ``data`` (at ``start``): the
+        tail fetched at open holds the last blocks, and all of a small shard's."""
+        offsets, sizes = self._blocks["offset"], self._blocks["stored_size"]
+        inside = np.flatnonzero((offsets >= start) & (offsets + sizes <= start + len(data)))
+        view = memoryview(data)
+        for b in inside.tolist():
+            offset, length, checksum = self._entry(b)
+            piece = bytes(view[offset - start : offset - start + length])
+            if hash64(piece) == checksum:
+                self.store.cache.put(self.name, self.hash, self.size, offset, piece, ahead=True)
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for fut in self._pending.values():
                 fut.cancel()
             self._pending.clear()
@@ -406,7 +451,8 @@ class RemoteSource:
             if not todo:
                 return 0
             todo.sort()
-            if cache is not None and DENSE * len(self._wanted) >= len(self._blocks):
+            dense = self._dense()
+            if dense:
                 todo = self._fill_gaps(todo, budget)
             runs = _runs(todo, self._blocks, opts.max_request)
             for run in runs:
@@ -416,7 +462,59 @@ class RemoteSource:
                     self._add_pending(self._entry(b)[1])
                 self.store.pool.submit(self._run_task, run, futures)
         STATS.add("prefetched_blocks", len(todo))
+        if dense:
+            self._fill_more()
         return len(todo)
+
+    def _dense(self) -> bool:
+        """Whether this process reads the shard densely: it asked for 1/DENSE of its blocks
+        (a shuffled epoch soon asks for all of them), and a few shards fit in the cache."""
+        cache = self.store.cache
+        return cache is not None and DENSE * len(self._wanted) >= len(self._blocks) and \
+            DENSE * self.size <= cache.limit  # fmt: skip
+
+    def _fill_more(self) -> None:
+        """Dense reading: fetch the rest of the shard into the cache in the background, in
+        order, in GETs of up to ``max_request``, a few at a time (``RemoteStore.start_fill``);
+        each finished GET queues the next. Blocks wanted later are then read from the cache
+        instead of costing a round trip each, just when they are needed."""
+        maps, uid = self.store.maps, self._uid
+        limit = self.store.options.max_request
+        n = len(self._blocks)
+        runs: list[list[int]] = []
+        with self._lock:
+            while self._fill_at < n and not self._closed and self.store.start_fill():
+                run: list[int] = []
+                size = 0
+                while self._fill_at < n:
+                    b = self._fill_at
+                    length = self._entry(b)[1]
+                    if run and size + length > limit:
+                        break
+                    self._fill_at += 1
+                    if b in self._pending or (uid, b) in maps or self._fetched(b):
+                        if run:
+                            break
+                        continue
+                    run.append(b)
+                    size += length
+                if not run:
+                    self.store.end_fill()
+                    break
+                runs.append(run)
+        for run in runs:
+            self.store.pool.submit(self._fill_task, run)
+
+    def _fill_task(self, run: list[int]) -> None:
+        try:
+            if not self._closed:
+                self._fetch_run(run, ahead=True)
+        except Exception:
+            pass  # read-ahead only: the read that needs these blocks retries, or raises
+        finally:
+            self.store.end_fill()
+        if not self._closed:
+            self._fill_more()
 
     def _fetched(self, b: int) -> bool:
         """Whether block ``b`` is in the cache already (a file lookup)."""
