@@ -431,6 +431,7 @@ IMPORTS = {  # by the kind's first word
     "fastload": ["torch", "fastload"], "wds": ["torch", "webdataset", "PIL.Image"],
     "dali": ["torch", "nvidia.dali", "nvidia.dali.plugin.pytorch"], "pil": ["PIL.Image"],
 }
+S3_IMPORTS = {"fastload": ["s3fs"], "streaming": ["boto3"]}  # its S3 client, for s3:// data
 
 
 def versions() -> dict:
@@ -527,7 +528,9 @@ def main() -> None:
     elif a.what == "run" and a.kind_or_src in ("pil-limit", "pil-draft-limit"):
         result = pil_limit(a.data, a.epochs, draft=a.kind_or_src == "pil-draft-limit")
     elif a.what == "run":
-        for module in IMPORTS[a.kind_or_src.split("-")[0]]:  # before the clock
+        first = a.kind_or_src.split("-")[0]
+        remote = S3_IMPORTS.get(first, []) if a.data.startswith("s3://") else []
+        for module in IMPORTS[first] + remote:  # before the clock
             importlib.import_module(module)
         build = lambda: BUILDERS[a.kind_or_src](a.data, a.batch)
         result = measure(build, a.batches, a.stall_batches, a.seconds, a.stall_seconds,
