@@ -17,7 +17,7 @@ from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
 from .format.shard_reader import ShardReader
 from .format.spec import MANIFEST_NAME
-from .io.fs import is_local, join, open_fs, reopen_fs
+from .io.fs import child_session, is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
 from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
 from .io.source import open_source
@@ -26,6 +26,7 @@ __all__ = ["Dataset"]
 
 MAX_BLOCK_TABLE = 1 << 22  # records (8 bytes each) up to which a remote dataset keeps
 # each record's block and offset in it (see Dataset._block_table)
+WARM_SHARDS = 256  # shards Dataset._warm_from_cache looks at (each costs file lookups)
 
 
 class Dataset:
@@ -69,6 +70,7 @@ class Dataset:
             options.cache_limit = cache_limit
         self.remote_options = options
         self._store: RemoteStore | None = None
+        self._child_session = None  # made before forking workers, for them (io.fs)
         if self.remote:
             _check_limit(options)
         self.manifest = _read_manifest(self.fs, self.root, self.path,
@@ -100,7 +102,7 @@ class Dataset:
             info = self.manifest.shards[s]
             path = join(self.fs, self.root, info.path)
             if self.remote:
-                source = RemoteSource(self._store_(), path, _display(self.fs, path), info)
+                source = self._remote_source(s)
             else:
                 source = open_source(self.fs, path, name=_display(self.fs, path))
             try:
@@ -120,6 +122,11 @@ class Dataset:
             if self._block_of is not None:
                 self._tabulate(s, reader)
         return reader
+
+    def _remote_source(self, s: int) -> RemoteSource:
+        info = self.manifest.shards[s]
+        path = join(self.fs, self.root, info.path)
+        return RemoteSource(self._store_(), path, _display(self.fs, path), info)
 
     def _block_table(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Remote, up to ``MAX_BLOCK_TABLE`` records: each record's block and its offset in
@@ -150,12 +157,57 @@ class Dataset:
 
     def _forked(self) -> None:
         """In a forked child: the parent's connections, event loop and threads are not ours
-        (fsspec's async filesystems refuse to run there), so start afresh."""
+        (fsspec's async filesystems refuse to run there), so the filesystem, the fetch pool
+        and the locks start afresh. What the parent opened (shard indexes, the block table,
+        cached blocks mapped and checked; see :meth:`_warm_from_cache`) is kept: it is plain
+        memory and read-only maps, and opening it again cost each new worker more than a
+        short epoch's reading. Read-ahead the parent had in flight is dropped (its threads
+        are not here to finish it)."""
         self._pid = os.getpid()
-        self._readers = [None] * len(self._readers)
-        self._block_of = self._offset_in_block = None
+        parent = self._store
         self._store = None
-        self.fs, _ = reopen_fs(self.fs, self.path, self._fs_options)
+        self.fs, _ = reopen_fs(self.fs, self.path, self._fs_options,
+                               session=self._child_session)  # fmt: skip
+        self._child_session = None  # this process's children get their own
+        if parent is None:
+            self._readers = [None] * len(self._readers)
+            self._block_of = self._offset_in_block = None
+            return
+        store = self._store_()
+        store.adopt(parent)
+        for reader in self._readers:
+            if reader is not None:
+                reader.source.adopt(store)
+
+    def _warm_from_cache(self) -> int:
+        """Remote: open the shards whose header and index are in the block cache and map
+        their cached blocks (each checked once, up to ``mapped_blocks``), without a request.
+        The loader calls this before it forks its workers, which then start with all of it
+        (see :meth:`_forked`) instead of each opening and checking it again, every epoch
+        unless workers persist. Returns the number of blocks mapped now."""
+        if not self.remote:
+            return 0
+        if self._child_session is None:
+            self._child_session = child_session(self.fs)
+        store = self._store_()
+        if store.cache is None:
+            return 0
+        room = self.remote_options.mapped_blocks - len(store.maps)
+        mapped = 0
+        for s in range(min(len(self._readers), WARM_SHARDS)):
+            if mapped >= room:
+                break
+            if self._readers[s] is None and not self._remote_source(s).opens_from_cache():
+                continue
+            try:
+                reader = self.shard_reader(s)
+            except FastloadError:
+                continue  # left for the read that needs it to raise
+            for b in range(len(reader.blocks)):
+                if mapped >= room:
+                    break
+                mapped += reader.source.map_cached(b)
+        return mapped
 
     def _store_(self) -> RemoteStore:
         self._own()
@@ -430,6 +482,7 @@ class Dataset:
         state["_readers"] = [None] * len(self._readers)
         state["_block_of"] = state["_offset_in_block"] = None
         state["_store"] = None  # threads and open connections stay in this process
+        state["_child_session"] = None
         return state
 
     def __repr__(self) -> str:

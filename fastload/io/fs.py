@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..format.spec import TMP_SUFFIX
 
-__all__ = ["open_fs", "reopen_fs", "join", "is_local", "atomic_write", "remove_quietly"]
+__all__ = ["open_fs", "reopen_fs", "child_session", "join", "is_local", "atomic_write", "remove_quietly"]
 
 
 def open_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
@@ -32,25 +32,37 @@ def open_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = Non
     return fs, path.rstrip("/") or "/"
 
 
-def reopen_fs(fs, url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+def reopen_fs(fs, url: str | os.PathLike, storage_options: dict[str, Any] | None = None, *,
+              session: Any = None):  # fmt: skip
     """:func:`open_fs` again in a forked child, where the parent's filesystem ``fs`` is not
-    usable (its connections and event loop stay with the parent). An s3fs child is given a
-    botocore session that shares the parent's parsed service models: loading them anew cost
-    ~100 ms before each new worker's first GET (measured). Only the models are shared, not
-    the parent's credentials or clients."""
+    usable (its connections and event loop stay with the parent). An s3fs child gets a
+    botocore session that shares the parent's parsed service models (:func:`child_session`;
+    or ``session``, one the parent made for its children before forking): loading them anew
+    cost ~100 ms before each new worker's first GET (measured)."""
     options = dict(storage_options or {})
-    parent = getattr(fs, "session", None)
-    if parent is not None and "session" not in options and \
-            type(fs).__module__.startswith("s3fs"):  # fmt: skip
-        try:
-            from aiobotocore.session import AioSession
-
-            session = AioSession(**getattr(fs, "kwargs", {}))
-            session.register_component("data_loader", parent.get_component("data_loader"))
+    if "session" not in options:
+        session = session if session is not None else child_session(fs)
+        if session is not None:
             options["session"] = session
-        except Exception:  # another s3fs or botocore: open it as the parent did
-            pass
     return open_fs(url, options)
+
+
+def child_session(fs) -> Any:
+    """For an s3fs filesystem that has made requests: a new, unused botocore session sharing
+    only its parsed service models (not its credentials or clients, which hold locks and
+    connections of its event loop); None for other filesystems. Made by a parent before it
+    forks, each child starts with its own pristine copy and builds none (~15 ms each)."""
+    parent = getattr(fs, "session", None)
+    if parent is None or not type(fs).__module__.startswith("s3fs"):
+        return None
+    try:
+        from aiobotocore.session import AioSession
+
+        session = AioSession(**getattr(fs, "kwargs", {}))
+        session.register_component("data_loader", parent.get_component("data_loader"))
+        return session
+    except Exception:  # another s3fs or botocore: the child opens it as the parent did
+        return None
 
 
 def is_local(fs) -> bool:

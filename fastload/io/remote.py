@@ -101,6 +101,11 @@ class RemoteStore:
         self.pending_bytes = 0
         self.filling = 0  # background GETs of shards read densely (RemoteSource._fill_more)
 
+    def adopt(self, parent: "RemoteStore") -> None:
+        """In a forked child: keep the parent's mapped, checked cache copies (read-only maps
+        of files, valid in the child)."""
+        self.maps = OrderedDict(parent.maps)
+
     def add_pending(self, n: int) -> None:
         """Bytes of read-ahead held in memory, over every shard of this store."""
         with self._lock:
@@ -266,6 +271,42 @@ class RemoteSource:
     def __getstate__(self):
         raise TypeError("a RemoteSource is not picklable; pickle the Dataset instead")
 
+    def adopt(self, store: RemoteStore) -> None:
+        """In a forked child: read through ``store`` (this process's); the parent's locks
+        may have been held at the fork and its read-ahead will never finish here."""
+        self.store = store
+        self._lock = threading.Lock()
+        self._pending = OrderedDict()
+        self._pending_bytes = 0
+        self._fill_at = 0
+        self._regions = {k: v for k, v in self._regions.items() if not isinstance(v, Future)}
+
+    def opens_from_cache(self) -> bool:
+        """Whether the header and tail read at open are both in the cache."""
+        cache = self.store.cache
+        if cache is None:
+            return False
+        regions = [(self._tail_start, self.size)]
+        if self._tail_start > 0:
+            regions.append((0, HEADER_BYTES))
+        return all(cache.has(self.name, self.hash, self.size, start, end - start)
+                   for start, end in regions)  # fmt: skip
+
+    def map_cached(self, b: int) -> bool:
+        """Map block ``b``'s cached copy (checked) if there is one and it is not mapped yet;
+        True if it was mapped now. No request; not counted as consumed."""
+        key = (self._uid, b)
+        cache = self.store.cache
+        if cache is None or key in self.store.maps:
+            return False
+        offset, length, checksum = self._entry(b)
+        data = cache.get(self.name, self.hash, self.size, offset, length, checksum,
+                         consume=False)  # fmt: skip
+        if data is None:
+            return False
+        self.store.keep_mapped(key, data)
+        return True
+
     # -- the ByteSource protocol ------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
         from ..errors import ShardFormatError
@@ -427,7 +468,6 @@ class RemoteSource:
         Returns how many blocks were scheduled."""
         if self._blocks is None:
             return 0
-        cache = self.store.cache
         opts = self.store.options
         maps, uid = self.store.maps, self._uid
         todo: list[int] = []

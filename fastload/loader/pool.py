@@ -52,6 +52,8 @@ class WorkerPool:
         # no feeder threads, and the consumer can wait on all of them and on the workers'
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
         ctx = _context(context) if self.is_process else None
+        if self.is_process and ctx.get_start_method() == "fork":
+            _warm_remote(setup.dataset)
         pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
         self.conns = [mine for mine, _ in pipes]
         if self.is_process:
@@ -179,6 +181,18 @@ class WorkerPool:
         for c in self.conns:
             c.close()
         return not any(w.is_alive() for w in self.workers)
+
+
+def _warm_remote(dataset: Any) -> None:
+    """Forked workers start with what this process has opened: for remote datasets, open and
+    map what the block cache already holds first (``Dataset._warm_from_cache``)."""
+    for ds in getattr(dataset, "datasets", None) or [dataset]:
+        warm = getattr(ds, "_warm_from_cache", None)
+        if callable(warm):
+            try:
+                warm()
+            except Exception:
+                pass  # only a head start: each worker opens what it needs, and says why not
 
 
 def _copy(slab_map: SlabMap) -> SlabMap:

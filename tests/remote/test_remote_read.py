@@ -189,10 +189,11 @@ def test_dense_read_ahead_fetches_the_shard_in_large_gets(s3_server, s3_one_shar
         assert delta(before, ds.io_stats())["requests"] == 0
 
 
-def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, tmp_path):
+def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, local_ds,
+                                                             tmp_path):  # fmt: skip
     """A worker's new s3fs filesystem reuses the parent's parsed botocore models (they cost
     ~100 ms to load before a new worker's first GET), in a session of its own."""
-    from fastload.io.fs import reopen_fs
+    from fastload.io.fs import child_session, reopen_fs
 
     with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
                           cache_dir=tmp_path / "cache") as ds:  # fmt: skip
@@ -202,6 +203,7 @@ def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, t
         assert fs is not ds.fs and fs.session is not parent
         assert fs.session.get_component("data_loader") is parent.get_component("data_loader")
         assert fs.cat_file(f"{root}/manifest.json") == ds.fs.cat_file(f"{ds.root}/manifest.json")
+        assert child_session(fastload.Dataset(local_ds).fs) is None  # s3fs only
         own = {"session": object()}  # a session the user gave is kept as given
         assert reopen_fs(ds.fs, s3_ds, {**ds._fs_options, **own})[0].session is own["session"]
 
@@ -468,6 +470,53 @@ def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_token
             assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())
             seen += b["i"].tolist()
         assert sorted(seen) == list(range(len(ds))), epoch
+    del loader
+    ds.close()
+
+
+def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, tmp_path):
+    """Before forking its workers, the loader opens the shards the cache holds and maps their
+    cached blocks, without a request; the workers keep all of it, so an epoch from a warm
+    cache costs them no cache reads at all (each used to open and check everything again)."""
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+    before = ds.io_stats()
+    assert ds._warm_from_cache() == 0  # a cold cache: nothing to open, nothing fetched
+    assert delta(before, ds.io_stats())["requests"] == 0
+    assert all(r is None for r in ds._readers)
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2)
+    for epoch in range(3):  # cold (workers fetch), then twice from what the parent mapped
+        seen = []
+        for b in loader:
+            assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())
+            seen += b["i"].tolist()
+        assert sorted(seen) == list(range(len(ds))), epoch
+        io = loader.stats()["io"]
+        if epoch == 0:
+            assert io["requests"] > 0
+            first = dict(io)
+    assert all(r is not None for r in ds._readers)  # opened by the parent, from the cache
+    assert len(ds._store.maps) == sum(s.blocks for s in ds.shards)
+    later = delta(first, loader.stats()["io"])
+    assert later["requests"] == 0 and later["cache_hits"] == 0, later
+    del loader
+    ds.close()
+
+
+def test_fork_while_the_parent_reads_ahead(fault_proxy, s3_ds, tmp_path):
+    """Workers forked while the main process has read-ahead in flight (its threads, locks
+    and pending fetches do not exist in the child) still read every sample exactly once."""
+    fault_proxy.latency = 0.2
+    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
+                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    check_all(ds, 10)  # shards 0 and 1 open in the parent
+    assert ds.prefetch(range(N)) > 0  # and their blocks in flight as it forks
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2,
+                                 timeout=60)  # fmt: skip
+    seen = []
+    for b in loader:
+        seen += b["i"].tolist()
+    assert sorted(seen) == list(range(N))
     del loader
     ds.close()
 
