@@ -458,9 +458,9 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                      "main process's manifest GET (before the loader) is not among them: a "
                      "warm row makes that one request."),
         ("persistent", "tokens only: persistent_workers=True, local and warm (its x local is "
-                       "against the persistent local row). An epoch here is ~0.1 s, and "
-                       "workers started anew each epoch (reopening the shards, remapping "
-                       "the cached blocks) cost more than its reading."),
+                       "against the persistent local row). An epoch here is ~0.08 s, and "
+                       "starting workers anew each epoch is a large part of it, local or "
+                       "remote."),
         ("srv cpu", "CPU seconds moto (and the proxy) spent during the run: on 2 cores the "
                     "server takes CPU from the loader's workers."),
         ("others", "% of the machine's CPU used by other processes during the run (the "
