@@ -29,6 +29,36 @@ MAX_BLOCK_TABLE = 1 << 22  # records (8 bytes each) up to which a remote dataset
 WARM_SHARDS = 256  # shards Dataset._warm_from_cache looks at (each costs file lookups)
 
 
+class BlockTable:
+    """Where each record of a remote dataset lies, for the shards open in this process:
+    ``block_of`` (its block in its shard; -1: not open), ``offset`` (in the block), and for
+    the loader's one-call gather (``loader.fill.ResidentGather``) ``gather_of``: a number per
+    block of the dataset, -1 where the shard is not open or its blocks cannot be gathered
+    straight (compressed, or records shorter than their fixed part), and ``entries[g]``:
+    ``(key in RemoteStore.maps, shard reader, block)`` of block ``g``."""
+
+    def __init__(self, dataset: "Dataset") -> None:
+        n = len(dataset)
+        self.dataset = dataset
+        self.block_of = np.full(n, -1, np.int32)
+        self.offset = np.zeros(n, np.uint32)
+        self.gather_of = np.full(n, -1, np.int32)
+        self.base = np.cumsum([0] + [s.blocks for s in dataset.shards], dtype=np.int64)
+        self.entries: list = [None] * int(self.base[-1])
+
+    def add(self, s: int, reader: ShardReader) -> None:
+        a, b = self.dataset._starts[s], self.dataset._starts[s + 1]
+        blocks = reader.records["block"]
+        self.offset[a:b] = reader.records["offset"]
+        self.block_of[a:b] = blocks  # last: -1 until the row is whole
+        if reader._all_raw and reader.shortest >= self.dataset._layout.header_size:
+            base = int(self.base[s])
+            uid = reader.source._uid
+            self.entries[base : base + len(reader.blocks)] = [
+                ((uid, g), reader, g) for g in range(len(reader.blocks))]
+            self.gather_of[a:b] = blocks + base
+
+
 class Dataset:
     """A fastload dataset at a local path or fsspec URL.
 
@@ -79,10 +109,7 @@ class Dataset:
         self._layout = RecordLayout(self.schema)
         self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
         self._readers: list[ShardReader | None] = [None] * len(self.manifest.shards)
-        # Remote: each record's block and offset in it, for the shards opened so far
-        # (block -1: not opened); see _block_table.
-        self._block_of: np.ndarray | None = None
-        self._offset_in_block: np.ndarray | None = None
+        self._table: BlockTable | None = None  # remote: where each record lies (_block_table)
 
     # -- shards ---------------------------------------------------------------------------
     @property
@@ -119,8 +146,8 @@ class Dataset:
                 source.close()
                 raise
             self._readers[s] = reader
-            if self._block_of is not None:
-                self._tabulate(s, reader)
+            if self._table is not None:
+                self._table.add(s, reader)
         return reader
 
     def _remote_source(self, s: int) -> RemoteSource:
@@ -128,26 +155,17 @@ class Dataset:
         path = join(self.fs, self.root, info.path)
         return RemoteSource(self._store_(), path, _display(self.fs, path), info)
 
-    def _block_table(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Remote, up to ``MAX_BLOCK_TABLE`` records: each record's block and its offset in
-        the block (block -1: its shard is not open in this process), kept as shards open and
-        dropped on close and fork. Per-batch work (read-ahead hints, the loader's gather of
-        blocks at hand) then needs no per-shard numpy work."""
-        n = len(self)
-        if self._block_of is None and self.remote and n <= MAX_BLOCK_TABLE:
-            self._block_of = np.full(n, -1, np.int32)
-            self._offset_in_block = np.zeros(n, np.uint32)
+    def _block_table(self) -> "BlockTable | None":
+        """Remote, up to ``MAX_BLOCK_TABLE`` records: where each record lies (see
+        :class:`BlockTable`), kept as shards open and dropped on close and fork. Per-batch work
+        (read-ahead hints, the loader's gather of blocks at hand) then needs no per-shard numpy
+        work."""
+        if self._table is None and self.remote and len(self) <= MAX_BLOCK_TABLE:
+            self._table = BlockTable(self)
             for s, reader in enumerate(self._readers):
                 if reader is not None:
-                    self._tabulate(s, reader)
-        if self._block_of is None:
-            return None
-        return self._block_of, self._offset_in_block
-
-    def _tabulate(self, s: int, reader: ShardReader) -> None:
-        a, b = self._starts[s], self._starts[s + 1]
-        self._offset_in_block[a:b] = reader.records["offset"]
-        self._block_of[a:b] = reader.records["block"]  # last: -1 until the row is whole
+                    self._table.add(s, reader)
+        return self._table
 
     # -- remote reads -----------------------------------------------------------------------
     def _own(self) -> None:
@@ -171,7 +189,7 @@ class Dataset:
         self._child_session = None  # this process's children get their own
         if parent is None:
             self._readers = [None] * len(self._readers)
-            self._block_of = self._offset_in_block = None
+            self._table = None
             return
         store = self._store_()
         store.adopt(parent)
@@ -238,7 +256,7 @@ class Dataset:
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         table = self._block_table()
         if table is not None:
-            blocks = table[0][idx]
+            blocks = table.block_of[idx]
             if int(blocks.min()) >= 0:  # every shard open: the common case, once running
                 return self._prefetch_blocks(shard_of.tolist(), blocks.tolist())
         # Each shard's records, shards in order of first use (the one needed first is
@@ -253,7 +271,7 @@ class Dataset:
     def _prefetch_blocks(self, shards: list[int], blocks: list[int]) -> int:
         """:meth:`prefetch` of blocks ``(shards[i], blocks[i])`` of open shards, in order."""
         todo: dict[int, dict[int, None]] = {}
-        for s, b in zip(shards, blocks):
+        for s, b in dict.fromkeys(zip(shards, blocks)):  # each block once (hints repeat them)
             reader = self._readers[s]
             if reader is None:  # closed meanwhile: it reopens when read
                 continue
@@ -466,7 +484,7 @@ class Dataset:
                 reader.close()
                 reader.source.close()
                 self._readers[i] = None
-        self._block_of = self._offset_in_block = None
+        self._table = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -480,7 +498,7 @@ class Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = [None] * len(self._readers)
-        state["_block_of"] = state["_offset_in_block"] = None
+        state["_table"] = None
         state["_store"] = None  # threads and open connections stay in this process
         state["_child_session"] = None
         return state

@@ -142,7 +142,6 @@ class ResidentGather:
     def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
         self.dataset, self.n = dataset, len(dataset)
         self.fields = _field_plan(dataset, layout)
-        self.header = dataset._layout.header_size
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
@@ -162,24 +161,23 @@ class ResidentGather:
         if idx is None or table is None:
             return False
         n = len(idx)
-        blocks = table[0][idx]
+        blocks = table.gather_of[idx]
         if int(blocks.min()) < 0:
-            return False  # a shard not open here yet
-        shard_of = np.searchsorted(ds._starts, idx, side="right") - 1
-        slot: dict[tuple[int, int], int] = {}  # (shard, block) -> its buffer
-        src = [slot.setdefault(key, len(slot)) for key in zip(shard_of.tolist(), blocks.tolist())]
+            return False  # a shard not open here yet, or not gatherable
+        slot: dict[int, int] = {}  # block -> its buffer
+        src = [slot.setdefault(g, len(slot)) for g in blocks.tolist()]
+        maps = ds._store_().maps
+        entries = table.entries
         buffers = []
-        for s, b in slot:
-            reader = ds._readers[s]
-            if reader is None or not reader._all_raw or reader.shortest < self.header:
-                return False
-            view = reader.source.resident(b)
+        for g in slot:
+            key, reader, b = entries[g]
+            view = maps.get(key)  # mapped and checked (RemoteSource.resident)
             if view is None:
-                view = reader._cache.get(b)
-            if view is None:
-                return False
+                view = reader._cache.get(b)  # held by the shard reader
+                if view is None:
+                    return False
             buffers.append(view)
-        offsets = table[1][idx].astype(np.uint64)
+        offsets = table.offset[idx].astype(np.uint64)
         _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, n)
         return True
 

@@ -458,6 +458,29 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     ds.close()
 
 
+def test_compressed_blocks_are_never_gathered_in_place(s3_server, tmp_path):
+    """zstd blocks must be decompressed first: however warm the cache, ResidentGather leaves
+    their batches to read_into, which returns the right rows."""
+    from fastload.loader import fill
+    from fastload.loader.layout import BatchLayout
+
+    path = tmp_path / "zstd"
+    with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="zstd") as w:
+        for i in range(100):
+            w.write(token_row(i))
+    url = upload(s3_server, path)
+    with fastload.Dataset(url, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+        layout = BatchLayout(ds.schema, 16)
+        fast = fill._raw_gather(ds, layout)
+        slab = np.zeros(layout.slab_size, np.uint8)
+        ds.read_into(np.arange(len(ds)))  # every shard open, every block at hand
+        idx = np.random.default_rng(1).permutation(len(ds))[:16]
+        assert fast is None or not fast.gather(idx, layout.views(slab, 16))
+        fill.fill_batch(ds, layout, slab, idx, (0, 0))
+        assert_rows(layout.views(slab, 16), idx)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_tokens, tmp_path):
     ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
