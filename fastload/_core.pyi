@@ -46,6 +46,18 @@ def check_slices(
     bounds (all slices are bounds-checked before any is hashed).
     """
 
+def check_slices_in(
+    sources: Sequence[ReadableBuffer],
+    source_index: npt.NDArray[np.uint32],
+    offsets: npt.NDArray[np.uint64],
+    lengths: npt.NDArray[np.uint64],
+    expected: npt.NDArray[np.uint32],
+) -> int:
+    """:func:`check_slices` over several buffers: slice i is ``sources[source_index[i]]
+    [offsets[i] : offsets[i] + lengths[i]]``, as in :func:`gather`. Raises ValueError for an
+    index out of range or a slice out of bounds, before any slice is hashed.
+    """
+
 def gather(
     sources: Sequence[ReadableBuffer],
     source_index: npt.NDArray[np.uint32],

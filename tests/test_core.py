@@ -516,3 +516,32 @@ def test_cuda_queries_never_raise():
     assert available == (count > 0)
     if not _core.core_has_cuda:
         assert count == 0 and not available
+
+
+def test_check_slices_in_several_sources():
+    parts = [make_records(200, seed=s) for s in range(3)]
+    sources = [bytes(p[0]) for p in parts]
+    rng = np.random.default_rng(0)
+    picks = [(s, int(i)) for s, i in zip(rng.integers(0, 3, 300), rng.integers(0, 200, 300))]
+    source_index = u32([s for s, _ in picks])
+    offsets = u64([parts[s][1][i] for s, i in picks])
+    lengths = u64([parts[s][2][i] for s, i in picks])
+    expected = u32([parts[s][3][i] for s, i in picks])
+    assert _core.check_slices_in(sources, source_index, offsets, lengths, expected) == -1
+    bad = next(k for k, (s, i) in enumerate(picks) if lengths[k] > 0 and k > 50)
+    damaged = [bytearray(x) for x in sources]
+    s, i = picks[bad]
+    damaged[s][int(offsets[bad])] ^= 0x01
+    first = min(k for k, p in enumerate(picks) if p == (s, i))  # the same record may repeat
+    assert _core.check_slices_in(damaged, source_index, offsets, lengths, expected) == first
+    assert _core.check_slices_in([], u32([]), u64([]), u64([]), u32([])) == -1
+
+
+def test_check_slices_in_bounds():
+    sources = [bytes(10), bytes(20)]
+    with pytest.raises(ValueError, match="source_index 2 is out of range"):
+        _core.check_slices_in(sources, u32([0, 2]), u64([0, 0]), u64([1, 1]), u32([0, 0]))
+    with pytest.raises(ValueError, match="past the end of source 0"):
+        _core.check_slices_in(sources, u32([1, 0]), u64([0, 5]), u64([20, 6]), u32([0, 0]))
+    with pytest.raises(ValueError):
+        _core.check_slices_in(sources, u32([0]), u64([0, 1]), u64([1]), u32([0]))

@@ -122,4 +122,26 @@ int64_t check_slices(ByteSpan data, const uint64_t* offsets, const uint64_t* len
   return -1;
 }
 
+int64_t check_slices_in(const ByteSpan* sources, size_t n_sources, const uint32_t* source_index,
+                        const uint64_t* offsets, const uint64_t* lengths,
+                        const uint32_t* expected, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t s = source_index[i];
+    if (s >= n_sources) {
+      throw BoundsError("item " + std::to_string(i) + ": source_index " + std::to_string(s) +
+                        " is out of range (" + std::to_string(n_sources) + " sources)");
+    }
+    if (!in_bounds(offsets[i], lengths[i], sources[s].size)) {
+      throw_out_of_bounds(i, "offset", offsets[i], "length", lengths[i],
+                          "source " + std::to_string(s), sources[s].size);
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const ByteSpan& src = sources[source_index[i]];
+    uint64_t h = xxh64(src.data + offsets[i], static_cast<size_t>(lengths[i]), 0);
+    if (static_cast<uint32_t>(h) != expected[i]) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
 }  // namespace fastload

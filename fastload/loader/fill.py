@@ -113,18 +113,9 @@ class RawGather:
             return False
         n = len(idx)
         src, offsets = self.src[idx], self.offsets[idx]
-        if self.verify:
-            lengths, checksums = self.lengths[idx], self.checksums[idx]
-            if len(self.buffers) == 1 or (src == src[0]).all():
-                parts = [(int(src[0]), offsets, lengths, checksums)]
-            else:
-                # sorted(set()), not np.unique: cheaper for a batch's few shards, and
-                # np.unique imports numpy.ma on first use, ~15 ms in every new worker
-                parts = [(s, offsets[m], lengths[m], checksums[m])
-                         for s in sorted(set(src.tolist())) for m in [src == s]]  # fmt: skip
-            for s, off, ln, ck in parts:
-                if _core.check_slices(self.buffers[s], off, ln, ck) >= 0:
-                    return False  # read_into names the corrupt record
+        if self.verify and _core.check_slices_in(self.buffers, src, offsets, self.lengths[idx],
+                                                 self.checksums[idx]) >= 0:  # fmt: skip
+            return False  # read_into names the corrupt record
         _gather_fields(self.fields, self.buffers, src, offsets, views, n)
         return True
 
