@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ __all__ = ["Dataset"]
 
 MAX_BLOCK_TABLE = 1 << 22  # records (8 bytes each) up to which a remote dataset keeps
 # each record's block and offset in it (see Dataset._block_table)
-WARM_SHARDS = 256  # shards Dataset._warm_from_cache looks at (each costs file lookups)
+WARM_SHARDS = 256  # shards Dataset._prepare_workers looks at in the cache (file lookups)
+OPEN_AHEAD = 64  # a remote dataset of at most this many shards opens them all for workers
 
 
 class BlockTable:
@@ -177,7 +179,7 @@ class Dataset:
         """In a forked child: the parent's connections, event loop and threads are not ours
         (fsspec's async filesystems refuse to run there), so the filesystem, the fetch pool
         and the locks start afresh. What the parent opened (shard indexes, the block table,
-        cached blocks mapped and checked; see :meth:`_warm_from_cache`) is kept: it is plain
+        cached blocks mapped and checked; see :meth:`_prepare_workers`) is kept: it is plain
         memory and read-only maps, and opening it again cost each new worker more than a
         short epoch's reading. Read-ahead the parent had in flight is dropped (its threads
         are not here to finish it)."""
@@ -197,16 +199,24 @@ class Dataset:
             if reader is not None:
                 reader.source.adopt(store)
 
-    def _warm_from_cache(self) -> int:
-        """Remote: open the shards whose header and index are in the block cache and map
-        their cached blocks (each checked once, up to ``mapped_blocks``), without a request.
-        The loader calls this before it forks its workers, which then start with all of it
-        (see :meth:`_forked`) instead of each opening and checking it again, every epoch
-        unless workers persist. Returns the number of blocks mapped now."""
+    def _prepare_workers(self) -> int:
+        """Remote: what the loader does before it forks its workers, which then start with
+        all of it (see :meth:`_forked`) instead of each doing it again, every epoch unless
+        workers persist. A dataset of at most ``OPEN_AHEAD`` shards has them all opened (at
+        once: one round trip), so that no worker waits for a shard it first meets late in an
+        epoch; the shards whose header and index are cached are opened either way, and
+        their cached blocks mapped (each checked once, up to ``mapped_blocks``). Returns the
+        number of blocks mapped now."""
         if not self.remote:
             return 0
         if self._child_session is None:
             self._child_session = child_session(self.fs)
+        if len(self._readers) <= OPEN_AHEAD:
+            closed = [s for s, reader in enumerate(self._readers) if reader is None]
+            self._open_shards(closed)
+            if len(closed) == 1:  # _open_shards leaves a single one to its reader
+                with contextlib.suppress(FastloadError):
+                    self.shard_reader(closed[0])
         store = self._store_()
         if store.cache is None:
             return 0

@@ -184,10 +184,10 @@ class WorkerPool:
 
 
 def _warm_remote(dataset: Any) -> None:
-    """Forked workers start with what this process has opened: for remote datasets, open and
-    map what the block cache already holds first (``Dataset._warm_from_cache``)."""
+    """Forked workers start with what this process has opened: remote datasets open their
+    shards and map what the block cache holds first (``Dataset._prepare_workers``)."""
     for ds in getattr(dataset, "datasets", None) or [dataset]:
-        warm = getattr(ds, "_warm_from_cache", None)
+        warm = getattr(ds, "_prepare_workers", None)
         if callable(warm):
             try:
                 warm()

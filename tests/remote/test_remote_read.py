@@ -364,7 +364,7 @@ def test_loader_io_counters_count_each_request_once(fault_proxy, s3_ds, tmp_path
     """Forked workers start their counters from zero: what the main process fetched before
     the fork is not reported again by every worker, every epoch."""
     ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache")  # fmt: skip
+                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
     check_all(ds, 40)  # the main process reads first
     assert ds.io_stats()["requests"] > 0
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2)
@@ -497,18 +497,18 @@ def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_token
     ds.close()
 
 
-def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, tmp_path):
-    """Before forking its workers, the loader opens the shards the cache holds and maps their
-    cached blocks, without a request; the workers keep all of it, so an epoch from a warm
-    cache costs them no cache reads at all (each used to open and check everything again)."""
+def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    """Before forking its workers, the loader opens the dataset's shards (a small dataset:
+    all of them, at once) and maps the blocks the cache holds; the workers keep all of it, so
+    they open no shard, and an epoch from a warm cache costs them no cache reads at all (each
+    used to open and check everything again)."""
     ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache")  # fmt: skip
-    before = ds.io_stats()
-    assert ds._warm_from_cache() == 0  # a cold cache: nothing to open, nothing fetched
-    assert delta(before, ds.io_stats())["requests"] == 0
-    assert all(r is None for r in ds._readers)
+                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    assert ds._prepare_workers() == 0  # a cold cache: shards opened, no block to map
+    assert all(r is not None for r in ds._readers)
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2)
-    for epoch in range(3):  # cold (workers fetch), then twice from what the parent mapped
+    for epoch in range(3):  # cold (workers fetch blocks), then twice from what the parent mapped
         seen = []
         for b in loader:
             assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())
@@ -516,14 +516,22 @@ def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, 
         assert sorted(seen) == list(range(len(ds))), epoch
         io = loader.stats()["io"]
         if epoch == 0:
-            assert io["requests"] > 0
+            # every GET a worker made was for a block: at most one per block, none for opens
+            assert 0 < io["requests"] <= sum(s.blocks for s in ds.shards)
             first = dict(io)
-    assert all(r is not None for r in ds._readers)  # opened by the parent, from the cache
     assert len(ds._store.maps) == sum(s.blocks for s in ds.shards)
     later = delta(first, loader.stats()["io"])
     assert later["requests"] == 0 and later["cache_hits"] == 0, later
     del loader
     ds.close()
+    # Beyond OPEN_AHEAD shards, only what the cache holds is opened before the fork.
+    monkeypatch.setattr(fastload.dataset, "OPEN_AHEAD", 2)
+    with fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cold", remote_options=SMALL_TAIL) as cold:
+        before = cold.io_stats()
+        assert cold._prepare_workers() == 0
+        assert delta(before, cold.io_stats())["requests"] == 0
+        assert all(r is None for r in cold._readers)
 
 
 def test_fork_while_the_parent_reads_ahead(fault_proxy, s3_ds, tmp_path):
