@@ -39,4 +39,19 @@ inline bool in_bounds(uint64_t offset, uint64_t length, uint64_t size) {
                     " is past the end of " + buffer_name + " (" + std::to_string(size) + " bytes)");
 }
 
+// Item i of a gather over several sources: source_index < n_sources, and the slice
+// [offset, offset + length) lies within that source.
+inline void check_source_slice(const ByteSpan* sources, size_t n_sources, size_t i,
+                               uint32_t source_index, uint64_t offset, uint64_t length) {
+  if (source_index >= n_sources) {
+    throw BoundsError("item " + std::to_string(i) + ": source_index " +
+                      std::to_string(source_index) + " is out of range (" +
+                      std::to_string(n_sources) + " sources)");
+  }
+  if (!in_bounds(offset, length, sources[source_index].size)) {
+    throw_out_of_bounds(i, "offset", offset, "length", length,
+                        "source " + std::to_string(source_index), sources[source_index].size);
+  }
+}
+
 }  // namespace fastload

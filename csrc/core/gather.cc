@@ -18,15 +18,7 @@ void gather(const ByteSpan* sources, size_t n_sources, const uint32_t* source_in
             const uint64_t* offsets, const uint64_t* lengths, const uint64_t* out_offsets,
             size_t n, MutByteSpan out) {
   for (size_t i = 0; i < n; ++i) {
-    const uint32_t s = source_index[i];
-    if (s >= n_sources) {
-      throw BoundsError("item " + std::to_string(i) + ": source_index " + std::to_string(s) +
-                        " is out of range (" + std::to_string(n_sources) + " sources)");
-    }
-    if (!in_bounds(offsets[i], lengths[i], sources[s].size)) {
-      throw_out_of_bounds(i, "offset", offsets[i], "length", lengths[i],
-                          "source " + std::to_string(s), sources[s].size);
-    }
+    check_source_slice(sources, n_sources, i, source_index[i], offsets[i], lengths[i]);
     if (!in_bounds(out_offsets[i], lengths[i], out.size)) {
       throw_out_of_bounds(i, "out_offset", out_offsets[i], "length", lengths[i], "out", out.size);
     }

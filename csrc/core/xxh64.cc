@@ -126,15 +126,7 @@ int64_t check_slices_in(const ByteSpan* sources, size_t n_sources, const uint32_
                         const uint64_t* offsets, const uint64_t* lengths,
                         const uint32_t* expected, size_t n) {
   for (size_t i = 0; i < n; ++i) {
-    const uint32_t s = source_index[i];
-    if (s >= n_sources) {
-      throw BoundsError("item " + std::to_string(i) + ": source_index " + std::to_string(s) +
-                        " is out of range (" + std::to_string(n_sources) + " sources)");
-    }
-    if (!in_bounds(offsets[i], lengths[i], sources[s].size)) {
-      throw_out_of_bounds(i, "offset", offsets[i], "length", lengths[i],
-                          "source " + std::to_string(s), sources[s].size);
-    }
+    check_source_slice(sources, n_sources, i, source_index[i], offsets[i], lengths[i]);
   }
   for (size_t i = 0; i < n; ++i) {
     const ByteSpan& src = sources[source_index[i]];
