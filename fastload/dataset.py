@@ -25,7 +25,7 @@ from .io.source import open_source
 
 __all__ = ["Dataset"]
 
-MAX_BLOCK_TABLE = 1 << 22  # records (8 bytes each) up to which a remote dataset keeps
+MAX_BLOCK_TABLE = 1 << 22  # records (12 bytes each) up to which a remote dataset keeps
 # each record's block and offset in it (see Dataset._block_table)
 WARM_SHARDS = 256  # shards Dataset._prepare_workers looks at in the cache (file lookups)
 OPEN_AHEAD = 64  # a remote dataset of at most this many shards opens them all for workers
