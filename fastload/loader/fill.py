@@ -97,7 +97,7 @@ class RawGather:
             if not readers or any(r.source.buffer is None or not r._all_raw or
                                   r._starts is None for r in readers):  # fmt: skip
                 return None
-            if any(len(r._lengths) and int(r._lengths.min()) < header for r in readers):
+            if any(len(r) and r.shortest < header for r in readers):
                 return None  # read_into says which record is short
             if not _all_gathered(dataset, layout):
                 return None

@@ -53,7 +53,7 @@ class WorkerPool:
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
         ctx = _context(context) if self.is_process else None
         if self.is_process and ctx.get_start_method() == "fork":
-            _warm_remote(setup.dataset)
+            _prepare_workers(setup.dataset)
         pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
         self.conns = [mine for mine, _ in pipes]
         if self.is_process:
@@ -183,14 +183,14 @@ class WorkerPool:
         return not any(w.is_alive() for w in self.workers)
 
 
-def _warm_remote(dataset: Any) -> None:
+def _prepare_workers(dataset: Any) -> None:
     """Forked workers start with what this process has opened: remote datasets open their
     shards and map what the block cache holds first (``Dataset._prepare_workers``)."""
     for ds in getattr(dataset, "datasets", None) or [dataset]:
-        warm = getattr(ds, "_prepare_workers", None)
-        if callable(warm):
+        prepare = getattr(ds, "_prepare_workers", None)
+        if callable(prepare):
             try:
-                warm()
+                prepare()
             except Exception:
                 pass  # only a head start: each worker opens what it needs, and says why not
 
