@@ -8,6 +8,10 @@ consumer holds more batches than there are slabs, the pool grows instead of wait
 Slabs are slices of a few large *arenas* from torch's shared memory (file descriptors, unlinked
 at once: nothing named is left in /dev/shm even if the process is killed). Workers receive the
 arenas once, at start; only slabs grown later travel with a task.
+
+Memory is taken as it is used: an arena's pages are not touched until a worker first fills one
+of its slabs, and the pool hands out the slab freed last, so a loop that never needs every slab
+(the spare for a consumer that keeps a batch, say) never pays for the ones it does not use.
 """
 
 from __future__ import annotations
@@ -37,9 +41,8 @@ class SlabPool:
         self._add_arena(count)
 
     def _add_arena(self, count: int) -> list[int]:
-        arena = torch.empty(self.slab_size * count, dtype=torch.uint8)
-        if self.shared:
-            arena.share_memory_()
+        size = self.slab_size * count
+        arena = _shared_bytes(size) if self.shared else torch.empty(size, dtype=torch.uint8)
         if self.on_new_arena is not None:
             self.on_new_arena(arena)
         self.arenas.append(arena)
@@ -59,13 +62,14 @@ class SlabPool:
     def acquire(self, grow: bool) -> Optional[int]:
         """A free slab's index; a new slab if none is free and ``grow``; else None."""
         with self._lock:
-            if self._free:
-                return self._free.popleft()
+            if self._free:  # the slab freed last: its pages are the likeliest to be in use
+                return self._free.pop()
         if not grow:
             return None
-        self._add_arena(1)
+        new = self._add_arena(1)[0]
         with self._lock:
-            return self._free.popleft()
+            self._free.remove(new)
+        return new
 
     def release(self, index: int) -> None:
         with self._lock:
@@ -79,6 +83,15 @@ class SlabPool:
         # last tensor of the batch; torch.from_numpy keeps its array alive the same way.
         weakref.finalize(view, self.release, index)
         return view
+
+
+def _shared_bytes(size: int) -> torch.Tensor:
+    """A uint8 tensor of ``size`` bytes in torch's shared memory, its pages not yet touched
+    (``share_memory_()`` would copy a tensor there, writing every page)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:  # another torch: the copy, then
+        return torch.empty(size, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(size))
 
 
 class SlabMap:

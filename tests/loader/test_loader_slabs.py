@@ -5,6 +5,7 @@ stays bounded when batches are released."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import torch
@@ -106,3 +107,37 @@ def test_batches_survive_the_loader(ds1):
     del loader
     gc.collect()
     assert [check_batch(b) for b in batches][-1] == list(range(90, 100))
+
+
+def _shmem_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss_Shmem:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("this kernel reports no Pss_Shmem")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux /proc only")
+def test_slab_memory_is_taken_only_as_slabs_are_used():
+    """A pool of six 8 MiB shared slabs costs nothing until written, and a loop that frees
+    each slab before taking the next keeps using the same one (the others stay untouched)."""
+    from fastload.loader.slabs import SlabPool
+
+    size = 8 << 20
+    before = _shmem_bytes()
+    pool = SlabPool(size, 6, shared=True)
+    assert pool.arenas[0].is_shared()
+    assert _shmem_bytes() - before < size // 4
+    used = set()
+    for k in range(12):
+        slab = pool.acquire(grow=False)
+        used.add(slab)
+        pool.arrays[slab][:] = k
+        pool.release(slab)
+    assert len(used) == 1
+    assert size <= _shmem_bytes() - before < 2 * size
+    # two slabs held at once: the second is another one, and both keep their bytes
+    a, b = pool.acquire(grow=False), pool.acquire(grow=False)
+    assert a != b and a in used
+    pool.arrays[b][:] = 7
+    assert int(pool.arrays[a][0]) == 11 and int(pool.arrays[b][-1]) == 7
