@@ -77,6 +77,7 @@ def decode_batch_into(
     num_threads: int = 1,
     jpeg_backend: Optional[str] = None,
     resize_backend: Optional[str] = None,
+    rows: Optional[Tuple[int, int]] = None,
 ) -> None:
     """Decode ``images`` (JPEG/PNG/WebP bytes) into ``out`` (N, H, W, 3) for ``layout="HWC"``
     or (N, 3, H, W) for ``"CHW"``, uint8, in place.
@@ -86,6 +87,11 @@ def decode_batch_into(
     depend on ``num_threads``. ``train=False``: :func:`decode_center_crop_into` (torchvision's
     ``Resize(int(S / 0.875))`` + ``CenterCrop(S)``; ``out`` square). ``heights``/``widths``
     are the images' recorded sizes.
+
+    ``rows=(lo, hi)``: decode only images ``lo..hi-1`` into ``out[lo:hi]`` (the rest of
+    ``out`` is left alone). Crops and flips are still drawn for the whole batch, so each part
+    gets exactly what a call for the whole batch writes there: several processes can share
+    one batch, each decoding its part.
 
     ``num_threads > 1`` splits the batch into that many contiguous parts decoded on threads
     (decode and resize release the GIL); the first failing image in batch order is raised.
@@ -108,12 +114,15 @@ def decode_batch_into(
         if oh != ow:
             raise ValueError(f"the eval center crop is square; out is {ow}x{oh}")
         params = None  # each image: decode_center_crop_into (resize, then center crop)
+    lo, hi = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= lo <= hi <= n:
+        raise ValueError(f"rows {rows} are not a range of the {n} images")
     args = (images, heights, widths, out, params, layout)
-    threads = min(num_threads, n)
+    threads = min(num_threads, hi - lo)
     if threads <= 1:
-        _run(*args, 0, n, jpeg_backend, resize_backend)
+        _run(*args, lo, hi, jpeg_backend, resize_backend)
         return
-    bounds = [n * k // threads for k in range(threads + 1)]
+    bounds = [lo + (hi - lo) * k // threads for k in range(threads + 1)]
     # A pool per call: a batch takes far longer than starting two threads, and a cached pool
     # would not survive the fork of a DataLoader worker.
     with ThreadPoolExecutor(threads, thread_name_prefix="fastload-decode") as pool:

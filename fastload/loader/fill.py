@@ -20,22 +20,31 @@ class BatchTimings(dict):
 
 
 def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices: np.ndarray,
-               rng_seed: tuple[int, ...]) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
+               rng_seed: tuple[int, ...],
+               part: tuple[int, int] = (0, 1)) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
     """Write records ``indices`` into ``slab`` (fixed-size fields gathered in C++, images
     decoded in place); return the fields that travel as lists, and the stage timings.
 
     ``rng_seed`` seeds the batch's augmentations, so they depend on which batch this is and
     never on which worker happens to fill it.
+
+    ``part=(k, parts)``: this call does the k-th of ``parts`` shares of an image batch that
+    several workers fill at once (the loader splits an iteration's first batch so that it
+    comes sooner). Share k decodes its contiguous rows of the decoded fields; share 0 also
+    writes every other field and returns the listed ones (the others return none, and count
+    no bytes). Every share reads all the batch's records: the crops are drawn in batch order
+    from the records' sizes, so a share decodes exactly what one whole fill writes there.
     """
     start = time.perf_counter()
     n = len(indices)
+    k, parts = part
     views = layout.views(slab, n)
-    fast = _raw_gather(dataset, layout)
+    fast = _raw_gather(dataset, layout) if parts == 1 else None
     if fast is None or not fast.gather(indices, views):
         # Images to decode here are read as views (decoded below, never sent anywhere).
         extra = {"image_views": tuple(layout.decode)} if layout.decode else {}
-        listed = dataset.read_into(indices, out={name: views[name] for name in layout.gathered},
-                                   **extra)  # fmt: skip
+        out = {name: views[name] for name in layout.gathered} if k == 0 else {}
+        listed = dataset.read_into(indices, out=out, **extra)
     else:
         listed = {}
     read_done = time.perf_counter()
@@ -43,19 +52,22 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         from ..decode import decode_batch_into  # only image pipelines pay for Pillow
 
         rng = np.random.default_rng(list(rng_seed))
+        rows = (n * k // parts, n * (k + 1) // parts)
         for name, spec in layout.decode.items():
             images = listed.pop(name)
             try:
                 decode_batch_into([im.data for im in images], [im.height for im in images],
                                   [im.width for im in images], views[name], rng=rng,
-                                  train=spec.train, layout=spec.layout)  # fmt: skip
+                                  train=spec.train, layout=spec.layout, rows=rows)  # fmt: skip
             except Exception as e:
                 index = getattr(e, "index", None)
                 if index is not None and hasattr(e, "add_note"):
                     e.add_note(f"field {name!r} of dataset record {int(indices[index])}")
                 raise
     done = time.perf_counter()
-    nbytes = sum(v.nbytes for v in views.values())
+    if k > 0:
+        listed = {}  # share 0 sends those
+    nbytes = sum(v.nbytes for v in views.values()) if k == 0 else 0
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
         timings["io"] = dataset.io_stats_delta()

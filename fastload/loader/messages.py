@@ -11,8 +11,8 @@ its time per batch. So the plain cases travel as one flat numpy array instead:
   bytes``.
 
 Anything else (a task that carries a new slab's handle, seeds that are not two ints in
-[0, 2**64), a result with an error, listed fields or remote-read counters, the ``None`` that
-stops a worker) is pickled as before; the receiver tells the two apart by the magic (a pickle
+[0, 2**64), a result with an error, listed fields or remote-read counters, a share of a batch
+that several workers fill, the ``None`` that stops a worker) is pickled as before; the receiver tells the two apart by the magic (a pickle
 never starts with it).
 """
 
@@ -40,7 +40,8 @@ def _pickle(obj: Any) -> bytes:
 
 def encode_tasks(tasks: list) -> bytes:
     """``tasks`` (a list of Task, or None) as message bytes."""
-    if tasks is None or any(t.new_slab is not None or len(t.rng_seed) != 2 for t in tasks):
+    if tasks is None or any(t.new_slab is not None or len(t.rng_seed) != 2 or t.parts != 1
+                            for t in tasks):  # fmt: skip
         return _pickle(tasks)
     try:  # a seed that is not an int in [0, 2**64) raises here: pickled instead
         head = np.array([(t.batch, t.slab, len(t.indices), *t.rng_seed) for t in tasks],
@@ -58,8 +59,8 @@ def encode_results(results: list) -> bytes:
     rows = []
     for r in results:
         timings = r.timings
-        if r.error is not None or r.listed or not timings or len(timings) != 3:
-            return _pickle(results)  # listed fields, an error or io counters: pickled
+        if r.error is not None or r.listed or not timings or len(timings) != 3 or r.parts != 1:
+            return _pickle(results)  # listed fields, an error, io counters or a share: pickled
         rows.append((r.batch, r.slab, r.samples, timings["read"], timings["decode"],
                      timings["bytes"]))  # fmt: skip
     return RESULTS + np.array(rows, np.float64).tobytes()

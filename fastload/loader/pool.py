@@ -91,12 +91,17 @@ class WorkerPool:
         #: the pool is broken (a worker died, hung or failed to start) and must not be reused.
         self.pending = [0] * self.num_workers
         self.out: set[int] = set()
+        self._shares_out: dict[int, int] = {}  # slab -> shares still out, when several
         self.broken = False
 
     def submit(self, worker: int, tasks: list[Task], slabs: SlabPool) -> None:
         """Send ``tasks`` in one message; a slab the worker has not seen travels with its
-        task (once, with its arena)."""
+        task (once, with its arena). Its slabs are out with the workers until
+        :meth:`returned` says they are back."""
         for task in tasks:
+            self.out.add(task.slab)
+            if task.parts > 1 and task.part == 0:  # its shares are submitted one after another
+                self._shares_out[task.slab] = task.parts
             if task.slab not in self.slabs_known[worker]:
                 arena, offset = slabs.places[task.slab]
                 tensor = slabs.arenas[arena]
@@ -106,6 +111,22 @@ class WorkerPool:
             self.conns[worker].send_bytes(encode_tasks(tasks))
         except OSError:
             pass  # the worker is gone: get() says how, after any message it left behind
+
+    def returned(self, slab: int) -> bool:
+        """A result for ``slab`` came back: whether the slab is now back from every worker
+        (the last share of a batch filled by several)."""
+        left = self._shares_out.pop(slab, 1) - 1
+        if left > 0:
+            self._shares_out[slab] = left
+            return False
+        self.out.discard(slab)
+        return True
+
+    def forget_out(self) -> set[int]:
+        """The slabs that were out (every worker has stopped: they are free again)."""
+        out, self.out = self.out, set()
+        self._shares_out.clear()
+        return out
 
     def get(self, timeout: float) -> tuple[int, list[Result]]:
         """``(worker, the results of one message)`` from any worker. Raises WorkerDiedError if

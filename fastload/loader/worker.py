@@ -50,6 +50,8 @@ class Task:
     indices: np.ndarray
     rng_seed: tuple
     new_slab: Any = None  # (arena, place) of a slab this worker has not seen yet
+    part: int = 0  # this task's share of a batch that several workers fill (see fill_batch)
+    parts: int = 1
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Result:
     listed: Optional[dict] = None
     timings: Optional[dict] = None
     error: Optional["WorkerError"] = None
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass
@@ -192,13 +196,16 @@ def _hint(dataset, message) -> None:
 def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Result:
     if task.new_slab is not None:
         slabs.add(task.slab, *task.new_slab)
+    share = (task.part, task.parts)
     try:
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
-                                     task.indices, task.rng_seed)  # fmt: skip
-        return Result(task.batch, task.slab, len(task.indices), listed, timings)
+                                     task.indices, task.rng_seed, share)  # fmt: skip
+        samples = len(task.indices) if task.part == 0 else 0  # a batch's samples count once
+        return Result(task.batch, task.slab, samples, listed, timings, None, *share)
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
-        return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where))
+        return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where),
+                      part=task.part, parts=task.parts)  # fmt: skip
 
 
 def _send(conn, results: list) -> None:

@@ -257,6 +257,27 @@ def test_batch_is_deterministic_and_matches_single_decodes(jpeg_rgb, jpeg_big, l
     assert not np.array_equal(a, d)
 
 
+def test_batch_parts_decode_what_the_whole_batch_writes_there(jpeg_rgb, jpeg_big):
+    """rows=(lo, hi): crops are drawn for the whole batch, only the part is decoded; parts
+    that cover the batch give the whole batch's pixels, and nothing outside a part is written."""
+    images = [jpeg_rgb, jpeg_big, jpeg_rgb, jpeg_big, jpeg_rgb]
+    hs, ws = [300, 600, 300, 600, 300], [420, 800, 420, 800, 420]
+    whole = np.zeros((5, 24, 24, 3), np.uint8)
+    decode_batch_into(images, hs, ws, whole, train=True, seed=4)
+    parts = np.full((5, 24, 24, 3), 9, np.uint8)
+    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(2, 4))
+    assert np.all(parts[:2] == 9) and np.all(parts[4:] == 9)
+    assert np.array_equal(parts[2:4], whole[2:4])
+    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(0, 2), num_threads=2)
+    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(4, 5))
+    assert np.array_equal(parts, whole)
+    for bad in ((3, 2), (-1, 2), (0, 6)):
+        with pytest.raises(ValueError, match="rows"):
+            decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=bad)
+    # an image outside the part is not decoded at all
+    decode_batch_into([b"bad"] + images[1:], hs, ws, parts, train=True, seed=4, rows=(1, 5))
+
+
 def test_eval_matches_pil_resize_then_center_crop(jpeg_rgb, jpeg_big):
     for data in (jpeg_rgb, jpeg_big, png_variants()["rgb"]):
         im = Image.open(io.BytesIO(data))

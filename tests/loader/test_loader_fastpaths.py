@@ -75,6 +75,7 @@ def test_tasks_round_trip_flat():
     [Task(0, 0, np.arange(3), (2**64, 2))],
     [Task(0, 0, np.arange(3), (1, 2, 3))],  # not two words
     [Task(0, 0, np.arange(3), (1, 2), new_slab=("arena", (0, 64)))],  # a slab handle
+    [Task(0, 0, np.arange(3), (1, 2), part=1, parts=2)],  # a share of a batch
 ])
 def test_tasks_fall_back_to_pickle(tasks):
     data = encode_tasks(tasks)
@@ -84,6 +85,7 @@ def test_tasks_fall_back_to_pickle(tasks):
         assert got is None
     else:
         assert got[0].rng_seed == tasks[0].rng_seed and got[0].new_slab == tasks[0].new_slab
+        assert (got[0].part, got[0].parts) == (tasks[0].part, tasks[0].parts)
 
 
 def test_results_round_trip_flat_and_pickled():
@@ -99,12 +101,14 @@ def test_results_round_trip_flat_and_pickled():
     error = WorkerError("ValueError", "builtins", "bad", "tb", 1, 2, "here")
     for odd in ([Result(1, 1, error=error)],
                 [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
-                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, io={"n": 1}))]):
+                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, io={"n": 1}))],
+                [Result(1, 1, 0, {}, BatchTimings(read=0, decode=0, bytes=0), part=1, parts=2)]):
         data = encode_results(odd)
         assert data[:4] != RESULTS
         back = decode(data)[0]
-        assert (back.error, back.listed, dict(back.timings or {})) == \
-            (odd[0].error, odd[0].listed, dict(odd[0].timings or {}))  # fmt: skip
+        assert (back.error, back.listed, dict(back.timings or {}), back.part, back.parts) == \
+            (odd[0].error, odd[0].listed, dict(odd[0].timings or {}), odd[0].part,
+             odd[0].parts)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- RawGather

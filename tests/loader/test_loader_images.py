@@ -1,0 +1,140 @@
+"""Image fields decoded (and augmented) in the workers: the pixels are the decoder's, the
+augmentations depend only on the batch, never on which worker (or how many) filled it, and an
+iteration's first batch, which all the workers decode together, is the same as any other."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import fastload
+from fastload.decode import decode_batch_into
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 30
+SIZE = 24
+
+
+def jpeg(i: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(i)
+    h, w = 40 + 7 * (i % 5), 50 + 11 * (i % 4)
+    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    f = io.BytesIO()
+    Image.fromarray(pixels).save(f, "JPEG", quality=90)
+    return f.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "ds"
+    with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"},
+                         shard_size=N // 3) as w:  # fmt: skip
+        for i in range(N):
+            w.write({"image": jpeg(i), "label": i, "name": f"img{i}"})
+    return path
+
+
+def epoch(path, num_workers: int, worker_type: str = "process", **kw) -> list[dict]:
+    kw.setdefault("decode", {"image": fastload.ImageDecode(SIZE, train=True)})
+    with fastload.Dataset(path) as ds:
+        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
+                                     worker_type=worker_type, **kw)  # fmt: skip
+        return [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+                for b in loader]  # fmt: skip
+
+
+def expected_pixels(labels, seed: tuple, layout: str = "HWC") -> np.ndarray:
+    """What decode_batch_into writes for these records with the batch's augmentation seed."""
+    images = [jpeg(int(i)) for i in labels]
+    from PIL import Image
+
+    sizes = [Image.open(io.BytesIO(b)).size for b in images]
+    shape = (len(images), SIZE, SIZE, 3) if layout == "HWC" else (len(images), 3, SIZE, SIZE)
+    out = np.zeros(shape, np.uint8)
+    decode_batch_into(images, [h for _, h in sizes], [w for w, _ in sizes], out, train=True,
+                      rng=np.random.default_rng(list(seed)), layout=layout)  # fmt: skip
+    return out
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        and x["name"] == y["name"] for x, y in zip(a, b))  # fmt: skip
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(2, "process"), (3, "process"),
+                                                     (2, "thread")])  # fmt: skip
+def test_worker_count_and_type_do_not_change_the_pixels(images_path, num_workers, worker_type):
+    reference = epoch(images_path, 0, seed=5, shuffle=True)
+    got = epoch(images_path, num_workers, worker_type, seed=5, shuffle=True)
+    assert same(reference, got)
+    labels = [int(i) for b in got for i in b["label"]]
+    assert sorted(labels) == list(range(N))
+    assert [b["name"] for b in got] == [[f"img{i}" for i in b["label"].tolist()] for b in got]
+    assert got[0]["image"].shape == (8, SIZE, SIZE, 3) and got[0]["image"].dtype == torch.uint8
+
+
+def test_pixels_are_the_decoders_with_the_batch_seed(images_path):
+    """Without a planned order the batch's seed is (base seed, batch number): recompute the
+    first two batches (the first is decoded by both workers) from the torch generator."""
+    got = epoch(images_path, 2, generator=torch.Generator().manual_seed(3), shuffle=True)
+    base = int(torch.empty((), dtype=torch.int64).random_(
+        generator=torch.Generator().manual_seed(3)))  # fmt: skip
+    for j in (0, 1):
+        assert np.array_equal(got[j]["image"].numpy(), expected_pixels(got[j]["label"],
+                                                                       (base, j)))  # fmt: skip
+
+
+def test_chw_and_eval_layouts_through_shared_first_batches(images_path):
+    for spec in (fastload.ImageDecode(SIZE, train=True, layout="CHW"),
+                 fastload.ImageDecode(SIZE, train=False)):  # fmt: skip
+        reference = epoch(images_path, 0, seed=1, decode={"image": spec})
+        got = epoch(images_path, 2, seed=1, decode={"image": spec})
+        assert same(reference, got)
+        assert got[0]["image"].shape == (8, *spec.shape)
+
+
+def test_persistent_workers_after_a_break_in_the_first_batch(images_path, no_leaks):
+    """Leaving an epoch right after its first batch (its shares may still be out with a
+    worker) frees every slab exactly once and the next epochs are whole and the same."""
+    with fastload.Dataset(images_path) as ds:
+        loader = fastload.DataLoader(ds, batch_size=8, num_workers=2, seed=2, shuffle=True,
+                                     persistent_workers=True,
+                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        for e in range(3):
+            loader.set_epoch(0)
+            it = iter(loader)
+            first = next(it)["label"].clone()
+            del it
+        loader.set_epoch(0)
+        whole = [b["label"].clone() for b in loader]
+        assert torch.equal(whole[0], first)
+        assert sorted(torch.cat(whole).tolist()) == list(range(N))
+        free = list(loader._slabs._free)
+        assert len(free) == len(set(free)) == len(loader._slabs.arrays)
+        loader.close()
+
+
+def test_a_bad_image_in_the_first_batch_names_its_record_and_worker(tmp_path, no_leaks):
+    """The first batch is shared: its last image is decoded by the second worker, which
+    raises naming the record; the loader stops cleanly."""
+    path = tmp_path / "bad"
+    with fastload.Writer(path, {"image": "image", "label": "int64"}) as w:
+        for i in range(16):
+            w.write({"image": jpeg(i) if i != 7 else jpeg(i)[:200], "label": i})  # no scan data
+    with fastload.Dataset(path) as ds:
+        loader = fastload.DataLoader(ds, batch_size=8, num_workers=2,
+                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        with pytest.raises(Exception, match=r"(?s)fastload worker 1 .*dataset record 7"):
+            next(iter(loader))
+        # the other batches are fine: an epoch from record 8 on loads
+        later = fastload.DataLoader(ds, batch_size=8, num_workers=2,
+                                    sampler=range(8, 16),
+                                    decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        assert [b["label"].tolist() for b in later] == [list(range(8, 16))]
