@@ -14,7 +14,7 @@ Modules: ``params`` (crop parameters), ``decoders`` (encoded bytes to pixels), `
 ``scratch`` (per-thread buffers).
 """
 
-from .batch import decode_batch_into, draw_batch_params, warm_up
+from .batch import decode_batch_into, draw_batch_params, image_rngs, warm_up
 from .crop import decode_center_crop_into, decode_crop_into
 from .decoders import available_jpeg_backends, dct_scale, default_jpeg_backend
 from .errors import DecodeError
@@ -34,6 +34,7 @@ __all__ = [
     "decode_crop_into",
     "decode_center_crop_into",
     "draw_batch_params",
+    "image_rngs",
     "warm_up",
     "DecodeError",
     "Crop",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from .crop import check_out, decode_center_crop_into, decode_crop_into
 from .errors import DecodeError
 from .params import EVAL_CROP_RATIO, Crop, center_crop_params, random_resized_crop_params
 
-__all__ = ["decode_batch_into", "draw_batch_params", "warm_up"]
+__all__ = ["decode_batch_into", "draw_batch_params", "image_rngs", "warm_up"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -23,29 +23,46 @@ def draw_batch_params(
     *,
     train: bool,
     rng: Optional[np.random.Generator] = None,
+    rngs: Optional[Sequence[np.random.Generator]] = None,
 ) -> List[Tuple[Crop, bool]]:
-    """Crop and flip for each image, drawn in image order.
+    """Crop and flip for each image, drawn in image order from ``rng``, or each image's from
+    its own generator in ``rngs`` (see :func:`image_rngs`).
 
     ``train``: per image, torchvision's RandomResizedCrop parameters (scale (0.08, 1), ratio
     (3/4, 4/3)) then a flip with probability 0.5. Eval: the ``Resize(size / 0.875)`` +
-    ``CenterCrop(size)`` box and no flip (``rng`` unused). ``size`` is ``(H, W)``; the eval
+    ``CenterCrop(size)`` box and no flip (no generator used). ``size`` is ``(H, W)``; the eval
     crop is square in the resized image, so eval uses ``H`` (and needs ``H == W``).
     """
     if len(heights) != len(widths):
         raise ValueError(f"{len(heights)} heights but {len(widths)} widths")
     params: List[Tuple[Crop, bool]] = []
     if train:
-        if rng is None:
+        if rngs is not None:
+            if len(rngs) != len(heights):
+                raise ValueError(f"{len(heights)} images but {len(rngs)} generators")
+            per_image = list(rngs)
+        elif rng is not None:
+            per_image = [rng] * len(heights)
+        else:
             raise ValueError("training crops need an rng")
-        for h, w in zip(heights, widths):
-            crop = random_resized_crop_params(rng, int(h), int(w))
-            params.append((crop, bool(rng.random() < 0.5)))
+        for h, w, g in zip(heights, widths, per_image):
+            crop = random_resized_crop_params(g, int(h), int(w))
+            params.append((crop, bool(g.random() < 0.5)))
     else:
         if size[0] != size[1]:
             raise ValueError(f"the eval center crop is square; out is {size[1]}x{size[0]}")
         for h, w in zip(heights, widths):
             params.append((center_crop_params(int(h), int(w), size[0], EVAL_CROP_RATIO), False))
     return params
+
+
+def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> List[np.random.Generator]:
+    """A generator per image, keyed by ``seed`` (a batch's seed words) and the image's
+    position in its batch: an image's augmentation then does not depend on which other images
+    are drawn with it, or where, so any part of a batch can be decoded on its own (the loader
+    shares a batch of images among its workers) with the same result."""
+    base = [int(x) for x in seed]
+    return [np.random.default_rng(base + [int(p)]) for p in positions]
 
 
 def _run(images, heights, widths, out, params, layout, lo, hi, jpeg_backend, resize_backend):
@@ -77,7 +94,7 @@ def decode_batch_into(
     num_threads: int = 1,
     jpeg_backend: Optional[str] = None,
     resize_backend: Optional[str] = None,
-    rows: Optional[Tuple[int, int]] = None,
+    params: Optional[Sequence[Tuple[Crop, bool]]] = None,
 ) -> None:
     """Decode ``images`` (JPEG/PNG/WebP bytes) into ``out`` (N, H, W, 3) for ``layout="HWC"``
     or (N, 3, H, W) for ``"CHW"``, uint8, in place.
@@ -88,10 +105,8 @@ def decode_batch_into(
     ``Resize(int(S / 0.875))`` + ``CenterCrop(S)``; ``out`` square). ``heights``/``widths``
     are the images' recorded sizes.
 
-    ``rows=(lo, hi)``: decode only images ``lo..hi-1`` into ``out[lo:hi]`` (the rest of
-    ``out`` is left alone). Crops and flips are still drawn for the whole batch, so each part
-    gets exactly what a call for the whole batch writes there: several processes can share
-    one batch, each decoding its part.
+    ``params``: training crops and flips already drawn, one ``(Crop, flip)`` per image (from
+    :func:`draw_batch_params`, say with a generator per image), instead of drawing them here.
 
     ``num_threads > 1`` splits the batch into that many contiguous parts decoded on threads
     (decode and resize release the GIL); the first failing image in batch order is raised.
@@ -106,23 +121,24 @@ def decode_batch_into(
         raise ValueError(f"out holds {out.shape[0]} images but {n} were given")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    if rng is None and train:
-        rng = np.random.default_rng(seed)
-    if train:
-        params: Optional[list] = draw_batch_params(heights, widths, (oh, ow), train=True, rng=rng)
+    if train and params is not None:
+        if len(params) != n:
+            raise ValueError(f"{n} images but {len(params)} (crop, flip) params")
+        params = list(params)
+    elif train:
+        if rng is None:
+            rng = np.random.default_rng(seed)
+        params = draw_batch_params(heights, widths, (oh, ow), train=True, rng=rng)
     else:
         if oh != ow:
             raise ValueError(f"the eval center crop is square; out is {ow}x{oh}")
         params = None  # each image: decode_center_crop_into (resize, then center crop)
-    lo, hi = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
-    if not 0 <= lo <= hi <= n:
-        raise ValueError(f"rows {rows} are not a range of the {n} images")
     args = (images, heights, widths, out, params, layout)
-    threads = min(num_threads, hi - lo)
+    threads = min(num_threads, n)
     if threads <= 1:
-        _run(*args, lo, hi, jpeg_backend, resize_backend)
+        _run(*args, 0, n, jpeg_backend, resize_backend)
         return
-    bounds = [lo + (hi - lo) * k // threads for k in range(threads + 1)]
+    bounds = [n * k // threads for k in range(threads + 1)]
     # A pool per call: a batch takes far longer than starting two threads, and a cached pool
     # would not survive the fork of a DataLoader worker.
     with ThreadPoolExecutor(threads, thread_name_prefix="fastload-decode") as pool:

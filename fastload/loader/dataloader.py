@@ -34,6 +34,7 @@ __all__ = ["DataLoader"]
 
 _WORKER_TYPES = ("process", "thread")
 _SMALL_BATCH_BYTES = 4 << 20  # batches smaller than this may share a message to a worker
+MIN_SHARE = 16  # images a worker decodes at least, of a batch shared among workers
 
 
 class DataLoader:
@@ -158,7 +159,15 @@ class DataLoader:
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
                                        _SMALL_BATCH_BYTES // self.layout.slab_size))  # fmt: skip
-        slabs = num_workers * self.prefetch_factor * self._per_message + 2 if num_workers else 2
+        # Batches of images are shared among the workers (_shares): prefetch_factor of them
+        # keep every worker busy.
+        self._sharing = bool(self.layout.decode) and num_workers > 1 and size >= 2 * MIN_SHARE
+        if not num_workers:
+            slabs = 2
+        elif self._sharing:
+            slabs = self.prefetch_factor + 2
+        else:
+            slabs = num_workers * self.prefetch_factor * self._per_message + 2
         self._slabs = SlabPool(self.layout.slab_size, slabs,
                                shared=num_workers > 0 and worker_type == "process")  # fmt: skip
         self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
@@ -361,31 +370,35 @@ class DataLoader:
 
         Each worker has up to ``prefetch_factor`` messages in flight; a message carries as
         many batches as fit in about 4 ms of work (one, for image batches; a few dozen, for small
-        token batches), since every message costs both sides a wake-up. The first batch of
-        images is shared out: every worker decodes a part of it (see :meth:`_first_shares`).
+        token batches), since every message costs both sides a wake-up. Batches of images to
+        decode are shared out instead: every worker fills a share of each (see
+        :meth:`_shares`), so each batch comes in a fraction of the time one worker takes.
         """
         workers, limit = self.num_workers, self.prefetch_factor
         pending = pool.pending  # messages in flight, per worker
         ready: dict[int, Result] = {}
-        shares: dict[int, Result] = {}  # batch -> its shares received so far, merged
+        shares: dict[int, list[Result]] = {}  # batch -> the shares received so far
         sizer = _MessageSizer(self._per_message)
         next_batch = sent = turn = 0
         exhausted = False
         try:
             while True:
-                while not exhausted and pending[turn % workers] < limit:
-                    tasks = self._tasks(plan, sent, sizer.batches, base_seed,
+                while not exhausted:
+                    sharing = self._sharing
+                    if (max(pending) if sharing else pending[turn % workers]) >= limit:
+                        break
+                    tasks = self._tasks(plan, sent, 1 if sharing else sizer.batches, base_seed,
                                         idle=sent == next_batch)  # fmt: skip
                     if not tasks:
                         exhausted = sent == next_batch or tasks is None
                         break
-                    if sent == 0 and self._first_shares(pool, tasks):
-                        sent += 1
-                        continue
-                    pool.submit(turn % workers, tasks, self._slabs)
-                    pending[turn % workers] += 1
+                    if sharing:
+                        self._submit_shares(pool, tasks[0])
+                    else:
+                        pool.submit(turn % workers, tasks, self._slabs)
+                        pending[turn % workers] += 1
+                        turn += 1
                     sent += len(tasks)
-                    turn += 1
                 if next_batch == sent and exhausted:
                     return
                 while (next_batch if self.in_order else next(iter(ready), None)) not in ready:
@@ -397,10 +410,10 @@ class DataLoader:
                             pool.broken = True
                             r.error.reraise()
                         if r.parts > 1:
-                            r = shares[r.batch] = _merge_shares(shares.get(r.batch), r)
+                            shares.setdefault(r.batch, []).append(r)
                             if not back:
                                 continue
-                            del shares[r.batch]
+                            r = _merge_shares(shares.pop(r.batch))
                         ready[r.batch] = r
                         sizer.observe(r.timings)
                 result = ready.pop(next_batch if self.in_order else next(iter(ready)))
@@ -413,20 +426,23 @@ class DataLoader:
             for r in ready.values():  # filled but never delivered (an error, or a break)
                 self._slabs.release(r.slab)
 
-    def _first_shares(self, pool: WorkerPool, tasks: list[Task]) -> bool:
-        """Share an iteration's first batch of images among all the workers (False: not an
-        image batch, or too small to share). One worker decoding all of it alone took ~1 s of
-        the time to the first batch (256 images); the workers' later batches follow as usual.
-        ``tasks`` holds just that batch (the message sizer starts at one batch)."""
-        (task,) = tasks
-        parts = min(self.num_workers, len(task.indices))
-        if not self.layout.decode or parts < 2:
-            return False
+    def _submit_shares(self, pool: WorkerPool, task: Task) -> None:
+        """Send one share of ``task``'s batch to each of the first workers (as many as
+        :meth:`_shares` says)."""
+        parts = self._shares(len(task.indices))
         for k in range(parts):
-            share = Task(task.batch, task.slab, task.indices, task.rng_seed, part=k, parts=parts)
+            share = task if parts == 1 else Task(task.batch, task.slab, task.indices,
+                                                 task.rng_seed, part=k, parts=parts)  # fmt: skip
             pool.submit(k, [share], self._slabs)
             pool.pending[k] += 1
-        return True
+
+    def _shares(self, n: int) -> int:
+        """Workers that share a batch of ``n`` images: all of them, as long as each decodes
+        at least ``MIN_SHARE`` images (below that, a share costs more in messages than it
+        saves). One worker decoding a whole batch of 256 took ~1 s before the first batch
+        came, and workers filling whole batches side by side deliver them in bursts, which
+        a consumer at 80% of the top rate waited on."""
+        return max(1, min(self.num_workers, n // MIN_SHARE))
 
     def _tasks(self, plan: Iterator[np.ndarray], first: int, count: int, base_seed: int,
                idle: bool) -> list[Task] | None:  # fmt: skip
@@ -524,24 +540,30 @@ class _MessageSizer:
             self.seconds_per_batch = t if old is None else 0.8 * old + 0.2 * t
 
 
-def _merge_shares(merged: Optional[Result], share: Result) -> Result:
-    """One batch's result from the results of its shares (any order): share 0's samples and
-    listed fields, stage times and counters summed, the error of the lowest share."""
-    if merged is None:
-        return share
-    first, second = (merged, share) if merged.part < share.part else (share, merged)
-    timings = dict(first.timings or {})
-    for key, value in (second.timings or {}).items():
-        if isinstance(value, dict):
-            counters = dict(timings.get(key) or {})
-            for name, count in value.items():
-                counters[name] = counters.get(name, 0) + count
-            timings[key] = counters
-        else:
-            timings[key] = timings.get(key, 0) + value
-    return Result(first.batch, first.slab, first.samples + second.samples,
-                  first.listed if first.part == 0 else second.listed, timings,
-                  first.error or second.error, first.part, first.parts)  # fmt: skip
+def _merge_shares(shares: list[Result]) -> Result:
+    """One batch's result from those of its shares (received in any order): samples, bytes,
+    stage times and counters summed; listed fields joined in row order; the error of the
+    first share that failed."""
+    shares = sorted(shares, key=lambda r: r.part)
+    first = shares[0]
+    error = next((r.error for r in shares if r.error is not None), None)
+    if error is not None:
+        return Result(first.batch, first.slab, error=error)
+    timings: dict[str, Any] = {}
+    listed: dict[str, Any] = {}
+    for r in shares:
+        for key, value in (r.timings or {}).items():
+            if isinstance(value, dict):
+                counters = timings.setdefault(key, {})
+                for name, count in value.items():
+                    counters[name] = counters.get(name, 0) + count
+            else:
+                timings[key] = timings.get(key, 0) + value
+        for name, values in (r.listed or {}).items():
+            listed.setdefault(name, []).append(values)
+    joined = {name: (np.concatenate(v) if isinstance(v[0], np.ndarray) else
+                     [x for part in v for x in part]) for name, v in listed.items()}  # fmt: skip
+    return Result(first.batch, first.slab, sum(r.samples for r in shares), joined, timings)
 
 
 def _hinting(dataset: Any, plan: Iterator[np.ndarray],

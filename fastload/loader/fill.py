@@ -25,49 +25,51 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     """Write records ``indices`` into ``slab`` (fixed-size fields gathered in C++, images
     decoded in place); return the fields that travel as lists, and the stage timings.
 
-    ``rng_seed`` seeds the batch's augmentations, so they depend on which batch this is and
-    never on which worker happens to fill it.
+    ``rng_seed`` seeds the batch's augmentations: each image's crop and flip come from a
+    generator keyed by it, the field and the image's position in the batch, so they depend on
+    which batch (and where in it) and never on which worker fills it, or how many.
 
-    ``part=(k, parts)``: this call does the k-th of ``parts`` shares of an image batch that
-    several workers fill at once (the loader splits an iteration's first batch so that it
-    comes sooner). Share k decodes its contiguous rows of the decoded fields; share 0 also
-    writes every other field and returns the listed ones (the others return none, and count
-    no bytes). Every share reads all the batch's records: the crops are drawn in batch order
-    from the records' sizes, so a share decodes exactly what one whole fill writes there.
+    ``part=(k, parts)``: fill only the k-th of ``parts`` contiguous shares of the batch's rows
+    (every field; the listed fields returned are that share's). Several workers fill one
+    batch of images at once this way, each its share.
     """
     start = time.perf_counter()
     n = len(indices)
     k, parts = part
+    lo, hi = n * k // parts, n * (k + 1) // parts
     views = layout.views(slab, n)
-    fast = _raw_gather(dataset, layout) if parts == 1 else None
-    if fast is None or not fast.gather(indices, views):
+    mine = indices
+    if parts > 1:
+        mine, views = indices[lo:hi], {name: v[lo:hi] for name, v in views.items()}
+    fast = _raw_gather(dataset, layout)
+    if fast is None or not fast.gather(mine, views):
         # Images to decode here are read as views (decoded below, never sent anywhere).
         extra = {"image_views": tuple(layout.decode)} if layout.decode else {}
-        out = {name: views[name] for name in layout.gathered} if k == 0 else {}
-        listed = dataset.read_into(indices, out=out, **extra)
+        listed = dataset.read_into(mine, out={name: views[name] for name in layout.gathered},
+                                   **extra)  # fmt: skip
     else:
         listed = {}
     read_done = time.perf_counter()
     if layout.decode:
-        from ..decode import decode_batch_into  # only image pipelines pay for Pillow
+        from ..decode import decode_batch_into, draw_batch_params, image_rngs
 
-        rng = np.random.default_rng(list(rng_seed))
-        rows = (n * k // parts, n * (k + 1) // parts)
-        for name, spec in layout.decode.items():
+        for f, (name, spec) in enumerate(layout.decode.items()):
             images = listed.pop(name)
+            heights, widths = [im.height for im in images], [im.width for im in images]
+            params = None
+            if spec.train:
+                rngs = image_rngs((*rng_seed, f), range(lo, hi))
+                params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
             try:
-                decode_batch_into([im.data for im in images], [im.height for im in images],
-                                  [im.width for im in images], views[name], rng=rng,
-                                  train=spec.train, layout=spec.layout, rows=rows)  # fmt: skip
+                decode_batch_into([im.data for im in images], heights, widths, views[name],
+                                  train=spec.train, params=params, layout=spec.layout)
             except Exception as e:
                 index = getattr(e, "index", None)
                 if index is not None and hasattr(e, "add_note"):
-                    e.add_note(f"field {name!r} of dataset record {int(indices[index])}")
+                    e.add_note(f"field {name!r} of dataset record {int(mine[index])}")
                 raise
     done = time.perf_counter()
-    if k > 0:
-        listed = {}  # share 0 sends those
-    nbytes = sum(v.nbytes for v in views.values()) if k == 0 else 0
+    nbytes = sum(v.nbytes for v in views.values())
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
         timings["io"] = dataset.io_stats_delta()

@@ -200,7 +200,8 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
     try:
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
                                      task.indices, task.rng_seed, share)  # fmt: skip
-        samples = len(task.indices) if task.part == 0 else 0  # a batch's samples count once
+        n = len(task.indices)  # this share's rows (see fill_batch)
+        samples = n * (task.part + 1) // task.parts - n * task.part // task.parts
         return Result(task.batch, task.slab, samples, listed, timings, None, *share)
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"

@@ -20,6 +20,7 @@ from fastload.decode import (
     decode_crop_into,
     draw_batch_params,
     eval_resize_size,
+    image_rngs,
 )
 
 JPEG_BACKENDS = available_jpeg_backends()
@@ -257,25 +258,28 @@ def test_batch_is_deterministic_and_matches_single_decodes(jpeg_rgb, jpeg_big, l
     assert not np.array_equal(a, d)
 
 
-def test_batch_parts_decode_what_the_whole_batch_writes_there(jpeg_rgb, jpeg_big):
-    """rows=(lo, hi): crops are drawn for the whole batch, only the part is decoded; parts
-    that cover the batch give the whole batch's pixels, and nothing outside a part is written."""
+def test_params_per_image_generators_and_explicit(jpeg_rgb, jpeg_big):
+    """rngs=: each image's crop and flip from its own generator, so any slice of a batch
+    drawn on its own (image_rngs with its positions) gets the same; params= decodes exactly
+    those."""
     images = [jpeg_rgb, jpeg_big, jpeg_rgb, jpeg_big, jpeg_rgb]
     hs, ws = [300, 600, 300, 600, 300], [420, 800, 420, 800, 420]
-    whole = np.zeros((5, 24, 24, 3), np.uint8)
-    decode_batch_into(images, hs, ws, whole, train=True, seed=4)
-    parts = np.full((5, 24, 24, 3), 9, np.uint8)
-    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(2, 4))
-    assert np.all(parts[:2] == 9) and np.all(parts[4:] == 9)
-    assert np.array_equal(parts[2:4], whole[2:4])
-    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(0, 2), num_threads=2)
-    decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=(4, 5))
-    assert np.array_equal(parts, whole)
-    for bad in ((3, 2), (-1, 2), (0, 6)):
-        with pytest.raises(ValueError, match="rows"):
-            decode_batch_into(images, hs, ws, parts, train=True, seed=4, rows=bad)
-    # an image outside the part is not decoded at all
-    decode_batch_into([b"bad"] + images[1:], hs, ws, parts, train=True, seed=4, rows=(1, 5))
+    whole = draw_batch_params(hs, ws, (24, 24), train=True, rngs=image_rngs((4, 9), range(5)))
+    part = draw_batch_params(hs[2:4], ws[2:4], (24, 24), train=True,
+                             rngs=image_rngs((4, 9), range(2, 4)))  # fmt: skip
+    assert part == whole[2:4]
+    assert whole != draw_batch_params(hs, ws, (24, 24), train=True,
+                                      rngs=image_rngs((4, 10), range(5)))  # fmt: skip
+    out = np.zeros((5, 24, 24, 3), np.uint8)
+    decode_batch_into(images, hs, ws, out, train=True, params=whole)
+    for i, (crop, flip) in enumerate(whole):
+        one = np.zeros((24, 24, 3), np.uint8)
+        decode_crop_into(images[i], one, crop, flip, width=ws[i], height=hs[i])
+        assert np.array_equal(one, out[i])
+    with pytest.raises(ValueError, match="params"):
+        decode_batch_into(images, hs, ws, out, train=True, params=whole[:4])
+    with pytest.raises(ValueError, match="generators"):
+        draw_batch_params(hs, ws, (24, 24), train=True, rngs=image_rngs((1,), range(4)))
 
 
 def test_eval_matches_pil_resize_then_center_crop(jpeg_rgb, jpeg_big):

@@ -1,6 +1,7 @@
-"""Image fields decoded (and augmented) in the workers: the pixels are the decoder's, the
-augmentations depend only on the batch, never on which worker (or how many) filled it, and an
-iteration's first batch, which all the workers decode together, is the same as any other."""
+"""Image fields decoded (and augmented) in the workers: the pixels are the decoder's, each
+image's augmentation depends only on its batch and place in it, never on which worker (or how
+many) filled it. Batches of 32 or more images are shared among the workers (each decodes a
+share of every batch); smaller ones, and the last, smaller batch, are filled whole."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 import fastload
-from fastload.decode import decode_batch_into
+from fastload.decode import decode_batch_into, draw_batch_params, image_rngs
 
 pytestmark = pytest.mark.timeout(120)
 
-N = 30
+N = 80
+BATCH = 32  # shared by two workers (16 images each); the last batch (16) is not
 SIZE = 24
 
 
@@ -34,7 +36,7 @@ def jpeg(i: int) -> bytes:
 def images_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "ds"
     with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"},
-                         shard_size=N // 3) as w:  # fmt: skip
+                         shard_size=N * 2000 // 3) as w:  # fmt: skip
         for i in range(N):
             w.write({"image": jpeg(i), "label": i, "name": f"img{i}"})
     return path
@@ -43,22 +45,26 @@ def images_path(tmp_path_factory):
 def epoch(path, num_workers: int, worker_type: str = "process", **kw) -> list[dict]:
     kw.setdefault("decode", {"image": fastload.ImageDecode(SIZE, train=True)})
     with fastload.Dataset(path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
-                                     worker_type=worker_type, **kw)  # fmt: skip
+        kw.setdefault("batch_size", BATCH)
+        loader = fastload.DataLoader(ds, num_workers=num_workers, worker_type=worker_type,
+                                     **kw)  # fmt: skip
         return [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
                 for b in loader]  # fmt: skip
 
 
 def expected_pixels(labels, seed: tuple, layout: str = "HWC") -> np.ndarray:
-    """What decode_batch_into writes for these records with the batch's augmentation seed."""
+    """What decode_batch_into writes for these records, each image's crop and flip drawn
+    from its own generator keyed by the batch's seed, the field (0) and its place."""
     images = [jpeg(int(i)) for i in labels]
     from PIL import Image
 
     sizes = [Image.open(io.BytesIO(b)).size for b in images]
+    hs, ws = [h for _, h in sizes], [w for w, _ in sizes]
     shape = (len(images), SIZE, SIZE, 3) if layout == "HWC" else (len(images), 3, SIZE, SIZE)
+    params = draw_batch_params(hs, ws, (SIZE, SIZE), train=True,
+                               rngs=image_rngs((*seed, 0), range(len(images))))  # fmt: skip
     out = np.zeros(shape, np.uint8)
-    decode_batch_into(images, [h for _, h in sizes], [w for w, _ in sizes], out, train=True,
-                      rng=np.random.default_rng(list(seed)), layout=layout)  # fmt: skip
+    decode_batch_into(images, hs, ws, out, train=True, params=params, layout=layout)
     return out
 
 
@@ -77,16 +83,17 @@ def test_worker_count_and_type_do_not_change_the_pixels(images_path, num_workers
     labels = [int(i) for b in got for i in b["label"]]
     assert sorted(labels) == list(range(N))
     assert [b["name"] for b in got] == [[f"img{i}" for i in b["label"].tolist()] for b in got]
-    assert got[0]["image"].shape == (8, SIZE, SIZE, 3) and got[0]["image"].dtype == torch.uint8
+    assert got[0]["image"].shape == (BATCH, SIZE, SIZE, 3)
+    assert got[0]["image"].dtype == torch.uint8 and len(got[-1]["label"]) == N % BATCH
 
 
 def test_pixels_are_the_decoders_with_the_batch_seed(images_path):
-    """Without a planned order the batch's seed is (base seed, batch number): recompute the
-    first two batches (the first is decoded by both workers) from the torch generator."""
+    """Without a planned order the batch's seed is (base seed, batch number): recompute every
+    batch (shared by both workers but the last) from the torch generator."""
     got = epoch(images_path, 2, generator=torch.Generator().manual_seed(3), shuffle=True)
     base = int(torch.empty((), dtype=torch.int64).random_(
         generator=torch.Generator().manual_seed(3)))  # fmt: skip
-    for j in (0, 1):
+    for j in range(len(got)):
         assert np.array_equal(got[j]["image"].numpy(), expected_pixels(got[j]["label"],
                                                                        (base, j)))  # fmt: skip
 
@@ -97,14 +104,14 @@ def test_chw_and_eval_layouts_through_shared_first_batches(images_path):
         reference = epoch(images_path, 0, seed=1, decode={"image": spec})
         got = epoch(images_path, 2, seed=1, decode={"image": spec})
         assert same(reference, got)
-        assert got[0]["image"].shape == (8, *spec.shape)
+        assert got[0]["image"].shape == (BATCH, *spec.shape)
 
 
-def test_persistent_workers_after_a_break_in_the_first_batch(images_path, no_leaks):
-    """Leaving an epoch right after its first batch (its shares may still be out with a
-    worker) frees every slab exactly once and the next epochs are whole and the same."""
+def test_persistent_workers_after_a_break(images_path, no_leaks):
+    """Leaving an epoch right after its first batch (shares of the next ones may still be out
+    with a worker) frees every slab exactly once and the next epochs are whole and the same."""
     with fastload.Dataset(images_path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=8, num_workers=2, seed=2, shuffle=True,
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=2, shuffle=True,
                                      persistent_workers=True,
                                      decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
         for e in range(3):
@@ -121,20 +128,31 @@ def test_persistent_workers_after_a_break_in_the_first_batch(images_path, no_lea
         loader.close()
 
 
-def test_a_bad_image_in_the_first_batch_names_its_record_and_worker(tmp_path, no_leaks):
-    """The first batch is shared: its last image is decoded by the second worker, which
-    raises naming the record; the loader stops cleanly."""
+def test_a_bad_image_names_its_record_and_the_worker_that_decoded_it(tmp_path, no_leaks):
+    """Record 20 is in the second share of the first batch: the second worker raises, naming
+    the record; the loader stops cleanly and the other batches load."""
     path = tmp_path / "bad"
     with fastload.Writer(path, {"image": "image", "label": "int64"}) as w:
-        for i in range(16):
-            w.write({"image": jpeg(i) if i != 7 else jpeg(i)[:200], "label": i})  # no scan data
+        for i in range(2 * BATCH):
+            w.write({"image": jpeg(i) if i != 20 else jpeg(i)[:200], "label": i})  # no scan data
+    decode = {"image": fastload.ImageDecode(SIZE)}
     with fastload.Dataset(path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=8, num_workers=2,
-                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
-        with pytest.raises(Exception, match=r"(?s)fastload worker 1 .*dataset record 7"):
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode)
+        with pytest.raises(Exception, match=r"(?s)fastload worker 1 .*dataset record 20"):
             next(iter(loader))
-        # the other batches are fine: an epoch from record 8 on loads
-        later = fastload.DataLoader(ds, batch_size=8, num_workers=2,
-                                    sampler=range(8, 16),
-                                    decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
-        assert [b["label"].tolist() for b in later] == [list(range(8, 16))]
+        later = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode,
+                                    sampler=range(BATCH, 2 * BATCH))  # fmt: skip
+        assert [b["label"].tolist() for b in later] == [list(range(BATCH, 2 * BATCH))]
+
+
+def test_shared_batches_count_once(images_path):
+    """Batches of 32 are shared by both workers, the last (16) is not; each shared batch's
+    result merges its two shares: every sample delivered and counted once."""
+    with fastload.Dataset(images_path) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2,
+                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        assert loader._shares(BATCH) == 2 and loader._shares(N % BATCH) == 1
+        batches = [b["label"].clone() for b in loader]
+        assert torch.cat(batches).tolist() == list(range(N))
+        stats = loader.stats()
+        assert stats["samples"] == N and stats["batches"] == len(batches)
