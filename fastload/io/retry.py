@@ -71,6 +71,8 @@ def http_status(e: BaseException) -> Optional[int]:
             status = getattr(x, attr, None)
             if isinstance(status, int) and 100 <= status < 600:
                 return status
+        if type(x) is OSError and str(x).startswith("Forbidden:"):
+            return 403  # how gcsfs reports a 403
     return None
 
 

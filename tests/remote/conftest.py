@@ -10,7 +10,7 @@ Fixtures (reuse them; every one keeps all traffic on 127.0.0.1):
   (``s3://name`` / ``gs://name``).
 - ``fault_proxy`` (function): a fault-injecting HTTP proxy in front of ``s3_server``
   (see faultproxy.py); yields the :class:`faultproxy.FaultProxy`, whose ``storage_options`` point
-  s3fs at the proxy.
+  s3fs at the proxy. ``gcs_fault_proxy``: the same in front of ``gcs_server`` (for gcsfs).
 """
 
 from __future__ import annotations
@@ -135,9 +135,11 @@ def gcs_bucket(gcs_server):
 
 @pytest.fixture
 def fault_proxy(s3_server):
-    proxy = FaultProxy(s3_server.endpoint_url)
-    proxy.start()
-    try:
+    with FaultProxy(s3_server.endpoint_url) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
+
+
+@pytest.fixture
+def gcs_fault_proxy(gcs_server):
+    with FaultProxy(gcs_server.endpoint_url, kind="gcs") as proxy:
+        yield proxy

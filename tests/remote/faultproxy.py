@@ -14,7 +14,8 @@ of milliseconds).
 
 Fault kinds:
 
-- ``"500"`` / ``"503"``: an S3-style XML error (503 is ``SlowDown``, S3's throttling answer);
+- ``"500"`` / ``"503"``: an S3-style XML error (503 is ``SlowDown``, S3's throttling answer;
+  with ``kind="gcs"``, the JSON API's error document);
 - ``"reset"``: the connection is reset (TCP RST) before any response;
 - ``"truncate"``: the response's headers, then half its body, then the connection closes (the
   client sees a body shorter than its Content-Length);
@@ -35,6 +36,7 @@ the path) narrows it further.
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import socket
 import struct
@@ -57,7 +59,10 @@ class _Abort(Exception):
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, seed: int = 0) -> None:
+    def __init__(self, upstream: str, *, seed: int = 0, kind: str = "s3") -> None:
+        if kind not in ("s3", "gcs"):
+            raise ValueError(f"kind must be 's3' or 'gcs', got {kind!r}")
+        self.kind = kind
         u = urlsplit(upstream)
         self.upstream_host, self.upstream_port = u.hostname, u.port or 80
         self.rate = 0.0
@@ -87,7 +92,10 @@ class FaultProxy:
 
     @property
     def storage_options(self) -> dict:
-        """s3fs options that go through this proxy (short timeouts, so stalls end quickly)."""
+        """s3fs (or, for ``kind="gcs"``, gcsfs) options that go through this proxy; s3fs's
+        timeouts are short, so that stalls end quickly."""
+        if self.kind == "gcs":
+            return {"endpoint_url": self.endpoint_url, "token": "anon"}
         return {"key": "test", "secret": "test",
                 "client_kwargs": {"endpoint_url": self.endpoint_url},
                 "config_kwargs": {"connect_timeout": 2, "read_timeout": 1}}
@@ -210,10 +218,16 @@ class _Handler(BaseHTTPRequestHandler):
         raise _Abort()
 
     def _error(self, status: int, code: str) -> None:
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                f"<Message>injected by faultproxy</Message></Error>").encode()
+        if self.owner.kind == "gcs":  # the JSON API's error document
+            body = json.dumps({"error": {"code": status, "message": "injected by faultproxy",
+                                         "errors": [{"reason": code}]}}).encode()  # fmt: skip
+            kind = "application/json"
+        else:
+            body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>injected by faultproxy</Message></Error>").encode()
+            kind = "application/xml"
         self.send_response(status)
-        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -588,3 +588,65 @@ def test_plain_http_url(s3_server, local_ds, tmp_path):
         assert ds.remote
         check_all(ds)
         assert ds.get_batch([5, 399, 0])["i"].tolist() == [5, 399, 0]
+
+
+# ----------------------------------------------------------------------- GCS under faults
+# gcsfs retries 5xx, resets and cut connections itself (up to 6 tries, sleeping 1-2 s, then
+# 2-3 s, ...; not configurable), so these inject a few faults rather than a rate.
+
+@pytest.fixture(scope="module")
+def gcs_ds(gcs_server, local_ds) -> str:
+    return upload(gcs_server, local_ds)
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "reset", "truncate", "short"])
+def test_gcs_transient_faults_are_retried(fault, gcs_fault_proxy, gcs_ds):
+    with fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
+                          cache_dir=False, remote_options=RemoteOptions(
+                              retry=FAST_RETRY, readahead_blocks=0, tail_bytes=1024)) as ds:
+        reader = ds.shard_reader(3)
+        r = int(reader.blocks[1]["first_record"])  # a block beyond the tail read at open
+        i = int(ds._starts[3]) + r
+        gcs_fault_proxy.script([fault])
+        assert_record(ds[i], index_record(i))
+        assert gcs_fault_proxy.counts[fault] == 1
+
+
+def test_gcs_permanent_errors_fail_at_once(gcs_fault_proxy, gcs_ds):
+    with fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
+                          cache_dir=False, remote_options=RemoteOptions(retry=FAST_RETRY)) as ds:
+        for fault, error in (("403", RemoteAccessError), ("404", MissingShardError)):
+            ds.close()
+            gcs_fault_proxy.script([fault])
+            n = gcs_fault_proxy.counts["requests"]
+            t = time.monotonic()
+            with pytest.raises(error) as e:
+                ds[0]
+            assert gcs_fault_proxy.counts["requests"] == n + 1  # no retry, ours or gcsfs's
+            assert time.monotonic() - t < 1
+            assert "gs://" in str(e.value) and "shard-00000.fls" in str(e.value)
+
+
+@pytest.mark.timeout(240)
+def test_gcs_loader_epoch_under_faults_exactly_once(gcs_fault_proxy, gcs_ds, tmp_path):
+    """An epoch from GCS through two worker processes with every kind of fault injected
+    among its reads: every sample exactly once, every byte right."""
+    faults = ["500", "503", "reset", "truncate", "short"]
+    gcs_fault_proxy.script([x for f in faults for x in (None, None, f)])
+    ds = fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
+                          cache_dir=tmp_path / "cache", cache_limit="200KB",
+                          remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000,
+                                                       tail_bytes=1024))  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, seed=1,
+                                 timeout=60)  # fmt: skip
+    seen = []
+    for batch in loader:
+        ids = batch["i"].tolist()
+        seen += ids
+        for i, b, v in zip(ids, batch["b"], batch["v"]):
+            assert b == index_bytes(i)
+            assert np.asarray(v).tobytes() == index_record(i)["v"].tobytes()
+    assert sorted(seen) == list(range(N))
+    assert {f: gcs_fault_proxy.counts.get(f, 0) for f in faults} == dict.fromkeys(faults, 1)
+    assert loader.stats()["io"]["requests"] > 0
+    ds.close()
