@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from .format.shard_reader import ShardReader
 from .format.spec import MANIFEST_NAME
 from .io.fs import child_session, is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
+from .io.manifest_share import read_shared
 from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
 from .io.source import open_source
 
@@ -579,8 +581,19 @@ def _check_limit(options: RemoteOptions) -> None:
 
 def _read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) -> Manifest:
     path = join(fs, root, MANIFEST_NAME)
+    read = functools.partial(_manifest_bytes, fs, root, shown, path, store)
+    options = store.options if store is not None else None
+    if options is not None and options.share_manifest and store.cache is not None:
+        data = read_shared(read, _display(fs, path), store.cache.dir,
+                           wait_s=options.manifest_wait_s)  # fmt: skip
+    else:
+        data = read()
+    return Manifest.from_bytes(data, _display(fs, path))
+
+
+def _manifest_bytes(fs, root: str, shown: str, path: str, store: RemoteStore | None) -> bytes:
     try:
-        data = store.cat(path, _display(fs, path)) if store is not None else fs.cat_file(path)
+        return store.cat(path, _display(fs, path)) if store is not None else fs.cat_file(path)
     except FileNotFoundError:
         if not fs.exists(root):
             raise IncompleteDatasetError(f"{shown}: no such dataset (the path does not exist)") \
@@ -591,4 +604,3 @@ def _read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) 
         ) from None
     except IsADirectoryError:
         raise ManifestError(f"{path}: is a directory, not a manifest") from None
-    return Manifest.from_bytes(data, _display(fs, path))

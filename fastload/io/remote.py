@@ -53,6 +53,9 @@ class RemoteOptions:
     mapped_blocks: int = 1024  # cached blocks kept mapped per process (verified once)
     tail_bytes: int = 256 << 10  # the end of a shard fetched at open: trailer, index (and
     # the last blocks; all of a small shard)
+    share_manifest: bool = False  # the local ranks of a launch read the manifest once: local
+    # rank 0 fetches it, the others take its copy in the cache directory (manifest_share.py)
+    manifest_wait_s: float = 300.0  # how long they wait for that copy
 
 
 def read_fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
