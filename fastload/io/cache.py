@@ -9,6 +9,9 @@ Layout (everything fastload owns lives under ``<cache_dir>/fastload-cache-v1/``)
     shards/<key>/<offset>-<length>.blk   one block, exactly the object's bytes in that range
     tmp/<pid>-<random>.part  a block being written; renamed into shards/ only when complete
     locks/<key>-<offset>.lock  held (flock) by the one process fetching that block
+    manifests/<key>-<launch>.json  a launch's shared copy of a manifest (manifest_share.py:
+                             a few per running job, outside the byte limit; removed once the
+                             launch is over)
 
 - Names under ``shards/`` are hashes of the object's URL and content hash, never the URL's own
   path segments, so no URL (``..``, absolute paths) can put a file outside the cache.
