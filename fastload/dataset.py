@@ -92,8 +92,9 @@ class Dataset:
         local = protocol in ("file", "local")
         self._fs_options = storage_options if local else \
             read_fs_options(protocol, storage_options)  # fmt: skip
-        self.fs, self.root = open_fs(self.path, self._fs_options)
-        self.remote = not is_local(self.fs)
+        self._fs, self.root = open_fs(self.path, self._fs_options)
+        self._parent_fs = None  # a forked child's: what it reopens (see fs)
+        self.remote = not is_local(self._fs)
         self._pid = os.getpid()
         options = copy.copy(remote_options) if remote_options is not None else RemoteOptions()
         if cache_dir is not None:
@@ -171,6 +172,19 @@ class Dataset:
                     self._table.add(s, reader)
         return self._table
 
+    @property
+    def fs(self):
+        """The dataset's fsspec filesystem. A forked child (a loader worker) makes its own at
+        first use: the parent's connections and event loop are not usable there."""
+        if self.remote:
+            self._own()
+        if self._fs is None:
+            self._fs, _ = reopen_fs(self._parent_fs, self.path, self._fs_options,
+                                    session=self._child_session)  # fmt: skip
+            self._parent_fs = None
+            self._child_session = None  # this process's children get their own
+        return self._fs
+
     # -- remote reads -----------------------------------------------------------------------
     def _own(self) -> None:
         """Start afresh if this is a forked child of the process that opened things."""
@@ -188,9 +202,8 @@ class Dataset:
         self._pid = os.getpid()
         parent = self._store
         self._store = None
-        self.fs, _ = reopen_fs(self.fs, self.path, self._fs_options,
-                               session=self._child_session)  # fmt: skip
-        self._child_session = None  # this process's children get their own
+        if self._fs is not None:  # reopened at first use (fs), often never: see RemoteStore
+            self._parent_fs, self._fs = self._fs, None
         if parent is None:
             self._readers = [None] * len(self._readers)
             self._table = None
@@ -242,7 +255,8 @@ class Dataset:
     def _store_(self) -> RemoteStore:
         self._own()
         if self._store is None:
-            self._store = RemoteStore(self.fs, self.remote_options)
+            fs = self._fs if self._fs is not None else functools.partial(_fs_of, self)
+            self._store = RemoteStore(fs, self.remote_options)
         return self._store
 
     @property
@@ -513,6 +527,8 @@ class Dataset:
         state["_table"] = None
         state["_store"] = None  # threads and open connections stay in this process
         state["_child_session"] = None
+        state["_fs"] = self._fs if self._fs is not None else self._parent_fs
+        state["_parent_fs"] = None
         return state
 
     def __repr__(self) -> str:
@@ -577,6 +593,10 @@ def _check_limit(options: RemoteOptions) -> None:
     from .utils import parse_size
 
     parse_size(options.cache_limit)  # a bad size fails here, not in a worker
+
+
+def _fs_of(dataset: Dataset):
+    return dataset.fs
 
 
 def _read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) -> Manifest:

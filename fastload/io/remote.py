@@ -21,8 +21,9 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
+import fsspec
 import numpy as np
 
 from ..format.checksum import hash64
@@ -80,12 +81,17 @@ class RemoteStore:
     """Ranged reads of one dataset's objects, with retries, the cache and a fetch pool."""
 
     def __init__(self, fs, options: RemoteOptions) -> None:
-        self.fs = fs
+        """``fs``: the filesystem, or a function that makes it when the first request needs
+        it (a forked worker reading only cached blocks never does: making one costs ~6 ms
+        and a thread, each worker, each epoch)."""
+        self._fs = None
+        self._open_fs: Optional[Callable[[], Any]] = None
+        if isinstance(fs, fsspec.AbstractFileSystem):
+            self._use(fs)
+        else:
+            self._open_fs = fs
         self.options = options
         self.policy = options.retry
-        self._s3 = _protocol(fs) in ("s3", "s3a") and hasattr(fs, "_call_s3")
-        if _protocol(fs) in ("s3", "s3a") and "retries" not in getattr(fs, "storage_options", {}):
-            fs.retries = 1  # s3fs's own loop; ours counts, resumes and is bounded
         cache_dir = options.cache_dir
         self.cache: Optional[BlockCache] = None
         if cache_dir is not False:
@@ -103,6 +109,20 @@ class RemoteStore:
         self.maps: OrderedDict[tuple[int, int], memoryview] = OrderedDict()
         self.pending_bytes = 0
         self.filling = 0  # background GETs of shards read densely (RemoteSource._fill_more)
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            with self._lock:
+                if self._fs is None:
+                    self._use(self._open_fs())
+        return self._fs
+
+    def _use(self, fs) -> None:
+        self._s3 = _protocol(fs) in ("s3", "s3a") and hasattr(fs, "_call_s3")
+        if _protocol(fs) in ("s3", "s3a") and "retries" not in getattr(fs, "storage_options", {}):
+            fs.retries = 1  # s3fs's own loop; ours counts, resumes and is bounded
+        self._fs = fs
 
     def adopt(self, parent: "RemoteStore") -> None:
         """In a forked child: keep the parent's mapped, checked cache copies (read-only maps
@@ -189,10 +209,11 @@ class RemoteStore:
             STATS.add("requests")
             before = len(buf)
             try:
+                fs = self.fs
                 if self._s3:
                     self._s3_stream(path, pos, end, buf)
                 else:
-                    data = self.fs.cat_file(path, start=pos, end=end)
+                    data = fs.cat_file(path, start=pos, end=end)
                     if len(data) > end - pos:
                         raise OSError(f"asked for {end - pos} bytes at {pos}, got {len(data)}: "
                                       "the server ignored the range")

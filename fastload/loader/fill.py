@@ -72,7 +72,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     nbytes = sum(v.nbytes for v in views.values())
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
-        timings["io"] = dataset.io_stats_delta()
+        io = dataset.io_stats_delta()
+        if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
+            timings["io"] = io
     return listed, timings
 
 

@@ -438,7 +438,8 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
 
     idx = batch()
     assert not fast.gather(idx, layout.views(slab, 16))  # cold: nothing at hand
-    assert fill.fill_batch(ds, layout, slab, idx, (0, 0))[0] == {}
+    listed, timings = fill.fill_batch(ds, layout, slab, idx, (0, 0))
+    assert listed == {} and timings["io"]["requests"] > 0  # the counters travel with it
     assert_rows(layout.views(slab, 16), idx)
     for _ in range(2):  # fetched and cached, then mapped from the cache
         ds.read_into(np.arange(len(ds)))
@@ -447,6 +448,9 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
         slab[:] = 0
         assert fast.gather(idx, layout.views(slab, n))
         assert_rows(layout.views(slab, n), idx)
+    # nothing fetched or read from the cache: no counters, so the result travels flat
+    ds.io_stats_delta()  # (what the reads above counted)
+    assert "io" not in fill.fill_batch(ds, layout, slab, idx, (0, 0))[1]
     ds.close()  # the sources it knew are gone: read_into reopens the shards
     idx = batch()
     assert not fast.gather(idx, layout.views(slab, 16))
@@ -532,6 +536,36 @@ def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, 
         assert cold._prepare_workers() == 0
         assert delta(before, cold.io_stats())["requests"] == 0
         assert all(r is None for r in cold._readers)
+
+
+def test_a_forked_child_makes_its_filesystem_only_for_a_request(s3_server, s3_tokens,
+                                                                 tmp_path):  # fmt: skip
+    """A forked worker reading only what the parent has at hand makes no filesystem of its
+    own (making one cost ~6 ms and a thread per worker per epoch); its first request makes
+    one, and reads right."""
+    import os
+
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    assert ds.get_batch(range(8))["i"].tolist() == list(range(8))  # shard 0, held
+    last = len(ds) - 1  # in another shard, never opened
+    assert ds.locate(last)[0] > 0 and ds._readers[ds.locate(last)[0]] is None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports through the pipe, and never returns into pytest
+        try:
+            ok = [ds.get_batch(range(8))["i"].tolist() == list(range(8)), ds._fs is None,
+                  ds.io_stats()["requests"] == 0]
+            ok += [ds[last]["i"] == last, ds._fs is not None, ds.io_stats()["requests"] > 0]
+            os.write(w, "".join("1" if x else "0" for x in ok).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 16) == b"111111"
+    os.close(r)
+    assert ds[last]["i"] == last  # the parent's filesystem is still its own
+    ds.close()
 
 
 def test_fork_while_the_parent_reads_ahead(fault_proxy, s3_ds, tmp_path):
