@@ -208,8 +208,8 @@ class Dataset:
             self._readers = [None] * len(self._readers)
             self._table = None
             return
-        store = self._store_()
-        store.adopt(parent)
+        store = self._store = RemoteStore(functools.partial(_fs_of, self), self.remote_options,
+                                          parent=parent)  # fmt: skip
         for reader in self._readers:
             if reader is not None:
                 reader.source.adopt(store)

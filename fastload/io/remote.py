@@ -80,10 +80,12 @@ def _protocol(fs) -> str:
 class RemoteStore:
     """Ranged reads of one dataset's objects, with retries, the cache and a fetch pool."""
 
-    def __init__(self, fs, options: RemoteOptions) -> None:
+    def __init__(self, fs, options: RemoteOptions, *, parent: "RemoteStore | None" = None) -> None:
         """``fs``: the filesystem, or a function that makes it when the first request needs
         it (a forked worker reading only cached blocks never does: making one costs ~6 ms
-        and a thread, each worker, each epoch)."""
+        and a thread, each worker, each epoch). ``parent``: in a forked child, the parent's
+        store, whose cache (paths and a limit; its locks are taken per call) and mapped,
+        checked blocks (read-only maps of files) this one keeps."""
         self._fs = None
         self._open_fs: Optional[Callable[[], Any]] = None
         if isinstance(fs, fsspec.AbstractFileSystem):
@@ -93,8 +95,8 @@ class RemoteStore:
         self.options = options
         self.policy = options.retry
         cache_dir = options.cache_dir
-        self.cache: Optional[BlockCache] = None
-        if cache_dir is not False:
+        self.cache: Optional[BlockCache] = parent.cache if parent is not None else None
+        if cache_dir is not False and parent is None:
             try:
                 self.cache = BlockCache(cache_dir or default_cache_dir(), options.cache_limit)
             except OSError as e:
@@ -106,7 +108,8 @@ class RemoteStore:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         # Cached blocks already mapped and checked: (source id, block) -> memoryview.
-        self.maps: OrderedDict[tuple[int, int], memoryview] = OrderedDict()
+        self.maps: OrderedDict[tuple[int, int], memoryview] = \
+            OrderedDict(parent.maps) if parent is not None else OrderedDict()  # fmt: skip
         self.pending_bytes = 0
         self.filling = 0  # background GETs of shards read densely (RemoteSource._fill_more)
 
@@ -123,11 +126,6 @@ class RemoteStore:
         if _protocol(fs) in ("s3", "s3a") and "retries" not in getattr(fs, "storage_options", {}):
             fs.retries = 1  # s3fs's own loop; ours counts, resumes and is bounded
         self._fs = fs
-
-    def adopt(self, parent: "RemoteStore") -> None:
-        """In a forked child: keep the parent's mapped, checked cache copies (read-only maps
-        of files, valid in the child)."""
-        self.maps = OrderedDict(parent.maps)
 
     def add_pending(self, n: int) -> None:
         """Bytes of read-ahead held in memory, over every shard of this store."""
