@@ -402,10 +402,11 @@ class Dataset:
         C-contiguous; a shared-memory batch buffer, say): one copy of their bytes, in C++.
         Returns the other fields, by name.
 
-        ``image_views``: image fields whose values hold memoryviews into one buffer of the
-        batch's variable-size bytes instead of a bytes copy each (for a caller that decodes
-        them at once: a batch of 256 JPEGs is ~30 MB, and copying it twice left that much more heap
-        in every loader worker)."""
+        ``image_views``: image fields whose values are read-only memoryviews straight into
+        the records' checked bytes (the mapped shard, or a block held in memory) instead of a
+        bytes copy each, for a caller that decodes them at once: a batch of 256 JPEGs is
+        ~30 MB, which each loader worker copied (and held) per batch. The views keep what they
+        point into alive."""
         out = dict(out or {})
         spans = self._locate(_as_indices(indices))
         layout = self._layout
@@ -482,21 +483,28 @@ class Dataset:
         if len(bad):
             raise corrupt(bad[0], "is malformed: its field lengths run past its end")
         sizes = (ends - starts).reshape(-1)
-        dst = np.zeros(len(sizes), np.uint64)  # where each value starts in ``data``
-        np.cumsum(sizes[:-1], dtype=np.uint64, out=dst[1:])
-        data = np.empty(int(sizes.sum()), np.uint8)
         src_off = (offsets[:, None] + np.uint64(layout.header_size) + starts).reshape(-1)
-        _core.gather(buffers, np.repeat(src, k), src_off, sizes, data, dst)
-        view = memoryview(data)
-        columns: dict[str, list] = {}
+        # Fields in ``image_views`` are views straight into the record's buffer (a mapped
+        # shard, a block held in memory); the others are copied into one buffer, ``data``.
         as_views = set(image_views)
+        in_place = np.tile([f.name in as_views for f in layout.var_fields], n)
+        copied = np.where(in_place, np.uint64(0), sizes)
+        dst = np.zeros(len(sizes), np.uint64)  # where each copied value starts in ``data``
+        np.cumsum(copied[:-1], dtype=np.uint64, out=dst[1:])
+        data = np.empty(int(copied.sum()), np.uint8)
+        _core.gather(buffers, np.repeat(src, k), src_off, copied, data, dst)
+        views = [memoryview(data)] + [_byte_view(b) for b in buffers] if as_views else \
+            [memoryview(data)]  # fmt: skip
+        columns: dict[str, list] = {}
         for j, f in enumerate(layout.var_fields):
             col, no_copy = [], f.name in as_views
             for i in range(n):
-                a = int(dst[i * k + j])
+                v = i * k + j
+                view, a = (views[1 + int(src[i])], int(src_off[v])) if no_copy else \
+                    (views[0], int(dst[v]))  # fmt: skip
                 try:
-                    col.append(layout.var_value(f, view[a : a + int(sizes[i * k + j])],
-                                                headers[i], image_views=no_copy))  # fmt: skip
+                    col.append(layout.var_value(f, view[a : a + int(sizes[v])], headers[i],
+                                                image_views=no_copy))  # fmt: skip
                 except RecordDecodeError as e:
                     raise corrupt(i, f"is malformed: {e}") from None
             columns[f.name] = col
@@ -593,6 +601,11 @@ def _check_limit(options: RemoteOptions) -> None:
     from .utils import parse_size
 
     parse_size(options.cache_limit)  # a bad size fails here, not in a worker
+
+
+def _byte_view(buffer) -> memoryview:
+    view = memoryview(buffer)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
 def _fs_of(dataset: Dataset):
