@@ -496,7 +496,8 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
         ("x torch", "samples/s / torch DataLoader's. x limit: / the practical limit's (bare "
                     "memmap gather; two-core PIL limit)."),
         ("1st s", "time to first batch: from building the dataset and loader (imports done "
-                  "before) to the first batch."),
+                  "before: torch, the contender's library, and Pillow for every row that "
+                  "decodes with it) to the first batch."),
         ("stall", f"a fresh pass in which a fake step of {STEP_FACTOR} x the contender's own "
                   "mean batch time (80% of its top rate) consumes each batch: time inside "
                   "next() / pass time, its first batch left out. busy: the step spins on a "

@@ -451,7 +451,8 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                       "with If-Match) got 412 from moto and stalled 60 s, an artifact of the "
                       f"test proxy. Runs in its own venv: {venv}."),
         ("1st s", "time to first batch, from building the dataset and loader (imports done "
-                  "before, the S3 client's too: s3fs for fastload, boto3 for Streaming)."),
+                  "before, the S3 client's too: s3fs for fastload, boto3 for Streaming; and "
+                  "Pillow for the image rows)."),
         ("requests", "loader.stats()['io'] summed over the workers: GETs (manifest, shard "
                      "header and index, blocks; one per stretch of neighbouring blocks), MB got "
                      "= bytes_fetched, hits = cache_hits; all counters in the JSON. The "
