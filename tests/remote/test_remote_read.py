@@ -328,6 +328,18 @@ def test_manifest_read_is_retried(fault_proxy, s3_ds):
         assert len(ds) == N
 
 
+def assert_epoch_exactly_once(loader) -> None:
+    """An epoch of ``loader`` over the index dataset: every record once, every byte right."""
+    seen = []
+    for batch in loader:
+        ids = batch["i"].tolist()
+        seen += ids
+        for i, b, v in zip(ids, batch["b"], batch["v"]):
+            assert b == index_bytes(i)
+            assert np.asarray(v).tobytes() == index_record(i)["v"].tobytes()
+    assert sorted(seen) == list(range(N))
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("workers,worker_type", [(0, "process"), (2, "process"),
                                                 (2, "thread")])
@@ -344,14 +356,7 @@ def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_prox
                                                        tail_bytes=1024))
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers, seed=1,
                                  timeout=60 if workers else 0, worker_type=worker_type)
-    seen = []
-    for batch in loader:
-        ids = batch["i"].tolist()
-        seen += ids
-        for i, b, v in zip(ids, batch["b"], batch["v"]):
-            assert b == index_bytes(i)
-            assert np.asarray(v).tobytes() == index_record(i)["v"].tobytes()
-    assert sorted(seen) == list(range(N))
+    assert_epoch_exactly_once(loader)
     injected = sum(v for k, v in fault_proxy.counts.items() if k != "requests")
     assert injected > 5
     io = loader.stats()["io"]
@@ -673,14 +678,7 @@ def test_gcs_loader_epoch_under_faults_exactly_once(gcs_fault_proxy, gcs_ds, tmp
                                                        tail_bytes=1024))  # fmt: skip
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, seed=1,
                                  timeout=60)  # fmt: skip
-    seen = []
-    for batch in loader:
-        ids = batch["i"].tolist()
-        seen += ids
-        for i, b, v in zip(ids, batch["b"], batch["v"]):
-            assert b == index_bytes(i)
-            assert np.asarray(v).tobytes() == index_record(i)["v"].tobytes()
-    assert sorted(seen) == list(range(N))
+    assert_epoch_exactly_once(loader)
     assert {f: gcs_fault_proxy.counts.get(f, 0) for f in faults} == dict.fromkeys(faults, 1)
     assert loader.stats()["io"]["requests"] > 0
     ds.close()
