@@ -53,6 +53,11 @@ class Task:
     part: int = 0  # this task's share of a batch that several workers fill (see fill_batch)
     parts: int = 1
 
+    def rows(self) -> tuple[int, int]:
+        """The rows of the batch this task fills: its share (all of them, unshared)."""
+        n = len(self.indices)
+        return n * self.part // self.parts, n * (self.part + 1) // self.parts
+
 
 @dataclass
 class Result:
@@ -188,7 +193,7 @@ def _hint(dataset, message) -> None:
     if not message:
         return
     try:
-        dataset.prefetch(np.concatenate([t.indices for t in message]))
+        dataset.prefetch(np.concatenate([t.indices[slice(*t.rows())] for t in message]))
     except Exception:
         pass
 
@@ -200,9 +205,8 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
     try:
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
                                      task.indices, task.rng_seed, share)  # fmt: skip
-        n = len(task.indices)  # this share's rows (see fill_batch)
-        samples = n * (task.part + 1) // task.parts - n * task.part // task.parts
-        return Result(task.batch, task.slab, samples, listed, timings, None, *share)
+        lo, hi = task.rows()
+        return Result(task.batch, task.slab, hi - lo, listed, timings, None, *share)
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
         return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where),
