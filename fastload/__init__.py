@@ -17,6 +17,7 @@ from .errors import (
     ShardChecksumError,
     ShardFormatError,
     SourceRecordError,
+    TooManyBadSamplesError,
 )
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
@@ -26,7 +27,8 @@ __version__ = "0.1.0"
 
 # The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
 # their worker processes, never need it, so it is imported on first use.
-_LAZY = {"DataLoader": "loader", "ImageDecode": "loader", "Mix": "mix"}
+_LAZY = {"DataLoader": "loader", "ImageDecode": "loader", "SkipBadSamples": "loader",
+         "Mix": "mix"}
 
 
 def __getattr__(name: str):
@@ -46,6 +48,7 @@ __all__ = [
     "Dataset",
     "DataLoader",
     "ImageDecode",
+    "SkipBadSamples",
     "Mix",
     "Writer",
     "merge_parts",
@@ -64,4 +67,5 @@ __all__ = [
     "SourceRecordError",
     "RemoteReadError",
     "RemoteAccessError",
+    "TooManyBadSamplesError",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "SourceRecordError",
     "RemoteReadError",
     "RemoteAccessError",
+    "TooManyBadSamplesError",
 ]
 
 
@@ -72,3 +73,7 @@ class RemoteReadError(FastloadError, OSError):
 
 class RemoteAccessError(RemoteReadError, PermissionError):
     """The object store refused access (HTTP 403): check the credentials."""
+
+
+class TooManyBadSamplesError(FastloadError, RuntimeError):
+    """The loader skipped more bad samples than its ``bad_samples`` budget allows."""

@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSam
 
 from ..dataset import Dataset
 from ..mix import Mix
+from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
 from .layout import BatchLayout, ImageDecode
 from .planning import PlanBatchSampler, Planner, wants_plan
 from .pool import LoaderTimeoutError, WorkerDiedError, WorkerPool
@@ -49,7 +50,10 @@ class DataLoader:
     - ``seed``: plan the order from (seed, epoch) instead of torch's samplers (see below);
     - ``rank`` / ``world_size``: this process's DDP place (default: torch.distributed when
       initialised, else the RANK / WORLD_SIZE environment variables);
-    - ``block_window``: blocks per shuffle window of ``shuffle="block"``.
+    - ``block_window``: blocks per shuffle window of ``shuffle="block"``;
+    - ``bad_samples``: ``"raise"`` (default), or ``"skip"`` / a :class:`SkipBadSamples` budget:
+      images of ``decode=`` fields that fail to decode are dropped from their batch and
+      counted (``stats()["skipped_samples"]``) instead of raising (see badsamples.py).
 
     **Planned order.** With ``seed=``, ``shuffle="global"`` / ``"block"``, ``rank=`` /
     ``world_size=`` or a :class:`fastload.Mix`, the loader plans its own order (seed defaults to
@@ -87,6 +91,7 @@ class DataLoader:
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         block_window: int = 16,
+        bad_samples: str | SkipBadSamples = "raise",
     ) -> None:
         if worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {_WORKER_TYPES}, got {worker_type!r}")
@@ -139,12 +144,17 @@ class DataLoader:
                                f"{torch.__version__} finds no GPU); leave device unset or use "
                                "device='cpu'")  # fmt: skip
         self._stats = LoaderStats()
+        policy = policy_of(bad_samples)
+        self._budget = BadSampleBudget(policy) if policy is not None else None
         self._pool: Optional[WorkerPool] = None
         self._persistent_seed: Optional[int] = None  # persistent workers' base seed
         self.fast = _fast_capable(dataset) and collate_fn is None and batch_size is not None
         if decode and not self.fast:
             raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn")  # fmt: skip
+        if policy is not None and not decode:
+            raise ValueError("bad_samples='skip' applies to the images of decode= fields; "
+                             "without decode= nothing is decoded to skip")  # fmt: skip
         self.batch_sampler = self._torch.batch_sampler
         self.sampler = self._torch.sampler
         if not self.fast:
@@ -351,15 +361,17 @@ class DataLoader:
             slab = self._slabs.acquire(grow=True)
             try:
                 listed, timings = fill_batch(self.dataset, self.layout, self._slabs.arrays[slab],
-                                             indices, self._rng_seed(base_seed, j))  # fmt: skip
+                                             indices, self._rng_seed(base_seed, j),
+                                             skip_bad=self._budget is not None)  # fmt: skip
             except BaseException:
                 self._slabs.release(slab)
                 raise
-            yield self._deliver(Result(j, slab, len(indices), listed, timings))
+            yield self._deliver(Result(j, slab, len(indices), listed, timings,
+                                       bad=timings.pop("bad", None)))  # fmt: skip
 
     def _start_pool(self, base_seed: int) -> WorkerPool:
         setup = WorkerSetup(self.dataset, self.layout, self.worker_init_fn, self.num_workers,
-                            base_seed)  # fmt: skip
+                            base_seed, skip_bad=self._budget is not None)  # fmt: skip
         self._pool = WorkerPool(setup, self._slabs, worker_type=self.worker_type,
                                 context=self.multiprocessing_context)  # fmt: skip
         return self._pool
@@ -477,6 +489,8 @@ class DataLoader:
         """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
         start = time.perf_counter()
         lease = self._slabs.lease(result.slab)
+        if self._budget is not None:
+            self._skip_bad(result, lease)
         views = self.layout.views(lease, result.samples)
         batch: dict[str, Any] = {}
         for name in self.dataset.schema.names:
@@ -490,6 +504,22 @@ class DataLoader:
         if self.device is not None:
             batch = self._to_device(batch)
         return batch
+
+    def _skip_bad(self, result: Result, slab: np.ndarray) -> None:
+        """Drop ``result``'s skipped rows: the rows after them move up in the slab, listed
+        fields lose them, and the budget counts them (raising once it is spent)."""
+        n = result.samples
+        self._budget.add(n, result.bad or ())  # (on an error the lease frees the slab)
+        if not result.bad:
+            return
+        dropped = {row for row, _ in result.bad}
+        keep = np.array([i for i in range(n) if i not in dropped], np.int64)
+        for v in self.layout.views(slab, n).values():
+            v[: len(keep)] = v[keep]
+        result.listed = {name: ([values[i] for i in keep] if isinstance(values, list)
+                                else values[keep]) for name, values in result.listed.items()}  # fmt: skip
+        result.samples = len(keep)
+        self._stats.skipped += len(dropped)
 
     # -- pinning and device transfer ------------------------------------------------------
     def _setup_pinning(self, pin_memory: bool, pin_memory_device: str) -> bool:
@@ -563,7 +593,9 @@ def _merge_shares(shares: list[Result]) -> Result:
             listed.setdefault(name, []).append(values)
     joined = {name: (np.concatenate(v) if isinstance(v[0], np.ndarray) else
                      [x for part in v for x in part]) for name, v in listed.items()}  # fmt: skip
-    return Result(first.batch, first.slab, sum(r.samples for r in shares), joined, timings)
+    bad = [b for r in shares for b in (r.bad or ())]
+    return Result(first.batch, first.slab, sum(r.samples for r in shares), joined, timings,
+                  bad=bad or None)  # fmt: skip
 
 
 def _hinting(dataset: Any, plan: Iterator[np.ndarray],

@@ -20,8 +20,8 @@ class BatchTimings(dict):
 
 
 def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices: np.ndarray,
-               rng_seed: tuple[int, ...],
-               part: tuple[int, int] = (0, 1)) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
+               rng_seed: tuple[int, ...], part: tuple[int, int] = (0, 1),
+               skip_bad: bool = False) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
     """Write records ``indices`` into ``slab`` (fixed-size fields gathered in C++, images
     decoded in place); return the fields that travel as lists, and the stage timings.
 
@@ -32,6 +32,10 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     ``part=(k, parts)``: fill only the k-th of ``parts`` contiguous shares of the batch's rows
     (every field; the listed fields returned are that share's). Several workers fill one
     batch of images at once this way, each its share.
+
+    ``skip_bad``: an image that does not decode is left as zeros and its row listed in the
+    timings' ``"bad"`` as ``(row, why)`` (the consumer drops it; see badsamples.py) instead of
+    raising.
     """
     start = time.perf_counter()
     n = len(indices)
@@ -51,8 +55,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         listed = {}
     read_done = time.perf_counter()
     if layout.decode:
-        from ..decode import decode_batch_into, draw_batch_params, image_rngs
+        from ..decode import draw_batch_params, image_rngs
 
+        bad: list[tuple[int, str]] = []
         for f, (name, spec) in enumerate(layout.decode.items()):
             images = listed.pop(name)
             heights, widths = [im.height for im in images], [im.width for im in images]
@@ -60,22 +65,46 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
             if spec.train:
                 rngs = image_rngs((*rng_seed, f), range(lo, hi))
                 params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
-            try:
-                decode_batch_into([im.data for im in images], heights, widths, views[name],
-                                  train=spec.train, params=params, layout=spec.layout)
-            except Exception as e:
-                index = getattr(e, "index", None)
-                if index is not None and hasattr(e, "add_note"):
-                    e.add_note(f"field {name!r} of dataset record {int(mine[index])}")
-                raise
+            for i, e in _decode(images, heights, widths, views[name], params, spec, skip_bad):
+                where = f"field {name!r} of dataset record {int(mine[i])}"
+                if not skip_bad:
+                    if hasattr(e, "add_note"):
+                        e.add_note(where)
+                    raise e
+                bad.append((lo + i, f"{where}: {e.reason}"))
     done = time.perf_counter()
     nbytes = sum(v.nbytes for v in views.values())
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
+    if layout.decode and bad:
+        timings["bad"] = sorted(bad)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
         io = dataset.io_stats_delta()
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
     return listed, timings
+
+
+def _decode(images: list, heights: list, widths: list, out: np.ndarray, params, spec,
+            skip_bad: bool):  # fmt: skip
+    """Decode ``images`` into ``out``; yields ``(i, DecodeError)`` for each image that fails
+    (only the first unless ``skip_bad``: the caller raises it), its row left as zeros."""
+    from ..decode import DecodeError, decode_batch_into
+
+    data, start = [im.data for im in images], 0
+    while start < len(images):
+        part = slice(start, None)
+        try:
+            decode_batch_into(data[part], heights[part], widths[part], out[part],
+                              train=spec.train, layout=spec.layout,
+                              params=params[part] if params is not None else None)  # fmt: skip
+            return
+        except DecodeError as e:
+            if e.index is None:
+                raise
+            i = start + e.index
+            out[i] = 0
+            yield i, e
+            start = i + 1
 
 
 class RawGather:

@@ -11,8 +11,8 @@ its time per batch. So the plain cases travel as one flat numpy array instead:
   bytes``.
 
 Anything else (a task that carries a new slab's handle, seeds that are not two ints in
-[0, 2**64), a result with an error, listed fields or remote-read counters, a share of a batch
-that several workers fill, the ``None`` that stops a worker) is pickled as before; the receiver tells the two apart by the magic (a pickle
+[0, 2**64), a result with an error, listed fields, remote-read counters or skipped rows, a share of a
+batch that several workers fill, the ``None`` that stops a worker) is pickled as before; the receiver tells the two apart by the magic (a pickle
 never starts with it).
 """
 
@@ -59,7 +59,8 @@ def encode_results(results: list) -> bytes:
     rows = []
     for r in results:
         timings = r.timings
-        if r.error is not None or r.listed or not timings or len(timings) != 3 or r.parts != 1:
+        if r.error is not None or r.listed or not timings or len(timings) != 3 or \
+                r.parts != 1 or r.bad:  # fmt: skip
             return _pickle(results)  # listed fields, an error, io counters or a share: pickled
         rows.append((r.batch, r.slab, r.samples, timings["read"], timings["decode"],
                      timings["bytes"]))  # fmt: skip

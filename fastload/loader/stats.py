@@ -21,6 +21,7 @@ class LoaderStats:
     # Remote reads (requests, retries, bytes_fetched, cache_hits, ...), summed over workers;
     # see Dataset.io_stats().
     io: dict = field(default_factory=dict)
+    skipped: int = 0  # samples dropped under bad_samples="skip"
     _started: float | None = None
 
     def start(self) -> None:
@@ -53,4 +54,5 @@ class LoaderStats:
             # consumer's own.
             "stage_seconds": dict(self.stage_seconds),
             "io": dict(self.io),
+            "skipped_samples": self.skipped,
         }

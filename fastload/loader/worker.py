@@ -41,6 +41,7 @@ class WorkerSetup:
     worker_init_fn: Optional[Callable[[int], None]]
     num_workers: int
     seed: int
+    skip_bad: bool = False  # images that do not decode are dropped (badsamples.py)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Result:
     error: Optional["WorkerError"] = None
     part: int = 0
     parts: int = 1
+    bad: Optional[list] = None  # rows skipped: (row, why)
 
 
 @dataclass
@@ -204,9 +206,11 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
     share = (task.part, task.parts)
     try:
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
-                                     task.indices, task.rng_seed, share)  # fmt: skip
+                                     task.indices, task.rng_seed, share,
+                                     setup.skip_bad)  # fmt: skip
         lo, hi = task.rows()
-        return Result(task.batch, task.slab, hi - lo, listed, timings, None, *share)
+        return Result(task.batch, task.slab, hi - lo, listed, timings, None, *share,
+                      timings.pop("bad", None))  # fmt: skip
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
         return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where),

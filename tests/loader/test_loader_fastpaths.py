@@ -102,13 +102,14 @@ def test_results_round_trip_flat_and_pickled():
     for odd in ([Result(1, 1, error=error)],
                 [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
                 [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, io={"n": 1}))],
-                [Result(1, 1, 0, {}, BatchTimings(read=0, decode=0, bytes=0), part=1, parts=2)]):
+                [Result(1, 1, 0, {}, BatchTimings(read=0, decode=0, bytes=0), part=1, parts=2)],
+                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0), bad=[(1, "x")])]):
         data = encode_results(odd)
         assert data[:4] != RESULTS
         back = decode(data)[0]
-        assert (back.error, back.listed, dict(back.timings or {}), back.part, back.parts) == \
-            (odd[0].error, odd[0].listed, dict(odd[0].timings or {}), odd[0].part,
-             odd[0].parts)  # fmt: skip
+        assert (back.error, back.listed, dict(back.timings or {}), back.part, back.parts,
+                back.bad) == (odd[0].error, odd[0].listed, dict(odd[0].timings or {}),
+                              odd[0].part, odd[0].parts, odd[0].bad)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- RawGather

@@ -156,3 +156,85 @@ def test_shared_batches_count_once(images_path):
         assert torch.cat(batches).tolist() == list(range(N))
         stats = loader.stats()
         assert stats["samples"] == N and stats["batches"] == len(batches)
+
+
+# ------------------------------------------------------------------ bad images, skipped
+
+BAD = (5, 6, 40)  # two in a row in the first batch's first share, one in the second batch
+
+
+@pytest.fixture(scope="module")
+def bad_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad-images") / "ds"
+    with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"}) as w:
+        for i in range(N):
+            image = jpeg(i)[:200] if i in BAD else jpeg(i)  # header only: does not decode
+            w.write({"image": image, "label": i, "name": f"img{i}"})
+    return path
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
+                                                     (2, "thread")])  # fmt: skip
+def test_skip_drops_bad_images_and_counts_them(images_path, bad_path, num_workers,
+                                               worker_type):  # fmt: skip
+    """bad_samples='skip': each bad image's sample is dropped from its batch (the rest of the
+    batch moves up, every field), counted and logged; the good samples are exactly what the
+    same records give where nothing fails."""
+    good = {int(b["label"][k]): (b["image"][k], b["name"][k])
+            for b in epoch(images_path, 0, seed=3) for k in range(len(b["label"]))}  # fmt: skip
+    import logging
+
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("fastload").addHandler(handler)
+    try:
+        with fastload.Dataset(bad_path) as ds:
+            loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=num_workers,
+                                         worker_type=worker_type, bad_samples="skip", seed=3,
+                                         decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+            batches = list(loader)
+            stats = loader.stats()
+    finally:
+        logging.getLogger("fastload").removeHandler(handler)
+    assert [len(b["label"]) for b in batches] == [BATCH - 2, BATCH - 1, N - 2 * BATCH]
+    labels = [int(i) for b in batches for i in b["label"]]
+    assert labels == [i for i in range(N) if i not in BAD]
+    for b in batches:
+        assert len(b["image"]) == len(b["name"]) == len(b["label"])
+        for k, i in enumerate(b["label"].tolist()):
+            assert torch.equal(b["image"][k], good[i][0]) and b["name"][k] == good[i][1]
+    assert stats["skipped_samples"] == len(BAD) and stats["samples"] == N - len(BAD)
+    assert len(logged) == 1  # at most one warning every 10 s
+    assert "skipped 2 bad sample(s)" in logged[0] and "dataset record 6" in logged[0]
+
+
+def test_skipping_stops_when_the_budget_is_spent(bad_path):
+    decode = {"image": fastload.ImageDecode(SIZE)}
+    with fastload.Dataset(bad_path) as ds:
+        in_a_row = fastload.SkipBadSamples(max_consecutive=1)
+        loader = fastload.DataLoader(ds, batch_size=BATCH, bad_samples=in_a_row, decode=decode)
+        with pytest.raises(fastload.TooManyBadSamplesError,
+                           match=r"2 samples in a row .* 2 of 32 samples skipped"):
+            next(iter(loader))
+        rate = fastload.SkipBadSamples(max_fraction=0.04, probation=40)
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, bad_samples=rate,
+                                     decode=decode)  # fmt: skip
+        it = iter(loader)
+        next(it)  # 2 of 32: under probation
+        with pytest.raises(fastload.TooManyBadSamplesError, match=r"4.7% of the samples"):
+            next(it)  # 3 of 64 > 4%
+        # the default policy still raises at the first bad image
+        with pytest.raises(Exception, match="dataset record 5"):
+            next(iter(fastload.DataLoader(ds, batch_size=BATCH, decode=decode)))
+
+
+def test_bad_samples_argument_is_checked(images_path):
+    with fastload.Dataset(images_path) as ds:
+        with pytest.raises(ValueError, match="bad_samples must be"):
+            fastload.DataLoader(ds, bad_samples="ignore",
+                                decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        with pytest.raises(ValueError, match="decode="):
+            fastload.DataLoader(ds, bad_samples="skip")
+        with pytest.raises(ValueError, match="max_fraction"):
+            fastload.SkipBadSamples(max_fraction=2)

@@ -1,0 +1,94 @@
+"""What the loader does with an image that does not decode: raise (the default), or skip it
+within a budget (``DataLoader(..., bad_samples="skip")`` or ``SkipBadSamples(...)``).
+
+Skipping drops the sample from its batch (the batch comes one shorter; a batch whose every
+image failed comes with 0 samples, so that step counts and resumption stay aligned), counts
+it in ``loader.stats()["skipped_samples"]`` and logs a warning at most every
+``LOG_SECONDS``. The budget turns a broken dataset back into an error: more than
+``max_consecutive`` bad samples in a row, or more than ``max_fraction`` of the samples once
+``probation`` samples have been seen, raise :class:`fastload.errors.TooManyBadSamplesError`
+naming the counts and the last bad record. Only decode failures are skipped: a record whose
+checksum fails, an I/O error, MemoryError or KeyboardInterrupt always raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..errors import TooManyBadSamplesError
+
+__all__ = ["SkipBadSamples", "BadSampleBudget", "policy_of"]
+
+LOG_SECONDS = 10.0
+log = logging.getLogger("fastload")
+
+
+@dataclass(frozen=True)
+class SkipBadSamples:
+    """Skip images that fail to decode, within a budget (see the module docstring)."""
+
+    max_fraction: float = 0.01
+    max_consecutive: int = 100
+    probation: int = 100  # samples seen before max_fraction applies
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_fraction <= 1:
+            raise ValueError(f"max_fraction must be in [0, 1], got {self.max_fraction!r}")
+        if self.max_consecutive < 0 or self.probation < 0:
+            raise ValueError("max_consecutive and probation must be >= 0")
+
+
+def policy_of(bad_samples: object) -> Optional[SkipBadSamples]:
+    """``bad_samples`` as a policy: None to raise, else the budget to skip within."""
+    if bad_samples == "raise":
+        return None
+    if bad_samples == "skip":
+        return SkipBadSamples()
+    if isinstance(bad_samples, SkipBadSamples):
+        return bad_samples
+    raise ValueError(f"bad_samples must be 'raise', 'skip' or a SkipBadSamples, got "
+                     f"{bad_samples!r}")  # fmt: skip
+
+
+class BadSampleBudget:
+    """The consumer's count of samples delivered and skipped, in delivery order."""
+
+    def __init__(self, policy: SkipBadSamples) -> None:
+        self.policy = policy
+        self.seen = self.skipped = self.in_a_row = 0
+        self.last = ""
+        self._logged_at = float("-inf")
+
+    def add(self, n: int, bad: Sequence[tuple[int, str]] = ()) -> None:
+        """A batch of ``n`` samples whose rows ``bad`` (row, why) were skipped; raises
+        TooManyBadSamplesError once the budget is spent."""
+        self.seen += n
+        if not bad:
+            self.in_a_row = 0
+            return
+        rows = {row for row, _ in bad}
+        self.skipped += len(rows)
+        self.last = bad[-1][1]
+        for row in range(n):
+            self.in_a_row = self.in_a_row + 1 if row in rows else 0
+            if self.in_a_row > self.policy.max_consecutive:
+                raise TooManyBadSamplesError(
+                    f"{self.in_a_row} samples in a row failed to decode (max_consecutive="
+                    f"{self.policy.max_consecutive}); {self._so_far()}")
+        fraction = self.skipped / self.seen
+        if self.seen >= self.policy.probation and fraction > self.policy.max_fraction:
+            raise TooManyBadSamplesError(
+                f"{fraction:.1%} of the samples failed to decode (max_fraction="
+                f"{self.policy.max_fraction:g} after {self.policy.probation} samples); "
+                f"{self._so_far()}")
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_SECONDS:
+            log.warning("fastload: skipped %d bad sample(s) so far; last: %s",
+                        self.skipped, self.last)  # fmt: skip
+            self._logged_at = now
+
+    def _so_far(self) -> str:
+        return f"{self.skipped} of {self.seen} samples skipped so far; last: {self.last}"
