@@ -9,7 +9,13 @@ import numpy as np
 
 from .crop import check_out, decode_center_crop_into, decode_crop_into
 from .errors import DecodeError
-from .params import EVAL_CROP_RATIO, Crop, center_crop_params, random_resized_crop_params
+from .params import (
+    EVAL_CROP_RATIO,
+    Crop,
+    ImageRng,
+    center_crop_params,
+    random_resized_crop_params,
+)
 
 __all__ = ["decode_batch_into", "draw_batch_params", "image_rngs", "warm_up"]
 
@@ -23,7 +29,7 @@ def draw_batch_params(
     *,
     train: bool,
     rng: Optional[np.random.Generator] = None,
-    rngs: Optional[Sequence[np.random.Generator]] = None,
+    rngs: Optional[Sequence[ImageRng]] = None,
 ) -> List[Tuple[Crop, bool]]:
     """Crop and flip for each image, drawn in image order from ``rng``, or each image's from
     its own generator in ``rngs`` (see :func:`image_rngs`).
@@ -56,13 +62,13 @@ def draw_batch_params(
     return params
 
 
-def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> List[np.random.Generator]:
+def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> List[ImageRng]:
     """A generator per image, keyed by ``seed`` (a batch's seed words) and the image's
     position in its batch: an image's augmentation then does not depend on which other images
     are drawn with it, or where, so any part of a batch can be decoded on its own (the loader
     shares a batch of images among its workers) with the same result."""
     base = [int(x) for x in seed]
-    return [np.random.default_rng(base + [int(p)]) for p in positions]
+    return [ImageRng(base + [int(p)]) for p in positions]
 
 
 def _run(images, heights, widths, out, params, layout, lo, hi, jpeg_backend, resize_backend):
@@ -155,7 +161,7 @@ _warm = False
 
 def warm_up() -> None:
     """Do once, in this process, what the first image decode would otherwise pay for: the
-    decoders' self-check and the first call of the resize kernels (about 0.3 s here). The
+    decoders' self-check and the first call of the resize kernels (about 0.05 s here). The
     loader calls it before starting its workers, so forked workers begin warm and the first
     batch comes that much sooner. Never raises."""
     global _warm
@@ -173,7 +179,7 @@ def warm_up() -> None:
         f = io.BytesIO()
         Image.new("RGB", (64, 48), (90, 120, 150)).save(f, "JPEG")
         out = np.empty((1, 16, 16, 3), np.uint8)
-        decode_batch_into([f.getvalue()], [48], [64], out, train=True,
-                          rng=np.random.default_rng(0))  # fmt: skip
+        params = draw_batch_params([48], [64], (16, 16), train=True, rngs=image_rngs([0], [0]))
+        decode_batch_into([f.getvalue()], [48], [64], out, train=True, params=params)
     except Exception:  # a real problem shows on the first real image, with its index
         pass

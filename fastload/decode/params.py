@@ -6,15 +6,16 @@ step for step; evaluation crops may be fractional, so that one resize of that bo
 same picture as torchvision's ``Resize(int(size / 0.875))`` followed by ``CenterCrop(size)``.
 
 The algorithm is re-implemented here (torchvision does not import beside the CPU torch this
-project uses); its random numbers come from ``numpy.random.Generator`` rather than torch's
-global RNG, so the draws are deterministic from a seed but not the same numbers torchvision
-would draw.
+project uses); its random numbers come from a numpy ``Generator``, or an :class:`ImageRng`
+(the loader's: one per image), rather than torch's global RNG, so the draws are
+deterministic from a seed but not the same numbers torchvision would draw.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Tuple
+import random
+from typing import NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -49,6 +50,31 @@ class Crop(NamedTuple):
 def _check_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
+
+
+class ImageRng:
+    """One image's augmentation draws, with the three methods of a numpy ``Generator`` that
+    the crop and flip use, from Python's Mersenne Twister seeded by ``words`` (ints taken
+    modulo 2**64; different lists, different streams). Cheap to make one per image, and no
+    ``numpy.random`` import: that costs a fresh loader worker ~80 ms before its first batch."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, words: Sequence[int]) -> None:
+        seed = len(words)
+        for w in words:
+            seed = (seed << 64) | (int(w) & 0xFFFFFFFFFFFFFFFF)
+        self._r = random.Random(seed)
+
+    def uniform(self, low: float, high: float) -> float:
+        return self._r.uniform(low, high)
+
+    def integers(self, low: int, high: int) -> int:
+        """An int in ``[low, high)``."""
+        return self._r.randrange(low, high)
+
+    def random(self) -> float:
+        return self._r.random()
 
 
 def random_resized_crop_params(

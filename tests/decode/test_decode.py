@@ -11,6 +11,7 @@ from PIL import Image
 
 from fastload.decode import (
     DecodeError,
+    ImageRng,
     available_jpeg_backends,
     available_resize_backends,
     center_crop_params,
@@ -280,6 +281,17 @@ def test_params_per_image_generators_and_explicit(jpeg_rgb, jpeg_big):
         decode_batch_into(images, hs, ws, out, train=True, params=whole[:4])
     with pytest.raises(ValueError, match="generators"):
         draw_batch_params(hs, ws, (24, 24), train=True, rngs=image_rngs((1,), range(4)))
+
+
+def test_image_rng_is_keyed_by_its_words():
+    a, b = ImageRng([7, 2**64 + 3, 5]), ImageRng([7, 3, 5])  # words are taken modulo 2**64
+    assert [a.random() for _ in range(4)] == [b.random() for _ in range(4)]
+    draws = {tuple(ImageRng(w).random() for _ in range(3)) for w in ([1], [1, 0], [0, 1], [2])}
+    assert len(draws) == 4  # another list of words, another stream
+    r = ImageRng([9])
+    ints = [r.integers(3, 6) for _ in range(200)]
+    assert set(ints) == {3, 4, 5}
+    assert all(2.0 <= r.uniform(2.0, 2.5) < 2.5 for _ in range(100))
 
 
 def test_eval_matches_pil_resize_then_center_crop(jpeg_rgb, jpeg_big):
