@@ -49,8 +49,10 @@ class BlockTable:
         self.gather_of = np.full(n, -1, np.int32)
         self.base = np.cumsum([0] + [s.blocks for s in dataset.shards], dtype=np.int64)
         self.entries: list = [None] * int(self.base[-1])
+        self.shards_added = 0
 
     def add(self, s: int, reader: ShardReader) -> None:
+        self.shards_added += 1
         a, b = self.dataset._starts[s], self.dataset._starts[s + 1]
         blocks = reader.records["block"]
         self.offset[a:b] = reader.records["offset"]
@@ -273,6 +275,8 @@ class Dataset:
         if not self.remote:
             return 0
         self._own()
+        if self._all_mapped():
+            return 0  # nothing to fetch: a warm loader worker's hints cost ~4 us per batch
         idx = _as_indices(indices)
         n = len(self)
         idx = idx[(idx >= -n) & (idx < n)]
@@ -293,6 +297,17 @@ class Dataset:
         return self._prefetch_groups([(int(shard_of[run[0]]),
                                        idx[run] - self._starts[shard_of[run[0]]])
                                       for run in runs])  # fmt: skip
+
+    def _all_mapped(self) -> bool:
+        """Whether every shard is open here and every block mapped from the cache (maps hold
+        this dataset's blocks only: at most one each)."""
+        store = self._store
+        if store is None or not store.maps:
+            return False
+        table = self._block_table()
+        return table is not None and \
+            table.shards_added == len(self._readers) and \
+            len(store.maps) >= int(table.base[-1])  # fmt: skip
 
     def _prefetch_blocks(self, shards: list[int], blocks: list[int]) -> int:
         """:meth:`prefetch` of blocks ``(shards[i], blocks[i])`` of open shards, in order."""

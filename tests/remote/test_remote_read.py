@@ -467,6 +467,28 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     ds.close()
 
 
+def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
+    """A warm worker's read-ahead hints cost nothing once every block is mapped; when one is
+    not (evicted from the maps and the cache), hints fetch it again."""
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    assert not ds._all_mapped()
+    ds.read_into(np.arange(len(ds)))  # every block fetched and cached
+    assert not ds._all_mapped()
+    ds._prepare_workers()  # what the loader does before forking: the cached blocks mapped
+    assert ds._all_mapped()
+    assert ds.prefetch(np.arange(len(ds))) == 0
+    (uid, b), _ = ds._store.maps.popitem()
+    ds.cache.clear()
+    for reader in ds._readers:
+        reader._cache.clear()
+    assert not ds._all_mapped()
+    assert ds.prefetch(np.arange(len(ds))) >= 1
+    assert_rows({k: np.asarray(v) for k, v in ds.get_batch(np.arange(len(ds))).items()},
+                range(len(ds)))  # fmt: skip
+    ds.close()
+
+
 def test_compressed_blocks_are_never_gathered_in_place(s3_server, tmp_path):
     """zstd blocks must be decompressed first: however warm the cache, ResidentGather leaves
     their batches to read_into, which returns the right rows."""
