@@ -25,14 +25,21 @@ import re
 import time
 from typing import Callable, Optional
 
+from fsspec.implementations.local import LocalFileSystem
+
 from .. import errors
+from ..format.spec import TMP_SUFFIX
 from .cache import LAYOUT
+from .fs import atomic_write, remove_quietly
 
 __all__ = ["read_shared", "launch_of_this_process"]
 
 SHARE_DIR = "manifests"
 POLL_SECONDS = 0.05
-_NAME = re.compile(r"^[0-9a-f]{24}-(\d+)-(\d+)\.(json|error)(\.\d+\.tmp)?$")
+# names this module writes: copies, errors, and atomic_write's temporary files of either
+_NAME = re.compile(r"^[0-9a-f]{24}-(\d+)-(\d+)\.(json|error)"
+                   rf"(\.[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)})?$")
+_LOCAL = LocalFileSystem()
 
 
 def launch_of_this_process() -> Optional[tuple[int, str]]:
@@ -68,7 +75,7 @@ def read_shared(read: Callable[[], bytes], url: str, cache_dir: str, *,
 
 def _read_for_the_node(read: Callable[[], bytes], folder: str, copy: str, failure: str) -> bytes:
     _remove_stale(folder)
-    _remove(failure)  # an earlier attempt's
+    remove_quietly(_LOCAL, failure)  # an earlier attempt's
     try:
         data = read()
     except Exception as e:
@@ -107,17 +114,8 @@ def _wait_for_copy(url: str, copy: str, failure: str, wait_s: float) -> bytes:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(_LOCAL, path) as f:
         f.write(data)
-    os.replace(tmp, path)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _remove_stale(folder: str) -> None:
@@ -130,7 +128,7 @@ def _remove_stale(folder: str) -> None:
     for name in names:
         m = _NAME.match(name)
         if m is not None and _start_time(int(m.group(1))) != m.group(2):
-            _remove(os.path.join(folder, name))
+            remove_quietly(_LOCAL, os.path.join(folder, name))
 
 
 def _start_time(pid: int) -> Optional[str]:

@@ -12,7 +12,7 @@ from .. import _core
 from ..dataset import Dataset
 from .layout import BatchLayout
 
-__all__ = ["fill_batch", "BatchTimings"]
+__all__ = ["fill_batch", "share_rows", "BatchTimings"]
 
 
 class BatchTimings(dict):
@@ -39,11 +39,10 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     """
     start = time.perf_counter()
     n = len(indices)
-    k, parts = part
-    lo, hi = n * k // parts, n * (k + 1) // parts
+    lo, hi = share_rows(n, *part)
     views = layout.views(slab, n)
     mine = indices
-    if parts > 1:
+    if part[1] > 1:
         mine, views = indices[lo:hi], {name: v[lo:hi] for name, v in views.items()}
     fast = _raw_gather(dataset, layout)
     if fast is None or not fast.gather(mine, views):
@@ -82,6 +81,11 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
     return listed, timings
+
+
+def share_rows(n: int, part: int, parts: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of share ``part`` of ``parts`` of a batch of ``n``."""
+    return n * part // parts, n * (part + 1) // parts
 
 
 def _decode(images: list, heights: list, widths: list, out: np.ndarray, params, spec,

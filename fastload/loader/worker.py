@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .fill import fill_batch
+from .fill import fill_batch, share_rows
 from .layout import BatchLayout
 from .messages import decode, encode_results
 from .slabs import SlabMap
@@ -56,8 +56,7 @@ class Task:
 
     def rows(self) -> tuple[int, int]:
         """The rows of the batch this task fills: its share (all of them, unshared)."""
-        n = len(self.indices)
-        return n * self.part // self.parts, n * (self.part + 1) // self.parts
+        return share_rows(len(self.indices), self.part, self.parts)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from formattools import write_index_dataset
 
 import fastload
 from fastload.errors import ManifestError
+from fastload.format.spec import TMP_SUFFIX
 from fastload.io.manifest_share import SHARE_DIR, launch_of_this_process
 from fastload.io.remote import RemoteOptions
 
@@ -109,7 +110,7 @@ def test_copies_of_finished_launches_are_removed(fault_proxy, url, tmp_path, mon
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = [f"{'a' * 24}-{dead.pid}-12345.json", f"{'b' * 24}-{dead.pid}-12345.error",
-             f"{'c' * 24}-{dead.pid}-12345.json.77.tmp"]  # fmt: skip
+             f"{'c' * 24}-{dead.pid}-12345.json.0123abcd{TMP_SUFFIX}"]  # fmt: skip
     for name in stale + ["notes.txt"]:
         (folder / name).write_bytes(b"x")
     monkeypatch.setenv("LOCAL_RANK", "0")
