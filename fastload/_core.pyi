@@ -46,18 +46,6 @@ def check_slices(
     bounds (all slices are bounds-checked before any is hashed).
     """
 
-def check_slices_in(
-    sources: Sequence[ReadableBuffer],
-    source_index: npt.NDArray[np.uint32],
-    offsets: npt.NDArray[np.uint64],
-    lengths: npt.NDArray[np.uint64],
-    expected: npt.NDArray[np.uint32],
-) -> int:
-    """:func:`check_slices` over several buffers: slice i is ``sources[source_index[i]]
-    [offsets[i] : offsets[i] + lengths[i]]``, as in :func:`gather`. Raises ValueError for an
-    index out of range or a slice out of bounds, before any slice is hashed.
-    """
-
 def gather(
     sources: Sequence[ReadableBuffer],
     source_index: npt.NDArray[np.uint32],
@@ -83,6 +71,31 @@ def gather_fixed(
 
     ``out`` must hold at least ``len(offsets) * size`` bytes. Raises ValueError when it does
     not or a slice is outside ``source``.
+    """
+
+def gather_records(
+    sources: Sequence[ReadableBuffer],
+    source: npt.NDArray[np.uint32],
+    offset: npt.NDArray[np.uint64],
+    length: npt.NDArray[np.uint64],
+    checksum: npt.NDArray[np.uint32],
+    indices: npt.NDArray[np.int64],
+    verify: bool,
+    field_at: npt.NDArray[np.uint64],
+    field_size: npt.NDArray[np.uint64],
+    outs: Sequence[WriteableBuffer],
+) -> int:
+    """A batch of fixed-size fields straight from whole records, in one call.
+
+    Record r lies at ``sources[source[r]][offset[r] : +length[r]]`` with ``checksum[r]`` the
+    low 32 bits of its xxh64. For row i (record ``indices[i]``) and field f, copies the
+    record's bytes ``[field_at[f] : +field_size[f]]`` to ``outs[f][i * field_size[f] :]``;
+    with ``verify``, each record's checksum is checked just before (one pass over its bytes).
+    Only the sources the batch reads are acquired.
+
+    Returns -1, or the first row whose record cannot be read this way (index out of range,
+    shorter than a field, failed checksum): earlier rows are copied, later ones are not.
+    Raises ValueError for a table entry outside its source or an out too small for the rows.
     """
 
 def permute(n: int, key: int, positions: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

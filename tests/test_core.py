@@ -478,6 +478,10 @@ GIL_CALLS = {
     "gather_fixed": lambda b: _core.gather_fixed(
         b, np.arange(0, BIG, 64, dtype=np.uint64), 16, np.empty(BIG // 4, np.uint8)
     ),
+    "gather_records": lambda b: _core.gather_records(
+        [b], u32([0]), u64([0]), u64([BIG]), u32([0]), np.zeros(1, np.int64), False, u64([0]),
+        u64([BIG]), [bytearray(BIG)]
+    ),
 }
 
 
@@ -518,30 +522,88 @@ def test_cuda_queries_never_raise():
         assert count == 0 and not available
 
 
-def test_check_slices_in_several_sources():
-    parts = [make_records(200, seed=s) for s in range(3)]
-    sources = [bytes(p[0]) for p in parts]
+# --------------------------------------------------------------------------- gather_records
+
+
+def record_table(n_sources: int = 3, per_source: int = 200, size: int = 24):
+    """Sources of fixed-size records of ``size`` bytes (at odd offsets), with their table."""
+    sources, table = [], []
+    for s in range(n_sources):
+        data = bytearray(rand_bytes(7 + per_source * size, seed=s))
+        sources.append(data)
+        for i in range(per_source):
+            o = 7 + i * size
+            table.append((s, o, size, xxhash.xxh64_intdigest(bytes(data[o : o + size])) & 0xFFFFFFFF))
+    src, off, length, checksum = zip(*table)
+    return sources, (u32(src), u64(off), u64(length), u32(checksum))
+
+
+def gather_records(sources, table, indices, fields, verify=True, outs=None):
+    """Calls gather_records for ``fields`` [(at, size)]; returns (result, outs)."""
+    n = len(indices)
+    outs = outs if outs is not None else [bytearray(n * size) for _, size in fields]
+    got = _core.gather_records(sources, *table, np.asarray(indices, np.int64), verify,
+                               u64([at for at, _ in fields]), u64([size for _, size in fields]),
+                               outs)  # fmt: skip
+    return got, outs
+
+
+def test_gather_records_matches_reference():
+    sources, table = record_table()
+    src, off = table[0], table[1]
     rng = np.random.default_rng(0)
-    picks = [(s, int(i)) for s, i in zip(rng.integers(0, 3, 300), rng.integers(0, 200, 300))]
-    source_index = u32([s for s, _ in picks])
-    offsets = u64([parts[s][1][i] for s, i in picks])
-    lengths = u64([parts[s][2][i] for s, i in picks])
-    expected = u32([parts[s][3][i] for s, i in picks])
-    assert _core.check_slices_in(sources, source_index, offsets, lengths, expected) == -1
-    bad = next(k for k, (s, i) in enumerate(picks) if lengths[k] > 0 and k > 50)
+    indices = rng.integers(0, len(src), 300)
+    fields = [(0, 8), (8, 4), (12, 12), (5, 0)]
+    got, outs = gather_records(sources, table, indices, fields)
+    assert got == -1
+    for (at, size), out in zip(fields, outs):
+        want = b"".join(bytes(sources[src[r]][off[r] + at : off[r] + at + size]) for r in indices)
+        assert bytes(out) == want
+    assert gather_records(sources, table, [], fields)[0] == -1
+
+
+def test_gather_records_stops_at_the_first_unreadable_row():
+    sources, table = record_table()
+    src, off = table[0], table[1]
+    fields = [(0, 24)]
     damaged = [bytearray(x) for x in sources]
-    s, i = picks[bad]
-    damaged[s][int(offsets[bad])] ^= 0x01
-    first = min(k for k, p in enumerate(picks) if p == (s, i))  # the same record may repeat
-    assert _core.check_slices_in(damaged, source_index, offsets, lengths, expected) == first
-    assert _core.check_slices_in([], u32([]), u64([]), u64([]), u32([])) == -1
+    damaged[src[150]][off[150] + 3] ^= 0x10
+    got, (out,) = gather_records(damaged, table, [4, 9, 150, 2], fields)
+    assert got == 2
+    assert bytes(out[:48]) == bytes(damaged[src[4]][off[4] : off[4] + 24]) + \
+        bytes(damaged[src[9]][off[9] : off[9] + 24])  # fmt: skip
+    assert out[72:] == bytearray(24)  # rows after it: not copied
+    assert gather_records(damaged, table, [4, 9, 150, 2], fields, verify=False)[0] == -1
+    # an index out of range, or a field past the record's end: the row, nothing raised
+    assert gather_records(sources, table, [0, 600, 1], fields)[0] == 1
+    assert gather_records(sources, table, [0, -1], fields)[0] == 1
+    assert gather_records(sources, table, [3], [(20, 8)])[0] == 0
 
 
-def test_check_slices_in_bounds():
-    sources = [bytes(10), bytes(20)]
-    with pytest.raises(ValueError, match="source_index 2 is out of range"):
-        _core.check_slices_in(sources, u32([0, 2]), u64([0, 0]), u64([1, 1]), u32([0, 0]))
+def test_gather_records_bounds_and_arguments():
+    sources, table = record_table(n_sources=2)
+    src, off, length, checksum = table
+    bad_source = (u32([0, 5]), off[:2], length[:2], checksum[:2])
+    with pytest.raises(ValueError, match="source_index 5 is out of range"):
+        gather_records(sources, bad_source, [1], [(0, 4)])
+    past_end = (src[:2], u64([0, len(sources[0]) - 4]), length[:2], checksum[:2])
     with pytest.raises(ValueError, match="past the end of source 0"):
-        _core.check_slices_in(sources, u32([1, 0]), u64([0, 5]), u64([20, 6]), u32([0, 0]))
-    with pytest.raises(ValueError):
-        _core.check_slices_in(sources, u32([0]), u64([0, 1]), u64([1]), u32([0]))
+        gather_records(sources, past_end, [1], [(0, 4)])
+    with pytest.raises(ValueError, match="too small"):
+        gather_records(sources, table, [1, 2], [(0, 4)], outs=[bytearray(7)])
+    with pytest.raises(ValueError):  # table arrays of different lengths
+        gather_records(sources, (src, off[:3], length, checksum), [1], [(0, 4)])
+    with pytest.raises(TypeError):  # a read-only out
+        gather_records(sources, table, [1], [(0, 4)], outs=[bytes(4)])
+
+
+def test_gather_records_acquires_only_the_sources_it_reads():
+    sources, table = record_table(n_sources=3)
+    src = table[0]
+    unused = int(src[-1])
+    mixed = list(sources)
+    mixed[unused] = object()  # not a buffer: fine as long as no row reads it
+    rows = [i for i in range(len(src)) if src[i] != unused][:10]
+    assert gather_records(mixed, table, rows, [(0, 24)])[0] == -1
+    with pytest.raises(TypeError, match=f"sources\\[{unused}\\]"):
+        gather_records(mixed, table, [len(src) - 1], [(0, 24)])

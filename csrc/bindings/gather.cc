@@ -1,4 +1,4 @@
-// Bindings: gather, gather_fixed.
+// Bindings: gather, gather_fixed, gather_records.
 #include <deque>
 #include <vector>
 
@@ -47,6 +47,56 @@ void register_gather(nb::module_& m) {
       },
       nb::arg("source"), nb::arg("offsets").noconvert(), nb::arg("size"), nb::arg("out"),
       "Copy `size` bytes from source[offsets[i]:] to out[i*size:] for each i.");
+
+  m.def(
+      "gather_records",
+      [](nb::sequence sources, Array<uint32_t> source, Array<uint64_t> offset,
+         Array<uint64_t> length, Array<uint32_t> checksum, Array<int64_t> indices, bool verify,
+         Array<uint64_t> field_at, Array<uint64_t> field_size, nb::sequence outs) -> int64_t {
+        const size_t records = source.shape(0), n = indices.shape(0);
+        check_same_length("offset", offset.shape(0), "source", records);
+        check_same_length("length", length.shape(0), "source", records);
+        check_same_length("checksum", checksum.shape(0), "source", records);
+        const size_t n_fields = field_at.shape(0);
+        check_same_length("field_size", field_size.shape(0), "field_at", n_fields);
+        check_same_length("outs", nb::len(outs), "field_at", n_fields);
+        // Only the sources this batch reads are acquired (a dataset may have thousands of
+        // shards), with the GIL held; deque never moves its elements.
+        const size_t n_sources = nb::len(sources);
+        std::vector<ByteSpan> spans(n_sources, ByteSpan{nullptr, 0});
+        std::vector<bool> acquired(n_sources, false);
+        std::deque<Buffer> held;
+        const int64_t* idx = indices.data();
+        for (size_t i = 0; i < n; ++i) {
+          if (idx[i] < 0 || static_cast<uint64_t>(idx[i]) >= records) return static_cast<int64_t>(i);
+          const uint32_t s = source.data()[idx[i]];
+          if (s < n_sources && !acquired[s]) {
+            const std::string what = "sources[" + std::to_string(s) + "]";
+            spans[s] = held.emplace_back(sources[s], false, what.c_str()).span();
+            acquired[s] = true;
+          }
+        }
+        std::deque<Buffer> out_held;
+        std::vector<MutByteSpan> out_spans;
+        uint64_t row_bytes = 0;
+        for (size_t f = 0; f < n_fields; ++f) {
+          const std::string what = "outs[" + std::to_string(f) + "]";
+          out_spans.push_back(out_held.emplace_back(outs[f], true, what.c_str()).mut_span());
+          row_bytes += field_size.data()[f];
+        }
+        const fastload::RecordTable table{source.data(), offset.data(), length.data(),
+                                          checksum.data(), records};
+        MaybeReleaseGil nogil(n >= kReleaseItems || (n != 0 && row_bytes >= kReleaseBytes / n));
+        return fastload::gather_records(spans.data(), n_sources, table, idx, n, verify,
+                                        field_at.data(), field_size.data(), out_spans.data(),
+                                        n_fields);
+      },
+      nb::arg("sources"), nb::arg("source").noconvert(), nb::arg("offset").noconvert(),
+      nb::arg("length").noconvert(), nb::arg("checksum").noconvert(),
+      nb::arg("indices").noconvert(), nb::arg("verify"), nb::arg("field_at").noconvert(),
+      nb::arg("field_size").noconvert(), nb::arg("outs"),
+      "Fixed-size fields of records `indices` into outs (see gather_records in core/gather.h); "
+      "-1, or the first row the general path must read.");
 }
 
 }  // namespace fastload::bind

@@ -1,8 +1,6 @@
-// Bindings: xxh64, xxh64_slices, check_slices, check_slices_in.
-#include <deque>
+// Bindings: xxh64, xxh64_slices, check_slices.
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "../core/xxh64.h"
 #include "common.h"
@@ -52,28 +50,6 @@ void register_hash(nb::module_& m) {
       nb::arg("data"), nb::arg("offsets").noconvert(), nb::arg("lengths").noconvert(),
       nb::arg("expected").noconvert(),
       "Index of the first slice whose low 32 bits of xxh64 differ from expected, or -1.");
-
-  m.def(
-      "check_slices_in",
-      [](nb::sequence sources, Array<uint32_t> source_index, Array<uint64_t> offsets,
-         Array<uint64_t> lengths, Array<uint32_t> expected) {
-        const size_t n = source_index.shape(0);
-        check_same_length("offsets", offsets.shape(0), "source_index", n);
-        check_same_length("lengths", lengths.shape(0), "source_index", n);
-        check_same_length("expected", expected.shape(0), "source_index", n);
-        std::deque<Buffer> held;  // acquired with the GIL held; deque never moves them
-        std::vector<ByteSpan> spans;
-        for (nb::handle src : sources) {
-          const std::string what = "sources[" + std::to_string(spans.size()) + "]";
-          spans.push_back(held.emplace_back(src, false, what.c_str()).span());
-        }
-        MaybeReleaseGil nogil(worth_releasing(lengths.data(), n));
-        return fastload::check_slices_in(spans.data(), spans.size(), source_index.data(),
-                                         offsets.data(), lengths.data(), expected.data(), n);
-      },
-      nb::arg("sources"), nb::arg("source_index").noconvert(), nb::arg("offsets").noconvert(),
-      nb::arg("lengths").noconvert(), nb::arg("expected").noconvert(),
-      "check_slices over several buffers: slice i is sources[source_index[i]][offsets[i]:+lengths[i]].");
 }
 
 }  // namespace fastload::bind

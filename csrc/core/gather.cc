@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "xxh64.h"
+
 namespace fastload {
 namespace {
 
@@ -10,6 +12,16 @@ namespace {
 template <size_t K>
 void copy_fixed(const uint8_t* src, const uint64_t* offsets, size_t n, uint8_t* dst) {
   for (size_t i = 0; i < n; ++i, dst += K) std::memmove(dst, src + offsets[i], K);
+}
+
+// Asks the CPU to start loading bytes [data, data + size) into its cache.
+inline void prefetch(const uint8_t* data, uint64_t size) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (uint64_t at = 0; at < size; at += 64) __builtin_prefetch(data + at);
+#else
+  (void)data;
+  (void)size;
+#endif
 }
 
 }  // namespace
@@ -55,6 +67,45 @@ void gather_fixed(ByteSpan source, const uint64_t* offsets, size_t n, uint64_t s
         std::memmove(dst, src + offsets[i], static_cast<size_t>(size));
       }
   }
+}
+
+int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTable& table,
+                       const int64_t* idx, size_t n, bool verify, const uint64_t* field_at,
+                       const uint64_t* field_size, const MutByteSpan* out, size_t n_fields) {
+  for (size_t f = 0; f < n_fields; ++f) {
+    if (n != 0 && field_size[f] > out[f].size / n) {  // n * size > out.size, without overflow
+      throw BoundsError("out[" + std::to_string(f) + "] holds " + std::to_string(out[f].size) +
+                        " bytes, too small for " + std::to_string(n) + " rows of " +
+                        std::to_string(field_size[f]));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t r = idx[i];
+    if (r < 0 || static_cast<uint64_t>(r) >= table.n) return static_cast<int64_t>(i);
+    check_source_slice(sources, n_sources, i, table.source[r], table.offset[r], table.length[r]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const size_t r = static_cast<size_t>(idx[i]);
+    const uint64_t length = table.length[r];
+    const uint8_t* record = sources[table.source[r]].data + table.offset[r];
+    for (size_t f = 0; f < n_fields; ++f) {
+      if (!in_bounds(field_at[f], field_size[f], length)) return static_cast<int64_t>(i);
+    }
+    if (verify) prefetch(record, length);  // the parts no field copies, read by the hash
+    // Copy first, then hash: the copy keeps many loads in flight, the hash (one line after
+    // another) then reads the record from cache. Hash first took ~2.5x as long on records
+    // not in the CPU's cache. A row that fails its check is left half-written (see above).
+    for (size_t f = 0; f < n_fields; ++f) {
+      if (field_size[f] == 0) continue;
+      std::memmove(out[f].data + i * field_size[f], record + field_at[f],
+                   static_cast<size_t>(field_size[f]));
+    }
+    if (verify && static_cast<uint32_t>(xxh64(record, static_cast<size_t>(length), 0)) !=
+                      table.checksum[r]) {
+      return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
 }
 
 }  // namespace fastload

@@ -19,4 +19,26 @@ void gather(const ByteSpan* sources, size_t n_sources, const uint32_t* source_in
 void gather_fixed(ByteSpan source, const uint64_t* offsets, size_t n, uint64_t size,
                   MutByteSpan out);
 
+// Where each record of a dataset lies: record r is sources[source[r]][offset[r] : +length[r]],
+// and the low 32 bits of its xxh64 are checksum[r].
+struct RecordTable {
+  const uint32_t* source;
+  const uint64_t* offset;
+  const uint64_t* length;
+  const uint32_t* checksum;
+  size_t n;
+};
+
+// One batch of fixed-size fields, straight from whole records: for row i (record idx[i]) and
+// field f, out[f][i*field_size[f] : +field_size[f]] = the record's bytes
+// [field_at[f] : +field_size[f]]. With `verify`, each record's checksum is checked just before
+// its fields are copied (one pass over its bytes, the copy reads them from cache).
+// Returns -1, or the first row whose record cannot be read this way (index out of range,
+// shorter than a field, failed checksum): rows before it are copied, the rest are not, and the
+// caller's general path names what is wrong. A table that points outside a source, or an out
+// too small for n rows, throws BoundsError before anything is copied.
+int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTable& table,
+                       const int64_t* idx, size_t n, bool verify, const uint64_t* field_at,
+                       const uint64_t* field_size, const MutByteSpan* out, size_t n_fields);
+
 }  // namespace fastload

@@ -122,18 +122,4 @@ int64_t check_slices(ByteSpan data, const uint64_t* offsets, const uint64_t* len
   return -1;
 }
 
-int64_t check_slices_in(const ByteSpan* sources, size_t n_sources, const uint32_t* source_index,
-                        const uint64_t* offsets, const uint64_t* lengths,
-                        const uint32_t* expected, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    check_source_slice(sources, n_sources, i, source_index[i], offsets[i], lengths[i]);
-  }
-  for (size_t i = 0; i < n; ++i) {
-    const ByteSpan& src = sources[source_index[i]];
-    uint64_t h = xxh64(src.data + offsets[i], static_cast<size_t>(lengths[i]), 0);
-    if (static_cast<uint32_t>(h) != expected[i]) return static_cast<int64_t>(i);
-  }
-  return -1;
-}
-
 }  // namespace fastload

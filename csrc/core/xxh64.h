@@ -21,10 +21,4 @@ void xxh64_slices(ByteSpan data, const uint64_t* offsets, const uint64_t* length
 int64_t check_slices(ByteSpan data, const uint64_t* offsets, const uint64_t* lengths,
                      const uint32_t* expected, size_t n);
 
-// check_slices over several buffers: slice i is sources[source_index[i]][offsets[i]:+lengths[i]]
-// (as in gather). Every index and slice is checked first; throws BoundsError before hashing.
-int64_t check_slices_in(const ByteSpan* sources, size_t n_sources, const uint32_t* source_index,
-                        const uint64_t* offsets, const uint64_t* lengths,
-                        const uint32_t* expected, size_t n);
-
 }  // namespace fastload

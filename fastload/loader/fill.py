@@ -133,7 +133,10 @@ class RawGather:
         self.offsets = np.concatenate([r._starts for r in readers]).astype(np.uint64)
         self.lengths = np.concatenate([r._lengths for r in readers]).astype(np.uint64)
         self.checksums = np.concatenate([r._checksums for r in readers]).astype(np.uint32)
-        self.fields = _field_plan(dataset, layout)
+        fields = dataset._layout.header_dtype.fields
+        self.names = [slot.name for slot in layout.slots]
+        self.field_at = np.array([fields[name][1] for name in self.names], np.uint64)
+        self.field_size = np.array([slot.sample_bytes for slot in layout.slots], np.uint64)
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["RawGather"]:
@@ -156,17 +159,20 @@ class RawGather:
 
     def gather(self, indices: np.ndarray, views: dict) -> bool:
         """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
-        when read_into must do it instead."""
-        idx = _plain_indices(indices, self.n)
-        if idx is None:
-            return False
-        n = len(idx)
-        src, offsets = self.src[idx], self.offsets[idx]
-        if self.verify and _core.check_slices_in(self.buffers, src, offsets, self.lengths[idx],
-                                                 self.checksums[idx]) >= 0:  # fmt: skip
-            return False  # read_into names the corrupt record
-        _gather_fields(self.fields, self.buffers, src, offsets, views, n)
-        return True
+        when read_into must do it instead (it names an index out of range, a short record or
+        one that fails its checksum). One call into the core: each record is checked and its
+        fields copied in one pass over its bytes."""
+        idx = indices
+        if type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1 or \
+                not len(idx) or not idx.flags.c_contiguous:  # fmt: skip
+            idx = _plain_indices(indices, self.n)
+            if idx is None:
+                return False
+            idx = np.ascontiguousarray(idx, np.int64)
+        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
+        return _core.gather_records(self.buffers, self.src, self.offsets, self.lengths,
+                                    self.checksums, idx, self.verify, self.field_at,
+                                    self.field_size, outs) < 0  # fmt: skip
 
 
 class ResidentGather:

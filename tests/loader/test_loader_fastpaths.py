@@ -154,6 +154,12 @@ def test_raw_gather_leaves_errors_to_read_into(fixed_path, tmp_path):
     slab = np.zeros(layout.slab_size, np.uint8)
     with pytest.raises(IndexError):
         fill_batch(ds, layout, slab, np.array([0, len(ds)]), (0, 0))
+    # every other index of a longer array (not contiguous), and a plain list
+    every_other = np.arange(12, dtype=np.int64)[::3]
+    for indices in (every_other, every_other.tolist()):
+        fill_batch(ds, layout, slab, indices, (0, 0))
+        check_fixed({k: torch.from_numpy(v) for k, v in layout.views(slab, 4).items()},
+                    [0, 3, 6, 9])  # fmt: skip
     # negative indices count from the end, as in read_into
     fill_batch(ds, layout, slab, np.array([-1, 0]), (0, 0))
     check_fixed({k: torch.from_numpy(v) for k, v in layout.views(slab, 2).items()},
