@@ -72,6 +72,10 @@ class SlabPool:
             self._free.remove(new)
         return new
 
+    def free(self) -> int:
+        """How many slabs are free now."""
+        return len(self._free)
+
     def release(self, index: int) -> None:
         with self._lock:
             self._free.append(index)

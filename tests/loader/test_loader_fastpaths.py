@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from fastload.errors import CorruptRecordError
 from fastload.loader import fill
 from fastload.loader.fill import BatchTimings, RawGather, fill_batch
 from fastload.loader.layout import BatchLayout
+from fastload.loader.pool import WorkerPool
 from fastload.loader.messages import (
     RESULTS,
     TASKS,
@@ -226,3 +228,28 @@ def test_process_workers_return_big_freed_buffers(tmp_path):
     loader = fastload.DataLoader(ds, batch_size=5, num_workers=1,
                                  worker_init_fn=_big_buffers_come_back)  # fmt: skip
     assert sum(len(b["i"]) for b in loader) == 20
+
+
+def test_a_slow_consumer_still_gets_whole_messages(tmp_path, monkeypatch):
+    """A consumer slower than its workers frees slabs one batch at a time; the loader waits
+    until a whole message's slabs are free instead of waking a worker for each batch."""
+    ds = fastload.Dataset(write_fixed(tmp_path / "ds", n=2400))
+    sizes: list[int] = []  # tasks per message, as sent
+    send = WorkerPool.submit
+
+    def counted(self, worker, tasks, slabs):
+        sizes.append(len(tasks))
+        return send(self, worker, tasks, slabs)
+
+    monkeypatch.setattr(WorkerPool, "submit", counted)
+    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2)
+    assert loader._per_message == 16
+    for k, batch in enumerate(loader):
+        check_fixed(batch, range(4 * k, 4 * k + 4))
+        time.sleep(0.001)
+    assert k == 599
+    # From the first whole message on (the first few are sized up from one batch) to the
+    # last whole one (the epoch's tail is what is left), messages are whole.
+    first, last = sizes.index(16), len(sizes) - 1 - sizes[::-1].index(16)
+    steady = sizes[first : last + 1]
+    assert sum(n == 16 for n in steady) >= 0.9 * len(steady), sizes
