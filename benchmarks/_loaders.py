@@ -328,7 +328,7 @@ def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str
 
 
 def measure(build, batches: int, stall_batches: int, seconds: float, stall_seconds: float,
-            step_factor: float) -> dict:
+            step_factor: float, fixed_step: float = 0.0) -> dict:
     """The protocol, the same for every contender:
 
     1. time to first batch: from building the dataset and loader to the first batch (imports
@@ -337,7 +337,10 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
        WARM batches;
     3. per step kind (busy, sleep), a fresh iteration in which a fake step of ``step_factor``
        x the mean time per batch consumes each batch; stall = time inside next() / the pass's
-       time (its first batch, a start-up, left out)."""
+       time (its first batch, a start-up, left out);
+    4. with ``fixed_step``: one more such pass, the step sleeping ``fixed_step`` seconds
+       whatever the contender's own rate (loader.py gives every token contender the step at
+       which torch's DataLoader runs at 80% load)."""
     start = time.perf_counter()
     loader = build()
     it = iter(loader)
@@ -362,16 +365,19 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
                   # the consumer thread's CPU per batch (the loader's own work in the main
                   # process: receiving, collating, handing out); threads of DALI not included
                   main_cpu_us=1e6 * main_cpu / max(1, len(times) - 1))
-    for kind in ("busy", "sleep") if stall_batches else ():
+    passes = [("busy", "busy", step_factor * per_batch),
+              ("sleep", "sleep", step_factor * per_batch)] if stall_batches else []
+    if stall_batches and fixed_step:
+        passes.append(("fixed", "sleep", fixed_step))
+    for name, kind, step_s in passes:
         del it  # ends the epoch in flight (torch-style loaders stop their workers)
         it = iter(loader)
         next(it)
         begin = time.perf_counter()
-        it, _, sizes, waited = draw(loader, it, stall_batches, stall_seconds,
-                                    step_factor * per_batch, kind)
+        it, _, sizes, waited = draw(loader, it, stall_batches, stall_seconds, step_s, kind)
         total = time.perf_counter() - begin
-        result[f"stall_{kind}"] = {"pct": 100 * waited / total, "batches": len(sizes),
-                                   "seconds": total}
+        result[f"stall_{name}"] = {"pct": 100 * waited / total, "batches": len(sizes),
+                                   "seconds": total, "step_s": step_s}
     if hasattr(loader, "stats"):  # fastload's own account, over all passes
         result["loader_stats"] = loader.stats()
     if hasattr(loader, "_slabs"):  # fastload: batch buffers it ended with (growth shows here)
@@ -521,6 +527,8 @@ def main() -> None:
     p.add_argument("--stall-seconds", type=float, default=4, help="stall passes: at most this long")
     p.add_argument("--step-factor", type=float, default=1.25,
                    help="fake step, as a multiple of the measured time per batch")
+    p.add_argument("--fixed-step", type=float, default=0.0,
+                   help="one more stall pass with a step sleeping this long (seconds)")
     p.add_argument("--epochs", type=int, default=1, help="pil-limit: passes over the images")
     p.add_argument("--shards", type=int, default=10, help="write-wds: shards")
     p.add_argument("--shard-bytes", type=int, default=64 << 20,
@@ -540,7 +548,7 @@ def main() -> None:
             importlib.import_module(module)
         build = lambda: BUILDERS[a.kind_or_src](a.data, a.batch)
         result = measure(build, a.batches, a.stall_batches, a.seconds, a.stall_seconds,
-                         a.step_factor)
+                         a.step_factor, a.fixed_step)
     elif a.what == "write-wds":
         result = write_wds(a.kind_or_src, a.data, a.shards)
     elif a.what == "write-mds-tokens":
