@@ -162,25 +162,36 @@ class DataLoader:
         if num_workers > 0 and not self.prefetch_factor:
             # torch accepts it here and fails on iteration; here it would wait forever
             raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
-        planned = self._planner is not None
-        size = batch_size if batch_sampler is None or planned else _max_batch(self.batch_sampler)
-        self.layout = BatchLayout(dataset.schema, size, decode)
+        size = batch_size
+        # A batch_sampler that declares no batch_size is sized from each epoch's own pass over
+        # it (iterating it here would draw from its random state: not torch's order then).
+        self._sized_per_epoch = batch_sampler is not None and self._planner is None and \
+            _declared_batch_size(self.batch_sampler) is None  # fmt: skip
+        if batch_sampler is not None and self._planner is None:
+            size = _declared_batch_size(self.batch_sampler) or 1
+        self._decode = decode
+        self._make_buffers(size)
+        self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
+
+    def _make_buffers(self, size: int) -> None:
+        """The batch layout and the slab pool for batches of up to ``size`` samples."""
+        self.layout = BatchLayout(self.dataset.schema, size, self._decode)
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
                                        _SMALL_BATCH_BYTES // self.layout.slab_size))  # fmt: skip
         # Batches of images are shared among the workers (_shares): prefetch_factor of them
         # keep every worker busy.
-        self._sharing = bool(self.layout.decode) and num_workers > 1 and size >= 2 * MIN_SHARE
-        if not num_workers:
+        workers = self.num_workers
+        self._sharing = bool(self.layout.decode) and workers > 1 and size >= 2 * MIN_SHARE
+        if not workers:
             slabs = 2
         elif self._sharing:
             slabs = self.prefetch_factor + 2
         else:
-            slabs = num_workers * self.prefetch_factor * self._per_message + 2
+            slabs = workers * self.prefetch_factor * self._per_message + 2
         self._slabs = SlabPool(self.layout.slab_size, slabs,
-                               shared=num_workers > 0 and worker_type == "process")  # fmt: skip
-        self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
+                               shared=workers > 0 and self.worker_type == "process")  # fmt: skip
 
     # -- torch's DataLoader surface -------------------------------------------------------
     def __len__(self) -> int:
@@ -332,18 +343,39 @@ class DataLoader:
                 self._close_pool(pool)
 
     def _plan(self) -> Iterator[np.ndarray]:
-        """The epoch's batches of dataset indices, each no larger than a slab holds."""
+        """The epoch's batches of dataset indices, each no larger than a slab holds. A
+        batch_sampler without a batch_size is listed whole first (the epoch's one pass over
+        it, as torch makes), and the buffers grow to its largest batch."""
+        if not self._sized_per_epoch:
+            return self._checked(_batches(self.batch_sampler))
+        batches = [np.asarray(batch, dtype=np.int64) for batch in self.batch_sampler]
+        largest = max((len(b) for b in batches), default=1)
+        if largest > self.layout.batch_size:
+            self._grow_buffers(largest)
+        return iter(batches)
+
+    def _checked(self, batches: Iterator[Any]) -> Iterator[np.ndarray]:
         capacity = self.layout.batch_size
-        for batch in _batches(self.batch_sampler):
+        for batch in batches:
             indices = np.asarray(batch, dtype=np.int64)
             if len(indices) > capacity:
                 raise ValueError(
-                    f"batch_sampler yielded a batch of {len(indices)} indices, more than the "
-                    f"{capacity} the loader's batch buffers hold (sized from batch_size, or from "
-                    "the largest batch of one pass over a batch_sampler without a batch_size "
-                    "attribute); give the batch sampler a batch_size attribute with its largest "
-                    "batch size")  # fmt: skip
+                    f"batch_sampler yielded a batch of {len(indices)} indices, more than its "
+                    f"batch_size attribute says ({capacity}), which sizes the loader's batch "
+                    "buffers; give it its largest batch size, or no batch_size attribute at "
+                    "all (each epoch's batches are then listed first)")  # fmt: skip
             yield indices
+
+    def _grow_buffers(self, size: int) -> None:
+        """New buffers for batches of ``size``; workers of the old ones stop (persistent ones
+        restart at the next epoch's start). Tensors of batches handed out keep their slabs."""
+        if self._pool is not None:
+            self._close_pool(self._pool)
+        self._make_buffers(size)
+        if self._pinned:
+            from .device import register_slabs
+
+            register_slabs(self._slabs)
 
     def _drain(self, pool: WorkerPool) -> None:
         """Receive, and free the slabs of, the batches an earlier epoch left in flight."""
@@ -648,11 +680,9 @@ def _fast_capable(dataset: Any) -> bool:
     return isinstance(dataset, Dataset) or (isinstance(dataset, Mix) and dataset.schema is not None)
 
 
-def _max_batch(batch_sampler) -> int:
+def _declared_batch_size(batch_sampler) -> Optional[int]:
     size = getattr(batch_sampler, "batch_size", None)
-    if isinstance(size, int) and size > 0:
-        return size
-    return max((len(b) for b in batch_sampler), default=1)
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def _batch_len(batch: Any) -> int:

@@ -103,8 +103,41 @@ def test_samplers_match_torch(ds1, kind, num_workers):
     assert_fast_equals_torch(epochs(fast, 2), epochs(ref, 2))
 
 
-def test_batch_larger_than_any_seen_before_is_not_corrupted(ds1):
-    """A batch sampler without ``batch_size`` whose batches grow after the first pass."""
+class RandomBatches:
+    """A batch sampler with no batch_size attribute, drawing its batches from a generator."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.generator = n, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        sizes = torch.randint(1, 9, (self.n,), generator=self.generator).tolist()
+        at = 0
+        for size in sizes:
+            if at >= self.n:
+                return
+            yield order[at : at + size]
+            at += size
+
+    def __len__(self):  # torch's DataLoader asks; iterating to count would draw
+        return 0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batch_sampler_without_batch_size_draws_as_in_torch(ds1, num_workers):
+    """Such a sampler is iterated once per epoch, as torch does, never ahead to size the
+    buffers: the same random batches, epoch after epoch."""
+    fast = fastload.DataLoader(ds1, batch_sampler=RandomBatches(N, 5), num_workers=num_workers)
+    ref = TorchLoader(ds1, batch_sampler=RandomBatches(N, 5), num_workers=num_workers)
+    got, want = epochs(fast, 3), epochs(ref, 3)
+    assert_fast_equals_torch(got, want)
+    assert got[0][0]["i"].tolist() != got[1][0]["i"].tolist()
+
+
+@pytest.mark.parametrize("num_workers,persistent", [(0, False), (2, False), (2, True)])
+def test_batches_that_grow_between_epochs(ds1, num_workers, persistent):
+    """A batch sampler without batch_size whose batches grow from one epoch to the next: the
+    buffers grow with them, and a batch kept from an earlier epoch stays intact."""
 
     class Growing:
         def __init__(self):
@@ -112,21 +145,33 @@ def test_batch_larger_than_any_seen_before_is_not_corrupted(ds1):
 
         def __iter__(self):
             self.epoch += 1
-            yield list(range(2 * self.epoch))
+            yield list(range(5 * self.epoch))
             yield [9, 8]
 
         def __len__(self):
             return 2
 
-    fast = fastload.DataLoader(ds1, batch_sampler=Growing())
-    for _ in range(3):
-        try:
-            batches = list(fast)
-        except ValueError as e:  # refusing clearly is fine; mixing fields up is not
-            assert "batch" in str(e)
-            return
+    fast = fastload.DataLoader(ds1, batch_sampler=Growing(), num_workers=num_workers,
+                               persistent_workers=persistent)  # fmt: skip
+    kept = None
+    for epoch in range(1, 4):
+        batches = list(fast)
+        assert [b["i"].tolist() for b in batches] == [list(range(5 * epoch)), [9, 8]]
         for b in batches:
             check_batch(b)
+        kept = kept or batches
+    assert fast.layout.batch_size == 15
+    for b in kept:
+        check_batch(b)
+    assert [b["i"].tolist() for b in kept] == [list(range(5)), [9, 8]]
+
+
+def test_batch_sampler_larger_than_its_batch_size_is_refused(ds1):
+    class Liar(list):
+        batch_size = 2
+
+    with pytest.raises(ValueError, match="batch_size attribute says \\(2\\)"):
+        list(fastload.DataLoader(ds1, batch_sampler=Liar([[1, 2], [3, 4, 5]])))
 
 
 # ----------------------------------------------------------------------------- general path
