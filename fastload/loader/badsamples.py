@@ -1,14 +1,17 @@
-"""What the loader does with an image that does not decode: raise (the default), or skip it
-within a budget (``DataLoader(..., bad_samples="skip")`` or ``SkipBadSamples(...)``).
+"""What the loader does with a bad sample (a record that fails its checksum, an image that
+does not decode): raise (the default), or skip it within a budget (``DataLoader(...,
+bad_samples="skip")`` or ``SkipBadSamples(...)``).
 
 Skipping drops the sample from its batch (the batch comes one shorter; a batch whose every
-image failed comes with 0 samples, so that step counts and resumption stay aligned), counts
+sample was bad comes with 0 samples, so that step counts and resumption stay aligned), counts
 it in ``loader.stats()["skipped_samples"]`` and logs a warning at most every
-``LOG_SECONDS``. The budget turns a broken dataset back into an error: more than
+``LOG_SECONDS``. With a planned order the counts are part of ``state_dict`` and come back
+with ``load_state_dict`` on the same rank (skipped samples of the consumed batches are not
+read again). The budget turns a broken dataset back into an error: more than
 ``max_consecutive`` bad samples in a row, or more than ``max_fraction`` of the samples once
 ``probation`` samples have been seen, raise :class:`fastload.errors.TooManyBadSamplesError`
-naming the counts and the last bad record. Only decode failures are skipped: a record whose
-checksum fails, an I/O error, MemoryError or KeyboardInterrupt always raise.
+naming the counts and the last bad record. Only those two faults are skipped: a missing or
+unreadable shard, an I/O error, MemoryError or KeyboardInterrupt always raise.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ log = logging.getLogger("fastload")
 
 @dataclass(frozen=True)
 class SkipBadSamples:
-    """Skip images that fail to decode, within a budget (see the module docstring)."""
+    """Skip bad samples within a budget (see the module docstring)."""
 
     max_fraction: float = 0.01
     max_consecutive: int = 100
@@ -76,12 +79,12 @@ class BadSampleBudget:
             self.in_a_row = self.in_a_row + 1 if row in rows else 0
             if self.in_a_row > self.policy.max_consecutive:
                 raise TooManyBadSamplesError(
-                    f"{self.in_a_row} samples in a row failed to decode (max_consecutive="
+                    f"{self.in_a_row} bad samples in a row (max_consecutive="
                     f"{self.policy.max_consecutive}); {self._so_far()}")
         fraction = self.skipped / self.seen
         if self.seen >= self.policy.probation and fraction > self.policy.max_fraction:
             raise TooManyBadSamplesError(
-                f"{fraction:.1%} of the samples failed to decode (max_fraction="
+                f"{fraction:.1%} of the samples were bad (max_fraction="
                 f"{self.policy.max_fraction:g} after {self.policy.probation} samples); "
                 f"{self._so_far()}")
         now = time.monotonic()
@@ -89,6 +92,16 @@ class BadSampleBudget:
             log.warning("fastload: skipped %d bad sample(s) so far; last: %s",
                         self.skipped, self.last)  # fmt: skip
             self._logged_at = now
+
+    def counts(self) -> dict[str, int]:
+        """Samples seen and skipped so far (for state_dict)."""
+        return {"seen": self.seen, "skipped": self.skipped}
+
+    def restore(self, counts: Optional[dict]) -> None:
+        """Continue from ``counts`` (from :meth:`counts`), or from zero when None."""
+        self.seen = int(counts["seen"]) if counts else 0
+        self.skipped = int(counts["skipped"]) if counts else 0
+        self.in_a_row = 0
 
     def _so_far(self) -> str:
         return f"{self.skipped} of {self.seen} samples skipped so far; last: {self.last}"

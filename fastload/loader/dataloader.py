@@ -52,8 +52,9 @@ class DataLoader:
       initialised, else the RANK / WORLD_SIZE environment variables);
     - ``block_window``: blocks per shuffle window of ``shuffle="block"``;
     - ``bad_samples``: ``"raise"`` (default), or ``"skip"`` / a :class:`SkipBadSamples` budget:
-      images of ``decode=`` fields that fail to decode are dropped from their batch and
-      counted (``stats()["skipped_samples"]``) instead of raising (see badsamples.py).
+      records that fail their checksum and images of ``decode=`` fields that fail to decode
+      are dropped from their batch and counted (``stats()["skipped_samples"]``, and in
+      ``state_dict``) instead of raising (see badsamples.py).
 
     **Planned order.** With ``seed=``, ``shuffle="global"`` / ``"block"``, ``rank=`` /
     ``world_size=`` or a :class:`fastload.Mix`, the loader plans its own order (seed defaults to
@@ -152,9 +153,10 @@ class DataLoader:
         if decode and not self.fast:
             raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn")  # fmt: skip
-        if policy is not None and not decode:
-            raise ValueError("bad_samples='skip' applies to the images of decode= fields; "
-                             "without decode= nothing is decoded to skip")  # fmt: skip
+        if policy is not None and not self.fast:
+            raise ValueError("bad_samples='skip' needs a fastload.Dataset, automatic batching "
+                             "and no collate_fn (it skips records that fail their checksum "
+                             "and images that fail to decode)")  # fmt: skip
         self.batch_sampler = self._torch.batch_sampler
         self.sampler = self._torch.sampler
         if not self.fast:
@@ -246,13 +248,24 @@ class DataLoader:
         if not self.in_order:
             raise ValueError("state_dict() needs in_order=True: with in_order=False batches "
                              "arrive out of order, so no position says what was consumed")
-        return planner.state_dict()
+        state = planner.state_dict()
+        if self._budget is not None:
+            # This rank's counts (they differ between ranks): restored on the same rank.
+            state["bad_samples"] = {"rank": planner.topology()[0], **self._budget.counts()}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state`` at the next iteration: nothing repeated, nothing skipped,
         whatever the world size, worker count or worker type now. PlanStateError when it was
         saved for another dataset or with another seed / shuffle."""
         self._need_plan("load_state_dict").load_state_dict(state)
+        if self._budget is not None:
+            saved = state.get("bad_samples")
+            mine = isinstance(saved, Mapping) and saved.get("rank") == \
+                self._planner.topology()[0] and state.get("world_size") == \
+                self._planner.topology()[1]  # fmt: skip
+            self._budget.restore(saved if mine else None)
+            self._stats.skipped = self._budget.skipped
 
     @property
     def padding(self) -> int:

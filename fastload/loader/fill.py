@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _core
 from ..dataset import Dataset
+from ..errors import CorruptRecordError
 from .layout import BatchLayout
 
 __all__ = ["fill_batch", "share_rows", "BatchTimings"]
@@ -33,9 +34,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     (every field; the listed fields returned are that share's). Several workers fill one
     batch of images at once this way, each its share.
 
-    ``skip_bad``: an image that does not decode is left as zeros and its row listed in the
-    timings' ``"bad"`` as ``(row, why)`` (the consumer drops it; see badsamples.py) instead of
-    raising.
+    ``skip_bad``: a record that fails its checksum, or an image that does not decode, is left
+    as zeros and its row listed in the timings' ``"bad"`` as ``(row, why)`` (the consumer drops
+    it; see badsamples.py) instead of raising.
     """
     start = time.perf_counter()
     n = len(indices)
@@ -44,43 +45,91 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     mine = indices
     if part[1] > 1:
         mine, views = indices[lo:hi], {name: v[lo:hi] for name, v in views.items()}
+    bad: list[tuple[int, str]] = []
     fast = _raw_gather(dataset, layout)
     if fast is None or not fast.gather(mine, views):
         # Images to decode here are read as views (decoded below, never sent anywhere).
         extra = {"image_views": tuple(layout.decode)} if layout.decode else {}
-        listed = dataset.read_into(mine, out={name: views[name] for name in layout.gathered},
-                                   **extra)  # fmt: skip
+        out = {name: views[name] for name in layout.gathered}
+        try:
+            listed = dataset.read_into(mine, out=out, **extra)
+        except CorruptRecordError:
+            if not skip_bad:
+                raise
+            listed, bad = _read_each(dataset, layout, np.asarray(mine), out, extra, lo)
     else:
         listed = {}
     read_done = time.perf_counter()
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs
 
-        bad: list[tuple[int, str]] = []
         for f, (name, spec) in enumerate(layout.decode.items()):
-            images = listed.pop(name)
-            heights, widths = [im.height for im in images], [im.width for im in images]
+            images = listed.pop(name)  # None for a row whose record was skipped
+            heights = [im.height if im is not None else 1 for im in images]
+            widths = [im.width if im is not None else 1 for im in images]
             params = None
             if spec.train:
                 rngs = image_rngs((*rng_seed, f), range(lo, hi))
                 params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
-            for i, e in _decode(images, heights, widths, views[name], params, spec, skip_bad):
-                where = f"field {name!r} of dataset record {int(mine[i])}"
-                if not skip_bad:
-                    if hasattr(e, "add_note"):
-                        e.add_note(where)
-                    raise e
-                bad.append((lo + i, f"{where}: {e.reason}"))
+            for a, b in _runs([im is not None for im in images]):
+                for i, e in _decode(images[a:b], heights[a:b], widths[a:b], views[name][a:b],
+                                    params[a:b] if params is not None else None, spec,
+                                    skip_bad):  # fmt: skip
+                    where = f"field {name!r} of dataset record {int(mine[a + i])}"
+                    if not skip_bad:
+                        if hasattr(e, "add_note"):
+                            e.add_note(where)
+                        raise e
+                    bad.append((lo + a + i, f"{where}: {e.reason}"))
     done = time.perf_counter()
     nbytes = sum(v.nbytes for v in views.values())
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
-    if layout.decode and bad:
+    if bad:
         timings["bad"] = sorted(bad)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
         io = dataset.io_stats_delta()
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
     return listed, timings
+
+
+def _read_each(dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: dict,
+               extra: dict, lo: int) -> tuple[dict[str, Any], list[tuple[int, str]]]:  # fmt: skip
+    """read_into one record at a time, after a batch read found a corrupt record: a row whose
+    record fails its checksum is left as zeros and returned as bad ``(lo + row, why)``; its
+    listed values are None (or a zero row, for a field read as an array)."""
+    rows: list[Optional[dict]] = []
+    bad: list[tuple[int, str]] = []
+    for i in range(len(indices)):
+        row_out = {name: v[i : i + 1] for name, v in out.items()}
+        try:
+            rows.append(dataset.read_into(indices[i : i + 1], out=row_out, **extra))
+        except CorruptRecordError as e:
+            for v in row_out.values():
+                v.fill(0)
+            rows.append(None)
+            bad.append((lo + i, f"dataset record {int(indices[i])}: {e}"))
+    good = next((r for r in rows if r is not None), None)
+    listed: dict[str, Any] = {}
+    for name in (*layout.listed, *layout.decode):  # images to decode come back listed too
+        if good is not None and isinstance(good[name], np.ndarray):
+            blank = np.zeros_like(good[name])
+            listed[name] = np.concatenate([r[name] if r is not None else blank for r in rows])
+        else:
+            listed[name] = [r[name][0] if r is not None else None for r in rows]
+    return listed, bad
+
+
+def _runs(keep: list[bool]) -> list[tuple[int, int]]:
+    """The ``[a, b)`` ranges of consecutive True in ``keep``."""
+    runs, start = [], None
+    for i, k in enumerate([*keep, False]):
+        if k and start is None:
+            start = i
+        elif not k and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
 
 
 def share_rows(n: int, part: int, parts: int) -> tuple[int, int]:

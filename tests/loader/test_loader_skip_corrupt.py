@@ -1,0 +1,181 @@
+"""bad_samples='skip' over records that fail their checksum (RELIABILITY A8, B2, E8): each is
+dropped from its batch and counted, the rest of the batch is exactly what an intact dataset
+gives, and with a planned order the counts travel in state_dict."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from formattools import parse_shard
+from loadertools import N, check_batch, write_dataset
+
+import fastload
+from fastload.errors import CorruptRecordError
+
+pytestmark = pytest.mark.timeout(120)
+
+BAD = (3, 4, 50)  # two in a row in the first batch, one later
+# Over the default's 1% once 100 samples are seen (a whole block of records is ~9% here)
+LENIENT = fastload.SkipBadSamples(max_fraction=0.25)
+
+
+def damage(src: Path, dst: Path, records=BAD, whole_block: bool = False) -> Path:
+    """A copy of dataset ``src`` in which ``records`` (dataset indices) fail their checksum
+    (``whole_block``: the compressed block holding each fails instead)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    start = 0
+    for shard in manifest["shards"]:
+        path = dst / shard["path"]
+        data = bytearray(path.read_bytes())
+        parsed = parse_shard(bytes(data))
+        for r in records:
+            if start <= r < start + shard["records"]:
+                rec = parsed["records"][r - start]
+                block = parsed["blocks"][rec["block"]]
+                at = block["stored_size"] // 2 if whole_block else rec["offset"] + rec["length"] // 2
+                data[block["offset"] + at] ^= 0xFF
+        path.write_bytes(bytes(data))
+        start += shard["records"]
+    return dst
+
+
+@pytest.fixture(scope="module")
+def intact(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("intact") / "ds")
+
+
+@pytest.fixture(scope="module")
+def damaged(intact, tmp_path_factory) -> Path:
+    return damage(intact, tmp_path_factory.mktemp("damaged") / "ds")
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
+                                                     (2, "thread")])  # fmt: skip
+def test_corrupt_records_are_skipped_and_counted(damaged, num_workers, worker_type):
+    with fastload.Dataset(damaged) as ds:
+        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
+                                     worker_type=worker_type, bad_samples="skip")  # fmt: skip
+        batches = list(loader)
+        stats = loader.stats()
+    assert len(batches) == len(loader) == -(-N // 8)  # a batch per step, however short
+    assert [len(b["i"]) for b in batches][:2] == [6, 8]
+    got = [i for b in batches for i in check_batch(b)]  # every field of every row is right
+    assert got == [i for i in range(N) if i not in BAD]
+    assert stats["skipped_samples"] == len(BAD) and stats["samples"] == N - len(BAD)
+    # the default still raises, naming the shard and the record
+    with fastload.Dataset(damaged) as ds:
+        with pytest.raises(CorruptRecordError, match=r"record \d+ .*checksum"):
+            list(fastload.DataLoader(ds, batch_size=8, num_workers=num_workers))
+
+
+def test_fixed_fields_only_through_the_batched_gather(tmp_path):
+    """Fixed-size fields only: the batch read that checks and copies in one call finds the
+    corrupt record, and the rows around it come from the general path, one by one."""
+    with fastload.Writer(tmp_path / "ds", {"i": "int64", "t": "uint16[9]"},
+                         shard_size=900, block_size=300, compression="none") as w:  # fmt: skip
+        for i in range(N):
+            w.write({"i": i, "t": np.full(9, i, np.uint16)})
+    bad = damage(tmp_path / "ds", tmp_path / "bad")
+    with fastload.Dataset(bad) as ds:
+        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2,
+                                     generator=torch.Generator().manual_seed(1),
+                                     bad_samples=LENIENT)  # fmt: skip
+        seen = []
+        for b in loader:
+            assert torch.equal(b["t"], b["i"][:, None].to(torch.uint16).expand(-1, 9))
+            seen += b["i"].tolist()
+    assert sorted(seen) == [i for i in range(N) if i not in BAD]
+    assert loader.stats()["skipped_samples"] == len(BAD)
+
+
+def test_a_corrupt_compressed_block_skips_its_records(intact, tmp_path):
+    zstd = write_dataset(tmp_path / "zstd", compression="zstd")
+    bad = damage(zstd, tmp_path / "bad", records=(40,), whole_block=True)
+    with fastload.Dataset(bad) as ds:
+        batches = list(fastload.DataLoader(ds, batch_size=10, num_workers=2,
+                                           bad_samples=LENIENT))  # fmt: skip
+    got = [i for b in batches for i in check_batch(b)]
+    lost = sorted(set(range(N)) - set(got))
+    assert 40 in lost and len(lost) > 1  # the block's records, around record 40
+    assert lost == list(range(lost[0], lost[-1] + 1))
+    assert got == [i for i in range(N) if i not in lost]
+
+
+# ------------------------------------------------------------------ images and state_dict
+
+SIZE = 16
+
+
+def jpeg(i: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(i).integers(0, 256, (30 + i % 7, 40, 3), dtype=np.uint8)
+    f = io.BytesIO()
+    Image.fromarray(pixels).save(f, "JPEG", quality=90)
+    return f.getvalue()
+
+
+def image_epoch(path: Path, **kw) -> list[dict]:
+    with fastload.Dataset(path) as ds:
+        loader = fastload.DataLoader(ds, batch_size=32, seed=7, **kw,
+                                     decode={"image": fastload.ImageDecode(SIZE, train=True)})
+        return [{k: v.clone() for k, v in b.items()} for b in loader]
+
+
+def test_corrupt_image_records_in_shared_batches(tmp_path):
+    """Batches of images shared by two workers: a corrupt record in each share is dropped,
+    and every other image is decoded with the crop it gets in an intact dataset."""
+    with fastload.Writer(tmp_path / "ds", {"image": "image", "label": "int64"},
+                         compression="none") as w:  # fmt: skip
+        for i in range(64):
+            w.write({"image": jpeg(i), "label": i})
+    bad = damage(tmp_path / "ds", tmp_path / "bad", records=(5, 20, 21))
+    want = {int(label): img for b in image_epoch(tmp_path / "ds")
+            for label, img in zip(b["label"], b["image"])}  # fmt: skip
+    batches = image_epoch(bad, num_workers=2, bad_samples="skip")
+    assert [len(b["label"]) for b in batches] == [29, 32]
+    for b in batches:
+        for label, img in zip(b["label"].tolist(), b["image"]):
+            assert torch.equal(img, want[label]), label
+    assert [int(x) for b in batches for x in b["label"]] == \
+        [i for i in range(64) if i not in (5, 20, 21)]  # fmt: skip
+
+
+def test_skipped_counts_travel_in_state_dict(damaged):
+    """E8: the counts come back with the state on the same rank; the batches after it hold
+    every good record once, and no skipped one is read again."""
+    def loader(ds):
+        return fastload.DataLoader(ds, batch_size=8, seed=2, bad_samples=LENIENT)
+
+    with fastload.Dataset(damaged) as ds:
+        first = loader(ds)
+        it = iter(first)
+        head = [i for _ in range(7) for i in check_batch(next(it))]
+        state = json.loads(json.dumps(first.state_dict()))
+        skipped = first.stats()["skipped_samples"]
+        assert state["bad_samples"] == {"rank": 0, "seen": 56, "skipped": skipped}
+        assert skipped == 8 * 7 - len(head) > 0
+
+        second = loader(ds)
+        second.load_state_dict(state)
+        assert second.stats()["skipped_samples"] == skipped
+        tail = [i for b in second for i in check_batch(b)]
+        assert sorted(head + tail) == [i for i in range(N) if i not in BAD]
+        assert second.stats()["skipped_samples"] == len(BAD)
+
+        other_rank = dict(state, bad_samples={**state["bad_samples"], "rank": 1})
+        third = loader(ds)
+        third.load_state_dict(other_rank)
+        assert third.stats()["skipped_samples"] == 0  # another rank's counts are not ours
+
+
+def test_skip_needs_the_fast_path():
+    with pytest.raises(ValueError, match="fastload.Dataset"):
+        fastload.DataLoader(list(range(4)), batch_size=2, bad_samples="skip")
