@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSam
 
 from ..dataset import Dataset
 from ..mix import Mix
+from ..plan.topology import current_topology
 from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
 from .layout import BatchLayout, ImageDecode
 from .planning import PlanBatchSampler, Planner, wants_plan
@@ -123,6 +124,8 @@ class DataLoader:
             generator=generator, prefetch_factor=prefetch_factor,
             persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
             in_order=in_order)  # fmt: skip
+        if self._planner is None and sampler is None and batch_sampler is None:
+            _warn_if_unsplit(dataset)
         self.dataset = dataset
         self.batch_size = self._torch.batch_size
         self.drop_last = self._torch.drop_last
@@ -686,6 +689,24 @@ def _batches(batch_sampler: Any) -> Iterator[Any]:
     end = len(order) - len(order) % size if batch_sampler.drop_last else len(order)
     for start in range(0, end, size):
         yield order[start : start + size]
+
+
+def _warn_if_unsplit(dataset: Any) -> None:
+    """Under DDP, torch's own order (no sampler given, no seed=) hands every rank the whole
+    dataset, as torch's DataLoader does; it is rarely what was meant, so say it, once."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return  # an iterable dataset splits itself, or not, as it likes
+    try:
+        world = current_topology().world_size
+    except ValueError:
+        return  # a malformed WORLD_SIZE: the planned order's own error names it
+    if world > 1:
+        warnings.warn(f"fastload.DataLoader: this is one of {world} ranks (torch.distributed "
+                      "or WORLD_SIZE), but nothing splits the dataset among them: every rank "
+                      "reads all of it, as with torch's DataLoader without a "
+                      "DistributedSampler. Pass seed= to have the loader split it (each "
+                      "sample once per epoch over all ranks, resumable), or a "
+                      "DistributedSampler.", stacklevel=3)  # fmt: skip
 
 
 def _fast_capable(dataset: Any) -> bool:

@@ -155,6 +155,29 @@ def test_topology_from_the_environment(ids, monkeypatch):
     assert set(mine) & set(other) == {0}  # only the padding (the order's first sample)
 
 
+def test_every_rank_reading_everything_is_pointed_out(ids, monkeypatch):
+    """Under DDP, torch's own order (no sampler, no seed=) gives each rank the whole dataset,
+    as torch's DataLoader does: allowed, with a warning that says how to split it."""
+    import warnings
+
+    from torch.utils.data.distributed import DistributedSampler
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for dataset in (ids, Plain(N)):
+        with pytest.warns(UserWarning, match="one of 2 ranks.*every rank reads all of it"):
+            loader = fastload.DataLoader(dataset, batch_size=5, shuffle=True)
+        assert len(flat(run(loader))) == N
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastload.DataLoader(ids, batch_size=5, seed=0)
+        fastload.DataLoader(ids, batch_size=5, sampler=DistributedSampler(ids, 2, 1))
+        fastload.DataLoader(Stream(), batch_size=2)
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        monkeypatch.setenv("RANK", "0")
+        fastload.DataLoader(ids, batch_size=5, shuffle=True)
+
+
 def test_state_from_another_dataset_or_settings_is_refused(ids, index_paths):
     loader = fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=1)
     run(loader, limit=2)
