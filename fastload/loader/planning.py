@@ -58,7 +58,7 @@ class Cursor:
     def rng_seed(self, j: int) -> tuple[int, int]:
         """Augmentation seed of batch j: keyed by the batch's first position in the epoch, so a
         resumed run (same world and batch size) augments each sample as the first run did."""
-        return (self.aug_seed, int(self.plan.positions(j)[0]))
+        return (self.aug_seed, self.plan.partition.first_position(self.plan.rank, j))
 
 
 class Planner:
@@ -236,8 +236,9 @@ class PlanBatchSampler:
     def __iter__(self) -> Iterator[Any]:
         cursor = self.planner.current or self.planner.begin()
         mix = self.planner.mix
-        for j in range(cursor.plan.num_batches):
-            idx = cursor.indices(j, mix)
+        batches = cursor.plan.batches() if mix is None else \
+            (cursor.indices(j, mix) for j in range(cursor.plan.num_batches))  # fmt: skip
+        for idx in batches:
             yield idx.tolist() if self.as_lists else idx
 
     def __len__(self) -> int:

@@ -104,6 +104,22 @@ class Partition:
         pos = np.arange(first, first + size, dtype=np.int64)
         return pos % self.n  # padding wraps to the first positions of the epoch
 
+    def first_position(self, rank: int, j: int) -> int:
+        """The first position in rank ``rank``'s ``j``-th batch (as ``positions(rank, j)[0]``)."""
+        if j < self.full_steps:
+            return self.start + (j * self.world_size + rank) * self.batch_size
+        return int(self.positions(rank, j)[0])
+
+    def positions_of(self, rank: int, first: int, stop: int) -> IntArray:
+        """The positions of rank ``rank``'s batches ``first`` to ``stop - 1``, one row per
+        batch (all full steps: ``stop <= full_steps``), shape ``(stop - first, batch_size)``."""
+        if not (0 <= rank < self.world_size and 0 <= first <= stop <= self.full_steps):
+            raise IndexError(f"batches {first}..{stop} of rank {rank} are not all full steps "
+                             f"({self.full_steps} of {self.world_size} ranks)")  # fmt: skip
+        js = np.arange(first, stop, dtype=np.int64)
+        starts = self.start + (js * self.world_size + rank) * self.batch_size
+        return starts[:, None] + np.arange(self.batch_size, dtype=np.int64)
+
     def consumed_after(self, batches: int) -> int:
         """Positions consumed once every rank has yielded ``batches`` batches from ``start``:
         what to save to resume. After the last batch it is ``n`` (the epoch is over, even if

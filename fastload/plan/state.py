@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from ..errors import FastloadError
@@ -106,7 +107,19 @@ class EpochPlan:
         return self.order[self.positions(j)]
 
     def __iter__(self) -> Iterator[IntArray]:
-        return (self.batch(j) for j in range(self.num_batches))
+        return self.batches()
+
+    def batches(self, first: int = 0, chunk: int = 64) -> Iterator[IntArray]:
+        """This rank's batches from the ``first``-th on, as :meth:`batch` gives them: full
+        steps are looked up in the order ``chunk`` batches at a time (one call instead of one
+        per batch: most of the consumer's work per small batch was that call's overhead)."""
+        part, full = self.partition, self.partition.full_steps
+        for lo in range(first, full, chunk):
+            hi = min(lo + chunk, full)
+            rows = part.positions_of(self.rank, lo, hi)
+            yield from np.asarray(self.order[rows.reshape(-1)]).reshape(rows.shape)
+        for j in range(max(first, full), self.num_batches):
+            yield self.batch(j)
 
     def worker_batches(self, worker: int, num_workers: int) -> range:
         """The batch numbers j that worker ``worker`` of ``num_workers`` builds (round-robin)."""

@@ -121,3 +121,13 @@ def test_resume_anywhere_with_any_topology(n, world, batch, drop_last, new_world
     after = served_positions(second)
     tail_plan = first if k == first.num_batches else second
     assert Counter(before.tolist()) + Counter(after.tolist()) == expected_positions(n, tail_plan)
+
+
+def test_positions_of_full_steps_only():
+    p = Partition(n=23, batch_size=4, world_size=2, start=3)  # 2 full steps of 8, a tail of 4
+    assert p.positions_of(1, 0, 2).tolist() == [p.positions(1, 0).tolist(),
+                                                p.positions(1, 1).tolist()]  # fmt: skip
+    assert p.positions_of(0, 2, 2).shape == (0, 4)
+    for rank, first, stop in ((0, 0, 3), (2, 0, 1), (0, 2, 1)):
+        with pytest.raises(IndexError):
+            p.positions_of(rank, first, stop)

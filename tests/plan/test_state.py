@@ -199,3 +199,32 @@ def test_resume_property(n, world, batch, drop_last, seed, mode, new_world, new_
     served = Counter(served_indices(old, 0, k).tolist()) + Counter(served_indices(new).tolist())
     tail_plan = old[0] if k == old[0].num_batches else new[0]
     assert served == expected_indices(new, tail_plan)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    world=st.sampled_from([1, 2, 3, 5]),
+    batch=st.integers(1, 17),
+    drop_last=st.booleans(),
+    mode=st.sampled_from(["global", "block"]),
+    chunk=st.integers(1, 9),
+    data=st.data(),
+)
+def test_batches_in_chunks_are_the_batches_one_by_one(n, world, batch, drop_last, mode, chunk,
+                                                      data):  # fmt: skip
+    """batches() looks the order up a chunk of batches at a time: the same arrays as batch(j),
+    from any first batch and any start, and the same first positions as positions(j)."""
+    start = data.draw(st.integers(0, n), label="start")
+    rank = data.draw(st.integers(0, world - 1), label="rank")
+    blocks = random_blocks(n, n) if mode == "block" else None
+    plan = EpochPlan(n, batch_size=batch, seed=n, rank=rank, world_size=world,
+                     drop_last=drop_last, start=start, mode=mode, blocks=blocks, window=2)
+    first = data.draw(st.integers(0, plan.num_batches), label="first")
+    got = list(plan.batches(first, chunk=chunk))
+    want = [plan.batch(j) for j in range(first, plan.num_batches)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == np.int64 and g.tolist() == w.tolist()
+    assert [plan.partition.first_position(rank, j) for j in range(plan.num_batches)] == \
+        [int(plan.positions(j)[0]) for j in range(plan.num_batches)]  # fmt: skip
