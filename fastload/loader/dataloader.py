@@ -167,15 +167,13 @@ class DataLoader:
         if num_workers > 0 and not self.prefetch_factor:
             # torch accepts it here and fails on iteration; here it would wait forever
             raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
-        size = batch_size
         # A batch_sampler that declares no batch_size is sized from each epoch's own pass over
         # it (iterating it here would draw from its random state: not torch's order then).
-        self._sized_per_epoch = batch_sampler is not None and self._planner is None and \
-            _declared_batch_size(self.batch_sampler) is None  # fmt: skip
-        if batch_sampler is not None and self._planner is None:
-            size = _declared_batch_size(self.batch_sampler) or 1
+        size = batch_size if self._planner is not None else \
+            _declared_batch_size(self.batch_sampler)  # fmt: skip
+        self._sized_per_epoch = size is None
         self._decode = decode
-        self._make_buffers(size)
+        self._make_buffers(size or 1)
         self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
 
     def _make_buffers(self, size: int) -> None:
@@ -264,9 +262,9 @@ class DataLoader:
         self._need_plan("load_state_dict").load_state_dict(state)
         if self._budget is not None:
             saved = state.get("bad_samples")
-            mine = isinstance(saved, Mapping) and saved.get("rank") == \
-                self._planner.topology()[0] and state.get("world_size") == \
-                self._planner.topology()[1]  # fmt: skip
+            rank, world = self._planner.topology()
+            mine = isinstance(saved, Mapping) and saved.get("rank") == rank and \
+                state.get("world_size") == world  # fmt: skip
             self._budget.restore(saved if mine else None)
             self._stats.skipped = self._budget.skipped
 

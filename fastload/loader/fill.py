@@ -182,10 +182,10 @@ class RawGather:
         self.offsets = np.concatenate([r._starts for r in readers]).astype(np.uint64)
         self.lengths = np.concatenate([r._lengths for r in readers]).astype(np.uint64)
         self.checksums = np.concatenate([r._checksums for r in readers]).astype(np.uint32)
-        fields = dataset._layout.header_dtype.fields
-        self.names = [slot.name for slot in layout.slots]
-        self.field_at = np.array([fields[name][1] for name in self.names], np.uint64)
-        self.field_size = np.array([slot.sample_bytes for slot in layout.slots], np.uint64)
+        places = _field_places(dataset, layout)
+        self.names = [name for name, _, _ in places]
+        self.field_at = np.array([at for _, at, _ in places], np.uint64)
+        self.field_size = np.array([size for _, _, size in places], np.uint64)
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["RawGather"]:
@@ -292,14 +292,19 @@ def _all_gathered(dataset: Any, layout: BatchLayout) -> bool:
     return all(dataset.schema[slot.name].kind in ("scalar", "ndarray") for slot in layout.slots)
 
 
+def _field_places(dataset: Any, layout: BatchLayout) -> list[tuple[str, int, int]]:
+    """Per gathered field: (name, byte offset in the record, bytes per sample)."""
+    fields = dataset._layout.header_dtype.fields
+    return [(slot.name, fields[slot.name][1], slot.sample_bytes) for slot in layout.slots]
+
+
 def _field_plan(dataset: Any, layout: BatchLayout) -> list[tuple]:
     """Per gathered field: (name, byte offset in the record, sizes, destination offsets)."""
     size = layout.batch_size
-    fields = dataset._layout.header_dtype.fields
     plan = []
-    for slot in layout.slots:
-        b = np.uint64(slot.sample_bytes)
-        plan.append((slot.name, np.uint64(fields[slot.name][1]), np.full(size, b, np.uint64),
+    for name, at, sample_bytes in _field_places(dataset, layout):
+        b = np.uint64(sample_bytes)
+        plan.append((name, np.uint64(at), np.full(size, b, np.uint64),
                      np.arange(size, dtype=np.uint64) * b))  # fmt: skip
     return plan
 
