@@ -374,7 +374,9 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
         it = iter(loader)
         next(it)
         begin = time.perf_counter()
-        it, _, sizes, waited = draw(loader, it, stall_batches, stall_seconds, step_s, kind)
+        # stall_batches counts the first batch, as ``batches`` does: a pass of one epoch ends
+        # with it (drawing one more started the next epoch, workers and all, inside the pass)
+        it, _, sizes, waited = draw(loader, it, stall_batches - 1, stall_seconds, step_s, kind)
         total = time.perf_counter() - begin
         result[f"stall_{name}"] = {"pct": 100 * waited / total, "batches": len(sizes),
                                    "seconds": total, "step_s": step_s}
