@@ -110,6 +110,9 @@ class RemoteStore:
         # Cached blocks already mapped and checked: (source id, block) -> memoryview.
         self.maps: OrderedDict[tuple[int, int], memoryview] = \
             OrderedDict(parent.maps) if parent is not None else OrderedDict()  # fmt: skip
+        #: Counts the views dropped from ``maps``: a holder of views taken from it (the
+        #: loader's one-call gather) lets go of them when it changes.
+        self.maps_dropped = 0
         self.pending_bytes = 0
         self.filling = 0  # background GETs of shards read densely (RemoteSource._fill_more)
 
@@ -157,6 +160,7 @@ class RemoteStore:
             self.maps[key] = view
             while len(self.maps) > self.options.mapped_blocks:
                 self.maps.popitem(last=False)  # the map closes when its last view goes
+                self.maps_dropped += 1
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -181,6 +185,7 @@ class RemoteStore:
             pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self.maps.clear()
+            self.maps_dropped += 1
 
     # -- requests -------------------------------------------------------------------------
     def _on_retry(self, e: BaseException) -> None:

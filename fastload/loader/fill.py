@@ -232,11 +232,24 @@ class ResidentGather:
     rows touches ~14 blocks). Anything else (a block not at hand, a shard not opened yet, a
     compressed shard, a short record) returns False, and read_into does the read, fetching
     what is missing; the loader's read-ahead has usually asked for those blocks already.
-    Where each record lies comes from the dataset's block table."""
+    Where each record lies comes from the dataset's block table.
+
+    The mapped blocks a batch used are kept by block number, so that the next batches over
+    them are one core call with no Python per block (looking ~14 blocks up per batch made a
+    warm remote batch ~20% dearer than a local one). They are let go whenever the store
+    unmaps any block, so no more stay mapped than its ``mapped_blocks``."""
 
     def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
         self.dataset, self.n = dataset, len(dataset)
         self.fields = _field_plan(dataset, layout)
+        places = _field_places(dataset, layout)
+        self.names = [name for name, _, _ in places]
+        self.field_at = np.array([at for _, at, _ in places], np.uint64)
+        self.field_size = np.array([size for _, _, size in places], np.uint64)
+        # (table, its shards_added, then per record: source, offset, length, checksum)
+        self._tables: Any = None
+        self._held: list = []  # block -> its mapped view, or None
+        self._dropped = -1  # the store's maps_dropped when _held was filled
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
@@ -255,25 +268,50 @@ class ResidentGather:
         table = ds._block_table()
         if idx is None or table is None:
             return False
-        n = len(idx)
+        store = ds._store_()
+        if self._tables is None or self._tables[0] is not table or \
+                self._tables[1] != table.shards_added:  # fmt: skip
+            # -1 (not gatherable) as uint32 is out of range: the core call says so
+            header = np.full(self.n, ds._layout.header_size, np.uint64)
+            self._tables = (table, table.shards_added, table.gather_of.view(np.uint32),
+                            table.offset.astype(np.uint64), header, np.zeros(self.n, np.uint32))
+            self._held = [None] * len(table.entries)
+        if self._dropped != store.maps_dropped:
+            self._held = [None] * len(table.entries)
+            self._dropped = store.maps_dropped
+        idx = np.ascontiguousarray(idx, np.int64)
+        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
+        source, offset, length, checksum = self._tables[2:]
+        try:
+            return _core.gather_records(self._held, source, offset, length, checksum, idx,
+                                        False, self.field_at, self.field_size, outs) < 0  # fmt: skip
+        except (TypeError, ValueError):
+            pass  # a block not held yet (None), or a shard not gatherable (-1: out of range)
+        return self._gather_looked_up(ds, table, store, idx, views)
+
+    def _gather_looked_up(self, ds: Dataset, table: Any, store: Any, idx: np.ndarray,
+                          views: dict) -> bool:  # fmt: skip
+        """The batch with each of its blocks looked up; mapped ones are kept for the next."""
         blocks = table.gather_of[idx]
         if int(blocks.min()) < 0:
             return False  # a shard not open here yet, or not gatherable
         slot: dict[int, int] = {}  # block -> its buffer
         src = [slot.setdefault(g, len(slot)) for g in blocks.tolist()]
-        maps = ds._store_().maps
+        maps = store.maps
         entries = table.entries
         buffers = []
         for g in slot:
             key, reader, b = entries[g]
             view = maps.get(key)  # mapped and checked (RemoteSource.resident)
-            if view is None:
+            if view is not None:
+                self._held[g] = view
+            else:
                 view = reader._cache.get(b)  # held by the shard reader
                 if view is None:
                     return False
             buffers.append(view)
         offsets = table.offset[idx].astype(np.uint64)
-        _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, n)
+        _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, len(idx))
         return True
 
 

@@ -467,6 +467,54 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     ds.close()
 
 
+def test_gathers_hold_mapped_blocks_only_while_the_store_does(s3_server, s3_tokens, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    """ResidentGather keeps the mapped blocks a batch used, so the next batches over them are
+    one core call with no lookup per block; when the store unmaps any block it lets them all
+    go, so it never keeps more mapped than the store's mapped_blocks."""
+    from fastload.loader import fill
+    from fastload.loader.layout import BatchLayout
+
+    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache",
+                          remote_options=RemoteOptions(tail_bytes=1024, mapped_blocks=3))
+    ds.read_into(np.arange(len(ds)))  # every block fetched and cached
+    ds._prepare_workers()  # cached blocks mapped, as before forking workers: 3 of them
+    store, table = ds._store_(), ds._block_table()
+    assert len(store.maps) == 3
+    layout = BatchLayout(ds.schema, 16)
+    fast = fill._raw_gather(ds, layout)
+    slab = np.zeros(layout.slab_size, np.uint8)
+
+    def records_of_mapped_blocks() -> np.ndarray:
+        mapped = [g for g, e in enumerate(table.entries) if e is not None and e[0] in store.maps]
+        return np.flatnonzero(np.isin(table.gather_of, mapped))
+
+    def held() -> list:
+        return [v for v in fast._held if v is not None]
+
+    idx = records_of_mapped_blocks()[::-1][:16]
+    assert fast.gather(idx, layout.views(slab, 16))  # looked up, and held
+    assert_rows(layout.views(slab, 16), idx)
+    assert 1 <= len(held()) <= 3
+    assert all(any(v is m for m in store.maps.values()) for v in held())
+    looked_up = []
+    monkeypatch.setattr(fast, "_gather_looked_up", lambda *a: looked_up.append(1) or False)
+    slab[:] = 0
+    assert fast.gather(idx, layout.views(slab, 16))  # one core call
+    assert_rows(layout.views(slab, 16), idx)
+    assert not looked_up
+    monkeypatch.undo()
+    first = next(iter(store.maps))
+    store.keep_mapped(("another", 0), memoryview(bytearray(8)))  # the oldest is unmapped
+    assert first not in store.maps
+    slab[:] = 0
+    fill.fill_batch(ds, layout, slab, idx, (0, 0))  # held ones let go; read_into's rows
+    assert_rows(layout.views(slab, 16), idx)
+    assert all(any(v is m for m in store.maps.values()) for v in held())
+    ds.close()
+
+
 def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
     """A warm worker's read-ahead hints cost nothing once every block is mapped; when one is
     not (evicted from the maps and the cache), hints fetch it again."""
