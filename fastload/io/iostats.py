@@ -23,10 +23,12 @@ class IOStats:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(FIELDS, 0)
         self._seen = dict.fromkeys(FIELDS, 0)
+        self._moved = False  # anything added since the last delta()
 
     def add(self, name: str, amount: float = 1) -> None:
         with self._lock:
             self._values[name] += amount
+            self._moved = True
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -34,7 +36,10 @@ class IOStats:
 
     def delta(self) -> dict:
         """Increments since the previous call (only the counters that moved)."""
+        if not self._moved:  # the usual case, once per batch: no lock, no dicts
+            return {}
         with self._lock:
+            self._moved = False
             out = {k: v - self._seen[k] for k, v in self._values.items() if v != self._seen[k]}
             self._seen = dict(self._values)
         return out
@@ -43,6 +48,7 @@ class IOStats:
         with self._lock:
             self._values = dict.fromkeys(FIELDS, 0)
             self._seen = dict.fromkeys(FIELDS, 0)
+            self._moved = False
 
     def _forked(self) -> None:
         # A forked child (a loader worker) starts from zero: otherwise the parent's counts
@@ -51,6 +57,7 @@ class IOStats:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(FIELDS, 0)
         self._seen = dict.fromkeys(FIELDS, 0)
+        self._moved = False
 
 
 STATS = IOStats()

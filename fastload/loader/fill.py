@@ -264,9 +264,15 @@ class ResidentGather:
         when read_into must do it instead."""
         ds = self.dataset
         ds._own()  # a forked child starts afresh (and so do the tables)
-        idx = _plain_indices(indices, self.n)
         table = ds._block_table()
-        if idx is None or table is None:
+        idx = indices
+        if type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1 or \
+                not len(idx) or not idx.flags.c_contiguous:  # fmt: skip
+            idx = _plain_indices(indices, self.n)  # (the core call checks the range)
+            if idx is None:
+                return False
+            idx = np.ascontiguousarray(idx, np.int64)
+        if table is None:
             return False
         store = ds._store_()
         if self._tables is None or self._tables[0] is not table or \
@@ -279,7 +285,6 @@ class ResidentGather:
         if self._dropped != store.maps_dropped:
             self._held = [None] * len(table.entries)
             self._dropped = store.maps_dropped
-        idx = np.ascontiguousarray(idx, np.int64)
         outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
         source, offset, length, checksum = self._tables[2:]
         try:
@@ -292,6 +297,8 @@ class ResidentGather:
     def _gather_looked_up(self, ds: Dataset, table: Any, store: Any, idx: np.ndarray,
                           views: dict) -> bool:  # fmt: skip
         """The batch with each of its blocks looked up; mapped ones are kept for the next."""
+        if _plain_indices(idx, self.n) is None:
+            return False  # negative or out of range: read_into's
         blocks = table.gather_of[idx]
         if int(blocks.min()) < 0:
             return False  # a shard not open here yet, or not gatherable

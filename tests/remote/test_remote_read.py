@@ -752,3 +752,34 @@ def test_gcs_loader_epoch_under_faults_exactly_once(gcs_fault_proxy, gcs_ds, tmp
     assert {f: gcs_fault_proxy.counts.get(f, 0) for f in faults} == dict.fromkeys(faults, 1)
     assert loader.stats()["io"]["requests"] > 0
     ds.close()
+
+
+def test_io_counter_increments_from_threads_are_each_reported_once():
+    """IOStats.delta returns {} at once when nothing was added (it runs once per batch in
+    every worker); increments added from other threads meanwhile are never lost or doubled."""
+    import threading
+
+    from fastload.io.iostats import IOStats
+
+    stats = IOStats()
+    assert stats.delta() == {}
+    stats.add("requests", 2)
+    assert stats.delta() == {"requests": 2} and stats.delta() == {}
+    total, stop = [0], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            total[0] += stats.delta().get("requests", 0)
+
+    threads = [threading.Thread(target=lambda: [stats.add("requests") for _ in range(20000)])
+               for _ in range(3)]  # fmt: skip
+    poller = threading.Thread(target=poll)
+    poller.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    poller.join()
+    total[0] += stats.delta().get("requests", 0)
+    assert total[0] == 60000 and stats.as_dict()["requests"] == 60002
