@@ -249,7 +249,7 @@ class ResidentGather:
         # (table, its shards_added, then per record: source, offset, length, checksum)
         self._tables: Any = None
         self._held: list = []  # block -> its mapped view, or None
-        self._dropped = -1  # the store's maps_dropped when _held was filled
+        self._dropped: Any = None  # (the store, its maps_dropped) when _held was filled
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
@@ -282,9 +282,10 @@ class ResidentGather:
             self._tables = (table, table.shards_added, table.gather_of.view(np.uint32),
                             table.offset.astype(np.uint64), header, np.zeros(self.n, np.uint32))
             self._held = [None] * len(table.entries)
-        if self._dropped != store.maps_dropped:
+        if self._dropped is None or self._dropped[0] is not store or \
+                self._dropped[1] != store.maps_dropped:  # fmt: skip
             self._held = [None] * len(table.entries)
-            self._dropped = store.maps_dropped
+            self._dropped = (store, store.maps_dropped)
         outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
         source, offset, length, checksum = self._tables[2:]
         try:
