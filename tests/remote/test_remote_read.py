@@ -783,3 +783,41 @@ def test_io_counter_increments_from_threads_are_each_reported_once():
     poller.join()
     total[0] += stats.delta().get("requests", 0)
     assert total[0] == 60000 and stats.as_dict()["requests"] == 60002
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_block_corrupt_at_the_source_is_skipped_under_skip(workers, s3_server, tmp_path):
+    """RELIABILITY A8 over S3: a block whose bytes fail their checksum on the server (fetched
+    twice, never cached) raises by default, naming the shard and block; under
+    bad_samples='skip' its records are dropped and counted, every other record comes once."""
+    import json
+
+    from formattools import parse_shard
+
+    path = tmp_path / "ds"
+    with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="none") as w:
+        for i in range(120):
+            w.write(token_row(i))
+    manifest = json.loads((path / "manifest.json").read_text())
+    shard = path / manifest["shards"][1]["path"]
+    data = bytearray(shard.read_bytes())
+    block = parse_shard(bytes(data))["blocks"][2]
+    data[block["offset"] + block["stored_size"] // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    first = manifest["shards"][0]["records"] + block["first_record"]
+    lost = set(range(first, first + block["n_records"]))
+    url = upload(s3_server, path)
+    opts = {"storage_options": s3_server.storage_options, "cache_dir": tmp_path / "cache"}
+    with fastload.Dataset(url, **opts) as ds:
+        with pytest.raises(fastload.errors.CorruptRecordError, match=r"block 2 .*checksum"):
+            list(fastload.DataLoader(ds, batch_size=16, num_workers=workers))
+    with fastload.Dataset(url, **opts) as ds:
+        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=1,
+                                     num_workers=workers,
+                                     bad_samples=fastload.SkipBadSamples(max_fraction=0.5))
+        seen = []
+        for b in loader:
+            assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())
+            seen += b["i"].tolist()
+        assert sorted(seen) == sorted(set(range(120)) - lost)
+        assert loader.stats()["skipped_samples"] == len(lost) > 0
