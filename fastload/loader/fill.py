@@ -182,10 +182,7 @@ class RawGather:
         self.offsets = np.concatenate([r._starts for r in readers]).astype(np.uint64)
         self.lengths = np.concatenate([r._lengths for r in readers]).astype(np.uint64)
         self.checksums = np.concatenate([r._checksums for r in readers]).astype(np.uint32)
-        places = _field_places(dataset, layout)
-        self.names = [name for name, _, _ in places]
-        self.field_at = np.array([at for _, at, _ in places], np.uint64)
-        self.field_size = np.array([size for _, _, size in places], np.uint64)
+        self.fields = _Fields(dataset, layout)
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["RawGather"]:
@@ -211,17 +208,11 @@ class RawGather:
         when read_into must do it instead (it names an index out of range, a short record or
         one that fails its checksum). One call into the core: each record is checked and its
         fields copied in one pass over its bytes."""
-        idx = indices
-        if type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1 or \
-                not len(idx) or not idx.flags.c_contiguous:  # fmt: skip
-            idx = _plain_indices(indices, self.n)
-            if idx is None:
-                return False
-            idx = np.ascontiguousarray(idx, np.int64)
-        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        return _core.gather_records(self.buffers, self.src, self.offsets, self.lengths,
-                                    self.checksums, idx, self.verify, self.field_at,
-                                    self.field_size, outs) < 0  # fmt: skip
+        idx = _index_array(indices, self.n)
+        if idx is None:
+            return False
+        rows = (self.src, self.offsets, self.lengths, self.checksums)
+        return self.fields.gather(self.buffers, rows, idx, self.verify, views) < 0
 
 
 class ResidentGather:
@@ -241,13 +232,9 @@ class ResidentGather:
 
     def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
         self.dataset, self.n = dataset, len(dataset)
-        self.fields = _field_plan(dataset, layout)
-        places = _field_places(dataset, layout)
-        self.names = [name for name, _, _ in places]
-        self.field_at = np.array([at for _, at, _ in places], np.uint64)
-        self.field_size = np.array([size for _, _, size in places], np.uint64)
-        # (table, its shards_added, then per record: source, offset, length, checksum)
-        self._tables: Any = None
+        self.fields = _Fields(dataset, layout)
+        self._table: Any = None  # (the block table, its shards_added) the rows are from
+        self._rows: tuple = ()  # per record: block, offset, length, checksum
         self._held: list = []  # block -> its mapped view, or None
         self._dropped: Any = None  # (the store, its maps_dropped) when _held was filled
 
@@ -265,62 +252,78 @@ class ResidentGather:
         ds = self.dataset
         ds._own()  # a forked child starts afresh (and so do the tables)
         table = ds._block_table()
-        idx = indices
-        if type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1 or \
-                not len(idx) or not idx.flags.c_contiguous:  # fmt: skip
-            idx = _plain_indices(indices, self.n)  # (the core call checks the range)
-            if idx is None:
-                return False
-            idx = np.ascontiguousarray(idx, np.int64)
-        if table is None:
+        idx = _index_array(indices, self.n)
+        if idx is None or table is None:
             return False
         store = ds._store_()
-        if self._tables is None or self._tables[0] is not table or \
-                self._tables[1] != table.shards_added:  # fmt: skip
+        if self._table != (table, table.shards_added):
             # -1 (not gatherable) as uint32 is out of range: the core call says so
-            header = np.full(self.n, ds._layout.header_size, np.uint64)
-            self._tables = (table, table.shards_added, table.gather_of.view(np.uint32),
-                            table.offset.astype(np.uint64), header, np.zeros(self.n, np.uint32))
-            self._held = [None] * len(table.entries)
-        if self._dropped is None or self._dropped[0] is not store or \
-                self._dropped[1] != store.maps_dropped:  # fmt: skip
+            self._table = (table, table.shards_added)
+            self._rows = (table.gather_of.view(np.uint32), table.offset.astype(np.uint64),
+                          np.full(self.n, ds._layout.header_size, np.uint64),
+                          np.zeros(self.n, np.uint32))  # fmt: skip
+            self._dropped = None
+        if self._dropped != (store, store.maps_dropped):
             self._held = [None] * len(table.entries)
             self._dropped = (store, store.maps_dropped)
-        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        source, offset, length, checksum = self._tables[2:]
         try:
-            return _core.gather_records(self._held, source, offset, length, checksum, idx,
-                                        False, self.field_at, self.field_size, outs) < 0  # fmt: skip
+            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
         except (TypeError, ValueError):
             pass  # a block not held yet (None), or a shard not gatherable (-1: out of range)
-        return self._gather_looked_up(ds, table, store, idx, views)
+        return self._gather_looked_up(table, store, idx, views)
 
-    def _gather_looked_up(self, ds: Dataset, table: Any, store: Any, idx: np.ndarray,
-                          views: dict) -> bool:  # fmt: skip
-        """The batch with each of its blocks looked up; mapped ones are kept for the next."""
+    def _gather_looked_up(self, table: Any, store: Any, idx: np.ndarray, views: dict) -> bool:
+        """The batch with each of its blocks looked up first: mapped ones are held for the
+        next batches, blocks the shard reader holds only for this one."""
         if _plain_indices(idx, self.n) is None:
             return False  # negative or out of range: read_into's
         blocks = table.gather_of[idx]
         if int(blocks.min()) < 0:
             return False  # a shard not open here yet, or not gatherable
-        slot: dict[int, int] = {}  # block -> its buffer
-        src = [slot.setdefault(g, len(slot)) for g in blocks.tolist()]
-        maps = store.maps
-        entries = table.entries
-        buffers = []
-        for g in slot:
-            key, reader, b = entries[g]
-            view = maps.get(key)  # mapped and checked (RemoteSource.resident)
-            if view is not None:
-                self._held[g] = view
-            else:
+        found, lent = {}, []
+        for g in set(blocks.tolist()):
+            key, reader, b = table.entries[g]
+            view = store.maps.get(key)  # mapped and checked (RemoteSource.resident)
+            if view is None:
                 view = reader._cache.get(b)  # held by the shard reader
                 if view is None:
                     return False
-            buffers.append(view)
-        offsets = table.offset[idx].astype(np.uint64)
-        _gather_fields(self.fields, buffers, np.array(src, np.uint32), offsets, views, len(idx))
-        return True
+                lent.append(g)
+            found[g] = view
+        for g, view in found.items():
+            self._held[g] = view
+        try:
+            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
+        finally:
+            for g in lent:
+                self._held[g] = None
+
+
+class _Fields:
+    """A layout's gathered fields as :func:`_core.gather_records` takes them."""
+
+    def __init__(self, dataset: Any, layout: BatchLayout) -> None:
+        places = dataset._layout.header_dtype.fields
+        self.names = [slot.name for slot in layout.slots]
+        self.at = np.array([places[name][1] for name in self.names], np.uint64)
+        self.size = np.array([slot.sample_bytes for slot in layout.slots], np.uint64)
+
+    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool,
+               views: dict) -> int:  # fmt: skip
+        """gather_records of records ``idx`` into ``views``; ``rows`` = (source, offset,
+        length, checksum) per record."""
+        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
+        return _core.gather_records(sources, *rows, idx, verify, self.at, self.size, outs)
+
+
+def _index_array(indices: Any, n: int) -> Optional[np.ndarray]:
+    """``indices`` as the contiguous int64 array the core takes (it checks their range
+    itself), or None when they are not plain indices (see :func:`_plain_indices`)."""
+    if type(indices) is np.ndarray and indices.dtype == np.int64 and indices.ndim == 1 and \
+            len(indices) and indices.flags.c_contiguous:  # fmt: skip
+        return indices
+    idx = _plain_indices(indices, n)
+    return None if idx is None else np.ascontiguousarray(idx, np.int64)
 
 
 def _plain_indices(indices: Any, n: int) -> Optional[np.ndarray]:
@@ -336,30 +339,6 @@ def _plain_indices(indices: Any, n: int) -> Optional[np.ndarray]:
 
 def _all_gathered(dataset: Any, layout: BatchLayout) -> bool:
     return all(dataset.schema[slot.name].kind in ("scalar", "ndarray") for slot in layout.slots)
-
-
-def _field_places(dataset: Any, layout: BatchLayout) -> list[tuple[str, int, int]]:
-    """Per gathered field: (name, byte offset in the record, bytes per sample)."""
-    fields = dataset._layout.header_dtype.fields
-    return [(slot.name, fields[slot.name][1], slot.sample_bytes) for slot in layout.slots]
-
-
-def _field_plan(dataset: Any, layout: BatchLayout) -> list[tuple]:
-    """Per gathered field: (name, byte offset in the record, sizes, destination offsets)."""
-    size = layout.batch_size
-    plan = []
-    for name, at, sample_bytes in _field_places(dataset, layout):
-        b = np.uint64(sample_bytes)
-        plan.append((name, np.uint64(at), np.full(size, b, np.uint64),
-                     np.arange(size, dtype=np.uint64) * b))  # fmt: skip
-    return plan
-
-
-def _gather_fields(plan: list[tuple], buffers: list, src: np.ndarray, offsets: np.ndarray,
-                   views: dict, n: int) -> None:  # fmt: skip
-    for name, at, sizes, dst in plan:
-        _core.gather(buffers, src, offsets + at, sizes[:n], views[name].reshape(-1).view(np.uint8),
-                     dst[:n])  # fmt: skip
 
 
 _gathers: "weakref.WeakKeyDictionary[BatchLayout, tuple]" = weakref.WeakKeyDictionary()
