@@ -173,8 +173,8 @@ class DataLoader:
             _declared_batch_size(self.batch_sampler)  # fmt: skip
         self._sized_per_epoch = size is None
         self._decode = decode
+        self._pinned = self._wants_pinning(pin_memory)
         self._make_buffers(size or 1)
-        self._pinned = self._setup_pinning(pin_memory, pin_memory_device)
 
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
@@ -195,6 +195,10 @@ class DataLoader:
             slabs = workers * self.prefetch_factor * self._per_message + 2
         self._slabs = SlabPool(self.layout.slab_size, slabs,
                                shared=workers > 0 and self.worker_type == "process")  # fmt: skip
+        if self._pinned:
+            from .device import register_slabs
+
+            register_slabs(self._slabs)
 
     # -- torch's DataLoader surface -------------------------------------------------------
     def __len__(self) -> int:
@@ -386,10 +390,6 @@ class DataLoader:
         if self._pool is not None:
             self._close_pool(self._pool)
         self._make_buffers(size)
-        if self._pinned:
-            from .device import register_slabs
-
-            register_slabs(self._slabs)
 
     def _drain(self, pool: WorkerPool) -> None:
         """Receive, and free the slabs of, the batches an earlier epoch left in flight."""
@@ -573,7 +573,9 @@ class DataLoader:
         self._stats.skipped += len(dropped)
 
     # -- pinning and device transfer ------------------------------------------------------
-    def _setup_pinning(self, pin_memory: bool, pin_memory_device: str) -> bool:
+    def _wants_pinning(self, pin_memory: bool) -> bool:
+        """Whether slabs are registered with CUDA (see _make_buffers); torch's warning when
+        pinning is asked for without a GPU."""
         if not (pin_memory or (self.device is not None and self.device.type == "cuda")):
             return False
         if not torch.cuda.is_available():
@@ -581,9 +583,6 @@ class DataLoader:
                 warnings.warn("'pin_memory' argument is set as true but no accelerator is "
                               "found, then device pinned memory won't be used.")  # fmt: skip
             return False
-        from .device import register_slabs
-
-        register_slabs(self._slabs)
         return True
 
     def _to_device(self, batch: dict) -> dict:
