@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from .errors import FastloadError, IncompleteDatasetError, ManifestError
+from .format.decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
 from .format.manifest import Manifest, ShardInfo
 from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
@@ -24,6 +25,7 @@ from .io.iostats import STATS
 from .io.manifest_share import read_shared
 from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
 from .io.source import open_source
+from .utils import parse_size
 
 __all__ = ["Dataset"]
 
@@ -81,13 +83,20 @@ class Dataset:
     by every process using that directory. ``ds.prefetch(indices)`` starts fetching the blocks
     of records about to be read; ``ds.io_stats()`` counts requests, retries, bytes and cache
     hits. ``remote_options`` (a :class:`fastload.io.remote.RemoteOptions`) tunes the rest.
+
+    Compressed blocks are decompressed whole; each process keeps up to ``block_cache`` bytes
+    of them (default 128 MiB; ``"1GB"``, or 0 for none), least recently used dropped first. A
+    compressed dataset read at random (a shuffled epoch) is decompressed once per process when
+    its decompressed size fits, else about once per record read: see ``shuffle="block"``.
     """
 
     def __init__(self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
                  verify: bool = True, cache_dir: str | os.PathLike | bool | None = None,
                  cache_limit: int | str | None = None,
-                 remote_options: RemoteOptions | None = None) -> None:  # fmt: skip
+                 remote_options: RemoteOptions | None = None,
+                 block_cache: int | str = DEFAULT_DECODED_LIMIT) -> None:  # fmt: skip
         self.path = os.fspath(path)
+        self._decoded = DecodedBlocks(parse_size(block_cache))
         self.storage_options = storage_options
         self.verify = verify
         protocol = fsspec.utils.get_protocol(self.path)
@@ -141,12 +150,14 @@ class Dataset:
                 source = open_source(self.fs, path, name=_display(self.fs, path))
             try:
                 try:
-                    reader = ShardReader(source, expected=info, verify=self.verify)
+                    reader = ShardReader(source, expected=info, verify=self.verify,
+                                         decoded=self._decoded, key=s)  # fmt: skip
                 except FastloadError:
                     if not (self.remote and source.from_cache):
                         raise
                     source.forget_cached()  # a bad cached header or index: fetch it anew
-                    reader = ShardReader(source, expected=info, verify=self.verify)
+                    reader = ShardReader(source, expected=info, verify=self.verify,
+                                         decoded=self._decoded, key=s)  # fmt: skip
                 if self.remote:
                     source.attach(reader.blocks)
             except BaseException:
@@ -316,7 +327,7 @@ class Dataset:
             reader = self._readers[s]
             if reader is None:  # closed meanwhile: it reopens when read
                 continue
-            if b not in reader._cache and reader.source.resident(b) is None:
+            if reader.held(b) is None and reader.source.resident(b) is None:
                 todo.setdefault(s, {})[b] = None
         return sum(self._readers[s].source.prefetch(list(bs)) for s, bs in todo.items())
 
@@ -329,10 +340,10 @@ class Dataset:
         for s, records in groups:
             reader = self.shard_reader(s)
             source = reader.source
-            held = reader._cache  # decompressed blocks the reader holds need no fetch
+            held = reader.held  # blocks the reader holds (decompressed) need no fetch
             resident = source.resident
             todo = [b for b in dict.fromkeys(reader.records["block"][records].tolist())
-                    if b not in held and resident(b) is None]  # fmt: skip
+                    if held(b) is None and resident(b) is None]  # fmt: skip
             if todo:
                 scheduled += source.prefetch(todo)
         return scheduled
@@ -534,6 +545,7 @@ class Dataset:
                 reader.source.close()
                 self._readers[i] = None
         self._table = None
+        self._decoded.clear()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -613,7 +625,6 @@ def _protocol(fs) -> str:
 
 
 def _check_limit(options: RemoteOptions) -> None:
-    from .utils import parse_size
 
     parse_size(options.cache_limit)  # a bad size fails here, not in a worker
 

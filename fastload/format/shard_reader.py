@@ -8,13 +8,14 @@ the shard, the block, the record and the byte offset.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator, Optional, Protocol
+from typing import Hashable, Iterator, Optional, Protocol
 
 import numpy as np
 
 from ..errors import CorruptRecordError, ShardChecksumError, ShardFormatError
 from .checksum import first_bad_record, format_hash, hash64, record_checksum
 from .codec import BlockCodecError, decompress_block
+from .decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
 from .manifest import ShardInfo
 from .spec import (
     BLOCK_DTYPE,
@@ -55,12 +56,19 @@ class ShardReader:
     """Random access to the records of one shard."""
 
     def __init__(self, source: ByteSource, *, expected: ShardInfo | None = None,
-                 verify: bool = True, cached_blocks: int = 8) -> None:  # fmt: skip
+                 verify: bool = True, cached_blocks: int = 8,
+                 decoded: DecodedBlocks | None = None, key: Hashable = 0) -> None:  # fmt: skip
+        """``decoded``: where decompressed blocks are kept (a dataset's readers share one,
+        each under its own ``key``); a reader of its own otherwise. ``cached_blocks``: raw
+        blocks read from an unmapped source kept (remote ones, without the block cache)."""
         self.source = source
         self.name = source.name
         self.verify = verify
         self._cached_blocks = cached_blocks
         self._cache: OrderedDict[int, bytes | memoryview] = OrderedDict()
+        self._own_decoded = decoded is None
+        self._decoded = DecodedBlocks(DEFAULT_DECODED_LIMIT) if decoded is None else decoded
+        self._key = key
         self._open(expected)
 
     # -- opening and validation -----------------------------------------------------------
@@ -192,11 +200,13 @@ class ShardReader:
 
     def block(self, b: int) -> bytes | memoryview:
         """The raw (decompressed) bytes of block ``b``, checked against its checksum."""
-        cached = self._cache.get(b)
-        if cached is not None:
-            self._cache.move_to_end(b)
-            return cached
         entry = self.blocks[b]
+        compressed = entry["codec"] != CODEC_NONE
+        cached = self._decoded.get((self._key, b)) if compressed else self._cache.get(b)
+        if cached is not None:
+            if not compressed:
+                self._cache.move_to_end(b)
+            return cached
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
         buffer = self.source.buffer
         stored = buffer[offset : offset + stored_size] if buffer is not None else \
@@ -209,11 +219,21 @@ class ShardReader:
             raw = decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
         except BlockCodecError as e:
             raise self._corrupt_block(b, f"could not be decoded ({e})") from None
-        if buffer is None or entry["codec"] != CODEC_NONE:  # mapped raw blocks cost nothing
+        if compressed:
+            self._decoded.put((self._key, b), raw)
+        elif buffer is None:  # mapped raw blocks cost nothing
             self._cache[b] = raw
             if len(self._cache) > self._cached_blocks:
                 self._cache.popitem(last=False)
         return raw
+
+    def held(self, b: int) -> bytes | memoryview | None:
+        """The raw bytes of block ``b`` if this reader holds them already (no I/O, no
+        decompression), else None."""
+        held = self._cache.get(b)
+        if held is None and self.blocks[b]["codec"] != CODEC_NONE:
+            held = self._decoded.peek((self._key, b))
+        return held
 
     def _corrupt_block(self, b: int, why: str) -> CorruptRecordError:
         entry = self.blocks[b]
@@ -330,6 +350,8 @@ class ShardReader:
 
     def close(self) -> None:
         self._cache.clear()
+        if self._own_decoded:
+            self._decoded.clear()
         self.blocks = self.blocks[:0]
         self.records = self.records[:0]
         self._lengths = self._checksums = self._lengths[:0]

@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSam
 from ..dataset import Dataset
 from ..mix import Mix
 from ..plan.topology import current_topology
+from ..utils import format_size
 from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
 from .layout import BatchLayout, ImageDecode
 from .planning import PlanBatchSampler, Planner, wants_plan
@@ -126,6 +127,9 @@ class DataLoader:
             in_order=in_order)  # fmt: skip
         if self._planner is None and sampler is None and batch_sampler is None:
             _warn_if_unsplit(dataset)
+        if self._planner is not None and self._planner.shuffle and self._planner.mode == "global" \
+                or isinstance(self._torch.sampler, torch.utils.data.RandomSampler):  # fmt: skip
+            _warn_if_rereading(dataset)
         self.dataset = dataset
         self.batch_size = self._torch.batch_size
         self.drop_last = self._torch.drop_last
@@ -704,6 +708,28 @@ def _warn_if_unsplit(dataset: Any) -> None:
                       "DistributedSampler. Pass seed= to have the loader split it (each "
                       "sample once per epoch over all ranks, resumable), or a "
                       "DistributedSampler.", stacklevel=3)  # fmt: skip
+
+
+def _warn_if_rereading(dataset: Any) -> None:
+    """Records drawn at random from compressed blocks decompress their whole block each,
+    once the dataset's decompressed size passes what a process keeps (``block_cache``): say
+    so, once, with the ways out."""
+    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
+        if not isinstance(ds, Dataset):
+            continue
+        manifest, limit = ds.manifest, ds._decoded.limit
+        raw = sum(s.raw_bytes for s in manifest.shards)
+        # Compression that saved under 10% left most blocks raw (JPEG, say): nothing to redo.
+        if manifest.bytes >= 0.9 * raw or raw <= limit:
+            continue
+        per_block = manifest.records / max(1, sum(s.blocks for s in manifest.shards))
+        warnings.warn(f"fastload.DataLoader: {ds.path} is read in a random order from "
+                      f"compressed blocks ({format_size(raw)} decompressed, more than the "
+                      f"{format_size(limit)} each process keeps: Dataset(block_cache=)), "
+                      f"so about {1 - limit / raw:.0%} of the records read will decompress "
+                      f"their whole block (~{per_block:,.0f} records) again. shuffle='block' reads each block once per epoch; a "
+                      "dataset converted with --compression none is read without "
+                      "decompressing; a larger block_cache keeps more.", stacklevel=3)  # fmt: skip
 
 
 def _fast_capable(dataset: Any) -> bool:

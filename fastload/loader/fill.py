@@ -285,7 +285,7 @@ class ResidentGather:
             key, reader, b = table.entries[g]
             view = store.maps.get(key)  # mapped and checked (RemoteSource.resident)
             if view is None:
-                view = reader._cache.get(b)  # held by the shard reader
+                view = reader.held(b)  # held by the shard reader
                 if view is None:
                     return False
                 lent.append(g)

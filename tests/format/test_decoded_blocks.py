@@ -1,0 +1,115 @@
+"""Decompressed blocks kept in memory: the byte bound, LRU order, sharing, fork and pickle;
+and a compressed dataset read at random decompressing each block once while it fits."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+
+import numpy as np
+import pytest
+
+import fastload
+from fastload.format.decoded import DecodedBlocks
+
+
+def test_bound_in_bytes_least_recently_used_dropped_first():
+    cache = DecodedBlocks(limit=30)
+    for k in "abc":
+        cache.put(k, bytes(10))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("d", bytes(10))
+    assert cache.bytes == 30 and len(cache) == 3
+    assert cache.peek("b") is None  # the least recently used went
+    assert [cache.peek(k) is not None for k in "acd"] == [True, True, True]
+    assert (cache.hits, cache.misses) == (1, 0)
+    assert cache.get("b") is None and cache.misses == 1
+
+
+def test_a_block_larger_than_the_limit_is_not_kept():
+    cache = DecodedBlocks(limit=8)
+    cache.put("small", bytes(8))
+    cache.put("big", bytes(9))
+    assert cache.peek("big") is None and cache.peek("small") is not None and cache.bytes == 8
+    zero = DecodedBlocks(limit=0)
+    zero.put("x", bytes(1))
+    assert len(zero) == 0 and zero.bytes == 0
+
+
+def test_negative_limit_refused():
+    with pytest.raises(ValueError, match="block_cache"):
+        DecodedBlocks(-1)
+
+
+def test_pickles_as_its_limit_only():
+    cache = DecodedBlocks(limit=100)
+    cache.put("a", bytes(10))
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.limit == 100 and len(copy) == 0 and copy.bytes == 0
+
+
+def _child_reads(cache: DecodedBlocks, out) -> None:
+    out.put((cache.get("a") is not None, cache.get("zz") is None))
+
+
+def test_a_forked_child_keeps_the_blocks_and_does_not_inherit_a_held_lock():
+    cache = DecodedBlocks(limit=100)
+    cache.put("a", b"x" * 10)
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    with cache._lock:  # another thread of the parent holds it at the fork
+        child = ctx.Process(target=_child_reads, args=(cache, out))
+        child.start()
+    child.join(20)
+    assert child.exitcode == 0, "the child hung on (or died from) the parent's lock"
+    assert out.get(timeout=5) == (True, True)
+
+
+def write_compressed(path, n: int = 600) -> np.ndarray:
+    """n rows of 512 uint16 (1 KiB), in zstd blocks of ~8 KiB: 8 rows a block."""
+    rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
+    rows = rows.reshape(n, 512)
+    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
+                         compression="zstd") as w:  # fmt: skip
+        for row in rows:
+            w.write({"tokens": row})
+    return rows
+
+
+def test_a_compressed_dataset_read_at_random_decompresses_each_block_once(tmp_path):
+    rows = write_compressed(tmp_path / "z")
+    ds = fastload.Dataset(tmp_path / "z")
+    blocks = sum(s.blocks for s in ds.shards)
+    assert ds.manifest.bytes < 0.9 * sum(s.raw_bytes for s in ds.shards)  # it compressed
+    order = np.random.default_rng(0).permutation(len(ds))
+    block_of = ds.shard_reader(0).records["block"]
+    lookups = 0  # a batch looks each of its blocks up once
+    for k in range(0, len(order), 16):
+        batch = ds.get_batch(order[k : k + 16])
+        np.testing.assert_array_equal(batch["tokens"], rows[order[k : k + 16]])
+        lookups += len(set(block_of[order[k : k + 16]].tolist()))
+    assert ds._decoded.misses == blocks  # each block decompressed once, then kept
+    assert ds._decoded.hits == lookups - blocks
+    ds.close()
+    assert len(ds._decoded) == 0  # close lets them go
+
+
+def test_a_small_block_cache_stays_within_its_bytes_and_reads_the_same(tmp_path):
+    rows = write_compressed(tmp_path / "z")
+    ds = fastload.Dataset(tmp_path / "z", block_cache="20KiB")  # two blocks of ~8 KiB
+    order = np.random.default_rng(1).permutation(len(ds))
+    for i in order[:200].tolist():
+        np.testing.assert_array_equal(ds[i]["tokens"], rows[i])
+        assert ds._decoded.bytes <= 20 * 1024
+    assert 0 < len(ds._decoded) <= 2
+    assert ds._decoded.misses > 100  # random reads over 75 blocks mostly miss two
+    none = fastload.Dataset(tmp_path / "z", block_cache=0)
+    for i in order[:20].tolist():
+        np.testing.assert_array_equal(none[i]["tokens"], rows[i])
+    assert len(none._decoded) == 0 and none._decoded.misses == 20
+
+
+def test_bad_block_cache_size_refused(tmp_path):
+    write_compressed(tmp_path / "z", n=8)
+    with pytest.raises(ValueError, match="not a size"):
+        fastload.Dataset(tmp_path / "z", block_cache="lots")

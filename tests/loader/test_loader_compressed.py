@@ -1,0 +1,70 @@
+"""Shuffled loading from compressed blocks: each process decompresses a block once while the
+dataset fits its block_cache, and the loader says so when it does not."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastload
+
+
+def write_compressed(path, n: int = 480) -> np.ndarray:
+    """n rows of 512 uint16 (1 KiB) in zstd blocks of 8 rows, compressing ~4x."""
+    rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
+    rows = rows.reshape(n, 512)
+    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
+                         compression="zstd") as w:  # fmt: skip
+        for row in rows:
+            w.write({"tokens": row})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("z") / "z"
+    return path, write_compressed(path)
+
+
+@pytest.mark.filterwarnings("ignore:.*compressed blocks")  # what the next test is about
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_shuffled_epochs_read_the_right_rows(compressed, num_workers):
+    path, rows = compressed
+    ds = fastload.Dataset(path, block_cache="64KiB")  # 8 of its 60 blocks
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
+                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+    order = torch.cat(list(torch.utils.data.DataLoader(
+        range(len(ds)), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))))
+    got = torch.cat([b["tokens"] for b in loader]).numpy()
+    np.testing.assert_array_equal(got, rows[order])
+
+
+def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compressed):
+    path, _ = compressed
+    small = fastload.Dataset(path, block_cache="64KiB")
+    for kwargs in ({"shuffle": True}, {"shuffle": True, "seed": 0}, {"shuffle": "global"}):
+        with pytest.warns(UserWarning, match=r"random order from compressed blocks.*"
+                                             r"shuffle='block'"):  # fmt: skip
+            fastload.DataLoader(small, batch_size=8, **kwargs)
+    with pytest.warns(UserWarning, match="compressed blocks"):
+        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastload.DataLoader(small, batch_size=8)  # storage order: each block read once
+        fastload.DataLoader(small, batch_size=8, shuffle="block")
+        fastload.DataLoader(fastload.Dataset(path), batch_size=8, shuffle=True)  # it fits
+
+
+def test_no_warning_for_raw_blocks(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 65535, (200, 512), dtype=np.uint16)
+    with fastload.Writer(tmp_path / "r", {"tokens": "uint16[512]"}, block_size=8192,
+                         compression="zstd") as w:  # random tokens: zstd does not pay  # fmt: skip
+        for row in rows:
+            w.write({"tokens": row})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastload.DataLoader(fastload.Dataset(tmp_path / "r", block_cache=0), batch_size=8,
+                            shuffle=True)  # fmt: skip
