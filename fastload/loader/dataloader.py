@@ -714,7 +714,8 @@ def _warn_if_rereading(dataset: Any) -> None:
     """Records drawn at random from compressed blocks decompress their whole block each,
     once the dataset's decompressed size passes what a process keeps (``block_cache``): say
     so, once, with the ways out."""
-    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
+    mix = isinstance(dataset, Mix)
+    for ds in dataset.datasets if mix else [dataset]:
         if not isinstance(ds, Dataset):
             continue
         manifest, limit = ds.manifest, ds._decoded.limit
@@ -723,13 +724,15 @@ def _warn_if_rereading(dataset: Any) -> None:
         if manifest.bytes >= 0.9 * raw or raw <= limit:
             continue
         per_block = manifest.records / max(1, sum(s.blocks for s in manifest.shards))
+        ways = [] if mix else ["shuffle='block' (each block read once per epoch)"]
+        ways += ["a dataset converted with --compression none (nothing to decompress)",
+                 "a larger block_cache"]
         warnings.warn(f"fastload.DataLoader: {ds.path} is read in a random order from "
                       f"compressed blocks ({format_size(raw)} decompressed, more than the "
                       f"{format_size(limit)} each process keeps: Dataset(block_cache=)), "
                       f"so about {1 - limit / raw:.0%} of the records read will decompress "
-                      f"their whole block (~{per_block:,.0f} records) again. shuffle='block' reads each block once per epoch; a "
-                      "dataset converted with --compression none is read without "
-                      "decompressing; a larger block_cache keeps more.", stacklevel=3)  # fmt: skip
+                      f"their whole block (~{per_block:,.0f} records) again. Instead: "
+                      f"{'; '.join(ways)}.", stacklevel=3)  # fmt: skip
 
 
 def _fast_capable(dataset: Any) -> bool:

@@ -49,8 +49,9 @@ def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compresse
         with pytest.warns(UserWarning, match=r"random order from compressed blocks.*"
                                              r"shuffle='block'"):  # fmt: skip
             fastload.DataLoader(small, batch_size=8, **kwargs)
-    with pytest.warns(UserWarning, match="compressed blocks"):
+    with pytest.warns(UserWarning, match="compressed blocks") as caught:
         fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle=True)
+    assert "shuffle='block'" not in str(caught[0].message)  # a Mix has no block shuffle
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastload.DataLoader(small, batch_size=8)  # storage order: each block read once
