@@ -57,10 +57,13 @@ class Mix:
         return int(self.offsets[-1])
 
     # -- the epoch's draws --------------------------------------------------------------------
-    def order(self, seed: int, epoch: int, shuffle: bool) -> plan_mix.Mix:
-        """The draws of one epoch: position -> (dataset, record)."""
+    def order(self, seed: int, epoch: int, shuffle: bool, blocks: list | None = None,
+              window: int = 16) -> plan_mix.Mix:  # fmt: skip
+        """The draws of one epoch: position -> (dataset, record). ``blocks`` (each dataset's
+        records per block): each pass over a dataset in block order (``shuffle="block"``)."""
         return plan_mix.Mix(self.sizes, self._weights_arg, seed, epoch=epoch,
-                            length=self.length, shuffle=shuffle, stratum=self.stratum)  # fmt: skip
+                            length=self.length, shuffle=shuffle, stratum=self.stratum,
+                            blocks=blocks, window=window)  # fmt: skip
 
     def indices(self, order: plan_mix.Mix, positions: np.ndarray) -> np.ndarray:
         """Record indices (into the concatenation) drawn at ``positions`` of ``order``."""

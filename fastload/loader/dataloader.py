@@ -714,8 +714,7 @@ def _warn_if_rereading(dataset: Any) -> None:
     """Records drawn at random from compressed blocks decompress their whole block each,
     once the dataset's decompressed size passes what a process keeps (``block_cache``): say
     so, once, with the ways out."""
-    mix = isinstance(dataset, Mix)
-    for ds in dataset.datasets if mix else [dataset]:
+    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
         if not isinstance(ds, Dataset):
             continue
         manifest, limit = ds.manifest, ds._decoded.limit
@@ -724,9 +723,9 @@ def _warn_if_rereading(dataset: Any) -> None:
         if manifest.bytes >= 0.9 * raw or raw <= limit:
             continue
         per_block = manifest.records / max(1, sum(s.blocks for s in manifest.shards))
-        ways = [] if mix else ["shuffle='block' (each block read once per epoch)"]
-        ways += ["a dataset converted with --compression none (nothing to decompress)",
-                 "a larger block_cache"]
+        ways = ["shuffle='block' (each block read once per epoch)",
+                "a dataset converted with --compression none (nothing to decompress)",
+                "a larger block_cache"]
         warnings.warn(f"fastload.DataLoader: {ds.path} is read in a random order from "
                       f"compressed blocks ({format_size(raw)} decompressed, more than the "
                       f"{format_size(limit)} each process keeps: Dataset(block_cache=)), "

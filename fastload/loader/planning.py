@@ -87,16 +87,21 @@ class Planner:
         derive_key(self.seed, 0, STREAM_AUGMENT)  # seed must be an int: say so now
         self.dataset = dataset
         self.mix = dataset if isinstance(dataset, Mix) else None
-        if self.mix is not None and self.mode == "block":
-            raise ValueError("shuffle='block' does not apply to a Mix: its draws are shuffled "
-                             "within strata (use shuffle=True)")  # fmt: skip
         self.n = len(dataset)
         self.batch_size, self.drop_last = batch_size, bool(drop_last)
         self.fingerprint = fingerprint_of(dataset)
         self.blocks: Optional[np.ndarray] = None
         self.window: Optional[int] = None
         self.layout: Optional[str] = None
-        if self.mode == "block":
+        self.mix_blocks: Optional[list[np.ndarray]] = None  # a Mix's, per dataset
+        if self.mode == "block" and self.mix is not None:
+            # Each pass over each dataset is in block order (plan.mix); the epoch's positions
+            # are the mix's own, unshuffled, as with shuffle=True.
+            self.mix_blocks = [_block_sizes(d) for d in self.mix.datasets]
+            self.window = int(block_window)
+            self.layout = layout_digest(np.concatenate(
+                [[len(b) for b in self.mix_blocks], *self.mix_blocks]))  # fmt: skip
+        elif self.mode == "block":
             self.blocks = _block_sizes(dataset)
             self.window, self.layout = int(block_window), layout_digest(self.blocks)
         self._rank, self._world = rank, world_size
@@ -133,7 +138,8 @@ class Planner:
         rank, world = self.topology()
         return EpochPlan(self.n, batch_size=self.batch_size, seed=self.seed, epoch=epoch,
                          shuffle=self.shuffle and self.mix is None, rank=rank, world_size=world,
-                         drop_last=self.drop_last, start=start, mode=self.mode,
+                         drop_last=self.drop_last, start=start,
+                         mode=self.mode if self.mix is None else "global",
                          blocks=self.blocks, window=self.window or DEFAULT_WINDOW,
                          fingerprint=self.fingerprint)  # fmt: skip
 
@@ -146,7 +152,9 @@ class Planner:
         epoch = self._next_epoch
         plan = self.epoch_plan(epoch)
         self._resume = None
-        order = self.mix.order(self.seed, epoch, self.shuffle) if self.mix is not None else None
+        order = None if self.mix is None else \
+            self.mix.order(self.seed, epoch, self.shuffle, self.mix_blocks,
+                           self.window or DEFAULT_WINDOW)  # fmt: skip
         self.current = Cursor(plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT))
         self._next_epoch = epoch + 1
         return self.current
@@ -201,7 +209,10 @@ class Planner:
         validate_state(state)  # version and field types first: the checks below read them
         self._check_setting("mode", state["mode"], self.mode)  # the plan's shape depends on it
         # The plan layer checks n, the fingerprint, the block layout and the position.
-        EpochPlan.from_state_dict(state, n=self.n, batch_size=1, fingerprint=self.fingerprint,
+        # (A Mix's plan is over its positions, in block mode too; its fingerprint names every
+        # dataset's content, and so their blocks.)
+        EpochPlan.from_state_dict({**state, "mode": "global"} if self.mix is not None else state,
+                                  n=self.n, batch_size=1, fingerprint=self.fingerprint,
                                   rank=0, world_size=1, blocks=self.blocks)  # fmt: skip
         # seeds are taken modulo 2**64 (as torch does): -1 and 2**64 - 1 are one seed
         self._check_setting("seed", int(state["seed"]) % 2**64, int(self.seed) % 2**64)
@@ -248,7 +259,8 @@ class PlanBatchSampler:
 def _block_sizes(dataset: Any) -> np.ndarray:
     """Records per block, block by block in index order (shard after shard)."""
     if not isinstance(dataset, Dataset):
-        raise ValueError("shuffle='block' needs a fastload.Dataset (it shuffles the dataset's "
-                         "storage blocks); use shuffle='global' for other datasets")  # fmt: skip
+        raise ValueError("shuffle='block' needs a fastload.Dataset, or a Mix of them (it "
+                         "shuffles their storage blocks); use shuffle='global' for other "
+                         "datasets")  # fmt: skip
     sizes = [dataset.shard_reader(s).blocks["n_records"] for s in range(len(dataset.shards))]
     return np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, np.int64)

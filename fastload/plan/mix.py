@@ -12,7 +12,9 @@ Semantics:
   so batches are mixed, not striped. With ``shuffle=False`` nothing is shuffled: a stratum lists
   its draws dataset by dataset, and each dataset is read in storage order.
 - Dataset d's k-th draw reads index ``P_{d,pass}(k mod n_d)`` with ``pass = k // n_d``: each pass
-  over a dataset is a fresh keyed permutation of it (the identity when ``shuffle`` is False),
+  over a dataset is a fresh keyed permutation of it (the identity when ``shuffle`` is False;
+  with ``blocks=``, a :class:`~fastload.plan.BlockShuffle` of its blocks, so a stratum's draws
+  of one dataset come from a window or two of its blocks, each read once per pass),
   so a dataset drawn more often than its size wraps around and starts a new pass; one drawn
   less often is only partly read, never repeating an index. Draws are numbered in order of
   stratum, but in shuffled order inside one (that keeps lookups O(1)): a dataset smaller than
@@ -33,7 +35,9 @@ from fractions import Fraction
 from itertools import accumulate
 
 import numpy as np
+import numpy.typing as npt
 
+from .block_shuffle import DEFAULT_WINDOW, BlockShuffle
 from .permutation import (
     STREAM_MIX_DATA,
     STREAM_MIX_SLOTS,
@@ -59,7 +63,9 @@ class Mix:
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float] | None = None,
                  seed: int = 0, *, epoch: int = 0, length: int | None = None,
-                 shuffle: bool = True, stratum: int = 4096) -> None:  # fmt: skip
+                 shuffle: bool = True, stratum: int = 4096,
+                 blocks: Sequence[npt.ArrayLike] | None = None,
+                 window: int = DEFAULT_WINDOW) -> None:  # fmt: skip
         weights = list(sizes) if weights is None else list(weights)
         if len(sizes) == 0 or len(sizes) != len(weights):
             raise ValueError(f"need one weight per dataset, got {len(sizes)} sizes and "
@@ -80,6 +86,19 @@ class Mix:
             raise ValueError(f"length must be >= 0, got {length}")
         self.seed, self.epoch, self.shuffle = seed, epoch, bool(shuffle)
         derive_key(seed, epoch, STREAM_MIX_SLOTS)  # validates seed and epoch now
+        self.window = int(window)
+        self._blocks: list[np.ndarray] | None = None
+        if blocks is not None:
+            if len(blocks) != len(self.sizes):
+                raise ValueError(f"need the blocks of each of the {len(self.sizes)} datasets, "
+                                 f"got {len(blocks)}")  # fmt: skip
+            self._blocks = [np.asarray(b, dtype=np.int64) for b in blocks]
+            for d, b in enumerate(self._blocks):
+                if int(b.sum()) != self.sizes[d]:
+                    raise ValueError(f"dataset {d}: its blocks hold {int(b.sum())} records, "
+                                     f"its size is {self.sizes[d]}")  # fmt: skip
+        # (dataset, pass) -> its BlockShuffle: O(#blocks) to build, so kept for a few passes
+        self._passes: dict[tuple[int, int], BlockShuffle] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -138,9 +157,26 @@ class Mix:
         group = group.reshape(-1)
         pairs = pairs.tolist()
         keys = [derive_key(self.seed, self.epoch, STREAM_MIX_DATA, d, p) for d, p in pairs]
+        if self._blocks is not None:
+            out = np.empty_like(local)
+            for g, ((d, p), key) in enumerate(zip(pairs, keys)):
+                mine = group == g
+                out[mine] = self._block_order(d, p, key)[local[mine]]
+            return out
         sizes = np.asarray([self.sizes[d] for d, _ in pairs], dtype=np.int64)
         return permute_grouped(sizes, keys, group, local)
 
+    def _block_order(self, d: int, p: int, key: int) -> BlockShuffle:
+        """Pass ``p`` over dataset ``d`` in block order, keyed by its (dataset, pass) key."""
+        order = self._passes.get((d, p))
+        if order is None:
+            if len(self._passes) >= 2 * len(self.sizes) + 8:
+                self._passes.pop(next(iter(self._passes)))  # the oldest
+            order = self._passes[d, p] = BlockShuffle(self._blocks[d], key, 0,
+                                                      window=self.window)  # fmt: skip
+        return order
+
     def __repr__(self) -> str:
+        blocks = f", window={self.window}" if self._blocks is not None else ""
         return (f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
-                f"length={self.length}, stratum={self.stratum})")  # fmt: skip
+                f"length={self.length}, stratum={self.stratum}{blocks})")  # fmt: skip

@@ -274,6 +274,50 @@ def test_mix_is_deterministic_weighted_and_resumable(index_paths):
                             seed=4).load_state_dict(first.state_dict())  # fmt: skip
 
 
+def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
+    """shuffle='block' on a Mix: each dataset's passes in block order (plan.mix), the same
+    batches with 0 or 2 workers, resumable with another batch size, every record once over
+    three ranks, and a state of the global order refused."""
+    a, b = fastload.Dataset(index_paths["a"]), fastload.Dataset(index_paths["b"])
+    mix = Mix([a, b])  # weights = sizes: every record of both once
+
+    def make(workers=0, batch_size=8, **kw):
+        return fastload.DataLoader(mix, batch_size=batch_size, shuffle="block", seed=2,
+                                   num_workers=workers, block_window=2, **kw)  # fmt: skip
+
+    loader = make(2)
+    assert loader.fast
+    full = run(loader)
+    assert run(make(0)) == full
+    order = mix.order(2, 0, True, blocks=[_blocks(a), _blocks(b)], window=2)
+    drawn, local = order[np.arange(len(mix))]
+    assert flat(full) == local.tolist()
+    assert sorted(zip(drawn.tolist(), local.tolist())) == \
+        [(0, i) for i in range(N)] + [(1, i) for i in range(30)]  # fmt: skip
+    assert flat(full) != flat(run(fastload.DataLoader(mix, batch_size=8, shuffle=True, seed=2)))
+    first = make(2)
+    got = run(first, limit=4)
+    second = make(0, batch_size=5)
+    second.load_state_dict(first.state_dict())
+    assert flat(got) + flat(run(second)) == flat(full)
+    with pytest.raises(PlanStateError, match="mode"):
+        fastload.DataLoader(mix, batch_size=8, shuffle=True, seed=2).load_state_dict(
+            first.state_dict())
+    with pytest.raises(PlanStateError, match="window"):
+        fastload.DataLoader(mix, batch_size=8, shuffle="block", seed=2,
+                            block_window=3).load_state_dict(first.state_dict())  # fmt: skip
+    per_rank = [run(make(rank=r, world_size=3, drop_last=True)) for r in range(3)]
+    served = [i for j in range(len(per_rank[0])) for r in per_rank for i in r[j]]
+    assert served == local[: len(served)].tolist()
+    with pytest.raises(ValueError, match="Mix of them"):
+        fastload.DataLoader(Mix([a, Plain(5)]), batch_size=4, shuffle="block")
+
+
+def _blocks(ds: fastload.Dataset) -> np.ndarray:
+    return np.concatenate([ds.shard_reader(s).blocks["n_records"]
+                           for s in range(len(ds.shards))]).astype(np.int64)  # fmt: skip
+
+
 def test_mix_of_plain_datasets_takes_the_general_path():
     mix = Mix([Plain(10), Plain(5)])  # weights = sizes: every sample once
     loader = fastload.DataLoader(mix, batch_size=4, shuffle=True, seed=0)

@@ -123,3 +123,44 @@ def test_bad_arguments():
         Mix([1, 2], [1, 1], stratum=0)
     with pytest.raises(IndexError):
         Mix([1, 2], [1, 1])[3]
+
+
+def test_block_order_reads_every_sample_once_in_few_blocks_per_stratum():
+    """With blocks=, each pass over a dataset is a BlockShuffle of its blocks: the default
+    weights still read every sample once, and a stratum's draws of one dataset (consecutive
+    positions of its block order) come from the blocks of the windows they span."""
+    sizes, per_block, window = [6000, 1500], [60, 25], 4
+    blocks = [np.full(n // b, b) for n, b in zip(sizes, per_block)]
+    mix = Mix(sizes, seed=5, blocks=blocks, window=window, stratum=512)
+    ds, idx = mix[np.arange(mix.length)]
+    for d, n in enumerate(sizes):
+        assert np.array_equal(np.sort(idx[ds == d]), np.arange(n))
+    for start in range(0, mix.length, 512):
+        for d in (0, 1):
+            mine = idx[start : start + 512][ds[start : start + 512] == d]
+            windows = math.ceil(len(mine) / (window * per_block[d])) + 1
+            assert len(np.unique(mine // per_block[d])) <= windows * window
+    plain = Mix(sizes, seed=5, stratum=512)[np.arange(512)]
+    assert len(np.unique(plain[1][plain[0] == 0] // 60)) > 2 * window  # global: all over
+    again = Mix(sizes, seed=5, blocks=blocks, window=window, stratum=512)[np.arange(300, 900)]
+    assert np.array_equal(again[1], idx[300:900])  # random access: the same draws
+
+
+def test_block_order_wraps_with_a_fresh_block_order_per_pass():
+    blocks = [np.full(100, 50), np.full(2, 10)]  # the small one: 20 samples, ~250 passes
+    mix = Mix([5000, 20], [0.5, 0.5], seed=1, blocks=blocks, window=1)
+    ds, idx = mix[np.arange(mix.length)]
+    counts = np.bincount(idx[ds == 1], minlength=20)
+    assert counts.max() - counts.min() <= 1
+    small = mix._index(np.ones(400, np.int64), np.arange(400))  # its draws, in draw order
+    passes = [tuple(small[k : k + 20]) for k in range(0, 400, 20)]
+    assert len(set(passes)) > 1  # not one order repeated
+    for p in passes:  # window=1: a pass reads one block, then the other
+        assert len(set(i // 10 for i in p[:10])) == 1
+
+
+def test_block_order_needs_blocks_that_match_the_sizes():
+    with pytest.raises(ValueError, match="blocks of each"):
+        Mix([10, 10], blocks=[[10]])
+    with pytest.raises(ValueError, match="dataset 1: its blocks hold 9 records"):
+        Mix([10, 10], blocks=[[10], [4, 5]])
