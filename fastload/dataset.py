@@ -625,7 +625,6 @@ def _protocol(fs) -> str:
 
 
 def _check_limit(options: RemoteOptions) -> None:
-
     parse_size(options.cache_limit)  # a bad size fails here, not in a worker
 
 
