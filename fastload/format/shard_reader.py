@@ -200,13 +200,13 @@ class ShardReader:
 
     def block(self, b: int) -> bytes | memoryview:
         """The raw (decompressed) bytes of block ``b``, checked against its checksum."""
-        entry = self.blocks[b]
-        compressed = entry["codec"] != CODEC_NONE
+        compressed = not self._raw[b]
         cached = self._decoded.get((self._key, b)) if compressed else self._cache.get(b)
         if cached is not None:
             if not compressed:
                 self._cache.move_to_end(b)
             return cached
+        entry = self.blocks[b]
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
         buffer = self.source.buffer
         stored = buffer[offset : offset + stored_size] if buffer is not None else \
@@ -231,7 +231,7 @@ class ShardReader:
         """The raw bytes of block ``b`` if this reader holds them already (no I/O, no
         decompression), else None."""
         held = self._cache.get(b)
-        if held is None and self.blocks[b]["codec"] != CODEC_NONE:
+        if held is None and not self._raw[b]:  # (a list: this runs per block per batch)
             held = self._decoded.peek((self._key, b))
         return held
 
