@@ -152,6 +152,7 @@ class DataLoader:
                                f"{torch.__version__} finds no GPU); leave device unset or use "
                                "device='cpu'")  # fmt: skip
         self._stats = LoaderStats()
+        self._handed = 0  # the iteration's number of the batch handed out last
         policy = policy_of(bad_samples)
         self._budget = BadSampleBudget(policy) if policy is not None else None
         self._pool: Optional[WorkerPool] = None
@@ -213,7 +214,9 @@ class DataLoader:
             cursor = self._planner.begin()
             batches = (iter(self._torch) if not self.fast
                        else self._fast_batches(cursor.aug_seed))  # fmt: skip
-            return self._timed(self._planner.track(cursor, batches))
+            # in_order=False: which batch came is the one _deliver handed out last
+            number = (lambda: self._handed) if self.fast and not self.in_order else None
+            return self._timed(self._planner.track(cursor, batches, number))
         if not self.fast:
             return self._timed(iter(self._torch))
         # As in torch, the workers' base seed is drawn from the generator when the iterator is
@@ -252,11 +255,15 @@ class DataLoader:
     def state_dict(self) -> dict[str, Any]:
         """Where the epoch stands: the global position in its plan (batches handed out on
         every rank; prefetched ones do not count), the seed, the order and the dataset's
-        fingerprint. Plain ints and strings (JSON-safe); the same on every rank in lockstep."""
+        fingerprint. Plain ints and strings (JSON-safe); the same on every rank in lockstep.
+        With ``in_order=False`` (fast path), a rank that had batches past that position
+        lists them (``ahead``): its state is its own, to load on that rank with the same
+        world and batch size."""
         planner = self._need_plan("state_dict")
-        if not self.in_order:
-            raise ValueError("state_dict() needs in_order=True: with in_order=False batches "
-                             "arrive out of order, so no position says what was consumed")
+        if not self.in_order and not self.fast and self.num_workers > 0:
+            raise ValueError("state_dict() with in_order=False needs the fast path (a "
+                             "fastload.Dataset, no collate_fn): torch's loader, which runs "
+                             "the others, does not say which batch it handed out")  # fmt: skip
         state = planner.state_dict()
         if self._budget is not None:
             # This rank's counts (they differ between ranks): restored on the same rank.
@@ -544,6 +551,7 @@ class DataLoader:
         """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
         start = time.perf_counter()
         lease = self._slabs.lease(result.slab)
+        self._handed = result.batch
         if self._budget is not None:
             self._skip_bad(result, lease)
         views = self.layout.views(lease, result.samples)

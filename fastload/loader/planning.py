@@ -14,8 +14,8 @@ loop received. ``state_dict()`` is:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -41,13 +41,42 @@ def wants_plan(dataset: Any, shuffle: Any, seed: Optional[int], rank: Optional[i
 
 @dataclass
 class Cursor:
-    """One iteration over one epoch plan, and how many of its batches the user has."""
+    """One iteration over one epoch plan, and which of its batches the user has.
+
+    Batches are numbered by the plan (``plan.batch(j)``). ``skip``: batches of the plan the
+    user already had before a resume (handed out ahead of order, ``in_order=False``); the
+    iteration's i-th batch is the plan's i-th batch not skipped (:meth:`plan_batch`)."""
 
     plan: EpochPlan
     mix_order: Any = None
-    delivered: int = 0
+    delivered: int = 0  # the plan's first batches, all handed out
     aug_seed: int = 0
     done: bool = False  # the iteration ran to its end
+    skip: tuple[int, ...] = ()  # sorted
+    ahead: set[int] = field(default_factory=set)  # handed out past ``delivered``
+
+    def __post_init__(self) -> None:
+        for j in self.skip:
+            self.handed_out(j)
+
+    def plan_batch(self, i: int) -> int:
+        """The plan's number of the iteration's i-th batch."""
+        j = i
+        for s in self.skip:  # a few: at most the batches in flight when the state was saved
+            if s > j:
+                break
+            j += 1
+        return j
+
+    def handed_out(self, j: int) -> None:
+        """The user has the plan's batch j now."""
+        if j != self.delivered:
+            self.ahead.add(j)
+            return
+        self.delivered += 1
+        while self.delivered in self.ahead:
+            self.ahead.remove(self.delivered)
+            self.delivered += 1
 
     def indices(self, j: int, mix: Optional[Mix]) -> np.ndarray:
         """Dataset indices of this rank's j-th batch of the iteration (int64)."""
@@ -55,9 +84,11 @@ class Cursor:
             return self.plan.batch(j)
         return mix.indices(self.mix_order, self.plan.positions(j))
 
-    def rng_seed(self, j: int) -> tuple[int, int]:
-        """Augmentation seed of batch j: keyed by the batch's first position in the epoch, so a
-        resumed run (same world and batch size) augments each sample as the first run did."""
+    def rng_seed(self, i: int) -> tuple[int, int]:
+        """Augmentation seed of the iteration's i-th batch: keyed by the batch's first position
+        in the epoch, so a resumed run (same world and batch size) augments each sample as the
+        first run did."""
+        j = self.plan_batch(i)
         return (self.aug_seed, self.plan.partition.first_position(self.plan.rank, j))
 
 
@@ -108,7 +139,8 @@ class Planner:
         # Partition checks these now rather than on the first iteration.
         Partition(self.n, batch_size, 1 if world_size is None else world_size, drop_last)
         self._next_epoch = 0
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, consumed) from a state
+        # (epoch, consumed, batches handed out ahead of order) from a loaded state
+        self._resume: Optional[tuple[int, int, tuple[int, ...]]] = None
         self.current: Optional[Cursor] = None
 
     # -- topology ---------------------------------------------------------------------------
@@ -134,6 +166,11 @@ class Planner:
             return self._resume[1]
         return 0
 
+    def _skip(self, epoch: int) -> tuple[int, ...]:
+        if self._resume is not None and self._resume[0] == epoch:
+            return self._resume[2]
+        return ()
+
     def _plan(self, epoch: int, start: int) -> EpochPlan:
         rank, world = self.topology()
         return EpochPlan(self.n, batch_size=self.batch_size, seed=self.seed, epoch=epoch,
@@ -150,46 +187,56 @@ class Planner:
     def begin(self) -> Cursor:
         """The next iteration's cursor (consumes a loaded state that matches its epoch)."""
         epoch = self._next_epoch
-        plan = self.epoch_plan(epoch)
+        plan, skip = self.epoch_plan(epoch), self._skip(epoch)
         self._resume = None
         order = None if self.mix is None else \
             self.mix.order(self.seed, epoch, self.shuffle, self.mix_blocks,
                            self.window or DEFAULT_WINDOW)  # fmt: skip
-        self.current = Cursor(plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT))
+        self.current = Cursor(plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT),
+                              skip=skip)  # fmt: skip
         self._next_epoch = epoch + 1
         return self.current
 
-    def track(self, cursor: Cursor, batches: Iterator[Any]) -> Iterator[Any]:
-        """``batches``, counting each one as consumed as it is handed on."""
-        for batch in batches:
-            cursor.delivered += 1
-            yield batch
+    def track(self, cursor: Cursor, batches: Iterator[Any],
+              number: Optional[Callable[[], int]] = None) -> Iterator[Any]:  # fmt: skip
+        """``batches``, counting each one as consumed as it is handed on. ``number()``: the
+        iteration's number of the batch just yielded, when they come out of order."""
+        if number is None and not cursor.skip:  # in order, nothing to skip: the common case
+            for batch in batches:
+                cursor.delivered += 1
+                yield batch
+        else:
+            for i, batch in enumerate(batches):
+                cursor.handed_out(cursor.plan_batch(number() if number is not None else i))
+                yield batch
         cursor.done = True
 
     def num_batches(self) -> int:
         """Batches of the running iteration, else of the next one (from a loaded position)."""
         cur = self.current
         if cur is not None and not cur.done:
-            return cur.plan.num_batches
+            return cur.plan.num_batches - len(cur.skip)
         rank, world = self.topology()
         epoch = self._next_epoch
         return Partition(self.n, self.batch_size, world, self.drop_last,
-                         self._start(epoch)).num_batches  # fmt: skip
+                         self._start(epoch)).num_batches - len(self._skip(epoch))  # fmt: skip
 
     # -- state ------------------------------------------------------------------------------
-    def position(self) -> tuple[int, int]:
-        """(epoch, positions consumed) that state_dict() describes (see the module doc)."""
+    def position(self) -> tuple[int, int, tuple[int, ...]]:
+        """(epoch, positions consumed, this rank's batches handed out past them: batch k is
+        the k-th of a plan resumed there) that state_dict() describes (see the module doc)."""
         if self._resume is not None:
             return self._resume
-        if self.current is not None:
-            plan = self.current.plan
-            return plan.epoch, plan.consumed_after(self.current.delivered)
-        return self._next_epoch, 0
+        cur = self.current
+        if cur is not None:
+            ahead = tuple(sorted(j - cur.delivered for j in cur.ahead))
+            return cur.plan.epoch, cur.plan.consumed_after(cur.delivered), ahead
+        return self._next_epoch, 0, ()
 
     def state_dict(self) -> dict[str, Any]:
-        epoch, consumed = self.position()
-        _, world = self.topology()
-        return {
+        epoch, consumed, ahead = self.position()
+        rank, world = self.topology()
+        state = {
             "version": STATE_VERSION,
             "consumed": int(consumed),
             "n": self.n,
@@ -204,6 +251,11 @@ class Planner:
             "world_size": world,
             "batch_size": self.batch_size,
         }
+        if ahead:
+            # in_order=False: this rank also had these batches past ``consumed`` (each rank
+            # its own: this state resumes this rank only, with this world and batch size)
+            state.update(ahead=list(ahead), rank=rank)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         validate_state(state)  # version and field types first: the checks below read them
@@ -220,10 +272,33 @@ class Planner:
         if self.mode == "block":
             self._check_setting("window", state["window"], self.window)
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        self._resume = (epoch, consumed)
+        ahead = self._ahead_of(state)
+        self._resume = (epoch, consumed, ahead)
         self.current = None
         # A finished epoch resumes at the start of the next one.
         self._next_epoch = epoch + 1 if consumed >= self.n else epoch
+
+    def _ahead_of(self, state: Mapping[str, Any]) -> tuple[int, ...]:
+        """The batches a state saved with ``in_order=False`` says its rank had past its
+        position; they are skipped when it resumes, so only on that rank, with the same world
+        and batch size (its other ranks had other batches past theirs)."""
+        ahead = state.get("ahead") or []
+        if not ahead:
+            return ()
+        if not (isinstance(ahead, list) and all(isinstance(k, int) and not isinstance(k, bool)
+                                                and k > 0 for k in ahead)):  # fmt: skip
+            raise PlanStateError(f"plan state is corrupted: 'ahead' should be a list of "
+                                 f"positive ints, got {ahead!r}")  # fmt: skip
+        rank, world = self.topology()
+        saved = (state.get("rank"), state.get("world_size"), state.get("batch_size"))
+        if saved != (rank, world, self.batch_size):
+            raise PlanStateError(
+                f"this state was saved by rank {saved[0]} of {saved[1]} (batch_size "
+                f"{saved[2]}) while batches were handed out of order (in_order=False): it "
+                f"resumes only that rank, with that world size and batch size (this loader: "
+                f"rank {rank} of {world}, batch_size {self.batch_size}). Save and load each "
+                "rank's own state_dict() with in_order=False.")  # fmt: skip
+        return tuple(sorted(set(ahead)))
 
     @staticmethod
     def _check_setting(key: str, saved: Any, mine: Any) -> None:
@@ -249,8 +324,10 @@ class PlanBatchSampler:
         mix = self.planner.mix
         batches = cursor.plan.batches() if mix is None else \
             (cursor.indices(j, mix) for j in range(cursor.plan.num_batches))  # fmt: skip
-        for idx in batches:
-            yield idx.tolist() if self.as_lists else idx
+        skip = set(cursor.skip)  # handed out before a resume (in_order=False)
+        for j, idx in enumerate(batches):
+            if j not in skip:
+                yield idx.tolist() if self.as_lists else idx
 
     def __len__(self) -> int:
         return self.planner.num_batches()

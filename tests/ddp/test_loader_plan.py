@@ -341,8 +341,10 @@ def test_persistent_workers_resume_and_in_order_false(ids):
     assert head + tail == run(ref)
     unordered = fastload.DataLoader(ids, batch_size=4, seed=3, num_workers=2, in_order=False)
     assert sorted(flat(run(unordered))) == list(range(N))
+    assert unordered.state_dict()["consumed"] == N  # (tests/loader: resuming out of order)
     with pytest.raises(ValueError, match="in_order"):
-        unordered.state_dict()
+        fastload.DataLoader(Plain(N), batch_size=4, seed=3, num_workers=2,
+                            in_order=False).state_dict()  # fmt: skip
 
 
 def test_mix_split_over_ranks_draws_every_sample_once(index_paths):
