@@ -93,6 +93,18 @@ def write_index_dataset(path: Path, n: int, *, schema=None, record=None, **optio
     return path
 
 
+def write_compressed_rows(path: Path, n: int) -> np.ndarray:
+    """n rows of 512 uint16 (1 KiB each) that zstd compresses ~4x, in blocks of 8 rows;
+    returns the rows."""
+    rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
+    rows = rows.reshape(n, 512)
+    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
+                         compression="zstd") as w:  # fmt: skip
+        for row in rows:
+            w.write({"tokens": row})
+    return rows
+
+
 def all_files(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` by relative path (for byte-identical comparisons)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))

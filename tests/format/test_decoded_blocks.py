@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+from formattools import write_compressed_rows
 
 import fastload
 from fastload.format.decoded import DecodedBlocks
@@ -65,19 +66,8 @@ def test_a_forked_child_keeps_the_blocks_and_does_not_inherit_a_held_lock():
     assert out.get(timeout=5) == (True, True)
 
 
-def write_compressed(path, n: int = 600) -> np.ndarray:
-    """n rows of 512 uint16 (1 KiB), in zstd blocks of ~8 KiB: 8 rows a block."""
-    rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
-    rows = rows.reshape(n, 512)
-    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
-                         compression="zstd") as w:  # fmt: skip
-        for row in rows:
-            w.write({"tokens": row})
-    return rows
-
-
 def test_a_compressed_dataset_read_at_random_decompresses_each_block_once(tmp_path):
-    rows = write_compressed(tmp_path / "z")
+    rows = write_compressed_rows(tmp_path / "z", 600)
     ds = fastload.Dataset(tmp_path / "z")
     blocks = sum(s.blocks for s in ds.shards)
     assert ds.manifest.bytes < 0.9 * sum(s.raw_bytes for s in ds.shards)  # it compressed
@@ -95,7 +85,7 @@ def test_a_compressed_dataset_read_at_random_decompresses_each_block_once(tmp_pa
 
 
 def test_a_small_block_cache_stays_within_its_bytes_and_reads_the_same(tmp_path):
-    rows = write_compressed(tmp_path / "z")
+    rows = write_compressed_rows(tmp_path / "z", 600)
     ds = fastload.Dataset(tmp_path / "z", block_cache="20KiB")  # two blocks of ~8 KiB
     order = np.random.default_rng(1).permutation(len(ds))
     for i in order[:200].tolist():
@@ -110,6 +100,6 @@ def test_a_small_block_cache_stays_within_its_bytes_and_reads_the_same(tmp_path)
 
 
 def test_bad_block_cache_size_refused(tmp_path):
-    write_compressed(tmp_path / "z", n=8)
+    write_compressed_rows(tmp_path / "z", 8)
     with pytest.raises(ValueError, match="not a size"):
         fastload.Dataset(tmp_path / "z", block_cache="lots")

@@ -8,25 +8,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from formattools import write_compressed_rows
 
 import fastload
-
-
-def write_compressed(path, n: int = 480) -> np.ndarray:
-    """n rows of 512 uint16 (1 KiB) in zstd blocks of 8 rows, compressing ~4x."""
-    rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
-    rows = rows.reshape(n, 512)
-    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
-                         compression="zstd") as w:  # fmt: skip
-        for row in rows:
-            w.write({"tokens": row})
-    return rows
 
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
     path = tmp_path_factory.mktemp("z") / "z"
-    return path, write_compressed(path)
+    return path, write_compressed_rows(path, 480)  # 60 blocks of 8 rows
 
 
 @pytest.mark.filterwarnings("ignore:.*compressed blocks")  # what the next test is about
@@ -75,7 +65,7 @@ def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
     """shuffle='block' on a Mix of compressed datasets: a stratum's draws of each dataset come
     from a window or two of its blocks, so a small block_cache decompresses each block about
     once per epoch, where the global order decompresses most records' blocks again."""
-    rows = [write_compressed(tmp_path / k) for k in "ab"]
+    rows = [write_compressed_rows(tmp_path / k, 480) for k in "ab"]
 
     def epoch(shuffle) -> tuple[int, int, list]:
         parts = [fastload.Dataset(tmp_path / k, block_cache="128KiB") for k in "ab"]
