@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import os
 import re
 import threading
@@ -51,6 +50,7 @@ from typing import Iterator, Optional
 from ..format.checksum import hash64
 from ..utils import parse_size
 from .iostats import STATS
+from .mapping import map_readonly
 
 try:
     import fcntl
@@ -257,7 +257,7 @@ class BlockCache:
             return None
         try:
             ok = os.fstat(fd).st_size == length and length > 0
-            data = memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ)) if ok else None
+            data = map_readonly(fd, length) if ok else None
         finally:
             os.close(fd)
         if data is None or (checksum is not None and hash64(data) != checksum):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 from typing import Optional
 
 from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
+from .mapping import map_readonly
 
 __all__ = ["MappedSource", "FileSource", "open_source"]
 
 
 class MappedSource:
-    """A local file mapped into memory: records are zero-copy slices of the map."""
+    """A local file mapped into memory: records are zero-copy slices of the map (which
+    holds no open file: see mapping.py)."""
 
     def __init__(self, path: str, name: str | None = None) -> None:
         self.name = name or path
@@ -24,10 +25,9 @@ class MappedSource:
                                     "(deleted, or the dataset was copied incompletely)") from None
         try:
             self.size = os.fstat(fd).st_size
-            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if self.size else None
+            self.buffer: Optional[memoryview] = map_readonly(fd, self.size) if self.size else None
         finally:
             os.close(fd)
-        self.buffer: Optional[memoryview] = memoryview(self._map) if self._map else None
 
     def read(self, offset: int, length: int) -> memoryview:
         if offset < 0 or length < 0 or offset + length > self.size or self.buffer is None:
@@ -36,15 +36,8 @@ class MappedSource:
         return self.buffer[offset : offset + length]
 
     def close(self) -> None:
-        if self.buffer is not None:
-            self.buffer.release()
-            self.buffer = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a caller still holds a slice; the map is freed with it
-            self._map = None
+        # Unmapped once no slice of it is left (a caller may still hold records).
+        self.buffer = None
 
 
 class FileSource:

@@ -200,6 +200,7 @@ class DataLoader:
             slabs = workers * self.prefetch_factor * self._per_message + 2
         self._slabs = SlabPool(self.layout.slab_size, slabs,
                                shared=workers > 0 and self.worker_type == "process")  # fmt: skip
+        self._slabs.headroom = 8 + 2 * workers
         if self._pinned:
             from .device import register_slabs
 
@@ -480,7 +481,7 @@ class DataLoader:
                     pending[worker] -= 1
                     for r in results:
                         back = pool.returned(r.slab)
-                        if r.batch < 0:  # worker_init_fn failed: that worker is gone
+                        if r.batch < 0:  # its last word (worker_init_fn failed...): it is gone
                             pool.broken = True
                             r.error.reraise()
                         if r.parts > 1:

@@ -7,6 +7,7 @@ that no worker died: a worker killed by a signal is reported in about a second, 
 
 from __future__ import annotations
 
+import errno
 import multiprocessing.connection as mpc
 import select
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from .messages import decode, encode_tasks
-from .slabs import SlabMap, SlabPool
+from .slabs import SlabMap, SlabPool, out_of_descriptors
 from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
 
 __all__ = ["WorkerPool", "WorkerDiedError", "LoaderTimeoutError"]
@@ -46,6 +47,7 @@ class WorkerPool:
 
             warm_up()
         self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
+        self.arenas_known = [set(range(len(slabs.arenas))) for _ in range(self.num_workers)]
         arenas = list(slabs.arenas) if self.is_process else [a.numpy() for a in slabs.arenas]
         slab_map = SlabMap(arenas, slabs.places, slabs.slab_size)
         # One duplex pipe per worker: tasks go down, results come back. Pipes (not Queues):
@@ -74,8 +76,20 @@ class WorkerPool:
                                  args=(setup, i, _copy(slab_map), theirs, theirs, False))
                 for i, (_, theirs) in enumerate(pipes)
             ]  # fmt: skip
-        for w in self.workers:
-            w.start()
+        try:
+            for w in self.workers:
+                w.start()
+        except BaseException as e:
+            # Those started get EOF on their pipe and exit; none is left waiting.
+            for c in (c for pair in pipes for c in pair):
+                c.close()
+            for w in self.workers:
+                if w.ident is not None:
+                    w.join(5)
+            if isinstance(e, OSError) and e.errno == errno.EMFILE:
+                raise OSError(errno.EMFILE, out_of_descriptors("start its workers",
+                                                               limit=True)) from e  # fmt: skip
+            raise
         if self.is_process:
             for _, theirs in pipes:
                 theirs.close()  # the workers hold their ends; EOF then means a worker is gone
@@ -104,8 +118,12 @@ class WorkerPool:
                 self._shares_out[task.slab] = task.parts
             if task.slab not in self.slabs_known[worker]:
                 arena, offset = slabs.places[task.slab]
-                tensor = slabs.arenas[arena]
-                task.new_slab = (tensor if self.is_process else tensor.numpy(), (arena, offset))
+                tensor = None
+                if arena not in self.arenas_known[worker]:  # each arena travels once
+                    tensor = slabs.arenas[arena]
+                    tensor = tensor if self.is_process else tensor.numpy()
+                    self.arenas_known[worker].add(arena)
+                task.new_slab = (tensor, (arena, offset))
                 self.slabs_known[worker].add(task.slab)
         try:
             self.conns[worker].send_bytes(encode_tasks(tasks))

@@ -3,7 +3,9 @@
 Lifetime rule: a slab is handed to a worker to fill, then to the consumer as the tensors of one
 batch. It returns to the pool only once every tensor of that batch (and every view of them) is
 gone, so a training loop that keeps a batch (or part of it) never sees it overwritten. If the
-consumer holds more batches than there are slabs, the pool grows instead of waiting.
+consumer holds more batches than there are slabs, the pool grows instead of waiting, by half
+its size at a time (one arena each time: a few file descriptors and mappings however many
+batches are kept, and the new slabs' pages cost nothing until used).
 
 Slabs are slices of a few large *arenas* from torch's shared memory (file descriptors, unlinked
 at once: nothing named is left in /dev/shm even if the process is killed). Workers receive the
@@ -16,6 +18,8 @@ of its slabs, and the pool hands out the slab freed last, so a loop that never n
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import weakref
 from collections import deque
@@ -24,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ["SlabPool"]
+__all__ = ["SlabPool", "SlabMap", "out_of_descriptors"]
 
 
 class SlabPool:
@@ -39,11 +43,27 @@ class SlabPool:
         self._lock = threading.Lock()
         #: Called with each new arena (pinning registers it with CUDA).
         self.on_new_arena: Optional[Callable[[torch.Tensor], None]] = None
+        #: Open files a new shared arena must leave free: passing it to each worker takes a
+        #: few for a moment (the loader sets it from its worker count).
+        self.headroom = 8
         self._add_arena(count)
 
     def _add_arena(self, count: int) -> list[int]:
         size = self.slab_size * count
-        arena = _shared_bytes(size) if self.shared else torch.empty(size, dtype=torch.uint8)
+        if self.shared and self.arenas:
+            # Refused here, not half-way through handing it to the workers: a worker left
+            # waiting for a descriptor the consumer could not send would wait for good.
+            spare = _spare_descriptors()
+            if spare is not None and spare < self.headroom:
+                raise OSError(errno.EMFILE, out_of_descriptors("make a new batch buffer",
+                                                               limit=True))  # fmt: skip
+        try:
+            arena = _shared_bytes(size) if self.shared else torch.empty(size, dtype=torch.uint8)
+        except RuntimeError as e:
+            if "Too many open files" not in str(e):
+                raise
+            raise OSError(errno.EMFILE, out_of_descriptors("make a new batch buffer",
+                                                           limit=True)) from e  # fmt: skip
         if self.on_new_arena is not None:
             self.on_new_arena(arena)
         self.arenas.append(arena)
@@ -67,7 +87,7 @@ class SlabPool:
                 return self._free.pop()
         if not grow:
             return None
-        new = self._add_arena(1)[0]
+        new = self._add_arena(max(1, len(self.arrays) // 2))[0]
         with self._lock:
             self._free.remove(new)
         return new
@@ -95,6 +115,36 @@ class SlabPool:
         self.release(self._leases.pop(id(ref))[1])
 
 
+def out_of_descriptors(doing: str, limit: bool = False) -> str:
+    """The error text for a loader at the open-file limit while ``doing``; ``limit``: say
+    this process's limit (a worker's may not be the one that was reached)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if limit else None
+    which = f"limit of {soft} open files" if soft is not None and \
+        soft != resource.RLIM_INFINITY else "open-file limit"  # fmt: skip
+    return (f"fastload could not {doing}: the loader's processes are at their {which} "
+            "(RLIMIT_NOFILE), and batch buffers are shared memory passed "
+            "between them as file descriptors. Raise the limit (`ulimit -n 65536` in the "
+            "shell, or resource.setrlimit(resource.RLIMIT_NOFILE, ...) before the loader "
+            "starts), or keep fewer batches alive at once.")
+
+
+def _spare_descriptors() -> Optional[int]:
+    """How many more files this process may open (None: no limit, or no way to count)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return soft - len(os.listdir(listing))
+        except OSError:
+            continue
+    return None
+
+
 def _shared_bytes(size: int) -> torch.Tensor:
     """A uint8 tensor of ``size`` bytes in torch's shared memory, its pages not yet touched
     (``share_memory_()`` would copy a tensor there, writing every page)."""
@@ -115,10 +165,12 @@ class SlabMap:
         self.places = list(places)
 
     def add(self, slab: int, arena, place: tuple[int, int]) -> None:
-        """Learn a slab grown after start (its arena travelled with the task)."""
+        """Learn a slab grown after start (its arena travelled with the task, or with an
+        earlier one: then ``arena`` is None)."""
         while len(self.arenas) <= place[0]:
             self.arenas.append(None)
-        self.arenas[place[0]] = arena
+        if arena is not None:
+            self.arenas[place[0]] = arena
         self.places.extend([None] * (slab + 1 - len(self.places)))
         self.places[slab] = place
 

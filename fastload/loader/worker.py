@@ -12,6 +12,7 @@ Runs as a process (default) or a thread; both execute :func:`worker_loop`. Failu
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -25,7 +26,7 @@ import numpy as np
 from .fill import fill_batch, share_rows
 from .layout import BatchLayout
 from .messages import decode, encode_results
-from .slabs import SlabMap
+from .slabs import SlabMap, out_of_descriptors
 
 __all__ = ["WorkerSetup", "WorkerError", "worker_loop", "Task", "Result"]
 
@@ -149,9 +150,11 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
                     if is_process and os.getppid() != parent:
                         return  # orphaned: the consumer is gone
                     continue
-                backlog.append(decode(tasks.recv_bytes()))
+                data = tasks.recv_bytes()
             except (EOFError, OSError):
                 return  # the consumer closed its end
+            if not _decoded_into(backlog, data, results, worker_id):
+                return
             if read_ahead:
                 _hint(setup.dataset, backlog[-1])
         if read_ahead:
@@ -160,7 +163,8 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
             # works on batch k+1.. while this worker decodes batch k.
             try:
                 while backlog[-1] is not None and tasks.poll(0):
-                    backlog.append(decode(tasks.recv_bytes()))
+                    if not _decoded_into(backlog, tasks.recv_bytes(), results, worker_id):
+                        return
                     _hint(setup.dataset, backlog[-1])
             except (EOFError, OSError):
                 backlog.append(None)
@@ -170,6 +174,28 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         # A message is a list of tasks (several cheap batches per message: each message
         # costs a wake-up of the other side) and is answered by one list of results.
         _send(results, [_run(setup, worker_id, slabs, t) for t in task])
+
+
+def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:
+    """Append the tasks of message ``data`` to ``backlog``. A message that cannot be decoded
+    (a batch buffer's file descriptor refused at this process's open-file limit: "received 0
+    items of ancdata") is reported to the consumer as this worker's last word, and False
+    returned: the worker stops."""
+    try:
+        backlog.append(decode(data))
+        return True
+    except Exception as e:
+        # A buffer's descriptor travels beside the message (the consumer's resource sharer,
+        # or the socket's ancillary data); at the open-file limit of either side it is lost.
+        trace = traceback.format_exc()
+        if any(k in trace for k in ("ancdata", "rebuild_storage_fd", "resource_sharer",
+                                    "Too many open files")):  # fmt: skip
+            cause = e
+            e = OSError(errno.EMFILE, out_of_descriptors("pass a batch buffer to a worker"))
+            e.__cause__ = cause
+        _send(results, [Result(-1, -1, error=WorkerError.capture(e, worker_id,
+                                                              "while receiving a task"))])
+        return False
 
 
 def _return_big_buffers(threshold: int = 4 << 20) -> None:

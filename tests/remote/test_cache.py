@@ -78,6 +78,23 @@ def test_limit_and_eviction_order(tmp_path):
     assert cache.usage() <= 10_000
 
 
+def test_mapped_copies_hold_no_open_file_and_outlive_eviction(tmp_path):
+    """A process keeps up to 1024 cached blocks mapped: each map holding a file open (as
+    mmap.mmap's does) reached the usual limit of 1024 open files."""
+    cache = BlockCache(tmp_path, limit=1 << 20)
+    blocks = {o: os.urandom(100) for o in range(0, 20_000, 100)}
+    for o, data in blocks.items():
+        cache.put("s3://b/ds/s.fls", "xxh64:0", 1 << 30, o, data)
+    before = len(os.listdir("/proc/self/fd"))
+    views = {o: cache.get("s3://b/ds/s.fls", "xxh64:0", 1 << 30, o, 100, hash64(d))
+             for o, d in blocks.items()}  # fmt: skip
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert all(isinstance(v, memoryview) and v.readonly and v == blocks[o]
+               for o, v in views.items())  # fmt: skip
+    cache.clear()  # the files go; the maps stay readable
+    assert blk_files(tmp_path) == [] and all(v == blocks[o] for o, v in views.items())
+
+
 def test_names_stay_inside_the_cache(tmp_path):
     cache = BlockCache(tmp_path / "c", limit="1MB")
     for url in ("s3://b/../../../etc/passwd", "/abs/path", "gs://b/a/../../x\n.blk"):
