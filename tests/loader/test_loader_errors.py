@@ -176,6 +176,37 @@ def test_c3_killed_worker_is_reported(ds_paths, method, persistent, no_leaks):
         loader.close()
 
 
+# ----------------------------------------------------------------------- C4: crash in native code
+
+
+class CrashingDataset(fastload.Dataset):
+    """Reading a batch that holds record ``crash_on`` dereferences NULL in C (SIGSEGV), as a
+    bug in compiled code would."""
+
+    crash_on = 7
+
+    def read_into(self, indices, out=None, **kw):
+        if self.crash_on in [int(i) for i in indices]:
+            import ctypes
+
+            ctypes.string_at(0)
+        return super().read_into(indices, out, **kw)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_c4_a_worker_crashing_in_native_code_is_reported(ds_paths, persistent, no_leaks):
+    loader = fastload.DataLoader(CrashingDataset(ds_paths["none"]), batch_size=2,
+                                 num_workers=2, persistent_workers=persistent)  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(WorkerDiedError) as info:
+        for b in loader:
+            assert 7 not in check_batch(b)
+    assert time.monotonic() - start < 5
+    assert re.search(r"fastload worker [01] \(pid \d+\) was killed by signal 11 \(SIGSEGV\)",
+                     str(info.value)), str(info.value)
+    loader.close()
+
+
 # ----------------------------------------------------------------------------- C5: hung worker
 
 
