@@ -19,7 +19,7 @@ from .format.manifest import Manifest, ShardInfo
 from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
 from .format.shard_reader import ShardReader
-from .format.spec import MANIFEST_NAME
+from .format.spec import MANIFEST_NAME, MAX_BLOCK_RAW_SIZE
 from .io.fs import child_session, is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
 from .io.manifest_share import read_shared
@@ -88,15 +88,19 @@ class Dataset:
     of them (default 128 MiB; ``"1GB"``, or 0 for none), least recently used dropped first. A
     compressed dataset read at random (a shuffled epoch) is decompressed once per process when
     its decompressed size fits, else about once per record read: see ``shuffle="block"``.
+    ``max_block_bytes`` (default: the format's limit, 2 GiB): a compressed block declaring a
+    larger decompressed size is refused before any memory is allocated for it.
     """
 
     def __init__(self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
                  verify: bool = True, cache_dir: str | os.PathLike | bool | None = None,
                  cache_limit: int | str | None = None,
                  remote_options: RemoteOptions | None = None,
-                 block_cache: int | str = DEFAULT_DECODED_LIMIT) -> None:  # fmt: skip
+                 block_cache: int | str = DEFAULT_DECODED_LIMIT,
+                 max_block_bytes: int | str = MAX_BLOCK_RAW_SIZE) -> None:  # fmt: skip
         self.path = os.fspath(path)
         self._decoded = DecodedBlocks(parse_size(block_cache))
+        self.max_block_bytes = parse_size(max_block_bytes)
         self.storage_options = storage_options
         self.verify = verify
         protocol = fsspec.utils.get_protocol(self.path)
@@ -150,14 +154,12 @@ class Dataset:
                 source = open_source(self.fs, path, name=_display(self.fs, path))
             try:
                 try:
-                    reader = ShardReader(source, expected=info, verify=self.verify,
-                                         decoded=self._decoded, key=s)  # fmt: skip
+                    reader = self._reader(source, info, s)
                 except FastloadError:
                     if not (self.remote and source.from_cache):
                         raise
                     source.forget_cached()  # a bad cached header or index: fetch it anew
-                    reader = ShardReader(source, expected=info, verify=self.verify,
-                                         decoded=self._decoded, key=s)  # fmt: skip
+                    reader = self._reader(source, info, s)
                 if self.remote:
                     source.attach(reader.blocks)
             except BaseException:
@@ -167,6 +169,10 @@ class Dataset:
             if self._table is not None:
                 self._table.add(s, reader)
         return reader
+
+    def _reader(self, source: Any, info: ShardInfo, s: int) -> ShardReader:
+        return ShardReader(source, expected=info, verify=self.verify, decoded=self._decoded,
+                           key=s, max_block_bytes=self.max_block_bytes)  # fmt: skip
 
     def _remote_source(self, s: int) -> RemoteSource:
         info = self.manifest.shards[s]

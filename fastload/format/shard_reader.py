@@ -57,10 +57,13 @@ class ShardReader:
 
     def __init__(self, source: ByteSource, *, expected: ShardInfo | None = None,
                  verify: bool = True, cached_blocks: int = 8,
-                 decoded: DecodedBlocks | None = None, key: Hashable = 0) -> None:  # fmt: skip
+                 decoded: DecodedBlocks | None = None, key: Hashable = 0,
+                 max_block_bytes: int = MAX_BLOCK_RAW_SIZE) -> None:  # fmt: skip
         """``decoded``: where decompressed blocks are kept (a dataset's readers share one,
         each under its own ``key``); a reader of its own otherwise. ``cached_blocks``: raw
-        blocks read from an unmapped source kept (remote ones, without the block cache)."""
+        blocks read from an unmapped source kept (remote ones, without the block cache).
+        ``max_block_bytes``: a compressed block that would decompress to more is refused
+        before anything is allocated (the format's own limit is 2 GiB)."""
         self.source = source
         self.name = source.name
         self.verify = verify
@@ -69,6 +72,7 @@ class ShardReader:
         self._own_decoded = decoded is None
         self._decoded = DecodedBlocks(DEFAULT_DECODED_LIMIT) if decoded is None else decoded
         self._key = key
+        self.max_block_bytes = max_block_bytes
         self._open(expected)
 
     # -- opening and validation -----------------------------------------------------------
@@ -208,6 +212,10 @@ class ShardReader:
             return cached
         entry = self.blocks[b]
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
+        if compressed and int(entry["raw_size"]) > self.max_block_bytes:
+            raise self._fail(f"block {b} would decompress to {int(entry['raw_size']):,} bytes, "
+                             f"more than max_block_bytes={self.max_block_bytes:,} allows "
+                             "(Dataset(max_block_bytes=...) raises it)")  # fmt: skip
         buffer = self.source.buffer
         stored = buffer[offset : offset + stored_size] if buffer is not None else \
             self.source.read(offset, stored_size)  # fmt: skip

@@ -103,3 +103,19 @@ def test_bad_block_cache_size_refused(tmp_path):
     write_compressed_rows(tmp_path / "z", 8)
     with pytest.raises(ValueError, match="not a size"):
         fastload.Dataset(tmp_path / "z", block_cache="lots")
+
+
+def test_a_block_larger_than_max_block_bytes_is_refused_before_decompressing(tmp_path):
+    """RELIABILITY A11: the decompressed size a block declares is checked against a cap the
+    user sets, before anything is allocated for it; raw blocks are mapped, not allocated."""
+    rows = write_compressed_rows(tmp_path / "z", 64)  # blocks of 8 rows: 8 KiB decompressed
+    ds = fastload.Dataset(tmp_path / "z", max_block_bytes="4KiB")
+    with pytest.raises(fastload.errors.ShardFormatError,
+                       match=r"block 0 would decompress to 8,192 bytes, more than "
+                             r"max_block_bytes=4,096"):  # fmt: skip
+        ds[0]
+    assert ds._decoded.misses == 1 and len(ds._decoded) == 0
+    np.testing.assert_array_equal(fastload.Dataset(tmp_path / "z",
+                                                   max_block_bytes="8KiB")[9]["tokens"], rows[9])
+    with pytest.raises(ValueError, match="not a size"):
+        fastload.Dataset(tmp_path / "z", max_block_bytes="big")
