@@ -45,5 +45,8 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of {length} bytes failed: {os.strerror(err)}")
     pages = (ctypes.c_char * length).from_address(address)
-    weakref.finalize(pages, _munmap, address, length)  # when every view of it is gone
+    unmap = weakref.finalize(pages, _munmap, address, length)  # when every view is gone
+    # Not at interpreter exit, while a daemon thread might still read it: the process's
+    # end unmaps everything anyway.
+    unmap.atexit = False
     return memoryview(pages).cast("B").toreadonly()
