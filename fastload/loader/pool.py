@@ -48,8 +48,7 @@ class WorkerPool:
             warm_up()
         self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
         self.arenas_known = [set(range(len(slabs.arenas))) for _ in range(self.num_workers)]
-        arenas = list(slabs.arenas) if self.is_process else [a.numpy() for a in slabs.arenas]
-        slab_map = SlabMap(arenas, slabs.places, slabs.slab_size)
+        slab_map = SlabMap(list(slabs.arenas), slabs.places, slabs.slab_size)
         # One duplex pipe per worker: tasks go down, results come back. Pipes (not Queues):
         # no feeder threads, and the consumer can wait on all of them and on the workers'
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
@@ -73,7 +72,7 @@ class WorkerPool:
         else:
             self.workers = [
                 threading.Thread(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                                 args=(setup, i, _copy(slab_map), theirs, theirs, False))
+                                 args=(setup, i, OwnSlabs(slabs), theirs, theirs, False))
                 for i, (_, theirs) in enumerate(pipes)
             ]  # fmt: skip
         try:
@@ -116,12 +115,11 @@ class WorkerPool:
             self.out.add(task.slab)
             if task.parts > 1 and task.part == 0:  # its shares are submitted one after another
                 self._shares_out[task.slab] = task.parts
-            if task.slab not in self.slabs_known[worker]:
+            if self.is_process and task.slab not in self.slabs_known[worker]:
                 arena, offset = slabs.places[task.slab]
                 tensor = None
                 if arena not in self.arenas_known[worker]:  # each arena travels once
-                    tensor = slabs.arenas[arena]
-                    tensor = tensor if self.is_process else tensor.numpy()
+                    tensor = slabs.arenas[arena]  # pickled as a handle to its shared memory
                     self.arenas_known[worker].add(arena)
                 task.new_slab = (tensor, (arena, offset))
                 self.slabs_known[worker].add(task.slab)
@@ -234,9 +232,18 @@ def _prepare_workers(dataset: Any) -> None:
                 pass  # only a head start: each worker opens what it needs, and says why not
 
 
-def _copy(slab_map: SlabMap) -> SlabMap:
-    """Each thread worker learns grown slabs on its own, like a process would."""
-    return SlabMap(slab_map.arenas, slab_map.places, slab_map.slab_size)
+class OwnSlabs:
+    """A thread worker's slabs: the pool's own arrays (one process: nothing to send). A
+    slab grown later is in them before any task names it."""
+
+    def __init__(self, pool: SlabPool) -> None:
+        self._arrays = pool.arrays
+
+    def add(self, slab: int, arena, place: tuple[int, int]) -> None:
+        pass  # (process workers learn grown slabs from their tasks)
+
+    def __getitem__(self, slab: int):
+        return self._arrays[slab]
 
 
 def _context(context: Any):

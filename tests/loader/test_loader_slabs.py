@@ -5,6 +5,7 @@ stays bounded when batches are released."""
 from __future__ import annotations
 
 import gc
+import math
 import os
 
 import pytest
@@ -36,6 +37,21 @@ def test_holding_every_batch_of_an_epoch(ds, num_workers, worker_type):
         assert len(ptrs) == 3 * len(batches)
         assert slab_count(loader) >= len(batches)
         del batches
+
+
+@pytest.mark.parametrize("num_workers,worker_type", MODES)
+def test_holding_more_batches_than_the_pool_has_slabs(ds1, num_workers, worker_type):
+    """The pool grows while batches are held (100 batches of 1; it starts with 66 slabs for
+    two workers): every batch comes with its own values, with thread workers too (they
+    once filled copies of the grown slabs: zeros and garbage from the 67th batch on)."""
+    loader = fastload.DataLoader(ds1, batch_size=1, num_workers=num_workers,
+                                 worker_type=worker_type)  # fmt: skip
+    start = slab_count(loader)
+    batches = list(loader)
+    assert [check_batch(b) for b in batches] == [[i] for i in range(N)]
+    assert slab_count(loader) >= N > start
+    # grown by half at a time, not a slab at a time (one arena, one descriptor each)
+    assert len(loader._slabs.arenas) <= math.ceil(math.log(N / start, 1.5)) + 3
 
 
 @pytest.mark.parametrize("num_workers,worker_type", MODES)
