@@ -132,6 +132,7 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         # collector leaves them alone (they live as long as this process anyway).
         gc.freeze()
         _return_big_buffers()
+        _seed_like_torch(setup, worker_id)
     if setup.worker_init_fn is not None:
         try:
             setup.worker_init_fn(worker_id)
@@ -174,6 +175,28 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         # A message is a list of tasks (several cheap batches per message: each message
         # costs a wake-up of the other side) and is answered by one list of results.
         _send(results, [_run(setup, worker_id, slabs, t) for t in task])
+
+
+def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
+    """What torch's own worker process does before ``worker_init_fn``: seed ``random``,
+    torch and numpy from the iteration's base seed and the worker id (the same seeds as
+    torch's DataLoader with the same generator), and make ``get_worker_info()`` describe this
+    worker. (Thread workers share the consumer's generators and module state: neither.)"""
+    import random
+
+    import torch
+    from torch.utils.data._utils import worker as torch_worker
+
+    base = setup.seed % 2**64
+    seed = (base + worker_id) % 2**64
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        np.random.seed(torch_worker._generate_state(base, worker_id))
+    except Exception:  # another torch: still a distinct seed per worker
+        np.random.seed(seed % 2**32)
+    torch_worker._worker_info = torch_worker.WorkerInfo(
+        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset)
 
 
 def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:

@@ -178,3 +178,44 @@ def test_loader_over_a_dataset_of_every_record_once_per_worker_count(ds1):
         loader = fastload.DataLoader(ds1, batch_size=7, num_workers=workers)
         got = [i for b in loader for i in check_batch(b)]
         assert got == list(range(N))
+
+
+def _report_worker(out_dir: str, worker_id: int) -> None:
+    """worker_init_fn: what a worker sees of itself, as torch's workers see it."""
+    import random
+    from pathlib import Path
+
+    import numpy as np
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    seen = [info.id, info.num_workers, info.seed, torch.initial_seed(),
+            int(np.random.get_state()[1][0]), random.random(), type(info.dataset).__name__]
+    Path(out_dir, f"{type(info.dataset).__module__}-{worker_id}").write_text(repr(seen))
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_workers_are_seeded_and_described_as_torch_does(ds1, tmp_path, persistent):
+    """Fast-path workers seed random, torch and numpy and fill get_worker_info() exactly as
+    torch's own workers do for the same generator: worker_init_fn code written for torch (the
+    usual numpy reseeding idiom) works unchanged."""
+    import ast
+    import functools
+
+    reports = {}
+    for loader_class in (TorchLoader, fastload.DataLoader):
+        out = tmp_path / loader_class.__module__
+        out.mkdir()
+        loader = loader_class(ds1, batch_size=10, num_workers=2, persistent_workers=persistent,
+                              generator=torch.Generator().manual_seed(7),
+                              worker_init_fn=functools.partial(_report_worker, str(out)))  # fmt: skip
+        for _ in loader:
+            pass
+        reports[loader_class] = [(out / p.name).read_text() for p in sorted(out.iterdir())]
+        if isinstance(loader, fastload.DataLoader):
+            assert loader.fast
+            loader.close()
+    assert len(reports[TorchLoader]) == 2
+    assert reports[fastload.DataLoader] == reports[TorchLoader]
+    ids = [ast.literal_eval(r)[:2] for r in reports[TorchLoader]]
+    assert ids == [[0, 2], [1, 2]]
