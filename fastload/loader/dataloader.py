@@ -47,6 +47,9 @@ class DataLoader:
 
     - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
       fixed-size uint8 pixels in the workers;
+    - ``transform``: ``fn(sample) -> dict``, run on each sample in the workers after it is
+      read and decoded; arrays, tensors and numbers it returns are stacked into batch tensors
+      (same shape and dtype for every sample), anything else comes as lists (transform.py);
     - ``worker_type``: ``"process"`` (default) or ``"thread"`` (for work that releases the GIL);
     - ``device``: return batches on this device (copied on a side stream);
     - ``seed``: plan the order from (seed, epoch) instead of torch's samplers (see below);
@@ -88,6 +91,7 @@ class DataLoader:
         pin_memory_device: str = "",
         in_order: bool = True,
         decode: Optional[Mapping[str, ImageDecode]] = None,
+        transform: Optional[Callable[[dict], Any]] = None,
         worker_type: str = "process",
         device: Optional[str | torch.device] = None,
         seed: Optional[int] = None,
@@ -161,6 +165,12 @@ class DataLoader:
         if decode and not self.fast:
             raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn")  # fmt: skip
+        if transform is not None and not self.fast:
+            raise ValueError("transform= needs a fastload.Dataset, automatic batching and no "
+                             "collate_fn; with another dataset, transform in its "
+                             "__getitem__, as with torch's DataLoader")  # fmt: skip
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         if policy is not None and not self.fast:
             raise ValueError("bad_samples='skip' needs a fastload.Dataset, automatic batching "
                              "and no collate_fn (it skips records that fail their checksum "
@@ -178,12 +188,31 @@ class DataLoader:
             _declared_batch_size(self.batch_sampler)  # fmt: skip
         self._sized_per_epoch = size is None
         self._decode = decode
+        self._transform = transform
+        self._outputs = self._probe(transform) if transform is not None else ()
         self._pinned = self._wants_pinning(pin_memory)
         self._make_buffers(size or 1)
 
+    def _probe(self, transform: Callable[[dict], Any]) -> tuple:
+        """The fields ``transform`` returns, from the dataset's first record read as a
+        worker reads it (transform.probe_outputs)."""
+        from .fill import fill_batch
+        from .transform import probe_outputs
+
+        if len(self.dataset) == 0:
+            return ()
+        layout = BatchLayout(self.dataset.schema, 1, self._decode)
+        slab = np.zeros(layout.slab_size, np.uint8)
+        listed, _ = fill_batch(self.dataset, layout, slab, np.zeros(1, np.int64), (0, 0))
+        views = layout.views(slab, 1)
+        sample = {name: views[name][0] if name in views else listed[name][0]
+                  for name in layout.names}  # fmt: skip
+        return probe_outputs(transform, sample, 0)
+
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
-        self.layout = BatchLayout(self.dataset.schema, size, self._decode)
+        self.layout = BatchLayout(self.dataset.schema, size, self._decode, self._transform,
+                                  self._outputs)  # fmt: skip
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
@@ -557,7 +586,7 @@ class DataLoader:
             self._skip_bad(result, lease)
         views = self.layout.views(lease, result.samples)
         batch: dict[str, Any] = {}
-        for name in self.dataset.schema.names:
+        for name in self.layout.names:
             if name in views:
                 batch[name] = torch.from_numpy(views[name])
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from typing import Any, Optional
@@ -37,7 +38,13 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     ``skip_bad``: a record that fails its checksum, or an image that does not decode, is left
     as zeros and its row listed in the timings' ``"bad"`` as ``(row, why)`` (the consumer drops
     it; see badsamples.py) instead of raising.
+
+    With a ``transform`` (transform.py), the records are read into a scratch buffer of the
+    dataset's own layout and each transformed sample written into ``slab``; its time counts
+    as decoding.
     """
+    if layout.transform is not None:
+        return _fill_transformed(dataset, layout, slab, indices, rng_seed, part, skip_bad)
     start = time.perf_counter()
     n = len(indices)
     lo, hi = share_rows(n, *part)
@@ -91,6 +98,39 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
     return listed, timings
+
+
+def _fill_transformed(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
+                      indices: np.ndarray, rng_seed: tuple[int, ...], part: tuple[int, int],
+                      skip_bad: bool) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
+    from .transform import transform_rows
+
+    n = len(indices)
+    lo, hi = share_rows(n, *part)
+    scratch = _scratch(layout.input.slab_size)
+    listed, timings = fill_batch(dataset, layout.input, scratch, indices, rng_seed, part,
+                                 skip_bad)  # fmt: skip
+    start = time.perf_counter()
+    inputs, out = layout.input.views(scratch, n), layout.views(slab, n)
+    inputs = {name: v[lo:hi] for name, v in inputs.items()}
+    out = {name: v[lo:hi] for name, v in out.items()}
+    skipped = {row for row, _ in timings.get("bad", ())}
+    lists = transform_rows(layout.transform, layout.outputs, inputs, listed, layout.input.names,
+                           np.asarray(indices)[lo:hi], range(lo, hi), skipped, out)  # fmt: skip
+    timings["decode"] += time.perf_counter() - start
+    return lists, timings
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """This thread's buffer of at least ``size`` bytes for records to transform (thread
+    workers each have theirs)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or len(buf) < size:
+        buf = _local.scratch = np.empty(size, np.uint8)
+    return buf[:size]
 
 
 def _read_each(dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: dict,

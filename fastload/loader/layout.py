@@ -10,7 +10,7 @@ into those arrays; the main process turns them into tensors without copying. Oth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -64,10 +64,14 @@ class Slot:
 
 
 class BatchLayout:
-    """The slab layout of batches of up to ``batch_size`` records of ``schema``."""
+    """The slab layout of batches of up to ``batch_size`` records of ``schema``; with a
+    ``transform`` (see transform.py), of its ``outputs`` instead, and ``input`` is the
+    layout the records are read into first."""
 
     def __init__(self, schema: Schema, batch_size: int,
-                 decode: Mapping[str, ImageDecode] | None = None) -> None:  # fmt: skip
+                 decode: Mapping[str, ImageDecode] | None = None,
+                 transform: Optional[Callable[[dict], Any]] = None,
+                 outputs: tuple = ()) -> None:  # fmt: skip
         decode = dict(decode or {})
         for name, spec in decode.items():
             if name not in schema or schema[name].kind != "image":
@@ -78,22 +82,32 @@ class BatchLayout:
         self.schema = schema
         self.batch_size = batch_size
         self.decode = decode
+        self.transform = transform
+        self.outputs = tuple(outputs)
+        self.input = self if transform is None else BatchLayout(schema, batch_size, decode)
+        if transform is None:
+            fixed = [(f.name, f.np_dtype, tuple(f.shape or ())) for f in schema
+                     if f.kind in ("scalar", "ndarray") and f.is_fixed]  # fmt: skip
+            fixed += [(f.name, np.dtype(np.uint8), decode[f.name].shape) for f in schema
+                      if f.name in decode]  # fmt: skip
+            order = {f.name: i for i, f in enumerate(schema)}
+            fixed.sort(key=lambda spec: order[spec[0]])
+            #: The batch's keys, in order.
+            self.names = tuple(schema.names)
+        else:
+            fixed = [(o.name, o.dtype, o.shape) for o in self.outputs if o.dtype is not None]
+            self.names = tuple(o.name for o in self.outputs)
         slots, offset = [], 0
-        for f in schema:
-            if f.kind in ("scalar", "ndarray") and f.is_fixed:
-                dtype, shape = f.np_dtype, tuple(f.shape or ())
-            elif f.name in decode:
-                dtype, shape = np.dtype(np.uint8), decode[f.name].shape
-            else:
-                continue
+        for name, dtype, shape in fixed:
             sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            slots.append(Slot(f.name, dtype, shape, offset, sample_bytes))
-            offset += -(-batch_size * slots[-1].sample_bytes // _ALIGN) * _ALIGN
+            slots.append(Slot(name, dtype, shape, offset, sample_bytes))
+            offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
         self.slots: tuple[Slot, ...] = tuple(slots)
         #: Fields that are gathered straight into the slab (fixed-size ones).
-        self.gathered = tuple(s.name for s in slots if s.name not in decode)
+        self.gathered = tuple(s.name for s in slots if s.name not in decode) \
+            if transform is None else ()  # fmt: skip
         #: Fields that travel as lists.
-        self.listed = tuple(f.name for f in schema if f.name not in {s.name for s in slots})
+        self.listed = tuple(n for n in self.names if n not in {s.name for s in slots})
         self.slab_size = max(offset, _ALIGN)
 
     def views(self, slab: np.ndarray, n: int) -> dict[str, np.ndarray]:

@@ -236,3 +236,25 @@ def test_bad_samples_argument_is_checked(images_path):
                                 decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
         with pytest.raises(ValueError, match="max_fraction"):
             fastload.SkipBadSamples(max_fraction=2)
+
+
+def _to_chw_float(sample: dict) -> dict:
+    """The usual ToTensor + Normalize after the decode: uint8 HWC -> float32 CHW."""
+    image = torch.from_numpy(sample["image"]).permute(2, 0, 1).float().div(255)
+    return {"image": (image - 0.5) / 0.25, "label": sample["label"], "name": sample["name"]}
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
+                                                     (2, "thread")])  # fmt: skip
+def test_a_transform_after_the_decode_sees_the_decoded_pixels(images_path, num_workers,
+                                                              worker_type):  # fmt: skip
+    """transform= gets each decoded image (the same crop and flip as without it, batches
+    shared among the workers or not) and its outputs become the batch."""
+    plain = epoch(images_path, num_workers, worker_type, seed=3)
+    got = epoch(images_path, num_workers, worker_type, seed=3, transform=_to_chw_float)
+    assert [len(b["label"]) for b in got] == [len(b["label"]) for b in plain]
+    for a, b in zip(got, plain):
+        assert a["image"].dtype == torch.float32 and a["image"].shape[1:] == (3, SIZE, SIZE)
+        want = (b["image"].permute(0, 3, 1, 2).float().div(255) - 0.5) / 0.25
+        assert torch.equal(a["image"], want)
+        assert torch.equal(a["label"], b["label"]) and a["name"] == b["name"]

@@ -75,6 +75,23 @@ def test_corrupt_records_are_skipped_and_counted(damaged, num_workers, worker_ty
             list(fastload.DataLoader(ds, batch_size=8, num_workers=num_workers))
 
 
+def _tagged(sample: dict) -> dict:
+    if sample["s"] is None:
+        raise AssertionError("the transform was given a skipped record")
+    return {"i": sample["i"], "tag": f"t{int(sample['i'])}"}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skipped_records_are_not_transformed(damaged, num_workers):
+    with fastload.Dataset(damaged) as ds:
+        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
+                                     bad_samples="skip", transform=_tagged)  # fmt: skip
+        batches = list(loader)
+    got = [i for b in batches for i in b["i"].tolist()]
+    assert got == [i for i in range(N) if i not in BAD]
+    assert [t for b in batches for t in b["tag"]] == [f"t{i}" for i in got]
+
+
 def test_fixed_fields_only_through_the_batched_gather(tmp_path):
     """Fixed-size fields only: the batch read that checks and copies in one call finds the
     corrupt record, and the rows around it come from the general path, one by one."""
