@@ -178,25 +178,40 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
 
 
 def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
-    """What torch's own worker process does before ``worker_init_fn``: seed ``random``,
-    torch and numpy from the iteration's base seed and the worker id (the same seeds as
-    torch's DataLoader with the same generator), and make ``get_worker_info()`` describe this
-    worker. (Thread workers share the consumer's generators and module state: neither.)"""
-    import random
-
-    import torch
+    """What torch's own worker process does before ``worker_init_fn``: make
+    ``get_worker_info()`` describe this worker and seed ``random``, torch and numpy from the
+    iteration's base seed and the worker id (the same seeds as torch's DataLoader with the
+    same generator). The seeding only where user code runs in the worker (worker_init_fn,
+    transform=, a Dataset subclass): nothing else reads those generators, and seeding them
+    loads torch's and numpy's random modules, ~3 MB a worker. (Thread workers share the
+    consumer's generators and module state: neither is done.)"""
     from torch.utils.data._utils import worker as torch_worker
 
     base = setup.seed % 2**64
     seed = (base + worker_id) % 2**64
+    torch_worker._worker_info = torch_worker.WorkerInfo(
+        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset)
+    if not _runs_user_code(setup):
+        return
+    import random
+
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
     try:
         np.random.seed(torch_worker._generate_state(base, worker_id))
     except Exception:  # another torch: still a distinct seed per worker
         np.random.seed(seed % 2**32)
-    torch_worker._worker_info = torch_worker.WorkerInfo(
-        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset)
+
+
+def _runs_user_code(setup: WorkerSetup) -> bool:
+    from ..dataset import Dataset
+    from ..mix import Mix
+
+    datasets = setup.dataset.datasets if type(setup.dataset) is Mix else [setup.dataset]
+    return (setup.worker_init_fn is not None or setup.layout.transform is not None
+            or any(type(d) is not Dataset for d in datasets))  # fmt: skip
 
 
 def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:

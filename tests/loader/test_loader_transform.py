@@ -102,3 +102,25 @@ def test_transform_needs_the_fast_path_and_a_callable(ds1):
         fastload.DataLoader(ds1, batch_size=2, transform={"i": 1})
     with pytest.raises(TypeError, match="must return a dict"):
         fastload.DataLoader(ds1, batch_size=2, transform=lambda s: [s["i"]])
+
+
+def _draw(sample):
+    return {"i": sample["i"], "np": np.random.randint(1 << 30), "torch": torch.randint(1 << 30, ())}
+
+
+def test_a_transform_draws_from_generators_seeded_per_worker_as_torch_seeds_them(ds1):
+    """Worker w's generators start from torch's seeds for it: numpy from
+    _generate_state(base, w), torch from base + w, base drawn from the loader's generator."""
+    from torch.utils.data._utils.worker import _generate_state
+
+    loader = fastload.DataLoader(ds1, batch_size=10, num_workers=2, transform=_draw,
+                                 generator=torch.Generator().manual_seed(5))  # fmt: skip
+    batches = list(loader)
+    base = int(torch.empty((), dtype=torch.int64).random_(
+        generator=torch.Generator().manual_seed(5)))
+    # each worker's first draw starts one of the batches (the first it filled)
+    firsts = {(b["np"][0].item(), b["torch"][0].item()) for b in batches}
+    for w in (0, 1):
+        want_np = np.random.RandomState(_generate_state(base, w)).randint(1 << 30)
+        want_torch = torch.randint(1 << 30, (), generator=torch.Generator().manual_seed(base + w))
+        assert (want_np, want_torch.item()) in firsts
