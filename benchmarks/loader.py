@@ -530,7 +530,8 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                   "next() is the whole gather, so its stall is the floor this protocol sets "
                   "for a loop that does its work in the consumer."),
         ("@torch step", "tokens: one more such pass, the step sleeping as long as torch's "
-                        "DataLoader's step at 80% load in the same round (~1.8 ms): every "
+                        "DataLoader's step at 80% load in the same round (1.25x torch's own "
+                        "time per batch; stall_fixed.step_s in the JSON): every "
                         "loader under the same training step, the question of a user who "
                         "switches loaders. Not a target of the issue; shown next to it."),
         ("main us/b", "CPU time of the consumer thread per batch during the steady pass "
