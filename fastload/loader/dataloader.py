@@ -134,6 +134,8 @@ class DataLoader:
         if self._planner is not None and self._planner.shuffle and self._planner.mode == "global" \
                 or isinstance(self._torch.sampler, torch.utils.data.RandomSampler):  # fmt: skip
             _warn_if_rereading(dataset)
+        elif self._planner is not None and self._planner.mix_blocks is not None:
+            _warn_if_windows_overflow(dataset, self._planner.window)
         self.dataset = dataset
         self.batch_size = self._torch.batch_size
         self.drop_last = self._torch.drop_last
@@ -770,6 +772,24 @@ def _warn_if_rereading(dataset: Any) -> None:
                       f"so about {1 - limit / raw:.0%} of the records read will decompress "
                       f"their whole block (~{per_block:,.0f} records) again. Instead: "
                       f"{'; '.join(ways)}.", stacklevel=3)  # fmt: skip
+
+
+def _warn_if_windows_overflow(mix: Mix, window: int) -> None:
+    """A Mix in block order reads a stratum's draws of each dataset from about two windows
+    of its blocks; a compressed dataset whose block_cache holds fewer decompresses some of
+    them again. Say so, once."""
+    for ds in mix.datasets:
+        manifest, limit = ds.manifest, ds._decoded.limit
+        raw = sum(s.raw_bytes for s in manifest.shards)
+        blocks = sum(s.blocks for s in manifest.shards)
+        need = min(raw, 2 * window * raw / max(1, blocks))
+        if manifest.bytes >= 0.9 * raw or need <= limit:
+            continue
+        warnings.warn(f"fastload.DataLoader: {ds.path} is read in block order from compressed "
+                      f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "
+                      f"time, more than the {format_size(limit)} each process keeps "
+                      "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
+                      "larger block_cache, or a smaller block_window.", stacklevel=3)  # fmt: skip
 
 
 def _fast_capable(dataset: Any) -> bool:

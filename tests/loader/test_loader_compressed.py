@@ -45,8 +45,22 @@ def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compresse
         warnings.simplefilter("error")
         fastload.DataLoader(small, batch_size=8)  # storage order: each block read once
         fastload.DataLoader(small, batch_size=8, shuffle="block")
-        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block")
+        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block",
+                            block_window=4)  # fmt: skip
         fastload.DataLoader(fastload.Dataset(path), batch_size=8, shuffle=True)  # it fits
+
+
+def test_a_mix_in_block_order_warns_when_two_windows_do_not_fit_the_cache(compressed):
+    path, _ = compressed  # blocks of 8 KiB decompressed
+    small = fastload.Dataset(path, block_cache="64KiB")
+    with pytest.raises(UserWarning, match=r"block order .*\(2 windows of 16\).*block_window"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2 windows of 4 blocks: 64 KiB, it fits
+        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block",
+                            block_window=4)  # fmt: skip
 
 
 def test_no_warning_for_raw_blocks(tmp_path):
