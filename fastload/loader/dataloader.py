@@ -199,16 +199,14 @@ class DataLoader:
         """The fields ``transform`` returns, from the dataset's first record read as a
         worker reads it (transform.probe_outputs)."""
         from .fill import fill_batch
-        from .transform import probe_outputs
+        from .transform import probe_outputs, sample_at
 
         if len(self.dataset) == 0:
             return ()
         layout = BatchLayout(self.dataset.schema, 1, self._decode)
         slab = np.zeros(layout.slab_size, np.uint8)
         listed, _ = fill_batch(self.dataset, layout, slab, np.zeros(1, np.int64), (0, 0))
-        views = layout.views(slab, 1)
-        sample = {name: views[name][0] if name in views else listed[name][0]
-                  for name in layout.names}  # fmt: skip
+        sample = sample_at(layout.views(slab, 1), listed, layout.names, 0)
         return probe_outputs(transform, sample, 0)
 
     def _make_buffers(self, size: int) -> None:
@@ -750,19 +748,28 @@ def _warn_if_unsplit(dataset: Any) -> None:
                       "DistributedSampler.", stacklevel=3)  # fmt: skip
 
 
+def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
+    """``(dataset, decompressed bytes, blocks)`` of each fastload dataset in ``dataset`` (a
+    Mix's too) whose blocks are mostly compressed: compression that saved under 10% left most
+    blocks raw (JPEG, say), and raw blocks are mapped, never decompressed."""
+    out = []
+    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
+        if isinstance(ds, Dataset):
+            raw = sum(s.raw_bytes for s in ds.manifest.shards)
+            if ds.manifest.bytes < 0.9 * raw:
+                out.append((ds, raw, max(1, sum(s.blocks for s in ds.manifest.shards))))
+    return out
+
+
 def _warn_if_rereading(dataset: Any) -> None:
     """Records drawn at random from compressed blocks decompress their whole block each,
     once the dataset's decompressed size passes what a process keeps (``block_cache``): say
     so, once, with the ways out."""
-    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
-        if not isinstance(ds, Dataset):
+    for ds, raw, blocks in _compressed(dataset):
+        limit = ds._decoded.limit
+        if raw <= limit:
             continue
-        manifest, limit = ds.manifest, ds._decoded.limit
-        raw = sum(s.raw_bytes for s in manifest.shards)
-        # Compression that saved under 10% left most blocks raw (JPEG, say): nothing to redo.
-        if manifest.bytes >= 0.9 * raw or raw <= limit:
-            continue
-        per_block = manifest.records / max(1, sum(s.blocks for s in manifest.shards))
+        per_block = ds.manifest.records / blocks
         ways = ["shuffle='block' (each block read once per epoch)",
                 "a dataset converted with --compression none (nothing to decompress)",
                 "a larger block_cache"]
@@ -778,12 +785,10 @@ def _warn_if_windows_overflow(mix: Mix, window: int) -> None:
     """A Mix in block order reads a stratum's draws of each dataset from about two windows
     of its blocks; a compressed dataset whose block_cache holds fewer decompresses some of
     them again. Say so, once."""
-    for ds in mix.datasets:
-        manifest, limit = ds.manifest, ds._decoded.limit
-        raw = sum(s.raw_bytes for s in manifest.shards)
-        blocks = sum(s.blocks for s in manifest.shards)
-        need = min(raw, 2 * window * raw / max(1, blocks))
-        if manifest.bytes >= 0.9 * raw or need <= limit:
+    for ds, raw, blocks in _compressed(mix):
+        limit = ds._decoded.limit
+        need = min(raw, 2 * window * raw / blocks)
+        if need <= limit:
             continue
         warnings.warn(f"fastload.DataLoader: {ds.path} is read in block order from compressed "
                       f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "

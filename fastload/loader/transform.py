@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["OutputField", "probe_outputs", "transform_rows"]
+__all__ = ["OutputField", "probe_outputs", "sample_at", "transform_rows"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ def _checked_mapping(out: Any, record: int) -> Mapping[str, Any]:
         raise TypeError(f"transform= must return a dict of field name -> value, got "
                         f"{type(out).__name__} for dataset record {record}")  # fmt: skip
     return out
+
+
+def sample_at(inputs: dict[str, np.ndarray], listed: dict[str, Any], names: tuple[str, ...],
+              k: int) -> dict[str, Any]:  # fmt: skip
+    """Row ``k`` of a batch read into ``inputs`` (fixed fields) and ``listed`` (the rest),
+    as the dict a transform is given."""
+    return {name: inputs[name][k] if name in inputs else listed[name][k] for name in names}
 
 
 def probe_outputs(fn: Callable[[dict], Any], sample: dict, record: int) -> tuple[OutputField, ...]:
@@ -87,9 +94,8 @@ def transform_rows(fn: Callable[[dict], Any], outputs: tuple[OutputField, ...],
                 lists[name].append(None)
             continue
         record = int(indices[k])
-        sample = {name: inputs[name][k] if name in inputs else listed[name][k] for name in names}
         try:
-            result = _checked_mapping(fn(sample), record)
+            result = _checked_mapping(fn(sample_at(inputs, listed, names, k)), record)
         except Exception as e:
             if hasattr(e, "add_note"):
                 e.add_note(f"in transform= of dataset record {record}")
