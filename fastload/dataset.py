@@ -36,12 +36,12 @@ OPEN_AHEAD = 64  # a remote dataset of at most this many shards opens them all f
 
 
 class BlockTable:
-    """Where each record of a remote dataset lies, for the shards open in this process:
+    """Where each record of a dataset lies, for the shards open in this process:
     ``block_of`` (its block in its shard; -1: not open), ``offset`` (in the block), and for
     the loader's one-call gather (``loader.fill.ResidentGather``) ``gather_of``: a number per
-    block of the dataset, -1 where the shard is not open or its blocks cannot be gathered
-    straight (compressed, or records shorter than their fixed part), and ``entries[g]``:
-    ``(key in RemoteStore.maps, shard reader, block)`` of block ``g``."""
+    block of the dataset, -1 where the shard is not open or its records cannot be gathered
+    straight (records shorter than their fixed part), and ``entries[g]``: ``(key in
+    RemoteStore.maps or None, shard reader, block)`` of block ``g``."""
 
     def __init__(self, dataset: "Dataset") -> None:
         n = len(dataset)
@@ -59,11 +59,12 @@ class BlockTable:
         blocks = reader.records["block"]
         self.offset[a:b] = reader.records["offset"]
         self.block_of[a:b] = blocks  # last: -1 until the row is whole
-        if reader._all_raw and reader.shortest >= self.dataset._layout.header_size:
+        if reader.shortest >= self.dataset._layout.header_size:
             base = int(self.base[s])
-            uid = reader.source._uid
+            uid = reader.source._uid if self.dataset.remote else None
             self.entries[base : base + len(reader.blocks)] = [
-                ((uid, g), reader, g) for g in range(len(reader.blocks))]
+                ((uid, g) if uid is not None else None, reader, g)
+                for g in range(len(reader.blocks))]  # fmt: skip
             self.gather_of[a:b] = blocks + base
 
 
@@ -179,12 +180,12 @@ class Dataset:
         path = join(self.fs, self.root, info.path)
         return RemoteSource(self._store_(), path, _display(self.fs, path), info)
 
-    def _block_table(self) -> "BlockTable | None":
-        """Remote, up to ``MAX_BLOCK_TABLE`` records: where each record lies (see
-        :class:`BlockTable`), kept as shards open and dropped on close and fork. Per-batch work
-        (read-ahead hints, the loader's gather of blocks at hand) then needs no per-shard numpy
-        work."""
-        if self._table is None and self.remote and len(self) <= MAX_BLOCK_TABLE:
+    def _block_table(self, local: bool = False) -> "BlockTable | None":
+        """Remote (or any, with ``local``), up to ``MAX_BLOCK_TABLE`` records: where each
+        record lies (see :class:`BlockTable`), kept as shards open and dropped on close and
+        fork. Per-batch work (read-ahead hints, the loader's gather of blocks at hand, block
+        numbers) then needs no per-shard numpy work."""
+        if self._table is None and (self.remote or local) and len(self) <= MAX_BLOCK_TABLE:
             self._table = BlockTable(self)
             for s, reader in enumerate(self._readers):
                 if reader is not None:
@@ -463,6 +464,35 @@ class Dataset:
             if layout.var_fields:
                 result.update(self._gather_var(spans, headers, image_views))
         return {name: result[name] for name in self.schema.names if name in result}
+
+    def block_numbers(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The dataset-wide number of the storage block that holds each of records
+        ``indices`` (blocks numbered shard after shard, as the manifest lists them), or -1 for
+        an index out of range. Opens the shards it needs (their indexes only). Readers of a
+        compressed dataset split work by it: a block decompressed by one of them is not
+        decompressed again by the others."""
+        idx = _as_indices(indices)
+        n = len(self)
+        out = np.full(len(idx), -1, np.int64)
+        ok = (idx >= -n) & (idx < n)
+        idx = np.where(idx < 0, idx + n, idx)[ok]
+        if not len(idx):
+            return out
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        table = self._block_table(local=True)
+        if table is not None:
+            blocks = table.block_of[idx]
+            if int(blocks.min()) >= 0:  # every shard open: the common case, once running
+                out[ok] = table.base[shard_of] + blocks
+                return out
+        base = np.cumsum([0] + [s.blocks for s in self.shards], dtype=np.int64)
+        found = np.empty(len(idx), np.int64)
+        for s in sorted(set(shard_of.tolist())):
+            mine = np.flatnonzero(shard_of == s)
+            records = self.shard_reader(s).records["block"]
+            found[mine] = base[s] + records[idx[mine] - self._starts[s]]
+        out[ok] = found
+        return out
 
     def _locate(self, idx: np.ndarray) -> "_Spans":
         """Where records ``idx`` lie (checksums checked), for gathers in the compiled core."""

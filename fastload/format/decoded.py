@@ -33,6 +33,8 @@ class DecodedBlocks:
         self.bytes = 0
         self.hits = 0
         self.misses = 0  # decompressions: blocks not found here
+        self.dropped = 0  # blocks let go (a holder of references to blocks checks it)
+        self._reported = 0  # misses already counted by take_decompressed()
         self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -43,6 +45,7 @@ class DecodedBlocks:
     def _locked(self) -> threading.Lock:
         if self._pid != os.getpid():  # forked: a parent's thread may have held the lock
             self._lock, self._pid = threading.Lock(), os.getpid()
+            self._reported = self.misses  # the parent's decompressions are the parent's
         return self._lock
 
     def get(self, key: Hashable) -> Optional[bytes]:
@@ -71,9 +74,18 @@ class DecodedBlocks:
             while self.bytes > self.limit:
                 _, old = self._blocks.popitem(last=False)
                 self.bytes -= len(old)
+                self.dropped += 1
+
+    def take_decompressed(self) -> int:
+        """Blocks decompressed in this process since the last call (by any thread: each
+        counted once); the loader's workers report these with each batch."""
+        with self._locked():
+            n, self._reported = self.misses - self._reported, self.misses
+        return n
 
     def clear(self) -> None:
         with self._locked():
+            self.dropped += len(self._blocks)
             self._blocks.clear()
             self.bytes = 0
 

@@ -14,11 +14,12 @@ from ..dataset import Dataset
 from ..errors import CorruptRecordError
 from .layout import BatchLayout
 
-__all__ = ["fill_batch", "share_rows", "BatchTimings"]
+__all__ = ["fill_batch", "fill_block_share", "block_share_rows", "share_rows", "BatchTimings"]
 
 
 class BatchTimings(dict):
-    """Seconds spent per stage for one batch (``read``, ``decode``) and bytes read."""
+    """Seconds spent per stage for one batch (``read``, ``decode``), bytes read, and blocks
+    decompressed (``decompressed``, in this process since its previous batch)."""
 
 
 def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices: np.ndarray,
@@ -90,7 +91,8 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
                     bad.append((lo + a + i, f"{where}: {e.reason}"))
     done = time.perf_counter()
     nbytes = sum(v.nbytes for v in views.values())
-    timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes)
+    timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes,
+                           decompressed=_decompressed(dataset))  # fmt: skip
     if bad:
         timings["bad"] = sorted(bad)
     if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
@@ -98,6 +100,62 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
     return listed, timings
+
+
+def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
+                     indices: np.ndarray, part: int, parts: int,
+                     skip_bad: bool = False) -> tuple[int, BatchTimings]:  # fmt: skip
+    """Fill the rows of a batch whose records lie in the storage blocks of share ``part`` of
+    ``parts`` (block number modulo ``parts``; see :meth:`Dataset.block_numbers`); returns how
+    many rows that was, and the timings. The batch's other rows are other workers' shares.
+
+    For compressed datasets read by several worker processes: each of them decompresses
+    only its own blocks, where whole batches would have every worker decompress nearly every
+    block (the two records of a batch a block gives are read by different workers), and
+    each worker's block cache holds its share. Only for layouts whose every field is gathered
+    (no listed fields, images or transform): the rows are not contiguous, so they are read
+    into a buffer of their own and scattered into the slab."""
+    start = time.perf_counter()
+    n = len(indices)
+    indices = np.asarray(indices)
+    rows = block_share_rows(dataset, indices, part, parts)
+    views = layout.views(slab, n)
+    bad: list[tuple[int, str]] = []
+    nbytes = 0
+    if len(rows):
+        mine = indices[rows]
+        out = {name: np.empty((len(rows), *views[name].shape[1:]), views[name].dtype)
+               for name in layout.gathered}  # fmt: skip
+        fast = _raw_gather(dataset, layout)
+        try:
+            if fast is None or not fast.gather(mine, out):
+                dataset.read_into(mine, out=out)
+        except CorruptRecordError:
+            if not skip_bad:
+                raise
+            _, bad = _read_each(dataset, layout, mine, out, {}, 0)
+            bad = [(int(rows[row]), why) for row, why in bad]
+        for name, values in out.items():
+            views[name][rows] = values
+            nbytes += values.nbytes
+    timings = BatchTimings(read=time.perf_counter() - start, decode=0.0, bytes=nbytes,
+                           decompressed=_decompressed(dataset))  # fmt: skip
+    if bad:
+        timings["bad"] = bad
+    return len(rows), timings
+
+
+def _decompressed(dataset: Any) -> int:
+    """Blocks of ``dataset`` (a Mix's datasets) decompressed in this process since the
+    previous call."""
+    datasets = getattr(dataset, "datasets", None) or [dataset]
+    return sum(d._decoded.take_decompressed() for d in datasets if hasattr(d, "_decoded"))
+
+
+def block_share_rows(dataset: Dataset, indices: np.ndarray, part: int, parts: int) -> np.ndarray:
+    """The rows of a batch of records ``indices`` in share ``part`` of ``parts`` by block
+    (an index out of range falls to the last share, whose read then raises)."""
+    return np.flatnonzero(dataset.block_numbers(indices) % parts == part)
 
 
 def _fill_transformed(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
@@ -256,33 +314,40 @@ class RawGather:
 
 
 class ResidentGather:
-    """:class:`RawGather`'s counterpart for a remote dataset: a batch whose records all lie in
-    uncompressed blocks already at hand in this process and checked whole (cached copies
-    mapped, ``RemoteSource.resident``, or blocks the shard reader holds) is gathered in one
-    call, without read_into's work per shard and per block (a shuffled batch of 16 token
-    rows touches ~14 blocks). Anything else (a block not at hand, a shard not opened yet, a
-    compressed shard, a short record) returns False, and read_into does the read, fetching
-    what is missing; the loader's read-ahead has usually asked for those blocks already.
-    Where each record lies comes from the dataset's block table.
+    """:class:`RawGather`'s counterpart for remote and compressed datasets: a batch whose
+    records all lie in blocks at hand in this process and checked whole is gathered in one
+    call, without read_into's work per shard and per block (a shuffled batch of 16 token rows
+    touches ~14 blocks). At hand: a remote raw block's cached copy, mapped
+    (``RemoteSource.resident``) or held by the shard reader; a compressed block's
+    decompressed bytes in the dataset's block cache, or, for a local dataset, decompressed
+    here and then. Anything else (a remote block not at hand, a shard not opened yet, a raw
+    block of a local dataset, a short record) returns False, and read_into does the read,
+    fetching what is missing; the loader's read-ahead has usually asked for those blocks
+    already. Where each record lies comes from the dataset's block table.
 
-    The mapped blocks a batch used are kept by block number, so that the next batches over
-    them are one core call with no Python per block (looking ~14 blocks up per batch made a
-    warm remote batch ~20% dearer than a local one). They are let go whenever the store
-    unmaps any block, so no more stay mapped than its ``mapped_blocks``."""
+    The blocks a batch used are kept by block number, so that the next batches over them are
+    one core call with no Python per block (looking ~14 blocks up per batch made a warm
+    remote batch ~20% dearer than a local one, and read_into's work per shard and block cost
+    a compressed batch more than its decompression). They are let go whenever the store
+    unmaps a block or the block cache drops one, so no more stay at hand than those allow."""
 
     def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
         self.dataset, self.n = dataset, len(dataset)
         self.fields = _Fields(dataset, layout)
         self._table: Any = None  # (the block table, its shards_added) the rows are from
         self._rows: tuple = ()  # per record: block, offset, length, checksum
-        self._held: list = []  # block -> its mapped view, or None
-        self._dropped: Any = None  # (the store, its maps_dropped) when _held was filled
+        self._held: list = []  # block -> its bytes at hand, or None
+        self._dropped: Any = None  # what let go of blocks when _held was filled
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
-        if type(dataset) is not Dataset or not getattr(dataset, "remote", False) or \
-                layout.decode or layout.listed or not layout.slots or \
-                dataset._block_table() is None or not _all_gathered(dataset, layout):  # fmt: skip
+        if type(dataset) is not Dataset or layout.decode or layout.listed or \
+                not layout.slots or not _all_gathered(dataset, layout):  # fmt: skip
+            return None
+        if not dataset.remote and dataset.manifest.bytes >= sum(
+                s.raw_bytes for s in dataset.shards):  # local and raw: RawGather's  # fmt: skip
+            return None
+        if dataset._block_table(local=True) is None:
             return None
         return cls(dataset, layout)
 
@@ -291,11 +356,11 @@ class ResidentGather:
         when read_into must do it instead."""
         ds = self.dataset
         ds._own()  # a forked child starts afresh (and so do the tables)
-        table = ds._block_table()
+        table = ds._block_table(local=True)
         idx = _index_array(indices, self.n)
         if idx is None or table is None:
             return False
-        store = ds._store_()
+        store = ds._store_() if ds.remote else None
         if self._table != (table, table.shards_added):
             # -1 (not gatherable) as uint32 is out of range: the core call says so
             self._table = (table, table.shards_added)
@@ -303,9 +368,11 @@ class ResidentGather:
                           np.full(self.n, ds._layout.header_size, np.uint64),
                           np.zeros(self.n, np.uint32))  # fmt: skip
             self._dropped = None
-        if self._dropped != (store, store.maps_dropped):
+        dropped = (store, store.maps_dropped if store is not None else 0, ds._decoded,
+                   ds._decoded.dropped)  # fmt: skip
+        if self._dropped != dropped:
             self._held = [None] * len(table.entries)
-            self._dropped = (store, store.maps_dropped)
+            self._dropped = dropped
         try:
             return self.fields.gather(self._held, self._rows, idx, False, views) < 0
         except (TypeError, ValueError):
@@ -313,8 +380,9 @@ class ResidentGather:
         return self._gather_looked_up(table, store, idx, views)
 
     def _gather_looked_up(self, table: Any, store: Any, idx: np.ndarray, views: dict) -> bool:
-        """The batch with each of its blocks looked up first: mapped ones are held for the
-        next batches, blocks the shard reader holds only for this one."""
+        """The batch with each of its blocks looked up first: mapped ones and those in the
+        block cache are held for the next batches, blocks the shard reader holds (or
+        decompressed past the cache's limit) only for this one."""
         if _plain_indices(idx, self.n) is None:
             return False  # negative or out of range: read_into's
         blocks = table.gather_of[idx]
@@ -323,12 +391,26 @@ class ResidentGather:
         found, lent = {}, []
         for g in set(blocks.tolist()):
             key, reader, b = table.entries[g]
-            view = store.maps.get(key)  # mapped and checked (RemoteSource.resident)
-            if view is None:
-                view = reader.held(b)  # held by the shard reader
+            if reader._raw[b]:
+                if store is None:
+                    return False  # a local raw block: read_into checks its records
+                view = store.maps.get(key)  # mapped and checked (RemoteSource.resident)
                 if view is None:
-                    return False
-                lent.append(g)
+                    view = reader.held(b)  # held by the shard reader
+                    if view is None:
+                        return False
+                    lent.append(g)
+            else:
+                view = reader.held(b)  # decompressed already
+                if view is None:
+                    if store is not None:
+                        return False  # read_into fetches the batch's blocks together
+                    try:
+                        view = reader.block(b)  # checked, decompressed, cached
+                    except CorruptRecordError:
+                        return False  # read_into raises it, or skips the block's records
+                    if reader.held(b) is None:
+                        lent.append(g)  # past the cache's limit: not kept here either
             found[g] = view
         for g, view in found.items():
             self._held[g] = view

@@ -22,6 +22,7 @@ class LoaderStats:
     # see Dataset.io_stats().
     io: dict = field(default_factory=dict)
     skipped: int = 0  # samples dropped under bad_samples="skip"
+    decompressed: int = 0  # compressed blocks decompressed, summed over workers
     _started: float | None = None
 
     def start(self) -> None:
@@ -34,6 +35,7 @@ class LoaderStats:
         self.bytes += nbytes
         for stage in ("read", "decode"):
             self.stage_seconds[stage] += timings.get(stage, 0.0)
+        self.decompressed += timings.get("decompressed", 0)
         for name, value in (timings.get("io") or {}).items():
             self.io[name] = self.io.get(name, 0) + value
 
@@ -55,4 +57,7 @@ class LoaderStats:
             "stage_seconds": dict(self.stage_seconds),
             "io": dict(self.io),
             "skipped_samples": self.skipped,
+            # a compressed dataset's blocks decompressed: about its blocks once per epoch
+            # when the block caches hold what the order needs; far more, when they do not
+            "decompressed_blocks": self.decompressed,
         }

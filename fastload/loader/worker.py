@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .fill import fill_batch, share_rows
+from .fill import block_share_rows, fill_batch, fill_block_share, share_rows
 from .layout import BatchLayout
 from .messages import decode, encode_results
 from .slabs import SlabMap, out_of_descriptors
@@ -54,6 +54,7 @@ class Task:
     new_slab: Any = None  # (arena, place) of a slab this worker has not seen yet
     part: int = 0  # this task's share of a batch that several workers fill (see fill_batch)
     parts: int = 1
+    by_block: bool = False  # the share is the rows in blocks part (mod parts): fill_block_share
 
     def rows(self) -> tuple[int, int]:
         """The rows of the batch this task fills: its share (all of them, unshared)."""
@@ -258,7 +259,9 @@ def _hint(dataset, message) -> None:
     if not message:
         return
     try:
-        dataset.prefetch(np.concatenate([t.indices[slice(*t.rows())] for t in message]))
+        dataset.prefetch(np.concatenate([
+            t.indices[block_share_rows(dataset, t.indices, t.part, t.parts) if t.by_block
+                      else slice(*t.rows())] for t in message]))  # fmt: skip
     except Exception:
         pass
 
@@ -268,6 +271,11 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
         slabs.add(task.slab, *task.new_slab)
     share = (task.part, task.parts)
     try:
+        if task.by_block:
+            samples, timings = fill_block_share(setup.dataset, setup.layout, slabs[task.slab],
+                                                task.indices, *share, setup.skip_bad)  # fmt: skip
+            return Result(task.batch, task.slab, samples, {}, timings, None, *share,
+                          timings.pop("bad", None))  # fmt: skip
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
                                      task.indices, task.rng_seed, share,
                                      setup.skip_bad)  # fmt: skip

@@ -98,3 +98,135 @@ def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
     assert misses <= 1.1 * blocks
     global_misses, _, _ = epoch(True)
     assert global_misses > 3 * blocks
+
+
+# ------------------------------------------------------- workers share out the blocks
+
+
+def test_block_numbers_name_each_records_block(compressed, tmp_path):
+    path, _ = compressed
+    ds = fastload.Dataset(path)
+    base = np.cumsum([0] + [s.blocks for s in ds.shards])
+    want = np.concatenate([base[s] + ds.shard_reader(s).records["block"]
+                           for s in range(len(ds.shards))])  # fmt: skip
+    idx = np.random.default_rng(0).permutation(len(ds))
+    for fresh in (fastload.Dataset(path), ds):  # no shard open yet; every shard open
+        np.testing.assert_array_equal(fresh.block_numbers(idx), want[idx])
+    np.testing.assert_array_equal(ds.block_numbers([-1, len(ds), -len(ds) - 1, 0]),
+                                  [want[-1], -1, -1, want[0]])  # fmt: skip
+    assert len(ds.block_numbers([])) == 0
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compressed, parts):
+    """fill_block_share, as ``parts`` worker processes run it: together the shares fill each
+    batch exactly as one worker does, and each block is decompressed by one of them."""
+    from fastload.loader.fill import fill_batch, fill_block_share
+    from fastload.loader.layout import BatchLayout
+
+    path, rows = compressed
+    workers = [fastload.Dataset(path) for _ in range(parts)]
+    layout = BatchLayout(workers[0].schema, 16)
+    for indices in np.array_split(np.random.default_rng(1).permutation(len(rows)), 30):
+        shared = np.zeros(layout.slab_size, np.uint8)
+        filled = [fill_block_share(ds, layout, shared, indices, k, parts)[0]
+                  for k, ds in enumerate(workers)]  # fmt: skip
+        assert sum(filled) == len(indices)
+        whole = np.zeros(layout.slab_size, np.uint8)
+        fill_batch(fastload.Dataset(path), layout, whole, indices, (0, 0))
+        assert shared.tobytes() == whole.tobytes()
+        np.testing.assert_array_equal(layout.views(shared, len(indices))["tokens"], rows[indices])
+    blocks = sum(s.blocks for s in workers[0].shards)
+    assert sum(ds._decoded.misses for ds in workers) == blocks
+    assert all(ds._decoded.misses < blocks * 0.7 for ds in workers)
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+@pytest.mark.parametrize("num_workers,persistent", [(2, False), (3, True)])
+def test_workers_share_out_a_compressed_dataset_block_by_block(compressed, shuffle, num_workers,
+                                                               persistent):  # fmt: skip
+    """A compressed dataset larger than one worker's block cache but not than all of theirs:
+    the workers share each batch out by block, so each block is decompressed once for the
+    whole run (whole batches had every worker decompress most records' blocks again each
+    epoch), and the batches are those of one process."""
+    path, rows = compressed  # 60 blocks of 8 KiB decompressed
+    blocks = sum(s.blocks for s in fastload.Dataset(path).shards)
+
+    def run(workers: int) -> tuple[list, dict, bool]:
+        ds = fastload.Dataset(path, block_cache="320KiB")  # 40 of the 60 blocks
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one process's cache is too small: the point
+            loader = fastload.DataLoader(ds, batch_size=16, shuffle=shuffle, seed=4,
+                                         num_workers=workers,
+                                         persistent_workers=persistent and workers > 0,
+                                         block_window=4)  # fmt: skip
+        epochs = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            epochs.append(torch.cat([b["tokens"] for b in loader]).numpy())
+        shared = loader._by_block
+        stats = loader.stats()
+        loader.close()
+        return epochs, stats, shared
+
+    alone, _, _ = run(0)
+    epochs, stats, shared = run(num_workers)
+    for got, want in zip(epochs, alone):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(map(bytes, epochs[0])) == sorted(map(bytes, rows))
+    if persistent:
+        assert stats["decompressed_blocks"] == blocks
+    else:  # workers start afresh each epoch: each block once per epoch
+        assert stats["decompressed_blocks"] == 2 * blocks
+    assert shared
+
+
+def test_which_loaders_share_out_blocks(compressed, tmp_path):
+    path, _ = compressed
+    ds = fastload.Dataset(path)  # 480 KiB decompressed: fits its 128 MiB block cache
+    small = fastload.Dataset(path, block_cache="64KiB")
+
+    def shares(dataset, **kwargs) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fastload.DataLoader(dataset, batch_size=8, **kwargs)._by_block
+
+    assert shares(ds, num_workers=2)  # workers afresh each epoch: each decompresses it all
+    assert shares(small, num_workers=2, persistent_workers=True)  # outgrows one cache
+    assert not shares(ds, num_workers=2, persistent_workers=True)  # fits: whole batches
+    assert not shares(ds, num_workers=0)
+    assert not shares(ds, num_workers=1)
+    assert not shares(ds, num_workers=2, worker_type="thread")  # one cache for all threads
+    assert not shares(fastload.Mix([ds, ds]), num_workers=2)
+    assert not shares(ds, num_workers=2, transform=lambda s: s)
+    rows = np.random.default_rng(0).integers(0, 65535, (64, 512), dtype=np.uint16)
+    with fastload.Writer(tmp_path / "raw", {"tokens": "uint16[512]"}, block_size=8192,
+                         compression="zstd") as w:  # random tokens: left raw  # fmt: skip
+        for row in rows:
+            w.write({"tokens": row})
+    assert not shares(fastload.Dataset(tmp_path / "raw"), num_workers=2)
+
+
+def test_decompressed_blocks_are_counted(compressed):
+    path, _ = compressed
+    ds = fastload.Dataset(path)
+    blocks = sum(s.blocks for s in ds.shards)
+    loader = fastload.DataLoader(ds, batch_size=16)
+    for _ in range(2):
+        list(loader)
+    assert loader.stats()["decompressed_blocks"] == blocks  # kept: the 2nd epoch is free
+    tiny = fastload.DataLoader(fastload.Dataset(path, block_cache=0), batch_size=16)
+    list(tiny)
+    assert tiny.stats()["decompressed_blocks"] == 30 * 2  # 2 batches a block, none kept
+
+
+def test_a_warning_counts_the_block_caches_of_workers_that_share_blocks_out(compressed):
+    path, _ = compressed  # 480 KiB decompressed
+    ds = fastload.Dataset(path, block_cache="192KiB")
+    with pytest.warns(UserWarning, match=r"more than the 192.0 KiB each process keeps"):
+        fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2, worker_type="thread")
+    with pytest.warns(UserWarning, match=r"more than the 384.0 KiB 2 worker processes keep"):
+        fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "fastload")  # 3 x 192 KiB hold it
+        fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=3)

@@ -60,12 +60,14 @@ def check_fixed(batch: dict, indices) -> None:
 def test_tasks_round_trip_flat():
     tasks = [Task(7, 3, np.array([5, 1, 9], np.int64), (2**64 - 1, 0)),
              Task(8, 0, np.array([], np.int64), (0, 12345)),
-             Task(9, 11, np.arange(16), (2**63, 2))]  # fmt: skip
+             Task(9, 11, np.arange(16), (2**63, 2)),
+             Task(9, 11, np.arange(16), (2**63, 2), part=1, parts=3),  # shares travel flat
+             Task(9, 11, np.arange(16), (2**63, 2), part=2, parts=3, by_block=True)]  # fmt: skip
     data = encode_tasks(tasks)
     assert data[:4] == TASKS
     got = decode(data)
-    assert [(t.batch, t.slab, t.rng_seed, t.new_slab) for t in got] == \
-        [(t.batch, t.slab, t.rng_seed, None) for t in tasks]  # fmt: skip
+    fields = lambda t: (t.batch, t.slab, t.rng_seed, t.new_slab, t.part, t.parts, t.by_block)
+    assert [fields(t) for t in got] == [fields(t) for t in tasks]
     for a, b in zip(got, tasks):
         assert a.indices.dtype == np.int64 and a.indices.tolist() == list(b.indices)
     assert all(type(x) is int for t in got for x in (t.batch, t.slab, *t.rng_seed))
@@ -77,7 +79,6 @@ def test_tasks_round_trip_flat():
     [Task(0, 0, np.arange(3), (2**64, 2))],
     [Task(0, 0, np.arange(3), (1, 2, 3))],  # not two words
     [Task(0, 0, np.arange(3), (1, 2), new_slab=("arena", (0, 64)))],  # a slab handle
-    [Task(0, 0, np.arange(3), (1, 2), part=1, parts=2)],  # a share of a batch
 ])
 def test_tasks_fall_back_to_pickle(tasks):
     data = encode_tasks(tasks)
@@ -91,20 +92,21 @@ def test_tasks_fall_back_to_pickle(tasks):
 
 
 def test_results_round_trip_flat_and_pickled():
-    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568)),
-             Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0))]
+    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568, decompressed=3)),
+             Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=0)),
+             Result(6, 1, 0, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=1),
+                    part=1, parts=2)]
     data = encode_results(plain)
     assert data[:4] == RESULTS
     got = decode(data)
     for a, b in zip(got, plain):
-        assert (a.batch, a.slab, a.samples, a.listed, a.error) == \
-            (b.batch, b.slab, b.samples, {}, None)  # fmt: skip
+        assert (a.batch, a.slab, a.samples, a.listed, a.error, a.part, a.parts) == \
+            (b.batch, b.slab, b.samples, {}, None, b.part, b.parts)  # fmt: skip
         assert dict(a.timings) == dict(b.timings)
     error = WorkerError("ValueError", "builtins", "bad", "tb", 1, 2, "here")
     for odd in ([Result(1, 1, error=error)],
                 [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
-                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, io={"n": 1}))],
-                [Result(1, 1, 0, {}, BatchTimings(read=0, decode=0, bytes=0), part=1, parts=2)],
+                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, decompressed=0, io={"n": 1}))],
                 [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0), bad=[(1, "x")])]):
         data = encode_results(odd)
         assert data[:4] != RESULTS
@@ -141,7 +143,7 @@ def test_raw_gather_equals_read_into(fixed_path):
         idx = rng.integers(0, len(ds), n)
         fast = np.zeros(layout.slab_size, np.uint8)
         listed, timings = fill_batch(ds, layout, fast, idx, (0, 0))
-        assert listed == {} and set(timings) == {"read", "decode", "bytes"}
+        assert listed == {} and set(timings) == {"read", "decode", "bytes", "decompressed"}
         ref = {k: np.zeros_like(v) for k, v in layout.views(fast, n).items()}
         assert ds.read_into(idx, out=ref) == {}
         for name, view in layout.views(fast, n).items():

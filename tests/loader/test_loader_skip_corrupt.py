@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,29 @@ def test_a_corrupt_compressed_block_skips_its_records(intact, tmp_path):
     assert 40 in lost and len(lost) > 1  # the block's records, around record 40
     assert lost == list(range(lost[0], lost[-1] + 1))
     assert got == [i for i in range(N) if i not in lost]
+
+
+def test_a_corrupt_block_shared_out_by_block_skips_its_records(tmp_path):
+    """Workers that share batches out by block (a compressed token dataset): the rows of
+    the one bad block are dropped, counted, and every other row is where one process puts
+    it."""
+    from formattools import write_compressed_rows
+
+    rows = write_compressed_rows(tmp_path / "zstd", 480)  # 60 blocks of 8 rows
+    bad = damage(tmp_path / "zstd", tmp_path / "bad", records=(100,), whole_block=True)
+
+    def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
+        loader = fastload.DataLoader(fastload.Dataset(bad), batch_size=16, shuffle=True,
+                                     seed=2, num_workers=workers, bad_samples=LENIENT)  # fmt: skip
+        return torch.cat([b["tokens"] for b in loader]).numpy(), loader
+
+    alone, _ = epoch(0)
+    got, loader = epoch(2)
+    assert loader._by_block
+    np.testing.assert_array_equal(got, alone)
+    lost = Counter(map(bytes, rows)) - Counter(map(bytes, got))
+    assert lost == Counter(map(bytes, rows[96:104]))  # record 100's block
+    assert loader.stats()["skipped_samples"] == 8 and len(got) == 472
 
 
 # ------------------------------------------------------------------ images and state_dict

@@ -537,9 +537,10 @@ def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
     ds.close()
 
 
-def test_compressed_blocks_are_never_gathered_in_place(s3_server, tmp_path):
-    """zstd blocks must be decompressed first: however warm the cache, ResidentGather leaves
-    their batches to read_into, which returns the right rows."""
+def test_compressed_blocks_are_gathered_from_their_decompressed_bytes(s3_server, tmp_path):
+    """zstd blocks are gathered in one call only from their decompressed bytes in the block
+    cache, never from the stored (compressed) copy mapped from the file cache; a block not
+    decompressed yet leaves the batch to read_into, which fetches and decompresses it."""
     from fastload.loader import fill
     from fastload.loader.layout import BatchLayout
 
@@ -552,10 +553,18 @@ def test_compressed_blocks_are_never_gathered_in_place(s3_server, tmp_path):
                           cache_dir=tmp_path / "cache") as ds:  # fmt: skip
         layout = BatchLayout(ds.schema, 16)
         fast = fill._raw_gather(ds, layout)
-        slab = np.zeros(layout.slab_size, np.uint8)
+        assert isinstance(fast, fill.ResidentGather)
         ds.read_into(np.arange(len(ds)))  # every shard open, every block at hand
-        idx = np.random.default_rng(1).permutation(len(ds))[:16]
-        assert fast is None or not fast.gather(idx, layout.views(slab, 16))
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            slab = np.zeros(layout.slab_size, np.uint8)
+            idx = rng.permutation(len(ds))[:16]
+            assert fast.gather(idx, layout.views(slab, 16))
+            assert_rows(layout.views(slab, 16), idx)
+        ds._decoded.clear()  # the stored copies stay mapped; nothing decompressed
+        assert ds._store_().maps
+        slab = np.zeros(layout.slab_size, np.uint8)
+        assert not fast.gather(idx, layout.views(slab, 16))
         fill.fill_batch(ds, layout, slab, idx, (0, 0))
         assert_rows(layout.views(slab, 16), idx)
 
