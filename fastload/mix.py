@@ -89,6 +89,19 @@ class Mix:
         d, i = self.locate(int(index))
         return self.datasets[d][i]
 
+    def block_numbers(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """:meth:`fastload.Dataset.block_numbers` over the concatenation: the datasets' blocks
+        numbered one dataset after another (-1 for an index out of range)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.full(len(idx), -1, np.int64)
+        ok = np.flatnonzero((idx >= 0) & (idx < self.records))
+        owner = np.searchsorted(self.offsets, idx[ok], side="right") - 1
+        base = np.cumsum([0] + [sum(s.blocks for s in d.shards) for d in self.datasets])
+        for d in sorted(set(owner.tolist())):
+            rows = ok[owner == d]
+            out[rows] = base[d] + self.datasets[d].block_numbers(idx[rows] - self.offsets[d])
+        return out
+
     def read_into(self, indices: Sequence[int] | np.ndarray,
                   out: Mapping[str, np.ndarray] | None = None, *,
                   image_views: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip

@@ -790,7 +790,7 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     it all each. A dataset that fits one cache, read by persistent workers, is decompressed
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
-    if workers < 2 or worker_type != "process" or not isinstance(dataset, Dataset) or \
+    if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
             layout.decode or layout.transform is not None or layout.listed or \
             set(layout.gathered) != set(layout.names):  # fmt: skip
         return False

@@ -181,6 +181,35 @@ def test_workers_share_out_a_compressed_dataset_block_by_block(compressed, shuff
     assert shared
 
 
+@pytest.mark.parametrize("shuffle", [True, "block"])
+def test_workers_share_out_the_blocks_of_a_mix(tmp_path, shuffle):
+    rows = [write_compressed_rows(tmp_path / k, n) for k, n in (("a", 480), ("b", 160))]
+
+    def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
+        mix = fastload.Mix([fastload.Dataset(tmp_path / k) for k in "ab"], stratum=64)
+        loader = fastload.DataLoader(mix, batch_size=16, shuffle=shuffle, seed=1,
+                                     num_workers=workers, block_window=2)  # fmt: skip
+        return torch.cat([b["tokens"] for b in loader]).numpy(), loader
+
+    alone, _ = epoch(0)
+    got, loader = epoch(2)
+    assert loader._by_block
+    np.testing.assert_array_equal(got, alone)
+    assert sorted(map(bytes, got)) == sorted(map(bytes, np.concatenate(rows)))
+    assert loader.stats()["decompressed_blocks"] == 60 + 20  # each block once
+
+
+def test_mix_block_numbers_follow_its_datasets(compressed):
+    path, _ = compressed
+    a, b = fastload.Dataset(path), fastload.Dataset(path)
+    mix = fastload.Mix([a, b])
+    n, blocks = len(a), sum(s.blocks for s in a.shards)
+    idx = np.array([0, n - 1, n, 2 * n - 1, -1, 2 * n])
+    want = np.concatenate([a.block_numbers(idx[:2]), blocks + b.block_numbers([0, n - 1]),
+                           [-1, -1]])  # fmt: skip
+    np.testing.assert_array_equal(mix.block_numbers(idx), want)
+
+
 def test_which_loaders_share_out_blocks(compressed, tmp_path):
     path, _ = compressed
     ds = fastload.Dataset(path)  # 480 KiB decompressed: fits its 128 MiB block cache
@@ -197,7 +226,7 @@ def test_which_loaders_share_out_blocks(compressed, tmp_path):
     assert not shares(ds, num_workers=0)
     assert not shares(ds, num_workers=1)
     assert not shares(ds, num_workers=2, worker_type="thread")  # one cache for all threads
-    assert not shares(fastload.Mix([ds, ds]), num_workers=2)
+    assert shares(fastload.Mix([ds, ds]), num_workers=2)
     assert not shares(ds, num_workers=2, transform=lambda s: s)
     rows = np.random.default_rng(0).integers(0, 65535, (64, 512), dtype=np.uint16)
     with fastload.Writer(tmp_path / "raw", {"tokens": "uint16[512]"}, block_size=8192,

@@ -4,6 +4,7 @@ read-ahead, retries under injected faults, and the errors that must not be retri
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -582,6 +583,42 @@ def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_token
             seen += b["i"].tolist()
         assert sorted(seen) == list(range(len(ds))), epoch
     del loader
+    ds.close()
+
+
+@pytest.mark.parametrize("persistent,block_cache", [(False, "128MiB"), (True, "32KiB")])
+def test_workers_share_out_remote_compressed_blocks(persistent, block_cache, s3_server,
+                                                    tmp_path):  # fmt: skip
+    """Token rows in zstd blocks on S3, read by two workers that share each batch out by
+    block (they start afresh each epoch; or the dataset outgrows one worker's block cache):
+    cold, from the file cache, then from mapped copies, every row exactly once and right, and
+    each block decompressed once per worker start (persistent: once for the whole run)."""
+    def row(i: int) -> dict:
+        return {"i": i, "tokens": np.full(65, i % 251, np.uint16)}  # zstd packs it ~10x
+
+    path = tmp_path / "zstd"
+    with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="zstd") as w:
+        for i in range(300):
+            w.write(row(i))
+    ds = fastload.Dataset(upload(s3_server, path), storage_options=s3_server.storage_options,
+                          cache_dir=tmp_path / "cache", block_cache=block_cache)  # fmt: skip
+    blocks, raw = sum(s.blocks for s in ds.shards), sum(s.raw_bytes for s in ds.shards)
+    assert ds.manifest.bytes < 0.5 * raw  # compressed
+    assert 32 << 10 < raw <= 64 << 10  # over one worker's 32 KiB cache, within two
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one worker's cache is too small: the point
+        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2,
+                                     persistent_workers=persistent)  # fmt: skip
+    assert loader._by_block
+    for epoch in range(3):
+        seen = []
+        for b in loader:
+            i = b["i"].numpy()
+            np.testing.assert_array_equal(b["tokens"].numpy(), np.repeat(i[:, None] % 251, 65, 1))
+            seen += i.tolist()
+        assert sorted(seen) == list(range(len(ds))), epoch
+    assert loader.stats()["decompressed_blocks"] == blocks * (1 if persistent else 3)
+    loader.close()
     ds.close()
 
 
