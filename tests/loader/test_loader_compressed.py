@@ -259,3 +259,51 @@ def test_a_warning_counts_the_block_caches_of_workers_that_share_blocks_out(comp
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "fastload")  # 3 x 192 KiB hold it
         fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=3)
+
+
+def test_a_corrupt_block_read_by_shared_out_workers_raises_naming_it(compressed, tmp_path):
+    import shutil
+
+    from formattools import parse_shard
+
+    from fastload.errors import CorruptRecordError
+
+    path, rows = compressed
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    shard = next(bad.glob("*.fls"))
+    data = bytearray(shard.read_bytes())
+    block = parse_shard(bytes(data))["blocks"][12]  # records 96..103
+    data[block["offset"] + block["stored_size"] // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    loader = fastload.DataLoader(fastload.Dataset(bad), batch_size=16, num_workers=2)
+    assert loader._by_block
+    for _ in range(2):  # and the loader still works for another epoch, to the same point
+        delivered = []
+        with pytest.raises(CorruptRecordError) as info:
+            for b in loader:
+                delivered.append(b["tokens"].numpy())
+        assert "block 12" in str(info.value) and "records 96..103" in str(info.value)
+        assert "Caught CorruptRecordError in fastload worker" in str(info.value)
+        np.testing.assert_array_equal(np.concatenate(delivered), rows[:96])
+
+
+def test_resuming_mid_epoch_with_shared_out_blocks(compressed):
+    path, _ = compressed
+
+    def loader() -> fastload.DataLoader:
+        return fastload.DataLoader(fastload.Dataset(path), batch_size=16, shuffle=True, seed=5,
+                                   num_workers=2)  # fmt: skip
+
+    whole = torch.cat([b["tokens"] for b in fastload.DataLoader(
+        fastload.Dataset(path), batch_size=16, shuffle=True, seed=5)])  # fmt: skip
+    first = loader()
+    assert first._by_block
+    it = iter(first)
+    head = [next(it)["tokens"] for _ in range(11)]
+    state = first.state_dict()
+    del it
+    second = loader()
+    second.load_state_dict(state)
+    tail = [b["tokens"] for b in second]
+    np.testing.assert_array_equal(torch.cat(head + tail).numpy(), whole.numpy())
