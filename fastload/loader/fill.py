@@ -111,8 +111,8 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
 
     For compressed datasets read by several worker processes: each of them decompresses
     only its own blocks, where whole batches would have every worker decompress nearly every
-    block (the two records of a batch a block gives are read by different workers), and
-    each worker's block cache holds its share. Only for layouts whose every field is gathered
+    block (a block's records fall in batches that go to different workers), and each
+    worker's block cache holds its share. Only for layouts whose every field is gathered
     (no listed fields, images or transform): the rows are not contiguous, so they are read
     into a buffer of their own and scattered into the slab."""
     start = time.perf_counter()
