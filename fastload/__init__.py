@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 # The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
 # their worker processes, never need it, so it is imported on first use.
 _LAZY = {"DataLoader": "loader", "ImageDecode": "loader", "SkipBadSamples": "loader",
-         "Mix": "mix"}
+         "Pad": "loader", "Packed": "loader", "PackRows": "loader", "Mix": "mix"}
 
 
 def __getattr__(name: str):
@@ -49,6 +49,9 @@ __all__ = [
     "DataLoader",
     "ImageDecode",
     "SkipBadSamples",
+    "Pad",
+    "Packed",
+    "PackRows",
     "Mix",
     "Writer",
     "merge_parts",

@@ -31,6 +31,7 @@ from .planning import PlanBatchSampler, Planner, wants_plan
 from .pool import LoaderTimeoutError, WorkerDiedError, WorkerPool
 from .slabs import SlabPool
 from .stats import LoaderStats
+from .variable import Pad, VariableSpec, check_variable, collate_variable
 from .worker import Result, Task, WorkerSetup
 
 __all__ = ["DataLoader"]
@@ -50,6 +51,9 @@ class DataLoader:
     - ``transform``: ``fn(sample) -> dict``, run on each sample in the workers after it is
       read and decoded; arrays, tensors and numbers it returns are stacked into batch tensors
       (same shape and dtype for every sample), anything else comes as lists (transform.py);
+    - ``variable``: ``{field: Pad(...) | Packed() | PackRows(...)}``, variable-length array
+      fields as padded tensors plus lengths, values plus offsets, or token rows (variable.py;
+      by default they come as lists of arrays);
     - ``worker_type``: ``"process"`` (default) or ``"thread"`` (for work that releases the GIL);
     - ``device``: return batches on this device (copied on a side stream);
     - ``seed``: plan the order from (seed, epoch) instead of torch's samplers (see below);
@@ -92,6 +96,7 @@ class DataLoader:
         in_order: bool = True,
         decode: Optional[Mapping[str, ImageDecode]] = None,
         transform: Optional[Callable[[dict], Any]] = None,
+        variable: Optional[Mapping[str, VariableSpec]] = None,
         worker_type: str = "process",
         device: Optional[str | torch.device] = None,
         seed: Optional[int] = None,
@@ -168,6 +173,12 @@ class DataLoader:
                              "__getitem__, as with torch's DataLoader")  # fmt: skip
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        if variable and not self.fast:
+            raise ValueError("variable= needs a fastload.Dataset, automatic batching and no "
+                             "collate_fn")  # fmt: skip
+        if variable and transform is not None:
+            raise ValueError("variable= and transform= cannot be combined: the transform's "
+                             "outputs are its own (pad them in it)")  # fmt: skip
         if policy is not None and not self.fast:
             raise ValueError("bad_samples='skip' needs a fastload.Dataset, automatic batching "
                              "and no collate_fn (it skips records that fail their checksum "
@@ -187,6 +198,10 @@ class DataLoader:
         self._sized_per_epoch = size is None
         self._decode = decode
         self._transform = transform
+        self._variable = check_variable(self.dataset.schema, variable)
+        # made by the consumer from the lists the workers send (all but a fixed-length Pad)
+        self._collated = {name: spec for name, spec in self._variable.items()
+                          if not (isinstance(spec, Pad) and spec.length is not None)}  # fmt: skip
         self._outputs = self._probe(transform) if transform is not None else ()
         self._pinned = self._wants_pinning(pin_memory)
         self._make_buffers(size or 1)
@@ -220,7 +235,7 @@ class DataLoader:
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
         self.layout = BatchLayout(self.dataset.schema, size, self._decode, self._transform,
-                                  self._outputs)  # fmt: skip
+                                  self._outputs, self._variable)  # fmt: skip
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
@@ -609,6 +624,8 @@ class DataLoader:
             else:
                 batch[name] = result.listed[name]
         del views, lease  # the batch's tensors now own the slab
+        if self._collated:
+            batch = collate_variable(batch, self._collated, self.dataset.schema)
         self._stats.stage_seconds["collate"] += time.perf_counter() - start
         self._stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
         if self.device is not None:
@@ -791,7 +808,7 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
     if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
-            layout.decode or layout.transform is not None or layout.listed or \
+            layout.decode or layout.transform is not None or layout.listed or layout.padded or \
             set(layout.gathered) != set(layout.names):  # fmt: skip
         return False
     return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))

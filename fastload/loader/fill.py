@@ -13,6 +13,7 @@ from .. import _core
 from ..dataset import Dataset
 from ..errors import CorruptRecordError
 from .layout import BatchLayout
+from .variable import fill_padded
 
 __all__ = ["fill_batch", "fill_block_share", "block_share_rows", "share_rows", "BatchTimings"]
 
@@ -67,6 +68,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
             listed, bad = _read_each(dataset, layout, np.asarray(mine), out, extra, lo)
     else:
         listed = {}
+    for name, spec in layout.padded.items():
+        fill_padded(listed.pop(name), views[name], views[f"{name}_lengths"], spec,
+                    np.asarray(mine), name)  # fmt: skip
     read_done = time.perf_counter()
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs
@@ -209,7 +213,7 @@ def _read_each(dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: 
             bad.append((lo + i, f"dataset record {int(indices[i])}: {e}"))
     good = next((r for r in rows if r is not None), None)
     listed: dict[str, Any] = {}
-    for name in (*layout.listed, *layout.decode):  # images to decode come back listed too
+    for name in (*layout.listed, *layout.decode, *layout.padded):  # read as lists, then used
         if good is not None and isinstance(good[name], np.ndarray):
             blank = np.zeros_like(good[name])
             listed[name] = np.concatenate([r[name] if r is not None else blank for r in rows])
@@ -285,7 +289,8 @@ class RawGather:
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["RawGather"]:
         if type(dataset) is not Dataset or getattr(dataset, "remote", True) or layout.decode \
-                or layout.listed or not layout.slots or len(dataset) > cls.MAX_RECORDS:
+                or layout.listed or layout.padded or not layout.slots or \
+                len(dataset) > cls.MAX_RECORDS:  # fmt: skip
             return None
         try:
             readers = [dataset.shard_reader(s) for s in range(len(dataset.shards))]
@@ -341,8 +346,8 @@ class ResidentGather:
 
     @classmethod
     def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
-        if type(dataset) is not Dataset or layout.decode or layout.listed or \
-                not layout.slots or not _all_gathered(dataset, layout):  # fmt: skip
+        if type(dataset) is not Dataset or layout.decode or layout.listed or layout.padded \
+                or not layout.slots or not _all_gathered(dataset, layout):  # fmt: skip
             return None
         if not dataset.remote and dataset.manifest.bytes >= sum(
                 s.raw_bytes for s in dataset.shards):  # local and raw: RawGather's  # fmt: skip

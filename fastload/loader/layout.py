@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from ..format.schema import Schema
+from .variable import Pad
 
 __all__ = ["BatchLayout", "Slot", "ImageDecode"]
 
@@ -71,7 +72,7 @@ class BatchLayout:
     def __init__(self, schema: Schema, batch_size: int,
                  decode: Mapping[str, ImageDecode] | None = None,
                  transform: Optional[Callable[[dict], Any]] = None,
-                 outputs: tuple = ()) -> None:  # fmt: skip
+                 outputs: tuple = (), variable: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         decode = dict(decode or {})
         for name, spec in decode.items():
             if name not in schema or schema[name].kind != "image":
@@ -85,15 +86,26 @@ class BatchLayout:
         self.transform = transform
         self.outputs = tuple(outputs)
         self.input = self if transform is None else BatchLayout(schema, batch_size, decode)
+        #: Variable-length fields padded to a fixed length in the slab (see variable.py), by
+        #: name; each has a ``<name>_lengths`` slot too.
+        self.padded = {name: spec for name, spec in (variable or {}).items()
+                       if isinstance(spec, Pad) and spec.length is not None}  # fmt: skip
         if transform is None:
             fixed = [(f.name, f.np_dtype, tuple(f.shape or ())) for f in schema
                      if f.kind in ("scalar", "ndarray") and f.is_fixed]  # fmt: skip
             fixed += [(f.name, np.dtype(np.uint8), decode[f.name].shape) for f in schema
                       if f.name in decode]  # fmt: skip
+            fixed += [(name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
+                      for name, spec in self.padded.items()]  # fmt: skip
             order = {f.name: i for i, f in enumerate(schema)}
             fixed.sort(key=lambda spec: order[spec[0]])
+            names = list(schema.names)
+            for name in self.padded:  # its lengths right after it
+                names.insert(names.index(name) + 1, f"{name}_lengths")
+                fixed.insert([f[0] for f in fixed].index(name) + 1,
+                             (f"{name}_lengths", np.dtype(np.int64), ()))  # fmt: skip
             #: The batch's keys, in order.
-            self.names = tuple(schema.names)
+            self.names = tuple(names)
         else:
             fixed = [(o.name, o.dtype, o.shape) for o in self.outputs if o.dtype is not None]
             self.names = tuple(o.name for o in self.outputs)
@@ -104,8 +116,9 @@ class BatchLayout:
             offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
         self.slots: tuple[Slot, ...] = tuple(slots)
         #: Fields that are gathered straight into the slab (fixed-size ones).
-        self.gathered = tuple(s.name for s in slots if s.name not in decode) \
-            if transform is None else ()  # fmt: skip
+        padding = {*self.padded, *(f"{name}_lengths" for name in self.padded)}
+        self.gathered = tuple(s.name for s in slots if s.name not in decode and
+                              s.name not in padding) if transform is None else ()  # fmt: skip
         #: Fields that travel as lists.
         self.listed = tuple(n for n in self.names if n not in {s.name for s in slots})
         self.slab_size = max(offset, _ALIGN)
