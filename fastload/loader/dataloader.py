@@ -162,6 +162,7 @@ class DataLoader:
         policy = policy_of(bad_samples)
         self._budget = BadSampleBudget(policy) if policy is not None else None
         self._pool: Optional[WorkerPool] = None
+        self._copies: Any = None  # device.CopiesInFlight: host batches being copied to a GPU
         self._persistent_seed: Optional[int] = None  # persistent workers' base seed
         self.fast = _fast_capable(dataset) and collate_fn is None and batch_size is not None
         if decode and not self.fast:
@@ -372,6 +373,8 @@ class DataLoader:
         if self._pool is not None:
             self._close_pool(self._pool)
         self._persistent_seed = None
+        if self._copies is not None:
+            self._copies.wait()
 
     def _close_pool(self, pool: WorkerPool) -> None:
         if pool.shutdown():
@@ -662,10 +665,13 @@ class DataLoader:
         return True
 
     def _to_device(self, batch: dict) -> dict:
-        from .device import move, to_device
+        from .device import CopiesInFlight, move, to_device
 
         start = time.perf_counter()
-        out = to_device(batch, self.device) if self.fast else move(batch, self.device)
+        if self.fast and self._copies is None:
+            self._copies = CopiesInFlight()
+        out = to_device(batch, self.device, self._copies) if self.fast else \
+            move(batch, self.device)  # fmt: skip
         self._stats.stage_seconds["transfer"] += time.perf_counter() - start
         return out
 

@@ -1,33 +1,49 @@
 """Pinning slabs and copying batches to the GPU (only used where CUDA is available).
 
 Slabs are pinned by registering their memory with CUDA (no copy into a pinned buffer), so a
-host-to-device copy is a DMA straight from the slab.
+host-to-device copy is a DMA straight from the slab. An arena is unregistered when it is
+freed (a loader closed or its pool replaced): memory unmapped while still registered stays
+page-locked, and a later arena mapped at the same address could not be registered.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from typing import Mapping
 
 import torch
 
 from .slabs import SlabPool
 
-__all__ = ["register_slabs", "to_device", "move"]
+__all__ = ["register_slabs", "to_device", "move", "CopiesInFlight"]
 
 
 def register_slabs(pool: SlabPool) -> None:
-    """Page-lock every arena of ``pool`` (and any it grows later) with cudaHostRegister."""
+    """Page-lock every arena of ``pool`` (and any it grows later) with cudaHostRegister,
+    until the arena is freed."""
     cudart = torch.cuda.cudart()
 
     def register(arena: torch.Tensor) -> None:
-        err = cudart.cudaHostRegister(arena.data_ptr(), arena.numel(), 0)
+        ptr = arena.data_ptr()
+        err = cudart.cudaHostRegister(ptr, arena.numel(), 0)
         if int(err) != 0:
             raise RuntimeError(f"cudaHostRegister of a {arena.numel()}-byte slab arena failed: "
                                f"{err}")  # fmt: skip
+        # Runs as the arena's last reference goes (every batch view of it is gone), before
+        # its memory is released; not at exit, when CUDA may be torn down already.
+        weakref.finalize(arena, _unregister, cudart, ptr).atexit = False
 
     for arena in pool.arenas:
         register(arena)
     pool.on_new_arena = register
+
+
+def _unregister(cudart, ptr: int) -> None:
+    try:
+        cudart.cudaHostUnregister(ptr)
+    except Exception:
+        pass  # CUDA already shut down: the process is ending
 
 
 _streams: dict = {}
@@ -51,21 +67,45 @@ def move(obj, device: torch.device):
     return obj
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Copy a batch's tensors to ``device`` on a side stream; the current stream waits for the
-    copy before anything queued after this call runs."""
+class CopiesInFlight:
+    """Host batches whose copies to the GPU may still be running, each with the event its
+    copy recorded: holding a batch keeps its slab from being reused (slabs go back to the
+    pool only when their tensors are garbage), so the consumer never waits for a copy; the
+    GPU's current stream waits for it instead."""
+
+    def __init__(self) -> None:
+        self._copies: deque = deque()
+
+    def add(self, event, batch: dict) -> None:
+        self._copies.append((event, batch))
+        while self._copies and self._copies[0][0].query():  # done: the slab may be reused
+            self._copies.popleft()
+
+    def wait(self) -> None:
+        """Let every copy finish (before the slabs' memory may go)."""
+        while self._copies:
+            event, _ = self._copies.popleft()
+            event.synchronize()
+
+
+def to_device(batch: dict, device: torch.device, in_flight: CopiesInFlight) -> dict:
+    """Copy a batch's tensors to ``device`` on a side stream, without waiting for the copy:
+    the current stream waits for its event before anything queued after this call runs, and
+    ``in_flight`` keeps the source batch (its slab) until the copy is done."""
     if device.type != "cuda":
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     stream = _streams.get(device)
     if stream is None:
         stream = _streams[device] = torch.cuda.Stream(device)
-    with torch.cuda.stream(stream):
+    current = torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):  # not after the work queued on current: it overlaps it
         out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                for k, v in batch.items()}  # fmt: skip
-    torch.cuda.current_stream(device).wait_stream(stream)
+        copied = torch.cuda.Event()
+        copied.record(stream)
+    current.wait_event(copied)
     for v in out.values():
         if isinstance(v, torch.Tensor):
-            v.record_stream(torch.cuda.current_stream(device))
-    # The source slab must outlive the copy: sync the side stream before it can be recycled.
-    stream.synchronize()
+            v.record_stream(current)  # made on the side stream, used on the current one
+    in_flight.add(copied, batch)
     return out

@@ -153,3 +153,54 @@ def test_cuda_device_with_held_batches(ds1):
     batches = list(loader)
     torch.cuda.synchronize()
     assert [b["i"].cpu().tolist() for b in batches] == [[k, k + 1] for k in range(0, N, 2)]
+
+
+@cuda
+def test_loaders_made_again_and_again_pin_their_slabs_each_time(ds1):
+    """Each loader's slab arenas are unregistered from CUDA as they are freed: a new loader's
+    arenas (often mapped at the same addresses) register again."""
+    import gc
+
+    for _ in range(5):
+        loader = fastload.DataLoader(ds1, batch_size=10, num_workers=2, pin_memory=True)
+        assert all(b["x"].is_pinned() for b in loader)
+        del loader
+        gc.collect()
+
+
+class _Event:
+    """Stands in for a torch.cuda.Event in the bookkeeping test below (no GPU here)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+
+def test_a_slab_being_copied_to_the_gpu_is_not_reused_before_the_copy_ends():
+    """to_device returns without waiting for the copy; CopiesInFlight keeps the host batch,
+    and so its slab, until the copy's event has completed."""
+    import numpy as np
+
+    from fastload.loader.device import CopiesInFlight
+    from fastload.loader.slabs import SlabPool
+
+    pool = SlabPool(64, 2, shared=False)
+    copies = CopiesInFlight()
+    events = []
+    for _ in range(2):
+        slab = pool.acquire(grow=False)
+        batch = {"x": torch.from_numpy(pool.lease(slab).view(np.int64))}
+        events.append(_Event())
+        copies.add(events[-1], batch)
+        del batch
+    assert pool.free() == 0  # both copies still running: neither slab is free
+    events[0].done = True
+    copies.add(_Event(), {})  # the next copy looks at the finished ones
+    assert pool.free() == 1
+    copies.wait()  # the loader's close(): every copy finishes, every slab comes back
+    assert pool.free() == 2 and events[1].done
