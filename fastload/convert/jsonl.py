@@ -1,8 +1,9 @@
 """JSON Lines (``.jsonl``, ``.ndjson``, optionally gzipped): one field per key.
 
 The schema is inferred from the first ``infer_lines`` lines: per key, ints -> int64, floats (or
-ints mixed with floats) -> float64, bools -> bool, strings -> str, anything else or a mix ->
-json. A key missing from some of those lines becomes a json field that holds null where the key
+ints mixed with floats) -> float64, bools -> bool, strings -> str, lists of ints (token ids,
+say) -> int64[?] and lists of numbers -> float64[?] (variable-length arrays, which the loader
+can pad or pack), anything else or a mix -> json. A key missing from some of those lines becomes a json field that holds null where the key
 is absent. Fields keep the order in which keys were first seen.
 
 A later line that does not fit (invalid JSON, not an object, a missing or unknown key, a value
@@ -18,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
+import numpy as np
+
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
 from .base import ReadItem, Source, Task, check_field_name, list_files, pack
@@ -26,6 +29,10 @@ __all__ = ["JsonlSource", "JsonlPiece", "JsonlTask", "infer_schema", "SUFFIXES"]
 
 SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+# The list kinds (_json_type) a value of each inferred array type may be.
+_LISTS = {"int64[?]": {"list[]", "list[int]"}, "float64[?]": {"list[]", "list[int]", "list[num]"}}
+_LIST_NAMES = {"list[]": "an empty list", "list[int]": "a list of ints",
+               "list[num]": "a list of numbers", "list": "a list of other values"}  # fmt: skip
 # The Python types a value of each inferred field type may have.
 _ALLOWED: dict[str, tuple[type, ...]] = {
     "int64": (int,), "float64": (float, int), "bool": (bool,), "str": (str,)
@@ -66,6 +73,7 @@ class JsonlSource(Source):
         # Each typed field's allowed Python types; json fields accept any value.
         self._checks = [(f.name, f.spec, _ALLOWED[f.spec]) for f in self._schema
                         if f.spec in _ALLOWED]  # fmt: skip
+        self._arrays = [(f.name, f.spec, f.np_dtype) for f in self._schema if f.kind == "ndarray"]
         self._keys = frozenset(self._schema.names)
         self._required = self._keys - self.optional
 
@@ -116,10 +124,16 @@ class JsonlSource(Source):
         for name, spec, allowed in self._checks:
             value = obj[name]
             if type(value) not in allowed:
-                return None, (f"key {name!r} is {_json_type(value)}, but the schema (inferred "
+                return None, (f"key {name!r} is {_describe(value)}, but the schema (inferred "
                               f"from the first lines) says {spec}")  # fmt: skip
             if spec == "int64" and not _INT64[0] <= value <= _INT64[1]:
                 return None, f"key {name!r}: {value} does not fit in int64"
+        for name, spec, dtype in self._arrays:
+            value = obj[name]
+            if _json_type(value) not in _LISTS[spec]:
+                return None, (f"key {name!r} is {_describe(value)}, but the schema (inferred "
+                              f"from the first lines) says {spec}")  # fmt: skip
+            obj[name] = np.array(value, dtype)
         return obj, None
 
     def _key_problem(self, obj: dict[str, Any]) -> str | None:
@@ -164,6 +178,8 @@ def infer_schema(files: list[str], n_lines: int) -> tuple[Schema, frozenset[str]
 
 
 def _spec(kinds: set[str]) -> str:
+    if kinds <= _LISTS["float64[?]"] and kinds != {"list[]"}:
+        return "int64[?]" if kinds <= _LISTS["int64[?]"] else "float64[?]"
     if kinds == {"int"}:
         return "int64"
     if kinds <= {"int", "float"}:
@@ -179,7 +195,24 @@ def _json_type(value: Any) -> str:
     t = type(value)
     if t is int:
         return "int" if _INT64[0] <= value <= _INT64[1] else "bigint"
-    return {bool: "bool", float: "float", str: "str", list: "list", dict: "dict"}.get(t, "null")
+    if t is list:
+        return _list_type(value)
+    return {bool: "bool", float: "float", str: "str", dict: "dict"}.get(t, "null")
+
+
+def _describe(value: Any) -> str:
+    kind = _json_type(value)
+    return _LIST_NAMES.get(kind, kind)
+
+
+def _list_type(value: list) -> str:
+    """"list[]" (empty), "list[int]" (int64 ints), "list[num]" (ints and floats) or "list"."""
+    if not value:
+        return "list[]"
+    types = set(map(type, value))
+    if types == {int}:
+        return "list[int]" if _INT64[0] <= min(value) and max(value) <= _INT64[1] else "list"
+    return "list[num]" if types <= {int, float} else "list"
 
 
 def split_lines(path: str, target: int) -> list[JsonlPiece]:

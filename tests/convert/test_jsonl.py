@@ -48,6 +48,39 @@ def test_int_and_float_mix_is_float_and_optional_keys_are_json(tmp_path):
                                           {"x": 3.0, "y": None}]  # fmt: skip
 
 
+def test_lists_of_numbers_are_variable_length_arrays(tmp_path):
+    """Token ids and embeddings in JSON lists become int64[?] / float64[?] fields (the loader
+    can pad or pack them), not json; other lists stay json."""
+    import numpy as np
+
+    rows = [{"ids": list(range(i % 4)), "emb": [0.5 * i, i], "tags": [], "mixed": [1, "a"],
+             "nested": [[i]]} for i in range(12)]  # fmt: skip
+    write_jsonl(tmp_path / "v.jsonl", rows)
+    source = JsonlSource(str(tmp_path / "v.jsonl"), shard_size=1 << 20)
+    assert source.schema().to_dict() == {"ids": "int64[?]", "emb": "float64[?]",
+                                         "tags": "json", "mixed": "json", "nested": "json"}
+    convert(tmp_path / "v.jsonl", tmp_path / "out", progress=False)
+    got = read_all(tmp_path / "out")
+    for r, want in zip(got, rows):
+        assert r["ids"].dtype == np.int64 and r["ids"].tolist() == want["ids"]
+        assert r["emb"].dtype == np.float64 and r["emb"].tolist() == want["emb"]
+        assert r["tags"] == [] and r["nested"] == want["nested"]
+
+
+@pytest.mark.parametrize("value,why", [
+    (["a"], "a list of other values"), ([1.5], "a list of numbers"), (3, "int"),
+    ([True], "a list of other values"), ([2**70], "a list of other values")])
+def test_a_later_line_whose_list_breaks_the_array_type_is_named(tmp_path, value, why):
+    rows = [{"ids": [1, 2]}] * 3 + [{"ids": value}]
+    write_jsonl(tmp_path / "b.jsonl", rows)
+    with pytest.raises(SourceRecordError, match=rf"b.jsonl line 4: key 'ids' is {why}, but "
+                                                r"the schema .* says int64\[\?\]"):  # fmt: skip
+        convert(tmp_path / "b.jsonl", tmp_path / "out", progress=False, infer_lines=3)
+    result = convert(tmp_path / "b.jsonl", tmp_path / "out2", progress=False, infer_lines=3,
+                     skip_bad=True)  # fmt: skip
+    assert result.records == 3 and result.skipped == 1
+
+
 def test_tasks_split_on_line_boundaries(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [row(i) for i in range(100)])
     pieces = split_lines(str(tmp_path / "a.jsonl"), 500)

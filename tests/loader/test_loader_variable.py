@@ -177,3 +177,24 @@ def test_variable_argument_errors(ds_path, tmp_path):
     with pytest.raises(ValueError, match="would add 'tokens_lengths'"):
         fastload.DataLoader(fastload.Dataset(tmp_path / "clash"), variable={
             "tokens": fastload.Pad()})  # fmt: skip
+
+
+def test_tokenized_jsonl_converted_and_packed_into_rows(tmp_path):
+    """The usual pretraining input: JSON Lines of token id lists, converted (lists of ints
+    become int64[?]) and read as rows of packed tokens with their sequences' offsets."""
+    import json
+
+    from fastload.convert import convert
+
+    docs = [list(range(100 * i, 100 * i + 3 + (i * 5) % 17)) for i in range(40)]
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"input_ids": d}) + "\n" for d in docs))
+    convert(tmp_path / "docs.jsonl", tmp_path / "ds", progress=False)
+    loader = fastload.DataLoader(fastload.Dataset(tmp_path / "ds"), batch_size=8,
+                                 num_workers=2, variable={"input_ids": fastload.PackRows(16)})
+    flat = []
+    for b in loader:
+        assert b["input_ids"].shape[1] == 16 and b["input_ids"].dtype == torch.int64
+        offsets = b["input_ids_offsets"].tolist()
+        flat += [b["input_ids"].reshape(-1)[a:z].tolist() for a, z in zip(offsets, offsets[1:])]
+    assert flat == docs
