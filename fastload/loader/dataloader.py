@@ -723,11 +723,29 @@ def _merge_shares(shares: list[Result]) -> Result:
                 timings[key] = timings.get(key, 0) + value
         for name, values in (r.listed or {}).items():
             listed.setdefault(name, []).append(values)
-    joined = {name: (np.concatenate(v) if isinstance(v[0], np.ndarray) else
-                     [x for part in v for x in part]) for name, v in listed.items()}  # fmt: skip
+    samples = sum(r.samples for r in shares)
+    if any(r.rows is not None for r in shares):  # shares by block: rows anywhere in the batch
+        joined = _scattered([r for r in shares if r.rows is not None], samples)
+    else:  # contiguous shares, in order
+        joined = {name: (np.concatenate(v) if isinstance(v[0], np.ndarray) else
+                         [x for part in v for x in part]) for name, v in listed.items()}  # fmt: skip
     bad = [b for r in shares for b in (r.bad or ())]
-    return Result(first.batch, first.slab, sum(r.samples for r in shares), joined, timings,
-                  bad=bad or None)  # fmt: skip
+    return Result(first.batch, first.slab, samples, joined, timings, bad=bad or None)
+
+
+def _scattered(shares: list[Result], n: int) -> dict[str, Any]:
+    """The listed fields of a batch of ``n`` rows whose shares hold the rows ``r.rows``."""
+    out: dict[str, Any] = {}
+    for r in shares:
+        for name, values in r.listed.items():
+            if isinstance(values, np.ndarray):
+                whole = out.setdefault(name, np.empty((n, *values.shape[1:]), values.dtype))
+                whole[r.rows] = values
+            else:
+                whole = out.setdefault(name, [None] * n)
+                for row, value in zip(r.rows.tolist(), values):
+                    whole[row] = value
+    return out
 
 
 def _hinting(dataset: Any, plan: Iterator[np.ndarray],
@@ -804,8 +822,8 @@ def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
 def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type: str,
                     persistent: bool) -> bool:  # fmt: skip
     """Whether worker processes share out each batch by storage block (``fill_block_share``)
-    rather than fill whole batches: for a compressed dataset whose every field is gathered,
-    where its blocks are decompressed more than once otherwise. Whole batches have every
+    rather than fill whole batches: for a compressed dataset (no images to decode, transform
+    or padded field), where its blocks are decompressed more than once otherwise. Whole batches have every
     worker decompress nearly every block into a block cache that is a copy of the others':
     once a dataset outgrows one cache, every worker decompresses over and over what the
     caches of all would hold (100 MB of zstd tokens, 64 MiB caches, 2 workers: 7,000
@@ -814,8 +832,7 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
     if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
-            layout.decode or layout.transform is not None or layout.listed or layout.padded or \
-            set(layout.gathered) != set(layout.names):  # fmt: skip
+            layout.decode or layout.transform is not None or layout.padded:
         return False
     return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))
 

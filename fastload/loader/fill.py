@@ -99,32 +99,39 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
                            decompressed=_decompressed(dataset))  # fmt: skip
     if bad:
         timings["bad"] = sorted(bad)
-    if getattr(dataset, "remote", False):  # this process's remote-read counters, as increments
-        io = dataset.io_stats_delta()
-        if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
-            timings["io"] = io
+    _add_io(dataset, timings)
     return listed, timings
 
 
+def _add_io(dataset: Any, timings: BatchTimings) -> None:
+    """This process's remote-read counters, as increments, into ``timings``."""
+    if getattr(dataset, "remote", False):
+        io = dataset.io_stats_delta()
+        if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
+            timings["io"] = io
+
+
 def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
-                     indices: np.ndarray, part: int, parts: int,
-                     skip_bad: bool = False) -> tuple[int, BatchTimings]:  # fmt: skip
+                     indices: np.ndarray, part: int, parts: int, skip_bad: bool = False
+                     ) -> tuple[np.ndarray, dict[str, Any], BatchTimings]:  # fmt: skip
     """Fill the rows of a batch whose records lie in the storage blocks of share ``part`` of
-    ``parts`` (block number modulo ``parts``; see :meth:`Dataset.block_numbers`); returns how
-    many rows that was, and the timings. The batch's other rows are other workers' shares.
+    ``parts`` (block number modulo ``parts``; see :meth:`Dataset.block_numbers`); returns
+    those rows (positions in the batch), their listed fields, and the timings. The batch's
+    other rows are other workers' shares.
 
     For compressed datasets read by several worker processes: each of them decompresses
     only its own blocks, where whole batches would have every worker decompress nearly every
     block (a block's records fall in batches that go to different workers), and each
-    worker's block cache holds its share. Only for layouts whose every field is gathered
-    (no listed fields, images or transform): the rows are not contiguous, so they are read
-    into a buffer of their own and scattered into the slab."""
+    worker's block cache holds its share. Not for images to decode, a transform or a padded
+    field: the rows are not contiguous, so the gathered fields are read into a buffer of
+    their own and scattered into the slab, and the consumer puts the listed ones in place."""
     start = time.perf_counter()
     n = len(indices)
     indices = np.asarray(indices)
     rows = block_share_rows(dataset, indices, part, parts)
     views = layout.views(slab, n)
     bad: list[tuple[int, str]] = []
+    listed: dict[str, Any] = {}
     nbytes = 0
     if len(rows):
         mine = indices[rows]
@@ -133,11 +140,11 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
         fast = _raw_gather(dataset, layout)
         try:
             if fast is None or not fast.gather(mine, out):
-                dataset.read_into(mine, out=out)
+                listed = dataset.read_into(mine, out=out)
         except CorruptRecordError:
             if not skip_bad:
                 raise
-            _, bad = _read_each(dataset, layout, mine, out, {}, 0)
+            listed, bad = _read_each(dataset, layout, mine, out, {}, 0)
             bad = [(int(rows[row]), why) for row, why in bad]
         for name, values in out.items():
             views[name][rows] = values
@@ -146,7 +153,8 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
                            decompressed=_decompressed(dataset))  # fmt: skip
     if bad:
         timings["bad"] = bad
-    return len(rows), timings
+    _add_io(dataset, timings)
+    return rows, listed, timings
 
 
 def _decompressed(dataset: Any) -> int:

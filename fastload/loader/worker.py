@@ -72,6 +72,7 @@ class Result:
     part: int = 0
     parts: int = 1
     bad: Optional[list] = None  # rows skipped: (row, why)
+    rows: Optional[np.ndarray] = None  # a share by block with listed fields: its rows
 
 
 @dataclass
@@ -272,10 +273,11 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
     share = (task.part, task.parts)
     try:
         if task.by_block:
-            samples, timings = fill_block_share(setup.dataset, setup.layout, slabs[task.slab],
-                                                task.indices, *share, setup.skip_bad)  # fmt: skip
-            return Result(task.batch, task.slab, samples, {}, timings, None, *share,
-                          timings.pop("bad", None))  # fmt: skip
+            rows, listed, timings = fill_block_share(setup.dataset, setup.layout,
+                                                     slabs[task.slab], task.indices, *share,
+                                                     setup.skip_bad)  # fmt: skip
+            return Result(task.batch, task.slab, len(rows), listed, timings, None, *share,
+                          timings.pop("bad", None), rows if listed else None)  # fmt: skip
         listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
                                      task.indices, task.rng_seed, share,
                                      setup.skip_bad)  # fmt: skip

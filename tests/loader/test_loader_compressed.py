@@ -129,7 +129,7 @@ def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compres
     layout = BatchLayout(workers[0].schema, 16)
     for indices in np.array_split(np.random.default_rng(1).permutation(len(rows)), 30):
         shared = np.zeros(layout.slab_size, np.uint8)
-        filled = [fill_block_share(ds, layout, shared, indices, k, parts)[0]
+        filled = [len(fill_block_share(ds, layout, shared, indices, k, parts)[0])
                   for k, ds in enumerate(workers)]  # fmt: skip
         assert sum(filled) == len(indices)
         whole = np.zeros(layout.slab_size, np.uint8)
@@ -307,3 +307,39 @@ def test_resuming_mid_epoch_with_shared_out_blocks(compressed):
     second.load_state_dict(state)
     tail = [b["tokens"] for b in second]
     np.testing.assert_array_equal(torch.cat(head + tail).numpy(), whole.numpy())
+
+
+@pytest.mark.parametrize("variable", [None, {"ids": fastload.Packed()}])
+def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
+    """Records with listed fields (text, token id lists) in zstd blocks: the workers share
+    each batch out by block and the consumer puts every share's values back in their rows."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta"]
+    with fastload.Writer(tmp_path / "t", {"i": "int64", "text": "str", "ids": "int64[?]"},
+                         block_size=2000) as w:  # fmt: skip
+        for i in range(400):
+            n = int(rng.integers(0, 30))
+            w.write({"i": i, "text": " ".join(words[(i + k) % 4] for k in range(n)),
+                     "ids": np.arange(n, dtype=np.int64) + i})  # fmt: skip
+    ds = fastload.Dataset(tmp_path / "t")
+    blocks = sum(s.blocks for s in ds.shards)
+    assert blocks > 10 and ds.manifest.bytes < 0.5 * sum(s.raw_bytes for s in ds.shards)
+
+    def epoch(workers: int) -> tuple[list, fastload.DataLoader]:
+        loader = fastload.DataLoader(fastload.Dataset(tmp_path / "t"), batch_size=16,
+                                     shuffle=True, seed=2, num_workers=workers,
+                                     variable=variable)  # fmt: skip
+        return list(loader), loader
+
+    alone, _ = epoch(0)
+    shared, loader = epoch(2)
+    assert loader._by_block
+    for got, want in zip(shared, alone):
+        assert list(got) == list(want)
+        for k in got:
+            if isinstance(want[k], torch.Tensor):
+                assert torch.equal(got[k], want[k])
+            else:
+                assert got[k] == want[k] if k == "text" else \
+                    all(np.array_equal(a, b) for a, b in zip(got[k], want[k]))  # fmt: skip
+    assert loader.stats()["decompressed_blocks"] == blocks
