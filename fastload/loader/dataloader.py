@@ -822,8 +822,8 @@ def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
 def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type: str,
                     persistent: bool) -> bool:  # fmt: skip
     """Whether worker processes share out each batch by storage block (``fill_block_share``)
-    rather than fill whole batches: for a compressed dataset (no images to decode, transform
-    or padded field), where its blocks are decompressed more than once otherwise. Whole batches have every
+    rather than fill whole batches: for a compressed dataset (no images to decode or
+    transform), where its blocks are decompressed more than once otherwise. Whole batches have every
     worker decompress nearly every block into a block cache that is a copy of the others':
     once a dataset outgrows one cache, every worker decompresses over and over what the
     caches of all would hold (100 MB of zstd tokens, 64 MiB caches, 2 workers: 7,000
@@ -832,7 +832,7 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
     if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
-            layout.decode or layout.transform is not None or layout.padded:
+            layout.decode or layout.transform is not None:
         return False
     return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))
 

@@ -122,9 +122,9 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
     For compressed datasets read by several worker processes: each of them decompresses
     only its own blocks, where whole batches would have every worker decompress nearly every
     block (a block's records fall in batches that go to different workers), and each
-    worker's block cache holds its share. Not for images to decode, a transform or a padded
-    field: the rows are not contiguous, so the gathered fields are read into a buffer of
-    their own and scattered into the slab, and the consumer puts the listed ones in place."""
+    worker's block cache holds its share. Not for images to decode or a transform: the rows
+    are not contiguous, so the gathered (and padded) fields are read into buffers of their
+    own and scattered into the slab, and the consumer puts the listed ones in place."""
     start = time.perf_counter()
     n = len(indices)
     indices = np.asarray(indices)
@@ -146,6 +146,10 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
                 raise
             listed, bad = _read_each(dataset, layout, mine, out, {}, 0)
             bad = [(int(rows[row]), why) for row, why in bad]
+        for name, spec in layout.padded.items():
+            padded, lengths = np.empty_like(views[name][rows]), np.empty(len(rows), np.int64)
+            fill_padded(listed.pop(name), padded, lengths, spec, mine, name)
+            out[name], out[f"{name}_lengths"] = padded, lengths
         for name, values in out.items():
             views[name][rows] = values
             nbytes += values.nbytes

@@ -309,7 +309,8 @@ def test_resuming_mid_epoch_with_shared_out_blocks(compressed):
     np.testing.assert_array_equal(torch.cat(head + tail).numpy(), whole.numpy())
 
 
-@pytest.mark.parametrize("variable", [None, {"ids": fastload.Packed()}])
+@pytest.mark.parametrize("variable", [None, {"ids": fastload.Packed()},
+                                      {"ids": fastload.Pad(32, value=-1)}])
 def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
     """Records with listed fields (text, token id lists) in zstd blocks: the workers share
     each batch out by block and the consumer puts every share's values back in their rows."""
@@ -343,3 +344,15 @@ def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
                 assert got[k] == want[k] if k == "text" else \
                     all(np.array_equal(a, b) for a, b in zip(got[k], want[k]))  # fmt: skip
     assert loader.stats()["decompressed_blocks"] == blocks
+
+
+def test_a_record_too_long_for_its_pad_raises_from_a_shared_out_batch(tmp_path):
+    with fastload.Writer(tmp_path / "p", {"ids": "int64[?]"}, block_size=500) as w:
+        for i in range(200):
+            w.write({"ids": np.zeros(i % 12, np.int64)})  # zstd packs zeros
+    loader = fastload.DataLoader(fastload.Dataset(tmp_path / "p"), batch_size=16, num_workers=2,
+                                 variable={"ids": fastload.Pad(10)})  # fmt: skip
+    assert loader._by_block
+    with pytest.raises(ValueError, match=r"field 'ids' of dataset record 11 has 11 items, "
+                                         r"more than Pad\(length=10\)"):  # fmt: skip
+        list(loader)
