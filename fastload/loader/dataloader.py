@@ -217,7 +217,7 @@ class DataLoader:
                 isinstance(self.sampler, torch.utils.data.RandomSampler):  # fmt: skip
             _warn_if_rereading(self.dataset, processes)
         elif planner is not None and planner.mix_blocks is not None:
-            _warn_if_windows_overflow(self.dataset, planner.window)
+            _warn_if_windows_overflow(self.dataset, planner.window, processes)
 
     def _probe(self, transform: Callable[[dict], Any]) -> tuple:
         """The fields ``transform`` returns, from the dataset's first record read as a
@@ -823,8 +823,9 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
                     persistent: bool) -> bool:  # fmt: skip
     """Whether worker processes share out each batch by storage block (``fill_block_share``)
     rather than fill whole batches: for a compressed dataset (no images to decode or
-    transform), where its blocks are decompressed more than once otherwise. Whole batches have every
-    worker decompress nearly every block into a block cache that is a copy of the others':
+    transform), where its blocks are decompressed more than once otherwise. Whole batches
+    have every worker decompress nearly every block into a block cache that is a copy of the
+    others':
     once a dataset outgrows one cache, every worker decompresses over and over what the
     caches of all would hold (100 MB of zstd tokens, 64 MiB caches, 2 workers: 7,000
     samples/s whole, 336,000 shared out), and workers started afresh each epoch decompress
@@ -845,32 +846,37 @@ def _warn_if_rereading(dataset: Any, processes: int = 1) -> None:
         limit = ds._decoded.limit * processes
         if raw <= limit:
             continue
-        kept = "each process keeps" if processes == 1 else \
-            f"{processes} worker processes keep, each its share of the blocks"  # fmt: skip
         per_block = ds.manifest.records / blocks
         ways = ["shuffle='block' (each block read once per epoch)",
                 "a dataset converted with --compression none (nothing to decompress)",
                 "a larger block_cache"]
         warnings.warn(f"fastload.DataLoader: {ds.path} is read in a random order from "
-                      f"compressed blocks ({format_size(raw)} decompressed, more than the "
-                      f"{format_size(limit)} {kept}: Dataset(block_cache=)), "
+                      f"compressed blocks ({format_size(raw)} decompressed, more than "
+                      f"{_kept(limit, processes)}: Dataset(block_cache=)), "
                       f"so about {1 - limit / raw:.0%} of the records read will decompress "
                       f"their whole block (~{per_block:,.0f} records) again. Instead: "
                       f"{'; '.join(ways)}.", stacklevel=4)  # fmt: skip
 
 
-def _warn_if_windows_overflow(mix: Mix, window: int) -> None:
+def _kept(limit: int, processes: int) -> str:
+    """What the block caches of ``processes`` that share the blocks out hold, in words."""
+    if processes == 1:
+        return f"the {format_size(limit)} each process keeps"
+    return f"the {format_size(limit)} {processes} worker processes keep, each its share"
+
+
+def _warn_if_windows_overflow(mix: Mix, window: int, processes: int = 1) -> None:
     """A Mix in block order reads a stratum's draws of each dataset from about two windows
-    of its blocks; a compressed dataset whose block_cache holds fewer decompresses some of
-    them again. Say so, once."""
+    of its blocks; a compressed dataset whose block caches (those of the ``processes`` that
+    share its blocks out) hold fewer decompresses some of them again. Say so, once."""
     for ds, raw, blocks in _compressed(mix):
-        limit = ds._decoded.limit
+        limit = ds._decoded.limit * processes
         need = min(raw, 2 * window * raw / blocks)
         if need <= limit:
             continue
         warnings.warn(f"fastload.DataLoader: {ds.path} is read in block order from compressed "
                       f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "
-                      f"time, more than the {format_size(limit)} each process keeps "
+                      f"time, more than {_kept(limit, processes)} "
                       "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
                       "larger block_cache, or a smaller block_window.", stacklevel=4)  # fmt: skip
 
