@@ -3,8 +3,9 @@
 The schema is inferred from the first ``infer_lines`` lines: per key, ints -> int64, floats (or
 ints mixed with floats) -> float64, bools -> bool, strings -> str, lists of ints (token ids,
 say) -> int64[?] and lists of numbers -> float64[?] (variable-length arrays, which the loader
-can pad or pack), anything else or a mix -> json. A key missing from some of those lines becomes a json field that holds null where the key
-is absent. Fields keep the order in which keys were first seen.
+can pad or pack), anything else or a mix -> json. A key missing from some of those lines
+becomes a json field that holds null where the key is absent. Fields keep the order in which
+keys were first seen.
 
 A later line that does not fit (invalid JSON, not an object, a missing or unknown key, a value
 of the wrong type) is a bad record naming the file and line number. Plain files are split into

@@ -12,9 +12,9 @@ its time per batch. So the plain cases travel as one flat numpy array instead:
   bytes, decompressed, part, parts``.
 
 Anything else (a task that carries a new slab's handle, seeds that are not two ints in
-[0, 2**64), a result with an error, listed fields, remote-read counters or skipped rows, the ``None`` that stops a worker) is
-pickled as before; the receiver tells the two apart by the magic (a pickle never starts with
-it).
+[0, 2**64), a result with an error, listed fields, remote-read counters or skipped rows, the
+``None`` that stops a worker) is pickled as before; the receiver tells the two apart by the
+magic (a pickle never starts with it).
 """
 
 from __future__ import annotations

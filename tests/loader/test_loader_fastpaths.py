@@ -92,7 +92,8 @@ def test_tasks_fall_back_to_pickle(tasks):
 
 
 def test_results_round_trip_flat_and_pickled():
-    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568, decompressed=3)),
+    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568,
+                                               decompressed=3)),
              Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=0)),
              Result(6, 1, 0, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=1),
                     part=1, parts=2)]
@@ -106,7 +107,8 @@ def test_results_round_trip_flat_and_pickled():
     error = WorkerError("ValueError", "builtins", "bad", "tb", 1, 2, "here")
     for odd in ([Result(1, 1, error=error)],
                 [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
-                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, decompressed=0, io={"n": 1}))],
+                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, decompressed=0,
+                                                  io={"n": 1}))],
                 [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0), bad=[(1, "x")])]):
         data = encode_results(odd)
         assert data[:4] != RESULTS
