@@ -485,7 +485,7 @@ class Dataset:
             if int(blocks.min()) >= 0:  # every shard open: the common case, once running
                 out[ok] = table.base[shard_of] + blocks
                 return out
-        base = np.cumsum([0] + [s.blocks for s in self.shards], dtype=np.int64)
+        base = self._block_base()
         found = np.empty(len(idx), np.int64)
         for s in sorted(set(shard_of.tolist())):
             mine = np.flatnonzero(shard_of == s)
@@ -493,6 +493,14 @@ class Dataset:
             found[mine] = base[s] + records[idx[mine] - self._starts[s]]
         out[ok] = found
         return out
+
+    def _block_base(self) -> np.ndarray:
+        """The dataset-wide number of each shard's first block (worked out once)."""
+        base = self.__dict__.get("_first_blocks")
+        if base is None:
+            base = self._first_blocks = np.cumsum([0] + [s.blocks for s in self.shards],
+                                                  dtype=np.int64)  # fmt: skip
+        return base
 
     def _locate(self, idx: np.ndarray) -> "_Spans":
         """Where records ``idx`` lie (checksums checked), for gathers in the compiled core."""

@@ -46,6 +46,7 @@ class Mix:
         self._weights_arg = None if weights is None else [float(w) for w in weights]
         self.offsets = np.cumsum([0, *self.sizes], dtype=np.int64)
         self.schema: Schema | None = _common_schema(self.datasets)
+        self._block_base: np.ndarray | None = None  # block_numbers: each dataset's first
 
     def __len__(self) -> int:
         """Draws per epoch (not the number of records: see ``records``)."""
@@ -96,7 +97,10 @@ class Mix:
         out = np.full(len(idx), -1, np.int64)
         ok = np.flatnonzero((idx >= 0) & (idx < self.records))
         owner = np.searchsorted(self.offsets, idx[ok], side="right") - 1
-        base = np.cumsum([0] + [sum(s.blocks for s in d.shards) for d in self.datasets])
+        if self._block_base is None:  # (per batch in every worker: worked out once)
+            self._block_base = np.cumsum([0] + [sum(s.blocks for s in d.shards)
+                                                for d in self.datasets])  # fmt: skip
+        base = self._block_base
         for d in sorted(set(owner.tolist())):
             rows = ok[owner == d]
             out[rows] = base[d] + self.datasets[d].block_numbers(idx[rows] - self.offsets[d])

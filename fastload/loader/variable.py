@@ -98,6 +98,14 @@ def check_variable(schema: Schema, variable: Mapping[str, Any] | None) -> dict[s
                             f"got {spec!r}")  # fmt: skip
         if isinstance(spec, PackRows) and len(shape) != 1:
             raise ValueError(f"variable: PackRows needs a 1-D field; {name!r} is {field.spec}")
+        value = getattr(spec, "value", 0)
+        try:
+            fits = np.asarray(value, dtype=field.np_dtype) == value
+        except (OverflowError, ValueError, TypeError):
+            fits = False
+        if not fits:
+            raise ValueError(f"variable: the pad value {value!r} of {name!r} is not a "
+                             f"{field.np_dtype} ({field.spec})")  # fmt: skip
         if extra_name(name, spec) in schema:
             raise ValueError(f"variable: {name!r} would add {extra_name(name, spec)!r}, which "
                              "is a field of the dataset already")  # fmt: skip

@@ -162,6 +162,10 @@ def test_variable_argument_errors(ds_path, tmp_path):
             build({name: fastload.Pad()})
     with pytest.raises(ValueError, match="PackRows needs a 1-D field"):
         build({"points": fastload.PackRows(8)})
+    for value in (0.5, 2**40, "x"):
+        with pytest.raises(ValueError, match=r"the pad value .* of 'tokens' is not a int32"):
+            build({"tokens": fastload.Pad(value=value)})
+    build({"points": fastload.Pad(value=0.5)})  # a float field takes it
     with pytest.raises(TypeError, match="must be fastload.Pad, Packed or PackRows"):
         build({"tokens": "pad"})
     with pytest.raises(ValueError, match="cannot be combined"):
