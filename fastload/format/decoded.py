@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Hashable, Optional
+from typing import Callable, Hashable, Optional
 
 __all__ = ["DecodedBlocks", "DEFAULT_DECODED_LIMIT"]
 
@@ -36,6 +36,7 @@ class DecodedBlocks:
         self.dropped = 0  # blocks let go (a holder of references to blocks checks it)
         self._reported = 0  # misses already counted by take_decompressed()
         self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._making: dict[Hashable, threading.Event] = {}  # blocks a thread decompresses now
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -46,6 +47,7 @@ class DecodedBlocks:
         if self._pid != os.getpid():  # forked: a parent's thread may have held the lock
             self._lock, self._pid = threading.Lock(), os.getpid()
             self._reported = self.misses  # the parent's decompressions are the parent's
+            self._making = {}  # the parent's threads are not here to finish theirs
         return self._lock
 
     def get(self, key: Hashable) -> Optional[bytes]:
@@ -57,6 +59,33 @@ class DecodedBlocks:
             self._blocks.move_to_end(key)
             self.hits += 1
             return raw
+
+    def get_or_make(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        """The block for ``key``: kept here, or made by ``make()`` (and kept). Threads that
+        ask for a block another is making wait for it rather than decompress it again (two
+        thread workers reading neighbouring batches did, ~40-70% of the blocks twice); if
+        that thread fails, or the block was too large to keep, they make it themselves."""
+        while True:
+            with self._locked():
+                raw = self._blocks.get(key)
+                if raw is not None:
+                    self._blocks.move_to_end(key)
+                    self.hits += 1
+                    return raw
+                making = self._making.get(key)
+                if making is None:
+                    making = self._making[key] = threading.Event()
+                    self.misses += 1
+                    break
+            making.wait()
+        try:
+            raw = make()
+            self.put(key, raw)
+            return raw
+        finally:
+            with self._locked():
+                self._making.pop(key, None)
+            making.set()
 
     def peek(self, key: Hashable) -> Optional[bytes]:
         """The block if it is here, without counting or reordering."""

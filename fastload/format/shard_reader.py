@@ -204,15 +204,24 @@ class ShardReader:
 
     def block(self, b: int) -> bytes | memoryview:
         """The raw (decompressed) bytes of block ``b``, checked against its checksum."""
-        compressed = not self._raw[b]
-        cached = self._decoded.get((self._key, b)) if compressed else self._cache.get(b)
+        if not self._raw[b]:  # decompressed once, whichever thread asks first
+            return self._decoded.get_or_make((self._key, b), lambda: self._load(b))
+        cached = self._cache.get(b)
         if cached is not None:
-            if not compressed:
-                self._cache.move_to_end(b)
+            self._cache.move_to_end(b)
             return cached
+        raw = self._load(b)
+        if self.source.buffer is None:  # mapped raw blocks cost nothing
+            self._cache[b] = raw
+            if len(self._cache) > self._cached_blocks:
+                self._cache.popitem(last=False)
+        return raw
+
+    def _load(self, b: int) -> bytes | memoryview:
+        """Block ``b`` read, checked and decompressed."""
         entry = self.blocks[b]
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
-        if compressed and int(entry["raw_size"]) > self.max_block_bytes:
+        if not self._raw[b] and int(entry["raw_size"]) > self.max_block_bytes:
             raise self._fail(f"block {b} would decompress to {int(entry['raw_size']):,} bytes, "
                              f"more than max_block_bytes={self.max_block_bytes:,} allows "
                              "(Dataset(max_block_bytes=...) raises it)")  # fmt: skip
@@ -224,16 +233,9 @@ class ShardReader:
                 hash64(stored) != int(entry["checksum"]):  # fmt: skip
             raise self._corrupt_block(b, "failed its checksum")
         try:
-            raw = decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
+            return decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
         except BlockCodecError as e:
             raise self._corrupt_block(b, f"could not be decoded ({e})") from None
-        if compressed:
-            self._decoded.put((self._key, b), raw)
-        elif buffer is None:  # mapped raw blocks cost nothing
-            self._cache[b] = raw
-            if len(self._cache) > self._cached_blocks:
-                self._cache.popitem(last=False)
-        return raw
 
     def held(self, b: int) -> bytes | memoryview | None:
         """The raw bytes of block ``b`` if this reader holds them already (no I/O, no

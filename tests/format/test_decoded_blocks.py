@@ -119,3 +119,68 @@ def test_a_block_larger_than_max_block_bytes_is_refused_before_decompressing(tmp
                                                    max_block_bytes="8KiB")[9]["tokens"], rows[9])
     with pytest.raises(ValueError, match="not a size"):
         fastload.Dataset(tmp_path / "z", max_block_bytes="big")
+
+
+def test_threads_asking_for_one_block_have_it_made_once():
+    import threading
+    import time
+
+    cache = DecodedBlocks(limit=1 << 20)
+    made = []
+
+    def make() -> bytes:
+        made.append(threading.get_ident())
+        time.sleep(0.05)  # the others ask meanwhile
+        return b"block"
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get_or_make("k", make)))
+               for _ in range(8)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert got == [b"block"] * 8 and len(made) == 1
+    assert (cache.misses, cache.hits) == (1, 7) and cache.take_decompressed() == 1
+
+
+def test_when_the_thread_making_a_block_fails_the_others_make_it_themselves():
+    import threading
+    import time
+
+    cache = DecodedBlocks(limit=1 << 20)
+    calls = []
+
+    def make() -> bytes:
+        calls.append(None)
+        if len(calls) == 1:
+            time.sleep(0.05)
+            raise ValueError("corrupt block")
+        return b"ok"
+
+    results = []
+
+    def ask() -> None:
+        try:
+            results.append(cache.get_or_make("k", make))
+        except ValueError as e:
+            results.append(str(e))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join(10)
+    assert sorted(map(repr, results)) == sorted(map(repr, ["corrupt block", b"ok", b"ok"]))
+    assert len(calls) == 2  # the failure, then one more make for both waiters
+
+
+def test_thread_workers_decompress_each_block_once(tmp_path):
+    write_compressed_rows(tmp_path / "z", 480)  # 60 blocks of 8 rows
+    for shuffle in (False, True, "block"):
+        ds = fastload.Dataset(tmp_path / "z")
+        loader = fastload.DataLoader(ds, batch_size=4, shuffle=shuffle, seed=0, num_workers=2,
+                                     worker_type="thread")  # fmt: skip
+        assert sum(len(b["tokens"]) for b in loader) == 480
+        assert loader.stats()["decompressed_blocks"] == 60, shuffle
