@@ -1,5 +1,6 @@
-"""The examples run as their docstrings say: the README's quickstart, and DDP training that is
-interrupted and resumed from its checkpoint under torchrun (2 ranks, gloo, loopback)."""
+"""The examples run as their docstrings say: the README's quickstart, packed token rows from
+JSON Lines, and DDP training that is interrupted and resumed from its checkpoint under
+torchrun (2 ranks, gloo, loopback)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def test_quickstart(tmp_path):
     assert re.search(r"epoch 1: 768 samples in [\d.]+ s, [\d,]+ samples/s", out), out
     # 3 batches of 256 an epoch: 2 before the saved state, 1 after it
     assert "resumed epoch 2 after 2 batches: 256 more samples (768 of 768)" in out, out
+
+
+def test_pack_tokens(tmp_path):
+    out = run([str(EXAMPLES / "pack_tokens.py"), "--docs", "1500", "--seq-len", "128",
+               "--workdir", str(tmp_path)])  # fmt: skip
+    assert "'input_ids': 'int64[?]'" in out, out
+    assert re.search(r"packed rows of 128: 1,500 documents, [\d,]+ tokens in [\d.]+ s", out), out
+    kept = int(re.search(r"padded to 128: ([\d,]+) tokens kept", out)[1].replace(",", ""))
+    assert 0.9 * 1500 * 128 < kept <= 1500 * 128, out  # most documents are cut to 128
 
 
 def torchrun(workdir: Path, *extra: str) -> str:
