@@ -13,7 +13,7 @@ from .. import _core
 from ..dataset import Dataset
 from ..errors import CorruptRecordError
 from .layout import BatchLayout
-from .variable import fill_padded
+from .variable import Ragged, empty_value, fill_padded
 
 __all__ = ["fill_batch", "fill_block_share", "block_share_rows", "share_rows", "BatchTimings"]
 
@@ -71,6 +71,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     for name, spec in layout.padded.items():
         fill_padded(listed.pop(name), views[name], views[f"{name}_lengths"], spec,
                     np.asarray(mine), name)  # fmt: skip
+    if part[1] == 1:  # a whole batch: its variable-length values end to end (shares: lists)
+        for name in layout.ragged:
+            listed[name] = Ragged.of(listed[name], empty_value(layout.schema, name))
     read_done = time.perf_counter()
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs

@@ -90,6 +90,8 @@ class BatchLayout:
         #: name; each has a ``<name>_lengths`` slot too.
         self.padded = {name: spec for name, spec in (variable or {}).items()
                        if isinstance(spec, Pad) and spec.length is not None}  # fmt: skip
+        #: The other variable-length fields with a spec: sent as a Ragged (variable.py).
+        self.ragged = tuple(name for name in (variable or {}) if name not in self.padded)
         if transform is None:
             fixed = [(f.name, f.np_dtype, tuple(f.shape or ())) for f in schema
                      if f.kind in ("scalar", "ndarray") and f.is_fixed]  # fmt: skip

@@ -17,8 +17,10 @@ list of arrays, one per sample. A spec turns them into tensors instead:
   variable-length attention). ``R`` is ``ceil(total / L)``, so it varies with the batch unless
   every sequence has the same length.
 
-All but a fixed-length :class:`Pad` are made by the consumer from the lists the workers send
-(they depend on the whole batch, which several workers may fill a share of each).
+All but a fixed-length :class:`Pad` are made by the consumer (they depend on the whole batch,
+which several workers may fill a share of each): from a :class:`Ragged` (the values end to end
+and their lengths) that a worker filling a whole batch sends, or from the lists of arrays that
+shares send.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import numpy as np
 
 from ..format.schema import Schema
 
-__all__ = ["Pad", "Packed", "PackRows", "VariableSpec", "check_variable", "fill_padded",
-           "collate_variable"]  # fmt: skip
+__all__ = ["Pad", "Packed", "PackRows", "VariableSpec", "Ragged", "check_variable",
+           "fill_padded", "collate_variable", "empty_value"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,38 @@ def check_variable(schema: Schema, variable: Mapping[str, Any] | None) -> dict[s
     return out
 
 
+@dataclass
+class Ragged:
+    """A batch's values of a variable-length field end to end (``values``) and each row's
+    length (``lengths``; 0 for a skipped row): what a worker sends instead of a list of arrays
+    (one array to pickle, not one per row, and nothing left to join)."""
+
+    values: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, arrays: list, empty: np.ndarray) -> "Ragged":
+        """From one array per row (None for a skipped row); ``empty``: a 0-length value."""
+        rows = [empty if a is None else a for a in arrays]
+        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+        return cls(np.concatenate(rows) if rows else empty, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def offsets(self) -> np.ndarray:
+        out = np.zeros(len(self.lengths) + 1, np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    def __getitem__(self, rows: np.ndarray) -> "Ragged":
+        """The rows ``rows`` (an index array), in that order."""
+        starts = self.offsets()[:-1][rows]
+        lengths = self.lengths[rows]
+        take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        return Ragged(self.values[take], lengths)
+
+
 def fill_padded(values: list, out: np.ndarray, lengths: np.ndarray, spec: Pad,
                 records: np.ndarray, name: str) -> None:  # fmt: skip
     """Write ``values`` (one array per row, None for a skipped row) into ``out`` (rows padded
@@ -135,6 +169,12 @@ def fill_padded(values: list, out: np.ndarray, lengths: np.ndarray, spec: Pad,
         lengths[i] = n
 
 
+def empty_value(schema: Schema, name: str) -> np.ndarray:
+    """A 0-length value of variable-length field ``name`` (a skipped row's)."""
+    field = schema[name]
+    return np.zeros((0, *field.shape[1:]), field.np_dtype)
+
+
 def collate_variable(batch: dict[str, Any], specs: Mapping[str, VariableSpec],
                      schema: Schema) -> dict[str, Any]:  # fmt: skip
     """``batch`` with each field of ``specs`` that came as a list of arrays made into its
@@ -144,21 +184,19 @@ def collate_variable(batch: dict[str, Any], specs: Mapping[str, VariableSpec],
     out: dict[str, Any] = {}
     for name, value in batch.items():
         spec = specs.get(name)
-        if spec is None or not isinstance(value, list):
+        if spec is None or not isinstance(value, (list, Ragged)):
             out[name] = value
             continue
         field = schema[name]
-        rest = tuple(field.shape[1:])
-        arrays = [np.zeros((0, *rest), field.np_dtype) if v is None else v for v in value]
-        lengths = np.array([len(a) for a in arrays], np.int64)
-        offsets = np.zeros(len(arrays) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(arrays) if arrays else np.zeros((0, *rest), field.np_dtype)
+        if isinstance(value, list):  # from shares: one array per row
+            value = Ragged.of(value, empty_value(schema, name))
+        flat, lengths, offsets = value.values, value.lengths, value.offsets()
         if isinstance(spec, Pad):
-            padded = np.full((len(arrays), int(lengths.max(initial=0)), *rest), spec.value,
-                             field.np_dtype)  # fmt: skip
-            for i, a in enumerate(arrays):
-                padded[i, : len(a)] = a
+            rows, width = len(lengths), int(lengths.max(initial=0))
+            padded = np.full((rows, width, *field.shape[1:]), spec.value, field.np_dtype)
+            # each value's place in the padded rows: row * width + position in its row
+            at = np.repeat(np.arange(rows) * width - offsets[:-1], lengths) + np.arange(len(flat))
+            padded.reshape(rows * width, *field.shape[1:])[at] = flat
             out[name], out[extra_name(name, spec)] = torch.from_numpy(padded), \
                 torch.from_numpy(lengths)  # fmt: skip
         elif isinstance(spec, Packed):

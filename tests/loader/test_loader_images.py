@@ -258,3 +258,30 @@ def test_a_transform_after_the_decode_sees_the_decoded_pixels(images_path, num_w
         want = (b["image"].permute(0, 3, 1, 2).float().div(255) - 0.5) / 0.25
         assert torch.equal(a["image"], want)
         assert torch.equal(a["label"], b["label"]) and a["name"] == b["name"]
+
+
+def test_variable_length_fields_of_shared_image_batches(tmp_path):
+    """Batches of images shared among workers: each share sends its rows' token lists, the
+    consumer pads and packs the whole batch from them, as from one worker's whole batch."""
+    path = tmp_path / "captions"
+    with fastload.Writer(path, {"image": "image", "label": "int64", "caption": "int32[?]"}) as w:
+        for i in range(N):
+            w.write({"image": jpeg(i), "label": i,
+                     "caption": np.arange(i % 9, dtype=np.int32) + i})  # fmt: skip
+    variable = {"caption": fastload.Pad(value=-1)}
+    shared = epoch(path, 2, variable=variable)
+    alone = epoch(path, 0, variable=variable)
+    for got, want in zip(shared, alone):
+        for k in ("label", "caption", "caption_lengths"):
+            assert torch.equal(got[k], want[k])
+    for b in shared:
+        for row, i in enumerate(b["label"].tolist()):
+            n = i % 9
+            assert b["caption_lengths"][row] == n
+            assert b["caption"][row, :n].tolist() == list(range(i, i + n))
+            assert (b["caption"][row, n:] == -1).all()
+    packed = epoch(path, 2, variable={"caption": fastload.Packed()})
+    for b in packed:
+        want = [list(range(i, i + i % 9)) for i in b["label"].tolist()]
+        offsets = b["caption_offsets"].tolist()
+        assert [b["caption"][a:z].tolist() for a, z in zip(offsets, offsets[1:])] == want

@@ -202,3 +202,17 @@ def test_tokenized_jsonl_converted_and_packed_into_rows(tmp_path):
         offsets = b["input_ids_offsets"].tolist()
         flat += [b["input_ids"].reshape(-1)[a:z].tolist() for a, z in zip(offsets, offsets[1:])]
     assert flat == docs
+
+
+def test_ragged_rows_taken_in_any_order():
+    from fastload.loader.variable import Ragged
+
+    arrays = [np.arange(n, dtype=np.int32) + 10 * n for n in (3, 0, 5, 1)]
+    ragged = Ragged.of([arrays[0], None, arrays[2], arrays[3]], np.zeros(0, np.int32))
+    assert ragged.lengths.tolist() == [3, 0, 5, 1] and len(ragged.values) == 9
+    assert ragged.offsets().tolist() == [0, 3, 3, 8, 9]
+    taken = ragged[np.array([3, 0, 2])]
+    assert taken.lengths.tolist() == [1, 3, 5]
+    np.testing.assert_array_equal(taken.values, np.concatenate([arrays[3], arrays[0], arrays[2]]))
+    empty = ragged[np.array([], np.int64)]
+    assert len(empty) == 0 and len(empty.values) == 0
