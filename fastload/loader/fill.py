@@ -107,9 +107,12 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
 
 
 def _add_io(dataset: Any, timings: BatchTimings) -> None:
-    """This process's remote-read counters, as increments, into ``timings``."""
-    if getattr(dataset, "remote", False):
-        io = dataset.io_stats_delta()
+    """This process's remote-read counters, as increments, into ``timings`` (for a Mix, once:
+    the counters are the process's)."""
+    remote = next((d for d in getattr(dataset, "datasets", None) or [dataset]
+                   if getattr(d, "remote", False)), None)  # fmt: skip
+    if remote is not None:
+        io = remote.io_stats_delta()
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
 

@@ -384,6 +384,19 @@ def test_loader_io_counters_count_each_request_once(fault_proxy, s3_ds, tmp_path
     ds.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mix_of_remote_datasets_counts_its_reads(workers, s3_server, s3_ds, local_ds,
+                                                    tmp_path):  # fmt: skip
+    remote = fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
+                              cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)  # fmt: skip
+    mix = fastload.Mix([fastload.Dataset(local_ds), remote])  # blocks fetched as read
+    loader = fastload.DataLoader(mix, batch_size=16, shuffle=True, seed=0, num_workers=workers)
+    assert sum(len(b["i"]) for b in loader) == 2 * N
+    io = loader.stats()["io"]
+    assert io["requests"] > 0 and io["bytes_fetched"] > 0
+    remote.close()
+
+
 def test_loader_without_workers_fetches_the_next_batches_ahead(s3_server, s3_ds, tmp_path):
     """num_workers=0: while batch k is read, the blocks of batches k+1 and k+2 are already
     being fetched (here from other shards, so no in-shard read-ahead can explain it)."""
