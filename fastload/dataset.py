@@ -49,7 +49,7 @@ class BlockTable:
         self.block_of = np.full(n, -1, np.int32)
         self.offset = np.zeros(n, np.uint32)
         self.gather_of = np.full(n, -1, np.int32)
-        self.base = np.cumsum([0] + [s.blocks for s in dataset.shards], dtype=np.int64)
+        self.base = dataset._block_base()
         self.entries: list = [None] * int(self.base[-1])
         self.shards_added = 0
 
