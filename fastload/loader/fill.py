@@ -490,10 +490,19 @@ _gathers: "weakref.WeakKeyDictionary[BatchLayout, tuple]" = weakref.WeakKeyDicti
 
 
 def _raw_gather(dataset: Any, layout: BatchLayout) -> Optional[RawGather | ResidentGather]:
-    """This process's fast gather for (dataset, layout): a RawGather (local) or a
-    ResidentGather (remote), built on first use (None: neither is usable)."""
+    """This thread's fast gather for (dataset, layout): a RawGather (local, uncompressed;
+    read-only once built, so one per process) or a ResidentGather (its blocks at hand change
+    with every batch: one per thread, or thread workers would swap them under each other),
+    built on first use (None: neither is usable)."""
     cached = _gathers.get(layout)
     if cached is None or cached[0] is not dataset:
-        fast = RawGather.build(dataset, layout) or ResidentGather.build(dataset, layout)
-        cached = _gathers[layout] = (dataset, fast)
-    return cached[1]
+        cached = _gathers[layout] = (dataset, RawGather.build(dataset, layout))
+    if cached[1] is not None:
+        return cached[1]
+    mine = getattr(_local, "resident", None)  # goes with its thread
+    if mine is None:
+        mine = _local.resident = weakref.WeakKeyDictionary()
+    got = mine.get(layout)
+    if got is None or got[0] is not dataset:
+        got = mine[layout] = (dataset, ResidentGather.build(dataset, layout))
+    return got[1]

@@ -154,6 +154,33 @@ def test_raw_gather_equals_read_into(fixed_path):
     assert fill._raw_gather(ds, layout) is not None  # the fast path did those batches
 
 
+def test_thread_workers_each_have_their_resident_gather(fixed_path, tmp_path):
+    """A ResidentGather's blocks at hand change with each batch: shared by thread workers,
+    one swapped its tables under another's core call (a TypeError from gather_records,
+    seen in a thread-worker test). Each thread has its own; RawGather, read-only, is one."""
+    import threading
+
+    with fastload.Writer(tmp_path / "z", {"x": "int32[256]"}, compression="zstd") as w:
+        for i in range(500):
+            w.write({"x": np.full(256, i, np.int32)})  # compresses: read decompressed
+    raw, zstd = fastload.Dataset(fixed_path), fastload.Dataset(tmp_path / "z")
+    layouts = {ds: BatchLayout(ds.schema, 8) for ds in (raw, zstd)}
+    got = {}
+
+    def build(name):
+        for ds, layout in layouts.items():
+            got[name, ds] = fill._raw_gather(ds, layout)
+
+    for name in ("a", "b"):
+        t = threading.Thread(target=build, args=(name,))
+        t.start()
+        t.join()
+    assert isinstance(got["a", raw], RawGather) and got["a", raw] is got["b", raw]
+    assert isinstance(got["a", zstd], fill.ResidentGather)
+    assert got["a", zstd] is not got["b", zstd]
+    assert fill._raw_gather(zstd, layouts[zstd]) is fill._raw_gather(zstd, layouts[zstd])
+
+
 def test_raw_gather_leaves_errors_to_read_into(fixed_path, tmp_path):
     ds = fastload.Dataset(fixed_path)
     layout = BatchLayout(ds.schema, 4)
