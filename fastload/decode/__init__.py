@@ -11,7 +11,8 @@ and the resize writes directly into the output. See ``benchmarks/decode.py`` for
 
 Modules: ``params`` (crop parameters), ``decoders`` (encoded bytes to pixels), ``resize``
 (crop, resize, flip into ``out``), ``crop`` (one image), ``batch`` (a batch), ``errors``,
-``scratch`` (per-thread buffers).
+``scratch`` (per-thread buffers); ``dali``: the same crops decoded by NVIDIA DALI instead
+(GPU or DALI's CPU backend; imported only when used).
 """
 
 from .batch import decode_batch_into, draw_batch_params, image_rngs, warm_up

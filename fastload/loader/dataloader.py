@@ -47,7 +47,8 @@ class DataLoader:
     Arguments up to ``in_order`` have torch's meaning. fastload adds, keyword-only:
 
     - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
-      fixed-size uint8 pixels in the workers;
+      fixed-size uint8 pixels in the workers, or by NVIDIA DALI in this process
+      (``backend="dali"``: on the GPU with ``device="cuda"``; see fastload/decode/dali.py);
     - ``transform``: ``fn(sample) -> dict``, run on each sample in the workers after it is
       read and decoded; arrays, tensors and numbers it returns are stacked into batch tensors
       (same shape and dtype for every sample), anything else comes as lists (transform.py);
@@ -172,6 +173,10 @@ class DataLoader:
             raise ValueError("transform= needs a fastload.Dataset, automatic batching and no "
                              "collate_fn; with another dataset, transform in its "
                              "__getitem__, as with torch's DataLoader")  # fmt: skip
+        if transform is not None and any(getattr(s, "backend", "cpu") == "dali"
+                                         for s in (decode or {}).values()):  # fmt: skip
+            raise ValueError("transform= and ImageDecode(backend='dali') cannot be combined: "
+                             "the transform runs in the workers, before DALI decodes")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         if variable and not self.fast:
@@ -206,6 +211,11 @@ class DataLoader:
         self._outputs = self._probe(transform) if transform is not None else ()
         self._pinned = self._wants_pinning(pin_memory)
         self._make_buffers(size or 1)
+        self._dali: Any = None  # dalistage.DaliStage, made at the first iteration
+        if self.layout.dali:
+            from ..decode.dali import import_dali
+
+            import_dali()  # not installed: say so now, not at the first batch
         self._warn_about_block_cache(num_workers if self._by_block else 1)
 
     def _warn_about_block_cache(self, processes: int) -> None:
@@ -269,7 +279,7 @@ class DataLoader:
         if self._planner is not None:
             cursor = self._planner.begin()
             batches = (iter(self._torch) if not self.fast
-                       else self._fast_batches(cursor.aug_seed))  # fmt: skip
+                       else self._staged(self._fast_batches(cursor.aug_seed)))  # fmt: skip
             # in_order=False: which batch came is the one _deliver handed out last
             number = (lambda: self._handed) if self.fast and not self.in_order else None
             return self._timed(self._planner.track(cursor, batches, number))
@@ -283,7 +293,7 @@ class DataLoader:
             base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
             if self.persistent_workers:
                 self._persistent_seed = base_seed
-        return self._timed(self._fast_batches(base_seed))
+        return self._timed(self._staged(self._fast_batches(base_seed)))
 
     def stats(self) -> dict:
         """Throughput (samples/s, MB/s), the fraction of wall time the consumer waited for
@@ -373,6 +383,8 @@ class DataLoader:
         if self._pool is not None:
             self._close_pool(self._pool)
         self._persistent_seed = None
+        if getattr(self, "_dali", None) is not None:
+            self._dali.close()
         if self._copies is not None:
             self._copies.wait()
 
@@ -408,6 +420,23 @@ class DataLoader:
                 if self.device is not None:
                     batch = self._to_device(batch)
             yield batch
+
+    def _staged(self, batches: Iterator[Any]) -> Iterator[dict]:
+        """``batches`` through the consumer's DALI stage, where image fields are DALI's
+        (``_deliver`` then leaves each batch unfinished: see :meth:`_finish`)."""
+        if not self.layout.dali:
+            return batches
+        if self._dali is None:
+            from .dalistage import DaliStage
+
+            self._dali = DaliStage(self.layout.dali, self.layout.batch_size, self.device,
+                                   self._budget, self._stats)  # fmt: skip
+        return self._finished(self._dali.run(batches))
+
+    def _finished(self, decoded: Iterator[tuple[int, dict]]) -> Iterator[dict]:
+        for number, batch in decoded:
+            self._handed = number  # DALI ran a batch ahead: this is the one handed out
+            yield self._finish(batch)
 
     def _fast_batches(self, base_seed: int) -> Iterator[dict]:
         plan = self._plan()
@@ -612,13 +641,16 @@ class DataLoader:
             return self._planner.current.rng_seed(j)
         return (base_seed, j)
 
-    def _deliver(self, result: Result) -> dict:
-        """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields."""
+    def _deliver(self, result: Result) -> Any:
+        """The batch of a filled slab, as tensors over the slab (no copy) plus listed fields.
+        With DALI image fields: an :class:`Unpacked` batch for the DALI stage instead."""
         start = time.perf_counter()
         lease = self._slabs.lease(result.slab)
         self._handed = result.batch
+        read, bad = result.samples, result.bad or []
+        kept = None
         if self._budget is not None:
-            self._skip_bad(result, lease)
+            kept = self._skip_bad(result, lease, count=not self.layout.dali)
         views = self.layout.views(lease, result.samples)
         batch: dict[str, Any] = {}
         for name in self.layout.names:
@@ -627,21 +659,35 @@ class DataLoader:
             else:
                 batch[name] = result.listed[name]
         del views, lease  # the batch's tensors now own the slab
-        if self._collated:
-            batch = collate_variable(batch, self._collated, self.dataset.schema)
         self._stats.stage_seconds["collate"] += time.perf_counter() - start
         self._stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
+        if self.layout.dali:
+            from .dalistage import Unpacked
+
+            rows = kept if kept is not None else np.arange(read)
+            return Unpacked(batch, result.batch, read, list(bad), rows)
+        return self._finish(batch)
+
+    def _finish(self, batch: dict) -> dict:
+        """A batch's variable-length fields made into tensors, and the batch moved to the
+        loader's device."""
+        if self._collated:
+            start = time.perf_counter()
+            batch = collate_variable(batch, self._collated, self.dataset.schema)
+            self._stats.stage_seconds["collate"] += time.perf_counter() - start
         if self.device is not None:
             batch = self._to_device(batch)
         return batch
 
-    def _skip_bad(self, result: Result, slab: np.ndarray) -> None:
+    def _skip_bad(self, result: Result, slab: np.ndarray, count: bool = True) -> np.ndarray:
         """Drop ``result``'s skipped rows: the rows after them move up in the slab, listed
-        fields lose them, and the budget counts them (raising once it is spent)."""
+        fields lose them, and (``count``) the budget counts them (raising once it is spent).
+        Returns the rows kept."""
         n = result.samples
-        self._budget.add(n, result.bad or ())  # (on an error the lease frees the slab)
+        if count:
+            self._budget.add(n, result.bad or ())  # (on an error the lease frees the slab)
         if not result.bad:
-            return
+            return np.arange(n)
         dropped = {row for row, _ in result.bad}
         keep = np.array([i for i in range(n) if i not in dropped], np.int64)
         for v in self.layout.views(slab, n).values():
@@ -650,6 +696,7 @@ class DataLoader:
                                 else values[keep]) for name, values in result.listed.items()}  # fmt: skip
         result.samples = len(keep)
         self._stats.skipped += len(dropped)
+        return keep
 
     # -- pinning and device transfer ------------------------------------------------------
     def _wants_pinning(self, pin_memory: bool) -> bool:
@@ -833,7 +880,7 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
     if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
-            layout.decode or layout.transform is not None:
+            layout.decode or layout.dali or layout.transform is not None:
         return False
     return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))
 

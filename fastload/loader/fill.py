@@ -57,8 +57,10 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     bad: list[tuple[int, str]] = []
     fast = _raw_gather(dataset, layout)
     if fast is None or not fast.gather(mine, views):
-        # Images to decode here are read as views (decoded below, never sent anywhere).
-        extra = {"image_views": tuple(layout.decode)} if layout.decode else {}
+        # Images to decode here are read as views (decoded below, never sent anywhere), and
+        # so are those for DALI (copied end to end into one bytes below).
+        views_of = (*layout.decode, *layout.dali)
+        extra = {"image_views": views_of} if views_of else {}
         out = {name: views[name] for name in layout.gathered}
         try:
             listed = dataset.read_into(mine, out=out, **extra)
@@ -75,10 +77,17 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         for name in layout.ragged:
             listed[name] = Ragged.of(listed[name], empty_value(layout.schema, name))
     read_done = time.perf_counter()
+    if layout.dali:
+        from ..decode.dali import dali_batch
+
+        for name, spec in layout.dali.items():
+            listed[name] = dali_batch(listed[name], spec, (*rng_seed, layout.seeds[name]),
+                                      range(lo, hi), np.asarray(mine))  # fmt: skip
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs
 
-        for f, (name, spec) in enumerate(layout.decode.items()):
+        for name, spec in layout.decode.items():
+            f = layout.seeds[name]
             images = listed.pop(name)  # None for a row whose record was skipped
             heights = [im.height if im is not None else 1 for im in images]
             widths = [im.width if im is not None else 1 for im in images]

@@ -29,15 +29,31 @@ class ImageDecode:
     ``train=True``: RandomResizedCrop(size) + random horizontal flip, as torchvision's
     standard ImageNet training transform; ``train=False``: resize + center crop. ``layout``
     is ``"HWC"`` (channels last) or ``"CHW"``.
+
+    ``backend="dali"``: decoded by NVIDIA DALI in the main process instead, on the GPU when
+    the loader has ``device="cuda"`` (its batches then arrive there), on DALI's CPU backend
+    otherwise, with ``dali_threads`` threads (default: the CPUs, at most 8); the workers only
+    read the encoded bytes and draw the same crops (see fastload/decode/dali.py).
     """
 
     size: int | tuple[int, int] = 224
     train: bool = True
     layout: str = "HWC"
+    backend: str = "cpu"
+    dali_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.layout not in ("HWC", "CHW"):
             raise ValueError(f"layout must be 'HWC' or 'CHW', got {self.layout!r}")
+        if self.backend not in ("cpu", "dali"):
+            raise ValueError(f"backend must be 'cpu' or 'dali', got {self.backend!r}")
+        if self.dali_threads is not None and (self.backend != "dali" or
+                                              not isinstance(self.dali_threads, int) or
+                                              self.dali_threads < 1):  # fmt: skip
+            raise ValueError(f"dali_threads must be a positive int, with backend='dali'; got "
+                             f"{self.dali_threads!r}")  # fmt: skip
+        if not self.train and self.hw[0] != self.hw[1]:
+            raise ValueError(f"the eval center crop is square; size {self.size!r} is not")
         h, w = self.hw
         if h <= 0 or w <= 0:
             raise ValueError(f"size must be positive, got {self.size!r}")
@@ -82,7 +98,13 @@ class BatchLayout:
                 raise TypeError(f"decode[{name!r}] must be an ImageDecode, got {spec!r}")
         self.schema = schema
         self.batch_size = batch_size
-        self.decode = decode
+        #: Image fields decoded in the workers, and those decoded by DALI in the consumer
+        #: (read and sent as a DaliBatch each); ``seeds``: each one's number in the batch's
+        #: augmentation seed (its place in ``decode`` as given, whichever backend).
+        self.decode = {name: spec for name, spec in decode.items() if spec.backend == "cpu"}
+        self.dali = {name: spec for name, spec in decode.items() if spec.backend == "dali"}
+        self.seeds = {name: f for f, name in enumerate(decode)}
+        decode = self.decode
         self.transform = transform
         self.outputs = tuple(outputs)
         self.input = self if transform is None else BatchLayout(schema, batch_size, decode)

@@ -4,7 +4,9 @@ spawned workers can import what the tests pickle (SlowDataset)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -157,3 +159,26 @@ def wait_for(probe, seconds: float):
         if not value or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
+
+
+def damage(src: Path, dst: Path, records, whole_block: bool = False) -> Path:
+    """A copy of dataset ``src`` in which ``records`` (dataset indices) fail their checksum
+    (``whole_block``: the compressed block holding each fails instead)."""
+    from formattools import parse_shard
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    start = 0
+    for shard in manifest["shards"]:
+        path = dst / shard["path"]
+        data = bytearray(path.read_bytes())
+        parsed = parse_shard(bytes(data))
+        for r in records:
+            if start <= r < start + shard["records"]:
+                rec = parsed["records"][r - start]
+                block = parsed["blocks"][rec["block"]]
+                at = block["stored_size"] // 2 if whole_block else rec["offset"] + rec["length"] // 2
+                data[block["offset"] + at] ^= 0xFF
+        path.write_bytes(bytes(data))
+        start += shard["records"]
+    return dst

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from formattools import parse_shard
-from loadertools import N, check_batch, write_dataset
+from loadertools import N, check_batch, damage, write_dataset
 
 import fastload
 from fastload.errors import CorruptRecordError
@@ -26,27 +24,6 @@ BAD = (3, 4, 50)  # two in a row in the first batch, one later
 LENIENT = fastload.SkipBadSamples(max_fraction=0.25)
 
 
-def damage(src: Path, dst: Path, records=BAD, whole_block: bool = False) -> Path:
-    """A copy of dataset ``src`` in which ``records`` (dataset indices) fail their checksum
-    (``whole_block``: the compressed block holding each fails instead)."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    start = 0
-    for shard in manifest["shards"]:
-        path = dst / shard["path"]
-        data = bytearray(path.read_bytes())
-        parsed = parse_shard(bytes(data))
-        for r in records:
-            if start <= r < start + shard["records"]:
-                rec = parsed["records"][r - start]
-                block = parsed["blocks"][rec["block"]]
-                at = block["stored_size"] // 2 if whole_block else rec["offset"] + rec["length"] // 2
-                data[block["offset"] + at] ^= 0xFF
-        path.write_bytes(bytes(data))
-        start += shard["records"]
-    return dst
-
-
 @pytest.fixture(scope="module")
 def intact(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("intact") / "ds")
@@ -54,7 +31,7 @@ def intact(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def damaged(intact, tmp_path_factory) -> Path:
-    return damage(intact, tmp_path_factory.mktemp("damaged") / "ds")
+    return damage(intact, tmp_path_factory.mktemp("damaged") / "ds", BAD)
 
 
 @pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
@@ -100,7 +77,7 @@ def test_fixed_fields_only_through_the_batched_gather(tmp_path):
                          shard_size=900, block_size=300, compression="none") as w:  # fmt: skip
         for i in range(N):
             w.write({"i": i, "t": np.full(9, i, np.uint16)})
-    bad = damage(tmp_path / "ds", tmp_path / "bad")
+    bad = damage(tmp_path / "ds", tmp_path / "bad", BAD)
     with fastload.Dataset(bad) as ds:
         loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2,
                                      generator=torch.Generator().manual_seed(1),

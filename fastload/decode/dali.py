@@ -1,0 +1,273 @@
+"""Image decode and augmentation through NVIDIA DALI: on the GPU where the loader's ``device``
+is CUDA (DALI's "mixed" decoder, nvJPEG), on DALI's CPU backend otherwise.
+
+``DataLoader(decode={"image": ImageDecode(224, train=True, backend="dali")})``. The workers
+read a batch's encoded images and draw its crops and flips exactly as for the CPU decoder
+(the same seed gives the same boxes, so the two backends differ only in resampling); they send
+the bytes end to end with those parameters, a :class:`DaliBatch`. The consumer feeds it to a
+DALI pipeline (external_source, decoders.image_slice, resize, flip, transpose) one batch
+ahead of the batch it hands out, so the next batch decodes while the training step runs.
+
+A bad image fails the whole DALI batch and leaves the pipeline unusable, without saying
+which image it was. :class:`DaliDecoder` then builds a new pipeline and decodes the batch's
+images one by one on it to find the bad ones, and raises :class:`DecodeError` naming the
+record (or, under ``bad_samples="skip"``, reports them so the loader drops them).
+
+nvidia-dali (``pip install 'fastload[dali]'``: the ``nvidia-dali-cuda120`` wheel) is imported
+only when such a loader first decodes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .batch import draw_batch_params, image_rngs
+from .errors import DecodeError
+
+__all__ = ["DaliBatch", "DaliDecoder", "dali_batch", "import_dali"]
+
+
+@dataclass
+class DaliBatch:
+    """A batch's encoded images for DALI: their bytes end to end (``data``, image ``i`` at
+    ``offsets[i]:offsets[i + 1]``; an empty one for a record that was skipped), each image's
+    crop box in pixels (``anchors`` x, y and ``shapes`` width, height; fractional for the
+    eval crop), its flip, and its dataset record (for errors)."""
+
+    data: bytes
+    offsets: np.ndarray
+    anchors: np.ndarray
+    shapes: np.ndarray
+    flips: np.ndarray
+    records: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def images(self) -> list[np.ndarray]:
+        """Each image's bytes as a uint8 array (views of ``data``)."""
+        whole = np.frombuffer(self.data, np.uint8)
+        return [whole[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
+
+    def __getitem__(self, rows: np.ndarray) -> "DaliBatch":
+        """The rows ``rows`` (an index array), in that order."""
+        rows = np.asarray(rows, np.int64)
+        parts = self.images()
+        kept = [parts[i] for i in rows.tolist()]
+        offsets = np.zeros(len(kept) + 1, np.int64)
+        np.cumsum([len(p) for p in kept], out=offsets[1:])
+        data = b"".join(p.tobytes() for p in kept)
+        return DaliBatch(data, offsets, self.anchors[rows], self.shapes[rows], self.flips[rows],
+                         self.records[rows])  # fmt: skip
+
+
+def dali_batch(images: Sequence, spec, rng_seed: tuple, positions: range,
+               records: np.ndarray) -> DaliBatch:  # fmt: skip
+    """The :class:`DaliBatch` of ``images`` (EncodedImage values, None for a skipped record)
+    at ``positions`` in their batch: crops and flips drawn as the CPU decoder draws them from
+    ``rng_seed`` (the batch's seed words and the field's number)."""
+    n = len(images)
+    anchors = np.zeros((n, 2), np.float32)
+    shapes = np.ones((n, 2), np.float32)
+    flips = np.zeros(n, np.int32)
+    heights = [im.height if im is not None else 1 for im in images]
+    widths = [im.width if im is not None else 1 for im in images]
+    rngs = image_rngs(rng_seed, positions) if spec.train else None
+    params = draw_batch_params(heights, widths, spec.hw, train=spec.train, rngs=rngs)
+    for i, (crop, flip) in enumerate(params):
+        anchors[i] = crop.left, crop.top
+        shapes[i] = crop.width, crop.height
+        flips[i] = flip
+    parts = [memoryview(im.data) if im is not None else memoryview(b"") for im in images]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum([p.nbytes for p in parts], out=offsets[1:])  # joined below: one copy
+    return DaliBatch(b"".join(parts), offsets, anchors, shapes, flips,
+                     np.asarray(records, np.int64))  # fmt: skip
+
+
+def import_dali():
+    """nvidia.dali's ``fn``, ``types`` and ``Pipeline``, or an ImportError saying what to
+    install."""
+    try:
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import Pipeline
+    except ImportError as e:
+        raise ImportError("ImageDecode(backend='dali') needs NVIDIA DALI: pip install "
+                          "'fastload[dali]' (the nvidia-dali-cuda120 wheel; it runs on the "
+                          "CPU too)") from e  # fmt: skip
+    return fn, types, Pipeline
+
+
+class DaliDecoder:
+    """One image field's DALI pipeline: :meth:`submit` a :class:`DaliBatch`, then
+    :meth:`collect` its pixels as a torch uint8 tensor ``(n, *spec.shape)`` on ``device``
+    (CUDA: decoded on that GPU; else on the CPU), owned by torch (DALI's output buffers are
+    reused by its next batch, so they are copied out)."""
+
+    def __init__(self, name: str, spec, batch_size: int, device=None) -> None:
+        self.name = name
+        self.spec = spec
+        self.batch_size = batch_size
+        self.gpu = device is not None and device.type == "cuda"
+        self.device = device
+        self.threads = spec.dali_threads or min(8, len(os.sched_getaffinity(0))
+                                                if hasattr(os, "sched_getaffinity")
+                                                else os.cpu_count() or 1)  # fmt: skip
+        self._pipe = None
+        self._fed: Optional[DaliBatch] = None
+        self._stream = None  # CUDA: the stream the pixels are copied out on
+
+    # -- the pipeline ---------------------------------------------------------------------
+    def _build(self):
+        fn, types, Pipeline = import_dali()
+        spec, h, w = self.spec, *self.spec.hw
+        device_id = None
+        if self.gpu:
+            device_id = self.device.index if self.device.index is not None else \
+                __import__("torch").cuda.current_device()  # fmt: skip
+        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.threads,
+                        device_id=device_id, prefetch_queue_depth=1)  # fmt: skip
+        where = "mixed" if self.gpu else "cpu"
+        with pipe:
+            data = fn.external_source(name="data", dtype=types.UINT8, no_copy=True)
+            if spec.train:
+                anchor = fn.external_source(name="anchor", dtype=types.FLOAT)
+                shape = fn.external_source(name="shape", dtype=types.FLOAT)
+                flip = fn.external_source(name="flip", dtype=types.INT32)
+                images = fn.decoders.image_slice(data, anchor, shape, device=where,
+                                                 output_type=types.RGB, axis_names="WH",
+                                                 normalized_anchor=False,
+                                                 normalized_shape=False)  # fmt: skip
+                images = fn.resize(images, resize_x=w, resize_y=h, antialias=True,
+                                   interp_type=types.INTERP_LINEAR)  # fmt: skip
+                images = fn.flip(images, horizontal=flip)
+            else:  # the eval box (fractional) resized in one step, as the CPU decoder does
+                start = fn.external_source(name="roi_start", dtype=types.FLOAT)
+                end = fn.external_source(name="roi_end", dtype=types.FLOAT)
+                images = fn.decoders.image(data, device=where, output_type=types.RGB)
+                images = fn.resize(images, size=[h, w], roi_start=start, roi_end=end,
+                                   roi_relative=False, antialias=True,
+                                   interp_type=types.INTERP_LINEAR)  # fmt: skip
+            if spec.layout == "CHW":
+                images = fn.transpose(images, perm=[2, 0, 1])
+            pipe.set_outputs(images)
+        pipe.build()
+        return pipe
+
+    def _feed(self, pipe, batch: DaliBatch) -> None:
+        pipe.feed_input("data", batch.images())
+        if self.spec.train:
+            pipe.feed_input("anchor", batch.anchors)
+            pipe.feed_input("shape", batch.shapes)
+            pipe.feed_input("flip", batch.flips)
+        else:  # (y, x): the images' dimensions in order
+            start = np.ascontiguousarray(batch.anchors[:, ::-1])
+            pipe.feed_input("roi_start", start)
+            pipe.feed_input("roi_end", start + batch.shapes[:, ::-1])
+
+    def submit(self, batch: DaliBatch) -> None:
+        """Start decoding ``batch`` (in DALI's threads or on the GPU); one at a time."""
+        assert self._fed is None, "collect() the batch submitted before"
+        self._fed = batch
+        if len(batch) == 0:
+            return
+        if len(batch) > self.batch_size:  # the loader's buffers grew
+            self.batch_size, self._pipe = len(batch), None
+        if self._pipe is None:
+            self._pipe = self._build()
+        self._feed(self._pipe, batch)
+        self._pipe.schedule_run()
+
+    def collect(self):
+        """The pixels of the batch submitted last. Raises :class:`DaliBatchError` listing its
+        bad images (row, DecodeError) when DALI cannot decode some of them; the pipeline is
+        ready for the next batch either way."""
+        import torch
+
+        batch, self._fed = self._fed, None
+        if len(batch) == 0:
+            return torch.empty((0, *self.spec.shape), dtype=torch.uint8, device=self.device)
+        try:
+            return self._copy_out()
+        except RuntimeError as e:
+            self._pipe = None  # DALI: "Current pipeline object is no longer valid"
+            raise DaliBatchError(self._find_bad(batch, e)) from e
+
+    def discard(self) -> None:
+        """Drop the batch submitted last, if any, uncollected (a loop that stopped early)."""
+        batch, self._fed = self._fed, None
+        if batch is not None and len(batch) and self._pipe is not None:
+            try:
+                self._pipe.outputs()
+            except RuntimeError:
+                self._pipe = None
+
+    def _copy_out(self):
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        if not self.gpu:
+            (out,) = self._pipe.outputs()
+            tensor = out.as_tensor()
+            pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8)
+            feed_ndarray(tensor, pixels)
+            return pixels
+        # On a stream of its own, waited for here: the copy is done before DALI may reuse
+        # its output buffer for the next batch, and the training step's stream is not waited.
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        (out,) = self._pipe.outputs(cuda_stream=self._stream)
+        tensor = out.as_tensor()
+        pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device=self.device)
+        with torch.cuda.stream(self._stream):
+            feed_ndarray(tensor, pixels, cuda_stream=self._stream)
+        self._stream.synchronize()
+        return pixels
+
+    def _find_bad(self, batch: DaliBatch, error: BaseException) -> list:
+        """The rows of ``batch`` DALI cannot decode, each with its DecodeError, found by
+        decoding them one at a time (a new pipeline after each failure). If every image
+        decodes on its own, the batch's failure is DALI's: a DecodeError for row 0 naming the
+        batch, with DALI's message."""
+        bad = []
+        images = batch.images()
+        for i in range(len(batch)):
+            single = batch[np.array([i])]
+            try:
+                pipe = self._pipe = self._pipe or self._build()
+                self._feed(pipe, single)
+                pipe.schedule_run()  # (not run(): a pipeline keeps to one way of running)
+                pipe.outputs()
+            except RuntimeError as e:
+                self._pipe = None
+                bad.append((i, DecodeError(
+                    f"field {self.name!r} of dataset record {int(batch.records[i])}: DALI "
+                    f"could not decode its {len(images[i])}-byte image: {_dali_reason(e)}",
+                    i)))  # fmt: skip
+        if not bad:
+            raise DecodeError(f"DALI failed on a batch of {len(batch)} images (dataset records "
+                              f"{batch.records.tolist()}) although each decodes on its own: "
+                              f"{_dali_reason(error)}") from error  # fmt: skip
+        return bad
+
+
+class DaliBatchError(Exception):
+    """Raised by :meth:`DaliDecoder.collect`: the batch's images that do not decode, as
+    ``(row, DecodeError)`` in row order."""
+
+    def __init__(self, bad: list) -> None:
+        self.bad = bad
+        super().__init__(f"{len(bad)} image(s) of the batch do not decode")
+
+
+def _dali_reason(error: BaseException) -> str:
+    """The informative line of a DALI pipeline error (its text ends with boilerplate)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if "no longer valid" not in ln and
+             not ln.startswith(("Critical error", "File ", "encountered", "Error in"))]  # fmt: skip
+    return lines[-1] if lines else type(error).__name__

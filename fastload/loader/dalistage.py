@@ -1,0 +1,118 @@
+"""The consumer's DALI stage: image fields of ``ImageDecode(backend="dali")`` arrive from the
+workers as :class:`~fastload.decode.dali.DaliBatch` (encoded bytes and crops) and leave as
+pixel tensors, decoded by DALI one batch ahead of the batch handed out (the next batch
+decodes in DALI's threads, or on the GPU, while the training step runs).
+
+Bad images: under ``bad_samples="raise"`` the first one raises :class:`DecodeError` naming
+its field and dataset record. Under a skip budget they are dropped from their batch (every
+field), counted with the records the workers skipped, and the rest of the batch decoded
+again without them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..decode.dali import DaliBatchError, DaliDecoder
+from .badsamples import BadSampleBudget
+from .stats import LoaderStats
+
+__all__ = ["Unpacked", "DaliStage"]
+
+
+@dataclass
+class Unpacked:
+    """A batch as the consumer unpacked it, before DALI: its tensors and lists, its number
+    in the iteration, its size as read, the rows the workers skipped (``(row, why)``, rows
+    of the batch as read) and the rows left (``kept``)."""
+
+    batch: dict
+    number: int
+    samples: int
+    bad: list
+    kept: np.ndarray
+
+
+class DaliStage:
+    """The DALI decoders of a loader's image fields (kept across epochs)."""
+
+    def __init__(self, specs: dict, batch_size: int, device: Optional[torch.device],
+                 budget: Optional[BadSampleBudget], stats: LoaderStats) -> None:  # fmt: skip
+        self.decoders = {name: DaliDecoder(name, spec, batch_size, device)
+                         for name, spec in specs.items()}  # fmt: skip
+        self.budget = budget
+        self.stats = stats
+
+    def run(self, batches: Iterator[Unpacked]) -> Iterator[tuple[int, dict]]:
+        """``(number, batch)`` with every DALI field decoded, in the order of ``batches``;
+        each batch is submitted to DALI as soon as the one before it is collected."""
+        held: Optional[Unpacked] = None
+        try:
+            for item in batches:
+                done = self._collect(held) if held is not None else None
+                held = item  # (from here on, a failure discards it)
+                self._submit(item)
+                if done is not None:
+                    yield done
+            if held is not None:
+                item, held = held, None
+                yield self._collect(item)
+        finally:
+            if held is not None:  # a break or an error: nothing may stay in a pipeline
+                for decoder in self.decoders.values():
+                    decoder.discard()
+
+    def _submit(self, item: Unpacked) -> None:
+        for name, decoder in self.decoders.items():
+            decoder.submit(item.batch[name])
+
+    def _collect(self, item: Unpacked) -> tuple[int, dict]:
+        start = time.perf_counter()
+        batch, pixels, bad, failed = item.batch, {}, [], {}
+        for name, decoder in self.decoders.items():  # every one, so that none stays busy
+            try:
+                pixels[name] = decoder.collect()
+            except DaliBatchError as e:
+                bad += [(row, str(err)) for row, err in e.bad]
+                failed[name] = e
+        if failed and self.budget is None:
+            first = min(failed.values(), key=lambda e: e.bad[0][0])
+            raise first.bad[0][1] from first.__cause__
+        rows = len(item.kept)
+        if bad:
+            keep = np.setdiff1d(np.arange(rows), [row for row, _ in bad])
+            for name in failed:  # the others of the batch, decoded again without the bad
+                self.decoders[name].submit(batch[name][keep])
+                pixels[name] = self.decoders[name].collect()
+            for name in pixels:
+                if name not in failed:
+                    pixels[name] = pixels[name][torch.from_numpy(keep).to(pixels[name].device)]
+            batch = {name: take_rows(value, keep) for name, value in batch.items()}
+            self.stats.samples -= rows - len(keep)
+            self.stats.skipped += rows - len(keep)
+        if self.budget is not None:
+            # every bad row of the batch as read: the workers' and DALI's (rows of what was
+            # left), counted in their order
+            bad = sorted(item.bad + [(int(item.kept[row]), why) for row, why in bad])
+            self.budget.add(item.samples, bad)
+        batch.update(pixels)
+        self.stats.stage_seconds["decode"] += time.perf_counter() - start
+        return item.number, batch
+
+    def close(self) -> None:
+        for decoder in self.decoders.values():
+            decoder.discard()
+
+
+def take_rows(value: Any, rows: np.ndarray) -> Any:
+    """``value`` (a batch field: tensor, list, Ragged, DaliBatch, array) at ``rows``."""
+    if isinstance(value, torch.Tensor):
+        return value[torch.from_numpy(rows).to(value.device)]
+    if isinstance(value, list):
+        return [value[i] for i in rows.tolist()]
+    return value[rows]

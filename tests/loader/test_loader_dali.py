@@ -1,0 +1,267 @@
+"""Image fields decoded by NVIDIA DALI in the consumer (``ImageDecode(backend="dali")``), on
+DALI's CPU backend here (the GPU test runs where CUDA is). The workers draw the same crops
+and flips as for the CPU decoder, so the two backends' pixels differ only by resampling; a
+bad image names its record, or is skipped within the budget with every field of its row."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import nvidia.dali  # noqa: F401  (the test extra installs it: these tests must run)
+import numpy as np
+import pytest
+import torch
+from loadertools import damage
+
+import fastload
+from fastload.decode import DecodeError
+
+pytestmark = pytest.mark.timeout(180)
+
+N = 70
+BATCH = 16
+SIZE = 32
+BAD = 37
+
+
+def jpeg(i: int) -> bytes:
+    """A smooth picture (resampling differs little between decoders) whose left and right
+    differ (a flip shows), its blue channel the record's own: (37 * i) % 256."""
+    from PIL import Image
+
+    h, w = 60 + 7 * (i % 5), 80 + 11 * (i % 4)
+    y, x = np.mgrid[0:h, 0:w]
+    pixels = np.stack([x * 255 // w, y * 255 // h, np.full((h, w), blue(i))], -1)
+    f = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(f, "JPEG", quality=95)
+    return f.getvalue()
+
+
+def blue(i: int) -> int:
+    return (37 * i) % 256
+
+
+def write(path, bad: int | None = None, compression: str = "zstd"):
+    with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"},
+                         compression=compression) as w:  # fmt: skip
+        for i in range(N):
+            data = jpeg(i)
+            w.write({"image": data[:300] if i == bad else data, "label": i, "name": f"n{i}"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("dali") / "ds")
+
+
+@pytest.fixture(scope="module")
+def with_bad(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("dali") / "bad", bad=BAD)
+
+
+def epoch(path, backend="dali", train=True, layout="HWC", **kw) -> list[dict]:
+    kw.setdefault("num_workers", 2)
+    kw.setdefault("batch_size", BATCH)
+    spec = fastload.ImageDecode(SIZE, train=train, layout=layout, backend=backend)
+    with fastload.Dataset(path) as ds:
+        loader = fastload.DataLoader(ds, decode={"image": spec}, **kw)
+        return [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+                for b in loader]  # fmt: skip
+
+
+def check_rows(batches: list[dict], layout: str = "HWC") -> list[int]:
+    """Each row's pixels are its label's picture (blue channel) and its name its label's."""
+    labels = []
+    for b in batches:
+        image = b["image"].float()
+        blues = image[..., 2] if layout == "HWC" else image[:, 2]
+        for row, label in enumerate(b["label"].tolist()):
+            assert abs(blues[row].mean().item() - blue(label)) < 3, (row, label)
+            assert b["name"][row] == f"n{label}"
+            labels.append(label)
+    return labels
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_dali_gives_the_cpu_decoders_crops_and_flips(images, train, layout):
+    cpu = epoch(images, "cpu", train, layout, seed=4, shuffle=True)
+    dali = epoch(images, "dali", train, layout, seed=4, shuffle=True)
+    assert len(dali) == len(cpu) == -(-N // BATCH)
+    shape = (SIZE, SIZE, 3) if layout == "HWC" else (3, SIZE, SIZE)
+    width = 2 if layout == "HWC" else 3
+    for a, b in zip(cpu, dali):
+        assert torch.equal(a["label"], b["label"]) and a["name"] == b["name"]
+        assert b["image"].dtype == torch.uint8 and b["image"].shape[1:] == shape
+        diff = (a["image"].float() - b["image"].float()).abs()
+        assert diff.mean() < 1.0 and diff.max() <= 6  # resampling only
+        if train:  # the measure tells a flip apart: mirrored, the rows differ widely
+            mirrored = (a["image"].flip(width).float() - b["image"].float()).abs()
+            assert mirrored.mean() > 20
+    assert sorted(check_rows(dali, layout)) == list(range(N))
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "thread"),
+                                                     (3, "process")])  # fmt: skip
+def test_workers_do_not_change_dalis_pixels(images, num_workers, worker_type):
+    reference = epoch(images, seed=1, shuffle=True)
+    got = epoch(images, seed=1, shuffle=True, num_workers=num_workers, worker_type=worker_type)
+    assert len(got) == len(reference)
+    for a, b in zip(reference, got):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_torch_order_and_loader_stats(images):
+    gen = torch.Generator().manual_seed(9)
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, shuffle=True, generator=gen,
+                                     num_workers=2, decode={"image": fastload.ImageDecode(
+                                         SIZE, backend="dali", dali_threads=1)})  # fmt: skip
+        order = [int(i) for b in torch.utils.data.DataLoader(
+            range(N), batch_size=BATCH, shuffle=True,
+            generator=torch.Generator().manual_seed(9)) for i in b]  # fmt: skip
+        got = [{"image": b["image"].clone(), "label": b["label"].clone(), "name": b["name"]}
+               for b in loader]  # fmt: skip
+        assert check_rows(got) == order
+        stats = loader.stats()
+    assert stats["samples"] == N and stats["batches"] == len(got)
+    assert stats["stage_seconds"]["decode"] > 0
+
+
+def test_a_bad_image_names_its_record(with_bad):
+    with fastload.Dataset(with_bad) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2,
+                                     decode={"image": fastload.ImageDecode(SIZE, backend="dali")})
+        for _ in range(2):  # the pipeline is made again: the second epoch fails the same way
+            seen = []
+            with pytest.raises(DecodeError, match=f"dataset record {BAD}: DALI could not "
+                                                  "decode its 300-byte image"):  # fmt: skip
+                for b in loader:
+                    seen += b["label"].tolist()
+            assert seen == list(range(BAD // BATCH * BATCH))  # the batches before it came
+
+
+def test_bad_images_are_skipped_with_their_rows(with_bad):
+    got = epoch(with_bad, seed=2, shuffle=True, bad_samples="skip")
+    labels = check_rows(got)
+    assert sorted(labels) == [i for i in range(N) if i != BAD]
+    assert sum(len(b["label"]) for b in got) == N - 1
+    with fastload.Dataset(with_bad) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=0, seed=2, shuffle=True,
+                                     bad_samples="skip", decode={"image": fastload.ImageDecode(
+                                         SIZE, backend="dali")})  # fmt: skip
+        again = [b["label"].clone() for b in loader]
+        stats, state = loader.stats(), loader.state_dict()
+    assert [b["label"].tolist() for b in got] == [b.tolist() for b in again]
+    assert stats["skipped_samples"] == 1 and stats["samples"] == N - 1
+    assert state["bad_samples"]["skipped"] == 1 and state["bad_samples"]["seen"] == N
+
+
+def test_records_failing_their_checksum_and_bad_images_together(images, tmp_path):
+    """Records the workers drop (checksum) and images DALI cannot decode, in one batch and
+    apart: each row goes with every field, the rest decode with the crops they get when
+    nothing is bad, and the budget counts both kinds."""
+    plain = write(tmp_path / "plain", bad=BAD, compression="none")  # records at known bytes
+    both = damage(plain, tmp_path / "both", records=(33, 36, 60))
+    want = {int(label): img for b in epoch(images, seed=2, shuffle=False)
+            for label, img in zip(b["label"], b["image"])}  # fmt: skip
+    with fastload.Dataset(both) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=2,
+                                     shuffle=False, bad_samples=fastload.SkipBadSamples(
+                                         max_fraction=0.1), decode={"image": fastload.ImageDecode(
+                                             SIZE, backend="dali")})  # fmt: skip
+        got = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+               for b in loader]  # fmt: skip
+        stats, state = loader.stats(), loader.state_dict()
+    skipped = {33, 36, BAD, 60}
+    assert check_rows(got) == [i for i in range(N) if i not in skipped]
+    assert [len(b["label"]) for b in got] == [16, 16, 13, 15, 6]
+    for b in got:
+        for label, img in zip(b["label"].tolist(), b["image"]):
+            assert torch.equal(img, want[label]), label
+    assert stats["skipped_samples"] == 4 and stats["samples"] == N - 4
+    assert state["bad_samples"] == {"rank": 0, "seen": N, "skipped": 4}
+
+
+def test_skip_budget_still_raises_when_spent(with_bad):
+    policy = fastload.SkipBadSamples(max_fraction=0.0, probation=0)
+    with pytest.raises(fastload.errors.TooManyBadSamplesError, match=f"record {BAD}"):
+        epoch(with_bad, bad_samples=policy)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resuming_mid_epoch_gives_the_same_tail(images, num_workers):
+    """DALI decodes a batch ahead: state_dict counts the batches handed out, not that one."""
+    decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=num_workers, seed=7,
+                                     shuffle=True, decode=decode)  # fmt: skip
+        whole = [(b["image"].clone(), b["label"].clone()) for b in loader]
+        loader.set_epoch(0)
+        it = iter(loader)
+        for _ in range(2):
+            next(it)
+        state = loader.state_dict()
+        del it
+        fresh = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
+                                    decode=decode)  # fmt: skip
+        fresh.load_state_dict(state)
+        tail = [(b["image"].clone(), b["label"].clone()) for b in fresh]
+    assert len(tail) == len(whole) - 2
+    for (a, la), (b, lb) in zip(whole[2:], tail):
+        assert torch.equal(la, lb) and torch.equal(a, b)
+
+
+def test_leaving_an_epoch_early_then_a_whole_one(images, no_leaks):
+    decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode,
+                                     persistent_workers=True)  # fmt: skip
+        for _ in range(2):
+            it = iter(loader)
+            next(it)
+            del it  # a batch was in the pipeline
+        labels = [int(i) for b in loader for i in b["label"]]
+        loader.close()
+    assert labels == list(range(N))
+
+
+def test_argument_errors(images):
+    with pytest.raises(ValueError, match="backend must be 'cpu' or 'dali'"):
+        fastload.ImageDecode(SIZE, backend="gpu")
+    with pytest.raises(ValueError, match="dali_threads"):
+        fastload.ImageDecode(SIZE, dali_threads=2)
+    with pytest.raises(ValueError, match="eval center crop is square"):
+        fastload.ImageDecode((32, 48), train=False, backend="dali")
+    with fastload.Dataset(images) as ds, pytest.raises(ValueError, match="transform"):
+        fastload.DataLoader(ds, batch_size=4, transform=lambda s: s,
+                            decode={"image": fastload.ImageDecode(SIZE, backend="dali")})
+
+
+def test_without_dali_installed_the_error_says_what_to_install(images):
+    code = ("import sys; sys.modules['nvidia.dali'] = None\n"
+            "import fastload\n"
+            f"ds = fastload.Dataset({str(images)!r})\n"
+            "try:\n"
+            "    fastload.DataLoader(ds, batch_size=4, decode={'image': "
+            "fastload.ImageDecode(8, backend='dali')})\n"
+            "except ImportError as e:\n"
+            "    print('ImportError:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert "ImportError: ImageDecode(backend='dali') needs NVIDIA DALI" in out.stdout, out.stderr
+    assert "fastload[dali]" in out.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dali_on_the_gpu_gives_the_cpu_decoders_crops(images):
+    cpu = epoch(images, "cpu", seed=4, shuffle=True)
+    gpu = epoch(images, "dali", seed=4, shuffle=True, device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert b["image"].is_cuda and b["label"].is_cuda
+        assert torch.equal(a["label"], b["label"].cpu())
+        diff = (a["image"].float() - b["image"].cpu().float()).abs()
+        assert diff.mean() < 1.5
