@@ -192,19 +192,20 @@ def litdata_tokens(path: str, batch: int):
 
 
 def fastload_loader(path: str, batch: int, images: bool, planned: bool = False,
-                    persistent: bool = False):  # fmt: skip
+                    persistent: bool = False, backend: str = "cpu"):  # fmt: skip
     """fastload's DataLoader as a drop-in: torch's arguments (shuffle=True, a seeded
     generator), so the order comes from torch's RandomSampler as in the torch row.
     ``planned``: seed= instead, fastload's own (seed, epoch) plan (resumable, DDP-aware).
     ``persistent``: persistent_workers=True (workers, and what they opened, last across
-    epochs)."""
+    epochs). ``backend="dali"``: images decoded by DALI (its CPU backend here) in the
+    consumer, the workers only reading them."""
     import fastload
     import torch
 
     kw = dict(batch_size=batch, shuffle=True, num_workers=WORKERS,
               persistent_workers=persistent)  # fmt: skip
     if images:
-        kw["decode"] = {"image": fastload.ImageDecode(size=SIZE, train=True)}
+        kw["decode"] = {"image": fastload.ImageDecode(size=SIZE, train=True, backend=backend)}
     ds = fastload.Dataset(path)
     if planned:
         return fastload.DataLoader(ds, seed=SEED, **kw)
@@ -430,6 +431,7 @@ BUILDERS = {
     "dali-images": lambda d, b: Dali(d, b),
     "dali-fused-images": lambda d, b: Dali(d, b, fused=True),
     "fastload-images": lambda d, b: fastload_loader(d, b, images=True),
+    "fastload-dali-images": lambda d, b: fastload_loader(d, b, images=True, backend="dali"),
 }
 
 
@@ -440,7 +442,8 @@ IMPORTS = {  # by the kind's first word
     "dali": ["torch", "nvidia.dali", "nvidia.dali.plugin.pytorch"], "pil": ["PIL.Image"],
 }
 S3_IMPORTS = {"fastload": ["s3fs"], "streaming": ["boto3"]}  # its S3 client, for s3:// data
-KIND_IMPORTS = {"fastload-images": ["PIL.Image"]}  # decodes with Pillow, as the PIL rows do
+KIND_IMPORTS = {"fastload-images": ["PIL.Image"],  # decodes with Pillow, as the PIL rows do
+                "fastload-dali-images": ["nvidia.dali", "nvidia.dali.plugin.pytorch"]}
 
 
 def imports_of(kind: str) -> list[str]:

@@ -147,6 +147,9 @@ def image_contenders(images: str, streaming: str | None, why: str) -> list[dict]
               "--encoding", "bytes", "--compression", "none"]
     rows.append(contender("Streaming MDS", "streaming-images", mds, python=streaming,
                           error=built(mds, writer) if streaming else why))
+    rows.append(contender("fastload, decode by DALI (CPU)", "fastload-dali-images", fl,
+                          error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES),
+                                      fastload_mtime())))  # fmt: skip
     rows.append(contender("DALI CPU", "dali-images", images))
     rows.append(contender("DALI CPU, fused decode+crop", "dali-fused-images", images))
     rows.append(contender("two-core PIL limit", "pil-limit", images, role="limit", stall=False))
@@ -565,7 +568,11 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
                      "batches (B, 224, 224, 3) uint8. Data: tokens converted with "
                      "`--compression none` (random access; the row the targets judge), images "
                      "with convert's defaults. 'seed=': the same with fastload's own planned "
-                     "order (seed=0). 'zstd': tokens as convert writes them by default."),
+                     "order (seed=0). 'zstd': tokens as convert writes them by default. "
+                     "'decode by DALI': ImageDecode(..., backend='dali'): the 2 workers read "
+                     "the JPEG bytes and draw the crops, DALI's CPU backend (2 threads) "
+                     "decodes them in the main process, a batch ahead (not judged: DALI is "
+                     "meant for the GPU; on 2 cores it shares them with the workers)."),
         ("Streaming", "StreamingDataset(local=MDS dir, batch_size, shuffle=True) + torch "
                       f"DataLoader. MDS: 64 MB shards, uncompressed; tokens ndarray:uint16:"
                       f"{SEQ}; images a 'bytes' column, PIL-decoded in __getitem__, then the "
