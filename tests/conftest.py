@@ -1,9 +1,51 @@
 """Shared test setup: the format helpers (index-encoded records, an independent shard
-parser/forger) live in tests/format/formattools.py; make them importable from every test."""
+parser/forger) live in tests/format/formattools.py; make them importable from every test.
+And a local Ray cluster on loopback, for convert on Ray."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent / "format"))
+
+
+def _listening() -> set[tuple[str, str]]:
+    """This machine's listening TCP sockets, as (hex address, hex port) from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # LISTEN
+                found.add(tuple(local.split(":")))
+    return found
+
+
+_LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for the whole session, every socket it listens on a
+    loopback address (checked: by default Ray listens on every interface;
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on 127.0.0.1)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # (read as ray is imported)
+    import ray  # the test extra installs it: these tests must run
+
+    before = _listening()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        opened = _listening() - before
+        assert opened, "Ray listens on no new socket?"
+        outside = {addr for addr, _ in opened if addr not in _LOOPBACK}
+        assert not outside, f"Ray listens beyond loopback: {outside}"
+        yield ray
+    finally:
+        ray.shutdown()

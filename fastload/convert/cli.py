@@ -31,8 +31,9 @@ Input kinds (--from, or detected from SRC):
   tokens       .bin (needs --dtype) or .npy token file; --seq-len tokens per sample
 
 DST is a local path or an fsspec URL (s3://, gs://, ...). The output is identical for any
---workers. Nothing counts as written until the manifest appears, last; an interrupted
-convert is cleaned up by the next one to the same DST.
+--workers, or with --ray (the tasks on a Ray cluster: every node must reach SRC and DST).
+Nothing counts as written until the manifest appears, last; an interrupted convert is
+cleaned up by the next one to the same DST.
 """
 
 _EXAMPLES = """\
@@ -42,6 +43,7 @@ examples:
   fastload convert logs/ out/logs --from jsonl --skip-bad
   fastload convert 'shards-{000..099}.tar' out/wds
   fastload convert tokens.bin out/lm --dtype uint16 --seq-len 2048 --overlap
+  fastload convert s3://raw/laion s3://bucket/laion --from webdataset --ray
 """
 
 
@@ -68,8 +70,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--shard-size", default="64MiB", metavar="SIZE",
                      help="input bytes per task, and output bytes per shard (default: 64MiB)")
-    out.add_argument("--block-size", default="1MB", metavar="SIZE",
-                     help="bytes per compressed block inside a shard (default: 1MB)")
+    out.add_argument("--block-size", default="1MiB", metavar="SIZE",
+                     help="bytes per compressed block inside a shard (default: 1MiB, as "
+                          "convert() and Writer)")  # fmt: skip
     out.add_argument("--compression", default="zstd", choices=["zstd", "none"])
     out.add_argument("--level", type=int, default=3, metavar="N",
                      help="zstd level, -7..22 (default: 3)")
@@ -80,6 +83,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run_group = p.add_argument_group("running")
     run_group.add_argument("--workers", type=int, default=None, metavar="N",
                            help="worker processes (default: min(4, CPU count))")
+    run_group.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                           help="run the tasks on a Ray cluster: the one at ADDRESS "
+                                "(ray://head:10001, auto), else the one ray.init() finds "
+                                "(RAY_ADDRESS, `ray start`), else a new local one; "
+                                "--workers is then the cluster's CPUs")  # fmt: skip
     run_group.add_argument("--skip-bad", action="store_true",
                            help="skip and count bad input records instead of failing")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, skip_bad=args.skip_bad,
             storage_options=args.storage_options, progress=not args.no_progress,
             decode_check=args.decode_check, seq_len=args.seq_len, dtype=args.dtype,
-            overlap=args.overlap, infer_lines=args.infer_lines,
+            overlap=args.overlap, infer_lines=args.infer_lines, ray=args.ray,
         )  # fmt: skip
     except FastloadError as e:
         print(f"fastload convert: error: {_one_line(e)}", file=sys.stderr)

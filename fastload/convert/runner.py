@@ -88,6 +88,7 @@ def convert(
     skip_bad: bool = False,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    ray: bool | str = False,
     **source_options: Any,
 ) -> ConvertResult:
     """Convert ``src`` into a fastload dataset at ``dst`` (a path or fsspec URL).
@@ -95,7 +96,9 @@ def convert(
     ``source`` is ``"auto"`` or one of imagefolder, parquet, jsonl, webdataset, tokens;
     ``source_options`` go to it (``seq_len``, ``dtype``, ``overlap`` for tokens;
     ``decode_check`` for images; ``infer_lines`` for jsonl). Input is split into tasks of
-    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process).
+    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process), or
+    with ``ray`` as tasks of a Ray cluster (``True``: the one ``ray.init()`` finds or starts;
+    a string: its address), whose nodes must all reach ``src`` and ``dst`` (see cluster.py).
 
     A bad input record fails the convert with a SourceRecordError naming it, unless
     ``skip_bad``, which skips and counts it. ``dst`` must be new or empty, or hold a dataset
@@ -118,7 +121,7 @@ def convert(
     prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
     try:
         results = _run(reader, schema, tasks, opts, skip_bad, min(workers, len(tasks)),
-                       progress)
+                       progress, ray)
         manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
@@ -167,10 +170,14 @@ def _check_not_nested(src: str, dst: str) -> None:
 
 
 def _run(reader: Source, schema: Schema, tasks: list[Task], opts: WriteOptions,
-         skip_bad: bool, workers: int, progress: bool) -> list[TaskResult]:  # fmt: skip
-    """Every task's result, in task order, from this process or from worker processes."""
+         skip_bad: bool, workers: int, progress: bool, ray: bool | str) -> list[TaskResult]:  # fmt: skip
+    """Every task's result, in task order, from this process, worker processes or Ray."""
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():
+        if ray:
+            from .cluster import run_on_ray
+
+            return run_on_ray(reader, schema, tasks, opts, skip_bad, bar.on_event, ray)
         if workers > 1:
             run = run_in_threads if reader.threads_suffice else run_in_processes
             return run(reader, schema, tasks, opts, skip_bad, workers, bar.on_event)

@@ -82,6 +82,20 @@ def test_cli_convert_to_object_store_matches_local(kind, request, tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_convert_on_ray_to_object_store_matches_local(kind, request, ray_cluster, tmp_path):
+    """Ray tasks write their parts straight to the bucket (the storage options travel with
+    them), the driver merges the manifest last: the same bytes as a local convert."""
+    server = request.getfixturevalue(f"{kind}_server")
+    src = write_jsonl(tmp_path / "in.jsonl")
+    url = f"{server.new_bucket()}/ds"
+    common = dict(shard_size="8KB", block_size="2KB", progress=False)
+    convert(src, tmp_path / "local", **common)
+    result = convert(src, url, ray=True, storage_options=server.storage_options, **common)
+    assert result.tasks > 2
+    assert remote_bytes(server.fs(), url) == local_bytes(tmp_path / "local")
+
+
 def test_writer_uploads_shards_as_they_complete_and_manifest_last(gcs_server, tmp_path):
     url = f"{gcs_server.new_bucket()}/w"
     fs = gcs_server.fs()
