@@ -34,11 +34,12 @@ __all__ = ["DaliBatch", "DaliDecoder", "dali_batch", "import_dali"]
 @dataclass
 class DaliBatch:
     """A batch's encoded images for DALI: their bytes end to end (``data``, image ``i`` at
-    ``offsets[i]:offsets[i + 1]``; an empty one for a record that was skipped), each image's
+    ``offsets[i]:offsets[i + 1]``; an empty one for a record that was skipped; None while
+    they are in the batch's slab, until the consumer points ``data`` there), each image's
     crop box in pixels (``anchors`` x, y and ``shapes`` width, height; fractional for the
     eval crop), its flip, and its dataset record (for errors)."""
 
-    data: bytes
+    data: Optional[bytes | np.ndarray]
     offsets: np.ndarray
     anchors: np.ndarray
     shapes: np.ndarray
@@ -50,7 +51,8 @@ class DaliBatch:
 
     def images(self) -> list[np.ndarray]:
         """Each image's bytes as a uint8 array (views of ``data``)."""
-        whole = np.frombuffer(self.data, np.uint8)
+        whole = np.frombuffer(self.data, np.uint8) if isinstance(self.data, bytes) else \
+            self.data  # fmt: skip
         return [whole[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 
     def __getitem__(self, rows: np.ndarray) -> "DaliBatch":
@@ -66,10 +68,11 @@ class DaliBatch:
 
 
 def dali_batch(images: Sequence, spec, rng_seed: tuple, positions: range,
-               records: np.ndarray) -> DaliBatch:  # fmt: skip
+               records: np.ndarray, into: Optional[np.ndarray] = None) -> DaliBatch:  # fmt: skip
     """The :class:`DaliBatch` of ``images`` (EncodedImage values, None for a skipped record)
     at ``positions`` in their batch: crops and flips drawn as the CPU decoder draws them from
-    ``rng_seed`` (the batch's seed words and the field's number)."""
+    ``rng_seed`` (the batch's seed words and the field's number). The bytes are written end
+    to end into ``into`` (uint8, the slab's area for them) when they fit, else joined."""
     n = len(images)
     anchors = np.zeros((n, 2), np.float32)
     shapes = np.ones((n, 2), np.float32)
@@ -84,9 +87,14 @@ def dali_batch(images: Sequence, spec, rng_seed: tuple, positions: range,
         flips[i] = flip
     parts = [memoryview(im.data) if im is not None else memoryview(b"") for im in images]
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum([p.nbytes for p in parts], out=offsets[1:])  # joined below: one copy
-    return DaliBatch(b"".join(parts), offsets, anchors, shapes, flips,
-                     np.asarray(records, np.int64))  # fmt: skip
+    np.cumsum([p.nbytes for p in parts], out=offsets[1:])
+    if into is not None and offsets[-1] <= len(into):
+        for part, a, b in zip(parts, offsets[:-1].tolist(), offsets[1:].tolist()):
+            into[a:b] = np.frombuffer(part, np.uint8)
+        data = None
+    else:
+        data = b"".join(parts)  # one copy
+    return DaliBatch(data, offsets, anchors, shapes, flips, np.asarray(records, np.int64))
 
 
 def import_dali():
@@ -204,7 +212,7 @@ class DaliDecoder:
         if batch is not None and len(batch) and self._pipe is not None:
             try:
                 self._pipe.outputs()
-            except RuntimeError:
+            except Exception:  # a failed batch, or DALI torn down already (at exit)
                 self._pipe = None
 
     def _copy_out(self):

@@ -246,7 +246,8 @@ class DataLoader:
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
         self.layout = BatchLayout(self.dataset.schema, size, self._decode, self._transform,
-                                  self._outputs, self._variable)  # fmt: skip
+                                  self._outputs, self._variable,
+                                  encoded_bytes=_encoded_room(self.dataset, self._decode))  # fmt: skip
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
@@ -254,7 +255,8 @@ class DataLoader:
         # Batches of images are shared among the workers (_shares): prefetch_factor of them
         # keep every worker busy.
         workers = self.num_workers
-        self._sharing = bool(self.layout.decode) and workers > 1 and size >= 2 * MIN_SHARE
+        self._sharing = bool(self.layout.decode) and not self.layout.dali and workers > 1 \
+            and size >= 2 * MIN_SHARE  # (a DALI field's images go end to end in the slab)
         self._by_block = not self._sharing and _split_by_block(
             self.dataset, self.layout, workers, self.worker_type, self.persistent_workers)
         if not workers:
@@ -648,6 +650,10 @@ class DataLoader:
         lease = self._slabs.lease(result.slab)
         self._handed = result.batch
         read, bad = result.samples, result.bad or []
+        for name, area in self.layout.encoded.items():  # a DALI field's images in the slab
+            images = result.listed[name]
+            if images.data is None:
+                images.data = self.layout.views(lease, read)[area].reshape(-1)
         kept = None
         if self._budget is not None:
             kept = self._skip_bad(result, lease, count=not self.layout.dali)
@@ -690,8 +696,10 @@ class DataLoader:
             return np.arange(n)
         dropped = {row for row, _ in result.bad}
         keep = np.array([i for i in range(n) if i not in dropped], np.int64)
-        for v in self.layout.views(slab, n).values():
-            v[: len(keep)] = v[keep]
+        areas = set(self.layout.encoded.values())  # not rows: their DaliBatch takes its own
+        for name, v in self.layout.views(slab, n).items():
+            if name not in areas:
+                v[: len(keep)] = v[keep]
         result.listed = {name: ([values[i] for i in keep] if isinstance(values, list)
                                 else values[keep]) for name, values in result.listed.items()}  # fmt: skip
         result.samples = len(keep)
@@ -926,6 +934,18 @@ def _warn_if_windows_overflow(mix: Mix, window: int, processes: int = 1) -> None
                       f"time, more than {_kept(limit, processes)} "
                       "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
                       "larger block_cache, or a smaller block_window.", stacklevel=4)  # fmt: skip
+
+
+def _encoded_room(dataset: Any, decode: Optional[Mapping[str, ImageDecode]]) -> int:
+    """Bytes per sample a batch slab keeps for each DALI image field's encoded images
+    (0: none is DALI's): twice a record's mean size, so nearly every batch fits (one that
+    does not sends its images in the worker's message instead)."""
+    if not any(spec.backend == "dali" for spec in (decode or {}).values()):
+        return 0
+    datasets = getattr(dataset, "datasets", None) or [dataset]
+    records = sum(len(ds) for ds in datasets)
+    raw = sum(s.raw_bytes for ds in datasets for s in ds.manifest.shards)
+    return max(4096, -(-2 * raw // max(records, 1) // 64) * 64)
 
 
 def _fast_capable(dataset: Any) -> bool:

@@ -81,8 +81,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
         from ..decode.dali import dali_batch
 
         for name, spec in layout.dali.items():
+            area = views[layout.encoded[name]].reshape(-1) if layout.encoded else None
             listed[name] = dali_batch(listed[name], spec, (*rng_seed, layout.seeds[name]),
-                                      range(lo, hi), np.asarray(mine))  # fmt: skip
+                                      range(lo, hi), np.asarray(mine), into=area)  # fmt: skip
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs
 
@@ -106,7 +107,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
                         raise e
                     bad.append((lo + a + i, f"{where}: {e.reason}"))
     done = time.perf_counter()
-    nbytes = sum(v.nbytes for v in views.values())
+    areas = set(layout.encoded.values())  # counted by what the images took of them
+    nbytes = sum(v.nbytes for k, v in views.items() if k not in areas) + \
+        sum(int(listed[name].offsets[-1]) for name in layout.dali)  # fmt: skip
     timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes,
                            decompressed=_decompressed(dataset))  # fmt: skip
     if bad:

@@ -83,12 +83,15 @@ class Slot:
 class BatchLayout:
     """The slab layout of batches of up to ``batch_size`` records of ``schema``; with a
     ``transform`` (see transform.py), of its ``outputs`` instead, and ``input`` is the
-    layout the records are read into first."""
+    layout the records are read into first. ``encoded_bytes``: room per sample for each
+    DALI image field's encoded bytes, which the workers put in the slab (one area of
+    ``batch_size * encoded_bytes``, its images end to end) rather than in their message."""
 
     def __init__(self, schema: Schema, batch_size: int,
                  decode: Mapping[str, ImageDecode] | None = None,
                  transform: Optional[Callable[[dict], Any]] = None,
-                 outputs: tuple = (), variable: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+                 outputs: tuple = (), variable: Mapping[str, Any] | None = None,
+                 encoded_bytes: int = 0) -> None:  # fmt: skip
         decode = dict(decode or {})
         for name, spec in decode.items():
             if name not in schema or schema[name].kind != "image":
@@ -128,11 +131,18 @@ class BatchLayout:
                 names.insert(names.index(name) + 1, f"{name}_lengths")
                 fixed.insert([f[0] for f in fixed].index(name) + 1,
                              (f"{name}_lengths", np.dtype(np.int64), ()))  # fmt: skip
+            #: Per DALI field, the slot its encoded images are written to, end to end (not
+            #: a key of the batch).
+            self.encoded = {name: f"{name}:encoded" for name in self.dali} if encoded_bytes \
+                else {}  # fmt: skip
+            fixed += [(slot, np.dtype(np.uint8), (encoded_bytes,))
+                      for slot in self.encoded.values()]  # fmt: skip
             #: The batch's keys, in order.
             self.names = tuple(names)
         else:
             fixed = [(o.name, o.dtype, o.shape) for o in self.outputs if o.dtype is not None]
             self.names = tuple(o.name for o in self.outputs)
+            self.encoded = {}
         slots, offset = [], 0
         for name, dtype, shape in fixed:
             sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -140,7 +150,8 @@ class BatchLayout:
             offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
         self.slots: tuple[Slot, ...] = tuple(slots)
         #: Fields that are gathered straight into the slab (fixed-size ones).
-        padding = {*self.padded, *(f"{name}_lengths" for name in self.padded)}
+        padding = {*self.padded, *(f"{name}_lengths" for name in self.padded),
+                   *self.encoded.values()}  # fmt: skip
         self.gathered = tuple(s.name for s in slots if s.name not in decode and
                               s.name not in padding) if transform is None else ()  # fmt: skip
         #: Fields that travel as lists.

@@ -104,6 +104,46 @@ def test_dali_gives_the_cpu_decoders_crops_and_flips(images, train, layout):
     assert sorted(check_rows(dali, layout)) == list(range(N))
 
 
+def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
+    """Workers put a batch's encoded images end to end in the slab (room: twice a record's
+    mean size each); a batch with more bytes than that sends them in its message. Both
+    decode to the CPU decoder's crops. Record 20 here is ~40 times the others."""
+    from fastload.decode.dali import dali_batch
+    from fastload.format.imageinfo import EncodedImage
+
+    images = [EncodedImage(jpeg(i), "jpeg", 60, 80) for i in range(3)]
+    total = sum(len(im.data) for im in images)
+    spec = fastload.ImageDecode(SIZE, train=False, backend="dali")
+    room = np.zeros(total, np.uint8)
+    fits = dali_batch(images, spec, (0,), range(3), np.arange(3), into=room)
+    assert fits.data is None and room.tobytes() == b"".join(im.data for im in images)
+    spills = dali_batch(images, spec, (0,), range(3), np.arange(3), into=room[:-1])
+    assert spills.data == room.tobytes()
+
+    from PIL import Image
+
+    big = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (400, 500, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, "JPEG", quality=98)
+    with fastload.Writer(tmp_path / "ds", {"image": "image", "label": "int64"}) as w:
+        for i in range(40):
+            w.write({"image": big.getvalue() if i == 20 else jpeg(i), "label": i})
+    got = {}
+    for backend in ("cpu", "dali"):
+        with fastload.Dataset(tmp_path / "ds") as ds:
+            loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=3,
+                                         decode={"image": fastload.ImageDecode(
+                                             SIZE, backend=backend)})  # fmt: skip
+            got[backend] = [(b["image"].clone(), b["label"].clone()) for b in loader]
+            if backend == "dali":
+                room = loader.layout.slots[-1]
+                assert room.name == "image:encoded"
+                assert BATCH * room.sample_bytes < len(big.getvalue()) + 15 * len(jpeg(0))
+    for (a, la), (b, lb) in zip(got["cpu"], got["dali"]):
+        assert torch.equal(la, lb)
+        assert (a.float() - b.float()).abs().mean() < 1.5
+
+
 @pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "thread"),
                                                      (3, "process")])  # fmt: skip
 def test_workers_do_not_change_dalis_pixels(images, num_workers, worker_type):
