@@ -169,8 +169,8 @@ def _check_not_nested(src: str, dst: str) -> None:
                            "destination outside it")  # fmt: skip
 
 
-def _run(reader: Source, schema: Schema, tasks: list[Task], opts: WriteOptions,
-         skip_bad: bool, workers: int, progress: bool, ray: bool | str) -> list[TaskResult]:  # fmt: skip
+def _run(reader: Source, schema: Schema, tasks: list[Task], opts: WriteOptions, skip_bad: bool,
+         workers: int, progress: bool, ray: bool | str) -> list[TaskResult]:  # fmt: skip
     """Every task's result, in task order, from this process, worker processes or Ray."""
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():

@@ -245,9 +245,9 @@ class DataLoader:
 
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
+        room = _encoded_room(self.dataset, self._decode)
         self.layout = BatchLayout(self.dataset.schema, size, self._decode, self._transform,
-                                  self._outputs, self._variable,
-                                  encoded_bytes=_encoded_room(self.dataset, self._decode))  # fmt: skip
+                                  self._outputs, self._variable, encoded_bytes=room)  # fmt: skip
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
         self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,

@@ -177,7 +177,8 @@ def damage(src: Path, dst: Path, records, whole_block: bool = False) -> Path:
             if start <= r < start + shard["records"]:
                 rec = parsed["records"][r - start]
                 block = parsed["blocks"][rec["block"]]
-                at = block["stored_size"] // 2 if whole_block else rec["offset"] + rec["length"] // 2
+                at = (block["stored_size"] // 2 if whole_block
+                      else rec["offset"] + rec["length"] // 2)  # fmt: skip
                 data[block["offset"] + at] ^= 0xFF
         path.write_bytes(bytes(data))
         start += shard["records"]
