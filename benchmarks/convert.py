@@ -257,6 +257,11 @@ def bench_images(src: str, workers: int, skip_streaming: bool, repeat: int
                 src, out(f"fastload-w{w}"), "--from", "imagefolder", "--workers", str(w),
                 "--overwrite", "--shard-size", str(SHARD_BYTES)))
             for w in sorted({workers, 1}, reverse=True)]
+    # The same on a Ray cluster the convert starts locally (every CPU): what Ray costs where
+    # one machine would do (its start-up, a task per part); loopback only.
+    runs.append(("fastload --ray (local)", out("fastload-ray"), fastload_cmd(
+        src, out("fastload-ray"), "--from", "imagefolder", "--ray", "--overwrite",
+        "--shard-size", str(SHARD_BYTES))))
     runs.append(("webdataset ShardWriter", out("webdataset"), writer_cmd(
         sys.executable, "webdataset", src, out("webdataset"), *shard)))
 
@@ -348,6 +353,9 @@ time s    fastload: convert()'s own time as `convert --json` reports it (listing
 range s   fastest-slowest of {a['repeat']} runs; each row is the median run. Before each run: inputs
           read once (warm page cache; dropping it needs root) and os.sync(); nobody fsyncs.
 x MDS     speed against 'MDSWriter bytes none' by time s / by wall s (x zstd: likewise).
+--ray     the same convert as Ray tasks on a local cluster that convert() starts (every core)
+          and stops: its time includes Ray's start-up. On one machine --workers is the way;
+          this row is what Ray costs, not what a cluster gains.
 Others    WebDataset and MDSWriter run in one process, as they are used.
           {mds}
           MDSWriter 'bytes' stores the file's bytes; 'jpeg' takes Image.open(path) and re-reads
@@ -369,6 +377,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 300 images, 5M tokens; results go to .data/, not results/")
     a = p.parse_args()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the --ray row's cluster: loopback
     if a.quick:
         a.images, a.tokens, a.repeat = 300, 5_000_000, 1
 
