@@ -255,6 +255,24 @@ def test_resuming_mid_epoch_gives_the_same_tail(images, num_workers):
         assert torch.equal(la, lb) and torch.equal(a, b)
 
 
+def test_resuming_out_of_order_repeats_and_loses_nothing(images):
+    """in_order=False: the batch DALI holds back is not counted as handed out either."""
+    decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
+                                     in_order=False, decode=decode)  # fmt: skip
+        it = iter(loader)
+        first = [next(it)["label"].clone() for _ in range(2)]
+        state = loader.state_dict()
+        del it
+        fresh = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
+                                    in_order=False, decode=decode)  # fmt: skip
+        fresh.load_state_dict(state)
+        rest = [b for b in fresh]
+    labels = [int(i) for b in first for i in b] + check_rows(rest)
+    assert sorted(labels) == list(range(N))
+
+
 def test_leaving_an_epoch_early_then_a_whole_one(images, no_leaks):
     decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
     with fastload.Dataset(images) as ds:
