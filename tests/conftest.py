@@ -31,11 +31,12 @@ def _listening() -> set[tuple[str, str]]:
 _LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray cluster of 2 CPUs for the whole session, every socket it listens on a
-    loopback address (checked: by default Ray listens on every interface;
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on 127.0.0.1)."""
+    """A local Ray cluster of 2 CPUs for one test module (stopped after it, so that no
+    later test forks loader workers from a process with Ray's threads running), every
+    socket it listens on a loopback address (checked: by default Ray listens on every
+    interface; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on 127.0.0.1)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # (read as ray is imported)
     import ray  # the test extra installs it: these tests must run
 
