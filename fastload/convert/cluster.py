@@ -8,13 +8,14 @@ store URLs (``s3://``, ``gs://``), or paths on a filesystem every node mounts.
 
 Failure semantics, as for worker processes (pool.py):
 
-- The first task that fails stops the convert: the other tasks are cancelled (their workers
-  killed) and waited for, then the task's error is raised here with the remote traceback
-  attached as a note; the runner then removes what the parts wrote.
+- The first task that fails stops the convert: the other tasks are cancelled and waited
+  for, then the task's error is raised here with the remote traceback attached as a note;
+  the runner then removes what the parts wrote.
 - A node or worker that dies is retried by Ray (``max_retries``): a task rewrites its part
   from the start, under the same names. A task that still cannot finish raises a
   ConvertError naming it.
-- Ctrl-C cancels every task before the KeyboardInterrupt propagates.
+- Ctrl-C or SIGTERM cancels every task before the exception propagates (SIGTERM, which
+  ray.init takes over, is given back to the runner), so the runner's cleanup runs.
 
 A cluster is joined with ``ray.init(address=...)`` (``True``: the one Ray finds on its own,
 ``RAY_ADDRESS`` or one started with ``ray start``, else a new local one); one this convert
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -47,7 +50,7 @@ def run_on_ray(source: Source, schema: Schema, tasks: Sequence[Task], opts: Writ
                address: str | bool = True) -> list[TaskResult]:  # fmt: skip
     """Run every task on the Ray cluster at ``address``; results in task order (see the
     module docstring)."""
-    with _cluster(address) as ray:
+    with _cluster(address) as (ray, started):
         remote = ray.remote(num_cpus=1, max_retries=_MAX_RETRIES)(_ray_task)
         shared = ray.put(source)  # sent to each node once, not with every task
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i].input_bytes)
@@ -66,8 +69,17 @@ def run_on_ray(source: Source, schema: Schema, tasks: Sequence[Task], opts: Writ
                         on_event("skip", example)
                     on_event("records", (value.records, value.skipped))
                     on_event("done", value)
-        finally:
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C or SIGTERM: a cluster started here is stopped, its workers with it (a
+            # cancel right after the interrupted wait crashed Ray's task manager here, one
+            # time in three: "Tried to complete task that was not pending"); on a cluster
+            # of others the tasks are cancelled.
+            if not started:
+                _cancel(ray, list(pending))
+            raise
+        except BaseException:
             _cancel(ray, list(pending))
+            raise
     return [results[i] for i in range(len(tasks))]
 
 
@@ -94,13 +106,14 @@ def _outcome(ray, ref, task: Task) -> tuple[str, Any]:
 
 
 def _cancel(ray, refs: list) -> None:
-    """Cancel ``refs`` (killing their workers) and wait until they have ended, so that none
-    writes after the runner removes the parts."""
+    """Cancel ``refs`` and wait until they have ended, so that none writes after the runner
+    removes the parts. A running task gets a KeyboardInterrupt (not force=True: that kills
+    its worker, which Ray may then retry)."""
     if not refs:
         return
     for ref in refs:
         with contextlib.suppress(Exception):
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=False)
     deadline = time.monotonic() + _CANCEL_SECONDS
     left = refs
     while left and time.monotonic() < deadline:
@@ -113,8 +126,9 @@ def _cancel(ray, refs: list) -> None:
 
 @contextlib.contextmanager
 def _cluster(address: str | bool) -> Iterator[Any]:
-    """The ``ray`` module, connected to the cluster at ``address`` (True: as ``ray.init()``
-    finds one, or starts it); a cluster started here is shut down after."""
+    """``(ray, started)``: the ``ray`` module, connected to the cluster at ``address``
+    (True: as ``ray.init()`` finds one, or starts it), and whether this call connected it
+    (then it is shut down after)."""
     try:
         import ray
     except ImportError:
@@ -124,13 +138,20 @@ def _cluster(address: str | bool) -> Iterator[Any]:
         kwargs = {} if address is True else {"address": address}
         if isinstance(address, str):
             _check_reachable(address)
+        main = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
         except Exception as e:
             raise ConvertError(f"could not join a Ray cluster at {address!r}: {e}") from e
+        finally:
+            # ray.init takes SIGTERM for itself (the process then dies mid-write, its Ray
+            # processes left running): give it back to the runner, which cleans up.
+            if on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
         started = True
     try:
-        yield ray
+        yield ray, started
     finally:
         if started:
             ray.shutdown()

@@ -1,13 +1,17 @@
 """convert on a Ray cluster (a local one of 2 CPUs, on loopback): the same bytes as on one
 machine, a bad record named with nothing left behind, skips counted, a worker that dies
-past Ray's retries named, and the CLI's --ray."""
+past Ray's retries named, the CLI's --ray, and Ctrl-C / SIGTERM leaving nothing behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -94,6 +98,50 @@ def test_the_cli_starts_a_local_cluster(tmp_path):
     assert dir_bytes(tmp_path / "ray") == dir_bytes(tmp_path / "one")
     assert "--ray" in subprocess.run([*cli_command(), "convert", "--help"], capture_output=True,
                                      text=True, timeout=60).stdout  # fmt: skip
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line holds ``text``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_it_and_leaves_nothing(tmp_path, sig, status):
+    """Signalled while its tasks write: exit 130 / 143, nothing at DST, and the cluster it
+    started gone with its processes (found by the temporary directory they were given)."""
+    src = write_jsonl(tmp_path / "in.jsonl", n=300_000)
+    dst = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="flray-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([*cli_command(), "convert", str(src), str(dst), "--ray",
+                             "--shard-size", "16KB", "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (dst.exists() and any(dst.rglob("*"))):  # its tasks have begun to write
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    assert not list(dst.rglob("*"))
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_mentioning(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path):
