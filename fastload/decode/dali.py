@@ -188,8 +188,12 @@ class DaliDecoder:
             self.batch_size, self._pipe = len(batch), None
         if self._pipe is None:
             self._pipe = self._build()
-        self._feed(self._pipe, batch)
-        self._pipe.schedule_run()
+        try:
+            self._feed(self._pipe, batch)
+            self._pipe.schedule_run()
+        except BaseException:
+            self._pipe = self._fed = None  # half fed: its next outputs would not be this batch's
+            raise
 
     def collect(self):
         """The pixels of the batch submitted last. Raises :class:`DaliBatchError` listing its
@@ -205,6 +209,11 @@ class DaliDecoder:
         except RuntimeError as e:
             self._pipe = None  # DALI: "Current pipeline object is no longer valid"
             raise DaliBatchError(self._find_bad(batch, e)) from e
+        except BaseException:
+            # Ctrl-C while waiting: this batch's outputs may still come, and would be taken
+            # for the next batch's; a new pipeline starts clean.
+            self._pipe = None
+            raise
 
     def discard(self) -> None:
         """Drop the batch submitted last, if any, uncollected (a loop that stopped early)."""

@@ -287,6 +287,33 @@ def test_leaving_an_epoch_early_then_a_whole_one(images, no_leaks):
     assert labels == list(range(N))
 
 
+@pytest.mark.parametrize("after", [0.01, 0.03, 0.07])
+def test_an_interrupt_while_decoding_leaves_the_next_epoch_right(images, after):
+    """Ctrl-C lands in the training loop, most likely while the consumer waits on DALI (the
+    decode is nearly all its time here): the loader, iterated again, gives each batch its
+    own images, not the outputs of a batch fed before the interrupt."""
+    import _thread
+    import threading
+
+    decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
+    reference = epoch(images, seed=6, num_workers=0, batch_size=4)
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=4, num_workers=0, seed=6, decode=decode)
+        timer = threading.Timer(after, _thread.interrupt_main)
+        with pytest.raises(KeyboardInterrupt):
+            timer.start()
+            for _ in range(3):
+                for _ in loader:
+                    pass
+            timer.join()  # (not reached if the interrupt came first)
+            raise KeyboardInterrupt  # came after the loops: still a valid run
+        loader.set_epoch(0)
+        again = [(b["image"].clone(), b["label"].clone()) for b in loader]
+    assert len(again) == len(reference)
+    for a, (image, label) in zip(reference, again):
+        assert torch.equal(a["label"], label) and torch.equal(a["image"], image)
+
+
 def test_argument_errors(images):
     with pytest.raises(ValueError, match="backend must be 'cpu' or 'dali'"):
         fastload.ImageDecode(SIZE, backend="gpu")
