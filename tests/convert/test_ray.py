@@ -122,7 +122,11 @@ def test_ctrl_c_or_sigterm_stops_it_and_leaves_nothing(tmp_path, sig, status):
     ray_tmp = tempfile.mkdtemp(prefix="flray-", dir="/tmp")  # short: Ray's socket paths
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([*cli_command(), "convert", str(src), str(dst), "--ray",
+    # SIGINT as a terminal delivers it: a shell running the tests in the background may
+    # have them ignore it, and Python then keeps ignoring it.
+    command = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, "
+               "signal.default_int_handler); runpy.run_module('fastload', run_name='__main__')"]
+    proc = subprocess.Popen([*command, "convert", str(src), str(dst), "--ray",
                              "--shard-size", "16KB", "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
