@@ -144,6 +144,23 @@ def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
         assert (a.float() - b.float()).abs().mean() < 1.5
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_png_and_webp_too(tmp_path, fmt):
+    from PIL import Image
+
+    with fastload.Writer(tmp_path / "ds", {"image": "image", "label": "int64"}) as w:
+        for i in range(20):
+            picture = Image.open(io.BytesIO(jpeg(i)))
+            f = io.BytesIO()
+            picture.save(f, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+            w.write({"image": f.getvalue(), "label": i})
+    cpu = epoch(tmp_path / "ds", "cpu", seed=2, shuffle=True)
+    dali = epoch(tmp_path / "ds", "dali", seed=2, shuffle=True)
+    for a, b in zip(cpu, dali):
+        assert torch.equal(a["label"], b["label"])
+        assert (a["image"].float() - b["image"].float()).abs().mean() < 1.0
+
+
 @pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "thread"),
                                                      (3, "process")])  # fmt: skip
 def test_workers_do_not_change_dalis_pixels(images, num_workers, worker_type):
