@@ -144,6 +144,23 @@ def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
         assert (a.float() - b.float()).abs().mean() < 1.5
 
 
+def test_a_mix_of_datasets(images):
+    """A Mix's records through DALI: the same crops as the CPU decoder's (the slab's room for
+    encoded images is sized from every dataset of the Mix)."""
+
+    def mixed(backend):
+        mix = fastload.Mix([fastload.Dataset(images), fastload.Dataset(images)], [0.5, 0.5])
+        loader = fastload.DataLoader(mix, batch_size=BATCH, num_workers=2, seed=1,
+                                     decode={"image": fastload.ImageDecode(
+                                         SIZE, backend=backend)})  # fmt: skip
+        return [(b["image"].clone(), b["label"].clone()) for b in loader]
+
+    cpu, dali = mixed("cpu"), mixed("dali")
+    assert len(cpu) == len(dali) == -(-2 * N // BATCH)
+    for (a, la), (b, lb) in zip(cpu, dali):
+        assert torch.equal(la, lb) and (a.float() - b.float()).abs().mean() < 1.0
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_png_and_webp_too(tmp_path, fmt):
     from PIL import Image
