@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -195,17 +195,18 @@ class DaliDecoder:
             self._pipe = self._fed = None  # half fed: its next outputs would not be this batch's
             raise
 
-    def collect(self):
+    def collect(self, empty: Optional[Callable[[tuple], Any]] = None):
         """The pixels of the batch submitted last. Raises :class:`DaliBatchError` listing its
         bad images (row, DecodeError) when DALI cannot decode some of them; the pipeline is
-        ready for the next batch either way."""
+        ready for the next batch either way. ``empty(shape)``: a uint8 CPU tensor to copy
+        them into (default: a new one); not used for the GPU."""
         import torch
 
         batch, self._fed = self._fed, None
         if len(batch) == 0:
             return torch.empty((0, *self.spec.shape), dtype=torch.uint8, device=self.device)
         try:
-            return self._copy_out()
+            return self._copy_out(empty)
         except RuntimeError as e:
             self._pipe = None  # DALI: "Current pipeline object is no longer valid"
             raise DaliBatchError(self._find_bad(batch, e)) from e
@@ -224,14 +225,15 @@ class DaliDecoder:
             except Exception:  # a failed batch, or DALI torn down already (at exit)
                 self._pipe = None
 
-    def _copy_out(self):
+    def _copy_out(self, empty: Optional[Callable[[tuple], Any]]):
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         if not self.gpu:
             (out,) = self._pipe.outputs()
             tensor = out.as_tensor()
-            pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8)
+            shape = tuple(tensor.shape())
+            pixels = empty(shape) if empty is not None else torch.empty(shape, dtype=torch.uint8)
             feed_ndarray(tensor, pixels)
             return pixels
         # On a stream of its own, waited for here: the copy is done before DALI may reuse

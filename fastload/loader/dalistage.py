@@ -20,6 +20,7 @@ import torch
 
 from ..decode.dali import DaliBatchError, DaliDecoder
 from .badsamples import BadSampleBudget
+from .slabs import SlabPool
 from .stats import LoaderStats
 
 __all__ = ["Unpacked", "DaliStage"]
@@ -45,6 +46,11 @@ class DaliStage:
                  budget: Optional[BadSampleBudget], stats: LoaderStats) -> None:  # fmt: skip
         self.decoders = {name: DaliDecoder(name, spec, batch_size, device)
                          for name, spec in specs.items()}  # fmt: skip
+        # CPU pixels go into buffers used again once their batch is garbage (as slabs are):
+        # a new 38 MB tensor per batch of 256 cost ~5 ms of page faults.
+        self.buffers = {name: SlabPool(batch_size * int(np.prod(spec.shape)), 2, shared=False)
+                        for name, spec in specs.items()} \
+            if device is None or device.type != "cuda" else {}  # fmt: skip
         self.budget = budget
         self.stats = stats
 
@@ -76,7 +82,7 @@ class DaliStage:
         batch, pixels, bad, failed = item.batch, {}, [], {}
         for name, decoder in self.decoders.items():  # every one, so that none stays busy
             try:
-                pixels[name] = decoder.collect()
+                pixels[name] = decoder.collect(self._empty(name))
             except DaliBatchError as e:
                 bad += [(row, str(err)) for row, err in e.bad]
                 failed[name] = e
@@ -88,7 +94,7 @@ class DaliStage:
             keep = np.setdiff1d(np.arange(rows), [row for row, _ in bad])
             for name in failed:  # the others of the batch, decoded again without the bad
                 self.decoders[name].submit(batch[name][keep])
-                pixels[name] = self.decoders[name].collect()
+                pixels[name] = self.decoders[name].collect(self._empty(name))
             for name in pixels:
                 if name not in failed:
                     pixels[name] = pixels[name][torch.from_numpy(keep).to(pixels[name].device)]
@@ -103,6 +109,22 @@ class DaliStage:
         batch.update(pixels)
         self.stats.stage_seconds["decode"] += time.perf_counter() - start
         return item.number, batch
+
+    def _empty(self, name: str):
+        """``empty(shape)`` for field ``name``'s pixels: a uint8 tensor over a free buffer
+        (None on the GPU)."""
+        pool = self.buffers.get(name)
+        if pool is None:
+            return None
+
+        def empty(shape: tuple) -> torch.Tensor:
+            size = int(np.prod(shape))
+            if size > pool.slab_size:  # (a batch larger than the loader's buffers)
+                return torch.empty(shape, dtype=torch.uint8)
+            lease = pool.lease(pool.acquire(grow=True))
+            return torch.from_numpy(lease[:size].reshape(shape))
+
+        return empty
 
     def close(self) -> None:
         for decoder in self.decoders.values():

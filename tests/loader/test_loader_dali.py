@@ -144,6 +144,29 @@ def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
         assert (a.float() - b.float()).abs().mean() < 1.5
 
 
+def test_pixel_buffers_are_reused_only_once_their_batch_is_garbage(images):
+    """On the CPU DALI's pixels are copied into buffers kept for the next batches: batches
+    kept without .clone() stay intact, and a loop that drops each batch needs few buffers."""
+    reference = epoch(images, seed=5, num_workers=0)  # cloned
+    decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
+    with fastload.Dataset(images) as ds:
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=0, seed=5,
+                                     decode=decode)  # fmt: skip
+        kept = [b["image"] for b in loader]  # every batch held at once
+        buffers = loader._dali.buffers["image"]
+        assert len(buffers) >= len(kept)
+        for a, image in zip(reference, kept):
+            assert torch.equal(a["image"], image)
+        del kept, image
+        grown = len(buffers)
+        assert buffers.free() == grown  # every batch let go
+        loader.set_epoch(0)
+        for _ in range(2):
+            for b in loader:
+                del b
+        assert len(buffers) == grown and buffers.free() == grown  # reused, none added
+
+
 def test_a_mix_of_datasets(images):
     """A Mix's records through DALI: the same crops as the CPU decoder's (the slab's room for
     encoded images is sized from every dataset of the Mix)."""
