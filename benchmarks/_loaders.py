@@ -39,6 +39,7 @@ SEED = 0
 
 # ---------------------------------------------------------------- the shared image transform
 
+
 def rrc_params(w: int, h: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
     """torchvision's RandomResizedCrop.get_params (10 tries, then a centre crop), drawn from
     Python's ``random`` (torch's DataLoader seeds it per worker). Returns (left, top, w, h)."""
@@ -109,11 +110,15 @@ def open_jpeg(data: bytes):
 def list_images(root: str) -> list[tuple[str, int]]:
     """(path, label) in ImageFolder's order: sorted classes, sorted files."""
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    return [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-            for f in sorted(os.listdir(os.path.join(root, c)))]
+    return [
+        (os.path.join(root, c, f), label)
+        for label, c in enumerate(classes)
+        for f in sorted(os.listdir(os.path.join(root, c)))
+    ]
 
 
 # ---------------------------------------------------------------- tokens contenders
+
 
 class TokenFile:
     """torch's map-style Dataset over a memmap of the raw token file (opened lazily, so each
@@ -136,8 +141,9 @@ class TokenFile:
 def torch_tokens(path: str, batch: int):
     import torch
 
-    return torch.utils.data.DataLoader(TokenFile(path), batch_size=batch, shuffle=True,
-                                       num_workers=WORKERS)
+    return torch.utils.data.DataLoader(
+        TokenFile(path), batch_size=batch, shuffle=True, num_workers=WORKERS
+    )
 
 
 class Gather:
@@ -156,7 +162,7 @@ class Gather:
     def __iter__(self):
         order = self.rng.permutation(len(self.mm))
         for i in range(0, len(order) - self.batch + 1, self.batch):  # full batches only
-            np.take(self.mm, order[i:i + self.batch], axis=0, out=self.out)
+            np.take(self.mm, order[i : i + self.batch], axis=0, out=self.out)
             yield self.tensor
 
 
@@ -176,8 +182,11 @@ def streaming_loader(path: str, batch: int, images: bool):
             return to_chw(augment(open_jpeg(sample["image"]))), sample["label"]
 
     cls = Images if images else StreamingDataset
-    where = dict(remote=path, local=os.environ["STREAMING_LOCAL"]) if "://" in path else \
-        dict(local=path)
+    where = (
+        dict(remote=path, local=os.environ["STREAMING_LOCAL"])
+        if "://" in path
+        else dict(local=path)
+    )
     ds = cls(**where, batch_size=batch, shuffle=True)
     return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=WORKERS)
 
@@ -191,19 +200,25 @@ def litdata_tokens(path: str, batch: int):
     return StreamingDataLoader(ds, batch_size=batch, num_workers=WORKERS)
 
 
-def fastload_loader(path: str, batch: int, images: bool, planned: bool = False,
-                    persistent: bool = False, backend: str = "cpu"):  # fmt: skip
+def fastload_loader(
+    path: str,
+    batch: int,
+    images: bool,
+    planned: bool = False,
+    persistent: bool = False,
+    backend: str = "cpu",
+):
     """fastload's DataLoader as a drop-in: torch's arguments (shuffle=True, a seeded
     generator), so the order comes from torch's RandomSampler as in the torch row.
     ``planned``: seed= instead, fastload's own (seed, epoch) plan (resumable, DDP-aware).
     ``persistent``: persistent_workers=True (workers, and what they opened, last across
     epochs). ``backend="dali"``: images decoded by DALI (its CPU backend here) in the
     consumer, the workers only reading them."""
-    import fastload
     import torch
 
-    kw = dict(batch_size=batch, shuffle=True, num_workers=WORKERS,
-              persistent_workers=persistent)  # fmt: skip
+    import fastload
+
+    kw = dict(batch_size=batch, shuffle=True, num_workers=WORKERS, persistent_workers=persistent)
     if images:
         kw["decode"] = {"image": fastload.ImageDecode(size=SIZE, train=True, backend=backend)}
     ds = fastload.Dataset(path)
@@ -213,6 +228,7 @@ def fastload_loader(path: str, batch: int, images: bool, planned: bool = False,
 
 
 # ---------------------------------------------------------------- images contenders
+
 
 class ImageFiles:
     """An ImageFolder with torchvision's ImageNet training transform, done with PIL."""
@@ -234,8 +250,9 @@ class ImageFiles:
 def torch_images(root: str, batch: int):
     import torch
 
-    return torch.utils.data.DataLoader(ImageFiles(root), batch_size=batch, shuffle=True,
-                                       num_workers=WORKERS)
+    return torch.utils.data.DataLoader(
+        ImageFiles(root), batch_size=batch, shuffle=True, num_workers=WORKERS
+    )
 
 
 def wds_images(root: str, batch: int):
@@ -244,8 +261,13 @@ def wds_images(root: str, batch: int):
     import webdataset as wds
 
     urls = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".tar"))
-    ds = (wds.WebDataset(urls, shardshuffle=len(urls), seed=SEED).shuffle(1000).decode("pil")
-          .map(lambda s: (to_chw(augment(s["jpg"])), s["cls"])).batched(batch, partial=True))
+    ds = (
+        wds.WebDataset(urls, shardshuffle=len(urls), seed=SEED)
+        .shuffle(1000)
+        .decode("pil")
+        .map(lambda s: (to_chw(augment(s["jpg"])), s["cls"]))
+        .batched(batch, partial=True)
+    )
     return wds.WebLoader(ds, batch_size=None, num_workers=WORKERS)
 
 
@@ -269,8 +291,13 @@ class Dali:
                 images = fn.random_resized_crop(images, size=SIZE)
             return fn.flip(images, horizontal=fn.random.coin_flip()), labels
 
-        self.it = DALIGenericIterator(pipe(), ["image", "label"], reader_name="Reader",
-                                      last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        self.it = DALIGenericIterator(
+            pipe(),
+            ["image", "label"],
+            reader_name="Reader",
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
+        )
 
     def __iter__(self):
         for out in self.it:
@@ -278,6 +305,7 @@ class Dali:
 
 
 # ---------------------------------------------------------------- measuring
+
 
 def step(seconds: float, kind: str) -> None:
     """A fake training step. "busy" holds a core, as the issue's CPU-bound step does; "sleep"
@@ -300,13 +328,17 @@ def batch_size_of(batch) -> int:
 
 def describe(batch) -> dict:
     """Shape and dtype of each tensor in the first batch, to check all contenders alike."""
-    items = (batch.items() if isinstance(batch, dict) else
-             enumerate(batch) if isinstance(batch, (tuple, list)) else [("0", batch)])
+    items = (
+        batch.items()
+        if isinstance(batch, dict)
+        else enumerate(batch)
+        if isinstance(batch, (tuple, list))
+        else [("0", batch)]
+    )
     return {str(k): f"{tuple(v.shape)} {v.dtype}" for k, v in items if hasattr(v, "shape")}
 
 
-def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str = "busy"
-         ) -> tuple:
+def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str = "busy") -> tuple:
     """Draw up to ``wanted`` batches (starting new epochs as needed) or stop after ``seconds``,
     with a fake step of ``step_s`` before each. Returns (iterator, arrival times, sizes,
     seconds spent inside next())."""
@@ -328,8 +360,15 @@ def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str
     return it, times, sizes, waited
 
 
-def measure(build, batches: int, stall_batches: int, seconds: float, stall_seconds: float,
-            step_factor: float, fixed_step: float = 0.0) -> dict:
+def measure(
+    build,
+    batches: int,
+    stall_batches: int,
+    seconds: float,
+    stall_seconds: float,
+    step_factor: float,
+    fixed_step: float = 0.0,
+) -> dict:
     """The protocol, the same for every contender:
 
     1. time to first batch: from building the dataset and loader to the first batch (imports
@@ -359,15 +398,23 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
     # The clock starts when batch WARM arrives and counts the batches after it.
     steady_s = times[-1] - times[WARM - 1]
     per_batch = steady_s / (len(times) - WARM)
-    result.update(samples_per_s=sum(sizes[WARM:]) / steady_s, steady_s=steady_s,
-                  batches=len(times), mean_batch_s=per_batch, samples=sum(sizes),
-                  last_batch_s=times[-1] - start,
-                  step_s=step_factor * per_batch,
-                  # the consumer thread's CPU per batch (the loader's own work in the main
-                  # process: receiving, collating, handing out); threads of DALI not included
-                  main_cpu_us=1e6 * main_cpu / max(1, len(times) - 1))
-    passes = [("busy", "busy", step_factor * per_batch),
-              ("sleep", "sleep", step_factor * per_batch)] if stall_batches else []
+    result.update(
+        samples_per_s=sum(sizes[WARM:]) / steady_s,
+        steady_s=steady_s,
+        batches=len(times),
+        mean_batch_s=per_batch,
+        samples=sum(sizes),
+        last_batch_s=times[-1] - start,
+        step_s=step_factor * per_batch,
+        # the consumer thread's CPU per batch (the loader's own work in the main
+        # process: receiving, collating, handing out); threads of DALI not included
+        main_cpu_us=1e6 * main_cpu / max(1, len(times) - 1),
+    )
+    passes = (
+        [("busy", "busy", step_factor * per_batch), ("sleep", "sleep", step_factor * per_batch)]
+        if stall_batches
+        else []
+    )
     if stall_batches and fixed_step:
         passes.append(("fixed", "sleep", fixed_step))
     for name, kind, step_s in passes:
@@ -379,13 +426,19 @@ def measure(build, batches: int, stall_batches: int, seconds: float, stall_secon
         # with it (drawing one more started the next epoch, workers and all, inside the pass)
         it, _, sizes, waited = draw(loader, it, stall_batches - 1, stall_seconds, step_s, kind)
         total = time.perf_counter() - begin
-        result[f"stall_{name}"] = {"pct": 100 * waited / total, "batches": len(sizes),
-                                   "seconds": total, "step_s": step_s}
+        result[f"stall_{name}"] = {
+            "pct": 100 * waited / total,
+            "batches": len(sizes),
+            "seconds": total,
+            "step_s": step_s,
+        }
     if hasattr(loader, "stats"):  # fastload's own account, over all passes
         result["loader_stats"] = loader.stats()
     if hasattr(loader, "_slabs"):  # fastload: batch buffers it ended with (growth shows here)
-        result["slabs"] = {"count": len(loader._slabs), "mb": len(loader._slabs) *
-                           loader._slabs.slab_size / 1e6}
+        result["slabs"] = {
+            "count": len(loader._slabs),
+            "mb": len(loader._slabs) * loader._slabs.slab_size / 1e6,
+        }
     del it
     return result
 
@@ -401,8 +454,13 @@ def pil_limit(root: str, epochs: int, draft: bool = False) -> dict:
     with get_context("fork").Pool(WORKERS) as pool:
         spans = pool.starmap(_pil_share, work, chunksize=1)
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
-    return {"samples_per_s": len(paths) * epochs / (end - start), "steady_s": end - start,
-            "batches": None, "first_batch_s": None, "batch": {"0": f"({SIZE}, {SIZE}, 3) uint8"}}
+    return {
+        "samples_per_s": len(paths) * epochs / (end - start),
+        "steady_s": end - start,
+        "batches": None,
+        "first_batch_s": None,
+        "batch": {"0": f"({SIZE}, {SIZE}, 3) uint8"},
+    }
 
 
 def _pil_share(paths: list[str], draft: bool) -> tuple[float, float]:
@@ -423,8 +481,7 @@ BUILDERS = {
     "litdata-tokens": lambda d, b: litdata_tokens(d, b),
     "fastload-tokens": lambda d, b: fastload_loader(d, b, images=False),
     "fastload-planned-tokens": lambda d, b: fastload_loader(d, b, images=False, planned=True),
-    "fastload-persistent-tokens": lambda d, b: fastload_loader(d, b, images=False,
-                                                               persistent=True),  # fmt: skip
+    "fastload-persistent-tokens": lambda d, b: fastload_loader(d, b, images=False, persistent=True),
     "torch-images": lambda d, b: torch_images(d, b),
     "wds-images": lambda d, b: wds_images(d, b),
     "streaming-images": lambda d, b: streaming_loader(d, b, images=True),
@@ -436,14 +493,20 @@ BUILDERS = {
 
 
 IMPORTS = {  # by the kind's first word
-    "torch": ["torch", "PIL.Image"], "gather": ["torch"],
-    "streaming": ["torch", "streaming", "PIL.Image"], "litdata": ["torch", "litdata"],
-    "fastload": ["torch", "fastload"], "wds": ["torch", "webdataset", "PIL.Image"],
-    "dali": ["torch", "nvidia.dali", "nvidia.dali.plugin.pytorch"], "pil": ["PIL.Image"],
+    "torch": ["torch", "PIL.Image"],
+    "gather": ["torch"],
+    "streaming": ["torch", "streaming", "PIL.Image"],
+    "litdata": ["torch", "litdata"],
+    "fastload": ["torch", "fastload"],
+    "wds": ["torch", "webdataset", "PIL.Image"],
+    "dali": ["torch", "nvidia.dali", "nvidia.dali.plugin.pytorch"],
+    "pil": ["PIL.Image"],
 }
 S3_IMPORTS = {"fastload": ["s3fs"], "streaming": ["boto3"]}  # its S3 client, for s3:// data
-KIND_IMPORTS = {"fastload-images": ["PIL.Image"],  # decodes with Pillow, as the PIL rows do
-                "fastload-dali-images": ["nvidia.dali", "nvidia.dali.plugin.pytorch"]}
+KIND_IMPORTS = {
+    "fastload-images": ["PIL.Image"],  # decodes with Pillow, as the PIL rows do
+    "fastload-dali-images": ["nvidia.dali", "nvidia.dali.plugin.pytorch"],
+}
 
 
 def imports_of(kind: str) -> list[str]:
@@ -456,8 +519,16 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"python": sys.executable, "python_version": sys.version.split()[0]}
-    for dist in ["torch", "numpy", "pillow", "mosaicml-streaming", "litdata", "webdataset",
-                 "nvidia-dali-cuda120", "fastload"]:
+    for dist in [
+        "torch",
+        "numpy",
+        "pillow",
+        "mosaicml-streaming",
+        "litdata",
+        "webdataset",
+        "nvidia-dali-cuda120",
+        "fastload",
+    ]:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -467,6 +538,7 @@ def versions() -> dict:
 
 # ---------------------------------------------------------------- writers
 
+
 def write_wds(src: str, dst: str, shards: int) -> dict:
     """WebDataset tars from the image folder, in ImageFolder order, ``shards`` equal shards
     (an even count splits evenly over 2 workers)."""
@@ -475,8 +547,9 @@ def write_wds(src: str, dst: str, shards: int) -> dict:
     items = list_images(src)
     per = -(-len(items) // shards)
     os.makedirs(dst)
-    with wds.ShardWriter(os.path.join(dst, "shard-%06d.tar"), maxcount=per, maxsize=1 << 40,
-                         verbose=0) as sink:
+    with wds.ShardWriter(
+        os.path.join(dst, "shard-%06d.tar"), maxcount=per, maxsize=1 << 40, verbose=0
+    ) as sink:
         for i, (path, label) in enumerate(items):
             with open(path, "rb") as f:
                 sink.write({"__key__": f"{i:08d}", "jpg": f.read(), "cls": label})
@@ -490,8 +563,9 @@ def write_mds_tokens(src: str, dst: str, shard_bytes: int = 64 << 20) -> dict:
 
     n = os.path.getsize(src) // 2 // SEQ
     tokens = np.memmap(src, np.uint16, "r", shape=(n, SEQ))
-    with MDSWriter(out=dst, columns={"tokens": f"ndarray:uint16:{SEQ}"},
-                   size_limit=shard_bytes) as w:
+    with MDSWriter(
+        out=dst, columns={"tokens": f"ndarray:uint16:{SEQ}"}, size_limit=shard_bytes
+    ) as w:
         for i in range(n):
             w.write({"tokens": np.array(tokens[i])})
     return {"records": n}
@@ -514,15 +588,23 @@ def write_litdata_tokens(src: str, dst: str) -> dict:
 
     n = os.path.getsize(src) // 2 // SEQ
     spans = [(src, lo, min(n, lo + 1024)) for lo in range(0, n, 1024)]
-    optimize(fn=_litdata_samples, inputs=spans, output_dir=dst, chunk_size=SEQ * 8192,
-             item_loader=TokensLoader(), num_workers=WORKERS, mode="overwrite")
+    optimize(
+        fn=_litdata_samples,
+        inputs=spans,
+        output_dir=dst,
+        chunk_size=SEQ * 8192,
+        item_loader=TokensLoader(),
+        num_workers=WORKERS,
+        mode="overwrite",
+    )
     return {"records": n}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "imports", "write-wds", "write-mds-tokens",
-                                    "write-litdata-tokens"])
+    p.add_argument(
+        "what", choices=["run", "imports", "write-wds", "write-mds-tokens", "write-litdata-tokens"]
+    )
     p.add_argument("kind_or_src", help="run: a contender; writers: the source")
     p.add_argument("data", help="run: its data; writers: the destination")
     p.add_argument("--batch", type=int, default=16)
@@ -530,14 +612,21 @@ def main() -> None:
     p.add_argument("--stall-batches", type=int, default=500, help="batches in the stall pass")
     p.add_argument("--seconds", type=float, default=10, help="steady pass: at most this long")
     p.add_argument("--stall-seconds", type=float, default=4, help="stall passes: at most this long")
-    p.add_argument("--step-factor", type=float, default=1.25,
-                   help="fake step, as a multiple of the measured time per batch")
-    p.add_argument("--fixed-step", type=float, default=0.0,
-                   help="one more stall pass with a step sleeping this long (seconds)")
+    p.add_argument(
+        "--step-factor",
+        type=float,
+        default=1.25,
+        help="fake step, as a multiple of the measured time per batch",
+    )
+    p.add_argument(
+        "--fixed-step",
+        type=float,
+        default=0.0,
+        help="one more stall pass with a step sleeping this long (seconds)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="pil-limit: passes over the images")
     p.add_argument("--shards", type=int, default=10, help="write-wds: shards")
-    p.add_argument("--shard-bytes", type=int, default=64 << 20,
-                   help="write-mds-tokens: size_limit")
+    p.add_argument("--shard-bytes", type=int, default=64 << 20, help="write-mds-tokens: size_limit")
     a = p.parse_args()
     if a.what == "imports":  # the import footprint alone, for loader.py to measure
         for module in imports_of(a.kind_or_src):
@@ -551,9 +640,19 @@ def main() -> None:
         remote = S3_IMPORTS.get(first, []) if a.data.startswith("s3://") else []
         for module in imports_of(a.kind_or_src) + remote:  # before the clock
             importlib.import_module(module)
-        build = lambda: BUILDERS[a.kind_or_src](a.data, a.batch)
-        result = measure(build, a.batches, a.stall_batches, a.seconds, a.stall_seconds,
-                         a.step_factor, a.fixed_step)
+
+        def build():
+            return BUILDERS[a.kind_or_src](a.data, a.batch)
+
+        result = measure(
+            build,
+            a.batches,
+            a.stall_batches,
+            a.seconds,
+            a.stall_seconds,
+            a.step_factor,
+            a.fixed_step,
+        )
     elif a.what == "write-wds":
         result = write_wds(a.kind_or_src, a.data, a.shards)
     elif a.what == "write-mds-tokens":

@@ -37,12 +37,16 @@ def write_webdataset(src: str, dst: str, shard_bytes: int) -> dict:
     start = time.perf_counter()
     items = list_imagefolder(src)
     # maxcount is set out of reach so that, as for the others, size alone cuts shards.
-    with wds.ShardWriter(os.path.join(dst, "shard-%06d.tar"), maxsize=shard_bytes,
-                         maxcount=1 << 40, verbose=0) as sink:
+    with wds.ShardWriter(
+        os.path.join(dst, "shard-%06d.tar"), maxsize=shard_bytes, maxcount=1 << 40, verbose=0
+    ) as sink:
         for i, (path, label) in enumerate(items):
             sink.write({"__key__": f"{i:08d}", "jpg": read(path), "cls": label})
-    return {"write_s": time.perf_counter() - start, "records": len(items),
-            "webdataset": wds.__version__ if hasattr(wds, "__version__") else "?"}
+    return {
+        "write_s": time.perf_counter() - start,
+        "records": len(items),
+        "webdataset": wds.__version__ if hasattr(wds, "__version__") else "?",
+    }
 
 
 def write_mds(src: str, dst: str, shard_bytes: int, compression: str, encoding: str) -> dict:
@@ -53,13 +57,21 @@ def write_mds(src: str, dst: str, shard_bytes: int, compression: str, encoding: 
     start = time.perf_counter()
     items = list_imagefolder(src)
     columns = {"image": encoding, "label": "int"}
-    with MDSWriter(out=dst, columns=columns, size_limit=shard_bytes,
-                   compression=None if compression == "none" else compression) as out:
+    with MDSWriter(
+        out=dst,
+        columns=columns,
+        size_limit=shard_bytes,
+        compression=None if compression == "none" else compression,
+    ) as out:
         for path, label in items:
             out.write({"image": load_for_mds(path, encoding), "label": label})
-    return {"write_s": time.perf_counter() - start, "records": len(items),
-            "torch": torch.__version__, "streaming": streaming.__version__,
-            "python": sys.executable}
+    return {
+        "write_s": time.perf_counter() - start,
+        "records": len(items),
+        "torch": torch.__version__,
+        "streaming": streaming.__version__,
+        "python": sys.executable,
+    }
 
 
 def load_for_mds(path: str, encoding: str):
@@ -100,12 +112,24 @@ def write_zstd(src: str, dst: str, workers: int, block: int, level: int) -> dict
     cuts = [min(size, (blocks * i // workers) * block) for i in range(workers + 1)]
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        jobs = [pool.submit(zstd_range, src, os.path.join(dst, f"part-{i}.zst"),
-                            cuts[i], cuts[i + 1] - cuts[i], block, level)
-                for i in range(workers)]
+        jobs = [
+            pool.submit(
+                zstd_range,
+                src,
+                os.path.join(dst, f"part-{i}.zst"),
+                cuts[i],
+                cuts[i + 1] - cuts[i],
+                block,
+                level,
+            )
+            for i in range(workers)
+        ]
         done = [job.result() for job in jobs]
-    return {"write_s": time.perf_counter() - start,
-            "records": blocks, "compressed_bytes": sum(n for n, _, _ in done)}
+    return {
+        "write_s": time.perf_counter() - start,
+        "records": blocks,
+        "compressed_bytes": sum(n for n, _, _ in done),
+    }
 
 
 def main() -> None:

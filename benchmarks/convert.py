@@ -25,9 +25,8 @@ import sys
 import time
 from multiprocessing import Pool
 
-import numpy as np
-
 import _writers
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, ".data")
@@ -48,6 +47,7 @@ MB = 1e6  # sizes and rates are in decimal megabytes
 
 
 # ---------------------------------------------------------------- data generation
+
 
 def make_jpeg(index: int) -> bytes:
     """One photo-like JPEG: a smooth colour field, blurred shapes, mid-frequency texture
@@ -112,8 +112,11 @@ def generate_tokens(path: str, count: int) -> None:
             lens = np.where(is_phrase, phrase_len[phrase], 1)
             item = np.repeat(np.arange(n), lens)[:n]
             offset = np.arange(n) - (np.cumsum(lens) - lens)[item]
-            ranks = np.where(is_phrase[item], phrase_ranks[phrase_start[phrase[item]] + offset],
-                             zipf_ranks(n)[item])
+            ranks = np.where(
+                is_phrase[item],
+                phrase_ranks[phrase_start[phrase[item]] + offset],
+                zipf_ranks(n)[item],
+            )
             f.write(token_of_rank[ranks].tobytes())
 
 
@@ -138,6 +141,7 @@ def remove(path: str) -> None:
 
 
 # ---------------------------------------------------------------- measuring
+
 
 def warm_cache(paths: list[str]) -> None:
     """Read every input once, so every run starts from the same warm page cache."""
@@ -177,8 +181,9 @@ def run_once(cmd: list[str], inputs: list[str], dst: str) -> tuple[float, float,
     return info.pop("write_s"), wall, info
 
 
-def contender(name: str, cmd: list[str], inputs: list[str], dst: str, records: int | None,
-              repeat: int) -> dict:
+def contender(
+    name: str, cmd: list[str], inputs: list[str], dst: str, records: int | None, repeat: int
+) -> dict:
     """The median of ``repeat`` runs of one contender; never raises.
 
     Every command prints a JSON line with the time of its own work (for fastload, convert()'s
@@ -193,11 +198,19 @@ def contender(name: str, cmd: list[str], inputs: list[str], dst: str, records: i
     runs.sort(key=lambda run: run[0])
     seconds, wall, info = runs[len(runs) // 2]
     in_bytes = sum(map(os.path.getsize, inputs))
-    return {"name": name, "command": cmd, "records": info.pop("records", records),
-            "seconds": seconds, "wall_seconds": wall, "runs_seconds": [r[0] for r in runs],
-            "range_seconds": f"{runs[0][0]:.2f}-{runs[-1][0]:.2f}",
-            "input_bytes": in_bytes, "output_mb": tree_bytes(dst) / MB,
-            "mb_per_s": in_bytes / MB / seconds, **info}
+    return {
+        "name": name,
+        "command": cmd,
+        "records": info.pop("records", records),
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "runs_seconds": [r[0] for r in runs],
+        "range_seconds": f"{runs[0][0]:.2f}-{runs[-1][0]:.2f}",
+        "input_bytes": in_bytes,
+        "output_mb": tree_bytes(dst) / MB,
+        "mb_per_s": in_bytes / MB / seconds,
+        **info,
+    }
 
 
 def add_rates(rows: list[dict], reference: str, key: str) -> None:
@@ -215,6 +228,7 @@ def add_rates(rows: list[dict], reference: str, key: str) -> None:
 
 # ---------------------------------------------------------------- Streaming's own venv
 
+
 def streaming_python() -> tuple[str | None, str]:
     """The venv python that has mosaicml-streaming (built once, cached), or None and why.
 
@@ -225,11 +239,16 @@ def streaming_python() -> tuple[str | None, str]:
     if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
         return python, "cached"
     log = os.path.join(DATA, "venv-streaming.log")
-    print(f"creating {os.path.relpath(STREAMING_VENV, HERE)} (one-off, ~6 GB, minutes); "
-          f"log: {os.path.relpath(log, HERE)}", flush=True)
+    print(
+        f"creating {os.path.relpath(STREAMING_VENV, HERE)} (one-off, ~6 GB, minutes); "
+        f"log: {os.path.relpath(log, HERE)}",
+        flush=True,
+    )
     with open(log, "w") as out:
-        for cmd in ([sys.executable, "-m", "venv", STREAMING_VENV],
-                    [python, "-m", "pip", "install", *STREAMING_PACKAGES]):
+        for cmd in (
+            [sys.executable, "-m", "venv", STREAMING_VENV],
+            [python, "-m", "pip", "install", *STREAMING_PACKAGES],
+        ):
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 with open(log) as f:
                     return None, f"`{' '.join(cmd[-4:])}` failed: " + f.read()[-300:].strip()
@@ -240,6 +259,7 @@ def streaming_python() -> tuple[str | None, str]:
 
 # ---------------------------------------------------------------- the two benchmarks
 
+
 def fastload_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "fastload", "convert", "--json", "--no-progress", *args]
 
@@ -248,33 +268,75 @@ def writer_cmd(python: str, *args: str) -> list[str]:
     return [python, os.path.join(HERE, "_writers.py"), *args]
 
 
-def bench_images(src: str, workers: int, skip_streaming: bool, repeat: int
-                 ) -> tuple[list[dict], dict]:
+def bench_images(
+    src: str, workers: int, skip_streaming: bool, repeat: int
+) -> tuple[list[dict], dict]:
     files = [path for path, _ in _writers.list_imagefolder(src)]
-    out = lambda name: os.path.join(DATA, "out", name)
+
+    def out(name):
+        return os.path.join(DATA, "out", name)
+
     shard = ["--shard-bytes", str(SHARD_BYTES)]
-    runs = [(f"fastload --workers {w}", out(f"fastload-w{w}"), fastload_cmd(
-                src, out(f"fastload-w{w}"), "--from", "imagefolder", "--workers", str(w),
-                "--overwrite", "--shard-size", str(SHARD_BYTES)))
-            for w in sorted({workers, 1}, reverse=True)]
+    runs = [
+        (
+            f"fastload --workers {w}",
+            out(f"fastload-w{w}"),
+            fastload_cmd(
+                src,
+                out(f"fastload-w{w}"),
+                "--from",
+                "imagefolder",
+                "--workers",
+                str(w),
+                "--overwrite",
+                "--shard-size",
+                str(SHARD_BYTES),
+            ),
+        )
+        for w in sorted({workers, 1}, reverse=True)
+    ]
     # The same on a Ray cluster the convert starts locally (every CPU): what Ray costs where
     # one machine would do (its start-up, a task per part); loopback only.
-    runs.append(("fastload --ray (local)", out("fastload-ray"), fastload_cmd(
-        src, out("fastload-ray"), "--from", "imagefolder", "--ray", "--overwrite",
-        "--shard-size", str(SHARD_BYTES))))
-    runs.append(("webdataset ShardWriter", out("webdataset"), writer_cmd(
-        sys.executable, "webdataset", src, out("webdataset"), *shard)))
+    runs.append(
+        (
+            "fastload --ray (local)",
+            out("fastload-ray"),
+            fastload_cmd(
+                src,
+                out("fastload-ray"),
+                "--from",
+                "imagefolder",
+                "--ray",
+                "--overwrite",
+                "--shard-size",
+                str(SHARD_BYTES),
+            ),
+        )
+    )
+    runs.append(
+        (
+            "webdataset ShardWriter",
+            out("webdataset"),
+            writer_cmd(sys.executable, "webdataset", src, out("webdataset"), *shard),
+        )
+    )
 
     python, why = (None, "--skip-streaming") if skip_streaming else streaming_python()
     if python is None:
         print(f"  MDSWriter not run: {why}")
     for enc, comp in [("bytes", "none"), ("bytes", "zstd"), ("jpeg", "none")] if python else []:
         dst = out(f"mds-{enc}-{comp}")
-        runs.append((f"MDSWriter {enc} {comp}", dst, writer_cmd(
-            python, "mds", src, dst, *shard, "--encoding", enc, "--compression", comp)))
+        runs.append(
+            (
+                f"MDSWriter {enc} {comp}",
+                dst,
+                writer_cmd(
+                    python, "mds", src, dst, *shard, "--encoding", enc, "--compression", comp
+                ),
+            )
+        )
 
-    rows = [contender(name, cmd, files, dst, len(files), repeat)
-            for name, dst, cmd in runs]
+    rows = [contender(name, cmd, files, dst, len(files), repeat) for name, dst, cmd in runs]
     add_rates(rows, "MDSWriter bytes none", "vs_mds")
     streaming = {"venv": why}
     for r in rows:  # what the MDSWriter process itself reported about its environment
@@ -288,15 +350,51 @@ def bench_tokens(src: str, workers: int, repeat: int) -> list[dict]:
     zstd_dst = os.path.join(DATA, "out", "zstd-limit")
     sequences = os.path.getsize(src) // 2 // SEQ_LEN
     rows = [
-        contender(f"fastload tokens --workers {workers}", fastload_cmd(
-            src, fastload_dst, "--from", "tokens", "--seq-len", str(SEQ_LEN), "--dtype", "uint16",
-            "--compression", "zstd", "--level", "3", "--workers", str(workers), "--overwrite",
-            "--block-size", str(BLOCK_BYTES)),
-            [src], fastload_dst, sequences, repeat),
-        contender(f"zstd -3, {workers} procs", writer_cmd(
-            sys.executable, "zstd", src, zstd_dst, "--workers", str(workers),
-            "--block-size", str(BLOCK_BYTES), "--level", "3"),
-            [src], zstd_dst, None, repeat),
+        contender(
+            f"fastload tokens --workers {workers}",
+            fastload_cmd(
+                src,
+                fastload_dst,
+                "--from",
+                "tokens",
+                "--seq-len",
+                str(SEQ_LEN),
+                "--dtype",
+                "uint16",
+                "--compression",
+                "zstd",
+                "--level",
+                "3",
+                "--workers",
+                str(workers),
+                "--overwrite",
+                "--block-size",
+                str(BLOCK_BYTES),
+            ),
+            [src],
+            fastload_dst,
+            sequences,
+            repeat,
+        ),
+        contender(
+            f"zstd -3, {workers} procs",
+            writer_cmd(
+                sys.executable,
+                "zstd",
+                src,
+                zstd_dst,
+                "--workers",
+                str(workers),
+                "--block-size",
+                str(BLOCK_BYTES),
+                "--level",
+                "3",
+            ),
+            [src],
+            zstd_dst,
+            None,
+            repeat,
+        ),
     ]
     add_rates(rows, rows[-1]["name"], "vs_zstd")
     return rows
@@ -312,6 +410,7 @@ def fastload_startup() -> float | None:
 
 # ---------------------------------------------------------------- report
 
+
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """Fixed-width table; ``columns`` are (header, row key, format), the first the name."""
     lines = [f"{columns[0][0]:<28}" + "".join(f"{h:>12}" for h, _, _ in columns[1:])]
@@ -324,33 +423,50 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-TIMES = [("time s", "seconds", ".2f"), ("range s", "range_seconds", "s"),
-         ("wall s", "wall_seconds", ".2f")]
-IMAGE_COLUMNS = [("images", "name", ""), *TIMES, ("rec/s", "records_per_s", ".0f"),
-                 ("MB/s", "mb_per_s", ".1f"), ("out MB", "output_mb", ".0f"),
-                 ("x MDS", "vs_mds", ".2f"), ("x MDS wall", "vs_mds_wall", ".2f")]
-TOKEN_COLUMNS = [("tokens", "name", ""), *TIMES, ("MB/s", "mb_per_s", ".1f"),
-                 ("out MB", "output_mb", ".0f"), ("x zstd", "vs_zstd", ".2f"),
-                 ("x zstd wall", "vs_zstd_wall", ".2f")]
+TIMES = [
+    ("time s", "seconds", ".2f"),
+    ("range s", "range_seconds", "s"),
+    ("wall s", "wall_seconds", ".2f"),
+]
+IMAGE_COLUMNS = [
+    ("images", "name", ""),
+    *TIMES,
+    ("rec/s", "records_per_s", ".0f"),
+    ("MB/s", "mb_per_s", ".1f"),
+    ("out MB", "output_mb", ".0f"),
+    ("x MDS", "vs_mds", ".2f"),
+    ("x MDS wall", "vs_mds_wall", ".2f"),
+]
+TOKEN_COLUMNS = [
+    ("tokens", "name", ""),
+    *TIMES,
+    ("MB/s", "mb_per_s", ".1f"),
+    ("out MB", "output_mb", ".0f"),
+    ("x zstd", "vs_zstd", ".2f"),
+    ("x zstd wall", "vs_zstd_wall", ".2f"),
+]
 
 
 def report(results: dict, path: str) -> None:
     s, a = results["streaming"], results["args"]
     startup = results["fastload_startup_s"]
     startup = "?" if startup is None else f"{startup:.2f}"
-    mds = (f"MDSWriter ran from its own venv: {os.path.relpath(s['python'])}, torch {s['torch']}"
-           f", streaming {s['streaming']} ({s['venv']})." if "torch" in s
-           else f"MDSWriter was not run: {s['venv']}")
+    mds = (
+        f"MDSWriter ran from its own venv: {os.path.relpath(s['python'])}, torch {s['torch']}"
+        f", streaming {s['streaming']} ({s['venv']})."
+        if "torch" in s
+        else f"MDSWriter was not run: {s['venv']}"
+    )
     print(f"\n{table(results['images'], IMAGE_COLUMNS)}")
     print(f"\n{table(results['tokens'], TOKEN_COLUMNS)}")
     print(f"""
-{a['images']} images, {a['tokens']:,} tokens, {os.cpu_count()} cores.
+{a["images"]} images, {a["tokens"]:,} tokens, {os.cpu_count()} cores.
 MB        10^6 bytes. MB/s: input MB / time s.
 time s    fastload: convert()'s own time as `convert --json` reports it (listing, reading,
           writing, worker start; interpreter start and imports excluded: `convert --help`
           alone takes {startup} s). Others: their write loop (list, read, write), timed inside
           their process after its imports. wall s: the whole process, for all.
-range s   fastest-slowest of {a['repeat']} runs; each row is the median run. Before each run: inputs
+range s   fastest-slowest of {a["repeat"]} runs; each row is the median run. Before each run: inputs
           read once (warm page cache; dropping it needs root) and os.sync(); nobody fsyncs.
 x MDS     speed against 'MDSWriter bytes none' by time s / by wall s (x zstd: likewise).
 --ray     the same convert as Ray tasks on a local cluster that convert() starts (every core)
@@ -365,17 +481,25 @@ Results   {os.path.relpath(path)}""")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=3000, help="JPEGs to convert (default 3000)")
     p.add_argument("--tokens", type=int, default=50_000_000, help="uint16 tokens (default 50M)")
     p.add_argument("--workers", type=int, default=2, help="fastload workers and zstd processes")
     p.add_argument("--skip-streaming", action="store_true", help="do not run MDSWriter")
-    p.add_argument("--repeat", type=int, default=5, help="runs per contender; the median is "
-                   "reported (default 5; 1 with --quick)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs per contender; the median is reported (default 5; 1 with --quick)",
+    )
     p.add_argument("--regen", action="store_true", help="regenerate the cached input data")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 300 images, 5M tokens; results go to .data/, not results/")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 300 images, 5M tokens; results go to .data/, not results/",
+    )
     a = p.parse_args()
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the --ray row's cluster: loopback
     if a.quick:
@@ -383,21 +507,32 @@ def main() -> None:
 
     os.makedirs(DATA, exist_ok=True)
     images = cached(os.path.join(DATA, f"images-{a.images}"), a.regen, generate_images, a.images)
-    tokens = cached(os.path.join(DATA, f"tokens-{a.tokens}.bin"), a.regen, generate_tokens,
-                    a.tokens)
+    tokens = cached(
+        os.path.join(DATA, f"tokens-{a.tokens}.bin"), a.regen, generate_tokens, a.tokens
+    )
     n_bytes = tree_bytes(images)
-    print(f"images: {a.images} JPEGs, {n_bytes / MB:.0f} MB, {n_bytes / a.images / 1e3:.0f} KB avg;"
-          f" tokens: {a.tokens:,} uint16 ({os.path.getsize(tokens) / MB:.0f} MB)")
+    print(
+        f"images: {a.images} JPEGs, {n_bytes / MB:.0f} MB, {n_bytes / a.images / 1e3:.0f} KB avg;"
+        f" tokens: {a.tokens:,} uint16 ({os.path.getsize(tokens) / MB:.0f} MB)"
+    )
 
     print("images:")
     image_rows, streaming = bench_images(images, a.workers, a.skip_streaming, a.repeat)
     print("tokens:")
     token_rows = bench_tokens(tokens, a.workers, a.repeat)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "platform": platform.platform()},
-               "args": vars(a), "avg_jpeg_bytes": n_bytes / a.images,
-               "fastload_startup_s": fastload_startup(), "streaming": streaming,
-               "images": image_rows, "tokens": token_rows}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "args": vars(a),
+        "avg_jpeg_bytes": n_bytes / a.images,
+        "fastload_startup_s": fastload_startup(),
+        "streaming": streaming,
+        "images": image_rows,
+        "tokens": token_rows,
+    }
     # A smoke test must not overwrite the committed results.
     path = os.path.join(DATA, "convert-quick.json") if a.quick else RESULTS
     report(results, path)

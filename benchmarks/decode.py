@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 from multiprocessing import get_context
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -58,15 +58,16 @@ BIL = Image.Resampling.BILINEAR
 FLIP = Image.Transpose.FLIP_LEFT_RIGHT
 
 # Set in main() before any worker process forks (they inherit them).
-IMAGES: List[bytes] = []
-HEIGHTS: List[int] = []
-WIDTHS: List[int] = []
+IMAGES: list[bytes] = []
+HEIGHTS: list[int] = []
+WIDTHS: list[int] = []
 PARAMS: list = []
 
 
 # --------------------------------------------------------------------------- data
 
-def load_images(count: int) -> List[bytes]:
+
+def load_images(count: int) -> list[bytes]:
     files = sorted(glob.glob(os.path.join(DATA, "*", "*.jpg")))
     if len(files) >= count:
         out = []
@@ -82,6 +83,7 @@ def load_images(count: int) -> List[bytes]:
 
 
 # ----------------------------------------------------------------------- variants
+
 
 def _finish(im: Image.Image, flip: bool, out: np.ndarray) -> None:
     if flip:
@@ -151,34 +153,54 @@ def per_image(fn: Callable) -> Callable[[np.ndarray, int, int], None]:
     def run(out: np.ndarray, lo: int, hi: int) -> None:
         for i in range(lo, hi):
             fn(i, out[i])
+
     return run
 
 
-def fastload_batch(jpeg: str, resize: str, layout: str = "HWC", threads: int = 1,
-                   batch: int = 50) -> Callable[[np.ndarray, int, int], None]:
+def fastload_batch(
+    jpeg: str, resize: str, layout: str = "HWC", threads: int = 1, batch: int = 50
+) -> Callable[[np.ndarray, int, int], None]:
     def run(out: np.ndarray, lo: int, hi: int) -> None:
         # Same seed as PARAMS: decode_batch_into draws the same crops and flips, in order.
         rng = np.random.default_rng(SEED)
         draw_batch_params(HEIGHTS[:lo], WIDTHS[:lo], (SIZE, SIZE), train=True, rng=rng)
         for b in range(lo, hi, batch):
             e = min(b + batch, hi)
-            decode_batch_into(IMAGES[b:e], HEIGHTS[b:e], WIDTHS[b:e], out[b:e], train=True,
-                              rng=rng, layout=layout, num_threads=threads,
-                              jpeg_backend=jpeg, resize_backend=resize)
+            decode_batch_into(
+                IMAGES[b:e],
+                HEIGHTS[b:e],
+                WIDTHS[b:e],
+                out[b:e],
+                train=True,
+                rng=rng,
+                layout=layout,
+                num_threads=threads,
+                jpeg_backend=jpeg,
+                resize_backend=resize,
+            )
+
     run.layout = layout
     return run
 
 
 # --------------------------------------------------------------------------- DALI
 
-def dali_runner(fused: bool, threads: int, batch: int) -> Optional[Callable]:
+
+def dali_runner(fused: bool, threads: int, batch: int) -> Callable | None:
     try:
         from nvidia.dali import fn, pipeline_def, types
     except Exception:
         return None
 
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, seed=SEED,
-                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    @pipeline_def(
+        batch_size=batch,
+        num_threads=threads,
+        device_id=None,
+        seed=SEED,
+        prefetch_queue_depth=1,
+        exec_async=False,
+        exec_pipelined=False,
+    )
     def pipe():
         jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
         if fused:  # DALI's own "decode less": ROI decode of the random crop, then resize
@@ -202,12 +224,14 @@ def dali_runner(fused: bool, threads: int, batch: int) -> Optional[Callable]:
             p.feed_input("jpegs", chunk)
             (res,) = p.run()
             out[b:e] = np.asarray(res.as_tensor())[: e - b]
+
     return run
 
 
 # ----------------------------------------------------------------------- measuring
 
-def pin_one_cpu() -> Optional[set]:
+
+def pin_one_cpu() -> set | None:
     if not hasattr(os, "sched_setaffinity"):
         return None
     before = os.sched_getaffinity(0)
@@ -215,7 +239,9 @@ def pin_one_cpu() -> Optional[set]:
     return before
 
 
-def time_variants(variants: Dict[str, Callable], n: int, repeat: int) -> Dict[str, Dict[str, float]]:
+def time_variants(
+    variants: dict[str, Callable], n: int, repeat: int
+) -> dict[str, dict[str, float]]:
     """Best-of-``repeat`` rate of each variant, rounds interleaved. ``wall``: images per
     second of elapsed time; ``cpu``: images per CPU-second this process (and any worker
     processes) used, which other people's jobs on a shared machine disturb far less."""
@@ -238,8 +264,8 @@ def _shape(run, n):
     return (n, 3, SIZE, SIZE) if getattr(run, "layout", "HWC") == "CHW" else (n, SIZE, SIZE, 3)
 
 
-_WORKER_RUN: Optional[Callable] = None
-_WORKER_OUT: Optional[np.ndarray] = None
+_WORKER_RUN: Callable | None = None
+_WORKER_OUT: np.ndarray | None = None
 
 
 def _worker(args) -> float:
@@ -280,7 +306,7 @@ def _zlib_work(_=None) -> None:
         zlib.compress(data, 1)
 
 
-def core_check(repeat: int) -> Dict[str, float]:
+def core_check(repeat: int) -> dict[str, float]:
     """How much of 2 cores this (shared, noisy) machine gave just now: zlib.compress (which
     releases the GIL) on 2 threads and in 2 processes, speedup over doing both in turn."""
     import threading
@@ -303,8 +329,10 @@ def core_check(repeat: int) -> Dict[str, float]:
             t0 = time.perf_counter()
             pool.map(_zlib_work, [0, 1], chunksize=1)
             best["processes"] = min(best["processes"], time.perf_counter() - t0)
-    return {"threads": best["serial"] / best["threads"],
-            "processes": best["serial"] / best["processes"]}
+    return {
+        "threads": best["serial"] / best["threads"],
+        "processes": best["serial"] / best["processes"],
+    }
 
 
 def outputs(run: Callable, n: int) -> np.ndarray:
@@ -326,6 +354,7 @@ def lanczos_reference(i: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- eval
 
+
 def eval_baseline(i: int, out: np.ndarray) -> None:
     """torchvision eval on PIL: Resize(256) (shorter side) then CenterCrop(224)."""
     im = Image.open(io.BytesIO(IMAGES[i])).convert("RGB")
@@ -341,12 +370,15 @@ def fastload_eval(jpeg: str, batch: int = 50) -> Callable:
     def run(out: np.ndarray, lo: int, hi: int) -> None:
         for b in range(lo, hi, batch):
             e = min(b + batch, hi)
-            decode_batch_into(IMAGES[b:e], HEIGHTS[b:e], WIDTHS[b:e], out[b:e], train=False,
-                              jpeg_backend=jpeg)
+            decode_batch_into(
+                IMAGES[b:e], HEIGHTS[b:e], WIDTHS[b:e], out[b:e], train=False, jpeg_backend=jpeg
+            )
+
     return run
 
 
 # ---------------------------------------------------------------------------- main
+
 
 def main() -> None:
     global IMAGES, HEIGHTS, WIDTHS, PARAMS
@@ -366,16 +398,19 @@ def main() -> None:
     sizes = [Image.open(io.BytesIO(d)).size for d in IMAGES]
     WIDTHS = [s[0] for s in sizes]
     HEIGHTS = [s[1] for s in sizes]
-    PARAMS = draw_batch_params(HEIGHTS, WIDTHS, (SIZE, SIZE), train=True,
-                               rng=np.random.default_rng(SEED))
+    PARAMS = draw_batch_params(
+        HEIGHTS, WIDTHS, (SIZE, SIZE), train=True, rng=np.random.default_rng(SEED)
+    )
     scaled = np.array([dct_scale(c.height, c.width, SIZE, SIZE) > 1 for c, _ in PARAMS])
     jpegs, resizes = available_jpeg_backends(), available_resize_backends()
-    print(f"{n} JPEGs, mean {np.mean([len(d) for d in IMAGES]) / 1e3:.0f} KB, "
-          f"{min(WIDTHS)}..{max(WIDTHS)} x {min(HEIGHTS)}..{max(HEIGHTS)}; "
-          f"{scaled.sum()} of {n} crops allow a DCT-scaled decode; "
-          f"JPEG backends {jpegs}, resize backends {resizes}")
+    print(
+        f"{n} JPEGs, mean {np.mean([len(d) for d in IMAGES]) / 1e3:.0f} KB, "
+        f"{min(WIDTHS)}..{max(WIDTHS)} x {min(HEIGHTS)}..{max(HEIGHTS)}; "
+        f"{scaled.sum()} of {n} crops allow a DCT-scaled decode; "
+        f"JPEG backends {jpegs}, resize backends {resizes}"
+    )
 
-    variants: Dict[str, Callable] = {
+    variants: dict[str, Callable] = {
         "A  PIL decode+crop+resize (torchvision-style)": per_image(pil_baseline),
         "B1 PIL draft + crop + resize": per_image(pil_draft_crop),
         "B2 PIL draft + resize(box=)": per_image(pil_draft_box),
@@ -387,13 +422,16 @@ def main() -> None:
             variants[f"F  fastload {j} + {r} resize"] = fastload_batch(j, r, batch=batch)
     best_jpeg = jpegs[0]
     variants[f"F  fastload {best_jpeg} + {resizes[0]}, CHW out"] = fastload_batch(
-        best_jpeg, resizes[0], "CHW", batch=batch)
+        best_jpeg, resizes[0], "CHW", batch=batch
+    )
     if "simplejpeg" in jpegs:
         variants["S1 simplejpeg decode + PIL crop+resize"] = per_image(simplejpeg_plain)
     dali = {}
     if not args.no_dali:
-        for fused, label in ((False, "decoders.image + random_resized_crop + flip"),
-                             (True, "decoders.image_random_crop + resize + flip")):
+        for fused, label in (
+            (False, "decoders.image + random_resized_crop + flip"),
+            (True, "decoders.image_random_crop + resize + flip"),
+        ):
             run = dali_runner(fused, 1, batch)
             if run is not None:
                 dali[fused] = label
@@ -427,19 +465,27 @@ def main() -> None:
     # ---- one core
     pinned = pin_one_cpu()
     one = time_variants(variants, n, args.repeat)
-    eval_rates = time_variants({"eval PIL resize 256 + center crop 224": per_image(eval_baseline),
-                                f"eval fastload {best_jpeg}": fastload_eval(best_jpeg, batch)},
-                               n, args.repeat)
+    eval_rates = time_variants(
+        {
+            "eval PIL resize 256 + center crop 224": per_image(eval_baseline),
+            f"eval fastload {best_jpeg}": fastload_eval(best_jpeg, batch),
+        },
+        n,
+        args.repeat,
+    )
     if pinned is not None:
         os.sched_setaffinity(0, pinned)
-    eval_mad = mad(outputs(fastload_eval(best_jpeg, batch), n), outputs(per_image(eval_baseline), n))
+    eval_mad = mad(
+        outputs(fastload_eval(best_jpeg, batch), n), outputs(per_image(eval_baseline), n)
+    )
 
     # ---- two cores: every contender once per round, rounds interleaved
     base_name = "A  PIL decode+crop+resize (torchvision-style)"
-    fastest = max((k for k in one if k.startswith("F  ") and "CHW" not in k),
-                  key=lambda k: one[k]["cpu"])
+    fastest = max(
+        (k for k in one if k.startswith("F  ") and "CHW" not in k), key=lambda k: one[k]["cpu"]
+    )
     fj, fr = fastest.split()[2], fastest.split()[4]
-    contenders: Dict[str, Callable] = {
+    contenders: dict[str, Callable] = {
         f"{base_name}, 2 processes": Processes(variants[base_name], n),
         f"{fastest}, 1 thread": fastload_batch(fj, fr, batch=batch),
         f"{fastest}, num_threads=2": fastload_batch(fj, fr, threads=2, batch=batch),
@@ -459,12 +505,16 @@ def main() -> None:
 
     # ---- report
     base = one[base_name]["cpu"]
-    print(f"\nOne core, {SIZE}x{SIZE} RandomResizedCrop + flip, uint8 out. img/s: images per "
-          f"CPU-second (wall-clock rate beside it; the machine is shared). Quality: mean |diff| "
-          f"from A for the same crop, in levels of 255; 'scaled': the {scaled.sum()} crops "
-          f"decoded at 1/2..1/8")
-    print(f"{'variant':66s} {'img/s':>6s} {'wall':>6s} {'x A':>5s} {'MAD':>5s} {'scaled':>6s} "
-          f"{'max':>4s}")
+    print(
+        f"\nOne core, {SIZE}x{SIZE} RandomResizedCrop + flip, uint8 out. img/s: images per "
+        f"CPU-second (wall-clock rate beside it; the machine is shared). Quality: mean |diff| "
+        f"from A for the same crop, in levels of 255; 'scaled': the {scaled.sum()} crops "
+        f"decoded at 1/2..1/8"
+    )
+    print(
+        f"{'variant':66s} {'img/s':>6s} {'wall':>6s} {'x A':>5s} {'MAD':>5s} {'scaled':>6s} "
+        f"{'max':>4s}"
+    )
     for name, rate in one.items():
         q = quality.get(name)
         if q:
@@ -474,34 +524,55 @@ def main() -> None:
             qs = f"{'-':>5s} {'-':>6s} {'-':>4s}"
         print(f"{name:66s} {rate['cpu']:6.0f} {rate['wall']:6.0f} {rate['cpu'] / base:5.2f} {qs}")
     if lanczos:
-        print(f"scaled crops, MAD from a full-resolution Lanczos resize: A {lanczos['A']:.2f}, "
-              f"fastload {lanczos['fastload']:.2f}")
+        print(
+            f"scaled crops, MAD from a full-resolution Lanczos resize: A {lanczos['A']:.2f}, "
+            f"fastload {lanczos['fastload']:.2f}"
+        )
     ebase = next(iter(eval_rates.values()))["cpu"]
     for name, rate in eval_rates.items():
         print(f"{name:66s} {rate['cpu']:6.0f} {rate['wall']:6.0f} {rate['cpu'] / ebase:5.2f}")
     print(f"eval quality: fastload vs PIL resize + center crop, MAD {eval_mad:.2f}")
     target = 0.95 * 2 * base
-    print(f"\nTwo cores, wall-clock img/s (zlib on this machine just now: 2 threads "
-          f"x{cores['threads']:.2f}, 2 processes x{cores['processes']:.2f} of one core). "
-          f"Loader target: >= 0.95 x 2 x A's one-core rate = {target:.0f}, and above DALI")
+    print(
+        f"\nTwo cores, wall-clock img/s (zlib on this machine just now: 2 threads "
+        f"x{cores['threads']:.2f}, 2 processes x{cores['processes']:.2f} of one core). "
+        f"Loader target: >= 0.95 x 2 x A's one-core rate = {target:.0f}, and above DALI"
+    )
     print(f"{'':66s} {'img/s':>6s} {'/target':>7s} {'img/CPU-s':>9s}")
     for name, rate in two.items():
         print(f"{name:66s} {rate['wall']:6.0f} {rate['wall'] / target:7.2f} {rate['cpu']:9.0f}")
 
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
-        json.dump({
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "platform": platform.platform(), "pillow": Image.__version__,
-                        "torch": torch.__version__, "numpy": np.__version__},
-            "images": n, "mean_bytes": float(np.mean([len(d) for d in IMAGES])),
-            "scaled_crops": int(scaled.sum()), "size": SIZE, "repeat": args.repeat,
-            "batch": batch, "one_core_images_per_s": one, "quality_vs_A": quality,
-            "eval_images_per_s": eval_rates, "eval_mad_vs_pil": eval_mad,
-            "two_cores_images_per_s": two, "zlib_two_core_speedup": cores,
-            "scaled_crops_mad_vs_lanczos": lanczos,
-            "loader_target_images_per_s": target, "fastest": fastest,
-        }, f, indent=2)
+        json.dump(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "pillow": Image.__version__,
+                    "torch": torch.__version__,
+                    "numpy": np.__version__,
+                },
+                "images": n,
+                "mean_bytes": float(np.mean([len(d) for d in IMAGES])),
+                "scaled_crops": int(scaled.sum()),
+                "size": SIZE,
+                "repeat": args.repeat,
+                "batch": batch,
+                "one_core_images_per_s": one,
+                "quality_vs_A": quality,
+                "eval_images_per_s": eval_rates,
+                "eval_mad_vs_pil": eval_mad,
+                "two_cores_images_per_s": two,
+                "zlib_two_core_speedup": cores,
+                "scaled_crops_mad_vs_lanczos": lanczos,
+                "loader_target_images_per_s": target,
+                "fastest": fastest,
+            },
+            f,
+            indent=2,
+        )
     print(f"\nwrote {os.path.relpath(RESULTS)}")
 
 

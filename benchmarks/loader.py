@@ -38,7 +38,9 @@ RESULTS = os.path.join(HERE, "results", "loader.json")
 RUNNER = os.path.join(HERE, "_loaders.py")
 SEQ = 2049
 WORKERS = 2
-STEP_FACTOR = 1.25  # fake step = 1.25 x mean batch time: the loader is asked for 80% of its top rate
+STEP_FACTOR = (
+    1.25  # fake step = 1.25 x mean batch time: the loader is asked for 80% of its top rate
+)
 MB = 1e6
 
 # fastload's conversions, as the issue spells them (zstd is convert's default); the second
@@ -48,14 +50,15 @@ FASTLOAD_IMAGES = ["--from", "imagefolder"]
 
 TARGETS = {  # from the issue
     "tokens": "samples/s >= 10x torch DataLoader and >= 0.3x the bare gather; stall < 5% at 80% "
-              "load; first batch < 0.5 s; peak memory <= torch DataLoader's",
+    "load; first batch < 0.5 s; peak memory <= torch DataLoader's",
     "images": "samples/s >= 1.1x torch+PIL and >= 0.95x the two-core PIL limit, ahead of every "
-              "other CPU contender (DALI CPU included); stall < 2%; first batch < 0.5 s; "
-              "peak memory <= torch DataLoader's",
+    "other CPU contender (DALI CPU included); stall < 2%; first batch < 0.5 s; "
+    "peak memory <= torch DataLoader's",
 }
 
 
 # ---------------------------------------------------------------- data
+
 
 def built(path: str, cmd: list[str], newer_than: float = 0.0) -> str | None:
     """Build ``path`` with ``cmd`` unless a finished copy (its marker written last) exists
@@ -81,13 +84,30 @@ def fastload_mtime() -> float:
     if spec is None or spec.origin is None:
         return 0.0
     root = os.path.dirname(spec.origin)
-    return max((os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(root)
-                for f in files if f.endswith(".py") and "loader" not in d), default=0.0)
+    return max(
+        (
+            os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(root)
+            for f in files
+            if f.endswith(".py") and "loader" not in d
+        ),
+        default=0.0,
+    )
 
 
 def fastload_convert(src: str, dst: str, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "fastload", "convert", src, dst, *args,
-            "--overwrite", "--no-progress", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "fastload",
+        "convert",
+        src,
+        dst,
+        *args,
+        "--overwrite",
+        "--no-progress",
+        "--json",
+    ]
 
 
 def runner(python: str, *args: str) -> list[str]:
@@ -96,38 +116,68 @@ def runner(python: str, *args: str) -> list[str]:
 
 # ---------------------------------------------------------------- contenders
 
-def contender(name, kind, data, python=sys.executable, role=None, stall=True, error=None,
-              judge=False):
+
+def contender(
+    name, kind, data, python=sys.executable, role=None, stall=True, error=None, judge=False
+):
     """One row: ``kind`` is _loaders.py's name for it, ``role`` 'torch' or 'limit' for the
     rows others are compared to; ``error`` says why it cannot run (its data did not build);
     ``judge``: the row the issue's targets are checked on (fastload as the issue spells it)."""
-    return {"name": name, "kind": kind, "data": data, "python": python, "role": role,
-            "stall": stall, "error": error, "judge": judge}
+    return {
+        "name": name,
+        "kind": kind,
+        "data": data,
+        "python": python,
+        "role": role,
+        "stall": stall,
+        "error": error,
+        "judge": judge,
+    }
 
 
 def token_contenders(tokens: str, streaming: str | None, why: str) -> list[dict]:
     n = os.path.basename(tokens).split(".")[0]  # tokens-50000000
     fl, fl_raw = os.path.join(OUT, f"fastload-{n}"), os.path.join(OUT, f"fastload-{n}-raw")
     fresh = fastload_mtime()
-    raw_error = built(fl_raw, fastload_convert(tokens, fl_raw, FASTLOAD_TOKENS +
-                                               ["--compression", "none"]), fresh)  # fmt: skip
+    raw_error = built(
+        fl_raw, fastload_convert(tokens, fl_raw, FASTLOAD_TOKENS + ["--compression", "none"]), fresh
+    )
     rows = [
         contender("torch DataLoader, memmap", "torch-tokens", tokens, role="torch"),
         # Token data is converted uncompressed for random access (a zstd block must be
         # decompressed whole for each 4 KB sample drawn from it): the row the targets judge.
-        contender("fastload DataLoader", "fastload-tokens", fl_raw, error=raw_error,
-                  judge=True),
-        contender("fastload, seed= (planned order)", "fastload-planned-tokens", fl_raw,
-                  error=raw_error),
-        contender("fastload, zstd (convert default)", "fastload-tokens", fl, error=built(
-            fl, fastload_convert(tokens, fl, FASTLOAD_TOKENS), fresh)),
+        contender("fastload DataLoader", "fastload-tokens", fl_raw, error=raw_error, judge=True),
+        contender(
+            "fastload, seed= (planned order)", "fastload-planned-tokens", fl_raw, error=raw_error
+        ),
+        contender(
+            "fastload, zstd (convert default)",
+            "fastload-tokens",
+            fl,
+            error=built(fl, fastload_convert(tokens, fl, FASTLOAD_TOKENS), fresh),
+        ),
     ]
     mds = os.path.join(OUT, f"mds-{n}")
-    rows.append(contender("Streaming MDS", "streaming-tokens", mds, python=streaming, error=(
-        built(mds, runner(streaming, "write-mds-tokens", tokens, mds)) if streaming else why)))
+    rows.append(
+        contender(
+            "Streaming MDS",
+            "streaming-tokens",
+            mds,
+            python=streaming,
+            error=(
+                built(mds, runner(streaming, "write-mds-tokens", tokens, mds)) if streaming else why
+            ),
+        )
+    )
     lit = os.path.join(OUT, f"litdata-{n}")
-    rows.append(contender("LitData, TokensLoader", "litdata-tokens", lit, error=built(
-        lit, runner(sys.executable, "write-litdata-tokens", tokens, lit))))
+    rows.append(
+        contender(
+            "LitData, TokensLoader",
+            "litdata-tokens",
+            lit,
+            error=built(lit, runner(sys.executable, "write-litdata-tokens", tokens, lit)),
+        )
+    )
     # Its stall passes too: the floor the 80% protocol sets (its next() is the whole gather).
     rows.append(contender("bare memmap gather", "gather-tokens", tokens, role="limit"))
     return rows
@@ -138,27 +188,65 @@ def image_contenders(images: str, streaming: str | None, why: str) -> list[dict]
     fl, wds, mds = (os.path.join(OUT, f"{k}-{n}") for k in ("fastload", "wds", "mds"))
     rows = [
         contender("torch DataLoader + PIL", "torch-images", images, role="torch"),
-        contender("fastload DataLoader", "fastload-images", fl, error=built(
-            fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime()), judge=True),
-        contender("WebDataset", "wds-images", wds, error=built(
-            wds, runner(sys.executable, "write-wds", images, wds, "--shards", "10"))),
+        contender(
+            "fastload DataLoader",
+            "fastload-images",
+            fl,
+            error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime()),
+            judge=True,
+        ),
+        contender(
+            "WebDataset",
+            "wds-images",
+            wds,
+            error=built(wds, runner(sys.executable, "write-wds", images, wds, "--shards", "10")),
+        ),
     ]
-    writer = [streaming, os.path.join(HERE, "_writers.py"), "mds", images, mds,
-              "--encoding", "bytes", "--compression", "none"]
-    rows.append(contender("Streaming MDS", "streaming-images", mds, python=streaming,
-                          error=built(mds, writer) if streaming else why))
-    rows.append(contender("fastload, decode by DALI (CPU)", "fastload-dali-images", fl,
-                          error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES),
-                                      fastload_mtime())))  # fmt: skip
+    writer = [
+        streaming,
+        os.path.join(HERE, "_writers.py"),
+        "mds",
+        images,
+        mds,
+        "--encoding",
+        "bytes",
+        "--compression",
+        "none",
+    ]
+    rows.append(
+        contender(
+            "Streaming MDS",
+            "streaming-images",
+            mds,
+            python=streaming,
+            error=built(mds, writer) if streaming else why,
+        )
+    )
+    rows.append(
+        contender(
+            "fastload, decode by DALI (CPU)",
+            "fastload-dali-images",
+            fl,
+            error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime()),
+        )
+    )
     rows.append(contender("DALI CPU", "dali-images", images))
     rows.append(contender("DALI CPU, fused decode+crop", "dali-fused-images", images))
     rows.append(contender("two-core PIL limit", "pil-limit", images, role="limit", stall=False))
-    rows.append(contender("two-core PIL, scaled decode", "pil-draft-limit", images,
-                          role="limit-scaled", stall=False))
+    rows.append(
+        contender(
+            "two-core PIL, scaled decode",
+            "pil-draft-limit",
+            images,
+            role="limit-scaled",
+            stall=False,
+        )
+    )
     return rows
 
 
 # ---------------------------------------------------------------- measuring one run
+
 
 def tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (threads can fork too: every task's children)."""
@@ -218,8 +306,7 @@ class TreeMemory(threading.Thread):
                     except OSError:
                         continue
                     total, held = total + t, held + h
-                self.peak_pss, self.peak_held = max(self.peak_pss, total), \
-                    max(self.peak_held, held)
+                self.peak_pss, self.peak_held = max(self.peak_pss, total), max(self.peak_held, held)
             tick += 1
 
     @staticmethod
@@ -257,8 +344,11 @@ def wait_for_quiet(max_wait: float) -> float:
 
 def warm_cache(path: str) -> None:
     """Read the contender's data once, so every run starts from the same warm page cache."""
-    paths = [path] if os.path.isfile(path) else [
-        os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+    paths = (
+        [path]
+        if os.path.isfile(path)
+        else [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+    )
     for p in paths:
         with open(p, "rb") as f:
             while f.read(1 << 24):
@@ -271,12 +361,21 @@ def run_once(spec: dict, opts: list[str], timeout: float, quiet_wait: float) -> 
     waited = wait_for_quiet(quiet_wait)
     warm_cache(spec["data"])
     cmd = runner(spec["python"], "run", spec["kind"], spec["data"], *opts)
-    cpu0, kids0, self0 = busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), \
-        resource.getrusage(resource.RUSAGE_SELF)
+    cpu0, kids0, self0 = (
+        busy_cpu_s(),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        resource.getrusage(resource.RUSAGE_SELF),
+    )
     start = time.perf_counter()
     # Its own session, so a timeout can end its whole tree (and only it).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=HERE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=HERE,
+        start_new_session=True,
+    )
     memory = TreeMemory(proc.pid)
     memory.start()
     try:
@@ -291,22 +390,35 @@ def run_once(spec: dict, opts: list[str], timeout: float, quiet_wait: float) -> 
     if proc.returncode != 0:
         lines = (err or out).strip().splitlines() or [f"exit {proc.returncode}"]
         return {"error": lines[-1], "stderr_tail": lines[-15:]}
-    cpu = lambda r: r.ru_utime + r.ru_stime
+
+    def cpu(r):
+        return r.ru_utime + r.ru_stime
+
     own = cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu(kids0)
     mine = cpu(resource.getrusage(resource.RUSAGE_SELF)) - cpu(self0)
     others = max(0.0, busy_cpu_s() - cpu0 - own - mine)
-    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": wall, "cpu_s": own,
-            "peak_pss_mb": memory.peak_pss / MB, "peak_rss_mb": memory.peak_rss / MB,
-            "peak_held_mb": memory.peak_held / MB,
-            "processes": memory.peak_procs, "quiet_wait_s": waited,
-            "others_pct": 100 * others / (wall * os.cpu_count())}
+    return {
+        **json.loads(out.strip().splitlines()[-1]),
+        "wall_s": wall,
+        "cpu_s": own,
+        "peak_pss_mb": memory.peak_pss / MB,
+        "peak_rss_mb": memory.peak_rss / MB,
+        "peak_held_mb": memory.peak_held / MB,
+        "processes": memory.peak_procs,
+        "quiet_wait_s": waited,
+        "others_pct": 100 * others / (wall * os.cpu_count()),
+    }
 
 
 def import_footprint(spec: dict) -> float:
     """Peak PSS (MB) of a process that only imports the contender's libraries: the part of
     its peak memory that is its environment (Streaming's venv has a CUDA build of torch)."""
-    proc = subprocess.Popen(runner(spec["python"], "imports", spec["kind"], "-"), cwd=HERE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        runner(spec["python"], "imports", spec["kind"], "-"),
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     memory = TreeMemory(proc.pid)
     memory.start()
     proc.wait()
@@ -316,6 +428,7 @@ def import_footprint(spec: dict) -> float:
 
 # ---------------------------------------------------------------- a suite
 
+
 def pass_options(suite: str, samples: int, batch: int, quick: bool) -> list[str]:
     """Tokens: one epoch per pass, capped in time. Images: one epoch (~12 batches of 256) for
     the steady pass, 8 batches for each stall pass (~3 s each)."""
@@ -323,15 +436,31 @@ def pass_options(suite: str, samples: int, batch: int, quick: bool) -> list[str]
     if suite == "tokens":
         steady, stall, secs, stall_secs = epoch, epoch, (2 if quick else 4), (1 if quick else 2)
     else:
-        steady, stall, secs, stall_secs = epoch, min(epoch, 8), (10 if quick else 20), \
-            (3 if quick else 6)
-    return ["--batch", str(batch), "--batches", str(steady), "--stall-batches", str(stall),
-            "--seconds", str(secs), "--stall-seconds", str(stall_secs),
-            "--step-factor", str(STEP_FACTOR)]
+        steady, stall, secs, stall_secs = (
+            epoch,
+            min(epoch, 8),
+            (10 if quick else 20),
+            (3 if quick else 6),
+        )
+    return [
+        "--batch",
+        str(batch),
+        "--batches",
+        str(steady),
+        "--stall-batches",
+        str(stall),
+        "--seconds",
+        str(secs),
+        "--stall-seconds",
+        str(stall_secs),
+        "--step-factor",
+        str(STEP_FACTOR),
+    ]
 
 
-def run_suite(specs: list[dict], opts: list[str], a: argparse.Namespace,
-              torch_step: bool = False) -> list[dict]:  # fmt: skip
+def run_suite(
+    specs: list[dict], opts: list[str], a: argparse.Namespace, torch_step: bool = False
+) -> list[dict]:
     """Runs interleave (every contender once, then again), so a noisy minute on this shared
     machine spreads over all rows instead of sinking one; a run during which other processes
     used over --max-others % of the CPU is run again once, and the quieter one kept.
@@ -348,16 +477,22 @@ def run_suite(specs: list[dict], opts: list[str], a: argparse.Namespace,
             extra = no_stall + (fixed if s["stall"] else [])
             res = run_once(s, opts + extra, a.timeout, a.quiet_wait)
             if res.get("others_pct", 0) > a.max_others:
-                print(f"  [{r + 1}/{a.repeat}] {s['name']}: others used "
-                      f"{res['others_pct']:.0f}% of the CPU, once more", flush=True)
+                print(
+                    f"  [{r + 1}/{a.repeat}] {s['name']}: others used "
+                    f"{res['others_pct']:.0f}% of the CPU, once more",
+                    flush=True,
+                )
                 again = run_once(s, opts + extra, a.timeout, a.quiet_wait)
                 if "error" in again or again["others_pct"] < res["others_pct"]:
                     res = again
             runs[s["name"]].append(res)
             if torch_step and s["role"] == "torch" and "step_s" in res:
                 fixed = ["--fixed-step", f"{res['step_s']:.6g}"]
-            what = (f"failed: {res['error']}" if "error" in res else
-                    f"{res['samples_per_s']:,.0f} samples/s, others {res['others_pct']:.0f}%")
+            what = (
+                f"failed: {res['error']}"
+                if "error" in res
+                else f"{res['samples_per_s']:,.0f} samples/s, others {res['others_pct']:.0f}%"
+            )
             print(f"  [{r + 1}/{a.repeat}] {s['name']}: {what}", flush=True)
     rows = [summarize(s, runs[s["name"]], a.max_others) for s in specs]
     for s, row in zip(specs, rows):
@@ -381,23 +516,31 @@ def summarize(spec: dict, runs: list[dict], max_others: float) -> dict:
         if spec["kind"].startswith("fastload"):
             why = f"not available ({why})"
         return {**row, "error": why, "runs": runs}
-    med = lambda get: statistics.median(get(r) for r in ok)
+
+    def med(get):
+        return statistics.median(get(r) for r in ok)
+
     rates = [r["samples_per_s"] for r in ok]
-    row.update(samples_per_s=med(lambda r: r["samples_per_s"]),
-               range=f"{min(rates):.0f}-{max(rates):.0f}",
-               peak_pss_mb=med(lambda r: r["peak_pss_mb"]),
-               peak_held_mb=med(lambda r: r["peak_held_mb"]),
-               peak_rss_mb=med(lambda r: r["peak_rss_mb"]),
-               others_pct=max(r["others_pct"] for r in ok),
-               runs_used=f"{len(ok)}/{len(runs)}", failed_runs=len(runs) - len(done), batch=ok[0]["batch"], versions=ok[0]["versions"],
-               runs=runs)
+    row.update(
+        samples_per_s=med(lambda r: r["samples_per_s"]),
+        range=f"{min(rates):.0f}-{max(rates):.0f}",
+        peak_pss_mb=med(lambda r: r["peak_pss_mb"]),
+        peak_held_mb=med(lambda r: r["peak_held_mb"]),
+        peak_rss_mb=med(lambda r: r["peak_rss_mb"]),
+        others_pct=max(r["others_pct"] for r in ok),
+        runs_used=f"{len(ok)}/{len(runs)}",
+        failed_runs=len(runs) - len(done),
+        batch=ok[0]["batch"],
+        versions=ok[0]["versions"],
+        runs=runs,
+    )
     if ok[0]["first_batch_s"] is not None:
         row["first_batch_s"] = med(lambda r: r["first_batch_s"])
     if ok[0].get("main_cpu_us") is not None:
         row["main_cpu_us"] = med(lambda r: r["main_cpu_us"])
     for kind in ("busy", "sleep", "fixed"):
         if all(f"stall_{kind}" in r for r in ok):
-            row[f"stall_{kind}_pct"] = med(lambda r: r[f"stall_{kind}"]["pct"])
+            row[f"stall_{kind}_pct"] = med(lambda r, kind=kind: r[f"stall_{kind}"]["pct"])
     if spec["kind"].startswith("streaming"):  # it ran from its own venv: say so in the row
         row["name"] += f" (venv, torch {row['versions'].get('torch', '?')})"
     if "loader_stats" in ok[0]:
@@ -422,15 +565,22 @@ def add_ratios(rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------- report
 
-COLUMNS = [("samples/s", "samples_per_s", ".0f", 10), ("range", "range", "s", 14),
-           ("x torch", "x_torch", ".2f", 8), ("x limit", "x_limit", ".3f", 8),
-           ("1st s", "first_batch_s", ".2f", 7), ("main us/b", "main_cpu_us", ".1f", 10),
-           ("stall busy", "stall_busy_pct", ".1f", 11),
-           ("stall sleep", "stall_sleep_pct", ".1f", 12),
-           ("@torch step", "stall_fixed_pct", ".1f", 12), ("peak MB", "peak_pss_mb", ".0f", 8),
-           ("held MB", "peak_held_mb", ".0f", 8),
-           ("mem x torch", "mem_x_torch", ".2f", 12), ("others", "others_pct", ".0f", 7),
-           ("runs", "runs_used", "s", 5)]
+COLUMNS = [
+    ("samples/s", "samples_per_s", ".0f", 10),
+    ("range", "range", "s", 14),
+    ("x torch", "x_torch", ".2f", 8),
+    ("x limit", "x_limit", ".3f", 8),
+    ("1st s", "first_batch_s", ".2f", 7),
+    ("main us/b", "main_cpu_us", ".1f", 10),
+    ("stall busy", "stall_busy_pct", ".1f", 11),
+    ("stall sleep", "stall_sleep_pct", ".1f", 12),
+    ("@torch step", "stall_fixed_pct", ".1f", 12),
+    ("peak MB", "peak_pss_mb", ".0f", 8),
+    ("held MB", "peak_held_mb", ".0f", 8),
+    ("mem x torch", "mem_x_torch", ".2f", 12),
+    ("others", "others_pct", ".0f", 7),
+    ("runs", "runs_used", "s", 5),
+]
 NAME = 34
 
 
@@ -441,15 +591,20 @@ def table(title: str, rows: list[dict]) -> str:
             lines.append(f"{r['name']:<{NAME}}{r['error'][:110]}")
             continue
         cells = [format(r[k], f) if k in r else "-" for _, k, f, _ in COLUMNS]
-        lines.append(f"{r['name'][:NAME - 1]:<{NAME}}" +
-                     "".join(f"{c:>{w}}" for c, (_, _, _, w) in zip(cells, COLUMNS)))
+        lines.append(
+            f"{r['name'][: NAME - 1]:<{NAME}}"
+            + "".join(f"{c:>{w}}" for c, (_, _, _, w) in zip(cells, COLUMNS))
+        )
     return "\n".join(lines)
 
 
 def verdicts(suite: str, rows: list[dict]) -> list[str]:
     """Each fastload row against the issue's targets (met or not, with the number)."""
-    others = [r for r in rows if "error" not in r and not r["kind"].startswith("fastload")
-              and r["role"] is None]
+    others = [
+        r
+        for r in rows
+        if "error" not in r and not r["kind"].startswith("fastload") and r["role"] is None
+    ]
     out = []
     for r in rows:
         if not r.get("judge"):
@@ -458,12 +613,14 @@ def verdicts(suite: str, rows: list[dict]) -> list[str]:
             out.append(f"{r['name']}: not available")
             continue
         stall = 5 if suite == "tokens" else 2
-        checks = [("x torch", r.get("x_torch"), 10 if suite == "tokens" else 1.1, ">="),
-                  ("x limit", r.get("x_limit"), 0.3 if suite == "tokens" else 0.95, ">="),
-                  ("stall sleep %", r.get("stall_sleep_pct"), stall, "<"),
-                  ("stall busy %", r.get("stall_busy_pct"), stall, "<"),
-                  ("1st batch s", r.get("first_batch_s"), 0.5, "<"),
-                  ("mem x torch", r.get("mem_x_torch"), 1.0, "<=")]
+        checks = [
+            ("x torch", r.get("x_torch"), 10 if suite == "tokens" else 1.1, ">="),
+            ("x limit", r.get("x_limit"), 0.3 if suite == "tokens" else 0.95, ">="),
+            ("stall sleep %", r.get("stall_sleep_pct"), stall, "<"),
+            ("stall busy %", r.get("stall_busy_pct"), stall, "<"),
+            ("1st batch s", r.get("first_batch_s"), 0.5, "<"),
+            ("mem x torch", r.get("mem_x_torch"), 1.0, "<="),
+        ]
         if suite == "tokens":
             checks.append(("main us/batch", r.get("main_cpu_us"), 20, "<="))
         parts = []
@@ -476,11 +633,15 @@ def verdicts(suite: str, rows: list[dict]) -> list[str]:
         if suite == "tokens":
             ref = {o["role"]: o for o in rows if o.get("role") and "error" not in o}
             if "stall_fixed_pct" in r and "torch" in ref:
-                parts.append(f"(not a target) stall at torch's step {r['stall_fixed_pct']:.2g}% "
-                             f"against torch's {ref['torch'].get('stall_sleep_pct', 0):.2g}%")
+                parts.append(
+                    f"(not a target) stall at torch's step {r['stall_fixed_pct']:.2g}% "
+                    f"against torch's {ref['torch'].get('stall_sleep_pct', 0):.2g}%"
+                )
             if "stall_sleep_pct" in ref.get("limit", {}):
-                parts.append(f"(the bare gather's own stall at its 80%: "
-                             f"{ref['limit']['stall_sleep_pct']:.2g}%)")
+                parts.append(
+                    f"(the bare gather's own stall at its 80%: "
+                    f"{ref['limit']['stall_sleep_pct']:.2g}%)"
+                )
         if suite == "images":
             best = max(others, key=lambda o: o["samples_per_s"], default=None)
             if best:
@@ -496,106 +657,167 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
     ver = results.get("versions", {})
     sver = results.get("streaming_versions")
     main_env = ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python")
-    venv = (", ".join(f"{k} {v}" for k, v in sver.items() if k != "python") if sver
-            else results["streaming"])
+    venv = (
+        ", ".join(f"{k} {v}" for k, v in sver.items() if k != "python")
+        if sver
+        else results["streaming"]
+    )
     shards = 10
     out = []
     if "tokens" in results:
-        out.append(("tokens", f"{d['token_samples']:,} samples of {SEQ} uint16 tokens "
-                    f"({d['token_mb']:.0f} MB), batch {d['token_batch']}, shuffled."))
+        out.append(
+            (
+                "tokens",
+                f"{d['token_samples']:,} samples of {SEQ} uint16 tokens "
+                f"({d['token_mb']:.0f} MB), batch {d['token_batch']}, shuffled.",
+            )
+        )
     if "images" in results:
-        out.append(("images", f"{d['images']} JPEGs ({d['image_kb']:.0f} KB avg), "
-                    f"RandomResizedCrop(224) + horizontal flip, batch {d['image_batch']}."))
+        out.append(
+            (
+                "images",
+                f"{d['images']} JPEGs ({d['image_kb']:.0f} KB avg), "
+                f"RandomResizedCrop(224) + horizontal flip, batch {d['image_batch']}.",
+            )
+        )
     out += [
-        ("", f"num_workers=2 everywhere (DALI: num_threads=2); {os.cpu_count()} cores. Median "
-             f"of {a['repeat']} runs, each a fresh process; runs of different contenders "
-             "interleave."),
-        ("samples/s", "steady state: the batches after the first 2 (with 2 workers the first "
-                      "two arrive together), over their time. A pass is one epoch (tokens: at "
-                      "most 4 s). range: slowest-fastest run."),
-        ("x torch", "samples/s / torch DataLoader's. x limit: / the practical limit's (bare "
-                    "memmap gather; two-core PIL limit)."),
-        ("1st s", "time to first batch: from building the dataset and loader (imports done "
-                  "before: torch, the contender's library, and Pillow for every row that "
-                  "decodes with it) to the first batch."),
-        ("stall", f"a fresh pass in which a fake step of {STEP_FACTOR} x the contender's own "
-                  "mean batch time (80% of its top rate) consumes each batch: time inside "
-                  "next() / pass time, its first batch left out. busy: the step spins on a "
-                  "core, the issue's definition; on 2 cores that core is taken from the "
-                  "workers, so any loader that needs both cores stalls. sleep: the step sleeps, "
-                  "as a step that waits on a GPU does (a step under 0.2 ms spins: the token "
-                  "rows' steps do, so their two stall columns measure the same thing). The "
-                  "targets are checked on sleep, the training loop the issue has in mind "
-                  "(a GPU step; ~30% for torch's tokens, as the issue measured). Time inside "
-                  "next() includes the loader's own work in the consumer (main us/b), so at a "
-                  "top rate of T per batch a stall < 5% needs that work under ~0.066 T. DALI's "
-                  "pipeline is not restarted. The bare gather is measured the same way: its "
-                  "next() is the whole gather, so its stall is the floor this protocol sets "
-                  "for a loop that does its work in the consumer."),
-        ("@torch step", "tokens: one more such pass, the step sleeping as long as torch's "
-                        "DataLoader's step at 80% load in the same round (1.25x torch's own "
-                        "time per batch; stall_fixed.step_s in the JSON): every "
-                        "loader under the same training step, the question of a user who "
-                        "switches loaders. Not a target of the issue; shown next to it."),
-        ("main us/b", "CPU time of the consumer thread per batch during the steady pass "
-                      "(time.thread_time): what the loader costs the training process. DALI's "
-                      "own threads are not in it."),
-        ("peak MB", "peak summed PSS (/proc/PID/smaps_rollup: shared pages counted once) of "
-                    "the contender's process tree, sampled every 250 ms (RSS every 50 ms: in "
-                    "the JSON). held MB: the anonymous and shared-memory part of it (Pss_Anon "
-                    "+ Pss_Shmem), i.e. without file-backed pages: shared libraries and "
-                    "memory-mapped data files are page cache the kernel can drop, and a "
-                    "loader that mmaps its shards (fastload, Streaming, LitData) would "
-                    "otherwise be charged for the page cache a loader that read()s its files "
-                    "also fills but is not charged for. mem x torch: held MB against torch "
-                    "DataLoader's (PSS ratio in the JSON: pss_x_torch). JSON net_mb: peak MB "
-                    "less that of one process that only imports the contender's libraries "
-                    "(the Streaming venv's torch is a CUDA build: ~535 MB against ~166)."),
-        ("others", "% of the machine's CPU used by other processes (tests, other benchmarks) "
-                   "during a run, max over the runs used. Before each run we wait up to "
-                   f"{a['quiet_wait']:.0f} s for them to use < 0.25 core; a run with others > "
-                   f"{a['max_others']:.0f}% is run again once and the quieter one kept. runs: "
-                   f"runs used / runs: only runs with others <= {a['max_others']:.0f}% are used "
-                   "when there are any."),
-        ("torch", "torch.utils.data.DataLoader(shuffle=True, num_workers=2), default collate. "
-                  "Tokens: map-style Dataset over np.memmap returning "
-                  "torch.from_numpy(np.array(row)). Images: ImageFolder-like; PIL open + "
-                  "convert RGB, torchvision's RandomResizedCrop parameters, crop + resize "
-                  "BILINEAR, flip, uint8 CHW tensor as PILToTensor."),
-        ("fastload", "fastload.DataLoader(fastload.Dataset(path), batch_size, shuffle=True, "
-                     "num_workers=2, generator=seeded) as a drop-in (torch's RandomSampler "
-                     "order); images with decode={'image': ImageDecode(size=224, train=True)}, "
-                     "batches (B, 224, 224, 3) uint8. Data: tokens converted with "
-                     "`--compression none` (random access; the row the targets judge), images "
-                     "with convert's defaults. 'seed=': the same with fastload's own planned "
-                     "order (seed=0). 'zstd': tokens as convert writes them by default. "
-                     "'decode by DALI': ImageDecode(..., backend='dali'): the 2 workers read "
-                     "the JPEG bytes and draw the crops, DALI's CPU backend (2 threads) "
-                     "decodes them in the main process, a batch ahead (not judged: DALI is "
-                     "meant for the GPU; on 2 cores it shares them with the workers)."),
-        ("Streaming", "StreamingDataset(local=MDS dir, batch_size, shuffle=True) + torch "
-                      f"DataLoader. MDS: 64 MB shards, uncompressed; tokens ndarray:uint16:"
-                      f"{SEQ}; images a 'bytes' column, PIL-decoded in __getitem__, then the "
-                      f"torch transform. Ran from its own venv: {venv}."),
-        ("LitData", "litdata.optimize with TokensLoader (chunks of 8192 samples); "
-                    f"StreamingDataset(item_loader=TokensLoader(block_size={SEQ}), shuffle="
-                    "True) + StreamingDataLoader."),
-        ("WebDataset", f"{shards} tar shards (ShardWriter), split over the 2 workers; "
-                       f"WebDataset(urls, shardshuffle={shards}).shuffle(1000).decode('pil')"
-                       f".map(torch transform).batched({d['image_batch']}) + WebLoader("
-                       "batch_size=None, num_workers=2)."),
-        ("DALI CPU", "readers.file(random_shuffle=True) -> decoders.image(device='cpu') -> "
-                     "random_resized_crop(224) -> flip(coin_flip); device_id=None, "
-                     "num_threads=2; DALIGenericIterator (it copies each output into a torch "
-                     "tensor). fused: decoders.image_random_crop (decodes only the crop) + "
-                     "resize, DALI's own ImageNet recipe."),
-        ("limits", f"bare gather: one process, shuffled order, np.take of 16 rows of the "
-                   f"memmap into one preallocated (16, {SEQ}) array. Two-core PIL limit: 2 "
-                   "processes, each PIL decode + crop + resize + flip of every other image, "
-                   "no loader, no batching; images / (last end - first start). It decodes every "
-                   "pixel, as torchvision does. 'scaled decode': the same with Image.draft, "
-                   "decoding at the smallest DCT scale that keeps the crop >= 224 px (as "
-                   "fastload's ImageDecode does): the limit for a loader that decodes less."),
+        (
+            "",
+            f"num_workers=2 everywhere (DALI: num_threads=2); {os.cpu_count()} cores. Median "
+            f"of {a['repeat']} runs, each a fresh process; runs of different contenders "
+            "interleave.",
+        ),
+        (
+            "samples/s",
+            "steady state: the batches after the first 2 (with 2 workers the first "
+            "two arrive together), over their time. A pass is one epoch (tokens: at "
+            "most 4 s). range: slowest-fastest run.",
+        ),
+        (
+            "x torch",
+            "samples/s / torch DataLoader's. x limit: / the practical limit's (bare "
+            "memmap gather; two-core PIL limit).",
+        ),
+        (
+            "1st s",
+            "time to first batch: from building the dataset and loader (imports done "
+            "before: torch, the contender's library, and Pillow for every row that "
+            "decodes with it) to the first batch.",
+        ),
+        (
+            "stall",
+            f"a fresh pass in which a fake step of {STEP_FACTOR} x the contender's own "
+            "mean batch time (80% of its top rate) consumes each batch: time inside "
+            "next() / pass time, its first batch left out. busy: the step spins on a "
+            "core, the issue's definition; on 2 cores that core is taken from the "
+            "workers, so any loader that needs both cores stalls. sleep: the step sleeps, "
+            "as a step that waits on a GPU does (a step under 0.2 ms spins: the token "
+            "rows' steps do, so their two stall columns measure the same thing). The "
+            "targets are checked on sleep, the training loop the issue has in mind "
+            "(a GPU step; ~30% for torch's tokens, as the issue measured). Time inside "
+            "next() includes the loader's own work in the consumer (main us/b), so at a "
+            "top rate of T per batch a stall < 5% needs that work under ~0.066 T. DALI's "
+            "pipeline is not restarted. The bare gather is measured the same way: its "
+            "next() is the whole gather, so its stall is the floor this protocol sets "
+            "for a loop that does its work in the consumer.",
+        ),
+        (
+            "@torch step",
+            "tokens: one more such pass, the step sleeping as long as torch's "
+            "DataLoader's step at 80% load in the same round (1.25x torch's own "
+            "time per batch; stall_fixed.step_s in the JSON): every "
+            "loader under the same training step, the question of a user who "
+            "switches loaders. Not a target of the issue; shown next to it.",
+        ),
+        (
+            "main us/b",
+            "CPU time of the consumer thread per batch during the steady pass "
+            "(time.thread_time): what the loader costs the training process. DALI's "
+            "own threads are not in it.",
+        ),
+        (
+            "peak MB",
+            "peak summed PSS (/proc/PID/smaps_rollup: shared pages counted once) of "
+            "the contender's process tree, sampled every 250 ms (RSS every 50 ms: in "
+            "the JSON). held MB: the anonymous and shared-memory part of it (Pss_Anon "
+            "+ Pss_Shmem), i.e. without file-backed pages: shared libraries and "
+            "memory-mapped data files are page cache the kernel can drop, and a "
+            "loader that mmaps its shards (fastload, Streaming, LitData) would "
+            "otherwise be charged for the page cache a loader that read()s its files "
+            "also fills but is not charged for. mem x torch: held MB against torch "
+            "DataLoader's (PSS ratio in the JSON: pss_x_torch). JSON net_mb: peak MB "
+            "less that of one process that only imports the contender's libraries "
+            "(the Streaming venv's torch is a CUDA build: ~535 MB against ~166).",
+        ),
+        (
+            "others",
+            "% of the machine's CPU used by other processes (tests, other benchmarks) "
+            "during a run, max over the runs used. Before each run we wait up to "
+            f"{a['quiet_wait']:.0f} s for them to use < 0.25 core; a run with others > "
+            f"{a['max_others']:.0f}% is run again once and the quieter one kept. runs: "
+            f"runs used / runs: only runs with others <= {a['max_others']:.0f}% are used "
+            "when there are any.",
+        ),
+        (
+            "torch",
+            "torch.utils.data.DataLoader(shuffle=True, num_workers=2), default collate. "
+            "Tokens: map-style Dataset over np.memmap returning "
+            "torch.from_numpy(np.array(row)). Images: ImageFolder-like; PIL open + "
+            "convert RGB, torchvision's RandomResizedCrop parameters, crop + resize "
+            "BILINEAR, flip, uint8 CHW tensor as PILToTensor.",
+        ),
+        (
+            "fastload",
+            "fastload.DataLoader(fastload.Dataset(path), batch_size, shuffle=True, "
+            "num_workers=2, generator=seeded) as a drop-in (torch's RandomSampler "
+            "order); images with decode={'image': ImageDecode(size=224, train=True)}, "
+            "batches (B, 224, 224, 3) uint8. Data: tokens converted with "
+            "`--compression none` (random access; the row the targets judge), images "
+            "with convert's defaults. 'seed=': the same with fastload's own planned "
+            "order (seed=0). 'zstd': tokens as convert writes them by default. "
+            "'decode by DALI': ImageDecode(..., backend='dali'): the 2 workers read "
+            "the JPEG bytes and draw the crops, DALI's CPU backend (2 threads) "
+            "decodes them in the main process, a batch ahead (not judged: DALI is "
+            "meant for the GPU; on 2 cores it shares them with the workers).",
+        ),
+        (
+            "Streaming",
+            "StreamingDataset(local=MDS dir, batch_size, shuffle=True) + torch "
+            f"DataLoader. MDS: 64 MB shards, uncompressed; tokens ndarray:uint16:"
+            f"{SEQ}; images a 'bytes' column, PIL-decoded in __getitem__, then the "
+            f"torch transform. Ran from its own venv: {venv}.",
+        ),
+        (
+            "LitData",
+            "litdata.optimize with TokensLoader (chunks of 8192 samples); "
+            f"StreamingDataset(item_loader=TokensLoader(block_size={SEQ}), shuffle="
+            "True) + StreamingDataLoader.",
+        ),
+        (
+            "WebDataset",
+            f"{shards} tar shards (ShardWriter), split over the 2 workers; "
+            f"WebDataset(urls, shardshuffle={shards}).shuffle(1000).decode('pil')"
+            f".map(torch transform).batched({d['image_batch']}) + WebLoader("
+            "batch_size=None, num_workers=2).",
+        ),
+        (
+            "DALI CPU",
+            "readers.file(random_shuffle=True) -> decoders.image(device='cpu') -> "
+            "random_resized_crop(224) -> flip(coin_flip); device_id=None, "
+            "num_threads=2; DALIGenericIterator (it copies each output into a torch "
+            "tensor). fused: decoders.image_random_crop (decodes only the crop) + "
+            "resize, DALI's own ImageNet recipe.",
+        ),
+        (
+            "limits",
+            f"bare gather: one process, shuffled order, np.take of 16 rows of the "
+            f"memmap into one preallocated (16, {SEQ}) array. Two-core PIL limit: 2 "
+            "processes, each PIL decode + crop + resize + flip of every other image, "
+            "no loader, no batching; images / (last end - first start). It decodes every "
+            "pixel, as torchvision does. 'scaled decode': the same with Image.draft, "
+            "decoding at the smallest DCT scale that keeps the crop >= 224 px (as "
+            "fastload's ImageDecode does): the limit for a loader that decodes less.",
+        ),
         ("versions", f"main env: {main_env}."),
         ("targets", f"tokens: {TARGETS['tokens']}. images: {TARGETS['images']}."),
     ]
@@ -604,9 +826,17 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
         for r in results.get(suite, []):
             if r.get("loader_stats"):
                 s = r["loader_stats"][0]
-                out.append(("", f"{suite}: {r['name']}: stats() of its first run: " + ", ".join(
-                    f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in s.items() if not isinstance(v, dict))))
+                out.append(
+                    (
+                        "",
+                        f"{suite}: {r['name']}: stats() of its first run: "
+                        + ", ".join(
+                            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in s.items()
+                            if not isinstance(v, dict)
+                        ),
+                    )
+                )
     out.append(("results", os.path.relpath(path)))
     return out
 
@@ -617,28 +847,43 @@ def report(results: dict, path: str) -> None:
             print(f"\n{table(suite, results[suite])}")
     print()
     for label, text in legend(results, path):
-        print(textwrap.fill(text, 100, initial_indent=f"{label:<11}",
-                            subsequent_indent=" " * 11))
+        print(textwrap.fill(text, 100, initial_indent=f"{label:<11}", subsequent_indent=" " * 11))
 
 
 # ---------------------------------------------------------------- main
 
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", choices=["tokens", "images"], help="run one suite")
-    p.add_argument("--quick", action="store_true", help="smoke test: 5M tokens, 300 images "
-                   "(batch 64), 1 run, short passes; results go to .data/, not results/")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 5M tokens, 300 images "
+        "(batch 64), 1 run, short passes; results go to .data/, not results/",
+    )
     p.add_argument("--skip-streaming", action="store_true", help="do not run Streaming")
-    p.add_argument("--repeat", type=int, default=3, help="runs per contender (default 3; "
-                   "1 with --quick)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs per contender (default 3; 1 with --quick)"
+    )
     p.add_argument("--images", type=int, default=3000, help="JPEGs (default 3000)")
     p.add_argument("--tokens", type=int, default=50_000_000, help="uint16 tokens (default 50M)")
     p.add_argument("--timeout", type=float, default=180, help="seconds per run (default 180)")
-    p.add_argument("--quiet-wait", type=float, default=10, help="before each run, wait at "
-                   "most this long for other processes to go quiet (default 10 s)")
-    p.add_argument("--max-others", type=float, default=25, help="rerun (once) a run during "
-                   "which others used over this %% of the CPU (default 25)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10,
+        help="before each run, wait at "
+        "most this long for other processes to go quiet (default 10 s)",
+    )
+    p.add_argument(
+        "--max-others",
+        type=float,
+        default=25,
+        help="rerun (once) a run during which others used over this %% of the CPU (default 25)",
+    )
     a = p.parse_args()
     image_batch = 256
     if a.quick:
@@ -648,37 +893,53 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
 
     print("data:", flush=True)
-    tokens = convert.cached(os.path.join(DATA, f"tokens-{a.tokens}.bin"), False,
-                            convert.generate_tokens, a.tokens)
-    images = convert.cached(os.path.join(DATA, f"images-{a.images}"), False,
-                            convert.generate_images, a.images)
-    streaming, why = (None, "not run (--skip-streaming)") if a.skip_streaming else \
-        convert.streaming_python()
+    tokens = convert.cached(
+        os.path.join(DATA, f"tokens-{a.tokens}.bin"), False, convert.generate_tokens, a.tokens
+    )
+    images = convert.cached(
+        os.path.join(DATA, f"images-{a.images}"), False, convert.generate_images, a.images
+    )
+    streaming, why = (
+        (None, "not run (--skip-streaming)") if a.skip_streaming else convert.streaming_python()
+    )
     if streaming is None:
         print(f"  Streaming not run: {why}")
     token_samples = os.path.getsize(tokens) // 2 // SEQ
     n_bytes = convert.tree_bytes(images)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "platform": platform.platform()},
-               "args": vars(a), "streaming": why,
-               "data": {"token_samples": token_samples, "token_mb": os.path.getsize(tokens) / MB,
-                        "token_batch": 16, "images": a.images, "image_batch": image_batch,
-                        "image_kb": n_bytes / a.images / 1e3}}
-    plans = {"tokens": lambda: (token_contenders(tokens, streaming, why), token_samples, 16),
-             "images": lambda: (image_contenders(images, streaming, why), a.images, image_batch)}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "args": vars(a),
+        "streaming": why,
+        "data": {
+            "token_samples": token_samples,
+            "token_mb": os.path.getsize(tokens) / MB,
+            "token_batch": 16,
+            "images": a.images,
+            "image_batch": image_batch,
+            "image_kb": n_bytes / a.images / 1e3,
+        },
+    }
+    plans = {
+        "tokens": lambda: (token_contenders(tokens, streaming, why), token_samples, 16),
+        "images": lambda: (image_contenders(images, streaming, why), a.images, image_batch),
+    }
     for suite in suites:
         specs, samples, batch = plans[suite]()
         print(f"{suite}:", flush=True)
-        rows = run_suite(specs, pass_options(suite, samples, batch, a.quick), a,
-                         torch_step=suite == "tokens")
+        rows = run_suite(
+            specs, pass_options(suite, samples, batch, a.quick), a, torch_step=suite == "tokens"
+        )
         add_ratios(rows)
         results[suite] = rows
         for r in rows:
             v = r.get("versions", {})
             key = "streaming_versions" if "mosaicml-streaming" in v else "versions"
             if v and key not in results:
-                results[key] = {k: x for k, x in v.items()
-                                if k not in ("python_version",) and x}
+                results[key] = {k: x for k, x in v.items() if k not in ("python_version",) and x}
     path = os.path.join(DATA, "loader-quick.json") if a.quick else RESULTS
     report(results, path)
     os.makedirs(os.path.dirname(path), exist_ok=True)

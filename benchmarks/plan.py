@@ -50,8 +50,9 @@ def blocks_for(n: int) -> np.ndarray:
 
 
 def start_epoch(n: int, mode: str, blocks, seed: int = 0) -> np.ndarray:
-    plan = EpochPlan(n, batch_size=BATCH, seed=seed, rank=3, world_size=WORLD, mode=mode,
-                     blocks=blocks)  # fmt: skip
+    plan = EpochPlan(
+        n, batch_size=BATCH, seed=seed, rank=3, world_size=WORLD, mode=mode, blocks=blocks
+    )
     return plan.batch(0)
 
 
@@ -86,18 +87,27 @@ def child(n: int, mode: str, repeat: int) -> dict:
         t0 = time.perf_counter()
         start_epoch(n, mode, blocks, seed=2 + i)
         warm.append(time.perf_counter() - t0)
-    return {"n": n, "mode": mode, "cold_ms": cold * 1e3, "warm_ms": float(np.median(warm)) * 1e3,
-            "tracemalloc_peak_mb": traced / 2**20, "rss_peak_delta_mb": rss_peak / 1024,
-            "layout_mb": 0 if blocks is None else blocks.nbytes / 2**20}  # fmt: skip
+    return {
+        "n": n,
+        "mode": mode,
+        "cold_ms": cold * 1e3,
+        "warm_ms": float(np.median(warm)) * 1e3,
+        "tracemalloc_peak_mb": traced / 2**20,
+        "rss_peak_delta_mb": rss_peak / 1024,
+        "layout_mb": 0 if blocks is None else blocks.nbytes / 2**20,
+    }
 
 
 def startup(max_exp: int, repeat: int) -> list:
     rows = []
     for e in range(3, max_exp + 1):
         for mode in ("global", "block"):
-            out = subprocess.run([sys.executable, __file__, "--child", str(10**e), mode,
-                                  "--repeat", str(repeat)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(10**e), mode, "--repeat", str(repeat)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -119,19 +129,31 @@ def throughput(repeat: int) -> dict:
     ipos = pos.astype(np.int64)
     calls = {
         "_core.permute (n=1e9)": lambda: _core.permute(n, 7, pos),
-        "_core.permute (n=2^29+1: most cycle-walking)": lambda: _core.permute(2**29 + 1, 7, pos // 2),
+        "_core.permute (n=2^29+1: most cycle-walking)": lambda: _core.permute(
+            2**29 + 1, 7, pos // 2
+        ),
         "_core.permute_range (n=1e9)": lambda: _core.permute_range(n, 7, 0, m),
         "Permutation[positions] (n=1e9)": lambda: perm[ipos],
         "BlockShuffle[positions] (n=1e9, 1M consecutive)": lambda: blocks[np.arange(m)],
     }
     out = {name: m / timed(fn, repeat) for name, fn in calls.items()}
-    plans = {mode: EpochPlan(n, batch_size=BATCH, seed=1, rank=0, world_size=WORLD, mode=mode,
-                             blocks=blocks_for(n) if mode == "block" else None)
-             for mode in ("global", "block")}  # fmt: skip
+    plans = {
+        mode: EpochPlan(
+            n,
+            batch_size=BATCH,
+            seed=1,
+            rank=0,
+            world_size=WORLD,
+            mode=mode,
+            blocks=blocks_for(n) if mode == "block" else None,
+        )
+        for mode in ("global", "block")
+    }
     js = np.random.default_rng(0).integers(0, plans["global"].num_batches, 200)
     for mode, plan in plans.items():
         out[f"EpochPlan.batch(j), {mode} (batches/s)"] = 200 / timed(
-            lambda p=plan: [p.batch(int(j)) for j in js], repeat)  # fmt: skip
+            lambda p=plan: [p.batch(int(j)) for j in js], repeat
+        )
     return out
 
 
@@ -144,20 +166,36 @@ def quality() -> list:
     cases += [(f"block, window {w}", "block", True, w) for w in (1, 4, 16, 64)]
     rows = []
     for name, mode, shuffle, window in cases:
-        plan = EpochPlan(n, batch_size=BATCH, seed=3, shuffle=shuffle, rank=0, world_size=1,
-                         mode=mode, blocks=blocks_for(n), window=window or 16)  # fmt: skip
+        plan = EpochPlan(
+            n,
+            batch_size=BATCH,
+            seed=3,
+            shuffle=shuffle,
+            rank=0,
+            world_size=1,
+            mode=mode,
+            blocks=blocks_for(n),
+            window=window or 16,
+        )
         order = np.concatenate(list(plan))
         batches = order[: n // BATCH * BATCH].reshape(-1, BATCH)
-        rows.append({
-            "order": name,
-            "mean_abs_delta_over_n": float(np.mean(np.abs(np.diff(order))) / n),
-            "classes_per_batch": float(np.mean([np.unique(label[b]).size for b in batches])),
-            "blocks_per_batch": float(np.mean([np.unique(block[b]).size for b in batches])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "order": name,
+                "mean_abs_delta_over_n": float(np.mean(np.abs(np.diff(order))) / n),
+                "classes_per_batch": float(np.mean([np.unique(label[b]).size for b in batches])),
+                "blocks_per_batch": float(np.mean([np.unique(block[b]).size for b in batches])),
+            }
+        )
     expected = classes * (1 - (1 - 1 / classes) ** BATCH)
-    rows.append({"order": "a uniformly random order (expected)", "mean_abs_delta_over_n": 1 / 3,
-                 "classes_per_batch": expected,
-                 "blocks_per_batch": (n / PER_BLOCK) * (1 - (1 - PER_BLOCK / n) ** BATCH)})
+    rows.append(
+        {
+            "order": "a uniformly random order (expected)",
+            "mean_abs_delta_over_n": 1 / 3,
+            "classes_per_batch": expected,
+            "blocks_per_batch": (n / PER_BLOCK) * (1 - (1 - PER_BLOCK / n) ** BATCH),
+        }
+    )
     return rows
 
 
@@ -172,38 +210,63 @@ def main() -> None:
         return
 
     rows = startup(args.max_exp, args.repeat)
-    print(f"Start an epoch: EpochPlan(batch {BATCH}, rank 3 of {WORLD}) + its first batch; "
-          f"fresh process per row. Target at 10^9: < {TARGET_MS} ms, < {TARGET_MB} MB")
-    print(f"{'N':>6s} {'mode':6s} {'cold ms':>8s} {'warm ms':>8s} {'traced MB':>9s} "
-          f"{'RSS+ MB':>8s} {'layout MB':>9s}")  # fmt: skip
+    print(
+        f"Start an epoch: EpochPlan(batch {BATCH}, rank 3 of {WORLD}) + its first batch; "
+        f"fresh process per row. Target at 10^9: < {TARGET_MS} ms, < {TARGET_MB} MB"
+    )
+    print(
+        f"{'N':>6s} {'mode':6s} {'cold ms':>8s} {'warm ms':>8s} {'traced MB':>9s} "
+        f"{'RSS+ MB':>8s} {'layout MB':>9s}"
+    )
     for r in rows:
-        print(f"1e{len(str(r['n'])) - 1:<4d} {r['mode']:6s} {r['cold_ms']:8.2f} {r['warm_ms']:8.2f} "
-              f"{r['tracemalloc_peak_mb']:9.2f} {r['rss_peak_delta_mb']:8.2f} "
-              f"{r['layout_mb']:9.2f}")  # fmt: skip
+        print(
+            f"1e{len(str(r['n'])) - 1:<4d} {r['mode']:6s} {r['cold_ms']:8.2f} {r['warm_ms']:8.2f} "
+            f"{r['tracemalloc_peak_mb']:9.2f} {r['rss_peak_delta_mb']:8.2f} "
+            f"{r['layout_mb']:9.2f}"
+        )
 
     rates = throughput(args.repeat)
     print("\nThroughput (positions/s unless stated), median of", args.repeat)
     for name, rate in rates.items():
-        print(f"{name:52s} {rate / 1e6:8.2f} M" if "batches" not in name else
-              f"{name:52s} {rate:10.0f}")  # fmt: skip
+        print(
+            f"{name:52s} {rate / 1e6:8.2f} M"
+            if "batches" not in name
+            else f"{name:52s} {rate:10.0f}"
+        )
 
     quality_rows = quality()
-    print(f"\nShuffle quality: 1,024,000 samples, 1000 classes stored sorted, {PER_BLOCK} per "
-          f"block, batch {BATCH}")  # fmt: skip
+    print(
+        f"\nShuffle quality: 1,024,000 samples, 1000 classes stored sorted, {PER_BLOCK} per "
+        f"block, batch {BATCH}"
+    )
     print(f"{'order':36s} {'mean|d|/N':>9s} {'classes/batch':>13s} {'blocks/batch':>12s}")
     for r in quality_rows:
-        print(f"{r['order']:36s} {r['mean_abs_delta_over_n']:9.4f} {r['classes_per_batch']:13.1f} "
-              f"{r['blocks_per_batch']:12.1f}")  # fmt: skip
+        print(
+            f"{r['order']:36s} {r['mean_abs_delta_over_n']:9.4f} {r['classes_per_batch']:13.1f} "
+            f"{r['blocks_per_batch']:12.1f}"
+        )
 
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
-        json.dump({
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "platform": platform.platform(), "numpy": np.__version__},
-            "batch": BATCH, "world_size": WORLD, "records_per_block": PER_BLOCK,
-            "target": {"ms": TARGET_MS, "mb": TARGET_MB},
-            "startup": rows, "throughput_per_s": rates, "quality": quality_rows,
-        }, f, indent=2)  # fmt: skip
+        json.dump(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "numpy": np.__version__,
+                },
+                "batch": BATCH,
+                "world_size": WORLD,
+                "records_per_block": PER_BLOCK,
+                "target": {"ms": TARGET_MS, "mb": TARGET_MB},
+                "startup": rows,
+                "throughput_per_s": rates,
+                "quality": quality_rows,
+            },
+            f,
+            indent=2,
+        )
     print(f"\nwrote {os.path.relpath(RESULTS)}")
 
 

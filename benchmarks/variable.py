@@ -46,8 +46,12 @@ BATCH, WORKERS, SEED = 32, 2, 0
 def build(n_docs: int) -> dict:
     """The documents as a flat token file + offsets (torch's input) and as fastload datasets."""
     root = os.path.join(DATA, f"docs-{n_docs}")
-    paths = {"tokens": os.path.join(root, "tokens.bin"), "offsets": os.path.join(root, "offsets.npy"),
-             "none": os.path.join(root, "fastload-none"), "zstd": os.path.join(root, "fastload-zstd")}
+    paths = {
+        "tokens": os.path.join(root, "tokens.bin"),
+        "offsets": os.path.join(root, "offsets.npy"),
+        "none": os.path.join(root, "fastload-none"),
+        "zstd": os.path.join(root, "fastload-zstd"),
+    }
     if all(os.path.exists(p) for p in paths.values()):
         return paths
     os.makedirs(root, exist_ok=True)
@@ -58,8 +62,9 @@ def build(n_docs: int) -> dict:
     tokens.tofile(paths["tokens"])
     np.save(paths["offsets"], offsets)
     for compression in ("none", "zstd"):
-        with fastload.Writer(paths[compression], {"input_ids": "int32[?]"},
-                             compression=compression) as w:  # fmt: skip
+        with fastload.Writer(
+            paths[compression], {"input_ids": "int32[?]"}, compression=compression
+        ) as w:
             for i in range(n_docs):
                 w.write({"input_ids": tokens[offsets[i] : offsets[i + 1]]})
     return paths
@@ -111,18 +116,35 @@ def loaders(paths: dict, seq_len: int) -> dict:
     gen = lambda: torch.Generator().manual_seed(SEED)  # noqa: E731
     torch_kw = dict(batch_size=BATCH, shuffle=True, num_workers=WORKERS)
     out = {
-        "torch DataLoader, pad collate_fn": ("pad", lambda: torch.utils.data.DataLoader(
-            docs, collate_fn=pad_collate(seq_len), generator=gen(), **torch_kw)),
-        "torch DataLoader, pack collate_fn": ("pack", lambda: torch.utils.data.DataLoader(
-            docs, collate_fn=pack_collate(seq_len), generator=gen(), **torch_kw)),
+        "torch DataLoader, pad collate_fn": (
+            "pad",
+            lambda: torch.utils.data.DataLoader(
+                docs, collate_fn=pad_collate(seq_len), generator=gen(), **torch_kw
+            ),
+        ),
+        "torch DataLoader, pack collate_fn": (
+            "pack",
+            lambda: torch.utils.data.DataLoader(
+                docs, collate_fn=pack_collate(seq_len), generator=gen(), **torch_kw
+            ),
+        ),
     }
     for compression in ("none", "zstd"):
-        for mode, spec in (("pad", fastload.Pad(seq_len, truncate=True)),
-                           ("pack", fastload.PackRows(seq_len))):  # fmt: skip
-            out[f"fastload {compression}, {type(spec).__name__}"] = (mode, (
-                lambda c=compression, s=spec: fastload.DataLoader(
-                    fastload.Dataset(paths[c]), generator=gen(), variable={"input_ids": s},
-                    **torch_kw)))  # fmt: skip
+        for mode, spec in (
+            ("pad", fastload.Pad(seq_len, truncate=True)),
+            ("pack", fastload.PackRows(seq_len)),
+        ):
+            out[f"fastload {compression}, {type(spec).__name__}"] = (
+                mode,
+                (
+                    lambda c=compression, s=spec: fastload.DataLoader(
+                        fastload.Dataset(paths[c]),
+                        generator=gen(),
+                        variable={"input_ids": s},
+                        **torch_kw,
+                    )
+                ),
+            )
     return out
 
 
@@ -163,21 +185,42 @@ def main() -> None:
     for name, (mode, _) in contenders.items():
         base = np.median(runs[f"torch DataLoader, {mode} collate_fn"])
         median = float(np.median(runs[name]))
-        rows.append({"name": name, "mode": mode, "tokens_per_s": median,
-                     "range": [min(runs[name]), max(runs[name])], "x_torch": median / base})
+        rows.append(
+            {
+                "name": name,
+                "mode": mode,
+                "tokens_per_s": median,
+                "range": [min(runs[name]), max(runs[name])],
+                "x_torch": median / base,
+            }
+        )
     print(f"\n{'contender':36} {'mode':5} {'tokens/s':>12} {'range':>23} {'x torch':>8}")
     for row in rows:
         lo, hi = row["range"]
-        print(f"{row['name']:36} {row['mode']:5} {row['tokens_per_s']:12,.0f} "
-              f"{lo:11,.0f}-{hi:<11,.0f} {row['x_torch']:8.2f}")
-    print(f"\n{a.docs:,} documents of 20-2,000 int32 tokens, batch {BATCH}, seq_len {a.seq_len}, "
-          f"num_workers={WORKERS}, shuffled; median of {a.repeat} runs; x torch: against "
-          "torch's DataLoader making the same batches in a collate_fn.")
+        print(
+            f"{row['name']:36} {row['mode']:5} {row['tokens_per_s']:12,.0f} "
+            f"{lo:11,.0f}-{hi:<11,.0f} {row['x_torch']:8.2f}"
+        )
+    print(
+        f"\n{a.docs:,} documents of 20-2,000 int32 tokens, batch {BATCH}, seq_len {a.seq_len}, "
+        f"num_workers={WORKERS}, shuffled; median of {a.repeat} runs; x torch: against "
+        "torch's DataLoader making the same batches in a collate_fn."
+    )
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
-        json.dump({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                               "torch": torch.__version__},
-                   "args": vars(a), "rows": rows}, f, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "torch": torch.__version__,
+                },
+                "args": vars(a),
+                "rows": rows,
+            },
+            f,
+            indent=1,
+        )
     print(f"results    {os.path.relpath(RESULTS)}")
 
 

@@ -51,9 +51,27 @@ def make_dataset(workdir: str, rows: int) -> str:
     np.cumsum(steps, out=tokens)
     tokens %= VOCAB
     tokens.tofile(src)
-    subprocess.run([sys.executable, "-m", "fastload", "convert", src, dst, "--from", "tokens",
-                    "--seq-len", str(SEQ), "--dtype", "uint16", "--compression", "none",
-                    "--overwrite", "--no-progress"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastload",
+            "convert",
+            src,
+            dst,
+            "--from",
+            "tokens",
+            "--seq-len",
+            str(SEQ),
+            "--dtype",
+            "uint16",
+            "--compression",
+            "none",
+            "--overwrite",
+            "--no-progress",
+        ],
+        check=True,
+    )
     return dst
 
 
@@ -98,9 +116,16 @@ def main() -> None:
     ddp = DistributedDataParallel(model, device_ids=[device] if cuda else None)
     optim = torch.optim.AdamW(ddp.parameters(), lr=3e-3)
     # rank and world size come from torch.distributed; seed= makes the loader plan the order
-    loader = fastload.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, seed=0,
-                                 num_workers=args.workers, drop_last=True,
-                                 persistent_workers=True, device=device)  # fmt: skip
+    loader = fastload.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=0,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=True,
+        device=device,
+    )
 
     checkpoint = os.path.join(args.workdir, "checkpoint.pt")
     first_epoch, step = 0, 0
@@ -111,8 +136,11 @@ def main() -> None:
         loader.load_state_dict(ckpt["data"])
         first_epoch, step = ckpt["data"]["epoch"], ckpt["step"]
         if rank == 0:
-            print(f"resumed at step {step}: epoch {first_epoch}, sample "
-                  f"{ckpt['data']['consumed']} of {ckpt['data']['n']}", flush=True)
+            print(
+                f"resumed at step {step}: epoch {first_epoch}, sample "
+                f"{ckpt['data']['consumed']} of {ckpt['data']['n']}",
+                flush=True,
+            )
 
     for epoch in range(first_epoch, args.epochs):
         loader.set_epoch(epoch)  # keeps a loaded position if it is this epoch's
@@ -120,23 +148,34 @@ def main() -> None:
         for batch in loader:
             tokens = batch["tokens"].long()  # (batch, SEQ), this rank's share of the step
             logits = ddp(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB),
-                                                     tokens[:, 1:].reshape(-1))  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1)
+            )
             optim.zero_grad()
             loss.backward()
             optim.step()
             step += 1
             samples += len(tokens)
             if step % args.save_every == 0 and rank == 0:
-                save(checkpoint, {"model": model.state_dict(), "optim": optim.state_dict(),
-                                  "data": loader.state_dict(), "step": step})  # fmt: skip
+                save(
+                    checkpoint,
+                    {
+                        "model": model.state_dict(),
+                        "optim": optim.state_dict(),
+                        "data": loader.state_dict(),
+                        "step": step,
+                    },
+                )
             if args.stop_after and step >= args.stop_after:
                 print(f"rank {rank}: stopping after step {step}, as asked", flush=True)
                 dist.destroy_process_group()
                 return
         seconds = time.perf_counter() - start
-        print(f"rank {rank}/{world} epoch {epoch}: {samples} samples in {seconds:.2f} s "
-              f"({samples / seconds:,.0f} samples/s), last loss {loss.item():.3f}", flush=True)
+        print(
+            f"rank {rank}/{world} epoch {epoch}: {samples} samples in {seconds:.2f} s "
+            f"({samples / seconds:,.0f} samples/s), last loss {loss.item():.3f}",
+            flush=True,
+        )
     loader.close()
     dist.destroy_process_group()
 

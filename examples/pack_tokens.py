@@ -37,9 +37,14 @@ def write_docs(path: str, n: int, seed: int = 0) -> None:
 
 
 def packed_epoch(path: str, seq_len: int, n_docs: int) -> float:
-    loader = fastload.DataLoader(fastload.Dataset(path), batch_size=32, shuffle=True, seed=0,
-                                 num_workers=2,
-                                 variable={"input_ids": fastload.PackRows(seq_len)})  # fmt: skip
+    loader = fastload.DataLoader(
+        fastload.Dataset(path),
+        batch_size=32,
+        shuffle=True,
+        seed=0,
+        num_workers=2,
+        variable={"input_ids": fastload.PackRows(seq_len)},
+    )
     start, seen, tokens = time.perf_counter(), np.zeros(n_docs, np.int64), 0
     for batch in loader:
         rows, offsets = batch["input_ids"], batch["input_ids_offsets"]
@@ -49,22 +54,32 @@ def packed_epoch(path: str, seq_len: int, n_docs: int) -> float:
         tokens += int(offsets[-1])
     seconds = time.perf_counter() - start
     assert (seen == 1).all(), "every document once"
-    print(f"packed rows of {seq_len}: {n_docs:,} documents, {tokens:,} tokens in "
-          f"{seconds:.2f} s, {tokens / seconds:,.0f} tokens/s")
+    print(
+        f"packed rows of {seq_len}: {n_docs:,} documents, {tokens:,} tokens in "
+        f"{seconds:.2f} s, {tokens / seconds:,.0f} tokens/s"
+    )
     return seconds
 
 
 def padded_epoch(path: str, seq_len: int) -> None:
     pad = fastload.Pad(seq_len, truncate=True)
-    loader = fastload.DataLoader(fastload.Dataset(path), batch_size=32, shuffle=True, seed=0,
-                                 num_workers=2, variable={"input_ids": pad})  # fmt: skip
+    loader = fastload.DataLoader(
+        fastload.Dataset(path),
+        batch_size=32,
+        shuffle=True,
+        seed=0,
+        num_workers=2,
+        variable={"input_ids": pad},
+    )
     start, tokens = time.perf_counter(), 0
     for batch in loader:
         assert batch["input_ids"].shape[1:] == (seq_len,)
         tokens += int(batch["input_ids_lengths"].sum())
     seconds = time.perf_counter() - start
-    print(f"padded to {seq_len}: {tokens:,} tokens kept in {seconds:.2f} s, "
-          f"{tokens / seconds:,.0f} tokens/s")
+    print(
+        f"padded to {seq_len}: {tokens:,} tokens kept in {seconds:.2f} s, "
+        f"{tokens / seconds:,.0f} tokens/s"
+    )
 
 
 def main() -> None:
@@ -77,8 +92,21 @@ def main() -> None:
     os.makedirs(workdir, exist_ok=True)
     src, dst = os.path.join(workdir, "docs.jsonl"), os.path.join(workdir, "docs")
     write_docs(src, a.docs)
-    subprocess.run([sys.executable, "-m", "fastload", "convert", src, dst, "--workers", "2",
-                    "--overwrite", "--no-progress"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastload",
+            "convert",
+            src,
+            dst,
+            "--workers",
+            "2",
+            "--overwrite",
+            "--no-progress",
+        ],
+        check=True,
+    )
     print(fastload.Dataset(dst).schema)
     packed_epoch(dst, a.seq_len, a.docs)
     padded_epoch(dst, a.seq_len)

@@ -46,7 +46,9 @@ def run(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fastload-quickstart"))
+    parser.add_argument(
+        "--workdir", default=os.path.join(tempfile.gettempdir(), "fastload-quickstart")
+    )
     args = parser.parse_args()
     src, dst = os.path.join(args.workdir, "images"), os.path.join(args.workdir, "dataset")
     if not os.path.isdir(src):
@@ -57,21 +59,32 @@ def main() -> None:
     run("inspect", dst)
 
     ds = fastload.Dataset(dst)
-    loader = fastload.DataLoader(ds, batch_size=256, shuffle=True, seed=0, num_workers=2,
-                                 drop_last=True, persistent_workers=True,
-                                 decode={"image": fastload.ImageDecode(224, train=True)})
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=256,
+        shuffle=True,
+        seed=0,
+        num_workers=2,
+        drop_last=True,
+        persistent_workers=True,
+        decode={"image": fastload.ImageDecode(224, train=True)},
+    )
     for epoch in range(2):
         loader.set_epoch(epoch)
         start, samples = time.perf_counter(), 0
         for batch in loader:
             samples += len(batch["label"])  # a training step would use batch["image"] here
         seconds = time.perf_counter() - start
-        print(f"epoch {epoch}: {samples} samples in {seconds:.2f} s, {samples / seconds:,.0f} "
-              f"samples/s; batch {tuple(batch['image'].shape)} {batch['image'].dtype}, "
-              f"labels {batch['label'][:8].tolist()}")
+        print(
+            f"epoch {epoch}: {samples} samples in {seconds:.2f} s, {samples / seconds:,.0f} "
+            f"samples/s; batch {tuple(batch['image'].shape)} {batch['image'].dtype}, "
+            f"labels {batch['label'][:8].tolist()}"
+        )
     stats = loader.stats()
-    print(f"loader.stats(): {stats['samples_per_s']:,.0f} samples/s, "
-          f"data stall {stats['data_stall']:.0%} (this loop does no training work)")
+    print(
+        f"loader.stats(): {stats['samples_per_s']:,.0f} samples/s, "
+        f"data stall {stats['data_stall']:.0%} (this loop does no training work)"
+    )
 
     # Exact resumption: save mid-epoch, restart, continue with nothing repeated or lost.
     loader.set_epoch(2)
@@ -79,13 +92,16 @@ def main() -> None:
     seen = [next(it)["label"] for _ in range(2)]
     state = loader.state_dict()
     del it
-    resumed = fastload.DataLoader(ds, batch_size=256, shuffle=True, seed=0, num_workers=2,
-                                  drop_last=True)  # another loader, as after a restart
+    resumed = fastload.DataLoader(
+        ds, batch_size=256, shuffle=True, seed=0, num_workers=2, drop_last=True
+    )  # another loader, as after a restart
     resumed.load_state_dict(state)
     rest = sum(len(b["label"]) for b in resumed)
-    print(f"resumed epoch 2 after {len(seen)} batches: {rest} more samples "
-          f"({len(seen) * 256 + rest} of {len(loader) * 256}); the state: epoch {state['epoch']}, "
-          f"{state['consumed']} samples consumed, dataset {state['fingerprint']}")
+    print(
+        f"resumed epoch 2 after {len(seen)} batches: {rest} more samples "
+        f"({len(seen) * 256 + rest} of {len(loader) * 256}); the state: epoch {state['epoch']}, "
+        f"{state['consumed']} samples consumed, dataset {state['fingerprint']}"
+    )
     loader.close()
 
 

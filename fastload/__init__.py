@@ -27,8 +27,15 @@ __version__ = "0.1.0"
 
 # The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
 # their worker processes, never need it, so it is imported on first use.
-_LAZY = {"DataLoader": "loader", "ImageDecode": "loader", "SkipBadSamples": "loader",
-         "Pad": "loader", "Packed": "loader", "PackRows": "loader", "Mix": "mix"}
+_LAZY = {
+    "DataLoader": "loader",
+    "ImageDecode": "loader",
+    "SkipBadSamples": "loader",
+    "Pad": "loader",
+    "Packed": "loader",
+    "PackRows": "loader",
+    "Mix": "mix",
+}
 
 
 def __getattr__(name: str):
@@ -43,6 +50,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list:
     return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Dataset",

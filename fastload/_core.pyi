@@ -10,7 +10,7 @@ the item and the numbers, and nothing is written. Calls with real work in them (
 or >= 1024 items) run with the GIL released.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def _storage_options(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"fastload: error: --storage-options is not valid JSON: {e}")
+        raise SystemExit(f"fastload: error: --storage-options is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise SystemExit("fastload: error: --storage-options must be a JSON object")
     return value
@@ -68,8 +69,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"format       fastload v{m.version}, fingerprint {ds.fingerprint}")
         print(f"records      {len(ds):,}")
         print(f"shards       {len(m.shards)}")
-        print(f"size         {format_size(m.bytes)} on disk, {format_size(raw)} raw "
-              f"(ratio {info['compression_ratio']})")
+        print(
+            f"size         {format_size(m.bytes)} on disk, {format_size(raw)} raw "
+            f"(ratio {info['compression_ratio']})"
+        )
         print("options      " + ", ".join(f"{k}={v}" for k, v in m.options.items()))
         print("schema")
         for f in ds.schema:
@@ -89,14 +92,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     options = _storage_options(args.storage_options)
     with Dataset(args.path, storage_options=options) as ds:
         total = ds.manifest.bytes
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=args.no_progress,
-              file=sys.stderr) as bar:  # fmt: skip
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="verify",
+        disable=args.no_progress,
+        file=sys.stderr,
+    ) as bar:
         report = verify_dataset(args.path, storage_options=options, on_shard=bar.update)
     for problem in report.problems:
         print(f"CORRUPT {problem}")
     if report.ok:
-        print(f"OK: {report.shards} shards, {report.records:,} records, "
-              f"{format_size(report.bytes)}: every checksum matches")
+        print(
+            f"OK: {report.shards} shards, {report.records:,} records, "
+            f"{format_size(report.bytes)}: every checksum matches"
+        )
         return 0
     print(f"FAILED: {len(report.problems)} problem(s) in {args.path}", file=sys.stderr)
     return 1
@@ -115,8 +126,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "ls":
         entries = cache.entries()
         if args.json:
-            print(json.dumps({"cache_dir": cache.dir, "bytes": sum(e.bytes for e in entries),
-                              "objects": [e.__dict__ for e in entries]}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "cache_dir": cache.dir,
+                        "bytes": sum(e.bytes for e in entries),
+                        "objects": [e.__dict__ for e in entries],
+                    },
+                    indent=2,
+                )
+            )
             return 0
         for e in entries:
             print(f"{format_size(e.bytes):>10}  {e.blocks:>7} blocks  {e.url}  ({e.hash})")
@@ -140,27 +159,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_convert(sub)
-    p = sub.add_parser("inspect", help="show a dataset's schema, size, shards and one record",
-                       description="Show a dataset's schema, size, shards and its first record.")
+    p = sub.add_parser(
+        "inspect",
+        help="show a dataset's schema, size, shards and one record",
+        description="Show a dataset's schema, size, shards and its first record.",
+    )
     p.add_argument("path", help="dataset directory or URL (s3://, gs://, ...)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("verify", help="check every checksum; exit 1 naming what is corrupt",
-                       description="Read every block of every shard and check its checksums. "
-                       "Exits 1 and names the shard, block and record of each problem.")
+    p = sub.add_parser(
+        "verify",
+        help="check every checksum; exit 1 naming what is corrupt",
+        description="Read every block of every shard and check its checksums. "
+        "Exits 1 and names the shard, block and record of each problem.",
+    )
     p.add_argument("path", help="dataset directory or URL")
     p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("cache", help="list or clear the local cache of remote blocks",
-                       description="List (ls) or delete (clear) the local copies of remote "
-                       "blocks. The cache directory is --cache-dir, else $FASTLOAD_CACHE_DIR, "
-                       "else ~/.cache/fastload. Only fastload's own cache files are deleted.")
+    p = sub.add_parser(
+        "cache",
+        help="list or clear the local cache of remote blocks",
+        description="List (ls) or delete (clear) the local copies of remote "
+        "blocks. The cache directory is --cache-dir, else $FASTLOAD_CACHE_DIR, "
+        "else ~/.cache/fastload. Only fastload's own cache files are deleted.",
+    )
     p.add_argument("action", choices=["ls", "clear"], help="ls: what is cached; clear: delete it")
     p.add_argument("--cache-dir", metavar="DIR", help="the cache directory")
-    p.add_argument("--url", metavar="PREFIX", help="clear: only objects whose URL starts with "
-                   "PREFIX (e.g. s3://bucket/dataset/)")
+    p.add_argument(
+        "--url",
+        metavar="PREFIX",
+        help="clear: only objects whose URL starts with PREFIX (e.g. s3://bucket/dataset/)",
+    )
     p.add_argument("--json", action="store_true", help="ls: print JSON")
     p.set_defaults(func=cmd_cache)
     return parser

@@ -6,8 +6,9 @@ import contextlib
 import copy
 import functools
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -43,7 +44,7 @@ class BlockTable:
     straight (records shorter than their fixed part), and ``entries[g]``: ``(key in
     RemoteStore.maps or None, shard reader, block)`` of block ``g``."""
 
-    def __init__(self, dataset: "Dataset") -> None:
+    def __init__(self, dataset: Dataset) -> None:
         n = len(dataset)
         self.dataset = dataset
         self.block_of = np.full(n, -1, np.int32)
@@ -64,7 +65,8 @@ class BlockTable:
             uid = reader.source._uid if self.dataset.remote else None
             self.entries[base : base + len(reader.blocks)] = [
                 ((uid, g) if uid is not None else None, reader, g)
-                for g in range(len(reader.blocks))]  # fmt: skip
+                for g in range(len(reader.blocks))
+            ]
             self.gather_of[a:b] = blocks + base
 
 
@@ -93,12 +95,18 @@ class Dataset:
     larger decompressed size is refused before any memory is allocated for it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
-                 verify: bool = True, cache_dir: str | os.PathLike | bool | None = None,
-                 cache_limit: int | str | None = None,
-                 remote_options: RemoteOptions | None = None,
-                 block_cache: int | str = DEFAULT_DECODED_LIMIT,
-                 max_block_bytes: int | str = MAX_BLOCK_RAW_SIZE) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        verify: bool = True,
+        cache_dir: str | os.PathLike | bool | None = None,
+        cache_limit: int | str | None = None,
+        remote_options: RemoteOptions | None = None,
+        block_cache: int | str = DEFAULT_DECODED_LIMIT,
+        max_block_bytes: int | str = MAX_BLOCK_RAW_SIZE,
+    ) -> None:
         self.path = os.fspath(path)
         self._decoded = DecodedBlocks(parse_size(block_cache))
         self.max_block_bytes = parse_size(max_block_bytes)
@@ -106,8 +114,7 @@ class Dataset:
         self.verify = verify
         protocol = fsspec.utils.get_protocol(self.path)
         local = protocol in ("file", "local")
-        self._fs_options = storage_options if local else \
-            read_fs_options(protocol, storage_options)  # fmt: skip
+        self._fs_options = storage_options if local else read_fs_options(protocol, storage_options)
         self._fs, self.root = open_fs(self.path, self._fs_options)
         self._parent_fs = None  # a forked child's: what it reopens (see fs)
         self.remote = not is_local(self._fs)
@@ -124,8 +131,9 @@ class Dataset:
         self._child_session = None  # made before forking workers, for them (io.fs)
         if self.remote:
             _check_limit(options)
-        self.manifest = _read_manifest(self.fs, self.root, self.path,
-                                       self._store_() if self.remote else None)  # fmt: skip
+        self.manifest = _read_manifest(
+            self.fs, self.root, self.path, self._store_() if self.remote else None
+        )
         self.schema: Schema = self.manifest.schema
         self._layout = RecordLayout(self.schema)
         self._starts = np.cumsum([0] + [s.records for s in self.manifest.shards], dtype=np.int64)
@@ -172,15 +180,21 @@ class Dataset:
         return reader
 
     def _reader(self, source: Any, info: ShardInfo, s: int) -> ShardReader:
-        return ShardReader(source, expected=info, verify=self.verify, decoded=self._decoded,
-                           key=s, max_block_bytes=self.max_block_bytes)  # fmt: skip
+        return ShardReader(
+            source,
+            expected=info,
+            verify=self.verify,
+            decoded=self._decoded,
+            key=s,
+            max_block_bytes=self.max_block_bytes,
+        )
 
     def _remote_source(self, s: int) -> RemoteSource:
         info = self.manifest.shards[s]
         path = join(self.fs, self.root, info.path)
         return RemoteSource(self._store_(), path, _display(self.fs, path), info)
 
-    def _block_table(self, local: bool = False) -> "BlockTable | None":
+    def _block_table(self, local: bool = False) -> BlockTable | None:
         """Remote (or any, with ``local``), up to ``MAX_BLOCK_TABLE`` records: where each
         record lies (see :class:`BlockTable`), kept as shards open and dropped on close and
         fork. Per-batch work (read-ahead hints, the loader's gather of blocks at hand, block
@@ -199,8 +213,9 @@ class Dataset:
         if self.remote:
             self._own()
         if self._fs is None:
-            self._fs, _ = reopen_fs(self._parent_fs, self.path, self._fs_options,
-                                    session=self._child_session)  # fmt: skip
+            self._fs, _ = reopen_fs(
+                self._parent_fs, self.path, self._fs_options, session=self._child_session
+            )
             self._parent_fs = None
             self._child_session = None  # this process's children get their own
         return self._fs
@@ -228,8 +243,9 @@ class Dataset:
             self._readers = [None] * len(self._readers)
             self._table = None
             return
-        store = self._store = RemoteStore(functools.partial(_fs_of, self), self.remote_options,
-                                          parent=parent)  # fmt: skip
+        store = self._store = RemoteStore(
+            functools.partial(_fs_of, self), self.remote_options, parent=parent
+        )
         for reader in self._readers:
             if reader is not None:
                 reader.source.adopt(store)
@@ -312,9 +328,9 @@ class Dataset:
         by_shard = np.argsort(shard_of, kind="stable")
         runs = np.split(by_shard, np.flatnonzero(np.diff(shard_of[by_shard])) + 1)
         runs.sort(key=lambda run: run[0])
-        return self._prefetch_groups([(int(shard_of[run[0]]),
-                                       idx[run] - self._starts[shard_of[run[0]]])
-                                      for run in runs])  # fmt: skip
+        return self._prefetch_groups(
+            [(int(shard_of[run[0]]), idx[run] - self._starts[shard_of[run[0]]]) for run in runs]
+        )
 
     def _all_mapped(self) -> bool:
         """Whether every shard is open here and every block mapped from the cache (maps hold
@@ -323,9 +339,11 @@ class Dataset:
         if store is None or not store.maps:
             return False
         table = self._block_table()
-        return table is not None and \
-            table.shards_added == len(self._readers) and \
-            len(store.maps) >= int(table.base[-1])  # fmt: skip
+        return (
+            table is not None
+            and table.shards_added == len(self._readers)
+            and len(store.maps) >= int(table.base[-1])
+        )
 
     def _prefetch_blocks(self, shards: list[int], blocks: list[int]) -> int:
         """:meth:`prefetch` of blocks ``(shards[i], blocks[i])`` of open shards, in order."""
@@ -349,8 +367,11 @@ class Dataset:
             source = reader.source
             held = reader.held  # blocks the reader holds (decompressed) need no fetch
             resident = source.resident
-            todo = [b for b in dict.fromkeys(reader.records["block"][records].tolist())
-                    if held(b) is None and resident(b) is None]  # fmt: skip
+            todo = [
+                b
+                for b in dict.fromkeys(reader.records["block"][records].tolist())
+                if held(b) is None and resident(b) is None
+            ]
             if todo:
                 scheduled += source.prefetch(todo)
         return scheduled
@@ -373,8 +394,9 @@ class Dataset:
             except Exception:
                 pass
 
-        with ThreadPoolExecutor(min(len(todo), self.remote_options.concurrency),
-                                thread_name_prefix="fastload-open") as pool:  # fmt: skip
+        with ThreadPoolExecutor(
+            min(len(todo), self.remote_options.concurrency), thread_name_prefix="fastload-open"
+        ) as pool:
             list(pool.map(try_open, todo))
 
     def io_stats(self) -> dict:
@@ -427,9 +449,13 @@ class Dataset:
         compiled core) and one list per variable-size field, in the order given."""
         return self.read_into(indices)
 
-    def read_into(self, indices: Sequence[int] | np.ndarray,
-                  out: Mapping[str, np.ndarray] | None = None, *,
-                  image_views: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+    def read_into(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        out: Mapping[str, np.ndarray] | None = None,
+        *,
+        image_views: Iterable[str] = (),
+    ) -> dict[str, Any]:
         """Like :meth:`get_batch`, but the fixed-size fields named in ``out`` are gathered
         straight into the arrays given there (shape ``(n, *field shape)``, the field's dtype,
         C-contiguous; a shared-memory batch buffer, say): one copy of their bytes, in C++.
@@ -450,15 +476,25 @@ class Dataset:
         for name, array in out.items():
             _, offset = layout.header_dtype.fields[name][:2]
             size = array.dtype.itemsize * (array.size // max(n, 1))
-            _core.gather(spans.buffers, spans.src, spans.offsets + np.uint64(offset),
-                         np.full(n, size, np.uint64), array.reshape(-1).view(np.uint8),
-                         np.arange(n, dtype=np.uint64) * np.uint64(size))  # fmt: skip
+            _core.gather(
+                spans.buffers,
+                spans.src,
+                spans.offsets + np.uint64(offset),
+                np.full(n, size, np.uint64),
+                array.reshape(-1).view(np.uint8),
+                np.arange(n, dtype=np.uint64) * np.uint64(size),
+            )
         rest = [f for f in layout.fixed_fields if f.name not in out and f.kind != "image"]
         if rest or layout.var_fields:
             headers = np.empty(n, layout.header_dtype)
-            _core.gather(spans.buffers, spans.src, spans.offsets,
-                         np.full(n, layout.header_size, np.uint64), headers.view(np.uint8),
-                         np.arange(n, dtype=np.uint64) * np.uint64(layout.header_size))  # fmt: skip
+            _core.gather(
+                spans.buffers,
+                spans.src,
+                spans.offsets,
+                np.full(n, layout.header_size, np.uint64),
+                headers.view(np.uint8),
+                np.arange(n, dtype=np.uint64) * np.uint64(layout.header_size),
+            )
             for f in rest:
                 result[f.name] = np.ascontiguousarray(headers[f.name])
             if layout.var_fields:
@@ -498,11 +534,12 @@ class Dataset:
         """The dataset-wide number of each shard's first block (worked out once)."""
         base = self.__dict__.get("_first_blocks")
         if base is None:
-            base = self._first_blocks = np.cumsum([0] + [s.blocks for s in self.shards],
-                                                  dtype=np.int64)  # fmt: skip
+            base = self._first_blocks = np.cumsum(
+                [0] + [s.blocks for s in self.shards], dtype=np.int64
+            )
         return base
 
-    def _locate(self, idx: np.ndarray) -> "_Spans":
+    def _locate(self, idx: np.ndarray) -> _Spans:
         """Where records ``idx`` lie (checksums checked), for gathers in the compiled core."""
         n = len(self)
         bad = np.flatnonzero((idx < -n) | (idx >= n))
@@ -533,15 +570,16 @@ class Dataset:
             buffers.extend(bufs)
         return self._spans(buffers, src, offsets, lengths, shard_of, local)
 
-    def _spans(self, buffers, src, offsets, lengths, shard_of, local) -> "_Spans":
+    def _spans(self, buffers, src, offsets, lengths, shard_of, local) -> _Spans:
         spans = _Spans(self, buffers, src, offsets, lengths, shard_of, local)
         short = np.flatnonzero(lengths < self._layout.header_size)
         if len(short):
             raise spans.corrupt(short[0], f"is {lengths[short[0]]} bytes, shorter than its header")
         return spans
 
-    def _gather_var(self, spans: "_Spans", headers: np.ndarray,
-                    image_views: Iterable[str] = ()) -> dict[str, list]:  # fmt: skip
+    def _gather_var(
+        self, spans: _Spans, headers: np.ndarray, image_views: Iterable[str] = ()
+    ) -> dict[str, list]:
         layout = self._layout
         buffers, src, offsets, lengths = spans.buffers, spans.src, spans.offsets, spans.lengths
         corrupt = spans.corrupt
@@ -563,18 +601,27 @@ class Dataset:
         np.cumsum(copied[:-1], dtype=np.uint64, out=dst[1:])
         data = np.empty(int(copied.sum()), np.uint8)
         _core.gather(buffers, np.repeat(src, k), src_off, copied, data, dst)
-        views = [memoryview(data)] + [_byte_view(b) for b in buffers] if as_views else \
-            [memoryview(data)]  # fmt: skip
+        views = (
+            [memoryview(data)] + [_byte_view(b) for b in buffers]
+            if as_views
+            else [memoryview(data)]
+        )
         columns: dict[str, list] = {}
         for j, f in enumerate(layout.var_fields):
             col, no_copy = [], f.name in as_views
             for i in range(n):
                 v = i * k + j
-                view, a = (views[1 + int(src[i])], int(src_off[v])) if no_copy else \
-                    (views[0], int(dst[v]))  # fmt: skip
+                view, a = (
+                    (views[1 + int(src[i])], int(src_off[v]))
+                    if no_copy
+                    else (views[0], int(dst[v]))
+                )
                 try:
-                    col.append(layout.var_value(f, view[a : a + int(sizes[v])], headers[i],
-                                                image_views=no_copy))  # fmt: skip
+                    col.append(
+                        layout.var_value(
+                            f, view[a : a + int(sizes[v])], headers[i], image_views=no_copy
+                        )
+                    )
                 except RecordDecodeError as e:
                     raise corrupt(i, f"is malformed: {e}") from None
             columns[f.name] = col
@@ -594,7 +641,7 @@ class Dataset:
             self._store.close()
             self._store = None
 
-    def __enter__(self) -> "Dataset":
+    def __enter__(self) -> Dataset:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -611,8 +658,10 @@ class Dataset:
         return state
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.path!r}, records={len(self)}, shards={len(self.shards)}, "
-                f"schema={self.schema.to_dict()})")  # fmt: skip
+        return (
+            f"Dataset({self.path!r}, records={len(self)}, shards={len(self.shards)}, "
+            f"schema={self.schema.to_dict()})"
+        )
 
 
 @dataclass
@@ -637,10 +686,17 @@ def _check_out(field, array: np.ndarray, n: int) -> None:
     if field.kind not in ("scalar", "ndarray") or not field.is_fixed:
         raise ValueError(f"field {field.name!r} is not fixed-size; it cannot be read into an array")
     want = (n, *(field.shape or ()))
-    if (not isinstance(array, np.ndarray) or array.shape != want or array.dtype != field.np_dtype
-            or not array.flags.c_contiguous or not array.flags.writeable):
-        raise ValueError(f"out[{field.name!r}] must be a writable C-contiguous {field.np_dtype} "
-                         f"array of shape {want}")
+    if (
+        not isinstance(array, np.ndarray)
+        or array.shape != want
+        or array.dtype != field.np_dtype
+        or not array.flags.c_contiguous
+        or not array.flags.writeable
+    ):
+        raise ValueError(
+            f"out[{field.name!r}] must be a writable C-contiguous {field.np_dtype} "
+            f"array of shape {want}"
+        )
 
 
 def _as_indices(indices) -> np.ndarray:
@@ -649,8 +705,9 @@ def _as_indices(indices) -> np.ndarray:
     arr = np.asarray(indices).reshape(-1)
     if arr.size == 0:
         return np.zeros(0, np.int64)
-    if arr.dtype.kind == "O" and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                     for i in arr):  # Python ints beyond 64 bits
+    if arr.dtype.kind == "O" and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in arr
+    ):  # Python ints beyond 64 bits
         return np.array([max(min(int(i), 1 << 62), -(1 << 62)) for i in arr], np.int64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"dataset indices must be integers, got an array of {arr.dtype}")
@@ -686,8 +743,9 @@ def _read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) 
     read = functools.partial(_manifest_bytes, fs, root, shown, path, store)
     options = store.options if store is not None else None
     if options is not None and options.share_manifest and store.cache is not None:
-        data = read_shared(read, _display(fs, path), store.cache.dir,
-                           wait_s=options.manifest_wait_s)  # fmt: skip
+        data = read_shared(
+            read, _display(fs, path), store.cache.dir, wait_s=options.manifest_wait_s
+        )
     else:
         data = read()
     return Manifest.from_bytes(data, _display(fs, path))
@@ -698,8 +756,9 @@ def _manifest_bytes(fs, root: str, shown: str, path: str, store: RemoteStore | N
         return store.cat(path, _display(fs, path)) if store is not None else fs.cat_file(path)
     except FileNotFoundError:
         if not fs.exists(root):
-            raise IncompleteDatasetError(f"{shown}: no such dataset (the path does not exist)") \
-                from None
+            raise IncompleteDatasetError(
+                f"{shown}: no such dataset (the path does not exist)"
+            ) from None
         raise IncompleteDatasetError(
             f"{_display(fs, path)}: missing; {shown} is not a complete fastload dataset (a "
             "convert that was interrupted leaves no manifest: run it again)"

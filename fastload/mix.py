@@ -13,7 +13,8 @@ A Mix is two things:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,14 @@ class Mix:
     draws are shuffled (the proportions are exact at every stratum's end).
     """
 
-    def __init__(self, datasets: Sequence[Any], weights: Sequence[float] | None = None, *,
-                 length: int | None = None, stratum: int = 4096) -> None:  # fmt: skip
+    def __init__(
+        self,
+        datasets: Sequence[Any],
+        weights: Sequence[float] | None = None,
+        *,
+        length: int | None = None,
+        stratum: int = 4096,
+    ) -> None:
         self.datasets = list(datasets)
         self.sizes = [len(d) for d in self.datasets]
         # validates sizes, weights, length and stratum with the plan's own messages
@@ -58,13 +65,22 @@ class Mix:
         return int(self.offsets[-1])
 
     # -- the epoch's draws --------------------------------------------------------------------
-    def order(self, seed: int, epoch: int, shuffle: bool, blocks: list | None = None,
-              window: int = 16) -> plan_mix.Mix:  # fmt: skip
+    def order(
+        self, seed: int, epoch: int, shuffle: bool, blocks: list | None = None, window: int = 16
+    ) -> plan_mix.Mix:
         """The draws of one epoch: position -> (dataset, record). ``blocks`` (each dataset's
         records per block): each pass over a dataset in block order (``shuffle="block"``)."""
-        return plan_mix.Mix(self.sizes, self._weights_arg, seed, epoch=epoch,
-                            length=self.length, shuffle=shuffle, stratum=self.stratum,
-                            blocks=blocks, window=window)  # fmt: skip
+        return plan_mix.Mix(
+            self.sizes,
+            self._weights_arg,
+            seed,
+            epoch=epoch,
+            length=self.length,
+            shuffle=shuffle,
+            stratum=self.stratum,
+            blocks=blocks,
+            window=window,
+        )
 
     def indices(self, order: plan_mix.Mix, positions: np.ndarray) -> np.ndarray:
         """Record indices (into the concatenation) drawn at ``positions`` of ``order``."""
@@ -98,17 +114,22 @@ class Mix:
         ok = np.flatnonzero((idx >= 0) & (idx < self.records))
         owner = np.searchsorted(self.offsets, idx[ok], side="right") - 1
         if self._block_base is None:  # (per batch in every worker: worked out once)
-            self._block_base = np.cumsum([0] + [sum(s.blocks for s in d.shards)
-                                                for d in self.datasets])  # fmt: skip
+            self._block_base = np.cumsum(
+                [0] + [sum(s.blocks for s in d.shards) for d in self.datasets]
+            )
         base = self._block_base
         for d in sorted(set(owner.tolist())):
             rows = ok[owner == d]
             out[rows] = base[d] + self.datasets[d].block_numbers(idx[rows] - self.offsets[d])
         return out
 
-    def read_into(self, indices: Sequence[int] | np.ndarray,
-                  out: Mapping[str, np.ndarray] | None = None, *,
-                  image_views: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+    def read_into(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        out: Mapping[str, np.ndarray] | None = None,
+        *,
+        image_views: Iterable[str] = (),
+    ) -> dict[str, Any]:
         """:meth:`fastload.Dataset.read_into` over the concatenation (fast path only)."""
         if self.schema is None:
             raise TypeError("read_into needs fastload.Datasets that share one schema")
@@ -141,8 +162,10 @@ class Mix:
         return {name: merged[name] for name in self.schema.names if name in merged}
 
     def __repr__(self) -> str:
-        return (f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
-                f"length={self.length})")  # fmt: skip
+        return (
+            f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
+            f"length={self.length})"
+        )
 
 
 def _common_schema(datasets: list) -> Schema | None:
@@ -165,4 +188,3 @@ def fingerprint_of(dataset: Any) -> str:
     """A dataset's fingerprint: its own (fastload datasets: the manifest's content hash), else
     its class and length (a plain dataset has nothing better to offer)."""
     return _fingerprint(dataset)
-

@@ -6,9 +6,22 @@ import re
 
 __all__ = ["parse_size", "format_size"]
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6,
-          "mib": 1 << 20, "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12,
-          "tib": 1 << 40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "kib": 1 << 10,
+    "m": 1e6,
+    "mb": 1e6,
+    "mib": 1 << 20,
+    "g": 1e9,
+    "gb": 1e9,
+    "gib": 1 << 30,
+    "t": 1e12,
+    "tb": 1e12,
+    "tib": 1 << 40,
+}
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 

@@ -23,9 +23,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_dataset(path: str, *, storage_options: dict[str, Any] | None = None,
-                   on_shard: Callable[[int], None] | None = None,
-                   max_problems: int = 100) -> VerifyReport:  # fmt: skip
+def verify_dataset(
+    path: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    on_shard: Callable[[int], None] | None = None,
+    max_problems: int = 100,
+) -> VerifyReport:
     """Read every block of every shard and check its checksum, and every record's.
 
     Does not stop at the first problem: the report names every bad shard, block and record

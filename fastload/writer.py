@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ConvertError, ManifestError
+from .format.checksum import format_hash
 from .format.codec import BlockCompressor
 from .format.manifest import Manifest, ShardInfo
 from .format.record import RecordLayout
 from .format.schema import Schema, SchemaLike
 from .format.shard_writer import ShardWriter
-from .format.checksum import format_hash
 from .format.spec import MANIFEST_NAME, PARTS_DIR, SHARD_SUFFIX, TMP_SUFFIX
 from .io.fs import atomic_write, join, open_fs, remove_quietly
 from .utils import parse_size
@@ -66,8 +67,12 @@ class Writer:
         if part is None:
             prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
         self.fs.makedirs(self.root, exist_ok=True)
-        self._options = {"compression": compression, "level": level,
-                         "block_size": self.block_size, "shard_size": self.shard_size}  # fmt: skip
+        self._options = {
+            "compression": compression,
+            "level": level,
+            "block_size": self.block_size,
+            "shard_size": self.shard_size,
+        }
         self._shards: list[ShardInfo] = []
         self._file_ctx = None
         self._shard: ShardWriter | None = None
@@ -127,9 +132,16 @@ class Writer:
     def _close_shard(self) -> None:
         summary = self._shard.finish()
         self._file_ctx.__exit__(None, None, None)
-        self._shards.append(ShardInfo(self._shard_path, summary["records"], summary["bytes"],
-                                      summary["blocks"], summary["raw_bytes"],
-                                      format_hash(summary["hash"])))  # fmt: skip
+        self._shards.append(
+            ShardInfo(
+                self._shard_path,
+                summary["records"],
+                summary["bytes"],
+                summary["blocks"],
+                summary["raw_bytes"],
+                format_hash(summary["hash"]),
+            )
+        )
         self.bytes_written += summary["bytes"]
         self._shard = self._file_ctx = None
 
@@ -158,7 +170,7 @@ class Writer:
         self._shard = self._file_ctx = None
         self._closed = True
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -177,8 +189,9 @@ def _write_manifest(fs, root: str, manifest: Manifest) -> None:
         f.write(manifest.to_bytes())
 
 
-def merge_parts(dst: str | os.PathLike, n_parts: int, *,
-                storage_options: dict[str, Any] | None = None) -> Manifest:  # fmt: skip
+def merge_parts(
+    dst: str | os.PathLike, n_parts: int, *, storage_options: dict[str, Any] | None = None
+) -> Manifest:
     """Combine the parts 0..n_parts-1 written by ``Writer(part=k)`` into the dataset manifest.
 
     The manifest is written last and atomically; the part files are removed afterwards.
@@ -193,8 +206,10 @@ def merge_parts(dst: str | os.PathLike, n_parts: int, *,
         except FileNotFoundError:
             raise ManifestError(f"{path}: part {k} of {n_parts} was never finished") from None
         if schema is not None and part.schema != schema:
-            raise ManifestError(f"{path}: part {k} has schema {part.schema.to_dict()}, part 0 "
-                                f"has {schema.to_dict()}")  # fmt: skip
+            raise ManifestError(
+                f"{path}: part {k} has schema {part.schema.to_dict()}, part 0 "
+                f"has {schema.to_dict()}"
+            )
         schema, options = part.schema, part.options
         shards.extend(part.shards)
     if schema is None:
@@ -211,8 +226,9 @@ def _is_leftover(name: str) -> bool:
     return name.endswith((SHARD_SUFFIX, TMP_SUFFIX)) or name == PARTS_DIR
 
 
-def prepare_destination(dst: str | os.PathLike, *, overwrite: bool,
-                        storage_options: dict[str, Any] | None = None) -> None:  # fmt: skip
+def prepare_destination(
+    dst: str | os.PathLike, *, overwrite: bool, storage_options: dict[str, Any] | None = None
+) -> None:
     """Make ``dst`` ready for a new dataset, refusing to clobber anything by surprise.
 
     - missing or empty: fine;
@@ -231,13 +247,17 @@ def prepare_destination(dst: str | os.PathLike, *, overwrite: bool,
     names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
     others = [n for n in names if n != MANIFEST_NAME and not _is_leftover(n)]
     if others:
-        raise ConvertError(f"destination {dst} holds files that are not part of a fastload "
-                           f"dataset ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''});"
-                           " choose an empty or new directory")
+        raise ConvertError(
+            f"destination {dst} holds files that are not part of a fastload "
+            f"dataset ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''});"
+            " choose an empty or new directory"
+        )
     if MANIFEST_NAME in names:
         if not overwrite:
-            raise ConvertError(f"destination {dst} already holds a fastload dataset; pass "
-                               "--overwrite (overwrite=True) to replace it")
+            raise ConvertError(
+                f"destination {dst} already holds a fastload dataset; pass "
+                "--overwrite (overwrite=True) to replace it"
+            )
         remove_quietly(fs, join(fs, root, MANIFEST_NAME))
     for n in names:
         if _is_leftover(n):
@@ -246,4 +266,3 @@ def prepare_destination(dst: str | os.PathLike, *, overwrite: bool,
                 fs.rm(path, recursive=True)
             else:
                 remove_quietly(fs, path)
-

@@ -51,8 +51,9 @@ def bad(tmp_path_factory):
 
 
 def ns(path, **kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"path": str(path), "json": False, "storage_options": None,
-                                 "no_progress": True, **kw})  # fmt: skip
+    return argparse.Namespace(
+        **{"path": str(path), "json": False, "storage_options": None, "no_progress": True, **kw}
+    )
 
 
 def check_inspect_text(out: str, path: Path) -> None:
@@ -173,8 +174,13 @@ def test_main_help(argv, capsys):
 
 def fastload_cmd(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "fastload", *args], capture_output=True,
-                          text=True, timeout=60, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fastload", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @needs_full_cli

@@ -140,7 +140,9 @@ def make_records(n: int, seed: int = 0):
     lengths = [rng.randrange(0, 300) for _ in range(n)]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
     data = bytearray(rand_bytes(sum(lengths), seed=seed))
-    expected = u32([slice_hash(bytes(data), int(o), n) & 0xFFFFFFFF for o, n in zip(offsets, lengths)])
+    expected = u32(
+        [slice_hash(bytes(data), int(o), n) & 0xFFFFFFFF for o, n in zip(offsets, lengths)]
+    )
     return data, offsets, u64(lengths), expected
 
 
@@ -210,7 +212,7 @@ def test_slices_bad_arrays():
 
 def gather_reference(sources, source_index, offsets, lengths, out: bytearray, out_offsets):
     """Pure-Python gather: returns the error kind (None when valid) and applies it if valid."""
-    for i, (s, o, n, d) in enumerate(zip(source_index, offsets, lengths, out_offsets)):
+    for _i, (s, o, n, d) in enumerate(zip(source_index, offsets, lengths, out_offsets)):
         if s >= len(sources) or o + n > len(sources[s]) or d + n > len(out):
             return "invalid"
     for s, o, n, d in zip(source_index, offsets, lengths, out_offsets):
@@ -221,7 +223,13 @@ def gather_reference(sources, source_index, offsets, lengths, out: bytearray, ou
 def test_gather_matches_reference():
     rng = np.random.default_rng(0)
     raw = [rand_bytes(size, seed=size) for size in (0, 1, 1000, 65_536, 300_000)]
-    sources = [raw[0], bytearray(raw[1]), memoryview(raw[2]), np.frombuffer(raw[3], np.uint8), raw[4]]
+    sources = [
+        raw[0],
+        bytearray(raw[1]),
+        memoryview(raw[2]),
+        np.frombuffer(raw[3], np.uint8),
+        raw[4],
+    ]
     n = 3000
     idx = rng.integers(0, len(sources), n).astype(np.uint32)
     sizes = np.array([len(r) for r in raw], dtype=np.uint64)[idx]
@@ -233,13 +241,20 @@ def test_gather_matches_reference():
     _core.gather(sources, idx, offsets, lengths, out, out_offsets)
 
     want = bytearray(len(out))
-    assert gather_reference(raw, idx.tolist(), offsets.tolist(), lengths.tolist(), want, out_offsets.tolist()) is None
+    assert (
+        gather_reference(
+            raw, idx.tolist(), offsets.tolist(), lengths.tolist(), want, out_offsets.tolist()
+        )
+        is None
+    )
     assert out.tobytes() == bytes(want)
 
 
 def test_gather_into_mmap_and_tuple_sources():
     with mmap.mmap(-1, 16) as out:
-        _core.gather((b"abcdef", bytearray(b"XYZ")), u32([1, 0]), u64([1, 2]), u64([2, 3]), out, u64([0, 10]))
+        _core.gather(
+            (b"abcdef", bytearray(b"XYZ")), u32([1, 0]), u64([1, 2]), u64([2, 3]), out, u64([0, 10])
+        )
         assert out[:] == b"YZ" + bytes(8) + b"cde" + bytes(3)
 
 
@@ -280,15 +295,31 @@ def test_gather_out_of_bounds(case):
 
 def test_gather_bad_arguments():
     src, out = [bytes(100)], bytearray(100)
-    ok = dict(source_index=u32([0, 0]), offsets=u64([0, 1]), lengths=u64([1, 1]), out_offsets=u64([0, 1]))
+    ok = dict(
+        source_index=u32([0, 0]), offsets=u64([0, 1]), lengths=u64([1, 1]), out_offsets=u64([0, 1])
+    )
     for name in ok:
         args = dict(ok, **{name: ok[name][:1]})
         with pytest.raises(ValueError, match=name):
-            _core.gather(src, args["source_index"], args["offsets"], args["lengths"], out, args["out_offsets"])
+            _core.gather(
+                src,
+                args["source_index"],
+                args["offsets"],
+                args["lengths"],
+                out,
+                args["out_offsets"],
+            )
     with pytest.raises(TypeError):  # source_index must be uint32
         _core.gather(src, u64([0, 0]), ok["offsets"], ok["lengths"], out, ok["out_offsets"])
     with pytest.raises(TypeError, match=r"sources\[1\]"):
-        _core.gather([bytes(10), "str"], ok["source_index"], ok["offsets"], ok["lengths"], out, ok["out_offsets"])
+        _core.gather(
+            [bytes(10), "str"],
+            ok["source_index"],
+            ok["offsets"],
+            ok["lengths"],
+            out,
+            ok["out_offsets"],
+        )
     with pytest.raises(TypeError):
         _core.gather(5, ok["source_index"], ok["offsets"], ok["lengths"], out, ok["out_offsets"])
 
@@ -332,7 +363,9 @@ def gather_cases(draw):
         if draw(st.integers(0, 9)) == 0:  # break one field
             field = draw(st.integers(0, 3))
             if field == 0:
-                item[0] = draw(st.one_of(st.integers(len(sizes), len(sizes) + 2), st.just(2**32 - 1)))
+                item[0] = draw(
+                    st.one_of(st.integers(len(sizes), len(sizes) + 2), st.just(2**32 - 1))
+                )
             else:
                 item[field] = draw(st.one_of(st.integers(item[field] + 1, 200), extreme))
         items.append(tuple(item))
@@ -344,7 +377,9 @@ def gather_cases(draw):
 def test_gather_property(case, seed):
     sizes, out_size, items = case
     sources = [rand_bytes(size, seed=seed + i) for i, size in enumerate(sizes)]
-    idx, offsets, lengths, out_offsets = (list(col) for col in zip(*items)) if items else ([], [], [], [])
+    idx, offsets, lengths, out_offsets = (
+        (list(col) for col in zip(*items)) if items else ([], [], [], [])
+    )
     out = bytearray(rand_bytes(out_size, seed=seed + 99))
     want = bytearray(out)
     kind = gather_reference(sources, idx, offsets, lengths, want, out_offsets)
@@ -479,8 +514,16 @@ GIL_CALLS = {
         b, np.arange(0, BIG, 64, dtype=np.uint64), 16, np.empty(BIG // 4, np.uint8)
     ),
     "gather_records": lambda b: _core.gather_records(
-        [b], u32([0]), u64([0]), u64([BIG]), u32([0]), np.zeros(1, np.int64), False, u64([0]),
-        u64([BIG]), [bytearray(BIG)]
+        [b],
+        u32([0]),
+        u64([0]),
+        u64([BIG]),
+        u32([0]),
+        np.zeros(1, np.int64),
+        False,
+        u64([0]),
+        u64([BIG]),
+        [bytearray(BIG)],
     ),
 }
 
@@ -533,7 +576,9 @@ def record_table(n_sources: int = 3, per_source: int = 200, size: int = 24):
         sources.append(data)
         for i in range(per_source):
             o = 7 + i * size
-            table.append((s, o, size, xxhash.xxh64_intdigest(bytes(data[o : o + size])) & 0xFFFFFFFF))
+            table.append(
+                (s, o, size, xxhash.xxh64_intdigest(bytes(data[o : o + size])) & 0xFFFFFFFF)
+            )
     src, off, length, checksum = zip(*table)
     return sources, (u32(src), u64(off), u64(length), u32(checksum))
 
@@ -542,9 +587,15 @@ def gather_records(sources, table, indices, fields, verify=True, outs=None):
     """Calls gather_records for ``fields`` [(at, size)]; returns (result, outs)."""
     n = len(indices)
     outs = outs if outs is not None else [bytearray(n * size) for _, size in fields]
-    got = _core.gather_records(sources, *table, np.asarray(indices, np.int64), verify,
-                               u64([at for at, _ in fields]), u64([size for _, size in fields]),
-                               outs)  # fmt: skip
+    got = _core.gather_records(
+        sources,
+        *table,
+        np.asarray(indices, np.int64),
+        verify,
+        u64([at for at, _ in fields]),
+        u64([size for _, size in fields]),
+        outs,
+    )
     return got, outs
 
 
@@ -570,8 +621,9 @@ def test_gather_records_stops_at_the_first_unreadable_row():
     damaged[src[150]][off[150] + 3] ^= 0x10
     got, (out,) = gather_records(damaged, table, [4, 9, 150, 2], fields)
     assert got == 2
-    assert bytes(out[:48]) == bytes(damaged[src[4]][off[4] : off[4] + 24]) + \
-        bytes(damaged[src[9]][off[9] : off[9] + 24])  # fmt: skip
+    assert bytes(out[:48]) == bytes(damaged[src[4]][off[4] : off[4] + 24]) + bytes(
+        damaged[src[9]][off[9] : off[9] + 24]
+    )
     assert out[72:] == bytearray(24)  # rows after it: not copied
     assert gather_records(damaged, table, [4, 9, 150, 2], fields, verify=False)[0] == -1
     # an index out of range, or a field past the record's end: the row, nothing raised

@@ -63,8 +63,14 @@ def test_non_integer_index(ds, bad):
         ds[bad]
 
 
-SLICES = [slice(2, 10, 3), slice(None, None, -1), slice(-3, None), slice(N - 2, N + 50),
-          slice(100, 50), slice(None, None, 17)]
+SLICES = [
+    slice(2, 10, 3),
+    slice(None, None, -1),
+    slice(-3, None),
+    slice(N - 2, N + 50),
+    slice(100, 50),
+    slice(None, None, 17),
+]
 
 
 @pytest.mark.parametrize("sl", SLICES)
@@ -103,8 +109,11 @@ def check_batch(ds, idx):
         else:
             assert isinstance(col, list) and len(col) == len(idx)
             for v, i in zip(col, idx):
-                assert values_equal(v, index_record(i)[f.name]) if isinstance(v, np.ndarray) \
-                    else v == index_record(i)[f.name], (f.name, i)  # fmt: skip
+                assert (
+                    values_equal(v, index_record(i)[f.name])
+                    if isinstance(v, np.ndarray)
+                    else v == index_record(i)[f.name]
+                ), (f.name, i)
     return batch
 
 
@@ -139,15 +148,15 @@ def test_get_batch_empty(ds):
     assert ds.get_batch(np.zeros(0, np.int64))["s"] == []
 
 
-@pytest.mark.parametrize("bad", [[N], [0, -N - 1], [2**63 - 1], np.array([2**64 - 1], np.uint64),
-                                 [10**30]])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [[N], [0, -N - 1], [2**63 - 1], np.array([2**64 - 1], np.uint64), [10**30]]
+)
 def test_get_batch_out_of_range(ds, bad):
     with pytest.raises(IndexError, match="out of range"):
         ds.get_batch(bad)
 
 
-@pytest.mark.parametrize("bad", [[1.5], [0.0, 1.0], np.array([1.0]), [True, False], ["1"],
-                                 [None]])  # fmt: skip
+@pytest.mark.parametrize("bad", [[1.5], [0.0, 1.0], np.array([1.0]), [True, False], ["1"], [None]])
 def test_get_batch_rejects_non_integer_indices(ds, bad):
     """Regression: float indices were silently truncated (1.5 read record 1)."""
     with pytest.raises(TypeError, match="integers"):
@@ -236,7 +245,7 @@ def test_reads_from_many_threads(ds_path):
                 idx = rng.integers(0, N, 32)
                 if ds.get_batch(idx)["i"].tolist() != idx.tolist():
                     errors.append(("wrong batch",))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(repr(e))
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
@@ -283,8 +292,9 @@ def test_read_into_image_views_point_into_the_records_only_for_named_fields(tmp_
 
     for compression in ("none", "zstd"):
         path = tmp_path / compression
-        with fastload.Writer(path, {"a": "image", "b": "image", "i": "int64"},
-                             compression=compression) as w:  # fmt: skip
+        with fastload.Writer(
+            path, {"a": "image", "b": "image", "i": "int64"}, compression=compression
+        ) as w:
             for i in range(6):
                 w.write({"a": jpeg(i), "b": jpeg(i + 10), "i": i})
         ds = fastload.Dataset(path)

@@ -16,8 +16,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run(args: list[str], timeout: float = 240) -> str:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -30,8 +35,17 @@ def test_quickstart(tmp_path):
 
 
 def test_pack_tokens(tmp_path):
-    out = run([str(EXAMPLES / "pack_tokens.py"), "--docs", "1500", "--seq-len", "128",
-               "--workdir", str(tmp_path)])  # fmt: skip
+    out = run(
+        [
+            str(EXAMPLES / "pack_tokens.py"),
+            "--docs",
+            "1500",
+            "--seq-len",
+            "128",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     assert "'input_ids': 'int64[?]'" in out, out
     assert re.search(r"packed rows of 128: 1,500 documents, [\d,]+ tokens in [\d.]+ s", out), out
     kept = int(re.search(r"padded to 128: ([\d,]+) tokens kept", out)[1].replace(",", ""))
@@ -39,10 +53,30 @@ def test_pack_tokens(tmp_path):
 
 
 def torchrun(workdir: Path, *extra: str) -> str:
-    return run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(free_port()), str(EXAMPLES / "ddp_train.py"),
-                "--workdir", str(workdir), "--rows", "1024", "--batch-size", "16",
-                "--workers", "1", "--save-every", "10", *extra])  # fmt: skip
+    return run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(EXAMPLES / "ddp_train.py"),
+            "--workdir",
+            str(workdir),
+            "--rows",
+            "1024",
+            "--batch-size",
+            "16",
+            "--workers",
+            "1",
+            "--save-every",
+            "10",
+            *extra,
+        ]
+    )
 
 
 def test_ddp_training_stops_and_resumes_where_its_checkpoint_says(tmp_path):

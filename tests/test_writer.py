@@ -153,8 +153,9 @@ def test_abort_discards_the_open_shard(tmp_path):
 
 
 def write_part(dst, k: int, rng: range, schema=None, **kw):
-    with fastload.Writer(dst, schema or INDEX_SCHEMA, part=k, block_size=200, shard_size=900,
-                         **kw) as w:  # fmt: skip
+    with fastload.Writer(
+        dst, schema or INDEX_SCHEMA, part=k, block_size=200, shard_size=900, **kw
+    ) as w:
         for i in rng:
             w.write(index_record(i))
 
@@ -165,8 +166,11 @@ def test_parts_merge_into_one_manifest_in_part_order(tmp_path):
     for k in (2, 0, 1):  # parts finish in any order
         write_part(dst, k, ranges[k])
         assert not (dst / "manifest.json").exists()
-    assert sorted(p.name for p in (dst / "_parts").iterdir()) == \
-        ["part-00000.json", "part-00001.json", "part-00002.json"]  # fmt: skip
+    assert sorted(p.name for p in (dst / "_parts").iterdir()) == [
+        "part-00000.json",
+        "part-00001.json",
+        "part-00002.json",
+    ]
     manifest = merge_parts(dst, 3)
     assert not (dst / "_parts").exists()
     paths = [s.path for s in manifest.shards]

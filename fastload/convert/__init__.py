@@ -15,5 +15,4 @@ from .auto import SOURCES, detect_source, open_source
 from .base import Source, Task
 from .runner import ConvertResult, convert
 
-__all__ = ["convert", "ConvertResult", "Source", "Task", "SOURCES", "open_source",
-           "detect_source"]  # fmt: skip
+__all__ = ["convert", "ConvertResult", "Source", "Task", "SOURCES", "open_source", "detect_source"]

@@ -19,7 +19,8 @@ Conversion works a column at a time (numpy or ``to_pylist`` per batch), never ce
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

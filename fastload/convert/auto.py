@@ -43,12 +43,17 @@ def open_source(src: str, source: str = "auto", *, shard_size: int, **options: A
         raise ConvertError(f"unknown source {source!r}; choose one of auto, {', '.join(SOURCES)}")
     cls = SOURCES[name]
     given = {k: v for k, v in options.items() if v is not None}
-    takes = [p for p in inspect.signature(cls.__init__).parameters
-             if p not in ("self", "src", "root", "shard_size")]  # fmt: skip
+    takes = [
+        p
+        for p in inspect.signature(cls.__init__).parameters
+        if p not in ("self", "src", "root", "shard_size")
+    ]
     unknown = sorted(set(given) - set(takes))
     if unknown:
-        raise ConvertError(f"source {name!r} does not take {', '.join(unknown)}; it takes "
-                           f"{', '.join(takes) or 'no options'}")  # fmt: skip
+        raise ConvertError(
+            f"source {name!r} does not take {', '.join(unknown)}; it takes "
+            f"{', '.join(takes) or 'no options'}"
+        )
     return cls(src, shard_size=shard_size, **given)
 
 
@@ -59,8 +64,10 @@ def detect_source(src: str) -> str:
     if os.path.isfile(src):
         kind = _kind_of(src)
         if kind is None:
-            raise ConvertError(f"{src}: cannot tell the input format from the file name; pass "
-                               f"--from {{{','.join(SOURCES)}}}")  # fmt: skip
+            raise ConvertError(
+                f"{src}: cannot tell the input format from the file name; pass "
+                f"--from {{{','.join(SOURCES)}}}"
+            )
         return kind
     if not os.path.isdir(src):
         raise ConvertError(f"{src}: no such file or directory")
@@ -68,10 +75,14 @@ def detect_source(src: str) -> str:
     if len(kinds) == 1:
         return kinds.pop()
     if not kinds:
-        raise ConvertError(f"{src}: found no input this command converts (image class folders, "
-                           f"{', '.join(s for v in _SUFFIXES.values() for s in v)})")  # fmt: skip
-    raise ConvertError(f"{src}: ambiguous input, it holds {' and '.join(sorted(kinds))} data; "
-                       "pass --from to choose, or point at a narrower path")  # fmt: skip
+        raise ConvertError(
+            f"{src}: found no input this command converts (image class folders, "
+            f"{', '.join(s for v in _SUFFIXES.values() for s in v)})"
+        )
+    raise ConvertError(
+        f"{src}: ambiguous input, it holds {' and '.join(sorted(kinds))} data; "
+        "pass --from to choose, or point at a narrower path"
+    )
 
 
 def _kind_of(path: str) -> str | None:

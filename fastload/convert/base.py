@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 from ..errors import ConvertError, SchemaError, SourceRecordError
 from ..format.schema import Field, Schema

@@ -65,45 +65,98 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("src", metavar="SRC", help="input file, directory or tar brace pattern")
     p.add_argument("dst", metavar="DST", help="output directory or fsspec URL")
-    p.add_argument("--from", dest="source", default="auto", choices=["auto", *SOURCES],
-                   help="input kind (default: detect from SRC)")  # fmt: skip
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=["auto", *SOURCES],
+        help="input kind (default: detect from SRC)",
+    )
     out = p.add_argument_group("output")
-    out.add_argument("--shard-size", default="64MiB", metavar="SIZE",
-                     help="input bytes per task, and output bytes per shard (default: 64MiB)")
-    out.add_argument("--block-size", default="1MiB", metavar="SIZE",
-                     help="bytes per compressed block inside a shard (default: 1MiB, as "
-                          "convert() and Writer)")  # fmt: skip
+    out.add_argument(
+        "--shard-size",
+        default="64MiB",
+        metavar="SIZE",
+        help="input bytes per task, and output bytes per shard (default: 64MiB)",
+    )
+    out.add_argument(
+        "--block-size",
+        default="1MiB",
+        metavar="SIZE",
+        help="bytes per compressed block inside a shard (default: 1MiB, as convert() and Writer)",
+    )
     out.add_argument("--compression", default="zstd", choices=["zstd", "none"])
-    out.add_argument("--level", type=int, default=3, metavar="N",
-                     help="zstd level, -7..22 (default: 3)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace a fastload dataset already at DST")
-    out.add_argument("--storage-options", metavar="JSON", type=_json_object,
-                     help="fsspec options for DST, as a JSON object")
+    out.add_argument(
+        "--level", type=int, default=3, metavar="N", help="zstd level, -7..22 (default: 3)"
+    )
+    out.add_argument(
+        "--overwrite", action="store_true", help="replace a fastload dataset already at DST"
+    )
+    out.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        type=_json_object,
+        help="fsspec options for DST, as a JSON object",
+    )
     run_group = p.add_argument_group("running")
-    run_group.add_argument("--workers", type=int, default=None, metavar="N",
-                           help="worker processes (default: min(4, CPU count))")
-    run_group.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
-                           help="run the tasks on a Ray cluster: the one at ADDRESS "
-                                "(ray://head:10001, auto), else the one ray.init() finds "
-                                "(RAY_ADDRESS, `ray start`), else a new local one; "
-                                "--workers is then the cluster's CPUs")  # fmt: skip
-    run_group.add_argument("--skip-bad", action="store_true",
-                           help="skip and count bad input records instead of failing")
+    run_group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: min(4, CPU count))",
+    )
+    run_group.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="ADDRESS",
+        help="run the tasks on a Ray cluster: the one at ADDRESS "
+        "(ray://head:10001, auto), else the one ray.init() finds "
+        "(RAY_ADDRESS, `ray start`), else a new local one; "
+        "--workers is then the cluster's CPUs",
+    )
+    run_group.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip and count bad input records instead of failing",
+    )
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run_group.add_argument("--json", action="store_true",
-                           help="print the result as one JSON object instead of a summary")
+    run_group.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object instead of a summary",
+    )
     src = p.add_argument_group("source options")
-    src.add_argument("--decode-check", action="store_true", default=None,
-                     help="imagefolder/webdataset: fully decode every image to catch corruption")
-    src.add_argument("--seq-len", type=int, default=None, metavar="N",
-                     help="tokens: tokens per sample")
-    src.add_argument("--dtype", choices=BIN_DTYPES, default=None,
-                     help="tokens: the token type of a raw .bin file")
-    src.add_argument("--overlap", action="store_true", default=None,
-                     help="tokens: samples of seq-len+1 tokens, sharing one with the next")
-    src.add_argument("--infer-lines", type=int, default=None, metavar="N",
-                     help="jsonl: lines to infer the schema from (default: 1000)")
+    src.add_argument(
+        "--decode-check",
+        action="store_true",
+        default=None,
+        help="imagefolder/webdataset: fully decode every image to catch corruption",
+    )
+    src.add_argument(
+        "--seq-len", type=int, default=None, metavar="N", help="tokens: tokens per sample"
+    )
+    src.add_argument(
+        "--dtype",
+        choices=BIN_DTYPES,
+        default=None,
+        help="tokens: the token type of a raw .bin file",
+    )
+    src.add_argument(
+        "--overlap",
+        action="store_true",
+        default=None,
+        help="tokens: samples of seq-len+1 tokens, sharing one with the next",
+    )
+    src.add_argument(
+        "--infer-lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jsonl: lines to infer the schema from (default: 1000)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -116,13 +169,25 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     try:
         result = convert(
-            args.src, args.dst, source=args.source, workers=workers, shard_size=args.shard_size,
-            block_size=args.block_size, compression=args.compression, level=args.level,
-            overwrite=args.overwrite, skip_bad=args.skip_bad,
-            storage_options=args.storage_options, progress=not args.no_progress,
-            decode_check=args.decode_check, seq_len=args.seq_len, dtype=args.dtype,
-            overlap=args.overlap, infer_lines=args.infer_lines, ray=args.ray,
-        )  # fmt: skip
+            args.src,
+            args.dst,
+            source=args.source,
+            workers=workers,
+            shard_size=args.shard_size,
+            block_size=args.block_size,
+            compression=args.compression,
+            level=args.level,
+            overwrite=args.overwrite,
+            skip_bad=args.skip_bad,
+            storage_options=args.storage_options,
+            progress=not args.no_progress,
+            decode_check=args.decode_check,
+            seq_len=args.seq_len,
+            dtype=args.dtype,
+            overlap=args.overlap,
+            infer_lines=args.infer_lines,
+            ray=args.ray,
+        )
     except FastloadError as e:
         print(f"fastload convert: error: {_one_line(e)}", file=sys.stderr)
         return 1

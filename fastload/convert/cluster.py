@@ -29,7 +29,8 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
 
 from ..errors import ConvertError
 from ..format.schema import Schema
@@ -45,9 +46,15 @@ _MAX_RETRIES = 3  # a task whose worker or node died is run again this many time
 _CONNECT_SECONDS = 10.0  # for a cluster's address to answer
 
 
-def run_on_ray(source: Source, schema: Schema, tasks: Sequence[Task], opts: WriteOptions,
-               skip_bad: bool, on_event: Callable[[str, Any], None],
-               address: str | bool = True) -> list[TaskResult]:  # fmt: skip
+def run_on_ray(
+    source: Source,
+    schema: Schema,
+    tasks: Sequence[Task],
+    opts: WriteOptions,
+    skip_bad: bool,
+    on_event: Callable[[str, Any], None],
+    address: str | bool = True,
+) -> list[TaskResult]:
     """Run every task on the Ray cluster at ``address``; results in task order (see the
     module docstring)."""
     with _cluster(address) as (ray, started):
@@ -83,14 +90,16 @@ def run_on_ray(source: Source, schema: Schema, tasks: Sequence[Task], opts: Writ
     return [results[i] for i in range(len(tasks))]
 
 
-def _ray_task(source: Source, schema: Schema, index: int, task: Task, opts: WriteOptions,
-              skip_bad: bool) -> tuple[str, Any]:  # fmt: skip
+def _ray_task(
+    source: Source, schema: Schema, index: int, task: Task, opts: WriteOptions, skip_bad: bool
+) -> tuple[str, Any]:
     """One task on a Ray worker: ("done", TaskResult) or ("error", payload). Errors travel as
     plain strings (error_payload), as from a worker process, so the driver raises fastload's
     own error class and not Ray's wrapper of it."""
     try:
-        return "done", run_task(source, schema, index, task, opts, skip_bad,
-                                lambda kind, value: None)  # fmt: skip
+        return "done", run_task(
+            source, schema, index, task, opts, skip_bad, lambda kind, value: None
+        )
     except Exception as e:
         return "error", error_payload(e)
 
@@ -101,8 +110,10 @@ def _outcome(ray, ref, task: Task) -> tuple[str, Any]:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:
-        raise ConvertError(f"Ray could not run the convert task for {task.describe()}: "
-                           f"{type(e).__name__}: {_first_line(e)}") from e  # fmt: skip
+        raise ConvertError(
+            f"Ray could not run the convert task for {task.describe()}: "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from e
 
 
 def _cancel(ray, refs: list) -> None:
@@ -120,8 +131,11 @@ def _cancel(ray, refs: list) -> None:
         with contextlib.suppress(Exception):
             _, left = ray.wait(left, num_returns=len(left), timeout=_WAIT_SECONDS)
     if left:
-        log.warning("fastload convert: %d cancelled Ray task(s) had not ended after %.0f s",
-                    len(left), _CANCEL_SECONDS)  # fmt: skip
+        log.warning(
+            "fastload convert: %d cancelled Ray task(s) had not ended after %.0f s",
+            len(left),
+            _CANCEL_SECONDS,
+        )
 
 
 @contextlib.contextmanager
@@ -173,8 +187,9 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=_CONNECT_SECONDS).close()
     except OSError as e:
-        raise ConvertError(f"could not join a Ray cluster at {address!r}: nothing answers at "
-                           f"{host}:{port} ({e})") from None  # fmt: skip
+        raise ConvertError(
+            f"could not join a Ray cluster at {address!r}: nothing answers at {host}:{port} ({e})"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:

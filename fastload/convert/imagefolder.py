@@ -12,8 +12,8 @@ Symlinks are followed only while they stay inside root; one that leads outside i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
@@ -41,8 +41,10 @@ class ImageFolderTask(Task):
     files: tuple[ImageFile, ...]
 
     def describe(self) -> str:
-        return (f"{self.root}: {len(self.files)} images from {self.files[0].path} to "
-                f"{self.files[-1].path}")  # fmt: skip
+        return (
+            f"{self.root}: {len(self.files)} images from {self.files[0].path} to "
+            f"{self.files[-1].path}"
+        )
 
 
 class ImageFolderSource(Source):
@@ -116,8 +118,9 @@ def list_images(root: str, classes: list[str]) -> list[ImageFile]:
     return files
 
 
-def _walk(root: str, real_root: str, rel: str, label: int, out: list[ImageFile],
-          active: set[str]) -> None:  # fmt: skip
+def _walk(
+    root: str, real_root: str, rel: str, label: int, out: list[ImageFile], active: set[str]
+) -> None:
     """Append the images under ``root/rel`` in sorted order, following safe symlinks."""
     path = os.path.join(root, *rel.split("/"))
     problem = _link_problem(path, real_root)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -32,12 +33,19 @@ SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # The list kinds (_json_type) a value of each inferred array type may be.
 _LISTS = {"int64[?]": {"list[]", "list[int]"}, "float64[?]": {"list[]", "list[int]", "list[num]"}}
-_LIST_NAMES = {"list[]": "an empty list", "list[int]": "a list of ints",
-               "list[num]": "a list of numbers", "list": "a list of other values"}  # fmt: skip
+_LIST_NAMES = {
+    "list[]": "an empty list",
+    "list[int]": "a list of ints",
+    "list[num]": "a list of numbers",
+    "list": "a list of other values",
+}
 # The Python types a value of each inferred field type may have.
 _ALLOWED: dict[str, tuple[type, ...]] = {
-    "int64": (int,), "float64": (float, int), "bool": (bool,), "str": (str,)
-}  # fmt: skip
+    "int64": (int,),
+    "float64": (float, int),
+    "bool": (bool,),
+    "str": (str,),
+}
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,9 @@ class JsonlSource(Source):
         self.files = list_files(src, SUFFIXES, what="JSON Lines")
         self._schema, self.optional = infer_schema(self.files, infer_lines)
         # Each typed field's allowed Python types; json fields accept any value.
-        self._checks = [(f.name, f.spec, _ALLOWED[f.spec]) for f in self._schema
-                        if f.spec in _ALLOWED]  # fmt: skip
+        self._checks = [
+            (f.name, f.spec, _ALLOWED[f.spec]) for f in self._schema if f.spec in _ALLOWED
+        ]
         self._arrays = [(f.name, f.spec, f.np_dtype) for f in self._schema if f.kind == "ndarray"]
         self._keys = frozenset(self._schema.names)
         self._required = self._keys - self.optional
@@ -125,15 +134,19 @@ class JsonlSource(Source):
         for name, spec, allowed in self._checks:
             value = obj[name]
             if type(value) not in allowed:
-                return None, (f"key {name!r} is {_describe(value)}, but the schema (inferred "
-                              f"from the first lines) says {spec}")  # fmt: skip
+                return None, (
+                    f"key {name!r} is {_describe(value)}, but the schema (inferred "
+                    f"from the first lines) says {spec}"
+                )
             if spec == "int64" and not _INT64[0] <= value <= _INT64[1]:
                 return None, f"key {name!r}: {value} does not fit in int64"
         for name, spec, dtype in self._arrays:
             value = obj[name]
             if _json_type(value) not in _LISTS[spec]:
-                return None, (f"key {name!r} is {_describe(value)}, but the schema (inferred "
-                              f"from the first lines) says {spec}")  # fmt: skip
+                return None, (
+                    f"key {name!r} is {_describe(value)}, but the schema (inferred "
+                    f"from the first lines) says {spec}"
+                )
             obj[name] = np.array(value, dtype)
         return obj, None
 
@@ -143,9 +156,12 @@ class JsonlSource(Source):
         if not unknown and not missing:
             return None
         parts = ([f"unknown keys {unknown}"] if unknown else []) + (
-            [f"missing keys {missing}"] if missing else [])  # fmt: skip
-        return (f"{' and '.join(parts)}; the schema (inferred from the first lines) has keys "
-                f"{self._schema.names}")  # fmt: skip
+            [f"missing keys {missing}"] if missing else []
+        )
+        return (
+            f"{' and '.join(parts)}; the schema (inferred from the first lines) has keys "
+            f"{self._schema.names}"
+        )
 
 
 def infer_schema(files: list[str], n_lines: int) -> tuple[Schema, frozenset[str]]:
@@ -173,8 +189,10 @@ def infer_schema(files: list[str], n_lines: int) -> tuple[Schema, frozenset[str]
     if not kinds:
         raise ConvertError(f"{files[0]}: no JSON object lines to infer a schema from")
     optional = frozenset(k for k, n in counts.items() if n < seen)
-    fields = {check_field_name(k, f"{files[0]}: key"): "json" if k in optional else _spec(kinds[k])
-              for k in kinds}  # fmt: skip
+    fields = {
+        check_field_name(k, f"{files[0]}: key"): "json" if k in optional else _spec(kinds[k])
+        for k in kinds
+    }
     return Schema(fields), optional
 
 
@@ -207,7 +225,7 @@ def _describe(value: Any) -> str:
 
 
 def _list_type(value: list) -> str:
-    """"list[]" (empty), "list[int]" (int64 ints), "list[num]" (ints and floats) or "list"."""
+    """ "list[]" (empty), "list[int]" (int64 ints), "list[num]" (ints and floats) or "list"."""
     if not value:
         return "list[]"
     types = set(map(type, value))

@@ -9,8 +9,8 @@ column.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -78,12 +78,17 @@ class ParquetSource(Source):
         """One piece per row group / record batch of ``path``, checking its schema matches."""
         schema = _fastload_schema(_arrow_schema(path), path)
         if schema != self._schema:
-            raise ConvertError(f"{path}: its columns {schema.to_dict()} differ from those of "
-                               f"{self.files[0]}: {self._schema.to_dict()}")  # fmt: skip
+            raise ConvertError(
+                f"{path}: its columns {schema.to_dict()} differ from those of "
+                f"{self.files[0]}: {self._schema.to_dict()}"
+            )
         sizes, rows = _unit_sizes(path)
         starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
-        return [ParquetPiece(path, i, i + 1, starts[i], rows[i], sizes[i])
-                for i in range(len(rows)) if rows[i]]  # fmt: skip
+        return [
+            ParquetPiece(path, i, i + 1, starts[i], rows[i], sizes[i])
+            for i in range(len(rows))
+            if rows[i]
+        ]
 
     def read(self, task: ParquetTask) -> Iterator[ReadItem]:
         names = self._schema.names
@@ -101,15 +106,17 @@ def _merge(pieces: list[ParquetPiece]) -> tuple[ParquetPiece, ...]:
     for p in pieces:
         last = out[-1] if out else None
         if last is not None and last.path == p.path and last.stop == p.start:
-            out[-1] = ParquetPiece(p.path, last.start, p.stop, last.first_row,
-                                   last.rows + p.rows, last.size + p.size)  # fmt: skip
+            out[-1] = ParquetPiece(
+                p.path, last.start, p.stop, last.first_row, last.rows + p.rows, last.size + p.size
+            )
         else:
             out.append(p)
     return tuple(out)
 
 
-def _batch_records(batch: pa.RecordBatch, names: list[str], specs: list[str], path: str,
-                   first_row: int) -> Iterator[ReadItem]:  # fmt: skip
+def _batch_records(
+    batch: pa.RecordBatch, names: list[str], specs: list[str], path: str, first_row: int
+) -> Iterator[ReadItem]:
     """The records of one batch; rows with nulls come out first, as errors."""
     masks = [(name, null_rows(batch.column(i))) for i, name in enumerate(names)]
     bad = np.zeros(batch.num_rows, bool)
@@ -150,8 +157,9 @@ def _unit_sizes(path: str) -> tuple[list[int], list[int]]:
     if path.lower().endswith(PARQUET_SUFFIXES):
         meta = pq.ParquetFile(path).metadata
         groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-        sizes = [sum(g.column(j).total_compressed_size for j in range(g.num_columns))
-                 for g in groups]  # fmt: skip
+        sizes = [
+            sum(g.column(j).total_compressed_size for j in range(g.num_columns)) for g in groups
+        ]
         return sizes, [g.num_rows for g in groups]
     batches = _ipc_batches(path)
     return [b.nbytes for b in batches], [b.num_rows for b in batches]
@@ -163,8 +171,9 @@ def _batches(piece: ParquetPiece) -> Iterator[pa.RecordBatch]:
         f = pq.ParquetFile(piece.path)
         rows = max(1, piece.rows)
         batch_rows = int(np.clip(_BATCH_BYTES * rows // max(1, piece.size), 16, 65536))
-        yield from f.iter_batches(batch_size=batch_rows, row_groups=range(piece.start, piece.stop),
-                                  use_threads=False)  # fmt: skip
+        yield from f.iter_batches(
+            batch_size=batch_rows, row_groups=range(piece.start, piece.stop), use_threads=False
+        )
     else:
         yield from _ipc_batches(piece.path)[piece.start : piece.stop]
 
@@ -184,4 +193,3 @@ def _ipc_batches(path: str) -> list[pa.RecordBatch]:
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
         return [reader.get_batch(i) for i in range(reader.num_record_batches)]
     return list(reader)
-

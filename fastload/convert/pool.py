@@ -20,7 +20,8 @@ import multiprocessing
 import queue
 import signal
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from ..errors import ConvertError
 from ..format.schema import Schema
@@ -33,9 +34,15 @@ _POLL_SECONDS = 0.5
 _JOIN_SECONDS = 5.0
 
 
-def run_in_processes(source: Source, schema: Schema, tasks: Sequence[Task], opts: WriteOptions,
-                     skip_bad: bool, workers: int,
-                     on_event: Callable[[str, Any], None]) -> list[TaskResult]:  # fmt: skip
+def run_in_processes(
+    source: Source,
+    schema: Schema,
+    tasks: Sequence[Task],
+    opts: WriteOptions,
+    skip_bad: bool,
+    workers: int,
+    on_event: Callable[[str, Any], None],
+) -> list[TaskResult]:
     """Run every task on ``workers`` processes; results in task order (see module docstring)."""
     ctx = _context()
     jobs, events = ctx.Queue(), ctx.Queue()
@@ -44,9 +51,15 @@ def run_in_processes(source: Source, schema: Schema, tasks: Sequence[Task], opts
     for _ in range(workers):
         jobs.put(None)
     current = ctx.Array("q", [-1] * workers, lock=False)  # the task each worker is running
-    procs = [ctx.Process(target=worker_main, name=f"fastload-convert-{k}", daemon=True,
-                         args=(source, schema, opts, skip_bad, jobs, events, current, k))
-             for k in range(workers)]  # fmt: skip
+    procs = [
+        ctx.Process(
+            target=worker_main,
+            name=f"fastload-convert-{k}",
+            daemon=True,
+            args=(source, schema, opts, skip_bad, jobs, events, current, k),
+        )
+        for k in range(workers)
+    ]
     results: dict[int, TaskResult] = {}
     finished = False
     try:
@@ -102,15 +115,20 @@ def _check_workers(procs, current, tasks: Sequence[Task], *, idle: bool) -> None
 
 
 def _death_message(p, index: int | None, tasks: Sequence[Task]) -> str:
-    how = (f"was killed by signal {-p.exitcode}" if p.exitcode < 0
-           else f"exited with status {p.exitcode}")  # fmt: skip
+    how = (
+        f"was killed by signal {-p.exitcode}"
+        if p.exitcode < 0
+        else f"exited with status {p.exitcode}"
+    )
     if index is not None:
         hint = " (out of memory?)" if p.exitcode == -signal.SIGKILL else ""
         return f"convert worker {p.pid} {how} while converting {tasks[index].describe()}{hint}"
-    return (f"convert worker {p.pid} {how} before starting any task (see its error above). "
-            "Worker processes re-import the main module: a script that calls convert() with "
-            "workers > 1 needs an `if __name__ == '__main__':` guard, and code fed on stdin "
-            "cannot start workers")
+    return (
+        f"convert worker {p.pid} {how} before starting any task (see its error above). "
+        "Worker processes re-import the main module: a script that calls convert() with "
+        "workers > 1 needs an `if __name__ == '__main__':` guard, and code fed on stdin "
+        "cannot start workers"
+    )
 
 
 def _stop(procs, *, wait: bool) -> None:

@@ -6,7 +6,8 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -38,13 +39,22 @@ class Progress:
         self._last_skip_log = 0.0
         self._skip_messages = 0  # reasons received; counts arrive later, in batches
         self._last_redraw = 0.0
-        self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-                         desc="convert", file=sys.stderr, disable=not enabled, smoothing=0.1,
-                         dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+        self._bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            desc="convert",
+            file=sys.stderr,
+            disable=not enabled,
+            smoothing=0.1,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
         self.enabled = enabled
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["Progress"]:
+    def active(self) -> Iterator[Progress]:
         """Show the bar while the block runs; log lines print above it, not through it."""
         redirect = logging_redirect_tqdm([log]) if self.enabled else contextlib.nullcontext()
         try:
@@ -79,8 +89,10 @@ class Progress:
         self._last_redraw = now
         rate = self.records / max(1e-9, now - self._start)
         skipped = f", {self.skipped:,} skipped" if self.skipped else ""
-        text = (f"{self.records:,} records ({rate:,.0f}/s){skipped}, "
-                f"tasks {self.tasks_done}/{self.n_tasks}")  # fmt: skip
+        text = (
+            f"{self.records:,} records ({rate:,.0f}/s){skipped}, "
+            f"tasks {self.tasks_done}/{self.n_tasks}"
+        )
         self._bar.set_postfix_str(text)
 
     def _log_skip(self, message: str) -> None:
@@ -91,5 +103,7 @@ class Progress:
         now = time.monotonic()
         if now - self._last_skip_log >= _SKIP_LOG_SECONDS:
             self._last_skip_log = now
-            log.warning("skipped %s records so far (the summary shows examples)",
-                        f"{max(self.skipped, self._skip_messages):,}")
+            log.warning(
+                "skipped %s records so far (the summary shows examples)",
+                f"{max(self.skipped, self._skip_messages):,}",
+            )

@@ -14,8 +14,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConvertError
 from ..format.codec import BlockCompressor
@@ -120,8 +121,9 @@ def convert(
         log.info("%s", note)
     prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
     try:
-        results = _run(reader, schema, tasks, opts, skip_bad, min(workers, len(tasks)),
-                       progress, ray)
+        results = _run(
+            reader, schema, tasks, opts, skip_bad, min(workers, len(tasks)), progress, ray
+        )
         manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
@@ -144,12 +146,19 @@ def convert(
     )
 
 
-def _write_options(dst: str, shard_size: int | str, block_size: int | str, compression: str,
-                   level: int, storage_options: dict[str, Any] | None) -> WriteOptions:  # fmt: skip
+def _write_options(
+    dst: str,
+    shard_size: int | str,
+    block_size: int | str,
+    compression: str,
+    level: int,
+    storage_options: dict[str, Any] | None,
+) -> WriteOptions:
     """Checked Writer arguments: bad ones fail here, before any work, not in a worker."""
     try:
-        opts = WriteOptions(dst, parse_size(shard_size), parse_size(block_size), compression,
-                            level, storage_options)  # fmt: skip
+        opts = WriteOptions(
+            dst, parse_size(shard_size), parse_size(block_size), compression, level, storage_options
+        )
         BlockCompressor(compression, level)
     except ValueError as e:
         raise ConvertError(str(e)) from None
@@ -165,12 +174,22 @@ def _check_not_nested(src: str, dst: str) -> None:
         return
     a, b = os.path.realpath(src), os.path.realpath(dst)
     if os.path.commonpath([a, b]) == a:
-        raise ConvertError(f"destination {dst} is inside the input directory {src}; choose a "
-                           "destination outside it")  # fmt: skip
+        raise ConvertError(
+            f"destination {dst} is inside the input directory {src}; choose a "
+            "destination outside it"
+        )
 
 
-def _run(reader: Source, schema: Schema, tasks: list[Task], opts: WriteOptions, skip_bad: bool,
-         workers: int, progress: bool, ray: bool | str) -> list[TaskResult]:  # fmt: skip
+def _run(
+    reader: Source,
+    schema: Schema,
+    tasks: list[Task],
+    opts: WriteOptions,
+    skip_bad: bool,
+    workers: int,
+    progress: bool,
+    ray: bool | str,
+) -> list[TaskResult]:
     """Every task's result, in task order, from this process, worker processes or Ray."""
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from ..format.schema import Schema
 from .base import Source, Task
@@ -25,9 +26,15 @@ class _Stopped(BaseException):
     """Raised inside a task's thread once the convert is being stopped."""
 
 
-def run_in_threads(source: Source, schema: Schema, tasks: Sequence[Task], opts: WriteOptions,
-                   skip_bad: bool, workers: int,
-                   on_event: Callable[[str, Any], None]) -> list[TaskResult]:  # fmt: skip
+def run_in_threads(
+    source: Source,
+    schema: Schema,
+    tasks: Sequence[Task],
+    opts: WriteOptions,
+    skip_bad: bool,
+    workers: int,
+    on_event: Callable[[str, Any], None],
+) -> list[TaskResult]:
     """Run every task on ``workers`` threads; results in task order."""
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for i in sorted(range(len(tasks)), key=lambda i: -tasks[i].input_bytes):
@@ -50,13 +57,15 @@ def run_in_threads(source: Source, schema: Schema, tasks: Sequence[Task], opts: 
                 result = run_task(source, schema, i, tasks[i], opts, skip_bad, report)
             except _Stopped:
                 return
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, who raises it
+            except BaseException as e:
                 events.put(("error", e))
                 return
             events.put(("done", result))
 
-    threads = [threading.Thread(target=work, name=f"fastload-convert-{k}", daemon=True)
-               for k in range(workers)]  # fmt: skip
+    threads = [
+        threading.Thread(target=work, name=f"fastload-convert-{k}", daemon=True)
+        for k in range(workers)
+    ]
     results: dict[int, TaskResult] = {}
     try:
         for t in threads:

@@ -14,8 +14,8 @@ be a directory of token files (sorted); samples never span two files.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -48,11 +48,19 @@ class TokensSource(Source):
     name = "tokens"
     threads_suffice = True  # memmap slices, numpy encode and zstd: all without the GIL
 
-    def __init__(self, src: str, *, shard_size: int, seq_len: int | None = None,
-                 dtype: str | None = None, overlap: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        src: str,
+        *,
+        shard_size: int,
+        seq_len: int | None = None,
+        dtype: str | None = None,
+        overlap: bool = False,
+    ) -> None:
         if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-            raise ConvertError(f"tokens: seq_len (--seq-len) must be a positive integer, got "
-                               f"{seq_len!r}")  # fmt: skip
+            raise ConvertError(
+                f"tokens: seq_len (--seq-len) must be a positive integer, got {seq_len!r}"
+            )
         if dtype is not None and dtype not in BIN_DTYPES:
             raise ConvertError(f"tokens: dtype must be one of {BIN_DTYPES}, got {dtype!r}")
         self.shard_size = shard_size
@@ -67,8 +75,10 @@ class TokensSource(Source):
         self.dtype = np.dtype(dtypes.pop())
         self.n_tokens = {p: n for p, (n, _) in shapes.items()}
         if not any(self._n_samples(p) for p in self.files):
-            raise ConvertError(f"{src}: fewer than {self.sample_len} tokens in every file; "
-                               "nothing to convert (lower --seq-len?)")  # fmt: skip
+            raise ConvertError(
+                f"{src}: fewer than {self.sample_len} tokens in every file; "
+                "nothing to convert (lower --seq-len?)"
+            )
 
     def schema(self) -> Schema:
         return Schema({"tokens": f"{self.dtype.name}[{self.sample_len}]"})
@@ -94,8 +104,10 @@ class TokensSource(Source):
         (a shorter file would be read past its end)."""
         tokens = _map(task.path, self.dtype)
         if tokens.size != self.n_tokens[task.path]:
-            raise ConvertError(f"{task.path}: changed size during the convert (had "
-                               f"{self.n_tokens[task.path]} tokens, now {tokens.size})")
+            raise ConvertError(
+                f"{task.path}: changed size during the convert (had "
+                f"{self.n_tokens[task.path]} tokens, now {tokens.size})"
+            )
         return tokens
 
     def read(self, task: TokensTask) -> Iterator[ReadItem]:
@@ -109,22 +121,29 @@ class TokensSource(Source):
         tokens = self._tokens(task)
         step, length = self.seq_len, self.sample_len
         rows = np.lib.stride_tricks.as_strided(
-            tokens[task.start * step :], shape=(task.stop - task.start, length),
-            strides=(step * tokens.itemsize, tokens.itemsize), writeable=False)  # fmt: skip
+            tokens[task.start * step :],
+            shape=(task.stop - task.start, length),
+            strides=(step * tokens.itemsize, tokens.itemsize),
+            writeable=False,
+        )
         for start in range(0, len(rows), _ROWS_PER_CHUNK):
             yield {"tokens": rows[start : start + _ROWS_PER_CHUNK]}
 
     def dropped_tokens(self) -> int:
         """Tokens at the ends of files that fill no whole sample."""
-        used = sum(self._n_samples(p) * self.seq_len + (self.overlap and self._n_samples(p) > 0)
-                   for p in self.files)  # fmt: skip
+        used = sum(
+            self._n_samples(p) * self.seq_len + (self.overlap and self._n_samples(p) > 0)
+            for p in self.files
+        )
         return sum(self.n_tokens.values()) - used
 
     def notes(self) -> list[str]:
         dropped = self.dropped_tokens()
-        return [f"tokens: {sum(self.n_tokens.values())} {self.dtype.name} tokens in "
-                f"{len(self.files)} file(s) -> samples of {self.sample_len}; "
-                f"{dropped} trailing token(s) dropped"]  # fmt: skip
+        return [
+            f"tokens: {sum(self.n_tokens.values())} {self.dtype.name} tokens in "
+            f"{len(self.files)} file(s) -> samples of {self.sample_len}; "
+            f"{dropped} trailing token(s) dropped"
+        ]
 
 
 def _token_file(path: str, dtype: str | None) -> tuple[int, np.dtype]:
@@ -135,12 +154,16 @@ def _token_file(path: str, dtype: str | None) -> tuple[int, np.dtype]:
             raise ConvertError(f"{path}: holds {arr.dtype} tokens but dtype {dtype} was asked for")
         return arr.size, arr.dtype.newbyteorder("=")
     if dtype is None:
-        raise ConvertError(f"{path}: a raw .bin token file needs its dtype: pass --dtype "
-                           f"{' or '.join(BIN_DTYPES)} (dtype=...)")  # fmt: skip
+        raise ConvertError(
+            f"{path}: a raw .bin token file needs its dtype: pass --dtype "
+            f"{' or '.join(BIN_DTYPES)} (dtype=...)"
+        )
     size, item = os.path.getsize(path), np.dtype(dtype).itemsize
     if size % item:
-        raise ConvertError(f"{path}: {size} bytes is not a whole number of {dtype} tokens "
-                           f"({item} bytes each); wrong --dtype, or a truncated file?")  # fmt: skip
+        raise ConvertError(
+            f"{path}: {size} bytes is not a whole number of {dtype} tokens "
+            f"({item} bytes each); wrong --dtype, or a truncated file?"
+        )
     return size // item, np.dtype(dtype)
 
 

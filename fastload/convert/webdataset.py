@@ -21,8 +21,9 @@ import os
 import re
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
@@ -37,8 +38,10 @@ _INT_EXTS = {"cls", "cls2", "index"}
 _TEXT_EXTS = {"txt", "text"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _BRACE_RE = re.compile(r"\{([^{}]*)\}")
-_INTERLEAVED = ("its key appears again after other keys (interleaved samples); group each "
-                "sample's members together")  # fmt: skip
+_INTERLEAVED = (
+    "its key appears again after other keys (interleaved samples); group each "
+    "sample's members together"
+)
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,11 @@ class WebDatasetSource(Source):
         if sample.members.keys() != set(self.exts):
             missing = sorted(set(self.exts) - sample.members.keys())
             extra = sorted(sample.members.keys() - set(self.exts))
-            raise ValueError(f"has extensions {sorted(sample.members)}, the schema (from the "
-                             f"first sample) has {self.exts}: missing {missing}, "
-                             f"extra {extra}")  # fmt: skip
+            raise ValueError(
+                f"has extensions {sorted(sample.members)}, the schema (from the "
+                f"first sample) has {self.exts}: missing {missing}, "
+                f"extra {extra}"
+            )
         record: dict[str, Any] = {"key": sample.key}
         for ext, data in sample.members.items():
             record[ext] = self._value(ext, data)
@@ -148,8 +153,10 @@ def _first_sample_exts(files: list[str]) -> list[str]:
                 exts = sorted(sample.members)
                 if "key" in exts:
                     raise ConvertError(f"{path}: extension 'key' clashes with the key field")
-                return [check_field_name(e, f"{path}: extension of {sample.first_member!r}")
-                        for e in exts]  # fmt: skip
+                return [
+                    check_field_name(e, f"{path}: extension of {sample.first_member!r}")
+                    for e in exts
+                ]
     raise ConvertError(f"{files[0]}: no well-formed samples found in the input tars")
 
 
@@ -194,8 +201,9 @@ def tar_samples(path: str) -> Iterator[_Sample | SourceRecordError]:
         if sample is not None:
             yield sample
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        yield SourceRecordError(f"{path}: unreadable after member {last!r} ({e}); the rest of "
-                                "this tar is skipped")  # fmt: skip
+        yield SourceRecordError(
+            f"{path}: unreadable after member {last!r} ({e}); the rest of this tar is skipped"
+        )
 
 
 def _split(name: str) -> tuple[str | None, str]:
@@ -227,8 +235,9 @@ def tar_files(src: str) -> list[str]:
         files = expand_braces(src)
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
-            raise ConvertError(f"{src}: {len(missing)} of {len(files)} files do not exist, "
-                               f"e.g. {missing[0]}")  # fmt: skip
+            raise ConvertError(
+                f"{src}: {len(missing)} of {len(files)} files do not exist, e.g. {missing[0]}"
+            )
         return files
     return list_files(src, SUFFIXES, what="tar")
 

@@ -21,8 +21,14 @@ from ..format.schema import Schema
 from ..writer import Writer
 from .base import Source, Task
 
-__all__ = ["WriteOptions", "TaskResult", "run_task", "worker_main", "error_payload",
-           "error_from_payload"]  # fmt: skip
+__all__ = [
+    "WriteOptions",
+    "TaskResult",
+    "run_task",
+    "worker_main",
+    "error_payload",
+    "error_from_payload",
+]
 
 #: ``report(kind, value)``: ("records", (written, skipped)) now and then, ("skip", message) for
 #: the first skipped records of a task, ("done", TaskResult) at the end.
@@ -54,16 +60,30 @@ class TaskResult:
     output_bytes: int = 0
 
 
-def run_task(source: Source, schema: Schema, index: int, task: Task, opts: WriteOptions,
-             skip_bad: bool, report: Report) -> TaskResult:  # fmt: skip
+def run_task(
+    source: Source,
+    schema: Schema,
+    index: int,
+    task: Task,
+    opts: WriteOptions,
+    skip_bad: bool,
+    report: Report,
+) -> TaskResult:
     """Write ``task``'s records as part ``index`` of the output. A bad record raises its
     SourceRecordError unless ``skip_bad``; any other failure raises a FastloadError naming the
     task. On failure the part is not written (no part file, no finished shard of it counts)."""
     result = TaskResult(index, task.input_bytes)
     try:
-        with Writer(opts.dst, schema, part=index, shard_size=opts.shard_size,
-                    block_size=opts.block_size, compression=opts.compression, level=opts.level,
-                    storage_options=opts.storage_options) as writer:  # fmt: skip
+        with Writer(
+            opts.dst,
+            schema,
+            part=index,
+            shard_size=opts.shard_size,
+            block_size=opts.block_size,
+            compression=opts.compression,
+            level=opts.level,
+            storage_options=opts.storage_options,
+        ) as writer:
             columns = source.read_columns(task)
             if columns is not None:
                 _copy_columns(columns, writer, result, report)
@@ -104,8 +124,9 @@ def _copy_columns(columns, writer: Writer, result: TaskResult, report: Report) -
     ticker.flush(result.records, 0)
 
 
-def _copy_records(source: Source, task: Task, writer: Writer, skip_bad: bool,
-                  result: TaskResult, report: Report) -> None:  # fmt: skip
+def _copy_records(
+    source: Source, task: Task, writer: Writer, skip_bad: bool, result: TaskResult, report: Report
+) -> None:
     ticker = _Ticker(report)
     for n, item in enumerate(source.read(task)):
         if not isinstance(item, SourceRecordError):
@@ -132,8 +153,16 @@ def _skip(error: SourceRecordError, result: TaskResult, report: Report) -> None:
 
 
 # -- in a worker process ---------------------------------------------------------------------
-def worker_main(source: Source, schema: Schema, opts: WriteOptions, skip_bad: bool,
-                tasks, results, current, slot: int) -> None:  # fmt: skip
+def worker_main(
+    source: Source,
+    schema: Schema,
+    opts: WriteOptions,
+    skip_bad: bool,
+    tasks,
+    results,
+    current,
+    slot: int,
+) -> None:
     """A worker process: run tasks from the ``tasks`` queue until a None, posting events.
 
     Events on ``results``: ("records", ...), ("skip", ...), ("done", TaskResult) and

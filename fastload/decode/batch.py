@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import numpy as np
 
@@ -25,12 +26,12 @@ Buffer = Union[bytes, bytearray, memoryview]
 def draw_batch_params(
     heights: Sequence[int],
     widths: Sequence[int],
-    size: Tuple[int, int],
+    size: tuple[int, int],
     *,
     train: bool,
-    rng: Optional[np.random.Generator] = None,
-    rngs: Optional[Sequence[ImageRng]] = None,
-) -> List[Tuple[Crop, bool]]:
+    rng: np.random.Generator | None = None,
+    rngs: Sequence[ImageRng] | None = None,
+) -> list[tuple[Crop, bool]]:
     """Crop and flip for each image, drawn in image order from ``rng``, or each image's from
     its own generator in ``rngs`` (see :func:`image_rngs`).
 
@@ -41,7 +42,7 @@ def draw_batch_params(
     """
     if len(heights) != len(widths):
         raise ValueError(f"{len(heights)} heights but {len(widths)} widths")
-    params: List[Tuple[Crop, bool]] = []
+    params: list[tuple[Crop, bool]] = []
     if train:
         if rngs is not None:
             if len(rngs) != len(heights):
@@ -62,7 +63,7 @@ def draw_batch_params(
     return params
 
 
-def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> List[ImageRng]:
+def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> list[ImageRng]:
     """A generator per image, keyed by ``seed`` (a batch's seed words) and the image's
     position in its batch: an image's augmentation then does not depend on which other images
     are drawn with it, or where, so any part of a batch can be decoded on its own (the loader
@@ -75,14 +76,28 @@ def _run(images, heights, widths, out, params, layout, lo, hi, jpeg_backend, res
     for i in range(lo, hi):
         try:
             if params is None:
-                decode_center_crop_into(images[i], out[i], width=int(widths[i]),
-                                        height=int(heights[i]), layout=layout,
-                                        jpeg_backend=jpeg_backend, resize_backend=resize_backend)
+                decode_center_crop_into(
+                    images[i],
+                    out[i],
+                    width=int(widths[i]),
+                    height=int(heights[i]),
+                    layout=layout,
+                    jpeg_backend=jpeg_backend,
+                    resize_backend=resize_backend,
+                )
             else:
                 crop, flip = params[i]
-                decode_crop_into(images[i], out[i], crop, flip, width=int(widths[i]),
-                                 height=int(heights[i]), layout=layout,
-                                 jpeg_backend=jpeg_backend, resize_backend=resize_backend)
+                decode_crop_into(
+                    images[i],
+                    out[i],
+                    crop,
+                    flip,
+                    width=int(widths[i]),
+                    height=int(heights[i]),
+                    layout=layout,
+                    jpeg_backend=jpeg_backend,
+                    resize_backend=resize_backend,
+                )
         except DecodeError as e:
             raise e.with_index(i) from e.__cause__
 
@@ -94,13 +109,13 @@ def decode_batch_into(
     out: np.ndarray,
     *,
     train: bool,
-    seed: Optional[int] = None,
-    rng: Optional[np.random.Generator] = None,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
     layout: str = "HWC",
     num_threads: int = 1,
-    jpeg_backend: Optional[str] = None,
-    resize_backend: Optional[str] = None,
-    params: Optional[Sequence[Tuple[Crop, bool]]] = None,
+    jpeg_backend: str | None = None,
+    resize_backend: str | None = None,
+    params: Sequence[tuple[Crop, bool]] | None = None,
 ) -> None:
     """Decode ``images`` (JPEG/PNG/WebP bytes) into ``out`` (N, H, W, 3) for ``layout="HWC"``
     or (N, 3, H, W) for ``"CHW"``, uint8, in place.
@@ -148,8 +163,10 @@ def decode_batch_into(
     # A pool per call: a batch takes far longer than starting two threads, and a cached pool
     # would not survive the fork of a DataLoader worker.
     with ThreadPoolExecutor(threads, thread_name_prefix="fastload-decode") as pool:
-        futures = [pool.submit(_run, *args, bounds[k], bounds[k + 1], jpeg_backend,
-                               resize_backend) for k in range(threads)]
+        futures = [
+            pool.submit(_run, *args, bounds[k], bounds[k + 1], jpeg_backend, resize_backend)
+            for k in range(threads)
+        ]
         errors = [f.exception() for f in futures]
     for err in errors:  # parts are in batch order: the first error is the lowest index
         if err is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
@@ -49,10 +50,17 @@ def _check_crop(crop: Sequence[float], height: int, width: int) -> tuple:
         raise ValueError(f"crop must be (top, left, height, width), got {crop!r}")
     top, left, h, w = (float(v) for v in crop)
     eps = 1e-6 * max(height, width)
-    if not (h > 0 and w > 0 and top >= -eps and left >= -eps
-            and top + h <= height + eps and left + w <= width + eps):
-        raise ValueError(f"crop {tuple(crop)} is not a non-empty box inside the "
-                         f"{width}x{height} image")
+    if not (
+        h > 0
+        and w > 0
+        and top >= -eps
+        and left >= -eps
+        and top + h <= height + eps
+        and left + w <= width + eps
+    ):
+        raise ValueError(
+            f"crop {tuple(crop)} is not a non-empty box inside the {width}x{height} image"
+        )
     return top, left, h, w
 
 
@@ -65,8 +73,8 @@ def decode_crop_into(
     width: int,
     height: int,
     layout: str = "HWC",
-    jpeg_backend: Optional[str] = None,
-    resize_backend: Optional[str] = None,
+    jpeg_backend: str | None = None,
+    resize_backend: str | None = None,
 ) -> None:
     """Decode ``data`` (JPEG, PNG or WebP bytes), resize its ``crop`` to ``out``'s size with
     antialiased bilinear, mirror it left-right if ``flip``, and write it into ``out`` in place.
@@ -119,8 +127,8 @@ def decode_center_crop_into(
     height: int,
     crop_ratio: float = EVAL_CROP_RATIO,
     layout: str = "HWC",
-    jpeg_backend: Optional[str] = None,
-    resize_backend: Optional[str] = None,
+    jpeg_backend: str | None = None,
+    resize_backend: str | None = None,
 ) -> None:
     """The evaluation transform: torchvision's ``Resize(int(S / crop_ratio))`` (shorter side;
     the longer side ``int(256 * long / short)`` for S=224) then ``CenterCrop(S)``, S = ``out``'s
@@ -139,8 +147,17 @@ def decode_center_crop_into(
     if new_h < oh or new_w < ow:
         # Resized smaller than the crop (crop_ratio > 1): torchvision would pad with zeros;
         # this stretches the whole clamped box instead.
-        decode_crop_into(data, out, box, False, width=width, height=height, layout=layout,
-                         jpeg_backend=jpeg_backend, resize_backend=resize_backend)
+        decode_crop_into(
+            data,
+            out,
+            box,
+            False,
+            width=width,
+            height=height,
+            layout=layout,
+            jpeg_backend=jpeg_backend,
+            resize_backend=resize_backend,
+        )
         return
     # torchvision's CenterCrop offsets.
     at = (int(round((new_h - oh) / 2.0)), int(round((new_w - ow) / 2.0)))

@@ -20,8 +20,9 @@ only when such a loader first decodes.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class DaliBatch:
     crop box in pixels (``anchors`` x, y and ``shapes`` width, height; fractional for the
     eval crop), its flip, and its dataset record (for errors)."""
 
-    data: Optional[bytes | np.ndarray]
+    data: bytes | np.ndarray | None
     offsets: np.ndarray
     anchors: np.ndarray
     shapes: np.ndarray
@@ -51,11 +52,10 @@ class DaliBatch:
 
     def images(self) -> list[np.ndarray]:
         """Each image's bytes as a uint8 array (views of ``data``)."""
-        whole = np.frombuffer(self.data, np.uint8) if isinstance(self.data, bytes) else \
-            self.data  # fmt: skip
+        whole = np.frombuffer(self.data, np.uint8) if isinstance(self.data, bytes) else self.data
         return [whole[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 
-    def __getitem__(self, rows: np.ndarray) -> "DaliBatch":
+    def __getitem__(self, rows: np.ndarray) -> DaliBatch:
         """The rows ``rows`` (an index array), in that order."""
         rows = np.asarray(rows, np.int64)
         parts = self.images()
@@ -63,12 +63,24 @@ class DaliBatch:
         offsets = np.zeros(len(kept) + 1, np.int64)
         np.cumsum([len(p) for p in kept], out=offsets[1:])
         data = b"".join(kept)  # (arrays are buffers: one copy, not two)
-        return DaliBatch(data, offsets, self.anchors[rows], self.shapes[rows], self.flips[rows],
-                         self.records[rows])  # fmt: skip
+        return DaliBatch(
+            data,
+            offsets,
+            self.anchors[rows],
+            self.shapes[rows],
+            self.flips[rows],
+            self.records[rows],
+        )
 
 
-def dali_batch(images: Sequence, spec, rng_seed: tuple, positions: range,
-               records: np.ndarray, into: Optional[np.ndarray] = None) -> DaliBatch:  # fmt: skip
+def dali_batch(
+    images: Sequence,
+    spec,
+    rng_seed: tuple,
+    positions: range,
+    records: np.ndarray,
+    into: np.ndarray | None = None,
+) -> DaliBatch:
     """The :class:`DaliBatch` of ``images`` (EncodedImage values, None for a skipped record)
     at ``positions`` in their batch: crops and flips drawn as the CPU decoder draws them from
     ``rng_seed`` (the batch's seed words and the field's number). The bytes are written end
@@ -105,9 +117,11 @@ def import_dali():
         import nvidia.dali.types as types
         from nvidia.dali import Pipeline
     except ImportError as e:
-        raise ImportError("ImageDecode(backend='dali') needs NVIDIA DALI: pip install "
-                          "'fastload[dali]' (the nvidia-dali-cuda120 wheel; it runs on the "
-                          "CPU too)") from e  # fmt: skip
+        raise ImportError(
+            "ImageDecode(backend='dali') needs NVIDIA DALI: pip install "
+            "'fastload[dali]' (the nvidia-dali-cuda120 wheel; it runs on the "
+            "CPU too)"
+        ) from e
     return fn, types, Pipeline
 
 
@@ -123,11 +137,14 @@ class DaliDecoder:
         self.batch_size = batch_size
         self.gpu = device is not None and device.type == "cuda"
         self.device = device
-        self.threads = spec.dali_threads or min(8, len(os.sched_getaffinity(0))
-                                                if hasattr(os, "sched_getaffinity")
-                                                else os.cpu_count() or 1)  # fmt: skip
+        self.threads = spec.dali_threads or min(
+            8,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        )
         self._pipe = None
-        self._fed: Optional[DaliBatch] = None
+        self._fed: DaliBatch | None = None
         self._stream = None  # CUDA: the stream the pixels are copied out on
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -136,10 +153,17 @@ class DaliDecoder:
         spec, h, w = self.spec, *self.spec.hw
         device_id = None
         if self.gpu:
-            device_id = self.device.index if self.device.index is not None else \
-                __import__("torch").cuda.current_device()  # fmt: skip
-        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.threads,
-                        device_id=device_id, prefetch_queue_depth=1)  # fmt: skip
+            device_id = (
+                self.device.index
+                if self.device.index is not None
+                else __import__("torch").cuda.current_device()
+            )
+        pipe = Pipeline(
+            batch_size=self.batch_size,
+            num_threads=self.threads,
+            device_id=device_id,
+            prefetch_queue_depth=1,
+        )
         where = "mixed" if self.gpu else "cpu"
         with pipe:
             data = fn.external_source(name="data", dtype=types.UINT8, no_copy=True)
@@ -147,20 +171,33 @@ class DaliDecoder:
                 anchor = fn.external_source(name="anchor", dtype=types.FLOAT)
                 shape = fn.external_source(name="shape", dtype=types.FLOAT)
                 flip = fn.external_source(name="flip", dtype=types.INT32)
-                images = fn.decoders.image_slice(data, anchor, shape, device=where,
-                                                 output_type=types.RGB, axis_names="WH",
-                                                 normalized_anchor=False,
-                                                 normalized_shape=False)  # fmt: skip
-                images = fn.resize(images, resize_x=w, resize_y=h, antialias=True,
-                                   interp_type=types.INTERP_LINEAR)  # fmt: skip
+                images = fn.decoders.image_slice(
+                    data,
+                    anchor,
+                    shape,
+                    device=where,
+                    output_type=types.RGB,
+                    axis_names="WH",
+                    normalized_anchor=False,
+                    normalized_shape=False,
+                )
+                images = fn.resize(
+                    images, resize_x=w, resize_y=h, antialias=True, interp_type=types.INTERP_LINEAR
+                )
                 images = fn.flip(images, horizontal=flip)
             else:  # the eval box (fractional) resized in one step, as the CPU decoder does
                 start = fn.external_source(name="roi_start", dtype=types.FLOAT)
                 end = fn.external_source(name="roi_end", dtype=types.FLOAT)
                 images = fn.decoders.image(data, device=where, output_type=types.RGB)
-                images = fn.resize(images, size=[h, w], roi_start=start, roi_end=end,
-                                   roi_relative=False, antialias=True,
-                                   interp_type=types.INTERP_LINEAR)  # fmt: skip
+                images = fn.resize(
+                    images,
+                    size=[h, w],
+                    roi_start=start,
+                    roi_end=end,
+                    roi_relative=False,
+                    antialias=True,
+                    interp_type=types.INTERP_LINEAR,
+                )
             if spec.layout == "CHW":
                 images = fn.transpose(images, perm=[2, 0, 1])
             pipe.set_outputs(images)
@@ -195,7 +232,7 @@ class DaliDecoder:
             self._pipe = self._fed = None  # half fed: its next outputs would not be this batch's
             raise
 
-    def collect(self, empty: Optional[Callable[[tuple], Any]] = None):
+    def collect(self, empty: Callable[[tuple], Any] | None = None):
         """The pixels of the batch submitted last. Raises :class:`DaliBatchError` listing its
         bad images (row, DecodeError) when DALI cannot decode some of them; the pipeline is
         ready for the next batch either way. ``empty(shape)``: a uint8 CPU tensor to copy
@@ -225,7 +262,7 @@ class DaliDecoder:
             except Exception:  # a failed batch, or DALI torn down already (at exit)
                 self._pipe = None
 
-    def _copy_out(self, empty: Optional[Callable[[tuple], Any]]):
+    def _copy_out(self, empty: Callable[[tuple], Any] | None):
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -264,14 +301,22 @@ class DaliDecoder:
                 pipe.outputs()
             except RuntimeError as e:
                 self._pipe = None
-                bad.append((i, DecodeError(
-                    f"field {self.name!r} of dataset record {int(batch.records[i])}: DALI "
-                    f"could not decode its {len(images[i])}-byte image: {_dali_reason(e)}",
-                    i)))  # fmt: skip
+                bad.append(
+                    (
+                        i,
+                        DecodeError(
+                            f"field {self.name!r} of dataset record {int(batch.records[i])}: DALI "
+                            f"could not decode its {len(images[i])}-byte image: {_dali_reason(e)}",
+                            i,
+                        ),
+                    )
+                )
         if not bad:
-            raise DecodeError(f"DALI failed on a batch of {len(batch)} images (dataset records "
-                              f"{batch.records.tolist()}) although each decodes on its own: "
-                              f"{_dali_reason(error)}") from error  # fmt: skip
+            raise DecodeError(
+                f"DALI failed on a batch of {len(batch)} images (dataset records "
+                f"{batch.records.tolist()}) although each decodes on its own: "
+                f"{_dali_reason(error)}"
+            ) from error
         return bad
 
 
@@ -287,6 +332,10 @@ class DaliBatchError(Exception):
 def _dali_reason(error: BaseException) -> str:
     """The informative line of a DALI pipeline error (its text ends with boilerplate)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if "no longer valid" not in ln and
-             not ln.startswith(("Critical error", "File ", "encountered", "Error in"))]  # fmt: skip
+    lines = [
+        ln
+        for ln in lines
+        if "no longer valid" not in ln
+        and not ln.startswith(("Critical error", "File ", "encountered", "Error in"))
+    ]
     return lines[-1] if lines else type(error).__name__

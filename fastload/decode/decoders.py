@@ -26,7 +26,7 @@ import io
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image
@@ -81,12 +81,11 @@ def dct_scale(crop_h: float, crop_w: float, out_h: int, out_w: int) -> int:
 
 def _check_size(got_h: int, got_w: int, height: int, width: int) -> None:
     if (got_h, got_w) != (height, width):
-        raise DecodeError(
-            f"the image is {got_w}x{got_h} but its record says {width}x{height}"
-        )
+        raise DecodeError(f"the image is {got_w}x{got_h} but its record says {width}x{height}")
 
 
 # ------------------------------------------------------------------------- generic Pillow
+
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Pixels of any Pillow image as an (H, W, 3) uint8 RGB array."""
@@ -126,8 +125,10 @@ def decode_any(data: Buffer, scale: int, height: int, width: int) -> Decoded:
 
 # ---------------------------------------------------------------------- JPEG via Pillow
 
-def _pillow_rows(data: Buffer, scale: int, rows_needed: int,
-                 size_ok: Callable[[int, int], bool]) -> Optional[Decoded]:
+
+def _pillow_rows(
+    data: Buffer, scale: int, rows_needed: int, size_ok: Callable[[int, int], bool]
+) -> Decoded | None:
     """Pillow's JPEG decoder at 1/``scale``, stopping after ``rows_needed`` decoded rows,
     into a reused RGBX buffer. None if this JPEG is not plain 3-channel RGB/YCbCr.
 
@@ -136,8 +137,13 @@ def _pillow_rows(data: Buffer, scale: int, rows_needed: int,
     im = Image.open(io.BytesIO(data))
     try:
         tile = im.tile
-        if im.mode != "RGB" or len(tile) != 1 or tile[0][0] != "jpeg" or tile[0][2] != 0 \
-                or tile[0][3] != ("RGB", ""):
+        if (
+            im.mode != "RGB"
+            or len(tile) != 1
+            or tile[0][0] != "jpeg"
+            or tile[0][2] != 0
+            or tile[0][3] != ("RGB", "")
+        ):
             return None
         width, height = im.size
         if not size_ok(height, width):
@@ -166,7 +172,7 @@ def _pillow_rows(data: Buffer, scale: int, rows_needed: int,
 
 
 _selftest_lock = threading.Lock()
-_pillow_rows_ok: Optional[bool] = None
+_pillow_rows_ok: bool | None = None
 
 
 def _pillow_rows_works() -> bool:
@@ -178,9 +184,16 @@ def _pillow_rows_works() -> bool:
         if _pillow_rows_ok is None:
             try:
                 # a fixed, busy texture (not numpy.random: its import costs ~80 ms)
-                src = (np.arange(40 * 56 * 3, dtype=np.uint32) * 2654435761 >> 13).astype(
-                    np.uint8).reshape(40, 56, 3)  # fmt: skip
-                src = np.asarray(Image.fromarray(src).resize((83, 61), getattr(Image, "Resampling", Image).BICUBIC))
+                src = (
+                    (np.arange(40 * 56 * 3, dtype=np.uint32) * 2654435761 >> 13)
+                    .astype(np.uint8)
+                    .reshape(40, 56, 3)
+                )
+                src = np.asarray(
+                    Image.fromarray(src).resize(
+                        (83, 61), getattr(Image, "Resampling", Image).BICUBIC
+                    )
+                )
                 f = io.BytesIO()
                 Image.fromarray(src).save(f, "JPEG", quality=85)
                 data = f.getvalue()
@@ -188,18 +201,21 @@ def _pillow_rows_works() -> bool:
                 for scale, rows in ((1, 61), (1, 23), (2, 31), (2, 9)):
                     got = _pillow_rows(data, scale, rows, lambda h, w: True)
                     ref = decode_any(data, scale, 61, 83).pixels
-                    ok = ok and got is not None and got.pixels.shape[0] == rows \
-                        and got.pixels.shape[1] == ref.shape[1] \
-                        and np.array_equal(got.pixels[:, :, :3], ref[:rows]) \
+                    ok = (
+                        ok
+                        and got is not None
+                        and got.pixels.shape[0] == rows
+                        and got.pixels.shape[1] == ref.shape[1]
+                        and np.array_equal(got.pixels[:, :, :3], ref[:rows])
                         and bool(np.all(got.pixels[:, :, 3] == 255))
+                    )
                 _pillow_rows_ok = ok
             except Exception:
                 _pillow_rows_ok = False
     return _pillow_rows_ok
 
 
-def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int,
-                   width: int) -> Decoded:
+def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int, width: int) -> Decoded:
     if not _pillow_rows_works():
         return _decode_pillow_draft(data, scale, rows_needed, height, width)
 
@@ -218,16 +234,19 @@ def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int,
     return decoded
 
 
-def _decode_pillow_draft(data: Buffer, scale: int, rows_needed: int, height: int,
-                         width: int) -> Decoded:
+def _decode_pillow_draft(
+    data: Buffer, scale: int, rows_needed: int, height: int, width: int
+) -> Decoded:
     """Pillow's public API: ``draft`` (DCT scale) and a whole-image ``load``."""
     return decode_any(data, scale, height, width)
 
 
 # -------------------------------------------------------------------- JPEG via simplejpeg
 
-def _decode_simplejpeg(data: Buffer, scale: int, rows_needed: int, height: int,
-                       width: int) -> Decoded:
+
+def _decode_simplejpeg(
+    data: Buffer, scale: int, rows_needed: int, height: int, width: int
+) -> Decoded:
     sj = _simplejpeg
     try:
         h, w, colorspace, _ = sj.decode_jpeg_header(data)
@@ -239,8 +258,9 @@ def _decode_simplejpeg(data: Buffer, scale: int, rows_needed: int, height: int,
     buf = scratch("simplejpeg-rgb", (h * w * 3,))
     try:
         if scale > 1:
-            pixels = sj.decode_jpeg(data, "RGB", min_height=-(-h // scale),
-                                    min_width=-(-w // scale), buffer=buf)
+            pixels = sj.decode_jpeg(
+                data, "RGB", min_height=-(-h // scale), min_width=-(-w // scale), buffer=buf
+            )
         else:
             pixels = sj.decode_jpeg(data, "RGB", buffer=buf)
     except Exception:
@@ -260,7 +280,7 @@ def _decode_simplejpeg(data: Buffer, scale: int, rows_needed: int, height: int,
 
 _Decoder = Callable[[Buffer, int, int, int, int], Decoded]
 
-JPEG_BACKENDS: Dict[str, _Decoder] = {
+JPEG_BACKENDS: dict[str, _Decoder] = {
     "pillow": _decode_pillow,
     "pillow-draft": _decode_pillow_draft,
 }
@@ -281,15 +301,21 @@ def default_jpeg_backend() -> str:
     return available_jpeg_backends()[0]
 
 
-def decode_jpeg(data: Buffer, scale: int, rows_needed: int, height: int, width: int,
-                backend: Optional[str] = None) -> Decoded:
+def decode_jpeg(
+    data: Buffer,
+    scale: int,
+    rows_needed: int,
+    height: int,
+    width: int,
+    backend: str | None = None,
+) -> Decoded:
     """Decode a JPEG at 1/``scale`` through ``backend`` (default: the fastest available).
     Only the first ``rows_needed`` decoded rows are guaranteed (more may come)."""
     name = backend or default_jpeg_backend()
     try:
         fn = JPEG_BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown or unavailable JPEG backend {name!r}; "
-                         f"available: {available_jpeg_backends()}") from None
+        raise ValueError(
+            f"unknown or unavailable JPEG backend {name!r}; available: {available_jpeg_backends()}"
+        ) from None
     return fn(data, scale, rows_needed, height, width)
-

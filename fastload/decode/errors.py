@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = ["DecodeError"]
 
 
@@ -14,12 +12,12 @@ class DecodeError(ValueError):
     ``decode_crop_into``); the loader adds the record index and shard to the message.
     """
 
-    def __init__(self, message: str, index: Optional[int] = None) -> None:
+    def __init__(self, message: str, index: int | None = None) -> None:
         self.index = index
         self.reason = message
         super().__init__(message if index is None else f"image {index} of the batch: {message}")
 
-    def with_index(self, index: int) -> "DecodeError":
+    def with_index(self, index: int) -> DecodeError:
         """A copy of this error naming the image's position in its batch."""
         err = DecodeError(self.reason, index)
         err.__cause__ = self.__cause__

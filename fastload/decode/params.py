@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import NamedTuple, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,8 @@ __all__ = [
     "EVAL_CROP_RATIO",
 ]
 
-DEFAULT_SCALE: Tuple[float, float] = (0.08, 1.0)
-DEFAULT_RATIO: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+DEFAULT_SCALE: tuple[float, float] = (0.08, 1.0)
+DEFAULT_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 EVAL_CROP_RATIO = 0.875  # the ImageNet convention: resize to 256, center crop 224
 _ATTEMPTS = 10
 
@@ -81,8 +82,8 @@ def random_resized_crop_params(
     rng: np.random.Generator,
     height: int,
     width: int,
-    scale: Tuple[float, float] = DEFAULT_SCALE,
-    ratio: Tuple[float, float] = DEFAULT_RATIO,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
 ) -> Crop:
     """torchvision's ``RandomResizedCrop.get_params`` for an image of ``height`` x ``width``.
 
@@ -121,8 +122,9 @@ def random_resized_crop_params(
     return Crop((height - h) // 2, (width - w) // 2, h, w)
 
 
-def eval_resize_size(height: int, width: int, size: int,
-                     crop_ratio: float = EVAL_CROP_RATIO) -> Tuple[int, int]:
+def eval_resize_size(
+    height: int, width: int, size: int, crop_ratio: float = EVAL_CROP_RATIO
+) -> tuple[int, int]:
     """``(new_h, new_w)`` of torchvision's ``Resize(int(size / crop_ratio))``: the shorter
     side to ``int(size / crop_ratio)``, the longer ``int(that * long / short)``."""
     _check_size(height, width)

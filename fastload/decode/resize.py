@@ -28,7 +28,7 @@ Three operations:
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Tuple
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -48,11 +48,10 @@ __all__ = [
     "round_box",
 ]
 
-Box = Tuple[int, int, int, int]  # top, left, bottom, right (decoded pixels, exclusive end)
+Box = tuple[int, int, int, int]  # top, left, bottom, right (decoded pixels, exclusive end)
 
 
-def round_box(top: float, left: float, bottom: float, right: float,
-              rows: int, cols: int) -> Box:
+def round_box(top: float, left: float, bottom: float, right: float, rows: int, cols: int) -> Box:
     """Round a fractional box to whole pixels inside ``rows x cols``, at least 1x1."""
     t = min(max(int(round(top)), 0), rows - 1)
     l = min(max(int(round(left)), 0), cols - 1)
@@ -113,8 +112,9 @@ def _aa_private(x, size, target) -> None:
 def _aa_public(x, size, target) -> None:
     import torch.nn.functional as F
 
-    target.copy_(F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True,
-                               align_corners=False))
+    target.copy_(
+        F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    )
 
 
 _aa: Callable = _aa_private
@@ -143,8 +143,13 @@ def _as_pil(src: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(src[:, :, :3]))
 
 
-def box_resize_into(src: np.ndarray, box: Tuple[float, float, float, float], out: np.ndarray,
-                    layout: str, flip: bool) -> None:
+def box_resize_into(
+    src: np.ndarray,
+    box: tuple[float, float, float, float],
+    out: np.ndarray,
+    layout: str,
+    flip: bool,
+) -> None:
     """Resize the fractional box ``(top, left, bottom, right)`` of ``src`` (HWC, 3 or 4
     channels) to ``out``'s size with Pillow's antialiased bilinear ``resize(box=...)``.
 
@@ -161,8 +166,9 @@ def box_resize_into(src: np.ndarray, box: Tuple[float, float, float, float], out
     _copy_out(np.asarray(im), out, layout)
 
 
-def _torch_resize_crop_into(src: np.ndarray, size: Tuple[int, int], at: Tuple[int, int],
-                            out: np.ndarray, layout: str) -> None:
+def _torch_resize_crop_into(
+    src: np.ndarray, size: tuple[int, int], at: tuple[int, int], out: np.ndarray, layout: str
+) -> None:
     import torch
 
     oh, ow = (out.shape[0], out.shape[1]) if layout == "HWC" else (out.shape[1], out.shape[2])
@@ -177,7 +183,7 @@ def _torch_resize_crop_into(src: np.ndarray, size: Tuple[int, int], at: Tuple[in
     tmp = torch.from_numpy(scratch("resize-full", (size[0], size[1], channels)))
     tmp = tmp.permute(2, 0, 1).unsqueeze(0)
     _aa(x, size, tmp)
-    window = tmp[:, :3, at[0]:at[0] + oh, at[1]:at[1] + ow]
+    window = tmp[:, :3, at[0] : at[0] + oh, at[1] : at[1] + ow]
     target = _target_view(out, layout)
     if target is not None:
         target.copy_(window)
@@ -185,8 +191,9 @@ def _torch_resize_crop_into(src: np.ndarray, size: Tuple[int, int], at: Tuple[in
         _copy_out(window[0].permute(1, 2, 0).numpy(), out, layout)
 
 
-def _pil_resize_crop_into(src: np.ndarray, size: Tuple[int, int], at: Tuple[int, int],
-                          out: np.ndarray, layout: str) -> None:
+def _pil_resize_crop_into(
+    src: np.ndarray, size: tuple[int, int], at: tuple[int, int], out: np.ndarray, layout: str
+) -> None:
     oh, ow = (out.shape[0], out.shape[1]) if layout == "HWC" else (out.shape[1], out.shape[2])
     im = _as_pil(src).resize((size[1], size[0]), _BILINEAR)
     im = im.crop((at[1], at[0], at[1] + ow, at[0] + oh))
@@ -216,8 +223,8 @@ def _torch_works() -> bool:
     return False
 
 
-_BACKENDS: Dict[str, Callable] = {"pil": _pil_resize_into}
-_RESIZE_CROP: Dict[str, Callable] = {"pil": _pil_resize_crop_into}
+_BACKENDS: dict[str, Callable] = {"pil": _pil_resize_into}
+_RESIZE_CROP: dict[str, Callable] = {"pil": _pil_resize_crop_into}
 if _torch_works():
     _BACKENDS["torch"] = _torch_resize_into
     _RESIZE_CROP["torch"] = _torch_resize_crop_into
@@ -232,27 +239,38 @@ def default_resize_backend() -> str:
     return available_resize_backends()[0]
 
 
-def resize_into(src: np.ndarray, box: Box, out: np.ndarray, layout: str, flip: bool,
-                backend: str | None = None) -> None:
+def resize_into(
+    src: np.ndarray, box: Box, out: np.ndarray, layout: str, flip: bool, backend: str | None = None
+) -> None:
     """Resize ``src[top:bottom, left:right]`` (HWC uint8, 3 or 4 channels; only the first 3
     are kept) to ``out``'s size, mirrored left-right if ``flip``, into ``out`` (HWC or CHW)."""
     name = backend or default_resize_backend()
     try:
         fn = _BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown or unavailable resize backend {name!r}; "
-                         f"available: {available_resize_backends()}") from None
+        raise ValueError(
+            f"unknown or unavailable resize backend {name!r}; "
+            f"available: {available_resize_backends()}"
+        ) from None
     fn(src, box, out, layout, flip)
 
 
-def resize_crop_into(src: np.ndarray, size: Tuple[int, int], at: Tuple[int, int],
-                     out: np.ndarray, layout: str, backend: str | None = None) -> None:
+def resize_crop_into(
+    src: np.ndarray,
+    size: tuple[int, int],
+    at: tuple[int, int],
+    out: np.ndarray,
+    layout: str,
+    backend: str | None = None,
+) -> None:
     """Resize all of ``src`` to ``size`` (H, W), then copy the window of ``out``'s size at
     ``at`` (top, left) into ``out``: torchvision's ``Resize`` then ``CenterCrop``."""
     name = backend or default_resize_backend()
     try:
         fn = _RESIZE_CROP[name]
     except KeyError:
-        raise ValueError(f"unknown or unavailable resize backend {name!r}; "
-                         f"available: {available_resize_backends()}") from None
+        raise ValueError(
+            f"unknown or unavailable resize backend {name!r}; "
+            f"available: {available_resize_backends()}"
+        ) from None
     fn(src, size, at, out, layout)

@@ -8,7 +8,6 @@ when a larger image comes) avoids that, and keeps threads that decode side by si
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -21,7 +20,7 @@ MAX_CACHED_BYTES = 64 << 20
 _local = threading.local()
 
 
-def scratch(slot: str, shape: Tuple[int, ...]) -> np.ndarray:
+def scratch(slot: str, shape: tuple[int, ...]) -> np.ndarray:
     """A C-contiguous uint8 array of ``shape`` with unspecified contents, private to this
     thread. The same ``slot`` returns (a view of) the same memory until the next call."""
     nbytes = 1
@@ -29,13 +28,14 @@ def scratch(slot: str, shape: Tuple[int, ...]) -> np.ndarray:
         nbytes *= n
     if nbytes > MAX_CACHED_BYTES:
         return np.empty(shape, np.uint8)
-    bufs: Optional[Dict[str, np.ndarray]] = getattr(_local, "bufs", None)
+    bufs: dict[str, np.ndarray] | None = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = {}
         _local.bufs = bufs
     buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
         # Round up so that a run of slightly growing images does not reallocate each time.
-        buf = bufs[slot] = np.empty(max(nbytes, int(buf.size * 1.25) if buf is not None else 0),
-                                    np.uint8)
+        buf = bufs[slot] = np.empty(
+            max(nbytes, int(buf.size * 1.25) if buf is not None else 0), np.uint8
+        )
     return buf[:nbytes].reshape(shape)

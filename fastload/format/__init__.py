@@ -10,5 +10,13 @@ from .shard_reader import ShardReader
 from .shard_writer import ShardWriter
 from .spec import FORMAT_VERSION
 
-__all__ = ["Manifest", "ShardInfo", "RecordLayout", "Field", "Schema", "ShardReader",
-           "ShardWriter", "FORMAT_VERSION"]  # fmt: skip
+__all__ = [
+    "Manifest",
+    "ShardInfo",
+    "RecordLayout",
+    "Field",
+    "Schema",
+    "ShardReader",
+    "ShardWriter",
+    "FORMAT_VERSION",
+]

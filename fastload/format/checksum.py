@@ -21,8 +21,11 @@ def record_checksum(data) -> int:
 
 def record_checksums(buf, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """:func:`record_checksum` of many slices of ``buf`` at once (uint32 array)."""
-    hashes = _core.xxh64_slices(buf, np.ascontiguousarray(offsets, dtype=np.uint64),
-                                np.ascontiguousarray(lengths, dtype=np.uint64))  # fmt: skip
+    hashes = _core.xxh64_slices(
+        buf,
+        np.ascontiguousarray(offsets, dtype=np.uint64),
+        np.ascontiguousarray(lengths, dtype=np.uint64),
+    )
     return (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 

@@ -87,6 +87,8 @@ def decompress_block(codec: int, stored: bytes | memoryview, raw_size: int) -> b
         except zstandard.ZstdError as e:
             raise BlockCodecError(f"zstd: {e}") from None
         if len(out) != raw_size:
-            raise BlockCodecError(f"zstd block decompressed to {len(out)} bytes, index says {raw_size}")
+            raise BlockCodecError(
+                f"zstd block decompressed to {len(out)} bytes, index says {raw_size}"
+            )
         return out
     raise BlockCodecError(f"unknown codec id {codec}")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Hashable, Optional
+from collections.abc import Hashable
+from typing import Callable
 
 __all__ = ["DecodedBlocks", "DEFAULT_DECODED_LIMIT"]
 
@@ -50,7 +51,7 @@ class DecodedBlocks:
             self._making = {}  # the parent's threads are not here to finish theirs
         return self._lock
 
-    def get(self, key: Hashable) -> Optional[bytes]:
+    def get(self, key: Hashable) -> bytes | None:
         with self._locked():
             raw = self._blocks.get(key)
             if raw is None:
@@ -87,7 +88,7 @@ class DecodedBlocks:
                 self._making.pop(key, None)
             making.set()
 
-    def peek(self, key: Hashable) -> Optional[bytes]:
+    def peek(self, key: Hashable) -> bytes | None:
         """The block if it is here, without counting or reordering."""
         return self._blocks.get(key)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Optional
 
 __all__ = ["EncodedImage", "ImageInfo", "probe_image", "FORMAT_IDS", "FORMAT_NAMES"]
 
@@ -53,7 +52,7 @@ class EncodedImage:
         )
 
 
-def probe_image(data: bytes | memoryview) -> Optional[ImageInfo]:
+def probe_image(data: bytes | memoryview) -> ImageInfo | None:
     """The format and size of an encoded JPEG, PNG or WebP image, or None if it is not one."""
     head = bytes(data[:32])
     if head[:3] == b"\xff\xd8\xff":
@@ -66,7 +65,7 @@ def probe_image(data: bytes | memoryview) -> Optional[ImageInfo]:
     return None
 
 
-def _probe_jpeg(data: bytes | memoryview) -> Optional[ImageInfo]:
+def _probe_jpeg(data: bytes | memoryview) -> ImageInfo | None:
     n = len(data)
     pos = 2
     while pos + 4 <= n:
@@ -94,7 +93,7 @@ def _probe_jpeg(data: bytes | memoryview) -> Optional[ImageInfo]:
     return None
 
 
-def _probe_webp(head: bytes) -> Optional[ImageInfo]:
+def _probe_webp(head: bytes) -> ImageInfo | None:
     chunk = head[12:16]
     if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
         width, height = struct.unpack("<HH", head[26:30])

@@ -35,8 +35,14 @@ class ShardInfo:
     hash: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "records": self.records, "bytes": self.bytes,
-                "blocks": self.blocks, "raw_bytes": self.raw_bytes, "hash": self.hash}  # fmt: skip
+        return {
+            "path": self.path,
+            "records": self.records,
+            "bytes": self.bytes,
+            "blocks": self.blocks,
+            "raw_bytes": self.raw_bytes,
+            "hash": self.hash,
+        }
 
     @property
     def hash_value(self) -> int:
@@ -78,17 +84,19 @@ class Manifest:
         return format_hash(hash64(self.to_bytes()))
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "Manifest":
+    def from_bytes(cls, data: bytes, where: str) -> Manifest:
         """Parse and validate a manifest; errors name ``where`` (the manifest's path)."""
         if not data.strip():
             raise ManifestError(f"{where}: manifest is empty; the dataset is incomplete or corrupt")
         try:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ManifestError(f"{where}: manifest is not valid JSON ({e}); the dataset is "
-                                "corrupt or was not written by fastload") from None
+            raise ManifestError(
+                f"{where}: manifest is not valid JSON ({e}); the dataset is "
+                "corrupt or was not written by fastload"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != "fastload":
-            raise ManifestError(f"{where}: not a fastload manifest (no \"format\": \"fastload\")")
+            raise ManifestError(f'{where}: not a fastload manifest (no "format": "fastload")')
         version = doc.get("version")
         if version not in SUPPORTED_VERSIONS:
             raise ManifestError(
@@ -101,15 +109,17 @@ class Manifest:
             raise ManifestError(f"{where}: invalid schema: {e}") from None
         shards = doc.get("shards")
         if not isinstance(shards, list):
-            raise ManifestError(f"{where}: \"shards\" must be a list")
+            raise ManifestError(f'{where}: "shards" must be a list')
         parsed = tuple(_parse_shard(s, i, where) for i, s in enumerate(shards))
         options = doc.get("options", {})
         if not isinstance(options, dict):
-            raise ManifestError(f"{where}: \"options\" must be an object")
+            raise ManifestError(f'{where}: "options" must be an object')
         manifest = cls(schema, parsed, options, version)
         if doc.get("records") != manifest.records:
-            raise ManifestError(f"{where}: \"records\" is {doc.get('records')!r} but the shards "
-                                f"add up to {manifest.records}")
+            raise ManifestError(
+                f'{where}: "records" is {doc.get("records")!r} but the shards '
+                f"add up to {manifest.records}"
+            )
         return manifest
 
 
@@ -121,8 +131,15 @@ def _parse_shard(entry: Any, i: int, where: str) -> ShardInfo:
         raise fail("must be an object")
     path = entry.get("path")
     # Shard paths are relative and stay inside the dataset: a manifest is untrusted input.
-    if (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path
-            or ".." in path.split("/") or posixpath.normpath(path) != path or ":" in path):
+    if (
+        not isinstance(path, str)
+        or not path
+        or path.startswith("/")
+        or "\\" in path
+        or ".." in path.split("/")
+        or posixpath.normpath(path) != path
+        or ":" in path
+    ):
         raise fail(f"path {path!r} must be a plain relative path inside the dataset")
     for key in ("records", "bytes", "blocks", "raw_bytes"):
         value = entry.get(key)
@@ -130,5 +147,6 @@ def _parse_shard(entry: Any, i: int, where: str) -> ShardInfo:
             raise fail(f"{key!r} must be a non-negative integer, got {value!r}")
     if not isinstance(entry.get("hash"), str) or not _HASH_RE.match(entry["hash"]):
         raise fail(f"hash {entry.get('hash')!r} must look like 'xxh64:<16 hex digits>'")
-    return ShardInfo(path, entry["records"], entry["bytes"], entry["blocks"],
-                     entry["raw_bytes"], entry["hash"])  # fmt: skip
+    return ShardInfo(
+        path, entry["records"], entry["bytes"], entry["blocks"], entry["raw_bytes"], entry["hash"]
+    )

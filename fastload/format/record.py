@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -111,12 +112,15 @@ class RecordLayout:
         record i). For schemas of fixed-size fields only; each column holds one field's
         values for every record (shape ``(n, *field shape)``)."""
         if self.var_fields:
-            raise SchemaError(f"encode_columns needs fixed-size fields only; "
-                              f"{[f.name for f in self.var_fields]} vary in size")  # fmt: skip
+            raise SchemaError(
+                f"encode_columns needs fixed-size fields only; "
+                f"{[f.name for f in self.var_fields]} vary in size"
+            )
         names = set(self.schema.names)
         if set(columns) != names:
-            raise SchemaError(f"columns {sorted(columns)} do not match the schema's fields "
-                              f"{sorted(names)}")  # fmt: skip
+            raise SchemaError(
+                f"columns {sorted(columns)} do not match the schema's fields {sorted(names)}"
+            )
         n = len(next(iter(columns.values())))
         rows = np.zeros(n, dtype=self.header_dtype)
         for f in self.fixed_fields:
@@ -154,8 +158,9 @@ class RecordLayout:
             start = end
         return {name: out[name] for name in self.schema.names}
 
-    def var_value(self, f: Field, data: memoryview, header: np.void, *,
-                  image_views: bool = False) -> Any:  # fmt: skip
+    def var_value(
+        self, f: Field, data: memoryview, header: np.void, *, image_views: bool = False
+    ) -> Any:
         """Decode one variable-size field's bytes (``header`` supplies image metadata).
         ``image_views``: an image's ``data`` is ``data`` itself, not a bytes copy."""
         return _var_value(f, data, header, image_views)
@@ -190,13 +195,16 @@ def _fixed_value(f: Field, value: Any) -> Any:
             return bool(value)
         if dtype.kind in "iu":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise SchemaError(f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}")
+                raise SchemaError(
+                    f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}"
+                )
             info = np.iinfo(dtype)
             if not info.min <= int(value) <= info.max:
                 raise SchemaError(f"field {f.name!r}: {value} does not fit in {dtype}")
             return int(value)
         if isinstance(value, (bool, np.bool_, np.complexfloating)) or not isinstance(
-                value, (int, float, np.number)):  # fmt: skip
+            value, (int, float, np.number)
+        ):
             raise SchemaError(f"field {f.name!r} is {dtype}, got {type(value).__name__} {value!r}")
         try:
             with np.errstate(over="ignore"):
@@ -214,8 +222,9 @@ def _checked_array(f: Field, value: Any) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as e:  # ragged nested lists, ...
-        raise SchemaError(f"field {f.name!r} is {f.spec}, got a value that is not an array: "
-                          f"{e}") from None
+        raise SchemaError(
+            f"field {f.name!r} is {f.spec}, got a value that is not an array: {e}"
+        ) from None
     dtype = f.np_dtype
     if arr.dtype != dtype and not _castable(arr, dtype):
         raise SchemaError(f"field {f.name!r} is {f.spec}, got an array of {arr.dtype}")
@@ -247,8 +256,9 @@ def _var_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
         return _encode_utf8(f, value)
     if kind == "json":
         try:
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False)
+            text = json.dumps(
+                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
         except (TypeError, ValueError, RecursionError) as e:
             raise SchemaError(f"field {f.name!r} is json, but the value is not: {e}") from None
         return _encode_utf8(f, text)
@@ -296,9 +306,12 @@ def _var_value(f: Field, data: memoryview, header: np.void, image_views: bool = 
         meta = header[f.name]
         fmt = FORMAT_NAMES.get(int(meta["format"]))
         if fmt is None:
-            raise RecordDecodeError(f"field {f.name!r}: unknown image format id {int(meta['format'])}")
-        return EncodedImage(data if image_views else bytes(data), fmt, int(meta["height"]),
-                            int(meta["width"]))  # fmt: skip
+            raise RecordDecodeError(
+                f"field {f.name!r}: unknown image format id {int(meta['format'])}"
+            )
+        return EncodedImage(
+            data if image_views else bytes(data), fmt, int(meta["height"]), int(meta["width"])
+        )
     ndim = len(f.shape or ())
     if len(data) < 8 * ndim:
         raise RecordDecodeError(f"field {f.name!r}: {len(data)} bytes cannot hold a {ndim}-d shape")

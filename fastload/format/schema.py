@@ -15,8 +15,9 @@ sit at fixed offsets in every record, so a batch of them is gathered with one me
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -26,10 +27,18 @@ __all__ = ["Field", "Schema", "SCALAR_DTYPES", "KINDS"]
 
 SCALAR_DTYPES = (
     "bool",
-    "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64",
-)  # fmt: skip
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
 _ALIASES = {"int": "int64", "float": "float64"}
 KINDS = ("bytes", "str", "json", "image", "scalar", "ndarray")
 _NDARRAY_RE = re.compile(r"^(\w+)\[([0-9?,\s]*)\]$")
@@ -65,8 +74,9 @@ class Field:
         elif self.dtype is not None:
             raise SchemaError(f"field {self.name!r}: kind {self.kind!r} takes no dtype")
         if self.kind == "ndarray":
-            if not self.shape or any(d is not None and (not isinstance(d, int) or d < 0)
-                                     for d in self.shape):
+            if not self.shape or any(
+                d is not None and (not isinstance(d, int) or d < 0) for d in self.shape
+            ):
                 raise SchemaError(
                     f"field {self.name!r}: ndarray shape {self.shape!r} must be a non-empty "
                     "tuple of non-negative ints or None"
@@ -75,7 +85,7 @@ class Field:
             raise SchemaError(f"field {self.name!r}: kind {self.kind!r} takes no shape")
 
     @classmethod
-    def parse(cls, name: str, spec: str) -> "Field":
+    def parse(cls, name: str, spec: str) -> Field:
         """Build a field from a type string such as ``"int64"`` or ``"uint16[2049]"``."""
         if not isinstance(spec, str):
             raise SchemaError(f"field {name!r}: type must be a string, got {spec!r}")
@@ -90,8 +100,10 @@ class Field:
             dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
             bad = [d for d in dims if d != "?" and not (d.isascii() and d.isdigit())]
             if bad:
-                raise SchemaError(f"field {name!r}: ndarray type {spec!r} has invalid dimension "
-                                  f"{bad[0]!r}; each dimension is a number or '?'")
+                raise SchemaError(
+                    f"field {name!r}: ndarray type {spec!r} has invalid dimension "
+                    f"{bad[0]!r}; each dimension is a number or '?'"
+                )
             shape = tuple(None if d == "?" else int(d) for d in dims)
             return cls(name, "ndarray", dtype, shape)
         raise SchemaError(
@@ -195,11 +207,10 @@ class Schema:
         return [{"name": f.name, "type": f.spec} for f in self.fields]
 
     @classmethod
-    def from_json(cls, data: Any) -> "Schema":
+    def from_json(cls, data: Any) -> Schema:
         """Inverse of :meth:`to_json`."""
         if not isinstance(data, list) or not all(
-            isinstance(d, Mapping) and isinstance(d.get("name"), str) and "type" in d
-            for d in data
+            isinstance(d, Mapping) and isinstance(d.get("name"), str) and "type" in d for d in data
         ):
             raise SchemaError(
                 f"a stored schema must be a list of {{'name': ..., 'type': ...}}, got {data!r}"

@@ -8,7 +8,8 @@ the shard, the block, the record and the byte offset.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Iterator, Optional, Protocol
+from collections.abc import Hashable, Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class ByteSource(Protocol):
     name: str  # shown in errors
     size: int
     # The whole file as one buffer when it is mapped locally (zero-copy slices), else None.
-    buffer: Optional[memoryview]
+    buffer: memoryview | None
     # Optional: True when the source reads (and caches) whole blocks, so a record of a raw
     # block is sliced from its block rather than read on its own (remote sources).
     # whole_blocks: bool
@@ -55,10 +56,17 @@ class ByteSource(Protocol):
 class ShardReader:
     """Random access to the records of one shard."""
 
-    def __init__(self, source: ByteSource, *, expected: ShardInfo | None = None,
-                 verify: bool = True, cached_blocks: int = 8,
-                 decoded: DecodedBlocks | None = None, key: Hashable = 0,
-                 max_block_bytes: int = MAX_BLOCK_RAW_SIZE) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source: ByteSource,
+        *,
+        expected: ShardInfo | None = None,
+        verify: bool = True,
+        cached_blocks: int = 8,
+        decoded: DecodedBlocks | None = None,
+        key: Hashable = 0,
+        max_block_bytes: int = MAX_BLOCK_RAW_SIZE,
+    ) -> None:
         """``decoded``: where decompressed blocks are kept (a dataset's readers share one,
         each under its own ``key``); a reader of its own otherwise. ``cached_blocks``: raw
         blocks read from an unmapped source kept (remote ones, without the block cache).
@@ -82,23 +90,30 @@ class ShardReader:
     def _open(self, expected: ShardInfo | None) -> None:
         size = self.source.size
         if size == 0:
-            raise self._fail("file is 0 bytes; it is not a fastload shard (an interrupted "
-                             "write or download?)")
+            raise self._fail(
+                "file is 0 bytes; it is not a fastload shard (an interrupted write or download?)"
+            )
         if size < MIN_SHARD_SIZE:
-            raise self._fail(f"file is {size} bytes, smaller than the minimum shard size "
-                             f"({MIN_SHARD_SIZE} bytes: header + trailer); it is truncated")
+            raise self._fail(
+                f"file is {size} bytes, smaller than the minimum shard size "
+                f"({MIN_SHARD_SIZE} bytes: header + trailer); it is truncated"
+            )
         header = np.frombuffer(self.source.read(0, HEADER_SIZE), HEADER_DTYPE)[0]
         if header["magic"] != MAGIC:
-            raise self._fail(f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, "
-                             f"expected {MAGIC!r})")
+            raise self._fail(
+                f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, expected {MAGIC!r})"
+            )
         self._check_version(int(header["version"]), "header")
         self._check_unused(int(header["flags"]), bytes(header["reserved"]), "header")
         if expected is not None and size != expected.bytes:
-            raise ShardChecksumError(f"{self.name}: file is {size} bytes but the manifest says "
-                                     f"{expected.bytes}: the shard is truncated or was replaced; "
-                                     "re-create or re-download it")  # fmt: skip
-        trailer = np.frombuffer(self.source.read(size - TRAILER_SIZE, TRAILER_SIZE),
-                                TRAILER_DTYPE)[0]  # fmt: skip
+            raise ShardChecksumError(
+                f"{self.name}: file is {size} bytes but the manifest says "
+                f"{expected.bytes}: the shard is truncated or was replaced; "
+                "re-create or re-download it"
+            )
+        trailer = np.frombuffer(self.source.read(size - TRAILER_SIZE, TRAILER_SIZE), TRAILER_DTYPE)[
+            0
+        ]
         if trailer["magic"] != MAGIC:
             raise self._fail("trailer magic bytes missing: the shard is truncated or corrupt")
         self._check_version(int(trailer["version"]), "trailer")
@@ -109,32 +124,42 @@ class ShardReader:
 
     def _check_version(self, version: int, where: str) -> None:
         if version not in SUPPORTED_VERSIONS:
-            raise self._fail(f"format version {version} in the {where} is not supported by this "
-                             f"fastload (supports {list(SUPPORTED_VERSIONS)}); upgrade fastload")
+            raise self._fail(
+                f"format version {version} in the {where} is not supported by this "
+                f"fastload (supports {list(SUPPORTED_VERSIONS)}); upgrade fastload"
+            )
 
     def _check_unused(self, flags: int, reserved: bytes, where: str) -> None:
         # Version 1 defines no flags: a set bit is a feature this reader cannot honour (or a
         # damaged byte), so it is refused rather than ignored.
         if flags or any(reserved):
-            raise self._fail(f"the {where} has flags {flags:#x} and reserved bytes "
-                             f"{reserved.hex() or '-'} where format version 1 writes zeros: the "
-                             "shard is corrupt or needs a newer fastload")  # fmt: skip
+            raise self._fail(
+                f"the {where} has flags {flags:#x} and reserved bytes "
+                f"{reserved.hex() or '-'} where format version 1 writes zeros: the "
+                "shard is corrupt or needs a newer fastload"
+            )
 
     def _read_index(self, trailer: np.void, size: int) -> None:
         offset, length = int(trailer["index_offset"]), int(trailer["index_size"])
         n_blocks, n_records = int(trailer["n_blocks"]), int(trailer["n_records"])
         index_end = size - TRAILER_SIZE
         if offset < HEADER_SIZE or length > index_end or offset + length != index_end:
-            raise self._fail(f"index claims {length} bytes at offset {offset}, but the file has "
-                             f"{size} bytes (index must end at {index_end})")
+            raise self._fail(
+                f"index claims {length} bytes at offset {offset}, but the file has "
+                f"{size} bytes (index must end at {index_end})"
+            )
         if length != index_size(n_blocks, n_records):
-            raise self._fail(f"index is {length} bytes, which does not hold {n_blocks} blocks and "
-                             f"{n_records} records; the trailer is corrupt")
+            raise self._fail(
+                f"index is {length} bytes, which does not hold {n_blocks} blocks and "
+                f"{n_records} records; the trailer is corrupt"
+            )
         raw = bytes(self.source.read(offset, length))  # a copy: the map may be closed first
         self.index_hash = hash64(raw)
         if self.index_hash != int(trailer["index_hash"]):
-            raise self._fail(f"index (bytes {offset}..{offset + length}) failed its checksum; "
-                             "the shard is corrupt")
+            raise self._fail(
+                f"index (bytes {offset}..{offset + length}) failed its checksum; "
+                "the shard is corrupt"
+            )
         split = n_blocks * BLOCK_DTYPE.itemsize
         self.blocks = np.frombuffer(raw, BLOCK_DTYPE, count=n_blocks)
         self.records = np.frombuffer(raw, RECORD_DTYPE, count=n_records, offset=split)
@@ -149,8 +174,11 @@ class ShardReader:
         self._all_raw = bool(raw.all())
         # Where each record starts in the file, when every block is stored raw: a batch of
         # them is then one fancy-index away from a gather out of the memory map.
-        self._starts = (self.blocks["offset"][self.records["block"]] + self.records["offset"]
-                        if self._all_raw else None)  # fmt: skip
+        self._starts = (
+            self.blocks["offset"][self.records["block"]] + self.records["offset"]
+            if self._all_raw
+            else None
+        )
 
     def _check_tables(self) -> None:
         """Every block inside the data area, in order; every record inside its block."""
@@ -159,29 +187,35 @@ class ShardReader:
         end = start + b["stored_size"].astype(np.int64)
         problems = []
         if len(b):
-            bad = np.flatnonzero((start < HEADER_SIZE) | (end > self.data_end)
-                                 | (b["stored_size"] > (1 << 62)))  # fmt: skip
+            bad = np.flatnonzero(
+                (start < HEADER_SIZE) | (end > self.data_end) | (b["stored_size"] > (1 << 62))
+            )
             problems += [f"block {i} lies outside the data area" for i in bad[:1]]
             bad = np.flatnonzero(start[1:] < end[:-1])
             problems += [f"block {i + 1} overlaps block {i}" for i in bad[:1]]
             bad = np.flatnonzero(b["raw_size"] > MAX_BLOCK_RAW_SIZE)
-            problems += [f"block {i} claims {b['raw_size'][i]} raw bytes (limit "
-                         f"{MAX_BLOCK_RAW_SIZE})" for i in bad[:1]]  # fmt: skip
+            problems += [
+                f"block {i} claims {b['raw_size'][i]} raw bytes (limit {MAX_BLOCK_RAW_SIZE})"
+                for i in bad[:1]
+            ]
             bad = np.flatnonzero(~np.isin(b["codec"], list(CODEC_NAMES)))
             problems += [f"block {i} has unknown codec {b['codec'][i]}" for i in bad[:1]]
             bad = np.flatnonzero((b["codec"] == CODEC_NONE) & (b["stored_size"] != b["raw_size"]))
             problems += [f"raw block {i} has stored size != raw size" for i in bad[:1]]
             first = np.concatenate(([0], np.cumsum(b["n_records"], dtype=np.uint64)[:-1]))
             bad = np.flatnonzero(b["first_record"] != first)
-            problems += [f"block {i} says its first record is {b['first_record'][i]}, "
-                         f"expected {first[i]}" for i in bad[:1]]  # fmt: skip
+            problems += [
+                f"block {i} says its first record is {b['first_record'][i]}, expected {first[i]}"
+                for i in bad[:1]
+            ]
         if int(b["n_records"].sum(dtype=np.uint64)) != len(r):
             problems.append(f"blocks hold {int(b['n_records'].sum())} records, index has {len(r)}")
         elif len(r):
             owner = np.repeat(np.arange(len(b), dtype=np.uint32), b["n_records"])
             bad = np.flatnonzero(r["block"] != owner)
-            problems += [f"record {i} points to block {r['block'][i]}, expected {owner[i]}"
-                         for i in bad[:1]]  # fmt: skip
+            problems += [
+                f"record {i} points to block {r['block'][i]}, expected {owner[i]}" for i in bad[:1]
+            ]
             rec_end = r["offset"].astype(np.int64) + r["length"].astype(np.int64)
             bad = np.flatnonzero(rec_end > b["raw_size"][owner].astype(np.int64))
             problems += [f"record {i} ends past the end of block {owner[i]}" for i in bad[:1]]
@@ -195,8 +229,10 @@ class ShardReader:
                 f"says {expected.hash}: the shard was replaced or corrupted; re-create it"
             )
         if len(self.records) != expected.records or len(self.blocks) != expected.blocks:
-            raise self._fail(f"has {len(self.records)} records in {len(self.blocks)} blocks, the "
-                             f"manifest says {expected.records} in {expected.blocks}")
+            raise self._fail(
+                f"has {len(self.records)} records in {len(self.blocks)} blocks, the "
+                f"manifest says {expected.records} in {expected.blocks}"
+            )
 
     # -- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -222,15 +258,23 @@ class ShardReader:
         entry = self.blocks[b]
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
         if not self._raw[b] and int(entry["raw_size"]) > self.max_block_bytes:
-            raise self._fail(f"block {b} would decompress to {int(entry['raw_size']):,} bytes, "
-                             f"more than max_block_bytes={self.max_block_bytes:,} allows "
-                             "(Dataset(max_block_bytes=...) raises it)")  # fmt: skip
+            raise self._fail(
+                f"block {b} would decompress to {int(entry['raw_size']):,} bytes, "
+                f"more than max_block_bytes={self.max_block_bytes:,} allows "
+                "(Dataset(max_block_bytes=...) raises it)"
+            )
         buffer = self.source.buffer
-        stored = buffer[offset : offset + stored_size] if buffer is not None else \
-            self.source.read(offset, stored_size)  # fmt: skip
+        stored = (
+            buffer[offset : offset + stored_size]
+            if buffer is not None
+            else self.source.read(offset, stored_size)
+        )
         checked = getattr(self.source, "checked", None)  # a source that checks blocks itself
-        if self.verify and not (checked is not None and checked(b)) and \
-                hash64(stored) != int(entry["checksum"]):  # fmt: skip
+        if (
+            self.verify
+            and not (checked is not None and checked(b))
+            and hash64(stored) != int(entry["checksum"])
+        ):
             raise self._corrupt_block(b, "failed its checksum")
         try:
             return decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
@@ -271,8 +315,9 @@ class ShardReader:
         b, offset, length = int(entry["block"]), int(entry["offset"]), int(entry["length"])
         view = self._raw_record(b, offset, length)
         if self.verify and record_checksum(view) != int(entry["checksum"]):
-            raise self.corrupt_record(r, "failed its checksum; the shard is corrupt: "
-                                         "re-create or re-download it")
+            raise self.corrupt_record(
+                r, "failed its checksum; the shard is corrupt: re-create or re-download it"
+            )
         return view
 
     def _raw_record(self, b: int, offset: int, length: int) -> bytes | memoryview:
@@ -298,8 +343,10 @@ class ShardReader:
             if self.verify:
                 bad = first_bad_record(mapped, offsets, lengths, self._checksums[rs])
                 if bad >= 0:
-                    raise self.corrupt_record(int(rs[bad]), "failed its checksum; the shard is "
-                                              "corrupt: re-create or re-download it")  # fmt: skip
+                    raise self.corrupt_record(
+                        int(rs[bad]),
+                        "failed its checksum; the shard is corrupt: re-create or re-download it",
+                    )
             return [mapped], np.zeros(len(rs), np.uint32), offsets, lengths
         entries = self.records[rs]
         blocks = entries["block"]
@@ -316,12 +363,16 @@ class ShardReader:
                 in_blocks = ~raw_mapped
                 if self.verify:
                     mine = np.flatnonzero(raw_mapped)
-                    bad = first_bad_record(mapped, offsets[mine], lengths[mine],
-                                           entries["checksum"][mine])  # fmt: skip
+                    bad = first_bad_record(
+                        mapped, offsets[mine], lengths[mine], entries["checksum"][mine]
+                    )
                     if bad >= 0:
-                        raise self.corrupt_record(int(rs[mine[bad]]), "failed its checksum; "
-                                                  "the shard is corrupt: re-create or "
-                                                  "re-download it")  # fmt: skip
+                        raise self.corrupt_record(
+                            int(rs[mine[bad]]),
+                            "failed its checksum; "
+                            "the shard is corrupt: re-create or "
+                            "re-download it",
+                        )
         if in_blocks.any():
             # One buffer per distinct block. Each was checked whole against its block
             # checksum (verify=True), which covers every record in it: checking the records

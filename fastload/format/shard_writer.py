@@ -150,9 +150,17 @@ class ShardWriter:
         entries["block"], entries["offset"] = block, offsets
         entries["length"], entries["checksum"] = lengths, checksums
         self._blocks.append(
-            (self.bytes_written, len(stored), len(raw), self._n_records, len(entries), codec, b"",
-             hash64(stored))
-        )  # fmt: skip
+            (
+                self.bytes_written,
+                len(stored),
+                len(raw),
+                self._n_records,
+                len(entries),
+                codec,
+                b"",
+                hash64(stored),
+            )
+        )
         self._records.append(entries)
         self._n_records += len(entries)
         self._write(stored)

@@ -8,5 +8,16 @@ from .remote import RemoteOptions
 from .retry import RetryPolicy
 from .source import FileSource, MappedSource, open_source
 
-__all__ = ["atomic_write", "join", "open_fs", "remove_quietly", "FileSource", "MappedSource",
-           "open_source", "BlockCache", "RemoteOptions", "RetryPolicy", "io_stats"]  # fmt: skip
+__all__ = [
+    "atomic_write",
+    "join",
+    "open_fs",
+    "remove_quietly",
+    "FileSource",
+    "MappedSource",
+    "open_source",
+    "BlockCache",
+    "RemoteOptions",
+    "RetryPolicy",
+    "io_stats",
+]

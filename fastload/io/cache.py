@@ -44,8 +44,8 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 from ..format.checksum import hash64
 from ..utils import parse_size
@@ -95,9 +95,11 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=lambda: _held_guard.acquire(),
-                        after_in_parent=lambda: _held_guard.release(),
-                        after_in_child=_after_fork_in_child)  # fmt: skip
+    os.register_at_fork(
+        before=lambda: _held_guard.acquire(),
+        after_in_parent=lambda: _held_guard.release(),
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def default_cache_dir() -> str:
@@ -121,8 +123,9 @@ class CacheEntry:
 class BlockCache:
     """A directory of verified block copies with a byte limit (see the module docstring)."""
 
-    def __init__(self, cache_dir: str | os.PathLike,
-                 limit: int | str = DEFAULT_CACHE_LIMIT) -> None:  # fmt: skip
+    def __init__(
+        self, cache_dir: str | os.PathLike, limit: int | str = DEFAULT_CACHE_LIMIT
+    ) -> None:
         self.dir = os.path.abspath(os.fspath(cache_dir))
         self.root = os.path.join(self.dir, LAYOUT)
         self.limit = parse_size(limit)
@@ -155,7 +158,7 @@ class BlockCache:
         finally:
             _close_lock(fd)
 
-    def _read_usage(self) -> Optional[int]:
+    def _read_usage(self) -> int | None:
         try:
             with open(self._usage_path) as f:
                 return int(f.read().strip() or "x")
@@ -214,7 +217,7 @@ class BlockCache:
             STATS.add("cache_evicted_bytes", freed)
         return total
 
-    def _make_room(self, nbytes: int) -> Optional[int]:
+    def _make_room(self, nbytes: int) -> int | None:
         """Usage after adding ``nbytes``, evicting first if needed; None if it cannot fit.
         Call with the lock held."""
         if nbytes > self.limit:
@@ -242,8 +245,17 @@ class BlockCache:
             self._known_dirs.add(d)
         return d
 
-    def get(self, url: str, content_hash: str, size: int, offset: int, length: int,
-            checksum: Optional[int], *, consume: bool = True) -> Optional[memoryview]:  # fmt: skip
+    def get(
+        self,
+        url: str,
+        content_hash: str,
+        size: int,
+        offset: int,
+        length: int,
+        checksum: int | None,
+        *,
+        consume: bool = True,
+    ) -> memoryview | None:
         """The cached bytes of ``[offset, offset+length)`` (a read-only memory map of the cache
         file), checked against ``checksum``; or None (absent, or a bad copy: deleted).
 
@@ -275,7 +287,7 @@ class BlockCache:
         d = self._dir(url, content_hash, size)
         return os.path.join(self._locks, f"{os.path.basename(d)}-{offset}.lock")
 
-    def claim(self, url: str, content_hash: str, size: int, offset: int) -> Optional[tuple]:
+    def claim(self, url: str, content_hash: str, size: int, offset: int) -> tuple | None:
         """Try to become the one fetcher of a block (any thread or process using this cache);
         returns a claim for :meth:`release`, or None when someone else is fetching it."""
         if fcntl is None:
@@ -289,8 +301,9 @@ class BlockCache:
             return None
         return (fd, path)
 
-    def wait_claim(self, url: str, content_hash: str, size: int, offset: int,
-                   timeout: float = 60.0) -> Optional[tuple]:  # fmt: skip
+    def wait_claim(
+        self, url: str, content_hash: str, size: int, offset: int, timeout: float = 60.0
+    ) -> tuple | None:
         """Block until the block's fetcher is done (or ``timeout``), then claim it."""
         deadline = time.monotonic() + timeout
         delay = 0.002
@@ -301,7 +314,7 @@ class BlockCache:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def release(self, claim: Optional[tuple]) -> None:
+    def release(self, claim: tuple | None) -> None:
         if claim is None or claim[0] is None:
             return
         fd, path = claim
@@ -319,8 +332,16 @@ class BlockCache:
         with contextlib.suppress(OSError):
             os.utime(os.path.join(d, f"{offset}-{length}.blk"))
 
-    def put(self, url: str, content_hash: str, size: int, offset: int, data: bytes, *,
-            ahead: bool = False) -> bool:  # fmt: skip
+    def put(
+        self,
+        url: str,
+        content_hash: str,
+        size: int,
+        offset: int,
+        data: bytes,
+        *,
+        ahead: bool = False,
+    ) -> bool:
         """Store verified bytes (the caller checked them). ``ahead``: fetched before use.
 
         The room check, the write and the rename happen under the lock, so the files never
@@ -388,8 +409,15 @@ class BlockCache:
                     if _BLOCK_RE.match(f.name) and f.is_file(follow_symlinks=False):
                         blocks += 1
                         nbytes += f.stat(follow_symlinks=False).st_size
-                out.append(CacheEntry(d.name, str(meta.get("url", "?")),
-                                      str(meta.get("hash", "?")), blocks, nbytes))
+                out.append(
+                    CacheEntry(
+                        d.name,
+                        str(meta.get("url", "?")),
+                        str(meta.get("hash", "?")),
+                        blocks,
+                        nbytes,
+                    )
+                )
         return out
 
     def usage(self) -> int:
@@ -406,8 +434,9 @@ class BlockCache:
                     continue
                 d = os.path.join(self._shards, entry.key)
                 for f in os.scandir(d):
-                    if (_BLOCK_RE.match(f.name) or f.name == "meta.json") and \
-                            f.is_file(follow_symlinks=False):  # fmt: skip
+                    if (_BLOCK_RE.match(f.name) or f.name == "meta.json") and f.is_file(
+                        follow_symlinks=False
+                    ):
                         with contextlib.suppress(FileNotFoundError):
                             size = f.stat(follow_symlinks=False).st_size
                             os.remove(f.path)

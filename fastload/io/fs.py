@@ -11,14 +11,23 @@ import contextlib
 import os
 import posixpath
 import uuid
-from typing import Any, Iterator, BinaryIO
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..format.spec import TMP_SUFFIX
 
-__all__ = ["open_fs", "reopen_fs", "child_session", "join", "is_local", "atomic_write", "remove_quietly"]
+__all__ = [
+    "open_fs",
+    "reopen_fs",
+    "child_session",
+    "join",
+    "is_local",
+    "atomic_write",
+    "remove_quietly",
+]
 
 
 def open_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
@@ -32,8 +41,13 @@ def open_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = Non
     return fs, path.rstrip("/") or "/"
 
 
-def reopen_fs(fs, url: str | os.PathLike, storage_options: dict[str, Any] | None = None, *,
-              session: Any = None):  # fmt: skip
+def reopen_fs(
+    fs,
+    url: str | os.PathLike,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    session: Any = None,
+):
     """:func:`open_fs` again in a forked child, where the parent's filesystem ``fs`` is not
     usable (its connections and event loop stay with the parent). An s3fs child gets a
     botocore session that shares the parent's parsed service models (:func:`child_session`;

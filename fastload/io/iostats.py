@@ -11,9 +11,21 @@ import threading
 
 __all__ = ["IOStats", "io_stats", "STATS"]
 
-FIELDS = ("requests", "retries", "errors", "bytes_fetched", "cache_hits", "cache_misses",
-          "cache_bytes_read", "cache_bytes_written", "cache_corrupt", "cache_evicted_bytes",
-          "prefetched_blocks", "prefetch_hits", "wait_seconds")  # fmt: skip
+FIELDS = (
+    "requests",
+    "retries",
+    "errors",
+    "bytes_fetched",
+    "cache_hits",
+    "cache_misses",
+    "cache_bytes_read",
+    "cache_bytes_written",
+    "cache_corrupt",
+    "cache_evicted_bytes",
+    "prefetched_blocks",
+    "prefetch_hits",
+    "wait_seconds",
+)
 
 
 class IOStats:

@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -37,12 +37,14 @@ __all__ = ["read_shared", "launch_of_this_process"]
 SHARE_DIR = "manifests"
 POLL_SECONDS = 0.05
 # names this module writes: copies, errors, and atomic_write's temporary files of either
-_NAME = re.compile(r"^[0-9a-f]{24}-(\d+)-(\d+)\.(json|error)"
-                   rf"(\.[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)})?$")
+_NAME = re.compile(
+    r"^[0-9a-f]{24}-(\d+)-(\d+)\.(json|error)"
+    rf"(\.[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)})?$"
+)
 _LOCAL = LocalFileSystem()
 
 
-def launch_of_this_process() -> Optional[tuple[int, str]]:
+def launch_of_this_process() -> tuple[int, str] | None:
     """``(local rank, token of this launch on this node)``, or None when the environment says
     nothing (no ``LOCAL_RANK``) or the parent process cannot be identified."""
     local = os.environ.get("LOCAL_RANK", "")
@@ -55,8 +57,7 @@ def launch_of_this_process() -> Optional[tuple[int, str]]:
     return int(local), f"{parent}-{started}"
 
 
-def read_shared(read: Callable[[], bytes], url: str, cache_dir: str, *,
-                wait_s: float) -> bytes:  # fmt: skip
+def read_shared(read: Callable[[], bytes], url: str, cache_dir: str, *, wait_s: float) -> bytes:
     """The manifest bytes of ``url``: from ``read()`` on local rank 0 (or outside a launch),
     from local rank 0's copy under ``cache_dir`` on the other local ranks."""
     launch = launch_of_this_process()
@@ -102,14 +103,17 @@ def _wait_for_copy(url: str, copy: str, failure: str, wait_s: float) -> bytes:
             cls = getattr(errors, name, None)
             if not (isinstance(cls, type) and issubclass(cls, errors.ManifestError)):
                 cls = errors.ManifestError
-            raise cls(f"{url}: local rank 0 of this node could not read the manifest "
-                      f"(see its log): {name}: {message}")  # fmt: skip
+            raise cls(
+                f"{url}: local rank 0 of this node could not read the manifest "
+                f"(see its log): {name}: {message}"
+            )
         if time.monotonic() >= deadline:
             raise errors.ManifestError(
                 f"{url}: waited {wait_s:g} s for local rank 0 of this node to read the "
                 f"manifest (share_manifest=True), but its copy {copy} never appeared: see "
                 "local rank 0's log, or check that every local rank of this launch opens "
-                "this dataset")
+                "this dataset"
+            )
         time.sleep(POLL_SECONDS)
 
 
@@ -131,7 +135,7 @@ def _remove_stale(folder: str) -> None:
             remove_quietly(_LOCAL, os.path.join(folder, name))
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _start_time(pid: int) -> str | None:
     """A process's start time (clock ticks after boot, field 22 of /proc/PID/stat): with the
     pid, it names one process even after the pid is reused."""
     try:

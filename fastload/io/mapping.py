@@ -22,8 +22,14 @@ try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _mmap, _munmap = _libc.mmap, _libc.munmap
     _mmap.restype = ctypes.c_void_p
-    _mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int64]  # fmt: skip
+    _mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
     _munmap.restype = ctypes.c_int
     _munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 except (OSError, AttributeError):  # pragma: no cover - no C library to call (not POSIX)

@@ -19,9 +19,10 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -44,7 +45,7 @@ DENSE = 4  # read-ahead fills gaps once a process asked for 1/DENSE of a shard's
 class RemoteOptions:
     """How remote shards are read (``Dataset(..., cache_dir=, cache_limit=, ...)``)."""
 
-    cache_dir: Optional[str] = None  # None: the default directory; False: no disk cache
+    cache_dir: str | None = None  # None: the default directory; False: no disk cache
     cache_limit: int | str = DEFAULT_CACHE_LIMIT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 8  # ranged GETs in flight per process
@@ -80,14 +81,14 @@ def _protocol(fs) -> str:
 class RemoteStore:
     """Ranged reads of one dataset's objects, with retries, the cache and a fetch pool."""
 
-    def __init__(self, fs, options: RemoteOptions, *, parent: "RemoteStore | None" = None) -> None:
+    def __init__(self, fs, options: RemoteOptions, *, parent: RemoteStore | None = None) -> None:
         """``fs``: the filesystem, or a function that makes it when the first request needs
         it (a forked worker reading only cached blocks never does: making one costs ~6 ms
         and a thread, each worker, each epoch). ``parent``: in a forked child, the parent's
         store, whose cache (paths and a limit; its locks are taken per call) and mapped,
         checked blocks (read-only maps of files) this one keeps."""
         self._fs = None
-        self._open_fs: Optional[Callable[[], Any]] = None
+        self._open_fs: Callable[[], Any] | None = None
         if isinstance(fs, fsspec.AbstractFileSystem):
             self._use(fs)
         else:
@@ -95,21 +96,25 @@ class RemoteStore:
         self.options = options
         self.policy = options.retry
         cache_dir = options.cache_dir
-        self.cache: Optional[BlockCache] = parent.cache if parent is not None else None
+        self.cache: BlockCache | None = parent.cache if parent is not None else None
         if cache_dir is not False and parent is None:
             try:
                 self.cache = BlockCache(cache_dir or default_cache_dir(), options.cache_limit)
             except OSError as e:
                 if cache_dir:
                     raise  # the directory asked for is unusable: say so
-                warnings.warn(f"fastload: no block cache (the default cache directory is not "
-                              f"usable: {e}); pass cache_dir= or set FASTLOAD_CACHE_DIR",
-                              RuntimeWarning, stacklevel=3)  # fmt: skip
-        self._pool: Optional[ThreadPoolExecutor] = None
+                warnings.warn(
+                    f"fastload: no block cache (the default cache directory is not "
+                    f"usable: {e}); pass cache_dir= or set FASTLOAD_CACHE_DIR",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         # Cached blocks already mapped and checked: (source id, block) -> memoryview.
-        self.maps: OrderedDict[tuple[int, int], memoryview] = \
-            OrderedDict(parent.maps) if parent is not None else OrderedDict()  # fmt: skip
+        self.maps: OrderedDict[tuple[int, int], memoryview] = (
+            OrderedDict(parent.maps) if parent is not None else OrderedDict()
+        )
         #: Counts the views dropped from ``maps``: a holder of views taken from it (the
         #: loader's one-call gather) lets go of them when it changes.
         self.maps_dropped = 0
@@ -148,7 +153,7 @@ class RemoteStore:
         with self._lock:
             self.filling -= 1
 
-    def mapped(self, key: tuple[int, int]) -> Optional[memoryview]:
+    def mapped(self, key: tuple[int, int]) -> memoryview | None:
         with self._lock:
             view = self.maps.get(key)
             if view is not None:
@@ -166,16 +171,16 @@ class RemoteStore:
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.options.concurrency,
-                                                thread_name_prefix="fastload-fetch")
+                self._pool = ThreadPoolExecutor(
+                    self.options.concurrency, thread_name_prefix="fastload-fetch"
+                )
                 # At exit, drop queued read-ahead rather than fetch it (the pool's threads are
                 # joined at exit; this runs before that join).
                 register = getattr(threading, "_register_atexit", None)
                 if register is not None:
                     ref = weakref.ref(self._pool)
                     with contextlib.suppress(RuntimeError):  # already shutting down
-                        register(lambda: ref() and ref().shutdown(wait=False,
-                                                                   cancel_futures=True))
+                        register(lambda: ref() and ref().shutdown(wait=False, cancel_futures=True))
             return self._pool
 
     def close(self) -> None:
@@ -193,6 +198,7 @@ class RemoteStore:
 
     def cat(self, path: str, url: str) -> bytes:
         """A whole (small) object, such as the manifest."""
+
         def attempt(_):
             STATS.add("requests")
             return self.fs.cat_file(path)
@@ -218,8 +224,10 @@ class RemoteStore:
                 else:
                     data = fs.cat_file(path, start=pos, end=end)
                     if len(data) > end - pos:
-                        raise OSError(f"asked for {end - pos} bytes at {pos}, got {len(data)}: "
-                                      "the server ignored the range")
+                        raise OSError(
+                            f"asked for {end - pos} bytes at {pos}, got {len(data)}: "
+                            "the server ignored the range"
+                        )
                     buf.extend(data)
             except Exception as e:
                 if "checksum" in type(e).__name__.lower():
@@ -231,8 +239,7 @@ class RemoteStore:
                 raise ShortRead(f"body ended after {len(buf)} of {want} bytes")
 
         try:
-            call_with_retries(attempt, f"{url} (bytes {start}..{end})", self.policy,
-                              self._on_retry)  # fmt: skip
+            call_with_retries(attempt, f"{url} (bytes {start}..{end})", self.policy, self._on_retry)
         except BaseException:
             STATS.add("errors")
             raise
@@ -248,8 +255,9 @@ class RemoteStore:
         extra = {"VersionId": version} if version else {}
 
         async def fetch():
-            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                     Range=f"bytes={start}-{end - 1}", **extra)  # fmt: skip
+            resp = await fs._call_s3(
+                "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra
+            )
             body = resp["Body"]
             try:
                 got = resp.get("ContentRange")
@@ -283,7 +291,7 @@ class RemoteSource:
         self._regions: dict[int, bytes | memoryview] = {}  # header, tail: start -> bytes
         self._fresh: list[int] = []  # regions fetched (not from the cache)
         self.from_cache = False
-        self._blocks: Optional[np.ndarray] = None
+        self._blocks: np.ndarray | None = None
         self._block_at: dict[int, int] = {}
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, Future] = OrderedDict()  # block -> its bytes
@@ -316,8 +324,9 @@ class RemoteSource:
         regions = [(self._tail_start, self.size)]
         if self._tail_start > 0:
             regions.append((0, HEADER_BYTES))
-        return all(cache.has(self.name, self.hash, self.size, start, end - start)
-                   for start, end in regions)  # fmt: skip
+        return all(
+            cache.has(self.name, self.hash, self.size, start, end - start) for start, end in regions
+        )
 
     def map_cached(self, b: int) -> bool:
         """Map block ``b``'s cached copy (checked) if there is one and it is not mapped yet;
@@ -327,8 +336,7 @@ class RemoteSource:
         if cache is None or key in self.store.maps:
             return False
         offset, length, checksum = self._entry(b)
-        data = cache.get(self.name, self.hash, self.size, offset, length, checksum,
-                         consume=False)  # fmt: skip
+        data = cache.get(self.name, self.hash, self.size, offset, length, checksum, consume=False)
         if data is None:
             return False
         self.store.keep_mapped(key, data)
@@ -339,8 +347,10 @@ class RemoteSource:
         from ..errors import ShardFormatError
 
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise ShardFormatError(f"{self.name}: read of {length} bytes at offset {offset} is "
-                                   f"past the end of the {self.size}-byte file")
+            raise ShardFormatError(
+                f"{self.name}: read of {length} bytes at offset {offset} is "
+                f"past the end of the {self.size}-byte file"
+            )
         b = self._block_at.get(offset)
         if b is not None and int(self._blocks["stored_size"][b]) == length:
             return self.block(b)
@@ -351,7 +361,8 @@ class RemoteSource:
             if self._tail_start > 0 and self._tail_start not in self._regions:
                 # The index is read next: its round trip overlaps the header's.
                 self._regions[self._tail_start] = self.store.pool.submit(
-                    self._fetch_region, self._tail_start, self.size)
+                    self._fetch_region, self._tail_start, self.size
+                )
             return self._region(0, HEADER_BYTES)
         return self.store.get_range(self.path, self.name, offset, offset + length)
 
@@ -437,7 +448,7 @@ class RemoteSource:
         reader then need not hash them again)."""
         return b not in self._unchecked
 
-    def resident(self, b: int) -> Optional[memoryview]:
+    def resident(self, b: int) -> memoryview | None:
         """The stored bytes of block ``b`` if they are at hand already (a cached copy mapped
         and checked), else None; no I/O, no lock: the per-batch fast path of the shard
         reader."""
@@ -537,8 +548,11 @@ class RemoteSource:
         """Whether this process reads the shard densely: it asked for 1/DENSE of its blocks
         (a shuffled epoch soon asks for all of them), and a few shards fit in the cache."""
         cache = self.store.cache
-        return cache is not None and DENSE * len(self._wanted) >= len(self._blocks) and \
-            DENSE * self.size <= cache.limit  # fmt: skip
+        return (
+            cache is not None
+            and DENSE * len(self._wanted) >= len(self._blocks)
+            and DENSE * self.size <= cache.limit
+        )
 
     def _fill_more(self) -> None:
         """Dense reading: fetch the rest of the shard into the cache in the background, in
@@ -607,7 +621,8 @@ class RemoteSource:
             if gap:
                 nbytes = int(sizes[gap.start : gap.stop].sum())
                 if nbytes <= min(limit, budget) and not any(
-                        g in self._pending or self._fetched(g) for g in gap):  # fmt: skip
+                    g in self._pending or self._fetched(g) for g in gap
+                ):
                     out.extend(gap)
                     budget -= nbytes
             out.append(b)
@@ -700,8 +715,7 @@ class RemoteSource:
         cache = self.store.cache
         for b in run:
             offset, length, checksum = self._entry(b)
-            piece = bytes(view[offset - first : offset - first + length]) if len(run) > 1 \
-                else data  # fmt: skip
+            piece = bytes(view[offset - first : offset - first + length]) if len(run) > 1 else data
             if hash64(piece) != checksum:
                 piece = self.store.get_range(self.path, self.name, offset, offset + length)
                 if hash64(piece) != checksum:

@@ -12,12 +12,19 @@ import errno
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, TypeVar
 
 from ..errors import FastloadError, MissingShardError, RemoteAccessError, RemoteReadError
 
-__all__ = ["RetryPolicy", "RemoteReadError", "RemoteAccessError", "ShortRead", "is_transient",
-           "http_status", "call_with_retries"]  # fmt: skip
+__all__ = [
+    "RetryPolicy",
+    "RemoteReadError",
+    "RemoteAccessError",
+    "ShortRead",
+    "is_transient",
+    "http_status",
+    "call_with_retries",
+]
 
 T = TypeVar("T")
 
@@ -38,15 +45,38 @@ class RetryPolicy:
     budget_s: float = 60.0
 
     def delay(self, attempt: int, rng: random.Random = random._inst) -> float:  # type: ignore
-        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2 ** attempt)))
+        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2**attempt)))
 
 
-_TRANSIENT_NAMES = ("timeout", "connection", "disconnect", "payload", "throttl", "slowdown",
-                    "incompleteread", "protocolerror", "endpointconnection", "responsestreaming",
-                    "serviceunavailable", "internalerror", "toomanyrequests", "reset", "checksum")
-_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNREFUSED,
-                     errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE, errno.ENETUNREACH,
-                     errno.EHOSTUNREACH, getattr(errno, "EREMOTEIO", 121)}
+_TRANSIENT_NAMES = (
+    "timeout",
+    "connection",
+    "disconnect",
+    "payload",
+    "throttl",
+    "slowdown",
+    "incompleteread",
+    "protocolerror",
+    "endpointconnection",
+    "responsestreaming",
+    "serviceunavailable",
+    "internalerror",
+    "toomanyrequests",
+    "reset",
+    "checksum",
+)
+_TRANSIENT_ERRNOS = {
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    getattr(errno, "EREMOTEIO", 121),
+}
 
 
 def _chain(e: BaseException):
@@ -57,7 +87,7 @@ def _chain(e: BaseException):
         e = e.__cause__ or e.__context__
 
 
-def http_status(e: BaseException) -> Optional[int]:
+def http_status(e: BaseException) -> int | None:
     """The HTTP status behind an exception (botocore, aiohttp, gcsfs, fsspec's http), if any."""
     for x in _chain(e):
         if type(x).__module__.startswith("aiohttp.http"):
@@ -105,8 +135,12 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}{f' (HTTP {status})' if status else ''}: {text}"
 
 
-def call_with_retries(fn: Callable[[int], T], what: str, policy: RetryPolicy,
-                      on_retry: Callable[[BaseException], None] | None = None) -> T:  # fmt: skip
+def call_with_retries(
+    fn: Callable[[int], T],
+    what: str,
+    policy: RetryPolicy,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
     """``fn(attempt)`` until it returns, retrying transient errors per ``policy``.
 
     ``what`` names the object (and range) in the final error, which also gives the number of
@@ -125,21 +159,26 @@ def call_with_retries(fn: Callable[[int], T], what: str, policy: RetryPolicy,
                 raise
             if not is_transient(e):
                 if status == 404 or (status is None and isinstance(e, FileNotFoundError)):
-                    raise MissingShardError(f"{what}: not found (HTTP 404; {_describe(e)})") \
-                        from e
+                    raise MissingShardError(f"{what}: not found (HTTP 404; {_describe(e)})") from e
                 if status == 403 or (status is None and isinstance(e, PermissionError)):
-                    raise RemoteAccessError(f"{what}: access denied (HTTP 403; check the "
-                                            f"credentials in storage_options or the "
-                                            f"environment; {_describe(e)})") from e
-                raise RemoteReadError(f"{what}: failed after {attempt} attempt(s) with a "
-                                      f"permanent error: {_describe(e)}") from e
+                    raise RemoteAccessError(
+                        f"{what}: access denied (HTTP 403; check the "
+                        f"credentials in storage_options or the "
+                        f"environment; {_describe(e)})"
+                    ) from e
+                raise RemoteReadError(
+                    f"{what}: failed after {attempt} attempt(s) with a "
+                    f"permanent error: {_describe(e)}"
+                ) from e
             elapsed = time.monotonic() - start
             wait = policy.delay(attempt - 1)
             if attempt >= policy.attempts or elapsed + wait > policy.budget_s:
-                raise RemoteReadError(f"{what}: failed after {attempt} attempts in "
-                                      f"{elapsed:.1f} s (retry budget: {policy.attempts} "
-                                      f"attempts, {policy.budget_s:g} s); last error: "
-                                      f"{_describe(e)}") from e
+                raise RemoteReadError(
+                    f"{what}: failed after {attempt} attempts in "
+                    f"{elapsed:.1f} s (retry budget: {policy.attempts} "
+                    f"attempts, {policy.budget_s:g} s); last error: "
+                    f"{_describe(e)}"
+                ) from e
             if on_retry is not None:
                 on_retry(e)
             time.sleep(wait)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
@@ -21,18 +20,22 @@ class MappedSource:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise MissingShardError(f"{self.name}: shard listed in the manifest does not exist "
-                                    "(deleted, or the dataset was copied incompletely)") from None
+            raise MissingShardError(
+                f"{self.name}: shard listed in the manifest does not exist "
+                "(deleted, or the dataset was copied incompletely)"
+            ) from None
         try:
             self.size = os.fstat(fd).st_size
-            self.buffer: Optional[memoryview] = map_readonly(fd, self.size) if self.size else None
+            self.buffer: memoryview | None = map_readonly(fd, self.size) if self.size else None
         finally:
             os.close(fd)
 
     def read(self, offset: int, length: int) -> memoryview:
         if offset < 0 or length < 0 or offset + length > self.size or self.buffer is None:
-            raise ShardFormatError(f"{self.name}: read of {length} bytes at offset {offset} is "
-                                   f"past the end of the {self.size}-byte file")
+            raise ShardFormatError(
+                f"{self.name}: read of {length} bytes at offset {offset} is "
+                f"past the end of the {self.size}-byte file"
+            )
         return self.buffer[offset : offset + length]
 
     def close(self) -> None:
@@ -43,7 +46,7 @@ class MappedSource:
 class FileSource:
     """Ranged reads through fsspec (object stores, HTTP, ...)."""
 
-    buffer: Optional[memoryview] = None
+    buffer: memoryview | None = None
 
     def __init__(self, fs, path: str, name: str | None = None, size: int | None = None) -> None:
         self.fs, self.path = fs, path
@@ -52,18 +55,23 @@ class FileSource:
             try:
                 size = int(fs.size(path))
             except FileNotFoundError:
-                raise MissingShardError(f"{self.name}: shard listed in the manifest does not "
-                                        "exist") from None
+                raise MissingShardError(
+                    f"{self.name}: shard listed in the manifest does not exist"
+                ) from None
         self.size = size
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise ShardFormatError(f"{self.name}: read of {length} bytes at offset {offset} is "
-                                   f"past the end of the {self.size}-byte file")
+            raise ShardFormatError(
+                f"{self.name}: read of {length} bytes at offset {offset} is "
+                f"past the end of the {self.size}-byte file"
+            )
         data = self.fs.cat_file(self.path, start=offset, end=offset + length)
         if len(data) != length:
-            raise ShardFormatError(f"{self.name}: asked for {length} bytes at offset {offset}, "
-                                   f"got {len(data)} (the object changed or is truncated)")
+            raise ShardFormatError(
+                f"{self.name}: asked for {length} bytes at offset {offset}, "
+                f"got {len(data)} (the object changed or is truncated)"
+            )
         return data
 
     def close(self) -> None:

@@ -6,5 +6,13 @@ from .layout import ImageDecode
 from .pool import LoaderTimeoutError, WorkerDiedError
 from .variable import Packed, PackRows, Pad
 
-__all__ = ["DataLoader", "ImageDecode", "LoaderTimeoutError", "Pad", "Packed", "PackRows",
-           "SkipBadSamples", "WorkerDiedError"]
+__all__ = [
+    "DataLoader",
+    "ImageDecode",
+    "LoaderTimeoutError",
+    "Pad",
+    "Packed",
+    "PackRows",
+    "SkipBadSamples",
+    "WorkerDiedError",
+]

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from ..errors import TooManyBadSamplesError
 
@@ -44,7 +44,7 @@ class SkipBadSamples:
             raise ValueError("max_consecutive and probation must be >= 0")
 
 
-def policy_of(bad_samples: object) -> Optional[SkipBadSamples]:
+def policy_of(bad_samples: object) -> SkipBadSamples | None:
     """``bad_samples`` as a policy: None to raise, else the budget to skip within."""
     if bad_samples == "raise":
         return None
@@ -52,8 +52,9 @@ def policy_of(bad_samples: object) -> Optional[SkipBadSamples]:
         return SkipBadSamples()
     if isinstance(bad_samples, SkipBadSamples):
         return bad_samples
-    raise ValueError(f"bad_samples must be 'raise', 'skip' or a SkipBadSamples, got "
-                     f"{bad_samples!r}")  # fmt: skip
+    raise ValueError(
+        f"bad_samples must be 'raise', 'skip' or a SkipBadSamples, got {bad_samples!r}"
+    )
 
 
 class BadSampleBudget:
@@ -80,24 +81,27 @@ class BadSampleBudget:
             if self.in_a_row > self.policy.max_consecutive:
                 raise TooManyBadSamplesError(
                     f"{self.in_a_row} bad samples in a row (max_consecutive="
-                    f"{self.policy.max_consecutive}); {self._so_far()}")
+                    f"{self.policy.max_consecutive}); {self._so_far()}"
+                )
         fraction = self.skipped / self.seen
         if self.seen >= self.policy.probation and fraction > self.policy.max_fraction:
             raise TooManyBadSamplesError(
                 f"{fraction:.1%} of the samples were bad (max_fraction="
                 f"{self.policy.max_fraction:g} after {self.policy.probation} samples); "
-                f"{self._so_far()}")
+                f"{self._so_far()}"
+            )
         now = time.monotonic()
         if now - self._logged_at >= LOG_SECONDS:
-            log.warning("fastload: skipped %d bad sample(s) so far; last: %s",
-                        self.skipped, self.last)  # fmt: skip
+            log.warning(
+                "fastload: skipped %d bad sample(s) so far; last: %s", self.skipped, self.last
+            )
             self._logged_at = now
 
     def counts(self) -> dict[str, int]:
         """Samples seen and skipped so far (for state_dict)."""
         return {"seen": self.seen, "skipped": self.skipped}
 
-    def restore(self, counts: Optional[dict]) -> None:
+    def restore(self, counts: dict | None) -> None:
         """Continue from ``counts`` (from :meth:`counts`), or from zero when None."""
         self.seen = int(counts["seen"]) if counts else 0
         self.skipped = int(counts["skipped"]) if counts else 0

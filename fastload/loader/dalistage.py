@@ -12,8 +12,9 @@ again without them.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,22 +43,34 @@ class Unpacked:
 class DaliStage:
     """The DALI decoders of a loader's image fields (kept across epochs)."""
 
-    def __init__(self, specs: dict, batch_size: int, device: Optional[torch.device],
-                 budget: Optional[BadSampleBudget], stats: LoaderStats) -> None:  # fmt: skip
-        self.decoders = {name: DaliDecoder(name, spec, batch_size, device)
-                         for name, spec in specs.items()}  # fmt: skip
+    def __init__(
+        self,
+        specs: dict,
+        batch_size: int,
+        device: torch.device | None,
+        budget: BadSampleBudget | None,
+        stats: LoaderStats,
+    ) -> None:
+        self.decoders = {
+            name: DaliDecoder(name, spec, batch_size, device) for name, spec in specs.items()
+        }
         # CPU pixels go into buffers used again once their batch is garbage (as slabs are):
         # a new 38 MB tensor per batch of 256 cost ~5 ms of page faults.
-        self.buffers = {name: SlabPool(batch_size * int(np.prod(spec.shape)), 2, shared=False)
-                        for name, spec in specs.items()} \
-            if device is None or device.type != "cuda" else {}  # fmt: skip
+        self.buffers = (
+            {
+                name: SlabPool(batch_size * int(np.prod(spec.shape)), 2, shared=False)
+                for name, spec in specs.items()
+            }
+            if device is None or device.type != "cuda"
+            else {}
+        )
         self.budget = budget
         self.stats = stats
 
     def run(self, batches: Iterator[Unpacked]) -> Iterator[tuple[int, dict]]:
         """``(number, batch)`` with every DALI field decoded, in the order of ``batches``;
         each batch is submitted to DALI as soon as the one before it is collected."""
-        held: Optional[Unpacked] = None
+        held: Unpacked | None = None
         try:
             for item in batches:
                 done = self._collect(held) if held is not None else None

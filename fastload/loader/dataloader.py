@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,47 +79,63 @@ class DataLoader:
     def __init__(
         self,
         dataset: Any,
-        batch_size: Optional[int] = 1,
-        shuffle: Optional[bool | str] = None,
-        sampler: Optional[Sampler | Iterable] = None,
-        batch_sampler: Optional[Sampler | Iterable] = None,
+        batch_size: int | None = 1,
+        shuffle: bool | str | None = None,
+        sampler: Sampler | Iterable | None = None,
+        batch_sampler: Sampler | Iterable | None = None,
         num_workers: int = 0,
-        collate_fn: Optional[Callable] = None,
+        collate_fn: Callable | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
         timeout: float = 0,
-        worker_init_fn: Optional[Callable[[int], None]] = None,
+        worker_init_fn: Callable[[int], None] | None = None,
         multiprocessing_context: Any = None,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         *,
-        prefetch_factor: Optional[int] = None,
+        prefetch_factor: int | None = None,
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
-        decode: Optional[Mapping[str, ImageDecode]] = None,
-        transform: Optional[Callable[[dict], Any]] = None,
-        variable: Optional[Mapping[str, VariableSpec]] = None,
+        decode: Mapping[str, ImageDecode] | None = None,
+        transform: Callable[[dict], Any] | None = None,
+        variable: Mapping[str, VariableSpec] | None = None,
         worker_type: str = "process",
-        device: Optional[str | torch.device] = None,
-        seed: Optional[int] = None,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
         block_window: int = 16,
         bad_samples: str | SkipBadSamples = "raise",
     ) -> None:
         if worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {_WORKER_TYPES}, got {worker_type!r}")
-        self._planner: Optional[Planner] = None
+        self._planner: Planner | None = None
         if wants_plan(dataset, shuffle, seed, rank, world_size):
-            taken = [name for name, v in (("sampler", sampler), ("batch_sampler", batch_sampler),
-                                          ("generator", generator)) if v is not None]  # fmt: skip
+            taken = [
+                name
+                for name, v in (
+                    ("sampler", sampler),
+                    ("batch_sampler", batch_sampler),
+                    ("generator", generator),
+                )
+                if v is not None
+            ]
             if taken:
-                raise ValueError(f"{' and '.join(taken)} cannot be combined with seed=, "
-                                 "shuffle='global'/'block', rank=, world_size= or a Mix: the "
-                                 "loader's plan decides the order and the DDP split")  # fmt: skip
-            self._planner = Planner(dataset, batch_size=batch_size, drop_last=drop_last,
-                                    shuffle=shuffle, seed=seed, rank=rank,
-                                    world_size=world_size, block_window=block_window)  # fmt: skip
+                raise ValueError(
+                    f"{' and '.join(taken)} cannot be combined with seed=, "
+                    "shuffle='global'/'block', rank=, world_size= or a Mix: the "
+                    "loader's plan decides the order and the DDP split"
+                )
+            self._planner = Planner(
+                dataset,
+                batch_size=batch_size,
+                drop_last=drop_last,
+                shuffle=shuffle,
+                seed=seed,
+                rank=rank,
+                world_size=world_size,
+                block_window=block_window,
+            )
             fast_capable = _fast_capable(dataset) and collate_fn is None
             # torch's DataLoader still checks the other arguments and, off the fast path,
             # loads the planned batches.
@@ -128,13 +145,24 @@ class DataLoader:
         # torch's own DataLoader checks the arguments (its errors, in its order) and builds the
         # samplers; off the fast path it also does the loading.
         self._torch = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-            batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
-            pin_memory=pin_memory, drop_last=drop_last, timeout=timeout,
-            worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
-            generator=generator, prefetch_factor=prefetch_factor,
-            persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
-            in_order=in_order)  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            timeout=timeout,
+            worker_init_fn=worker_init_fn,
+            multiprocessing_context=multiprocessing_context,
+            generator=generator,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device,
+            in_order=in_order,
+        )
         if self._planner is None and sampler is None and batch_sampler is None:
             _warn_if_unsplit(dataset)
         self.dataset = dataset
@@ -155,40 +183,53 @@ class DataLoader:
         self.worker_type = worker_type
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r}, but CUDA is not available here (torch "
-                               f"{torch.__version__} finds no GPU); leave device unset or use "
-                               "device='cpu'")  # fmt: skip
+            raise RuntimeError(
+                f"device={device!r}, but CUDA is not available here (torch "
+                f"{torch.__version__} finds no GPU); leave device unset or use "
+                "device='cpu'"
+            )
         self._stats = LoaderStats()
         self._handed = 0  # the iteration's number of the batch handed out last
         policy = policy_of(bad_samples)
         self._budget = BadSampleBudget(policy) if policy is not None else None
-        self._pool: Optional[WorkerPool] = None
+        self._pool: WorkerPool | None = None
         self._copies: Any = None  # device.CopiesInFlight: host batches being copied to a GPU
-        self._persistent_seed: Optional[int] = None  # persistent workers' base seed
+        self._persistent_seed: int | None = None  # persistent workers' base seed
         self.fast = _fast_capable(dataset) and collate_fn is None and batch_size is not None
         if decode and not self.fast:
-            raise ValueError("decode= needs a fastload.Dataset, automatic batching and no "
-                             "collate_fn")  # fmt: skip
+            raise ValueError(
+                "decode= needs a fastload.Dataset, automatic batching and no collate_fn"
+            )
         if transform is not None and not self.fast:
-            raise ValueError("transform= needs a fastload.Dataset, automatic batching and no "
-                             "collate_fn; with another dataset, transform in its "
-                             "__getitem__, as with torch's DataLoader")  # fmt: skip
-        if transform is not None and any(getattr(s, "backend", "cpu") == "dali"
-                                         for s in (decode or {}).values()):  # fmt: skip
-            raise ValueError("transform= and ImageDecode(backend='dali') cannot be combined: "
-                             "the transform runs in the workers, before DALI decodes")
+            raise ValueError(
+                "transform= needs a fastload.Dataset, automatic batching and no "
+                "collate_fn; with another dataset, transform in its "
+                "__getitem__, as with torch's DataLoader"
+            )
+        if transform is not None and any(
+            getattr(s, "backend", "cpu") == "dali" for s in (decode or {}).values()
+        ):
+            raise ValueError(
+                "transform= and ImageDecode(backend='dali') cannot be combined: "
+                "the transform runs in the workers, before DALI decodes"
+            )
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         if variable and not self.fast:
-            raise ValueError("variable= needs a fastload.Dataset, automatic batching and no "
-                             "collate_fn")  # fmt: skip
+            raise ValueError(
+                "variable= needs a fastload.Dataset, automatic batching and no collate_fn"
+            )
         if variable and transform is not None:
-            raise ValueError("variable= and transform= cannot be combined: the transform's "
-                             "outputs are its own (pad them in it)")  # fmt: skip
+            raise ValueError(
+                "variable= and transform= cannot be combined: the transform's "
+                "outputs are its own (pad them in it)"
+            )
         if policy is not None and not self.fast:
-            raise ValueError("bad_samples='skip' needs a fastload.Dataset, automatic batching "
-                             "and no collate_fn (it skips records that fail their checksum "
-                             "and images that fail to decode)")  # fmt: skip
+            raise ValueError(
+                "bad_samples='skip' needs a fastload.Dataset, automatic batching "
+                "and no collate_fn (it skips records that fail their checksum "
+                "and images that fail to decode)"
+            )
         self.batch_sampler = self._torch.batch_sampler
         self.sampler = self._torch.sampler
         if not self.fast:
@@ -199,15 +240,17 @@ class DataLoader:
             raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
         # A batch_sampler that declares no batch_size is sized from each epoch's own pass over
         # it (iterating it here would draw from its random state: not torch's order then).
-        size = batch_size if self._planner is not None else \
-            _declared_batch_size(self.batch_sampler)  # fmt: skip
+        size = batch_size if self._planner is not None else _declared_batch_size(self.batch_sampler)
         self._sized_per_epoch = size is None
         self._decode = decode
         self._transform = transform
         self._variable = check_variable(self.dataset.schema, variable)
         # made by the consumer from the lists the workers send (all but a fixed-length Pad)
-        self._collated = {name: spec for name, spec in self._variable.items()
-                          if not (isinstance(spec, Pad) and spec.length is not None)}  # fmt: skip
+        self._collated = {
+            name: spec
+            for name, spec in self._variable.items()
+            if not (isinstance(spec, Pad) and spec.length is not None)
+        }
         self._outputs = self._probe(transform) if transform is not None else ()
         self._pinned = self._wants_pinning(pin_memory)
         self._make_buffers(size or 1)
@@ -223,8 +266,12 @@ class DataLoader:
         drawn at random, or a Mix's windows, past what the block caches of ``processes``
         (those that share the blocks out) hold."""
         planner = self._planner
-        if planner is not None and planner.shuffle and planner.mode == "global" or \
-                isinstance(self.sampler, torch.utils.data.RandomSampler):  # fmt: skip
+        if (
+            planner is not None
+            and planner.shuffle
+            and planner.mode == "global"
+            or isinstance(self.sampler, torch.utils.data.RandomSampler)
+        ):
             _warn_if_rereading(self.dataset, processes)
         elif planner is not None and planner.mix_blocks is not None:
             _warn_if_windows_overflow(self.dataset, planner.window, processes)
@@ -246,27 +293,41 @@ class DataLoader:
     def _make_buffers(self, size: int) -> None:
         """The batch layout and the slab pool for batches of up to ``size`` samples."""
         room = _encoded_room(self.dataset, self._decode)
-        self.layout = BatchLayout(self.dataset.schema, size, self._decode, self._transform,
-                                  self._outputs, self._variable, encoded_bytes=room)  # fmt: skip
+        self.layout = BatchLayout(
+            self.dataset.schema,
+            size,
+            self._decode,
+            self._transform,
+            self._outputs,
+            self._variable,
+            encoded_bytes=room,
+        )
         # Small batches travel several to a message (see _MessageSizer); the pool holds a slab
         # for every batch that can be in flight, plus the one the consumer is using.
-        self._per_message = max(1, min(_MessageSizer.MAX_BATCHES,
-                                       _SMALL_BATCH_BYTES // self.layout.slab_size))  # fmt: skip
+        self._per_message = max(
+            1, min(_MessageSizer.MAX_BATCHES, _SMALL_BATCH_BYTES // self.layout.slab_size)
+        )
         # Batches of images are shared among the workers (_shares): prefetch_factor of them
         # keep every worker busy.
         workers = self.num_workers
-        self._sharing = bool(self.layout.decode) and not self.layout.dali and workers > 1 \
-            and size >= 2 * MIN_SHARE  # (a DALI field's images go end to end in the slab)
+        self._sharing = (
+            bool(self.layout.decode)
+            and not self.layout.dali
+            and workers > 1
+            and size >= 2 * MIN_SHARE
+        )  # (a DALI field's images go end to end in the slab)
         self._by_block = not self._sharing and _split_by_block(
-            self.dataset, self.layout, workers, self.worker_type, self.persistent_workers)
+            self.dataset, self.layout, workers, self.worker_type, self.persistent_workers
+        )
         if not workers:
             slabs = 2
         elif self._sharing:
             slabs = self.prefetch_factor + 2
         else:
             slabs = workers * self.prefetch_factor * self._per_message + 2
-        self._slabs = SlabPool(self.layout.slab_size, slabs,
-                               shared=workers > 0 and self.worker_type == "process")  # fmt: skip
+        self._slabs = SlabPool(
+            self.layout.slab_size, slabs, shared=workers > 0 and self.worker_type == "process"
+        )
         self._slabs.headroom = 8 + 2 * workers
         if self._pinned:
             from .device import register_slabs
@@ -280,8 +341,11 @@ class DataLoader:
     def __iter__(self) -> Iterator[Any]:
         if self._planner is not None:
             cursor = self._planner.begin()
-            batches = (iter(self._torch) if not self.fast
-                       else self._staged(self._fast_batches(cursor.aug_seed)))  # fmt: skip
+            batches = (
+                iter(self._torch)
+                if not self.fast
+                else self._staged(self._fast_batches(cursor.aug_seed))
+            )
             # in_order=False: which batch came is the one _deliver handed out last
             number = (lambda: self._handed) if self.fast and not self.in_order else None
             return self._timed(self._planner.track(cursor, batches, number))
@@ -329,9 +393,11 @@ class DataLoader:
         world and batch size."""
         planner = self._need_plan("state_dict")
         if not self.in_order and not self.fast and self.num_workers > 0:
-            raise ValueError("state_dict() with in_order=False needs the fast path (a "
-                             "fastload.Dataset, no collate_fn): torch's loader, which runs "
-                             "the others, does not say which batch it handed out")  # fmt: skip
+            raise ValueError(
+                "state_dict() with in_order=False needs the fast path (a "
+                "fastload.Dataset, no collate_fn): torch's loader, which runs "
+                "the others, does not say which batch it handed out"
+            )
         state = planner.state_dict()
         if self._budget is not None:
             # This rank's counts (they differ between ranks): restored on the same rank.
@@ -346,8 +412,11 @@ class DataLoader:
         if self._budget is not None:
             saved = state.get("bad_samples")
             rank, world = self._planner.topology()
-            mine = isinstance(saved, Mapping) and saved.get("rank") == rank and \
-                state.get("world_size") == world  # fmt: skip
+            mine = (
+                isinstance(saved, Mapping)
+                and saved.get("rank") == rank
+                and state.get("world_size") == world
+            )
             self._budget.restore(saved if mine else None)
             self._stats.skipped = self._budget.skipped
 
@@ -370,14 +439,21 @@ class DataLoader:
         else:
             epoch = planner.position()[0]
             plan = planner.epoch_plan(epoch)
-        return {"epoch": epoch, "rank": plan.rank, "world_size": plan.world_size,
-                "padding": plan.padding, "dropped": plan.dropped}  # fmt: skip
+        return {
+            "epoch": epoch,
+            "rank": plan.rank,
+            "world_size": plan.world_size,
+            "padding": plan.padding,
+            "dropped": plan.dropped,
+        }
 
     def _need_plan(self, what: str) -> Planner:
         if self._planner is None:
-            raise ValueError(f"{what}() needs the loader's planned order: pass seed= (and no "
-                             "sampler, batch_sampler or generator). Torch's samplers draw from "
-                             "a generator whose position cannot be saved exactly.")  # fmt: skip
+            raise ValueError(
+                f"{what}() needs the loader's planned order: pass seed= (and no "
+                "sampler, batch_sampler or generator). Torch's samplers draw from "
+                "a generator whose position cannot be saved exactly."
+            )
         return self._planner
 
     def close(self) -> None:
@@ -431,8 +507,9 @@ class DataLoader:
         if self._dali is None:
             from .dalistage import DaliStage
 
-            self._dali = DaliStage(self.layout.dali, self.layout.batch_size, self.device,
-                                   self._budget, self._stats)  # fmt: skip
+            self._dali = DaliStage(
+                self.layout.dali, self.layout.batch_size, self.device, self._budget, self._stats
+            )
         return self._finished(self._dali.run(batches))
 
     def _finished(self, decoded: Iterator[tuple[int, dict]]) -> Iterator[dict]:
@@ -481,7 +558,8 @@ class DataLoader:
                     f"batch_sampler yielded a batch of {len(indices)} indices, more than its "
                     f"batch_size attribute says ({capacity}), which sizes the loader's batch "
                     "buffers; give it its largest batch size, or no batch_size attribute at "
-                    "all (each epoch's batches are then listed first)")  # fmt: skip
+                    "all (each epoch's batches are then listed first)"
+                )
             yield indices
 
     def _grow_buffers(self, size: int) -> None:
@@ -506,24 +584,38 @@ class DataLoader:
         for j, indices in enumerate(_hinting(self.dataset, plan)):
             slab = self._slabs.acquire(grow=True)
             try:
-                listed, timings = fill_batch(self.dataset, self.layout, self._slabs.arrays[slab],
-                                             indices, self._rng_seed(base_seed, j),
-                                             skip_bad=self._budget is not None)  # fmt: skip
+                listed, timings = fill_batch(
+                    self.dataset,
+                    self.layout,
+                    self._slabs.arrays[slab],
+                    indices,
+                    self._rng_seed(base_seed, j),
+                    skip_bad=self._budget is not None,
+                )
             except BaseException:
                 self._slabs.release(slab)
                 raise
-            yield self._deliver(Result(j, slab, len(indices), listed, timings,
-                                       bad=timings.pop("bad", None)))  # fmt: skip
+            yield self._deliver(
+                Result(j, slab, len(indices), listed, timings, bad=timings.pop("bad", None))
+            )
 
     def _start_pool(self, base_seed: int) -> WorkerPool:
-        setup = WorkerSetup(self.dataset, self.layout, self.worker_init_fn, self.num_workers,
-                            base_seed, skip_bad=self._budget is not None)  # fmt: skip
-        self._pool = WorkerPool(setup, self._slabs, worker_type=self.worker_type,
-                                context=self.multiprocessing_context)  # fmt: skip
+        setup = WorkerSetup(
+            self.dataset,
+            self.layout,
+            self.worker_init_fn,
+            self.num_workers,
+            base_seed,
+            skip_bad=self._budget is not None,
+        )
+        self._pool = WorkerPool(
+            setup, self._slabs, worker_type=self.worker_type, context=self.multiprocessing_context
+        )
         return self._pool
 
-    def _from_workers(self, pool: WorkerPool, plan: Iterator[np.ndarray],
-                      base_seed: int) -> Iterator[dict]:  # fmt: skip
+    def _from_workers(
+        self, pool: WorkerPool, plan: Iterator[np.ndarray], base_seed: int
+    ) -> Iterator[dict]:
         """Batches from the workers, in order (or as they come with ``in_order=False``).
 
         Each worker has up to ``prefetch_factor`` messages in flight; a message carries as
@@ -543,8 +635,9 @@ class DataLoader:
             while True:
                 while not exhausted:
                     sharing = self._sharing
-                    if (max(pending) if sharing or self._by_block else pending[turn % workers]) \
-                            >= limit:  # fmt: skip
+                    if (
+                        max(pending) if sharing or self._by_block else pending[turn % workers]
+                    ) >= limit:
                         break
                     want, idle = 1 if sharing else sizer.batches, sent == next_batch
                     if not idle and self._slabs.free() < want:
@@ -560,9 +653,22 @@ class DataLoader:
                         self._submit_shares(pool, tasks[0])
                     elif self._by_block:
                         for k in range(workers):
-                            pool.submit(k, [Task(t.batch, t.slab, t.indices, t.rng_seed, part=k,
-                                                 parts=workers, by_block=True)
-                                            for t in tasks], self._slabs)  # fmt: skip
+                            pool.submit(
+                                k,
+                                [
+                                    Task(
+                                        t.batch,
+                                        t.slab,
+                                        t.indices,
+                                        t.rng_seed,
+                                        part=k,
+                                        parts=workers,
+                                        by_block=True,
+                                    )
+                                    for t in tasks
+                                ],
+                                self._slabs,
+                            )
                             pending[k] += 1
                     else:
                         pool.submit(turn % workers, tasks, self._slabs)
@@ -601,8 +707,11 @@ class DataLoader:
         :meth:`_shares` says)."""
         parts = self._shares(len(task.indices))
         for k in range(parts):
-            share = task if parts == 1 else Task(task.batch, task.slab, task.indices,
-                                                 task.rng_seed, part=k, parts=parts)  # fmt: skip
+            share = (
+                task
+                if parts == 1
+                else Task(task.batch, task.slab, task.indices, task.rng_seed, part=k, parts=parts)
+            )
             pool.submit(k, [share], self._slabs)
             pool.pending[k] += 1
 
@@ -614,8 +723,9 @@ class DataLoader:
         a consumer at 80% of the top rate waited on."""
         return max(1, min(self.num_workers, n // MIN_SHARE))
 
-    def _tasks(self, plan: Iterator[np.ndarray], first: int, count: int, base_seed: int,
-               idle: bool) -> list[Task] | None:  # fmt: skip
+    def _tasks(
+        self, plan: Iterator[np.ndarray], first: int, count: int, base_seed: int, idle: bool
+    ) -> list[Task] | None:
         """Up to ``count`` tasks for the next batches of ``plan``, each with a free slab.
         Returns None when the plan is exhausted and [] when no slab is free."""
         tasks: list[Task] = []
@@ -700,8 +810,10 @@ class DataLoader:
         for name, v in self.layout.views(slab, n).items():
             if name not in areas:
                 v[: len(keep)] = v[keep]
-        result.listed = {name: ([values[i] for i in keep] if isinstance(values, list)
-                                else values[keep]) for name, values in result.listed.items()}  # fmt: skip
+        result.listed = {
+            name: ([values[i] for i in keep] if isinstance(values, list) else values[keep])
+            for name, values in result.listed.items()
+        }
         result.samples = len(keep)
         self._stats.skipped += len(dropped)
         return keep
@@ -714,8 +826,11 @@ class DataLoader:
             return False
         if not torch.cuda.is_available():
             if pin_memory:
-                warnings.warn("'pin_memory' argument is set as true but no accelerator is "
-                              "found, then device pinned memory won't be used.")  # fmt: skip
+                warnings.warn(
+                    "'pin_memory' argument is set as true but no accelerator is "
+                    "found, then device pinned memory won't be used.",
+                    stacklevel=2,
+                )
             return False
         return True
 
@@ -725,8 +840,7 @@ class DataLoader:
         start = time.perf_counter()
         if self.fast and self._copies is None:
             self._copies = CopiesInFlight()
-        out = to_device(batch, self.device, self._copies) if self.fast else \
-            move(batch, self.device)  # fmt: skip
+        out = to_device(batch, self.device, self._copies) if self.fast else move(batch, self.device)
         self._stats.stage_seconds["transfer"] += time.perf_counter() - start
         return out
 
@@ -782,8 +896,14 @@ def _merge_shares(shares: list[Result]) -> Result:
     if any(r.rows is not None for r in shares):  # shares by block: rows anywhere in the batch
         joined = _scattered([r for r in shares if r.rows is not None], samples)
     else:  # contiguous shares, in order
-        joined = {name: (np.concatenate(v) if isinstance(v[0], np.ndarray) else
-                         [x for part in v for x in part]) for name, v in listed.items()}  # fmt: skip
+        joined = {
+            name: (
+                np.concatenate(v)
+                if isinstance(v[0], np.ndarray)
+                else [x for part in v for x in part]
+            )
+            for name, v in listed.items()
+        }
     bad = [b for r in shares for b in (r.bad or ())]
     return Result(first.batch, first.slab, samples, joined, timings, bad=bad or None)
 
@@ -803,8 +923,7 @@ def _scattered(shares: list[Result], n: int) -> dict[str, Any]:
     return out
 
 
-def _hinting(dataset: Any, plan: Iterator[np.ndarray],
-             ahead: int = 2) -> Iterator[np.ndarray]:  # fmt: skip
+def _hinting(dataset: Any, plan: Iterator[np.ndarray], ahead: int = 2) -> Iterator[np.ndarray]:
     """``plan``'s batches; for a remote dataset, each yielded while the blocks of the next
     ``ahead`` are already being fetched (in the dataset's background threads), as workers do
     for their queued batches. Local datasets: ``plan`` itself."""
@@ -831,8 +950,9 @@ def _batches(batch_sampler: Any) -> Iterator[Any]:
     generator exactly as when iterated lazily (the same draws, in the same order; a draw
     torch makes at the epoch's end happens at its start instead)."""
     sampler = getattr(batch_sampler, "sampler", None)
-    plain = type(sampler) is SequentialSampler or \
-        (type(sampler) is RandomSampler and not sampler.replacement)  # fmt: skip
+    plain = type(sampler) is SequentialSampler or (
+        type(sampler) is RandomSampler and not sampler.replacement
+    )
     if type(batch_sampler) is not BatchSampler or not plain or len(sampler) > MAX_EAGER_ORDER:
         yield from batch_sampler
         return
@@ -853,12 +973,15 @@ def _warn_if_unsplit(dataset: Any) -> None:
     except ValueError:
         return  # a malformed WORLD_SIZE: the planned order's own error names it
     if world > 1:
-        warnings.warn(f"fastload.DataLoader: this is one of {world} ranks (torch.distributed "
-                      "or WORLD_SIZE), but nothing splits the dataset among them: every rank "
-                      "reads all of it, as with torch's DataLoader without a "
-                      "DistributedSampler. Pass seed= to have the loader split it (each "
-                      "sample once per epoch over all ranks, resumable), or a "
-                      "DistributedSampler.", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"fastload.DataLoader: this is one of {world} ranks (torch.distributed "
+            "or WORLD_SIZE), but nothing splits the dataset among them: every rank "
+            "reads all of it, as with torch's DataLoader without a "
+            "DistributedSampler. Pass seed= to have the loader split it (each "
+            "sample once per epoch over all ranks, resumable), or a "
+            "DistributedSampler.",
+            stacklevel=3,
+        )
 
 
 def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
@@ -874,8 +997,9 @@ def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
     return out
 
 
-def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type: str,
-                    persistent: bool) -> bool:  # fmt: skip
+def _split_by_block(
+    dataset: Any, layout: BatchLayout, workers: int, worker_type: str, persistent: bool
+) -> bool:
     """Whether worker processes share out each batch by storage block (``fill_block_share``)
     rather than fill whole batches: for a compressed dataset (no images to decode or
     transform), where its blocks are decompressed more than once otherwise. Whole batches
@@ -887,8 +1011,14 @@ def _split_by_block(dataset: Any, layout: BatchLayout, workers: int, worker_type
     it all each. A dataset that fits one cache, read by persistent workers, is decompressed
     once per worker and then read fastest whole (a share costs each worker a step per
     batch). Thread workers share one block cache already."""
-    if workers < 2 or worker_type != "process" or not _fast_capable(dataset) or \
-            layout.decode or layout.dali or layout.transform is not None:
+    if (
+        workers < 2
+        or worker_type != "process"
+        or not _fast_capable(dataset)
+        or layout.decode
+        or layout.dali
+        or layout.transform is not None
+    ):
         return False
     return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))
 
@@ -902,15 +1032,20 @@ def _warn_if_rereading(dataset: Any, processes: int = 1) -> None:
         if raw <= limit:
             continue
         per_block = ds.manifest.records / blocks
-        ways = ["shuffle='block' (each block read once per epoch)",
-                "a dataset converted with --compression none (nothing to decompress)",
-                "a larger block_cache"]
-        warnings.warn(f"fastload.DataLoader: {ds.path} is read in a random order from "
-                      f"compressed blocks ({format_size(raw)} decompressed, more than "
-                      f"{_kept(limit, processes)}: Dataset(block_cache=)), "
-                      f"so about {1 - limit / raw:.0%} of the records read will decompress "
-                      f"their whole block (~{per_block:,.0f} records) again. Instead: "
-                      f"{'; '.join(ways)}.", stacklevel=4)  # fmt: skip
+        ways = [
+            "shuffle='block' (each block read once per epoch)",
+            "a dataset converted with --compression none (nothing to decompress)",
+            "a larger block_cache",
+        ]
+        warnings.warn(
+            f"fastload.DataLoader: {ds.path} is read in a random order from "
+            f"compressed blocks ({format_size(raw)} decompressed, more than "
+            f"{_kept(limit, processes)}: Dataset(block_cache=)), "
+            f"so about {1 - limit / raw:.0%} of the records read will decompress "
+            f"their whole block (~{per_block:,.0f} records) again. Instead: "
+            f"{'; '.join(ways)}.",
+            stacklevel=4,
+        )
 
 
 def _kept(limit: int, processes: int) -> str:
@@ -929,14 +1064,17 @@ def _warn_if_windows_overflow(mix: Mix, window: int, processes: int = 1) -> None
         need = min(raw, 2 * window * raw / blocks)
         if need <= limit:
             continue
-        warnings.warn(f"fastload.DataLoader: {ds.path} is read in block order from compressed "
-                      f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "
-                      f"time, more than {_kept(limit, processes)} "
-                      "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
-                      "larger block_cache, or a smaller block_window.", stacklevel=4)  # fmt: skip
+        warnings.warn(
+            f"fastload.DataLoader: {ds.path} is read in block order from compressed "
+            f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "
+            f"time, more than {_kept(limit, processes)} "
+            "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
+            "larger block_cache, or a smaller block_window.",
+            stacklevel=4,
+        )
 
 
-def _encoded_room(dataset: Any, decode: Optional[Mapping[str, ImageDecode]]) -> int:
+def _encoded_room(dataset: Any, decode: Mapping[str, ImageDecode] | None) -> int:
     """Bytes per sample a batch slab keeps for each DALI image field's encoded images
     (0: none is DALI's): twice a record's mean size, so nearly every batch fits (one that
     does not sends its images in the worker's message instead)."""
@@ -953,7 +1091,7 @@ def _fast_capable(dataset: Any) -> bool:
     return isinstance(dataset, Dataset) or (isinstance(dataset, Mix) and dataset.schema is not None)
 
 
-def _declared_batch_size(batch_sampler) -> Optional[int]:
+def _declared_batch_size(batch_sampler) -> int | None:
     size = getattr(batch_sampler, "batch_size", None)
     return size if isinstance(size, int) and size > 0 else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -28,8 +28,9 @@ def register_slabs(pool: SlabPool) -> None:
         ptr = arena.data_ptr()
         err = cudart.cudaHostRegister(ptr, arena.numel(), 0)
         if int(err) != 0:
-            raise RuntimeError(f"cudaHostRegister of a {arena.numel()}-byte slab arena failed: "
-                               f"{err}")  # fmt: skip
+            raise RuntimeError(
+                f"cudaHostRegister of a {arena.numel()}-byte slab arena failed: {err}"
+            )
         # Runs as the arena's last reference goes (every batch view of it is gone), before
         # its memory is released; not at exit, when CUDA may be torn down already.
         weakref.finalize(arena, _unregister, cudart, ptr).atexit = False
@@ -99,8 +100,10 @@ def to_device(batch: dict, device: torch.device, in_flight: CopiesInFlight) -> d
         stream = _streams[device] = torch.cuda.Stream(device)
     current = torch.cuda.current_stream(device)
     with torch.cuda.stream(stream):  # not after the work queued on current: it overlaps it
-        out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-               for k, v in batch.items()}  # fmt: skip
+        out = {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
         copied = torch.cuda.Event()
         copied.record(stream)
     current.wait_event(copied)

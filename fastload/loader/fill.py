@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +23,15 @@ class BatchTimings(dict):
     decompressed (``decompressed``, in this process since its previous batch)."""
 
 
-def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices: np.ndarray,
-               rng_seed: tuple[int, ...], part: tuple[int, int] = (0, 1),
-               skip_bad: bool = False) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
+def fill_batch(
+    dataset: Dataset,
+    layout: BatchLayout,
+    slab: np.ndarray,
+    indices: np.ndarray,
+    rng_seed: tuple[int, ...],
+    part: tuple[int, int] = (0, 1),
+    skip_bad: bool = False,
+) -> tuple[dict[str, Any], BatchTimings]:
     """Write records ``indices`` into ``slab`` (fixed-size fields gathered in C++, images
     decoded in place); return the fields that travel as lists, and the stage timings.
 
@@ -71,8 +77,9 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
     else:
         listed = {}
     for name, spec in layout.padded.items():
-        fill_padded(listed.pop(name), views[name], views[f"{name}_lengths"], spec,
-                    np.asarray(mine), name)  # fmt: skip
+        fill_padded(
+            listed.pop(name), views[name], views[f"{name}_lengths"], spec, np.asarray(mine), name
+        )
     if part[1] == 1:  # a whole batch: its variable-length values end to end (shares: lists)
         for name in layout.ragged:
             listed[name] = Ragged.of(listed[name], empty_value(layout.schema, name))
@@ -82,8 +89,14 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
 
         for name, spec in layout.dali.items():
             area = views[layout.encoded[name]].reshape(-1) if layout.encoded else None
-            listed[name] = dali_batch(listed[name], spec, (*rng_seed, layout.seeds[name]),
-                                      range(lo, hi), np.asarray(mine), into=area)  # fmt: skip
+            listed[name] = dali_batch(
+                listed[name],
+                spec,
+                (*rng_seed, layout.seeds[name]),
+                range(lo, hi),
+                np.asarray(mine),
+                into=area,
+            )
     if layout.decode:
         from ..decode import draw_batch_params, image_rngs
 
@@ -97,9 +110,15 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
                 rngs = image_rngs((*rng_seed, f), range(lo, hi))
                 params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
             for a, b in _runs([im is not None for im in images]):
-                for i, e in _decode(images[a:b], heights[a:b], widths[a:b], views[name][a:b],
-                                    params[a:b] if params is not None else None, spec,
-                                    skip_bad):  # fmt: skip
+                for i, e in _decode(
+                    images[a:b],
+                    heights[a:b],
+                    widths[a:b],
+                    views[name][a:b],
+                    params[a:b] if params is not None else None,
+                    spec,
+                    skip_bad,
+                ):
                     where = f"field {name!r} of dataset record {int(mine[a + i])}"
                     if not skip_bad:
                         if hasattr(e, "add_note"):
@@ -108,10 +127,15 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
                     bad.append((lo + a + i, f"{where}: {e.reason}"))
     done = time.perf_counter()
     areas = set(layout.encoded.values())  # counted by what the images took of them
-    nbytes = sum(v.nbytes for k, v in views.items() if k not in areas) + \
-        sum(int(listed[name].offsets[-1]) for name in layout.dali)  # fmt: skip
-    timings = BatchTimings(read=read_done - start, decode=done - read_done, bytes=nbytes,
-                           decompressed=_decompressed(dataset))  # fmt: skip
+    nbytes = sum(v.nbytes for k, v in views.items() if k not in areas) + sum(
+        int(listed[name].offsets[-1]) for name in layout.dali
+    )
+    timings = BatchTimings(
+        read=read_done - start,
+        decode=done - read_done,
+        bytes=nbytes,
+        decompressed=_decompressed(dataset),
+    )
     if bad:
         timings["bad"] = sorted(bad)
     _add_io(dataset, timings)
@@ -121,17 +145,25 @@ def fill_batch(dataset: Dataset, layout: BatchLayout, slab: np.ndarray, indices:
 def _add_io(dataset: Any, timings: BatchTimings) -> None:
     """This process's remote-read counters, as increments, into ``timings`` (for a Mix, once:
     the counters are the process's)."""
-    remote = next((d for d in getattr(dataset, "datasets", None) or [dataset]
-                   if getattr(d, "remote", False)), None)  # fmt: skip
+    remote = next(
+        (d for d in getattr(dataset, "datasets", None) or [dataset] if getattr(d, "remote", False)),
+        None,
+    )
     if remote is not None:
         io = remote.io_stats_delta()
         if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
             timings["io"] = io
 
 
-def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
-                     indices: np.ndarray, part: int, parts: int, skip_bad: bool = False
-                     ) -> tuple[np.ndarray, dict[str, Any], BatchTimings]:  # fmt: skip
+def fill_block_share(
+    dataset: Dataset,
+    layout: BatchLayout,
+    slab: np.ndarray,
+    indices: np.ndarray,
+    part: int,
+    parts: int,
+    skip_bad: bool = False,
+) -> tuple[np.ndarray, dict[str, Any], BatchTimings]:
     """Fill the rows of a batch whose records lie in the storage blocks of share ``part`` of
     ``parts`` (block number modulo ``parts``; see :meth:`Dataset.block_numbers`); returns
     those rows (positions in the batch), their listed fields, and the timings. The batch's
@@ -153,8 +185,10 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
     nbytes = 0
     if len(rows):
         mine = indices[rows]
-        out = {name: np.empty((len(rows), *views[name].shape[1:]), views[name].dtype)
-               for name in layout.gathered}  # fmt: skip
+        out = {
+            name: np.empty((len(rows), *views[name].shape[1:]), views[name].dtype)
+            for name in layout.gathered
+        }
         fast = _raw_gather(dataset, layout)
         try:
             if fast is None or not fast.gather(mine, out):
@@ -171,8 +205,12 @@ def fill_block_share(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
         for name, values in out.items():
             views[name][rows] = values
             nbytes += values.nbytes
-    timings = BatchTimings(read=time.perf_counter() - start, decode=0.0, bytes=nbytes,
-                           decompressed=_decompressed(dataset))  # fmt: skip
+    timings = BatchTimings(
+        read=time.perf_counter() - start,
+        decode=0.0,
+        bytes=nbytes,
+        decompressed=_decompressed(dataset),
+    )
     if bad:
         timings["bad"] = bad
     _add_io(dataset, timings)
@@ -192,23 +230,37 @@ def block_share_rows(dataset: Dataset, indices: np.ndarray, part: int, parts: in
     return np.flatnonzero(dataset.block_numbers(indices) % parts == part)
 
 
-def _fill_transformed(dataset: Dataset, layout: BatchLayout, slab: np.ndarray,
-                      indices: np.ndarray, rng_seed: tuple[int, ...], part: tuple[int, int],
-                      skip_bad: bool) -> tuple[dict[str, Any], BatchTimings]:  # fmt: skip
+def _fill_transformed(
+    dataset: Dataset,
+    layout: BatchLayout,
+    slab: np.ndarray,
+    indices: np.ndarray,
+    rng_seed: tuple[int, ...],
+    part: tuple[int, int],
+    skip_bad: bool,
+) -> tuple[dict[str, Any], BatchTimings]:
     from .transform import transform_rows
 
     n = len(indices)
     lo, hi = share_rows(n, *part)
     scratch = _scratch(layout.input.slab_size)
-    listed, timings = fill_batch(dataset, layout.input, scratch, indices, rng_seed, part,
-                                 skip_bad)  # fmt: skip
+    listed, timings = fill_batch(dataset, layout.input, scratch, indices, rng_seed, part, skip_bad)
     start = time.perf_counter()
     inputs, out = layout.input.views(scratch, n), layout.views(slab, n)
     inputs = {name: v[lo:hi] for name, v in inputs.items()}
     out = {name: v[lo:hi] for name, v in out.items()}
     skipped = {row for row, _ in timings.get("bad", ())}
-    lists = transform_rows(layout.transform, layout.outputs, inputs, listed, layout.input.names,
-                           np.asarray(indices)[lo:hi], range(lo, hi), skipped, out)  # fmt: skip
+    lists = transform_rows(
+        layout.transform,
+        layout.outputs,
+        inputs,
+        listed,
+        layout.input.names,
+        np.asarray(indices)[lo:hi],
+        range(lo, hi),
+        skipped,
+        out,
+    )
     timings["decode"] += time.perf_counter() - start
     return lists, timings
 
@@ -225,12 +277,13 @@ def _scratch(size: int) -> np.ndarray:
     return buf[:size]
 
 
-def _read_each(dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: dict,
-               extra: dict, lo: int) -> tuple[dict[str, Any], list[tuple[int, str]]]:  # fmt: skip
+def _read_each(
+    dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: dict, extra: dict, lo: int
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
     """read_into one record at a time, after a batch read found a corrupt record: a row whose
     record fails its checksum is left as zeros and returned as bad ``(lo + row, why)``; its
     listed values are None (or a zero row, for a field read as an array)."""
-    rows: list[Optional[dict]] = []
+    rows: list[dict | None] = []
     bad: list[tuple[int, str]] = []
     for i in range(len(indices)):
         row_out = {name: v[i : i + 1] for name, v in out.items()}
@@ -269,8 +322,9 @@ def share_rows(n: int, part: int, parts: int) -> tuple[int, int]:
     return n * part // parts, n * (part + 1) // parts
 
 
-def _decode(images: list, heights: list, widths: list, out: np.ndarray, params, spec,
-            skip_bad: bool):  # fmt: skip
+def _decode(
+    images: list, heights: list, widths: list, out: np.ndarray, params, spec, skip_bad: bool
+):
     """Decode ``images`` into ``out``; yields ``(i, DecodeError)`` for each image that fails
     (only the first unless ``skip_bad``: the caller raises it), its row left as zeros."""
     from ..decode import DecodeError, decode_batch_into
@@ -279,9 +333,15 @@ def _decode(images: list, heights: list, widths: list, out: np.ndarray, params, 
     while start < len(images):
         part = slice(start, None)
         try:
-            decode_batch_into(data[part], heights[part], widths[part], out[part],
-                              train=spec.train, layout=spec.layout,
-                              params=params[part] if params is not None else None)  # fmt: skip
+            decode_batch_into(
+                data[part],
+                heights[part],
+                widths[part],
+                out[part],
+                train=spec.train,
+                layout=spec.layout,
+                params=params[part] if params is not None else None,
+            )
             return
         except DecodeError as e:
             if e.index is None:
@@ -317,16 +377,23 @@ class RawGather:
         self.fields = _Fields(dataset, layout)
 
     @classmethod
-    def build(cls, dataset: Any, layout: BatchLayout) -> Optional["RawGather"]:
-        if type(dataset) is not Dataset or getattr(dataset, "remote", True) or layout.decode \
-                or layout.listed or layout.padded or not layout.slots or \
-                len(dataset) > cls.MAX_RECORDS:  # fmt: skip
+    def build(cls, dataset: Any, layout: BatchLayout) -> RawGather | None:
+        if (
+            type(dataset) is not Dataset
+            or getattr(dataset, "remote", True)
+            or layout.decode
+            or layout.listed
+            or layout.padded
+            or not layout.slots
+            or len(dataset) > cls.MAX_RECORDS
+        ):
             return None
         try:
             readers = [dataset.shard_reader(s) for s in range(len(dataset.shards))]
             header = dataset._layout.header_size
-            if not readers or any(r.source.buffer is None or not r._all_raw or
-                                  r._starts is None for r in readers):  # fmt: skip
+            if not readers or any(
+                r.source.buffer is None or not r._all_raw or r._starts is None for r in readers
+            ):
                 return None
             if any(len(r) and r.shortest < header for r in readers):
                 return None  # read_into says which record is short
@@ -375,12 +442,19 @@ class ResidentGather:
         self._dropped: Any = None  # what let go of blocks when _held was filled
 
     @classmethod
-    def build(cls, dataset: Any, layout: BatchLayout) -> Optional["ResidentGather"]:
-        if type(dataset) is not Dataset or layout.decode or layout.listed or layout.padded \
-                or not layout.slots or not _all_gathered(dataset, layout):  # fmt: skip
+    def build(cls, dataset: Any, layout: BatchLayout) -> ResidentGather | None:
+        if (
+            type(dataset) is not Dataset
+            or layout.decode
+            or layout.listed
+            or layout.padded
+            or not layout.slots
+            or not _all_gathered(dataset, layout)
+        ):
             return None
         if not dataset.remote and dataset.manifest.bytes >= sum(
-                s.raw_bytes for s in dataset.shards):  # local and raw: RawGather's  # fmt: skip
+            s.raw_bytes for s in dataset.shards
+        ):  # local and raw: RawGather's
             return None
         if dataset._block_table(local=True) is None:
             return None
@@ -399,12 +473,19 @@ class ResidentGather:
         if self._table != (table, table.shards_added):
             # -1 (not gatherable) as uint32 is out of range: the core call says so
             self._table = (table, table.shards_added)
-            self._rows = (table.gather_of.view(np.uint32), table.offset.astype(np.uint64),
-                          np.full(self.n, ds._layout.header_size, np.uint64),
-                          np.zeros(self.n, np.uint32))  # fmt: skip
+            self._rows = (
+                table.gather_of.view(np.uint32),
+                table.offset.astype(np.uint64),
+                np.full(self.n, ds._layout.header_size, np.uint64),
+                np.zeros(self.n, np.uint32),
+            )
             self._dropped = None
-        dropped = (store, store.maps_dropped if store is not None else 0, ds._decoded,
-                   ds._decoded.dropped)  # fmt: skip
+        dropped = (
+            store,
+            store.maps_dropped if store is not None else 0,
+            ds._decoded,
+            ds._decoded.dropped,
+        )
         if self._dropped != dropped:
             self._held = [None] * len(table.entries)
             self._dropped = dropped
@@ -465,25 +546,29 @@ class _Fields:
         self.at = np.array([places[name][1] for name in self.names], np.uint64)
         self.size = np.array([slot.sample_bytes for slot in layout.slots], np.uint64)
 
-    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool,
-               views: dict) -> int:  # fmt: skip
+    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool, views: dict) -> int:
         """gather_records of records ``idx`` into ``views``; ``rows`` = (source, offset,
         length, checksum) per record."""
         outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
         return _core.gather_records(sources, *rows, idx, verify, self.at, self.size, outs)
 
 
-def _index_array(indices: Any, n: int) -> Optional[np.ndarray]:
+def _index_array(indices: Any, n: int) -> np.ndarray | None:
     """``indices`` as the contiguous int64 array the core takes (it checks their range
     itself), or None when they are not plain indices (see :func:`_plain_indices`)."""
-    if type(indices) is np.ndarray and indices.dtype == np.int64 and indices.ndim == 1 and \
-            len(indices) and indices.flags.c_contiguous:  # fmt: skip
+    if (
+        type(indices) is np.ndarray
+        and indices.dtype == np.int64
+        and indices.ndim == 1
+        and len(indices)
+        and indices.flags.c_contiguous
+    ):
         return indices
     idx = _plain_indices(indices, n)
     return None if idx is None else np.ascontiguousarray(idx, np.int64)
 
 
-def _plain_indices(indices: Any, n: int) -> Optional[np.ndarray]:
+def _plain_indices(indices: Any, n: int) -> np.ndarray | None:
     """``indices`` as an array if they are the plain case (non-empty, 1-D, integers in
     ``[0, n)``), else None: read_into handles the rest and raises its errors."""
     idx = np.asarray(indices)
@@ -498,10 +583,10 @@ def _all_gathered(dataset: Any, layout: BatchLayout) -> bool:
     return all(dataset.schema[slot.name].kind in ("scalar", "ndarray") for slot in layout.slots)
 
 
-_gathers: "weakref.WeakKeyDictionary[BatchLayout, tuple]" = weakref.WeakKeyDictionary()
+_gathers: weakref.WeakKeyDictionary[BatchLayout, tuple] = weakref.WeakKeyDictionary()
 
 
-def _raw_gather(dataset: Any, layout: BatchLayout) -> Optional[RawGather | ResidentGather]:
+def _raw_gather(dataset: Any, layout: BatchLayout) -> RawGather | ResidentGather | None:
     """This thread's fast gather for (dataset, layout): a RawGather (local, uncompressed;
     read-only once built, so one per process) or a ResidentGather (its blocks at hand change
     with every batch: one per thread, or thread workers would swap them under each other),

@@ -9,8 +9,9 @@ into those arrays; the main process turns them into tensors without copying. Oth
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,18 +41,22 @@ class ImageDecode:
     train: bool = True
     layout: str = "HWC"
     backend: str = "cpu"
-    dali_threads: Optional[int] = None
+    dali_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in ("HWC", "CHW"):
             raise ValueError(f"layout must be 'HWC' or 'CHW', got {self.layout!r}")
         if self.backend not in ("cpu", "dali"):
             raise ValueError(f"backend must be 'cpu' or 'dali', got {self.backend!r}")
-        if self.dali_threads is not None and (self.backend != "dali" or
-                                              not isinstance(self.dali_threads, int) or
-                                              self.dali_threads < 1):  # fmt: skip
-            raise ValueError(f"dali_threads must be a positive int, with backend='dali'; got "
-                             f"{self.dali_threads!r}")  # fmt: skip
+        if self.dali_threads is not None and (
+            self.backend != "dali"
+            or not isinstance(self.dali_threads, int)
+            or self.dali_threads < 1
+        ):
+            raise ValueError(
+                f"dali_threads must be a positive int, with backend='dali'; got "
+                f"{self.dali_threads!r}"
+            )
         if not self.train and self.hw[0] != self.hw[1]:
             raise ValueError(f"the eval center crop is square; size {self.size!r} is not")
         h, w = self.hw
@@ -87,16 +92,23 @@ class BatchLayout:
     DALI image field's encoded bytes, which the workers put in the slab (one area of
     ``batch_size * encoded_bytes``, its images end to end) rather than in their message."""
 
-    def __init__(self, schema: Schema, batch_size: int,
-                 decode: Mapping[str, ImageDecode] | None = None,
-                 transform: Optional[Callable[[dict], Any]] = None,
-                 outputs: tuple = (), variable: Mapping[str, Any] | None = None,
-                 encoded_bytes: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        schema: Schema,
+        batch_size: int,
+        decode: Mapping[str, ImageDecode] | None = None,
+        transform: Callable[[dict], Any] | None = None,
+        outputs: tuple = (),
+        variable: Mapping[str, Any] | None = None,
+        encoded_bytes: int = 0,
+    ) -> None:
         decode = dict(decode or {})
         for name, spec in decode.items():
             if name not in schema or schema[name].kind != "image":
-                raise ValueError(f"decode: {name!r} is not an image field of the dataset "
-                                 f"(fields: {schema.to_dict()})")  # fmt: skip
+                raise ValueError(
+                    f"decode: {name!r} is not an image field of the dataset "
+                    f"(fields: {schema.to_dict()})"
+                )
             if not isinstance(spec, ImageDecode):
                 raise TypeError(f"decode[{name!r}] must be an ImageDecode, got {spec!r}")
         self.schema = schema
@@ -113,30 +125,43 @@ class BatchLayout:
         self.input = self if transform is None else BatchLayout(schema, batch_size, decode)
         #: Variable-length fields padded to a fixed length in the slab (see variable.py), by
         #: name; each has a ``<name>_lengths`` slot too.
-        self.padded = {name: spec for name, spec in (variable or {}).items()
-                       if isinstance(spec, Pad) and spec.length is not None}  # fmt: skip
+        self.padded = {
+            name: spec
+            for name, spec in (variable or {}).items()
+            if isinstance(spec, Pad) and spec.length is not None
+        }
         #: The other variable-length fields with a spec: sent as a Ragged (variable.py).
         self.ragged = tuple(name for name in (variable or {}) if name not in self.padded)
         if transform is None:
-            fixed = [(f.name, f.np_dtype, tuple(f.shape or ())) for f in schema
-                     if f.kind in ("scalar", "ndarray") and f.is_fixed]  # fmt: skip
-            fixed += [(f.name, np.dtype(np.uint8), decode[f.name].shape) for f in schema
-                      if f.name in decode]  # fmt: skip
-            fixed += [(name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
-                      for name, spec in self.padded.items()]  # fmt: skip
+            fixed = [
+                (f.name, f.np_dtype, tuple(f.shape or ()))
+                for f in schema
+                if f.kind in ("scalar", "ndarray") and f.is_fixed
+            ]
+            fixed += [
+                (f.name, np.dtype(np.uint8), decode[f.name].shape)
+                for f in schema
+                if f.name in decode
+            ]
+            fixed += [
+                (name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
+                for name, spec in self.padded.items()
+            ]
             order = {f.name: i for i, f in enumerate(schema)}
             fixed.sort(key=lambda spec: order[spec[0]])
             names = list(schema.names)
             for name in self.padded:  # its lengths right after it
                 names.insert(names.index(name) + 1, f"{name}_lengths")
-                fixed.insert([f[0] for f in fixed].index(name) + 1,
-                             (f"{name}_lengths", np.dtype(np.int64), ()))  # fmt: skip
+                fixed.insert(
+                    [f[0] for f in fixed].index(name) + 1,
+                    (f"{name}_lengths", np.dtype(np.int64), ()),
+                )
             #: Per DALI field, the slot its encoded images are written to, end to end (not
             #: a key of the batch).
-            self.encoded = {name: f"{name}:encoded" for name in self.dali} if encoded_bytes \
-                else {}  # fmt: skip
-            fixed += [(slot, np.dtype(np.uint8), (encoded_bytes,))
-                      for slot in self.encoded.values()]  # fmt: skip
+            self.encoded = {name: f"{name}:encoded" for name in self.dali} if encoded_bytes else {}
+            fixed += [
+                (slot, np.dtype(np.uint8), (encoded_bytes,)) for slot in self.encoded.values()
+            ]
             #: The batch's keys, in order.
             self.names = tuple(names)
         else:
@@ -150,10 +175,16 @@ class BatchLayout:
             offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
         self.slots: tuple[Slot, ...] = tuple(slots)
         #: Fields that are gathered straight into the slab (fixed-size ones).
-        padding = {*self.padded, *(f"{name}_lengths" for name in self.padded),
-                   *self.encoded.values()}  # fmt: skip
-        self.gathered = tuple(s.name for s in slots if s.name not in decode and
-                              s.name not in padding) if transform is None else ()  # fmt: skip
+        padding = {
+            *self.padded,
+            *(f"{name}_lengths" for name in self.padded),
+            *self.encoded.values(),
+        }
+        self.gathered = (
+            tuple(s.name for s in slots if s.name not in decode and s.name not in padding)
+            if transform is None
+            else ()
+        )
         #: Fields that travel as lists.
         self.listed = tuple(n for n in self.names if n not in {s.name for s in slots})
         self.slab_size = max(offset, _ALIGN)

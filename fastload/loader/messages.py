@@ -44,8 +44,13 @@ def encode_tasks(tasks: list) -> bytes:
     if tasks is None or any(t.new_slab is not None or len(t.rng_seed) != 2 for t in tasks):
         return _pickle(tasks)
     try:  # a seed that is not an int in [0, 2**64) raises here: pickled instead
-        head = np.array([(t.batch, t.slab, len(t.indices), *t.rng_seed, t.part, t.parts,
-                          t.by_block) for t in tasks], np.uint64)  # fmt: skip
+        head = np.array(
+            [
+                (t.batch, t.slab, len(t.indices), *t.rng_seed, t.part, t.parts, t.by_block)
+                for t in tasks
+            ],
+            np.uint64,
+        )
     except (TypeError, ValueError, OverflowError):
         return _pickle(tasks)
     if head.dtype != np.uint64 or head.shape != (len(tasks), _TASK_WORDS):
@@ -61,8 +66,19 @@ def encode_results(results: list) -> bytes:
         timings = r.timings
         if r.error is not None or r.listed or not timings or len(timings) != 4 or r.bad:
             return _pickle(results)  # listed fields, an error or io counters: pickled
-        rows.append((r.batch, r.slab, r.samples, timings["read"], timings["decode"],
-                     timings["bytes"], timings["decompressed"], r.part, r.parts))  # fmt: skip
+        rows.append(
+            (
+                r.batch,
+                r.slab,
+                r.samples,
+                timings["read"],
+                timings["decode"],
+                timings["bytes"],
+                timings["decompressed"],
+                r.part,
+                r.parts,
+            )
+        )
     return RESULTS + np.array(rows, np.float64).tobytes()
 
 
@@ -77,8 +93,17 @@ def decode(data) -> Any:
         indices = np.frombuffer(data, np.int64, offset=12 + head.nbytes)
         tasks, at = [], 0
         for batch, slab, n, s0, s1, part, parts, by_block in head.tolist():
-            tasks.append(Task(batch, slab, indices[at:at + n], (s0, s1), part=part,
-                              parts=parts, by_block=bool(by_block)))  # fmt: skip
+            tasks.append(
+                Task(
+                    batch,
+                    slab,
+                    indices[at : at + n],
+                    (s0, s1),
+                    part=part,
+                    parts=parts,
+                    by_block=bool(by_block),
+                )
+            )
             at += n
         return tasks
     if magic == RESULTS:
@@ -86,7 +111,16 @@ def decode(data) -> Any:
 
         rows = np.frombuffer(data, np.float64, offset=4).reshape(-1, _RESULT_WORDS)
         ints = rows[:, [0, 1, 2, 5, 6, 7, 8]].astype(np.int64).tolist()
-        return [Result(b, s, n, {}, {"read": r, "decode": d, "bytes": nb, "decompressed": z},
-                       part=k, parts=m)
-                for (b, s, n, nb, z, k, m), (r, d) in zip(ints, rows[:, 3:5].tolist())]  # fmt: skip
+        return [
+            Result(
+                b,
+                s,
+                n,
+                {},
+                {"read": r, "decode": d, "bytes": nb, "decompressed": z},
+                part=k,
+                parts=m,
+            )
+            for (b, s, n, nb, z, k, m), (r, d) in zip(ints, rows[:, 3:5].tolist())
+        ]
     return pickle.loads(data)

@@ -14,8 +14,9 @@ loop received. ``state_dict()`` is:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -32,11 +33,17 @@ __all__ = ["Planner", "PlanBatchSampler", "SHUFFLE_MODES", "wants_plan"]
 SHUFFLE_MODES = ("global", "block")
 
 
-def wants_plan(dataset: Any, shuffle: Any, seed: Optional[int], rank: Optional[int],
-               world_size: Optional[int]) -> bool:  # fmt: skip
+def wants_plan(
+    dataset: Any, shuffle: Any, seed: int | None, rank: int | None, world_size: int | None
+) -> bool:
     """Whether the loader plans its own order (else it samples exactly as torch does)."""
-    return (seed is not None or isinstance(shuffle, str) or isinstance(dataset, Mix)
-            or rank is not None or world_size is not None)  # fmt: skip
+    return (
+        seed is not None
+        or isinstance(shuffle, str)
+        or isinstance(dataset, Mix)
+        or rank is not None
+        or world_size is not None
+    )
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Cursor:
             self.ahead.remove(self.delivered)
             self.delivered += 1
 
-    def indices(self, j: int, mix: Optional[Mix]) -> np.ndarray:
+    def indices(self, j: int, mix: Mix | None) -> np.ndarray:
         """Dataset indices of this rank's j-th batch of the iteration (int64)."""
         if mix is None:
             return self.plan.batch(j)
@@ -96,21 +103,34 @@ class Planner:
     """Epoch plans for one DataLoader. ``shuffle``: False/None, True (= "global"), "global" or
     "block"; ``seed`` defaults to 0 (so every DDP rank agrees without being told)."""
 
-    def __init__(self, dataset: Any, *, batch_size: Optional[int], drop_last: bool,
-                 shuffle: Any, seed: Optional[int], rank: Optional[int],
-                 world_size: Optional[int],
-                 block_window: int = DEFAULT_WINDOW) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int | None,
+        drop_last: bool,
+        shuffle: Any,
+        seed: int | None,
+        rank: int | None,
+        world_size: int | None,
+        block_window: int = DEFAULT_WINDOW,
+    ) -> None:
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
-            raise ValueError("seed=, shuffle='global'/'block', rank= and world_size= need a "
-                             "map-style dataset (with __len__ and __getitem__); an "
-                             "IterableDataset orders and shards itself")  # fmt: skip
+            raise ValueError(
+                "seed=, shuffle='global'/'block', rank= and world_size= need a "
+                "map-style dataset (with __len__ and __getitem__); an "
+                "IterableDataset orders and shards itself"
+            )
         if batch_size is None:
-            raise ValueError("seed=, shuffle='global'/'block', rank= and world_size= need "
-                             "automatic batching (batch_size=None is not supported there)")
+            raise ValueError(
+                "seed=, shuffle='global'/'block', rank= and world_size= need "
+                "automatic batching (batch_size=None is not supported there)"
+            )
         if isinstance(shuffle, str):
             if shuffle not in SHUFFLE_MODES:
-                raise ValueError(f"shuffle must be True, False, 'global' or 'block', got "
-                                 f"{shuffle!r}")  # fmt: skip
+                raise ValueError(
+                    f"shuffle must be True, False, 'global' or 'block', got {shuffle!r}"
+                )
             self.mode, self.shuffle = shuffle, True
         else:
             self.mode, self.shuffle = "global", bool(shuffle)
@@ -121,17 +141,18 @@ class Planner:
         self.n = len(dataset)
         self.batch_size, self.drop_last = batch_size, bool(drop_last)
         self.fingerprint = fingerprint_of(dataset)
-        self.blocks: Optional[np.ndarray] = None
-        self.window: Optional[int] = None
-        self.layout: Optional[str] = None
-        self.mix_blocks: Optional[list[np.ndarray]] = None  # a Mix's, per dataset
+        self.blocks: np.ndarray | None = None
+        self.window: int | None = None
+        self.layout: str | None = None
+        self.mix_blocks: list[np.ndarray] | None = None  # a Mix's, per dataset
         if self.mode == "block" and self.mix is not None:
             # Each pass over each dataset is in block order (plan.mix); the epoch's positions
             # are the mix's own, unshuffled, as with shuffle=True.
             self.mix_blocks = [_block_sizes(d) for d in self.mix.datasets]
             self.window = int(block_window)
-            self.layout = layout_digest(np.concatenate(
-                [[len(b) for b in self.mix_blocks], *self.mix_blocks]))  # fmt: skip
+            self.layout = layout_digest(
+                np.concatenate([[len(b) for b in self.mix_blocks], *self.mix_blocks])
+            )
         elif self.mode == "block":
             self.blocks = _block_sizes(dataset)
             self.window, self.layout = int(block_window), layout_digest(self.blocks)
@@ -140,8 +161,8 @@ class Planner:
         Partition(self.n, batch_size, 1 if world_size is None else world_size, drop_last)
         self._next_epoch = 0
         # (epoch, consumed, batches handed out ahead of order) from a loaded state
-        self._resume: Optional[tuple[int, int, tuple[int, ...]]] = None
-        self.current: Optional[Cursor] = None
+        self._resume: tuple[int, int, tuple[int, ...]] | None = None
+        self.current: Cursor | None = None
 
     # -- topology ---------------------------------------------------------------------------
     def topology(self) -> tuple[int, int]:
@@ -149,8 +170,10 @@ class Planner:
         if self._rank is not None and self._world is not None:
             return self._rank, self._world
         topo = current_topology()
-        return (topo.rank if self._rank is None else self._rank,
-                topo.world_size if self._world is None else self._world)  # fmt: skip
+        return (
+            topo.rank if self._rank is None else self._rank,
+            topo.world_size if self._world is None else self._world,
+        )
 
     # -- epochs -----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -173,12 +196,21 @@ class Planner:
 
     def _plan(self, epoch: int, start: int) -> EpochPlan:
         rank, world = self.topology()
-        return EpochPlan(self.n, batch_size=self.batch_size, seed=self.seed, epoch=epoch,
-                         shuffle=self.shuffle and self.mix is None, rank=rank, world_size=world,
-                         drop_last=self.drop_last, start=start,
-                         mode=self.mode if self.mix is None else "global",
-                         blocks=self.blocks, window=self.window or DEFAULT_WINDOW,
-                         fingerprint=self.fingerprint)  # fmt: skip
+        return EpochPlan(
+            self.n,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            shuffle=self.shuffle and self.mix is None,
+            rank=rank,
+            world_size=world,
+            drop_last=self.drop_last,
+            start=start,
+            mode=self.mode if self.mix is None else "global",
+            blocks=self.blocks,
+            window=self.window or DEFAULT_WINDOW,
+            fingerprint=self.fingerprint,
+        )
 
     def epoch_plan(self, epoch: int) -> EpochPlan:
         """The plan an iteration of ``epoch`` would follow now (from a loaded position)."""
@@ -189,16 +221,22 @@ class Planner:
         epoch = self._next_epoch
         plan, skip = self.epoch_plan(epoch), self._skip(epoch)
         self._resume = None
-        order = None if self.mix is None else \
-            self.mix.order(self.seed, epoch, self.shuffle, self.mix_blocks,
-                           self.window or DEFAULT_WINDOW)  # fmt: skip
-        self.current = Cursor(plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT),
-                              skip=skip)  # fmt: skip
+        order = (
+            None
+            if self.mix is None
+            else self.mix.order(
+                self.seed, epoch, self.shuffle, self.mix_blocks, self.window or DEFAULT_WINDOW
+            )
+        )
+        self.current = Cursor(
+            plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT), skip=skip
+        )
         self._next_epoch = epoch + 1
         return self.current
 
-    def track(self, cursor: Cursor, batches: Iterator[Any],
-              number: Optional[Callable[[], int]] = None) -> Iterator[Any]:  # fmt: skip
+    def track(
+        self, cursor: Cursor, batches: Iterator[Any], number: Callable[[], int] | None = None
+    ) -> Iterator[Any]:
         """``batches``, counting each one as consumed as it is handed on. ``number()``: the
         iteration's number of the batch just yielded, when they come out of order."""
         if number is None and not cursor.skip:  # in order, nothing to skip: the common case
@@ -218,8 +256,9 @@ class Planner:
             return cur.plan.num_batches - len(cur.skip)
         rank, world = self.topology()
         epoch = self._next_epoch
-        return Partition(self.n, self.batch_size, world, self.drop_last,
-                         self._start(epoch)).num_batches - len(self._skip(epoch))  # fmt: skip
+        return Partition(
+            self.n, self.batch_size, world, self.drop_last, self._start(epoch)
+        ).num_batches - len(self._skip(epoch))
 
     # -- state ------------------------------------------------------------------------------
     def position(self) -> tuple[int, int, tuple[int, ...]]:
@@ -263,9 +302,15 @@ class Planner:
         # The plan layer checks n, the fingerprint, the block layout and the position.
         # (A Mix's plan is over its positions, in block mode too; its fingerprint names every
         # dataset's content, and so their blocks.)
-        EpochPlan.from_state_dict({**state, "mode": "global"} if self.mix is not None else state,
-                                  n=self.n, batch_size=1, fingerprint=self.fingerprint,
-                                  rank=0, world_size=1, blocks=self.blocks)  # fmt: skip
+        EpochPlan.from_state_dict(
+            {**state, "mode": "global"} if self.mix is not None else state,
+            n=self.n,
+            batch_size=1,
+            fingerprint=self.fingerprint,
+            rank=0,
+            world_size=1,
+            blocks=self.blocks,
+        )
         # seeds are taken modulo 2**64 (as torch does): -1 and 2**64 - 1 are one seed
         self._check_setting("seed", int(state["seed"]) % 2**64, int(self.seed) % 2**64)
         self._check_setting("shuffle", state["shuffle"], self.shuffle)
@@ -285,10 +330,13 @@ class Planner:
         ahead = state.get("ahead") or []
         if not ahead:
             return ()
-        if not (isinstance(ahead, list) and all(isinstance(k, int) and not isinstance(k, bool)
-                                                and k > 0 for k in ahead)):  # fmt: skip
-            raise PlanStateError(f"plan state is corrupted: 'ahead' should be a list of "
-                                 f"positive ints, got {ahead!r}")  # fmt: skip
+        if not (
+            isinstance(ahead, list)
+            and all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in ahead)
+        ):
+            raise PlanStateError(
+                f"plan state is corrupted: 'ahead' should be a list of positive ints, got {ahead!r}"
+            )
         rank, world = self.topology()
         saved = (state.get("rank"), state.get("world_size"), state.get("batch_size"))
         if saved != (rank, world, self.batch_size):
@@ -297,7 +345,8 @@ class Planner:
                 f"{saved[2]}) while batches were handed out of order (in_order=False): it "
                 f"resumes only that rank, with that world size and batch size (this loader: "
                 f"rank {rank} of {world}, batch_size {self.batch_size}). Save and load each "
-                "rank's own state_dict() with in_order=False.")  # fmt: skip
+                "rank's own state_dict() with in_order=False."
+            )
         return tuple(sorted(set(ahead)))
 
     @staticmethod
@@ -307,7 +356,7 @@ class Planner:
                 f"loader state mismatch: it was saved with {key}={saved!r}, this loader has "
                 f"{key}={mine!r}. Build the loader with the settings of the run that saved it "
                 "(seed, shuffle, block_window) to continue its epoch."
-            )  # fmt: skip
+            )
 
 
 class PlanBatchSampler:
@@ -322,8 +371,11 @@ class PlanBatchSampler:
     def __iter__(self) -> Iterator[Any]:
         cursor = self.planner.current or self.planner.begin()
         mix = self.planner.mix
-        batches = cursor.plan.batches() if mix is None else \
-            (cursor.indices(j, mix) for j in range(cursor.plan.num_batches))  # fmt: skip
+        batches = (
+            cursor.plan.batches()
+            if mix is None
+            else (cursor.indices(j, mix) for j in range(cursor.plan.num_batches))
+        )
         skip = set(cursor.skip)  # handed out before a resume (in_order=False)
         for j, idx in enumerate(batches):
             if j not in skip:
@@ -336,8 +388,10 @@ class PlanBatchSampler:
 def _block_sizes(dataset: Any) -> np.ndarray:
     """Records per block, block by block in index order (shard after shard)."""
     if not isinstance(dataset, Dataset):
-        raise ValueError("shuffle='block' needs a fastload.Dataset, or a Mix of them (it "
-                         "shuffles their storage blocks); use shuffle='global' for other "
-                         "datasets")  # fmt: skip
+        raise ValueError(
+            "shuffle='block' needs a fastload.Dataset, or a Mix of them (it "
+            "shuffles their storage blocks); use shuffle='global' for other "
+            "datasets"
+        )
     sizes = [dataset.shard_reader(s).blocks["n_records"] for s in range(len(dataset.shards))]
     return np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, np.int64)

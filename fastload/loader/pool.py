@@ -36,8 +36,9 @@ _POLL = 0.5
 
 
 class WorkerPool:
-    def __init__(self, setup: WorkerSetup, slabs: SlabPool, *, worker_type: str,
-                 context: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self, setup: WorkerSetup, slabs: SlabPool, *, worker_type: str, context: Any = None
+    ) -> None:
         self.num_workers = setup.num_workers
         self.is_process = worker_type == "process"
         if setup.layout.decode:
@@ -63,18 +64,32 @@ class WorkerPool:
             # process dies, and a send to it could block forever: an orphan).
             forked = ctx.get_start_method() == "fork"
             self.workers = [
-                ctx.Process(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                            args=(setup, i, slab_map, theirs, theirs, True,
-                                  [c for pair in pipes for c in pair if c is not theirs]
-                                  if forked else []))
+                ctx.Process(
+                    target=worker_loop,
+                    name=f"fastload-worker-{i}",
+                    daemon=True,
+                    args=(
+                        setup,
+                        i,
+                        slab_map,
+                        theirs,
+                        theirs,
+                        True,
+                        [c for pair in pipes for c in pair if c is not theirs] if forked else [],
+                    ),
+                )
                 for i, (_, theirs) in enumerate(pipes)
-            ]  # fmt: skip
+            ]
         else:
             self.workers = [
-                threading.Thread(target=worker_loop, name=f"fastload-worker-{i}", daemon=True,
-                                 args=(setup, i, OwnSlabs(slabs), theirs, theirs, False))
+                threading.Thread(
+                    target=worker_loop,
+                    name=f"fastload-worker-{i}",
+                    daemon=True,
+                    args=(setup, i, OwnSlabs(slabs), theirs, theirs, False),
+                )
                 for i, (_, theirs) in enumerate(pipes)
-            ]  # fmt: skip
+            ]
         try:
             for w in self.workers:
                 w.start()
@@ -86,8 +101,9 @@ class WorkerPool:
                 if w.ident is not None:
                     w.join(5)
             if isinstance(e, OSError) and e.errno == errno.EMFILE:
-                raise OSError(errno.EMFILE, out_of_descriptors("start its workers",
-                                                               limit=True)) from e  # fmt: skip
+                raise OSError(
+                    errno.EMFILE, out_of_descriptors("start its workers", limit=True)
+                ) from e
             raise
         if self.is_process:
             for _, theirs in pipes:
@@ -172,8 +188,10 @@ class WorkerPool:
                 raise
             if deadline is not None and time.monotonic() >= deadline:
                 self.broken = True
-                raise LoaderTimeoutError(f"DataLoader timed out after {timeout} seconds "
-                                         "waiting for a batch from its workers")  # fmt: skip
+                raise LoaderTimeoutError(
+                    f"DataLoader timed out after {timeout} seconds "
+                    "waiting for a batch from its workers"
+                )
 
     def check_alive(self) -> None:
         if not self.is_process:
@@ -186,11 +204,13 @@ class WorkerPool:
             code = w.exitcode
             if code is not None:
                 self.broken = True
-                how = (f"was killed by signal {-code} ({signal.Signals(-code).name})"
-                       if code < 0 else f"exited with status {code}")  # fmt: skip
+                how = (
+                    f"was killed by signal {-code} ({signal.Signals(-code).name})"
+                    if code < 0
+                    else f"exited with status {code}"
+                )
                 hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-                raise WorkerDiedError(f"fastload worker {i} (pid {w.pid}) {how} "
-                                      f"unexpectedly{hint}")  # fmt: skip
+                raise WorkerDiedError(f"fastload worker {i} (pid {w.pid}) {how} unexpectedly{hint}")
 
     def shutdown(self) -> bool:
         """Stop every worker and reap it; safe to call twice. Returns whether every worker

@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class SlabPool:
         self._leases: dict[int, tuple[weakref.ref, int]] = {}  # id(ref) -> (ref, slab)
         self._lock = threading.Lock()
         #: Called with each new arena (pinning registers it with CUDA).
-        self.on_new_arena: Optional[Callable[[torch.Tensor], None]] = None
+        self.on_new_arena: Callable[[torch.Tensor], None] | None = None
         #: Open files a new shared arena must leave free: passing it to each worker takes a
         #: few for a moment (the loader sets it from its worker count).
         self.headroom = 8
@@ -55,15 +55,17 @@ class SlabPool:
             # waiting for a descriptor the consumer could not send would wait for good.
             spare = _spare_descriptors()
             if spare is not None and spare < self.headroom:
-                raise OSError(errno.EMFILE, out_of_descriptors("make a new batch buffer",
-                                                               limit=True))  # fmt: skip
+                raise OSError(
+                    errno.EMFILE, out_of_descriptors("make a new batch buffer", limit=True)
+                )
         try:
             arena = _shared_bytes(size) if self.shared else torch.empty(size, dtype=torch.uint8)
         except RuntimeError as e:
             if "Too many open files" not in str(e):
                 raise
-            raise OSError(errno.EMFILE, out_of_descriptors("make a new batch buffer",
-                                                           limit=True)) from e  # fmt: skip
+            raise OSError(
+                errno.EMFILE, out_of_descriptors("make a new batch buffer", limit=True)
+            ) from e
         if self.on_new_arena is not None:
             self.on_new_arena(arena)
         self.arenas.append(arena)
@@ -80,7 +82,7 @@ class SlabPool:
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def acquire(self, grow: bool) -> Optional[int]:
+    def acquire(self, grow: bool) -> int | None:
         """A free slab's index; a new slab if none is free and ``grow``; else None."""
         with self._lock:
             if self._free:  # the slab freed last: its pages are the likeliest to be in use
@@ -121,16 +123,21 @@ def out_of_descriptors(doing: str, limit: bool = False) -> str:
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if limit else None
-    which = f"limit of {soft} open files" if soft is not None and \
-        soft != resource.RLIM_INFINITY else "open-file limit"  # fmt: skip
-    return (f"fastload could not {doing}: the loader's processes are at their {which} "
-            "(RLIMIT_NOFILE), and batch buffers are shared memory passed "
-            "between them as file descriptors. Raise the limit (`ulimit -n 65536` in the "
-            "shell, or resource.setrlimit(resource.RLIMIT_NOFILE, ...) before the loader "
-            "starts), or keep fewer batches alive at once.")
+    which = (
+        f"limit of {soft} open files"
+        if soft is not None and soft != resource.RLIM_INFINITY
+        else "open-file limit"
+    )
+    return (
+        f"fastload could not {doing}: the loader's processes are at their {which} "
+        "(RLIMIT_NOFILE), and batch buffers are shared memory passed "
+        "between them as file descriptors. Raise the limit (`ulimit -n 65536` in the "
+        "shell, or resource.setrlimit(resource.RLIMIT_NOFILE, ...) before the loader "
+        "starts), or keep fewer batches alive at once."
+    )
 
 
-def _spare_descriptors() -> Optional[int]:
+def _spare_descriptors() -> int | None:
     """How many more files this process may open (None: no limit, or no way to count)."""
     import resource
 

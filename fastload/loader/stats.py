@@ -16,8 +16,9 @@ class LoaderStats:
     samples: int = 0
     bytes: int = 0
     wait_seconds: float = 0.0  # the consumer inside next(), waiting for data
-    stage_seconds: dict = field(default_factory=lambda: {"read": 0.0, "decode": 0.0,
-                                                         "collate": 0.0, "transfer": 0.0})
+    stage_seconds: dict = field(
+        default_factory=lambda: {"read": 0.0, "decode": 0.0, "collate": 0.0, "transfer": 0.0}
+    )
     # Remote reads (requests, retries, bytes_fetched, cache_hits, ...), summed over workers;
     # see Dataset.io_stats().
     io: dict = field(default_factory=dict)

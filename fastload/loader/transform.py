@@ -17,8 +17,9 @@ into the batch slab.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,13 +50,16 @@ def _as_array(value: Any) -> np.ndarray | None:
 
 def _checked_mapping(out: Any, record: int) -> Mapping[str, Any]:
     if not isinstance(out, Mapping) or not all(isinstance(k, str) for k in out):
-        raise TypeError(f"transform= must return a dict of field name -> value, got "
-                        f"{type(out).__name__} for dataset record {record}")  # fmt: skip
+        raise TypeError(
+            f"transform= must return a dict of field name -> value, got "
+            f"{type(out).__name__} for dataset record {record}"
+        )
     return out
 
 
-def sample_at(inputs: dict[str, np.ndarray], listed: dict[str, Any], names: tuple[str, ...],
-              k: int) -> dict[str, Any]:  # fmt: skip
+def sample_at(
+    inputs: dict[str, np.ndarray], listed: dict[str, Any], names: tuple[str, ...], k: int
+) -> dict[str, Any]:
     """Row ``k`` of a batch read into ``inputs`` (fixed fields) and ``listed`` (the rest),
     as the dict a transform is given."""
     return {name: inputs[name][k] if name in inputs else listed[name][k] for name in names}
@@ -75,15 +79,25 @@ def probe_outputs(fn: Callable[[dict], Any], sample: dict, record: int) -> tuple
     fields = []
     for name, value in out.items():
         array = _as_array(value)
-        fields.append(OutputField(name, None) if array is None
-                      else OutputField(name, array.dtype, tuple(array.shape)))  # fmt: skip
+        fields.append(
+            OutputField(name, None)
+            if array is None
+            else OutputField(name, array.dtype, tuple(array.shape))
+        )
     return tuple(fields)
 
 
-def transform_rows(fn: Callable[[dict], Any], outputs: tuple[OutputField, ...],
-                   inputs: dict[str, np.ndarray], listed: dict[str, Any], names: tuple[str, ...],
-                   indices: np.ndarray, rows: range, skipped: set[int],
-                   out: dict[str, np.ndarray]) -> dict[str, list]:  # fmt: skip
+def transform_rows(
+    fn: Callable[[dict], Any],
+    outputs: tuple[OutputField, ...],
+    inputs: dict[str, np.ndarray],
+    listed: dict[str, Any],
+    names: tuple[str, ...],
+    indices: np.ndarray,
+    rows: range,
+    skipped: set[int],
+    out: dict[str, np.ndarray],
+) -> dict[str, list]:
     """Transform rows ``rows`` of a batch read into ``inputs`` (fixed fields) and ``listed``
     (the rest, indexed from ``rows.start``), writing fixed outputs into ``out``; returns the
     listed outputs (None for a skipped row, which is left as zeros)."""
@@ -102,8 +116,10 @@ def transform_rows(fn: Callable[[dict], Any], outputs: tuple[OutputField, ...],
             raise
         for f in outputs:
             if f.name not in result:
-                raise KeyError(f"transform= returned no {f.name!r} for dataset record {record} "
-                               f"(it did for the first record)")  # fmt: skip
+                raise KeyError(
+                    f"transform= returned no {f.name!r} for dataset record {record} "
+                    f"(it did for the first record)"
+                )
             value = result[f.name]
             if f.dtype is None:
                 lists[f.name].append(value)
@@ -115,6 +131,7 @@ def transform_rows(fn: Callable[[dict], Any], outputs: tuple[OutputField, ...],
                     f"transform= returned {f.name!r} as {got} for dataset record {record}, "
                     f"but as {f.dtype} {f.shape} for the first record: a batch tensor needs "
                     "the same shape and dtype from every sample (pad or resize it, or "
-                    "return it as a list)")  # fmt: skip
+                    "return it as a list)"
+                )
             out[f.name][k] = array
     return lists

@@ -25,15 +25,25 @@ shares send.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
 from ..format.schema import Schema
 
-__all__ = ["Pad", "Packed", "PackRows", "VariableSpec", "Ragged", "check_variable",
-           "fill_padded", "collate_variable", "empty_value"]  # fmt: skip
+__all__ = [
+    "Pad",
+    "Packed",
+    "PackRows",
+    "VariableSpec",
+    "Ragged",
+    "check_variable",
+    "fill_padded",
+    "collate_variable",
+    "empty_value",
+]
 
 
 @dataclass(frozen=True)
@@ -41,13 +51,14 @@ class Pad:
     """Pad each sample to ``length`` (None: the batch's longest) with ``value``; adds
     ``<name>_lengths``. ``truncate``: cut longer records to ``length`` instead of raising."""
 
-    length: Optional[int] = None
+    length: int | None = None
     value: float = 0
     truncate: bool = False
 
     def __post_init__(self) -> None:
-        if self.length is not None and (isinstance(self.length, bool) or
-                                        not isinstance(self.length, int) or self.length < 1):  # fmt: skip
+        if self.length is not None and (
+            isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1
+        ):
             raise ValueError(f"Pad length must be a positive int or None, got {self.length!r}")
         if self.truncate and self.length is None:
             raise ValueError("Pad(truncate=True) needs a length")
@@ -86,18 +97,26 @@ def check_variable(schema: Schema, variable: Mapping[str, Any] | None) -> dict[s
     out: dict[str, VariableSpec] = {}
     for name, spec in dict(variable or {}).items():
         if name not in schema:
-            raise ValueError(f"variable: {name!r} is not a field of the dataset (fields: "
-                             f"{schema.to_dict()})")  # fmt: skip
+            raise ValueError(
+                f"variable: {name!r} is not a field of the dataset (fields: {schema.to_dict()})"
+            )
         field = schema[name]
         shape = field.shape or ()
-        if field.kind != "ndarray" or field.is_fixed or shape[0] is not None or \
-                any(d is None for d in shape[1:]):  # fmt: skip
-            raise ValueError(f"variable: field {name!r} is {field.spec}; a spec needs an "
-                             "ndarray whose first dimension only is variable, as 'int32[?]' "
-                             "or 'float32[?,3]'")  # fmt: skip
+        if (
+            field.kind != "ndarray"
+            or field.is_fixed
+            or shape[0] is not None
+            or any(d is None for d in shape[1:])
+        ):
+            raise ValueError(
+                f"variable: field {name!r} is {field.spec}; a spec needs an "
+                "ndarray whose first dimension only is variable, as 'int32[?]' "
+                "or 'float32[?,3]'"
+            )
         if not isinstance(spec, (Pad, Packed, PackRows)):
-            raise TypeError(f"variable[{name!r}] must be fastload.Pad, Packed or PackRows, "
-                            f"got {spec!r}")  # fmt: skip
+            raise TypeError(
+                f"variable[{name!r}] must be fastload.Pad, Packed or PackRows, got {spec!r}"
+            )
         if isinstance(spec, PackRows) and len(shape) != 1:
             raise ValueError(f"variable: PackRows needs a 1-D field; {name!r} is {field.spec}")
         value = getattr(spec, "value", 0)
@@ -106,11 +125,15 @@ def check_variable(schema: Schema, variable: Mapping[str, Any] | None) -> dict[s
         except (OverflowError, ValueError, TypeError):
             fits = False
         if not fits:
-            raise ValueError(f"variable: the pad value {value!r} of {name!r} is not a "
-                             f"{field.np_dtype} ({field.spec})")  # fmt: skip
+            raise ValueError(
+                f"variable: the pad value {value!r} of {name!r} is not a "
+                f"{field.np_dtype} ({field.spec})"
+            )
         if extra_name(name, spec) in schema:
-            raise ValueError(f"variable: {name!r} would add {extra_name(name, spec)!r}, which "
-                             "is a field of the dataset already")  # fmt: skip
+            raise ValueError(
+                f"variable: {name!r} would add {extra_name(name, spec)!r}, which "
+                "is a field of the dataset already"
+            )
         out[name] = spec
     return out
 
@@ -125,7 +148,7 @@ class Ragged:
     lengths: np.ndarray
 
     @classmethod
-    def of(cls, arrays: list, empty: np.ndarray) -> "Ragged":
+    def of(cls, arrays: list, empty: np.ndarray) -> Ragged:
         """From one array per row (None for a skipped row); ``empty``: a 0-length value."""
         rows = [empty if a is None else a for a in arrays]
         lengths = np.fromiter(map(len, rows), np.int64, len(rows))
@@ -139,7 +162,7 @@ class Ragged:
         np.cumsum(self.lengths, out=out[1:])
         return out
 
-    def __getitem__(self, rows: np.ndarray) -> "Ragged":
+    def __getitem__(self, rows: np.ndarray) -> Ragged:
         """The rows ``rows`` (an index array), in that order."""
         starts = self.offsets()[:-1][rows]
         lengths = self.lengths[rows]
@@ -147,8 +170,9 @@ class Ragged:
         return Ragged(self.values[take], lengths)
 
 
-def fill_padded(values: list, out: np.ndarray, lengths: np.ndarray, spec: Pad,
-                records: np.ndarray, name: str) -> None:  # fmt: skip
+def fill_padded(
+    values: list, out: np.ndarray, lengths: np.ndarray, spec: Pad, records: np.ndarray, name: str
+) -> None:
     """Write ``values`` (one array per row, None for a skipped row) into ``out`` (rows padded
     with ``spec.value``) and their lengths into ``lengths``. A value longer than the pad
     length raises naming its dataset record, unless ``spec.truncate``."""
@@ -161,9 +185,11 @@ def fill_padded(values: list, out: np.ndarray, lengths: np.ndarray, spec: Pad,
         n = len(v)
         if n > length:
             if not spec.truncate:
-                raise ValueError(f"field {name!r} of dataset record {int(records[i])} has {n} "
-                                 f"items, more than Pad(length={length}) holds (pass "
-                                 "truncate=True to cut it)")  # fmt: skip
+                raise ValueError(
+                    f"field {name!r} of dataset record {int(records[i])} has {n} "
+                    f"items, more than Pad(length={length}) holds (pass "
+                    "truncate=True to cut it)"
+                )
             n = length
         out[i, :n] = v[:n]
         lengths[i] = n
@@ -175,8 +201,9 @@ def empty_value(schema: Schema, name: str) -> np.ndarray:
     return np.zeros((0, *field.shape[1:]), field.np_dtype)
 
 
-def collate_variable(batch: dict[str, Any], specs: Mapping[str, VariableSpec],
-                     schema: Schema) -> dict[str, Any]:  # fmt: skip
+def collate_variable(
+    batch: dict[str, Any], specs: Mapping[str, VariableSpec], schema: Schema
+) -> dict[str, Any]:
     """``batch`` with each field of ``specs`` that came as a list of arrays made into its
     tensors (the key a spec adds right after the field's own)."""
     import torch
@@ -197,11 +224,15 @@ def collate_variable(batch: dict[str, Any], specs: Mapping[str, VariableSpec],
             # each value's place in the padded rows: row * width + position in its row
             at = np.repeat(np.arange(rows) * width - offsets[:-1], lengths) + np.arange(len(flat))
             padded.reshape(rows * width, *field.shape[1:])[at] = flat
-            out[name], out[extra_name(name, spec)] = torch.from_numpy(padded), \
-                torch.from_numpy(lengths)  # fmt: skip
+            out[name], out[extra_name(name, spec)] = (
+                torch.from_numpy(padded),
+                torch.from_numpy(lengths),
+            )
         elif isinstance(spec, Packed):
-            out[name], out[extra_name(name, spec)] = torch.from_numpy(flat), \
-                torch.from_numpy(offsets)  # fmt: skip
+            out[name], out[extra_name(name, spec)] = (
+                torch.from_numpy(flat),
+                torch.from_numpy(offsets),
+            )
         else:
             rows = -(-len(flat) // spec.length)
             packed = np.full(rows * spec.length, spec.value, field.np_dtype)

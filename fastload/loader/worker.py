@@ -19,7 +19,7 @@ import signal
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class WorkerSetup:
 
     dataset: Any
     layout: BatchLayout
-    worker_init_fn: Optional[Callable[[int], None]]
+    worker_init_fn: Callable[[int], None] | None
     num_workers: int
     seed: int
     skip_bad: bool = False  # images that do not decode are dropped (badsamples.py)
@@ -66,13 +66,13 @@ class Result:
     batch: int
     slab: int
     samples: int = 0
-    listed: Optional[dict] = None
-    timings: Optional[dict] = None
-    error: Optional["WorkerError"] = None
+    listed: dict | None = None
+    timings: dict | None = None
+    error: WorkerError | None = None
     part: int = 0
     parts: int = 1
-    bad: Optional[list] = None  # rows skipped: (row, why)
-    rows: Optional[np.ndarray] = None  # a share by block with listed fields: its rows
+    bad: list | None = None  # rows skipped: (row, why)
+    rows: np.ndarray | None = None  # a share by block with listed fields: its rows
 
 
 @dataclass
@@ -88,16 +88,19 @@ class WorkerError:
     where: str
 
     @classmethod
-    def capture(cls, e: BaseException, worker_id: int, where: str) -> "WorkerError":
+    def capture(cls, e: BaseException, worker_id: int, where: str) -> WorkerError:
         trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        return cls(type(e).__name__, type(e).__module__, str(e), trace, worker_id, os.getpid(),
-                   where)  # fmt: skip
+        return cls(
+            type(e).__name__, type(e).__module__, str(e), trace, worker_id, os.getpid(), where
+        )
 
     def reraise(self) -> None:
         """Raise it in the consumer: the same class where it can be rebuilt from a message,
         else RuntimeError, with the worker's traceback in the message (as torch does)."""
-        text = (f"Caught {self.type_name} in fastload worker {self.worker_id} (pid {self.pid}) "
-                f"{self.where}.\nOriginal {self.traceback}")  # fmt: skip
+        text = (
+            f"Caught {self.type_name} in fastload worker {self.worker_id} (pid {self.pid}) "
+            f"{self.where}.\nOriginal {self.traceback}"
+        )
         cls = _exception_class(self.module, self.type_name)
         try:
             error = cls(text)
@@ -116,8 +119,15 @@ def _exception_class(module: str, name: str) -> type:
     return cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
 
 
-def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, results,
-                is_process: bool, inherited: list = ()) -> None:  # fmt: skip
+def worker_loop(
+    setup: WorkerSetup,
+    worker_id: int,
+    slabs: SlabMap,
+    tasks,
+    results,
+    is_process: bool,
+    inherited: list = (),
+) -> None:
     """Serve tasks from the connection ``tasks`` (lists of Task, or None to stop) and send
     a list of Results for each on ``results`` (the same duplex pipe, in practice).
     ``inherited``: connections a forked worker got by inheritance and must close."""
@@ -139,13 +149,16 @@ def worker_loop(setup: WorkerSetup, worker_id: int, slabs: SlabMap, tasks, resul
         try:
             setup.worker_init_fn(worker_id)
         except BaseException as e:
-            _send(results, [Result(-1, -1, error=WorkerError.capture(e, worker_id,
-                                                                  "in worker_init_fn"))])
+            _send(
+                results,
+                [Result(-1, -1, error=WorkerError.capture(e, worker_id, "in worker_init_fn"))],
+            )
             return
     parent = os.getppid()
     backlog: deque = deque()  # messages received but not yet served (read-ahead, below)
-    read_ahead = bool(getattr(setup.dataset, "remote", False)) and \
-        callable(getattr(setup.dataset, "prefetch", None))  # fmt: skip
+    read_ahead = bool(getattr(setup.dataset, "remote", False)) and callable(
+        getattr(setup.dataset, "prefetch", None)
+    )
     while True:
         if not backlog:
             try:
@@ -192,7 +205,8 @@ def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
     base = setup.seed % 2**64
     seed = (base + worker_id) % 2**64
     torch_worker._worker_info = torch_worker.WorkerInfo(
-        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset)
+        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset
+    )
     if not _runs_user_code(setup):
         return
     import random
@@ -212,8 +226,11 @@ def _runs_user_code(setup: WorkerSetup) -> bool:
     from ..mix import Mix
 
     datasets = setup.dataset.datasets if type(setup.dataset) is Mix else [setup.dataset]
-    return (setup.worker_init_fn is not None or setup.layout.transform is not None
-            or any(type(d) is not Dataset for d in datasets))  # fmt: skip
+    return (
+        setup.worker_init_fn is not None
+        or setup.layout.transform is not None
+        or any(type(d) is not Dataset for d in datasets)
+    )
 
 
 def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:
@@ -228,13 +245,17 @@ def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:
         # A buffer's descriptor travels beside the message (the consumer's resource sharer,
         # or the socket's ancillary data); at the open-file limit of either side it is lost.
         trace = traceback.format_exc()
-        if any(k in trace for k in ("ancdata", "rebuild_storage_fd", "resource_sharer",
-                                    "Too many open files")):  # fmt: skip
+        if any(
+            k in trace
+            for k in ("ancdata", "rebuild_storage_fd", "resource_sharer", "Too many open files")
+        ):
             cause = e
             e = OSError(errno.EMFILE, out_of_descriptors("pass a batch buffer to a worker"))
             e.__cause__ = cause
-        _send(results, [Result(-1, -1, error=WorkerError.capture(e, worker_id,
-                                                              "while receiving a task"))])
+        _send(
+            results,
+            [Result(-1, -1, error=WorkerError.capture(e, worker_id, "while receiving a task"))],
+        )
         return False
 
 
@@ -260,9 +281,18 @@ def _hint(dataset, message) -> None:
     if not message:
         return
     try:
-        dataset.prefetch(np.concatenate([
-            t.indices[block_share_rows(dataset, t.indices, t.part, t.parts) if t.by_block
-                      else slice(*t.rows())] for t in message]))  # fmt: skip
+        dataset.prefetch(
+            np.concatenate(
+                [
+                    t.indices[
+                        block_share_rows(dataset, t.indices, t.part, t.parts)
+                        if t.by_block
+                        else slice(*t.rows())
+                    ]
+                    for t in message
+                ]
+            )
+        )
     except Exception:
         pass
 
@@ -273,21 +303,42 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Resu
     share = (task.part, task.parts)
     try:
         if task.by_block:
-            rows, listed, timings = fill_block_share(setup.dataset, setup.layout,
-                                                     slabs[task.slab], task.indices, *share,
-                                                     setup.skip_bad)  # fmt: skip
-            return Result(task.batch, task.slab, len(rows), listed, timings, None, *share,
-                          timings.pop("bad", None), rows if listed else None)  # fmt: skip
-        listed, timings = fill_batch(setup.dataset, setup.layout, slabs[task.slab],
-                                     task.indices, task.rng_seed, share,
-                                     setup.skip_bad)  # fmt: skip
+            rows, listed, timings = fill_block_share(
+                setup.dataset, setup.layout, slabs[task.slab], task.indices, *share, setup.skip_bad
+            )
+            return Result(
+                task.batch,
+                task.slab,
+                len(rows),
+                listed,
+                timings,
+                None,
+                *share,
+                timings.pop("bad", None),
+                rows if listed else None,
+            )
+        listed, timings = fill_batch(
+            setup.dataset,
+            setup.layout,
+            slabs[task.slab],
+            task.indices,
+            task.rng_seed,
+            share,
+            setup.skip_bad,
+        )
         lo, hi = task.rows()
-        return Result(task.batch, task.slab, hi - lo, listed, timings, None, *share,
-                      timings.pop("bad", None))  # fmt: skip
+        return Result(
+            task.batch, task.slab, hi - lo, listed, timings, None, *share, timings.pop("bad", None)
+        )
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
-        return Result(task.batch, task.slab, error=WorkerError.capture(e, worker_id, where),
-                      part=task.part, parts=task.parts)  # fmt: skip
+        return Result(
+            task.batch,
+            task.slab,
+            error=WorkerError.capture(e, worker_id, where),
+            part=task.part,
+            parts=task.parts,
+        )
 
 
 def _send(conn, results: list) -> None:

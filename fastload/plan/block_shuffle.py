@@ -45,12 +45,21 @@ class BlockShuffle:
     ``shuffle=False`` gives the identity (records in storage order).
     """
 
-    def __init__(self, block_sizes: npt.ArrayLike, seed: int = 0, epoch: int = 0, *,
-                 window: int = DEFAULT_WINDOW, shuffle: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        block_sizes: npt.ArrayLike,
+        seed: int = 0,
+        epoch: int = 0,
+        *,
+        window: int = DEFAULT_WINDOW,
+        shuffle: bool = True,
+    ) -> None:
         sizes = np.asarray(block_sizes)
         if sizes.ndim != 1 or (sizes.size and not np.issubdtype(sizes.dtype, np.integer)):
-            raise TypeError(f"block_sizes must be a 1-D integer array, got {sizes.dtype} "
-                            f"with shape {sizes.shape}")  # fmt: skip
+            raise TypeError(
+                f"block_sizes must be a 1-D integer array, got {sizes.dtype} "
+                f"with shape {sizes.shape}"
+            )
         sizes = sizes.astype(np.int64, copy=False)
         if sizes.size and sizes.min() < 0:
             raise ValueError(f"block {int(np.argmin(sizes))} has a negative size")
@@ -102,5 +111,7 @@ class BlockShuffle:
         return self._record_start[stored.view(np.int64)] + (shuffled - self._pos_start[block])
 
     def __repr__(self) -> str:
-        return (f"BlockShuffle(n={self.n}, blocks={self.num_blocks}, window={self.window}, "
-                f"shuffle={self.shuffle})")  # fmt: skip
+        return (
+            f"BlockShuffle(n={self.n}, blocks={self.num_blocks}, window={self.window}, "
+            f"shuffle={self.shuffle})"
+        )

@@ -61,15 +61,24 @@ def _integer_weights(weights: Sequence[float]) -> list[int]:
 class Mix:
     """Draws from ``len(sizes)`` datasets in proportion to ``weights`` (default: the sizes)."""
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float] | None = None,
-                 seed: int = 0, *, epoch: int = 0, length: int | None = None,
-                 shuffle: bool = True, stratum: int = 4096,
-                 blocks: Sequence[npt.ArrayLike] | None = None,
-                 window: int = DEFAULT_WINDOW) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+        *,
+        epoch: int = 0,
+        length: int | None = None,
+        shuffle: bool = True,
+        stratum: int = 4096,
+        blocks: Sequence[npt.ArrayLike] | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
         weights = list(sizes) if weights is None else list(weights)
         if len(sizes) == 0 or len(sizes) != len(weights):
-            raise ValueError(f"need one weight per dataset, got {len(sizes)} sizes and "
-                             f"{len(weights)} weights")  # fmt: skip
+            raise ValueError(
+                f"need one weight per dataset, got {len(sizes)} sizes and {len(weights)} weights"
+            )
         if any(int(s) < 1 for s in sizes):
             raise ValueError(f"every dataset needs at least one sample, sizes = {list(sizes)}")
         if not all(math.isfinite(w) and w > 0 for w in weights):
@@ -90,13 +99,16 @@ class Mix:
         self._blocks: list[np.ndarray] | None = None
         if blocks is not None:
             if len(blocks) != len(self.sizes):
-                raise ValueError(f"need the blocks of each of the {len(self.sizes)} datasets, "
-                                 f"got {len(blocks)}")  # fmt: skip
+                raise ValueError(
+                    f"need the blocks of each of the {len(self.sizes)} datasets, got {len(blocks)}"
+                )
             self._blocks = [np.asarray(b, dtype=np.int64) for b in blocks]
             for d, b in enumerate(self._blocks):
                 if int(b.sum()) != self.sizes[d]:
-                    raise ValueError(f"dataset {d}: its blocks hold {int(b.sum())} records, "
-                                     f"its size is {self.sizes[d]}")  # fmt: skip
+                    raise ValueError(
+                        f"dataset {d}: its blocks hold {int(b.sum())} records, "
+                        f"its size is {self.sizes[d]}"
+                    )
         # (dataset, pass) -> its BlockShuffle: O(#blocks) to build, so kept for a few passes
         self._passes: dict[tuple[int, int], BlockShuffle] = {}
 
@@ -172,11 +184,12 @@ class Mix:
         if order is None:
             if len(self._passes) >= 2 * len(self.sizes) + 8:
                 self._passes.pop(next(iter(self._passes)))  # the oldest
-            order = self._passes[d, p] = BlockShuffle(self._blocks[d], key, 0,
-                                                      window=self.window)  # fmt: skip
+            order = self._passes[d, p] = BlockShuffle(self._blocks[d], key, 0, window=self.window)
         return order
 
     def __repr__(self) -> str:
         blocks = f", window={self.window}" if self._blocks is not None else ""
-        return (f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
-                f"length={self.length}, stratum={self.stratum}{blocks})")  # fmt: skip
+        return (
+            f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
+            f"length={self.length}, stratum={self.stratum}{blocks})"
+        )

@@ -114,8 +114,10 @@ class Partition:
         """The positions of rank ``rank``'s batches ``first`` to ``stop - 1``, one row per
         batch (all full steps: ``stop <= full_steps``), shape ``(stop - first, batch_size)``."""
         if not (0 <= rank < self.world_size and 0 <= first <= stop <= self.full_steps):
-            raise IndexError(f"batches {first}..{stop} of rank {rank} are not all full steps "
-                             f"({self.full_steps} of {self.world_size} ranks)")  # fmt: skip
+            raise IndexError(
+                f"batches {first}..{stop} of rank {rank} are not all full steps "
+                f"({self.full_steps} of {self.world_size} ranks)"
+            )
         js = np.arange(first, stop, dtype=np.int64)
         starts = self.start + (js * self.world_size + rank) * self.batch_size
         return starts[:, None] + np.arange(self.batch_size, dtype=np.int64)

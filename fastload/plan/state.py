@@ -44,11 +44,23 @@ class EpochPlan:
     another dataset is refused.
     """
 
-    def __init__(self, n: int, *, batch_size: int, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True, rank: int | None = None,
-                 world_size: int | None = None, drop_last: bool = False, start: int = 0,
-                 mode: str = "global", blocks: npt.ArrayLike | None = None,
-                 window: int = DEFAULT_WINDOW, fingerprint: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        start: int = 0,
+        mode: str = "global",
+        blocks: npt.ArrayLike | None = None,
+        window: int = DEFAULT_WINDOW,
+        fingerprint: str = "",
+    ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if rank is None or world_size is None:
@@ -148,17 +160,27 @@ class EpochPlan:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], *, n: int, batch_size: int,
-                        fingerprint: str = "", rank: int | None = None,
-                        world_size: int | None = None, drop_last: bool = False,
-                        blocks: npt.ArrayLike | None = None) -> EpochPlan:  # fmt: skip
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Any],
+        *,
+        n: int,
+        batch_size: int,
+        fingerprint: str = "",
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        blocks: npt.ArrayLike | None = None,
+    ) -> EpochPlan:
         """The plan that continues a saved one, for this dataset (``n``, ``fingerprint``,
         ``blocks``) and the current topology, which may differ from the saved one. The order
         (seed, epoch, shuffle, mode, window) comes from the state."""
         s = _validated(state)
         if s["mode"] == "block" and blocks is None:
-            raise PlanStateError("plan state was saved with mode='block': continuing it "
-                                 "needs blocks= (the dataset's block layout)")  # fmt: skip
+            raise PlanStateError(
+                "plan state was saved with mode='block': continuing it "
+                "needs blocks= (the dataset's block layout)"
+            )
         now = {"n": n, "fingerprint": str(fingerprint)}
         if s["mode"] == "block" and blocks is not None:
             now["layout"] = layout_digest(blocks)
@@ -172,19 +194,40 @@ class EpochPlan:
         if s["consumed"] > n:
             raise PlanStateError(f"plan state is corrupted: consumed = {s['consumed']} > n = {n}")
         window = DEFAULT_WINDOW if s["window"] is None else s["window"]
-        return cls(n, batch_size=batch_size, seed=s["seed"], epoch=s["epoch"],
-                   shuffle=s["shuffle"], rank=rank, world_size=world_size, drop_last=drop_last,
-                   start=s["consumed"], mode=s["mode"], blocks=blocks, window=window,
-                   fingerprint=fingerprint)  # fmt: skip
+        return cls(
+            n,
+            batch_size=batch_size,
+            seed=s["seed"],
+            epoch=s["epoch"],
+            shuffle=s["shuffle"],
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=s["consumed"],
+            mode=s["mode"],
+            blocks=blocks,
+            window=window,
+            fingerprint=fingerprint,
+        )
 
     def __repr__(self) -> str:
-        return (f"EpochPlan(n={self.n}, epoch={self.epoch}, mode={self.mode!r}, "
-                f"rank={self.rank}/{self.world_size}, start={self.start}, "
-                f"batches={self.num_batches})")  # fmt: skip
+        return (
+            f"EpochPlan(n={self.n}, epoch={self.epoch}, mode={self.mode!r}, "
+            f"rank={self.rank}/{self.world_size}, start={self.start}, "
+            f"batches={self.num_batches})"
+        )
 
 
-_FIELDS = {"version": int, "consumed": int, "n": int, "seed": int, "epoch": int,
-           "shuffle": bool, "mode": str, "fingerprint": str}  # fmt: skip
+_FIELDS = {
+    "version": int,
+    "consumed": int,
+    "n": int,
+    "seed": int,
+    "epoch": int,
+    "shuffle": bool,
+    "mode": str,
+    "fingerprint": str,
+}
 
 
 def validate_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -202,16 +245,22 @@ def _validated(state: Mapping[str, Any]) -> Mapping[str, Any]:
         value = state.get(key)
         ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise PlanStateError(f"plan state is corrupted: field {key!r} should be "
-                                 f"{kind.__name__}, got {value!r}")  # fmt: skip
+            raise PlanStateError(
+                f"plan state is corrupted: field {key!r} should be {kind.__name__}, got {value!r}"
+            )
     if state["version"] != STATE_VERSION:
-        raise PlanStateError(f"plan state version {state['version']} is not supported "
-                             f"(this fastload reads version {STATE_VERSION})")  # fmt: skip
+        raise PlanStateError(
+            f"plan state version {state['version']} is not supported "
+            f"(this fastload reads version {STATE_VERSION})"
+        )
     if state["mode"] not in _MODES or state["consumed"] < 0 or state["epoch"] < 0:
-        raise PlanStateError(f"plan state is corrupted: mode={state['mode']!r}, "
-                             f"consumed={state['consumed']}, epoch={state['epoch']}")  # fmt: skip
+        raise PlanStateError(
+            f"plan state is corrupted: mode={state['mode']!r}, "
+            f"consumed={state['consumed']}, epoch={state['epoch']}"
+        )
     block_fields_ok = isinstance(state.get("window"), int) and isinstance(state.get("layout"), str)
     if state["mode"] == "block" and not block_fields_ok:
-        raise PlanStateError("plan state is corrupted: a block-mode state needs an int 'window' "
-                             "and a str 'layout'")  # fmt: skip
+        raise PlanStateError(
+            "plan state is corrupted: a block-mode state needs an int 'window' and a str 'layout'"
+        )
     return state

@@ -24,11 +24,14 @@ def png_bytes(i: int) -> bytes:
     return buf.getvalue()
 
 
-def make_imagefolder(root: Path, n: int = 24, classes: tuple[str, ...] = ("cat", "dog", "eel"),
-                     ) -> list[tuple[str, int, bytes]]:  # fmt: skip
+def make_imagefolder(
+    root: Path,
+    n: int = 24,
+    classes: tuple[str, ...] = ("cat", "dog", "eel"),
+) -> list[tuple[str, int, bytes]]:
     """``root/<class>/<i>.jpg|png``; returns (relative path, label, bytes) in convert order."""
     expected = []
-    for label, name in enumerate(classes):
+    for name in classes:
         (root / name).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         label = i % len(classes)
@@ -42,8 +45,9 @@ def make_imagefolder(root: Path, n: int = 24, classes: tuple[str, ...] = ("cat",
 
 def dir_bytes(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` by relative path: for byte-identical comparisons."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def read_all(path: Path) -> list[dict]:

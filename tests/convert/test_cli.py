@@ -22,21 +22,37 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def fastload_convert(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*cli_command(), "convert", *map(str, args)], capture_output=True,
-                          text=True, timeout=90, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [*cli_command(), "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        **kwargs,
+    )
 
 
 def test_help_has_examples_and_every_option():
     out = fastload_convert("--help").stdout
-    for text in ("examples:", "--from", "--shard-size", "--workers", "--skip-bad", "--seq-len",
-                 "--overlap", "--decode-check", "--storage-options", "--no-progress"):  # fmt: skip
+    for text in (
+        "examples:",
+        "--from",
+        "--shard-size",
+        "--workers",
+        "--skip-bad",
+        "--seq-len",
+        "--overlap",
+        "--decode-check",
+        "--storage-options",
+        "--no-progress",
+    ):
         assert text in out
 
 
 def test_convert_prints_a_summary(tmp_path):
     make_imagefolder(tmp_path / "in", n=6)
-    done = fastload_convert(tmp_path / "in", tmp_path / "out", "--workers", "2",
-                            "--shard-size", "1KB")  # fmt: skip
+    done = fastload_convert(
+        tmp_path / "in", tmp_path / "out", "--workers", "2", "--shard-size", "1KB"
+    )
     assert done.returncode == 0, done.stderr
     assert "converted 6 records (imagefolder)" in done.stdout
     assert "records/s" in done.stdout and "MB/s of input" in done.stdout
@@ -56,8 +72,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_skip_bad_logs_a_few_reasons_and_counts_all(tmp_path):
     lines = [json.dumps({"i": i}) if i % 3 else "{bad" for i in range(1, 91)]
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
-    done = fastload_convert(tmp_path / "a.jsonl", tmp_path / "out", "--skip-bad",
-                            "--no-progress")  # fmt: skip
+    done = fastload_convert(tmp_path / "a.jsonl", tmp_path / "out", "--skip-bad", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "skipped 30 bad record(s)" in done.stdout
     assert 1 <= done.stderr.count("skipped: ") <= 10
@@ -66,9 +81,21 @@ def test_skip_bad_logs_a_few_reasons_and_counts_all(tmp_path):
 
 def test_parser_in_process(tmp_path, capsys):
     np.arange(300, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    args = build_parser().parse_args(["convert", str(tmp_path / "t.bin"), str(tmp_path / "out"),
-                                      "--seq-len", "100", "--dtype", "uint16", "--overlap",
-                                      "--workers", "1", "--no-progress"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "convert",
+            str(tmp_path / "t.bin"),
+            str(tmp_path / "out"),
+            "--seq-len",
+            "100",
+            "--dtype",
+            "uint16",
+            "--overlap",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     assert "converted 2 records (tokens)" in capsys.readouterr().out
 
@@ -94,10 +121,21 @@ def start_big_convert(tmp_path: Path, kind: str) -> tuple[subprocess.Popen, Path
         if not src.exists():
             src.write_text("".join(f'{{"i": {i}, "text": "{i:040d}"}}\n' for i in range(LINES)))
         options = []
-    args = [*cli_command(), "convert", str(src), str(dst), *options, "--workers", "2",
-            "--shard-size", "1MB", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    args = [
+        *cli_command(),
+        "convert",
+        str(src),
+        str(dst),
+        *options,
+        "--workers",
+        "2",
+        "--shard-size",
+        "1MB",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + 60
     while not list(dst.glob("shard-*.fls")):
         assert proc.poll() is None, proc.communicate()

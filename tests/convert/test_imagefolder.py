@@ -61,8 +61,9 @@ def test_skip_bad_skips_and_counts(tmp_path):
     expected = make_imagefolder(tmp_path / "in", n=9)
     (tmp_path / "in" / "cat" / "0000.jpg").write_bytes(b"GIF89a not a supported image")
     (tmp_path / "in" / "eel" / "0002.jpg").write_bytes(jpeg_bytes(2)[:100])
-    result = convert(tmp_path / "in", tmp_path / "out", progress=False, skip_bad=True,
-                     workers=2, shard_size=400)  # fmt: skip
+    result = convert(
+        tmp_path / "in", tmp_path / "out", progress=False, skip_bad=True, workers=2, shard_size=400
+    )
     assert result.skipped == 2 and result.records == 7
     assert any("cat/0000.jpg: not a JPEG, PNG or WebP" in e for e in result.skip_examples)
     names = [r["filename"] for r in read_all(tmp_path / "out")]

@@ -20,28 +20,40 @@ from .conftest import dir_bytes, jpeg_bytes, read_all
 def table(start: int, n: int) -> pa.Table:
     """Rows ``start..start+n-1``; every column derives from the row index."""
     idx = np.arange(start, start + n)
-    return pa.table({
-        "idx": pa.array(idx, pa.int64()),
-        "small": pa.array(idx % 100, pa.uint8()),
-        "f32": pa.array(idx / 4, pa.float32()),
-        "flag": pa.array(idx % 2 == 0),
-        "name": pa.array([f"row-{i}" for i in idx]),
-        "blob": pa.array([bytes([i % 256]) * (i % 5) for i in idx], pa.binary()),
-        "image": pa.array([jpeg_bytes(int(i)) for i in idx], pa.large_binary()),
-        "vec": pa.array([[i, i + 1, i + 2] for i in idx], pa.list_(pa.float32(), 3)),
-        "grid": pa.array([[[i, 0], [0, i]] for i in idx], pa.list_(pa.list_(pa.int16(), 2), 2)),
-        "var": pa.array([list(range(i % 4)) for i in idx], pa.list_(pa.int32())),
-        "meta": pa.array([{"i": int(i), "tags": ["a"] * (i % 3)} for i in idx]),
-        "kv": pa.array([[("k", int(i))] for i in idx], pa.map_(pa.string(), pa.int64())),
-        "cat": pa.array([f"c{i % 3}" for i in idx]).dictionary_encode(),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "idx": pa.array(idx, pa.int64()),
+            "small": pa.array(idx % 100, pa.uint8()),
+            "f32": pa.array(idx / 4, pa.float32()),
+            "flag": pa.array(idx % 2 == 0),
+            "name": pa.array([f"row-{i}" for i in idx]),
+            "blob": pa.array([bytes([i % 256]) * (i % 5) for i in idx], pa.binary()),
+            "image": pa.array([jpeg_bytes(int(i)) for i in idx], pa.large_binary()),
+            "vec": pa.array([[i, i + 1, i + 2] for i in idx], pa.list_(pa.float32(), 3)),
+            "grid": pa.array([[[i, 0], [0, i]] for i in idx], pa.list_(pa.list_(pa.int16(), 2), 2)),
+            "var": pa.array([list(range(i % 4)) for i in idx], pa.list_(pa.int32())),
+            "meta": pa.array([{"i": int(i), "tags": ["a"] * (i % 3)} for i in idx]),
+            "kv": pa.array([[("k", int(i))] for i in idx], pa.map_(pa.string(), pa.int64())),
+            "cat": pa.array([f"c{i % 3}" for i in idx]).dictionary_encode(),
+        }
+    )
 
 
 EXPECTED_SCHEMA = {
-    "idx": "int64", "small": "uint8", "f32": "float32", "flag": "bool", "name": "str",
-    "blob": "bytes", "image": "bytes", "vec": "float32[3]", "grid": "int16[2,2]",
-    "var": "int32[?]", "meta": "json", "kv": "json", "cat": "str",
-}  # fmt: skip
+    "idx": "int64",
+    "small": "uint8",
+    "f32": "float32",
+    "flag": "bool",
+    "name": "str",
+    "blob": "bytes",
+    "image": "bytes",
+    "vec": "float32[3]",
+    "grid": "int16[2,2]",
+    "var": "int32[?]",
+    "meta": "json",
+    "kv": "json",
+    "cat": "str",
+}
 
 
 def check_row(r: dict, i: int) -> None:
@@ -72,8 +84,9 @@ def test_directory_round_trip(tmp_path):
 def test_workers_give_identical_output(tmp_path):
     pq.write_table(table(0, 40), tmp_path / "t.parquet", row_group_size=5)
     for w in (1, 2):
-        convert(tmp_path / "t.parquet", tmp_path / f"o{w}", workers=w, shard_size=2500,
-                progress=False)  # fmt: skip
+        convert(
+            tmp_path / "t.parquet", tmp_path / f"o{w}", workers=w, shard_size=2500, progress=False
+        )
     assert len(dir_bytes(tmp_path / "o1")) > 3
     assert dir_bytes(tmp_path / "o1") == dir_bytes(tmp_path / "o2")
 
@@ -91,8 +104,12 @@ def test_arrow_ipc_file_and_stream(tmp_path):
 
 
 def test_nulls_are_bad_records_naming_row_and_column(tmp_path):
-    t = pa.table({"a": pa.array([1, 2, None, 4, 5]),
-                  "v": pa.array([[1], [2], [3], [None], [5]], pa.list_(pa.int64()))})  # fmt: skip
+    t = pa.table(
+        {
+            "a": pa.array([1, 2, None, 4, 5]),
+            "v": pa.array([[1], [2], [3], [None], [5]], pa.list_(pa.int64())),
+        }
+    )
     pq.write_table(t, tmp_path / "n.parquet", row_group_size=2)
     with pytest.raises(SourceRecordError, match=r"n.parquet: row 2: column 'a' is null"):
         convert(tmp_path / "n.parquet", tmp_path / "out", progress=False)
@@ -102,10 +119,13 @@ def test_nulls_are_bad_records_naming_row_and_column(tmp_path):
     assert [r["a"] for r in read_all(tmp_path / "out")] == [1, 2, 5]
 
 
-@pytest.mark.parametrize("column", [
-    pa.array([datetime.datetime(2020, 1, 1)]),
-    pa.array([{"raw": b"x"}]),  # bytes cannot go into json
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([datetime.datetime(2020, 1, 1)]),
+        pa.array([{"raw": b"x"}]),  # bytes cannot go into json
+    ],
+)
 def test_unsupported_types_name_the_column(tmp_path, column):
     pq.write_table(pa.table({"ok": [1], "bad": column}), tmp_path / "u.parquet")
     with pytest.raises(ConvertError, match=r"column 'bad' has Arrow type .* cast it"):

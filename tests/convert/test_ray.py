@@ -65,8 +65,7 @@ def test_a_bad_record_is_named_and_nothing_is_left(ray_cluster, tmp_path):
 
 def test_skipped_records_are_counted(ray_cluster, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", bad=2500)  # past the lines the schema is from
-    got = convert(src, tmp_path / "ray", ray=True, shard_size="8KB", skip_bad=True,
-                  progress=False)  # fmt: skip
+    got = convert(src, tmp_path / "ray", ray=True, shard_size="8KB", skip_bad=True, progress=False)
     assert got.skipped == 1 and got.records == 2999
     assert "line 2501" in got.skip_examples[0]
     convert(src, tmp_path / "one", shard_size="8KB", skip_bad=True, progress=False)
@@ -80,8 +79,11 @@ def test_a_task_whose_worker_always_dies_is_named(ray_cluster, tmp_path):
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[DyingSource.__module__])
     source = DyingSource(4, die_at=2)
     opts = WriteOptions(str(tmp_path / "out"), 1 << 20, 1 << 16, "zstd", 3, None)
-    with pytest.raises(ConvertError, match=r"Ray could not run the convert task for .*_Task\(inp"
-                                           r"ut_bytes=2\): WorkerCrashedError"):  # fmt: skip
+    with pytest.raises(
+        ConvertError,
+        match=r"Ray could not run the convert task for .*_Task\(inp"
+        r"ut_bytes=2\): WorkerCrashedError",
+    ):
         run_on_ray(source, source.schema(), source.tasks(), opts, False, lambda *a: None)
 
 
@@ -89,15 +91,33 @@ def test_the_cli_starts_a_local_cluster(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", n=500)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # loopback only
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([*cli_command(), "convert", str(src), str(tmp_path / "ray"), "--ray",
-                          "--shard-size", "4KB", "--no-progress", "--json"],
-                         capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
+    out = subprocess.run(
+        [
+            *cli_command(),
+            "convert",
+            str(src),
+            str(tmp_path / "ray"),
+            "--ray",
+            "--shard-size",
+            "4KB",
+            "--no-progress",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["records"] == 500
     convert(src, tmp_path / "one", shard_size="4KB", progress=False)
     assert dir_bytes(tmp_path / "ray") == dir_bytes(tmp_path / "one")
-    assert "--ray" in subprocess.run([*cli_command(), "convert", "--help"], capture_output=True,
-                                     text=True, timeout=60).stdout  # fmt: skip
+    assert (
+        "--ray"
+        in subprocess.run(
+            [*cli_command(), "convert", "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -124,11 +144,19 @@ def test_ctrl_c_or_sigterm_stops_it_and_leaves_nothing(tmp_path, sig, status):
     env.pop("RAY_ADDRESS", None)
     # SIGINT as a terminal delivers it: a shell running the tests in the background may
     # have them ignore it, and Python then keeps ignoring it.
-    command = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, "
-               "signal.default_int_handler); runpy.run_module('fastload', run_name='__main__')"]
-    proc = subprocess.Popen([*command, "convert", str(src), str(dst), "--ray",
-                             "--shard-size", "16KB", "--no-progress"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        "import runpy, signal; signal.signal(signal.SIGINT, "
+        "signal.default_int_handler); runpy.run_module('fastload', run_name='__main__')",
+    ]
+    proc = subprocess.Popen(
+        [*command, "convert", str(src), str(dst), "--ray", "--shard-size", "16KB", "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (dst.exists() and any(dst.rglob("*"))):  # its tasks have begun to write
@@ -150,14 +178,14 @@ def test_ctrl_c_or_sigterm_stops_it_and_leaves_nothing(tmp_path, sig, status):
 
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", n=50)
-    code = ("import fastload.convert, sys\n"
-            "try:\n"
-            f"    fastload.convert.convert({str(src)!r}, {str(tmp_path / 'out')!r}, "
-            "ray='127.0.0.1:9', progress=False)\n"
-            "except fastload.errors.ConvertError as e:\n"
-            "    print('ConvertError:', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=180)  # fmt: skip
-    assert "ConvertError: could not join a Ray cluster at '127.0.0.1:9'" in out.stdout, \
-        out.stderr  # fmt: skip
+    code = (
+        "import fastload.convert, sys\n"
+        "try:\n"
+        f"    fastload.convert.convert({str(src)!r}, {str(tmp_path / 'out')!r}, "
+        "ray='127.0.0.1:9', progress=False)\n"
+        "except fastload.errors.ConvertError as e:\n"
+        "    print('ConvertError:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert "ConvertError: could not join a Ray cluster at '127.0.0.1:9'" in out.stdout, out.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))

@@ -62,16 +62,16 @@ def test_failed_convert_leaves_no_manifest_and_no_shards(tmp_path):
     lines[150] = "{broken"
     (tmp_path / "a.jsonl").write_text("\n".join(lines))
     with pytest.raises(SourceRecordError, match="a.jsonl line 151: invalid JSON") as info:
-        convert(tmp_path / "a.jsonl", tmp_path / "out", progress=False, workers=2,
-                shard_size=200)  # fmt: skip
+        convert(tmp_path / "a.jsonl", tmp_path / "out", progress=False, workers=2, shard_size=200)
     assert any("in a convert worker process" in n for n in info.value.__notes__)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_result_counts(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", 30)
-    result = convert(tmp_path / "a.jsonl", tmp_path / "out", progress=True, shard_size=100,
-                     workers=2)  # fmt: skip
+    result = convert(
+        tmp_path / "a.jsonl", tmp_path / "out", progress=True, shard_size=100, workers=2
+    )
     assert (result.records, result.skipped, result.source) == (30, 0, "jsonl")
     assert result.input_bytes == (tmp_path / "a.jsonl").stat().st_size
     shard_files = list((tmp_path / "out").glob("*.fls"))
@@ -89,19 +89,23 @@ def test_destination_inside_the_input_is_refused(tmp_path):
 def test_fsspec_destination(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", 20)
     # memory:// lives in this process only, so one worker (in-process) writes it.
-    result = convert(tmp_path / "a.jsonl", "memory://convert-test/ds", progress=False,
-                     shard_size=100)  # fmt: skip
+    result = convert(
+        tmp_path / "a.jsonl", "memory://convert-test/ds", progress=False, shard_size=100
+    )
     assert result.shards > 1
     assert [r["i"] for r in read_all("memory://convert-test/ds")] == list(range(20))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"workers": 0}, "workers must be a positive integer"),
-    ({"compression": "lz4"}, "compression must be one of"),
-    ({"level": 99}, "level must be in"),
-    ({"shard_size": "lots"}, "not a size"),
-    ({"source": "csv"}, "unknown source 'csv'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"workers": 0}, "workers must be a positive integer"),
+        ({"compression": "lz4"}, "compression must be one of"),
+        ({"level": 99}, "level must be in"),
+        ({"shard_size": "lots"}, "not a size"),
+        ({"source": "csv"}, "unknown source 'csv'"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
     write_jsonl(tmp_path / "a.jsonl", 3)
     with pytest.raises(ConvertError, match=match):
@@ -113,9 +117,15 @@ def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
 def test_detect_source(tmp_path):
     make_imagefolder(tmp_path / "imgs", n=3)
     assert detect_source(str(tmp_path / "imgs")) == "imagefolder"
-    for name, kind in [("a.parquet", "parquet"), ("a.feather", "parquet"), ("a.jsonl", "jsonl"),
-                       ("a.jsonl.gz", "jsonl"), ("a.tar", "webdataset"), ("a.bin", "tokens"),
-                       ("a.npy", "tokens")]:  # fmt: skip
+    for name, kind in [
+        ("a.parquet", "parquet"),
+        ("a.feather", "parquet"),
+        ("a.jsonl", "jsonl"),
+        ("a.jsonl.gz", "jsonl"),
+        ("a.tar", "webdataset"),
+        ("a.bin", "tokens"),
+        ("a.npy", "tokens"),
+    ]:
         (tmp_path / name).write_bytes(b"")
         assert detect_source(str(tmp_path / name)) == kind
     assert detect_source(str(tmp_path / "s-{0..3}.tar")) == "webdataset"
@@ -159,10 +169,12 @@ class DyingSource(Source):
 def test_a_killed_worker_is_reported_naming_its_task(tmp_path):
     source = DyingSource(4, die_at=2)
     opts = WriteOptions(str(tmp_path / "out"), 1 << 20, 1 << 16, "zstd", 3, None)
-    with pytest.raises(ConvertError, match=r"killed by signal 9 while converting .*_Task\(input_"
-                                           r"bytes=2\)"):  # fmt: skip
-        run_in_processes(source, source.schema(), source.tasks(), opts, False, 2,
-                         lambda *a: None)  # fmt: skip
+    with pytest.raises(
+        ConvertError,
+        match=r"killed by signal 9 while converting .*_Task\(input_"
+        r"bytes=2\)",
+    ):
+        run_in_processes(source, source.schema(), source.tasks(), opts, False, 2, lambda *a: None)
 
 
 def test_pack_balances_groups_and_keeps_order():

@@ -20,8 +20,15 @@ def tokens(n: int, dtype=np.uint16) -> np.ndarray:
 def test_bin_round_trip(tmp_path, overlap):
     t = tokens(1000)
     t.tofile(tmp_path / "t.bin")
-    result = convert(tmp_path / "t.bin", tmp_path / "out", progress=False, seq_len=64,
-                     dtype="uint16", overlap=overlap, shard_size=500)  # fmt: skip
+    result = convert(
+        tmp_path / "t.bin",
+        tmp_path / "out",
+        progress=False,
+        seq_len=64,
+        dtype="uint16",
+        overlap=overlap,
+        shard_size=500,
+    )
     n = (1000 - overlap) // 64
     assert result.records == n and result.tasks > 3
     dropped = 1000 - n * 64 - overlap
@@ -37,8 +44,7 @@ def test_bin_round_trip(tmp_path, overlap):
 def test_npy_uint32_and_schema(tmp_path):
     t = tokens(500, np.uint32) + 70000
     np.save(tmp_path / "t.npy", t)
-    source = TokensSource(str(tmp_path / "t.npy"), shard_size=1 << 20, seq_len=100,
-                          overlap=True)  # fmt: skip
+    source = TokensSource(str(tmp_path / "t.npy"), shard_size=1 << 20, seq_len=100, overlap=True)
     assert source.schema().to_dict() == {"tokens": "uint32[101]"}
     convert(tmp_path / "t.npy", tmp_path / "out", progress=False, seq_len=100, overlap=True)
     records = read_all(tmp_path / "out")
@@ -56,8 +62,15 @@ def test_big_endian_npy(tmp_path):
 def test_workers_give_identical_output(tmp_path):
     tokens(5000).tofile(tmp_path / "t.bin")
     for w in (1, 2):
-        convert(tmp_path / "t.bin", tmp_path / f"o{w}", workers=w, progress=False, seq_len=50,
-                dtype="uint16", shard_size="1KB")  # fmt: skip
+        convert(
+            tmp_path / "t.bin",
+            tmp_path / f"o{w}",
+            workers=w,
+            progress=False,
+            seq_len=50,
+            dtype="uint16",
+            shard_size="1KB",
+        )
     assert len(dir_bytes(tmp_path / "o1")) > 5
     assert dir_bytes(tmp_path / "o1") == dir_bytes(tmp_path / "o2")
 
@@ -66,34 +79,43 @@ def test_directory_of_token_files(tmp_path):
     (tmp_path / "in").mkdir()
     tokens(250).tofile(tmp_path / "in" / "a.bin")
     tokens(130).tofile(tmp_path / "in" / "b.bin")
-    result = convert(tmp_path / "in", tmp_path / "out", progress=False, seq_len=100,
-                     dtype="uint16")  # fmt: skip
+    result = convert(tmp_path / "in", tmp_path / "out", progress=False, seq_len=100, dtype="uint16")
     assert result.records == 3  # 2 from a, 1 from b: samples never span files
 
 
 def test_odd_sizes_and_missing_options(tmp_path):
     (tmp_path / "odd.bin").write_bytes(b"\x01" * 101)
     with pytest.raises(ConvertError, match="101 bytes is not a whole number of uint16 tokens"):
-        convert(tmp_path / "odd.bin", tmp_path / "out", progress=False, seq_len=10,
-                dtype="uint16")  # fmt: skip
+        convert(tmp_path / "odd.bin", tmp_path / "out", progress=False, seq_len=10, dtype="uint16")
     tokens(10).tofile(tmp_path / "t.bin")
     with pytest.raises(ConvertError, match="needs its dtype"):
         convert(tmp_path / "t.bin", tmp_path / "out", progress=False, seq_len=4)
     with pytest.raises(ConvertError, match="seq_len .* must be a positive integer"):
         convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16")
     with pytest.raises(ConvertError, match="fewer than 11 tokens"):
-        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16",
-                seq_len=10, overlap=True)  # fmt: skip
+        convert(
+            tmp_path / "t.bin",
+            tmp_path / "out",
+            progress=False,
+            dtype="uint16",
+            seq_len=10,
+            overlap=True,
+        )
     (tmp_path / "empty.bin").write_bytes(b"")
     with pytest.raises(ConvertError, match="fewer than"):
-        convert(tmp_path / "empty.bin", tmp_path / "out", progress=False, dtype="uint16",
-                seq_len=4)  # fmt: skip
+        convert(tmp_path / "empty.bin", tmp_path / "out", progress=False, dtype="uint16", seq_len=4)
     np.save(tmp_path / "f.npy", np.zeros(10, np.float32))
     with pytest.raises(ConvertError, match="token files hold integers"):
         convert(tmp_path / "f.npy", tmp_path / "out", progress=False, seq_len=4)
     with pytest.raises(ConvertError, match="does not take decode_check"):
-        convert(tmp_path / "t.bin", tmp_path / "out", progress=False, dtype="uint16",
-                seq_len=4, decode_check=True)  # fmt: skip
+        convert(
+            tmp_path / "t.bin",
+            tmp_path / "out",
+            progress=False,
+            dtype="uint16",
+            seq_len=4,
+            decode_check=True,
+        )
 
 
 @pytest.mark.parametrize("seq_len", [33, 64])  # odd byte sizes are padded in the record
@@ -114,8 +136,9 @@ def test_big_endian_npy_reads_as_native_values(tmp_path):
     np.save(tmp_path / "t.npy", tokens(300).astype(">u2"))
     convert(tmp_path / "t.npy", tmp_path / "out", progress=False, seq_len=100)
     ds = Dataset(str(tmp_path / "out"))
-    assert [r["tokens"].tolist() for r in ds] == [tokens(300)[i : i + 100].tolist()
-                                                  for i in (0, 100, 200)]  # fmt: skip
+    assert [r["tokens"].tolist() for r in ds] == [
+        tokens(300)[i : i + 100].tolist() for i in (0, 100, 200)
+    ]
 
 
 def test_a_file_that_shrinks_mid_convert_fails_naming_it_and_stops_the_threads(tmp_path):
@@ -134,8 +157,9 @@ def test_a_file_that_shrinks_mid_convert_fails_naming_it_and_stops_the_threads(t
     opts = WriteOptions(str(tmp_path / "out"), 1000, 500, "zstd", 3, None)
     events = []
     with pytest.raises(ConvertError, match=r"b\.bin: changed size during the convert"):
-        run_in_threads(source, source.schema(), tasks, opts, False, 2,
-                       lambda kind, value: events.append(kind))  # fmt: skip
+        run_in_threads(
+            source, source.schema(), tasks, opts, False, 2, lambda kind, value: events.append(kind)
+        )
     assert "error" not in events  # errors are raised, not reported as progress
     import threading
 

@@ -16,9 +16,13 @@ from .conftest import dir_bytes, files_outside, jpeg_bytes, read_all
 
 
 def sample(i: int) -> dict[str, bytes]:
-    return {"jpg": jpeg_bytes(i), "cls": str(i % 10).encode(),
-            "json": json.dumps({"i": i}).encode(), "txt": f"caption {i}".encode(),
-            "seg.bin": bytes([i % 256]) * 3}  # fmt: skip
+    return {
+        "jpg": jpeg_bytes(i),
+        "cls": str(i % 10).encode(),
+        "json": json.dumps({"i": i}).encode(),
+        "txt": f"caption {i}".encode(),
+        "seg.bin": bytes([i % 256]) * 3,
+    }
 
 
 def add_file(tf: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -56,8 +60,14 @@ def test_round_trip_over_several_tars(tmp_path):
     for k in range(3):
         write_tar(tmp_path / "in" / f"shard-{k:03d}.tar", range(k * 5, k * 5 + 5))
     source = WebDatasetSource(str(tmp_path / "in"), shard_size=1 << 20)
-    assert source.schema().to_dict() == {"key": "str", "cls": "int64", "jpg": "image",
-                                         "json": "json", "seg.bin": "bytes", "txt": "str"}
+    assert source.schema().to_dict() == {
+        "key": "str",
+        "cls": "int64",
+        "jpg": "image",
+        "json": "json",
+        "seg.bin": "bytes",
+        "txt": "str",
+    }
     result = convert(tmp_path / "in" / "shard-{000..002}.tar", tmp_path / "out", progress=False)
     assert result.records == 15 and result.tasks == 3
     check(read_all(tmp_path / "out"), range(15))
@@ -81,17 +91,21 @@ def test_gzipped_tar(tmp_path):
     check(read_all(tmp_path / "out"), range(3))
 
 
-@pytest.mark.parametrize("name, kind, link, why", [
-    ("../evil.txt", tarfile.REGTYPE, "", "has '..' in its path"),
-    ("dir/../../evil.txt", tarfile.REGTYPE, "", "has '..' in its path"),
-    ("/etc/evil.txt", tarfile.REGTYPE, "", "has an absolute path"),
-    ("dir/00001.lnk", tarfile.SYMTYPE, "/etc/passwd", "is a link"),
-    ("dir/00001.hard", tarfile.LNKTYPE, "dir/00000.txt", "is a link"),
-    ("dir/00001.dev", tarfile.CHRTYPE, "", "is a device, fifo"),
-    ("dir/00001.fifo", tarfile.FIFOTYPE, "", "is a device, fifo"),
-])  # fmt: skip
-def test_unsafe_members_are_rejected_and_nothing_is_written_outside(tmp_path, name, kind, link,
-                                                                    why):  # fmt: skip
+@pytest.mark.parametrize(
+    "name, kind, link, why",
+    [
+        ("../evil.txt", tarfile.REGTYPE, "", "has '..' in its path"),
+        ("dir/../../evil.txt", tarfile.REGTYPE, "", "has '..' in its path"),
+        ("/etc/evil.txt", tarfile.REGTYPE, "", "has an absolute path"),
+        ("dir/00001.lnk", tarfile.SYMTYPE, "/etc/passwd", "is a link"),
+        ("dir/00001.hard", tarfile.LNKTYPE, "dir/00000.txt", "is a link"),
+        ("dir/00001.dev", tarfile.CHRTYPE, "", "is a device, fifo"),
+        ("dir/00001.fifo", tarfile.FIFOTYPE, "", "is a device, fifo"),
+    ],
+)
+def test_unsafe_members_are_rejected_and_nothing_is_written_outside(
+    tmp_path, name, kind, link, why
+):
     def extra(tf, i):
         if i == 1:
             if kind == tarfile.REGTYPE:
@@ -108,22 +122,31 @@ def test_unsafe_members_are_rejected_and_nothing_is_written_outside(tmp_path, na
     records = read_all(tmp_path / "out")
     # A member of sample 1's key taints sample 1; any other stands alone.
     assert [r["key"] for r in records] in (
-        [f"dir/{i:05d}" for i in (0, 2, 3)], [f"dir/{i:05d}" for i in range(4)])
+        [f"dir/{i:05d}" for i in (0, 2, 3)],
+        [f"dir/{i:05d}" for i in range(4)],
+    )
     assert files_outside(tmp_path, tmp_path / "out") == before
     assert not (tmp_path.parent / "evil.txt").exists()
 
 
 def test_duplicate_extension_is_an_error(tmp_path):
-    write_tar(tmp_path / "t.tar", range(3),
-              extra=lambda tf, i: add_file(tf, "dir/00001.txt", b"again") if i == 1 else None)
-    with pytest.raises(SourceRecordError, match="sample 'dir/00001': has two members with "
-                                                "extension 'txt'"):  # fmt: skip
+    write_tar(
+        tmp_path / "t.tar",
+        range(3),
+        extra=lambda tf, i: add_file(tf, "dir/00001.txt", b"again") if i == 1 else None,
+    )
+    with pytest.raises(
+        SourceRecordError, match="sample 'dir/00001': has two members with extension 'txt'"
+    ):
         convert(tmp_path / "t.tar", tmp_path / "out", progress=False)
 
 
 def test_interleaved_keys_are_an_error(tmp_path):
-    write_tar(tmp_path / "t.tar", range(3),
-              extra=lambda tf, i: add_file(tf, "dir/00000.more", b"late") if i == 1 else None)
+    write_tar(
+        tmp_path / "t.tar",
+        range(3),
+        extra=lambda tf, i: add_file(tf, "dir/00000.more", b"late") if i == 1 else None,
+    )
     with pytest.raises(SourceRecordError, match="sample 'dir/00000': its key appears again"):
         convert(tmp_path / "t.tar", tmp_path / "out", progress=False)
     result = convert(tmp_path / "t.tar", tmp_path / "out", progress=False, skip_bad=True)

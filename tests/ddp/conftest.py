@@ -12,9 +12,11 @@ from .ddptools import write_index_dataset
 @pytest.fixture(scope="session")
 def index_paths(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp-data")
-    return {"a": write_index_dataset(root / "a", 97),
-            "z": write_index_dataset(root / "z", 97, compression="zstd"),
-            "b": write_index_dataset(root / "b", 30)}  # fmt: skip
+    return {
+        "a": write_index_dataset(root / "a", 97),
+        "z": write_index_dataset(root / "z", 97, compression="zstd"),
+        "b": write_index_dataset(root / "b", 30),
+    }
 
 
 @pytest.fixture

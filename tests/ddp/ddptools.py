@@ -24,8 +24,9 @@ START_METHOD = os.environ.get("FASTLOAD_TEST_DDP_START", "fork")
 
 def write_index_dataset(path: Path, n: int, *, compression: str = "none") -> Path:
     """Records 0..n-1, each naming its index in every field; several shards and blocks."""
-    with fastload.Writer(path, SCHEMA, shard_size=1200, block_size=200,
-                         compression=compression) as w:  # fmt: skip
+    with fastload.Writer(
+        path, SCHEMA, shard_size=1200, block_size=200, compression=compression
+    ) as w:
         for i in range(n):
             w.write({"i": i, "x": np.array([i, -i], np.float32), "s": f"r{i}"})
     return path
@@ -69,13 +70,22 @@ def rank_main(rank: int, world: int, port: int, cfg: dict[str, Any]) -> None:
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(name, None)  # the loader must take its place from torch.distributed
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))  # fmt: skip
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     try:
-        loader = fastload.DataLoader(fastload.Dataset(cfg["path"]), batch_size=cfg["batch_size"],
-                                     shuffle=cfg.get("shuffle", True), seed=cfg["seed"],
-                                     drop_last=cfg["drop_last"],
-                                     num_workers=cfg["workers"])  # fmt: skip
+        loader = fastload.DataLoader(
+            fastload.Dataset(cfg["path"]),
+            batch_size=cfg["batch_size"],
+            shuffle=cfg.get("shuffle", True),
+            seed=cfg["seed"],
+            drop_last=cfg["drop_last"],
+            num_workers=cfg["workers"],
+        )
         if cfg.get("state") is not None:
             loader.load_state_dict(cfg["state"])
         log: dict[str, Any] = {"epochs": [], "padding": [], "state": None}
@@ -106,8 +116,13 @@ def launch(world: int, cfg: dict[str, Any]) -> list[dict]:
     import torch.multiprocessing as tmp
 
     Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
-    tmp.start_processes(rank_main, args=(world, free_port(), cfg), nprocs=world, join=True,
-                        start_method=START_METHOD)
+    tmp.start_processes(
+        rank_main,
+        args=(world, free_port(), cfg),
+        nprocs=world,
+        join=True,
+        start_method=START_METHOD,
+    )
     return [json.loads(Path(cfg["out"], f"rank{r}.json").read_text()) for r in range(world)]
 
 

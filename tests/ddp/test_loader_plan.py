@@ -45,8 +45,14 @@ WORKERS = [(0, "process"), (2, "process"), (2, "thread"), (3, "thread")]
 
 @pytest.mark.parametrize("shuffle", [True, "global", "block", False])
 def test_same_order_for_any_worker_count_and_type(ids, shuffle):
-    runs = [run(fastload.DataLoader(ids, batch_size=6, shuffle=shuffle, seed=11,
-                                    num_workers=w, worker_type=t)) for w, t in WORKERS]  # fmt: skip
+    runs = [
+        run(
+            fastload.DataLoader(
+                ids, batch_size=6, shuffle=shuffle, seed=11, num_workers=w, worker_type=t
+            )
+        )
+        for w, t in WORKERS
+    ]
     assert all(r == runs[0] for r in runs)
     assert sorted(flat(runs[0])) == list(range(N))
     if shuffle:
@@ -70,17 +76,29 @@ def test_epochs_differ_and_set_epoch_picks_one(ids):
 
 @pytest.mark.parametrize("shuffle", [True, "block", False])
 @pytest.mark.parametrize("cut", [0, 1, 5, 9])
-@pytest.mark.parametrize("before,after", [((2, "process"), (3, "thread")),
-                                          ((0, "process"), (2, "process")),
-                                          ((3, "thread"), (0, "process"))])  # fmt: skip
+@pytest.mark.parametrize(
+    "before,after",
+    [
+        ((2, "process"), (3, "thread")),
+        ((0, "process"), (2, "process")),
+        ((3, "thread"), (0, "process")),
+    ],
+)
 def test_resume_mid_epoch_with_other_workers(index_paths, shuffle, cut, before, after):
     """Workers prefetch ahead; the state counts only the batches handed out."""
     ds = fastload.Dataset(index_paths["z"])
 
     def make(workers, batch_size=8):
         w, t = workers
-        return fastload.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, seed=5,
-                                   num_workers=w, worker_type=t, prefetch_factor=4 if w else None)
+        return fastload.DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=5,
+            num_workers=w,
+            worker_type=t,
+            prefetch_factor=4 if w else None,
+        )
 
     full = run(make(before))
     first = make(before)
@@ -125,8 +143,9 @@ def test_len_counts_the_remaining_batches(ids):
     assert len(loader) == 10
     loader.load_state_dict({**loader.state_dict(), "consumed": 40})
     assert len(loader) == 6 and len(run(loader)) == 6
-    ranks = [fastload.DataLoader(ids, batch_size=10, seed=1, rank=r, world_size=3)
-             for r in range(3)]  # fmt: skip
+    ranks = [
+        fastload.DataLoader(ids, batch_size=10, seed=1, rank=r, world_size=3) for r in range(3)
+    ]
     assert [len(r) for r in ranks] == [4, 4, 4]
     assert [r.padding for r in ranks] == [2, 2, 2]  # 97 = 3 steps of 30 + 7, padded to 9
 
@@ -134,9 +153,19 @@ def test_len_counts_the_remaining_batches(ids):
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_ranks_in_process_split_the_epoch(ids, drop_last):
     for world in (2, 3, 4):
-        loaders = [fastload.DataLoader(ids, batch_size=7, shuffle=True, seed=2, rank=r,
-                                       world_size=world, drop_last=drop_last,
-                                       num_workers=1 if r == 0 else 0) for r in range(world)]
+        loaders = [
+            fastload.DataLoader(
+                ids,
+                batch_size=7,
+                shuffle=True,
+                seed=2,
+                rank=r,
+                world_size=world,
+                drop_last=drop_last,
+                num_workers=1 if r == 0 else 0,
+            )
+            for r in range(world)
+        ]
         per_rank = [run(loader) for loader in loaders]
         assert len({len(b) for b in per_rank}) == 1
         served = [i for j in range(len(per_rank[0])) for b in per_rank for i in b[j]]
@@ -182,13 +211,15 @@ def test_state_from_another_dataset_or_settings_is_refused(ids, index_paths):
     loader = fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=1)
     run(loader, limit=2)
     state = loader.state_dict()
-    other = fastload.DataLoader(fastload.Dataset(index_paths["z"]), batch_size=8, shuffle=True,
-                                seed=1)  # same records, other bytes: another fingerprint
+    other = fastload.DataLoader(
+        fastload.Dataset(index_paths["z"]), batch_size=8, shuffle=True, seed=1
+    )  # same records, other bytes: another fingerprint
     with pytest.raises(PlanStateError, match="fingerprint"):
         other.load_state_dict(state)
     with pytest.raises(PlanStateError, match="n = 30"):
-        fastload.DataLoader(fastload.Dataset(index_paths["b"]), batch_size=8, shuffle=True,
-                            seed=1).load_state_dict(state)  # fmt: skip
+        fastload.DataLoader(
+            fastload.Dataset(index_paths["b"]), batch_size=8, shuffle=True, seed=1
+        ).load_state_dict(state)
     with pytest.raises(PlanStateError, match="seed=1"):
         fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=2).load_state_dict(state)
     with pytest.raises(PlanStateError, match="mode"):
@@ -197,8 +228,9 @@ def test_state_from_another_dataset_or_settings_is_refused(ids, index_paths):
     with pytest.raises(PlanStateError, match="mode"):
         loader.load_state_dict(block.state_dict())
     with pytest.raises(PlanStateError, match="window"):
-        fastload.DataLoader(ids, batch_size=8, shuffle="block", seed=1,
-                            block_window=4).load_state_dict(block.state_dict())  # fmt: skip
+        fastload.DataLoader(
+            ids, batch_size=8, shuffle="block", seed=1, block_window=4
+        ).load_state_dict(block.state_dict())
     for bad in ({**state, "consumed": N + 1}, {**state, "consumed": "3"}, {"version": 1}, [1]):
         with pytest.raises(PlanStateError, match="corrupted|mapping"):
             loader.load_state_dict(bad)
@@ -211,8 +243,11 @@ def test_torch_equivalent_path_refuses_state_and_conflicts(ids):
         plain.state_dict()
     with pytest.raises(ValueError, match="seed="):
         plain.load_state_dict({})
-    for kwargs in ({"sampler": [1, 2]}, {"generator": torch.Generator()},
-                   {"batch_sampler": [[1]], "batch_size": 1}):  # fmt: skip
+    for kwargs in (
+        {"sampler": [1, 2]},
+        {"generator": torch.Generator()},
+        {"batch_sampler": [[1]], "batch_size": 1},
+    ):
         with pytest.raises(ValueError, match="cannot be combined"):
             fastload.DataLoader(ids, seed=1, **kwargs)
     with pytest.raises(ValueError, match="shuffle must be"):
@@ -235,8 +270,9 @@ def test_set_epoch_reaches_a_distributed_sampler(ids):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_plain_map_style_dataset_resumes(workers):
     def make(batch_size=4):
-        return fastload.DataLoader(Plain(41), batch_size=batch_size, shuffle=True, seed=8,
-                                   num_workers=workers)  # fmt: skip
+        return fastload.DataLoader(
+            Plain(41), batch_size=batch_size, shuffle=True, seed=8, num_workers=workers
+        )
 
     full = run(make())
     first = make()
@@ -252,8 +288,9 @@ def test_mix_is_deterministic_weighted_and_resumable(index_paths):
     mix = Mix([a, b], weights=[0.75, 0.25], length=120)
 
     def make(workers=0, batch_size=8):
-        return fastload.DataLoader(mix, batch_size=batch_size, shuffle=True, seed=4,
-                                   num_workers=workers)  # fmt: skip
+        return fastload.DataLoader(
+            mix, batch_size=batch_size, shuffle=True, seed=4, num_workers=workers
+        )
 
     loader = make(2)
     assert loader.fast
@@ -270,8 +307,9 @@ def test_mix_is_deterministic_weighted_and_resumable(index_paths):
     assert flat(got) + flat(run(second)) == flat(full)
     assert run(make(2)) != run(loader)  # the loader's next epoch: another draw
     with pytest.raises(PlanStateError, match="fingerprint"):
-        fastload.DataLoader(Mix([a, b], [0.5, 0.5], length=120), batch_size=8, shuffle=True,
-                            seed=4).load_state_dict(first.state_dict())  # fmt: skip
+        fastload.DataLoader(
+            Mix([a, b], [0.5, 0.5], length=120), batch_size=8, shuffle=True, seed=4
+        ).load_state_dict(first.state_dict())
 
 
 def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
@@ -282,8 +320,15 @@ def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
     mix = Mix([a, b])  # weights = sizes: every record of both once
 
     def make(workers=0, batch_size=8, **kw):
-        return fastload.DataLoader(mix, batch_size=batch_size, shuffle="block", seed=2,
-                                   num_workers=workers, block_window=2, **kw)  # fmt: skip
+        return fastload.DataLoader(
+            mix,
+            batch_size=batch_size,
+            shuffle="block",
+            seed=2,
+            num_workers=workers,
+            block_window=2,
+            **kw,
+        )
 
     loader = make(2)
     assert loader.fast
@@ -292,8 +337,9 @@ def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
     order = mix.order(2, 0, True, blocks=[_blocks(a), _blocks(b)], window=2)
     drawn, local = order[np.arange(len(mix))]
     assert flat(full) == local.tolist()
-    assert sorted(zip(drawn.tolist(), local.tolist())) == \
-        [(0, i) for i in range(N)] + [(1, i) for i in range(30)]  # fmt: skip
+    assert sorted(zip(drawn.tolist(), local.tolist())) == [(0, i) for i in range(N)] + [
+        (1, i) for i in range(30)
+    ]
     assert flat(full) != flat(run(fastload.DataLoader(mix, batch_size=8, shuffle=True, seed=2)))
     first = make(2)
     got = run(first, limit=4)
@@ -302,10 +348,12 @@ def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
     assert flat(got) + flat(run(second)) == flat(full)
     with pytest.raises(PlanStateError, match="mode"):
         fastload.DataLoader(mix, batch_size=8, shuffle=True, seed=2).load_state_dict(
-            first.state_dict())
+            first.state_dict()
+        )
     with pytest.raises(PlanStateError, match="window"):
-        fastload.DataLoader(mix, batch_size=8, shuffle="block", seed=2,
-                            block_window=3).load_state_dict(first.state_dict())  # fmt: skip
+        fastload.DataLoader(
+            mix, batch_size=8, shuffle="block", seed=2, block_window=3
+        ).load_state_dict(first.state_dict())
     per_rank = [run(make(rank=r, world_size=3, drop_last=True)) for r in range(3)]
     served = [i for j in range(len(per_rank[0])) for r in per_rank for i in r[j]]
     assert served == local[: len(served)].tolist()
@@ -314,8 +362,9 @@ def test_mix_in_block_order_is_deterministic_resumable_and_split(index_paths):
 
 
 def _blocks(ds: fastload.Dataset) -> np.ndarray:
-    return np.concatenate([ds.shard_reader(s).blocks["n_records"]
-                           for s in range(len(ds.shards))]).astype(np.int64)  # fmt: skip
+    return np.concatenate(
+        [ds.shard_reader(s).blocks["n_records"] for s in range(len(ds.shards))]
+    ).astype(np.int64)
 
 
 def test_mix_of_plain_datasets_takes_the_general_path():
@@ -326,8 +375,9 @@ def test_mix_of_plain_datasets_takes_the_general_path():
 
 
 def test_persistent_workers_resume_and_in_order_false(ids):
-    loader = fastload.DataLoader(ids, batch_size=4, shuffle=True, seed=3, num_workers=2,
-                                 persistent_workers=True)  # fmt: skip
+    loader = fastload.DataLoader(
+        ids, batch_size=4, shuffle=True, seed=3, num_workers=2, persistent_workers=True
+    )
     run(loader)  # epoch 0
     it = iter(loader)  # epoch 1, left after 3 batches
     head = [batch_indices(next(it)) for _ in range(3)]
@@ -343,15 +393,22 @@ def test_persistent_workers_resume_and_in_order_false(ids):
     assert sorted(flat(run(unordered))) == list(range(N))
     assert unordered.state_dict()["consumed"] == N  # (tests/loader: resuming out of order)
     with pytest.raises(ValueError, match="in_order"):
-        fastload.DataLoader(Plain(N), batch_size=4, seed=3, num_workers=2,
-                            in_order=False).state_dict()  # fmt: skip
+        fastload.DataLoader(
+            Plain(N), batch_size=4, seed=3, num_workers=2, in_order=False
+        ).state_dict()
 
 
 def test_mix_split_over_ranks_draws_every_sample_once(index_paths):
     a, b = fastload.Dataset(index_paths["a"]), fastload.Dataset(index_paths["b"])
     mix = Mix([a, b])  # weights = sizes, length = 127: every record of both once
-    per_rank = [run(fastload.DataLoader(mix, batch_size=6, shuffle=True, seed=1, rank=r,
-                                        world_size=3, drop_last=True)) for r in range(3)]
+    per_rank = [
+        run(
+            fastload.DataLoader(
+                mix, batch_size=6, shuffle=True, seed=1, rank=r, world_size=3, drop_last=True
+            )
+        )
+        for r in range(3)
+    ]
     assert len({len(r) for r in per_rank}) == 1
     served = [i for j in range(len(per_rank[0])) for r in per_rank for i in r[j]]
     order = mix.order(1, 0, True)
@@ -359,4 +416,5 @@ def test_mix_split_over_ranks_draws_every_sample_once(index_paths):
     assert served == local.tolist()  # the mix's draws, in order, split over the ranks
     pairs = list(zip(*order[np.arange(len(mix))]))
     assert sorted((int(d), int(i)) for d, i in pairs) == [(0, i) for i in range(N)] + [
-        (1, i) for i in range(30)]
+        (1, i) for i in range(30)
+    ]

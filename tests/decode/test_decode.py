@@ -30,6 +30,7 @@ RESIZE_BACKENDS = available_resize_backends()
 
 # ------------------------------------------------------------------------ test images
 
+
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     """Photo-like RGB pixels: a smooth colour field, a few shapes, mild noise."""
     rng = np.random.default_rng(seed)
@@ -37,7 +38,7 @@ def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     a = np.asarray(field.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
     for _ in range(4):
         y, x = rng.integers(0, h), rng.integers(0, w)
-        a[y:y + h // 4, x:x + w // 5] = rng.integers(0, 256, 3)
+        a[y : y + h // 4, x : x + w // 5] = rng.integers(0, 256, 3)
     a += rng.integers(-6, 7, a.shape, dtype=np.int16)
     return np.clip(a, 0, 255).astype(np.uint8)
 
@@ -63,8 +64,9 @@ def reference(data: bytes, crop, flip: bool, size) -> np.ndarray:
     """torchvision-style on PIL: full decode, convert RGB, crop, resize BILINEAR, flip."""
     top, left, h, w = crop
     im = Image.open(io.BytesIO(data)).convert("RGB")
-    im = im.crop((left, top, left + w, top + h)).resize((size[1], size[0]),
-                                                       Image.Resampling.BILINEAR)
+    im = im.crop((left, top, left + w, top + h)).resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR
+    )
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(im)
@@ -85,22 +87,33 @@ def decode(data, crop, flip=False, size=(64, 64), layout="HWC", **kw) -> np.ndar
 
 # ------------------------------------------------------------------------ JPEG paths
 
+
 @pytest.mark.parametrize("jpeg_backend", JPEG_BACKENDS)
 @pytest.mark.parametrize("resize_backend", RESIZE_BACKENDS)
-@pytest.mark.parametrize("crop", [(0, 0, 300, 420), (17, 33, 101, 77), (250, 400, 50, 20),
-                                  (0, 0, 1, 1), (299, 419, 1, 1)])
+@pytest.mark.parametrize(
+    "crop",
+    [(0, 0, 300, 420), (17, 33, 101, 77), (250, 400, 50, 20), (0, 0, 1, 1), (299, 419, 1, 1)],
+)
 def test_jpeg_unscaled_matches_pil(jpeg_rgb, jpeg_backend, resize_backend, crop):
     assert dct_scale(crop[2], crop[3], 160, 160) == 1
-    got = decode(jpeg_rgb, crop, size=(160, 160), jpeg_backend=jpeg_backend,
-                 resize_backend=resize_backend)
+    got = decode(
+        jpeg_rgb, crop, size=(160, 160), jpeg_backend=jpeg_backend, resize_backend=resize_backend
+    )
     mean, worst = diff(got, reference(jpeg_rgb, crop, False, (160, 160)))
     # torch's antialiased bilinear matches Pillow's within rounding.
     assert mean < 0.6 and worst <= 4, (mean, worst)
 
 
 @pytest.mark.parametrize("jpeg_backend", JPEG_BACKENDS)
-@pytest.mark.parametrize("crop, scale", [((0, 0, 600, 800), 8), ((40, 64, 300, 260), 4),
-                                         ((101, 203, 333, 222), 2), ((3, 5, 150, 140), 2)])
+@pytest.mark.parametrize(
+    "crop, scale",
+    [
+        ((0, 0, 600, 800), 8),
+        ((40, 64, 300, 260), 4),
+        ((101, 203, 333, 222), 2),
+        ((3, 5, 150, 140), 2),
+    ],
+)
 def test_jpeg_dct_scaled_is_close_to_full_decode(jpeg_big, jpeg_backend, crop, scale):
     assert dct_scale(crop[2], crop[3], 64, 64) == scale
     got = decode(jpeg_big, crop, jpeg_backend=jpeg_backend)
@@ -127,8 +140,12 @@ def test_partial_rows_decode_gives_the_same_pixels(jpeg_big):
 
 def test_progressive_and_subsampled_jpegs():
     px = photo(200, 260, 3)
-    for kw in ({"progressive": True}, {"subsampling": 0}, {"subsampling": 1},
-               {"subsampling": 2, "optimize": True}):
+    for kw in (
+        {"progressive": True},
+        {"subsampling": 0},
+        {"subsampling": 1},
+        {"subsampling": 2, "optimize": True},
+    ):
         data = encode(Image.fromarray(px), "JPEG", quality=85, **kw)
         for backend in JPEG_BACKENDS:
             for crop in [(0, 0, 200, 260), (10, 20, 50, 60), (150, 200, 50, 60)]:
@@ -151,10 +168,11 @@ def test_gray_and_cmyk_jpegs_become_rgb(mode, jpeg_backend):
 
 # ----------------------------------------------------------------------- PNG and WebP
 
+
 def png_variants():
     px = photo(90, 130, 5)
     rgba = np.dstack([px, np.linspace(0, 255, 90 * 130).reshape(90, 130).astype(np.uint8)])
-    gray16 = (px[..., 0].astype(np.uint16) * 257)
+    gray16 = px[..., 0].astype(np.uint16) * 257
     return {
         "rgb": encode(Image.fromarray(px), "PNG"),
         "gray": encode(Image.fromarray(px).convert("L"), "PNG"),
@@ -187,6 +205,7 @@ def test_png_and_webp_match_pil(kind, resize_backend):
 
 # --------------------------------------------------------------- flip, layout, in place
 
+
 @pytest.mark.parametrize("resize_backend", RESIZE_BACKENDS)
 @pytest.mark.parametrize("jpeg_backend", JPEG_BACKENDS)
 def test_flip_mirrors_the_output(jpeg_rgb, jpeg_big, jpeg_backend, resize_backend):
@@ -199,7 +218,10 @@ def test_flip_mirrors_the_output(jpeg_rgb, jpeg_big, jpeg_backend, resize_backen
 
 @pytest.mark.parametrize("resize_backend", RESIZE_BACKENDS)
 def test_chw_is_hwc_transposed(jpeg_rgb, jpeg_big, resize_backend):
-    for data, crop, flip in [(jpeg_rgb, (17, 33, 101, 77), True), (jpeg_big, (1, 3, 333, 222), False)]:
+    for data, crop, flip in [
+        (jpeg_rgb, (17, 33, 101, 77), True),
+        (jpeg_big, (1, 3, 333, 222), False),
+    ]:
         hwc = decode(data, crop, flip, size=(48, 40), resize_backend=resize_backend)
         chw = decode(data, crop, flip, size=(48, 40), layout="CHW", resize_backend=resize_backend)
         assert chw.shape == (3, 48, 40)
@@ -210,15 +232,22 @@ def test_chw_is_hwc_transposed(jpeg_rgb, jpeg_big, resize_backend):
 @pytest.mark.parametrize("resize_backend", RESIZE_BACKENDS)
 def test_writes_only_into_out(jpeg_rgb, jpeg_big, layout, resize_backend):
     png = png_variants()["rgba"]
-    for data, crop in [(jpeg_rgb, (17, 33, 101, 77)), (jpeg_big, (101, 203, 333, 222)),
-                       (png, (0, 0, 90, 130))]:
+    for data, crop in [
+        (jpeg_rgb, (17, 33, 101, 77)),
+        (jpeg_big, (101, 203, 333, 222)),
+        (png, (0, 0, 90, 130)),
+    ]:
         w, h = Image.open(io.BytesIO(data)).size
-        big = np.full((40, 44, 5), 77, np.uint8) if layout == "HWC" else \
-            np.full((5, 40, 44), 77, np.uint8)
+        big = (
+            np.full((40, 44, 5), 77, np.uint8)
+            if layout == "HWC"
+            else np.full((5, 40, 44), 77, np.uint8)
+        )
         out = big[4:36, 5:37, 1:4] if layout == "HWC" else big[1:4, 4:36, 5:37]
         assert not out.flags.c_contiguous
-        decode_crop_into(data, out, crop, True, width=w, height=h, layout=layout,
-                         resize_backend=resize_backend)
+        decode_crop_into(
+            data, out, crop, True, width=w, height=h, layout=layout, resize_backend=resize_backend
+        )
         mask = np.ones(big.shape, bool)
         if layout == "HWC":
             mask[4:36, 5:37, 1:4] = False
@@ -238,6 +267,7 @@ def test_batch_writes_only_its_rows(jpeg_rgb):
 
 
 # ----------------------------------------------------------------------------- batches
+
 
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
 def test_batch_is_deterministic_and_matches_single_decodes(jpeg_rgb, jpeg_big, layout):
@@ -266,11 +296,13 @@ def test_params_per_image_generators_and_explicit(jpeg_rgb, jpeg_big):
     images = [jpeg_rgb, jpeg_big, jpeg_rgb, jpeg_big, jpeg_rgb]
     hs, ws = [300, 600, 300, 600, 300], [420, 800, 420, 800, 420]
     whole = draw_batch_params(hs, ws, (24, 24), train=True, rngs=image_rngs((4, 9), range(5)))
-    part = draw_batch_params(hs[2:4], ws[2:4], (24, 24), train=True,
-                             rngs=image_rngs((4, 9), range(2, 4)))  # fmt: skip
+    part = draw_batch_params(
+        hs[2:4], ws[2:4], (24, 24), train=True, rngs=image_rngs((4, 9), range(2, 4))
+    )
     assert part == whole[2:4]
-    assert whole != draw_batch_params(hs, ws, (24, 24), train=True,
-                                      rngs=image_rngs((4, 10), range(5)))  # fmt: skip
+    assert whole != draw_batch_params(
+        hs, ws, (24, 24), train=True, rngs=image_rngs((4, 10), range(5))
+    )
     out = np.zeros((5, 24, 24, 3), np.uint8)
     decode_batch_into(images, hs, ws, out, train=True, params=whole)
     for i, (crop, flip) in enumerate(whole):
@@ -321,6 +353,7 @@ def test_eval_matches_pil_resize_then_center_crop(jpeg_rgb, jpeg_big):
 
 # ------------------------------------------------------------------------------ errors
 
+
 @pytest.mark.parametrize("jpeg_backend", JPEG_BACKENDS)
 def test_corrupt_and_truncated_images_raise_decode_error_with_index(jpeg_rgb, jpeg_backend):
     png = png_variants()["rgb"]
@@ -335,15 +368,29 @@ def test_corrupt_and_truncated_images_raise_decode_error_with_index(jpeg_rgb, jp
     for name, data in bad.items():
         out = np.zeros((3, 16, 16, 3), np.uint8)
         with pytest.raises(DecodeError) as info:
-            decode_batch_into([jpeg_rgb, jpeg_rgb, data], [300] * 3, [420] * 3, out, train=True,
-                              seed=0, jpeg_backend=jpeg_backend)
+            decode_batch_into(
+                [jpeg_rgb, jpeg_rgb, data],
+                [300] * 3,
+                [420] * 3,
+                out,
+                train=True,
+                seed=0,
+                jpeg_backend=jpeg_backend,
+            )
         assert info.value.index == 2, name
         assert "image 2" in str(info.value)
         assert isinstance(info.value, ValueError)
         # The crop reaching the bottom rows needs the missing data.
         with pytest.raises(DecodeError) as info:
-            decode_crop_into(data, out[0], (0, 0, 300, 420), False, width=420, height=300,
-                             jpeg_backend=jpeg_backend)
+            decode_crop_into(
+                data,
+                out[0],
+                (0, 0, 300, 420),
+                False,
+                width=420,
+                height=300,
+                jpeg_backend=jpeg_backend,
+            )
         assert info.value.index is None
 
 
@@ -359,16 +406,22 @@ def test_size_mismatch_is_a_decode_error(jpeg_rgb):
     out = np.zeros((16, 16, 3), np.uint8)
     for backend in JPEG_BACKENDS:
         with pytest.raises(DecodeError, match="420x300"):
-            decode_crop_into(jpeg_rgb, out, (0, 0, 10, 10), False, width=421, height=300,
-                             jpeg_backend=backend)
+            decode_crop_into(
+                jpeg_rgb, out, (0, 0, 10, 10), False, width=421, height=300, jpeg_backend=backend
+            )
 
 
 def test_bad_out_and_crop_raise_value_error(jpeg_rgb):
     kw = dict(width=420, height=300)
     crop = (0, 0, 100, 100)
-    for out in [np.zeros((0, 16, 3), np.uint8), np.zeros((16, 0, 3), np.uint8),
-                np.zeros((16, 16, 3), np.float32), np.zeros((16, 16, 4), np.uint8),
-                np.zeros((16, 16), np.uint8), [[0]]]:
+    for out in [
+        np.zeros((0, 16, 3), np.uint8),
+        np.zeros((16, 0, 3), np.uint8),
+        np.zeros((16, 16, 3), np.float32),
+        np.zeros((16, 16, 4), np.uint8),
+        np.zeros((16, 16), np.uint8),
+        [[0]],
+    ]:
         with pytest.raises(ValueError) as info:
             decode_crop_into(jpeg_rgb, out, crop, False, **kw)
         assert not isinstance(info.value, DecodeError)
@@ -377,17 +430,30 @@ def test_bad_out_and_crop_raise_value_error(jpeg_rgb):
     with pytest.raises(ValueError, match="read-only"):
         decode_crop_into(jpeg_rgb, ro, crop, False, **kw)
     with pytest.raises(ValueError):
-        decode_crop_into(jpeg_rgb, np.zeros((16, 16, 3), np.uint8), crop, False, **kw,
-                         layout="CHW")
+        decode_crop_into(jpeg_rgb, np.zeros((16, 16, 3), np.uint8), crop, False, **kw, layout="CHW")
     for bad_crop in [(0, 0, 0, 10), (250, 0, 100, 10), (-1, 0, 10, 10), (0, 0, 10)]:
         with pytest.raises(ValueError):
             decode_crop_into(jpeg_rgb, np.zeros((16, 16, 3), np.uint8), bad_crop, False, **kw)
     with pytest.raises(ValueError):  # batch of 2 into room for 3
-        decode_batch_into([jpeg_rgb] * 2, [300] * 2, [420] * 2, np.zeros((3, 8, 8, 3), np.uint8),
-                          train=True, seed=0)
+        decode_batch_into(
+            [jpeg_rgb] * 2,
+            [300] * 2,
+            [420] * 2,
+            np.zeros((3, 8, 8, 3), np.uint8),
+            train=True,
+            seed=0,
+        )
     with pytest.raises(ValueError):
-        decode_batch_into([jpeg_rgb], [300], [420], np.zeros((1, 8, 8, 3), np.uint8),
-                          train=True, seed=0, layout="NHWC")
+        decode_batch_into(
+            [jpeg_rgb],
+            [300],
+            [420],
+            np.zeros((1, 8, 8, 3), np.uint8),
+            train=True,
+            seed=0,
+            layout="NHWC",
+        )
     with pytest.raises(ValueError):
-        decode_crop_into(jpeg_rgb, np.zeros((8, 8, 3), np.uint8), crop, False, **kw,
-                         jpeg_backend="nope")
+        decode_crop_into(
+            jpeg_rgb, np.zeros((8, 8, 3), np.uint8), crop, False, **kw, jpeg_backend="nope"
+        )

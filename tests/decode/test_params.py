@@ -118,8 +118,12 @@ def test_draw_batch_params_train_and_eval():
     a = draw_batch_params(hs, ws, (224, 224), train=True, rng=np.random.default_rng(5))
     b = draw_batch_params(hs, ws, (224, 224), train=True, rng=np.random.default_rng(5))
     assert a == b and len(a) == 3 and all(isinstance(f, bool) for _, f in a)
-    flips = [f for _, f in draw_batch_params([375] * 400, [500] * 400, (224, 224), train=True,
-                                             rng=np.random.default_rng(6))]
+    flips = [
+        f
+        for _, f in draw_batch_params(
+            [375] * 400, [500] * 400, (224, 224), train=True, rng=np.random.default_rng(6)
+        )
+    ]
     assert 0.4 < np.mean(flips) < 0.6
     ev = draw_batch_params(hs, ws, (224, 224), train=False)
     assert [f for _, f in ev] == [False] * 3

@@ -98,8 +98,7 @@ def write_compressed_rows(path: Path, n: int) -> np.ndarray:
     returns the rows."""
     rows = (np.arange(n * 512, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
     rows = rows.reshape(n, 512)
-    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192,
-                         compression="zstd") as w:  # fmt: skip
+    with fastload.Writer(path, {"tokens": "uint16[512]"}, block_size=8192, compression="zstd") as w:
         for row in rows:
             w.write({"tokens": row})
     return rows
@@ -107,8 +106,9 @@ def write_compressed_rows(path: Path, n: int) -> np.ndarray:
 
 def all_files(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` by relative path (for byte-identical comparisons)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- shard bytes
@@ -122,22 +122,58 @@ def parse_shard(data: bytes) -> dict[str, Any]:
     """The header, trailer, block table and record table of a (valid) shard, as dicts."""
     magic, version, flags, reserved = HEADER.unpack_from(data, 0)
     t = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-    trailer = dict(zip(("index_offset", "index_size", "n_blocks", "n_records", "index_hash",
-                        "version", "flags", "magic"), t))  # fmt: skip
+    trailer = dict(
+        zip(
+            (
+                "index_offset",
+                "index_size",
+                "n_blocks",
+                "n_records",
+                "index_hash",
+                "version",
+                "flags",
+                "magic",
+            ),
+            t,
+        )
+    )
     off = trailer["index_offset"]
     blocks = []
     for k in range(trailer["n_blocks"]):
         v = BLOCK.unpack_from(data, off + k * BLOCK.size)
-        blocks.append(dict(zip(("offset", "stored_size", "raw_size", "first_record",
-                                "n_records", "codec", "pad", "checksum"), v)))  # fmt: skip
+        blocks.append(
+            dict(
+                zip(
+                    (
+                        "offset",
+                        "stored_size",
+                        "raw_size",
+                        "first_record",
+                        "n_records",
+                        "codec",
+                        "pad",
+                        "checksum",
+                    ),
+                    v,
+                )
+            )
+        )
     roff = off + trailer["n_blocks"] * BLOCK.size
     records = []
     for k in range(trailer["n_records"]):
         v = RECORD.unpack_from(data, roff + k * RECORD.size)
         records.append(dict(zip(("block", "offset", "length", "checksum"), v)))
-    stored = [data[b["offset"]: b["offset"] + b["stored_size"]] for b in blocks]
-    return {"magic": magic, "version": version, "flags": flags, "reserved": reserved,
-            "trailer": trailer, "blocks": blocks, "records": records, "stored": stored}  # fmt: skip
+    stored = [data[b["offset"] : b["offset"] + b["stored_size"]] for b in blocks]
+    return {
+        "magic": magic,
+        "version": version,
+        "flags": flags,
+        "reserved": reserved,
+        "trailer": trailer,
+        "blocks": blocks,
+        "records": records,
+        "stored": stored,
+    }
 
 
 def raw_block(block: dict, stored: bytes) -> bytes:
@@ -146,28 +182,54 @@ def raw_block(block: dict, stored: bytes) -> bytes:
     return stored
 
 
-def build_shard(stored: list[bytes], blocks: list[dict], records: list[dict], *,
-                version: int = 1, trailer: dict | None = None, header_version: int | None = None,
-                fix_offsets: bool = True) -> bytes:  # fmt: skip
+def build_shard(
+    stored: list[bytes],
+    blocks: list[dict],
+    records: list[dict],
+    *,
+    version: int = 1,
+    trailer: dict | None = None,
+    header_version: int | None = None,
+    fix_offsets: bool = True,
+) -> bytes:
     """Lay out a shard from its parts, computing block offsets, the index and its hash.
 
     ``trailer`` overrides trailer fields after they are computed (to forge bad ones).
     """
-    out = bytearray(HEADER.pack(MAGIC, version if header_version is None else header_version,
-                                0, b"\0" * 16))  # fmt: skip
+    out = bytearray(
+        HEADER.pack(MAGIC, version if header_version is None else header_version, 0, b"\0" * 16)
+    )
     blocks = [dict(b) for b in blocks]
     for b, s in zip(blocks, stored):
         if fix_offsets:
             b["offset"], b["stored_size"] = len(out), len(s)
         out += s
-    index = b"".join(BLOCK.pack(b["offset"], b["stored_size"], b["raw_size"], b["first_record"],
-                                b["n_records"], b["codec"], b.get("pad", b"\0\0\0"),
-                                b["checksum"]) for b in blocks)  # fmt: skip
-    index += b"".join(RECORD.pack(r["block"], r["offset"], r["length"], r["checksum"])
-                      for r in records)  # fmt: skip
-    t = {"index_offset": len(out), "index_size": len(index), "n_blocks": len(blocks),
-         "n_records": len(records), "index_hash": hash64(index), "version": version,
-         "flags": 0, "magic": MAGIC}  # fmt: skip
+    index = b"".join(
+        BLOCK.pack(
+            b["offset"],
+            b["stored_size"],
+            b["raw_size"],
+            b["first_record"],
+            b["n_records"],
+            b["codec"],
+            b.get("pad", b"\0\0\0"),
+            b["checksum"],
+        )
+        for b in blocks
+    )
+    index += b"".join(
+        RECORD.pack(r["block"], r["offset"], r["length"], r["checksum"]) for r in records
+    )
+    t = {
+        "index_offset": len(out),
+        "index_size": len(index),
+        "n_blocks": len(blocks),
+        "n_records": len(records),
+        "index_hash": hash64(index),
+        "version": version,
+        "flags": 0,
+        "magic": MAGIC,
+    }
     t.update(trailer or {})
     out += index
     out += TRAILER.pack(*t.values())
@@ -194,14 +256,14 @@ def reseal(parsed: dict, *, recompress: bool = True, **kw) -> bytes:
     for r in records:
         if r["block"] < len(raws):
             raw = raws[r["block"]]
-            r["checksum"] = hash64(raw[r["offset"]: r["offset"] + r["length"]]) & 0xFFFFFFFF
+            r["checksum"] = hash64(raw[r["offset"] : r["offset"] + r["length"]]) & 0xFFFFFFFF
     return build_shard(stored, blocks, records, **kw)
 
 
 def index_hash_of(data: bytes) -> str:
     """The manifest's spelling of a shard's hash (xxh64 of its index)."""
     t = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-    return f"xxh64:{hash64(data[t[0]: t[0] + t[1]]):016x}"
+    return f"xxh64:{hash64(data[t[0] : t[0] + t[1]]):016x}"
 
 
 def replace_shard(root: Path, s: int, data: bytes, *, update_manifest: bool = True) -> Path:
@@ -212,8 +274,7 @@ def replace_shard(root: Path, s: int, data: bytes, *, update_manifest: bool = Tr
     path.write_bytes(data)
     if update_manifest:
         t = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-        m["shards"][s].update(bytes=len(data), hash=index_hash_of(data), records=t[3],
-                              blocks=t[2])  # fmt: skip
+        m["shards"][s].update(bytes=len(data), hash=index_hash_of(data), records=t[3], blocks=t[2])
         m["records"] = sum(e["records"] for e in m["shards"])
         (root / "manifest.json").write_text(json.dumps(m, indent=1))
     return path
@@ -232,7 +293,7 @@ class MemSource:
     def read(self, offset: int, length: int):
         if offset < 0 or length < 0 or offset + length > self.size:
             raise fastload.ShardFormatError(f"{self.name}: read past the end")
-        return self.data[offset: offset + length]
+        return self.data[offset : offset + length]
 
     def close(self) -> None:
         pass

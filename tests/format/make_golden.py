@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists():
         if not args.force:
-            print(f"{args.out} exists; golden files are never regenerated (see the docstring)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{args.out} exists; golden files are never regenerated (see the docstring)",
+                file=sys.stderr,
+            )
             return 1
         shutil.rmtree(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)

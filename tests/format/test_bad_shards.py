@@ -48,8 +48,11 @@ NAME = "mem://ds/shard-00000.fls"
 
 def small_record(i: int) -> dict:
     """Random (raw-block) and repetitive (zstd-block) payloads, so both codecs appear."""
-    return {"i": i, "b": index_bytes(i, 24) if i % 6 < 3 else bytes([65 + i]) * 40,
-            "s": "é" * (i % 4)}  # fmt: skip
+    return {
+        "i": i,
+        "b": index_bytes(i, 24) if i % 6 < 3 else bytes([65 + i]) * 40,
+        "s": "é" * (i % 4),
+    }
 
 
 ORIGINALS = [small_record(i) for i in range(N)]
@@ -116,8 +119,9 @@ def read_through(ds: fastload.Dataset, data: bytes, info, mapped: bool):
         order = [N - 1, 0, 5, 5, -2, 3, 9, 1]
         batch = ds.get_batch(order)
         for k in SCHEMA:
-            assert [np.asarray(v).item() if k == "i" else v for v in batch[k]] == \
-                [ORIGINALS[i][k] for i in order], k  # fmt: skip
+            assert [np.asarray(v).item() if k == "i" else v for v in batch[k]] == [
+                ORIGINALS[i][k] for i in order
+            ], k
     except FastloadError as e:
         return "read", e
     return "ok", None
@@ -140,18 +144,27 @@ def test_a1_zero_byte_shard(ds_copy):
 def test_a2_shard_shorter_than_header_and_trailer(small, size):
     _, data, info, _ = small
     for expected in (info, None):
-        with pytest.raises(ShardFormatError, match=f"^{NAME}: file is {size} bytes, smaller "
-                           r"than the minimum shard size \(88 bytes"):  # fmt: skip
+        with pytest.raises(
+            ShardFormatError,
+            match=f"^{NAME}: file is {size} bytes, smaller "
+            r"than the minimum shard size \(88 bytes",
+        ):
             ShardReader(MemSource(data[:size], NAME), expected=expected)
 
 
 def test_a3_html_error_page_saved_as_a_shard(ds_copy):
-    page = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>" \
-        + b"<h1>Not Found</h1>" * 20 + b"</body></html>"  # fmt: skip
+    page = (
+        b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
+        + b"<h1>Not Found</h1>" * 20
+        + b"</body></html>"
+    )
     shard_path(ds_copy).write_bytes(page)
     with fastload.Dataset(ds_copy) as ds:
-        with pytest.raises(ShardFormatError, match=r"not a fastload shard \(magic bytes "
-                           r"b'<!DOCTYP', expected b'FASTLOAD'") as e:  # fmt: skip
+        with pytest.raises(
+            ShardFormatError,
+            match=r"not a fastload shard \(magic bytes "
+            r"b'<!DOCTYP', expected b'FASTLOAD'",
+        ) as e:
             ds.get_batch([0])
     assert str(shard_path(ds_copy)) in str(e.value)
 
@@ -162,7 +175,7 @@ def test_a4_unknown_format_version(small, where, version):
     _, data, info, _ = small
     bad = bytearray(data)
     offset = 8 if where == "header" else len(data) - 56 + 40
-    bad[offset: offset + 4] = struct.pack("<I", version)
+    bad[offset : offset + 4] = struct.pack("<I", version)
     for expected in (info, None):
         with pytest.raises(ShardFormatError) as e:
             ShardReader(MemSource(bytes(bad), NAME), expected=expected)
@@ -224,8 +237,11 @@ def test_a6_flipped_index_byte_fails_the_index_checksum_before_any_record_is_rea
         bad = bytearray(data)
         bad[pos] ^= 0x10
         src = SpySource(bytes(bad), NAME)
-        with pytest.raises(ShardFormatError, match=rf"^{NAME}: index \(bytes {start}\.\.\d+\) "
-                           "failed its checksum"):  # fmt: skip
+        with pytest.raises(
+            ShardFormatError,
+            match=rf"^{NAME}: index \(bytes {start}\.\.\d+\) "
+            "failed its checksum",
+        ):
             ShardReader(src, expected=None)
         assert all(o == 0 or o >= start for o, _ in src.reads), src.reads  # no block was read
 
@@ -258,9 +274,9 @@ def byte_classes(data: bytes, p: dict) -> dict[int, tuple]:
 @pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "ranged"])
 def test_every_byte_flip_is_detected_or_harmless(small, mapped):
     """Flip each byte of a shard (every bit, and all bits); reading everything must either give
-    exactly the original records or raise a FastloadError that names the shard and the damaged block and
-    record. Only the padding between records may be flipped without an error on read -- and
-    `fastload verify` still reports it."""
+    exactly the original records or raise a FastloadError that names the shard and the damaged
+    block and record. Only the padding between records may be flipped without an error on read --
+    and `fastload verify` still reports it."""
     ds, data, info, p = small
     classes = byte_classes(data, p)
     undetected = []
@@ -271,7 +287,7 @@ def test_every_byte_flip_is_detected_or_harmless(small, mapped):
             bad[pos] ^= mask
             try:
                 stage, err = read_through(ds, bytes(bad), info, mapped)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 pytest.fail(f"flip {mask:#x} at byte {pos} {classes[pos]}: {type(e).__name__}: {e}")
             cls = classes[pos]
             if stage == "ok":
@@ -294,8 +310,10 @@ def test_every_byte_flip_is_detected_or_harmless(small, mapped):
             else:
                 assert stage == "open", (pos, cls, msg)
     for pos, cls in undetected:
-        assert cls == ("block", cls[1], None) and p["blocks"][cls[1]]["codec"] == CODEC_NONE, \
-            (pos, cls)  # fmt: skip
+        assert cls == ("block", cls[1], None) and p["blocks"][cls[1]]["codec"] == CODEC_NONE, (
+            pos,
+            cls,
+        )
         if cls[0] == "block":  # padding between records: verify's block checksum sees it
             bad = bytearray(data)
             bad[pos] ^= 1
@@ -334,8 +352,9 @@ def test_truncated_shard_in_a_dataset_names_sizes(ds_copy):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with fastload.Dataset(ds_copy) as ds:
-        with pytest.raises(ShardFormatError, match=f"is {len(data) // 2} bytes but the manifest "
-                           f"says {len(data)}") as e:  # fmt: skip
+        with pytest.raises(
+            ShardFormatError, match=f"is {len(data) // 2} bytes but the manifest says {len(data)}"
+        ) as e:
             ds[3]
     assert str(path) in str(e.value)
 
@@ -345,8 +364,7 @@ def test_truncated_shard_in_a_dataset_names_sizes(ds_copy):
 
 def forged(p: dict, edit) -> bytes:
     """``p`` with ``edit(blocks, records)`` applied and every checksum recomputed."""
-    q = {**p, "blocks": [dict(b) for b in p["blocks"]],
-         "records": [dict(r) for r in p["records"]]}  # fmt: skip
+    q = {**p, "blocks": [dict(b) for b in p["blocks"]], "records": [dict(r) for r in p["records"]]}
     edit(q["blocks"], q["records"])
     return reseal(q)
 
@@ -368,8 +386,11 @@ def test_a7_a11_huge_record_length_is_rejected_at_open_without_allocating(small,
     bad = forged(p, edit)
     tracemalloc.start()
     try:
-        with pytest.raises(ShardFormatError, match=rf"^{NAME}: index is inconsistent: record 5 "
-                           "ends past the end of block"):  # fmt: skip
+        with pytest.raises(
+            ShardFormatError,
+            match=rf"^{NAME}: index is inconsistent: record 5 "
+            "ends past the end of block",
+        ):
             ShardReader(MemSource(bad, NAME))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -389,7 +410,7 @@ def test_a7_a11_huge_record_length_is_rejected_at_open_without_allocating(small,
         (lambda b, r: r[4].update(block=0), "record 4 points to block 0"),
         (lambda b, r: r[4].update(offset=2**32 - 1), "record 4 ends past the end of block"),
     ],
-)  # fmt: skip
+)
 def test_inconsistent_index_is_rejected_at_open(small, edit, match):
     _, _, _, p = small
     with pytest.raises(ShardFormatError, match=rf"^{NAME}: index is inconsistent: .*{match}"):
@@ -465,19 +486,26 @@ def test_malformed_record_behind_a_valid_checksum_names_the_record(small):
     malformed, by ds[i] and by get_batch, without allocating from the bad lengths."""
     ds, data, info, p = small
     for field_end, value in ((0, 2**32 - 1), (0, 2**31), (1, 0)):
-        raws = [bytes(zstandard.ZstdDecompressor().decompress(s)) if b["codec"] == CODEC_ZSTD
-                else bytes(s) for b, s in zip(p["blocks"], p["stored"])]  # fmt: skip
+        raws = [
+            bytes(zstandard.ZstdDecompressor().decompress(s))
+            if b["codec"] == CODEC_ZSTD
+            else bytes(s)
+            for b, s in zip(p["blocks"], p["stored"])
+        ]
         r = 6
         rec = p["records"][r]
         raw = bytearray(raws[rec["block"]])
         at = rec["offset"] + 4 + 4 * field_end  # after the int32 'i': the var ends of b and s
-        raw[at: at + 4] = struct.pack("<I", value)
+        raw[at : at + 4] = struct.pack("<I", value)
         raws[rec["block"]] = bytes(raw)
         bad = reseal({**p, "raw": raws})
         with_reader(ds, bad, None)
         blk = rec["block"]
-        with pytest.raises(CorruptRecordError, match=rf"^{NAME}: record {r} \(block {blk}, "
-                           r"byte offset \d+.*\) is malformed: field"):  # fmt: skip
+        with pytest.raises(
+            CorruptRecordError,
+            match=rf"^{NAME}: record {r} \(block {blk}, "
+            r"byte offset \d+.*\) is malformed: field",
+        ):
             ds[r]
         with pytest.raises(CorruptRecordError, match=rf"^{NAME}: record {r} .*is malformed"):
             ds.get_batch([0, r, 1])
@@ -488,8 +516,9 @@ def test_malformed_record_behind_a_valid_checksum_names_the_record(small):
 
 
 def test_a13_shard_replaced_by_another_valid_shard(tmp_path):
-    with fastload.Writer(tmp_path / "ds", {"i": "int64"}, compression="none", block_size=64,
-                         shard_size=300) as w:  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "ds", {"i": "int64"}, compression="none", block_size=64, shard_size=300
+    ) as w:
         for i in range(100):
             w.write({"i": i})
     m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
@@ -549,14 +578,14 @@ def test_a15_verify_off_returns_corrupt_payload_without_error(ds_copy, small):
     [
         (b"", "manifest is empty"),
         (b"  \n", "manifest is empty"),
-        (b"{\"format\": \"fastload\", ", "not valid JSON"),
+        (b'{"format": "fastload", ', "not valid JSON"),
         (b"\xff\xfe garbage", "not valid JSON"),
         pytest.param(b"[" * 100000 + b"]" * 100000, "not valid JSON", id="deeply-nested"),
         (b"[]", "not a fastload manifest"),
-        (b"{\"format\": \"parquet\"}", "not a fastload manifest"),
+        (b'{"format": "parquet"}', "not a fastload manifest"),
         (b"<html>503 Service Unavailable</html>", "not valid JSON"),
     ],
-)  # fmt: skip
+)
 def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
     (ds_copy / "manifest.json").write_bytes(content)
     with pytest.raises(ManifestError, match=match) as e:
@@ -569,11 +598,11 @@ def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
     [
         (lambda m: m.update(version=2), r"format version 2 is not supported.*supports \[1\]"),
         (lambda m: m.pop("version"), "format version None is not supported"),
-        (lambda m: m.update(records=999), "\"records\" is 999 but the shards add up to 14"),
+        (lambda m: m.update(records=999), '"records" is 999 but the shards add up to 14'),
         (lambda m: m.update(schema={"i": "int32"}), "invalid schema"),
         (lambda m: m.update(schema=[{"name": "i", "type": "int33"}]), "invalid schema"),
-        (lambda m: m.update(shards={}), "\"shards\" must be a list"),
-        (lambda m: m.update(options=[]), "\"options\" must be an object"),
+        (lambda m: m.update(shards={}), '"shards" must be a list'),
+        (lambda m: m.update(options=[]), '"options" must be an object'),
         (lambda m: m["shards"].append(7), "shard entry 1: must be an object"),
         (lambda m: m["shards"][0].update(path="../../etc/passwd"), "shard entry 0: path"),
         (lambda m: m["shards"][0].update(path="/etc/passwd"), "shard entry 0: path"),
@@ -585,7 +614,7 @@ def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
         (lambda m: m["shards"][0].update(blocks=True), "'blocks' must be a non-negative"),
         (lambda m: m["shards"][0].update(hash="md5:00"), "hash 'md5:00' must look like"),
     ],
-)  # fmt: skip
+)
 def test_a16_invalid_manifest_content_names_its_path(ds_copy, edit, match):
     m = json.loads((ds_copy / "manifest.json").read_text())
     edit(m)
@@ -623,7 +652,7 @@ def test_a17_manifest_lists_a_missing_shard(ds_copy):
 def test_a18_leftover_tmp_files_beside_a_finished_dataset_are_ignored(ds_copy):
     (ds_copy / "shard-00000.fls.1a2b3c4d.tmp").write_bytes(b"half a shard")
     (ds_copy / "shard-00001.fls.deadbeef.tmp").write_bytes(b"")
-    (ds_copy / "manifest.json.00000000.tmp").write_text("{\"format\": \"fastload\"")
+    (ds_copy / "manifest.json.00000000.tmp").write_text('{"format": "fastload"')
     with fastload.Dataset(ds_copy) as ds:
         assert len(ds) == N and len(ds.shards) == 1
         for i, rec in enumerate(ds):

@@ -66,7 +66,7 @@ def test_decompression_is_safe_from_many_threads():
             try:
                 if bytes(decompress_block(CODEC_ZSTD, stored, len(raw))) != raw:
                     errors.append("wrong bytes")
-            except Exception as e:  # noqa: BLE001 - any failure is the bug
+            except Exception as e:
                 errors.append(repr(e))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]

@@ -110,13 +110,16 @@ def test_a_block_larger_than_max_block_bytes_is_refused_before_decompressing(tmp
     user sets, before anything is allocated for it; raw blocks are mapped, not allocated."""
     rows = write_compressed_rows(tmp_path / "z", 64)  # blocks of 8 rows: 8 KiB decompressed
     ds = fastload.Dataset(tmp_path / "z", max_block_bytes="4KiB")
-    with pytest.raises(fastload.errors.ShardFormatError,
-                       match=r"block 0 would decompress to 8,192 bytes, more than "
-                             r"max_block_bytes=4,096"):  # fmt: skip
+    with pytest.raises(
+        fastload.errors.ShardFormatError,
+        match=r"block 0 would decompress to 8,192 bytes, more than "
+        r"max_block_bytes=4,096",
+    ):
         ds[0]
     assert ds._decoded.misses == 1 and len(ds._decoded) == 0
-    np.testing.assert_array_equal(fastload.Dataset(tmp_path / "z",
-                                                   max_block_bytes="8KiB")[9]["tokens"], rows[9])
+    np.testing.assert_array_equal(
+        fastload.Dataset(tmp_path / "z", max_block_bytes="8KiB")[9]["tokens"], rows[9]
+    )
     with pytest.raises(ValueError, match="not a size"):
         fastload.Dataset(tmp_path / "z", max_block_bytes="big")
 
@@ -134,8 +137,9 @@ def test_threads_asking_for_one_block_have_it_made_once():
         return b"block"
 
     got = []
-    threads = [threading.Thread(target=lambda: got.append(cache.get_or_make("k", make)))
-               for _ in range(8)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda: got.append(cache.get_or_make("k", make))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -180,7 +184,8 @@ def test_thread_workers_decompress_each_block_once(tmp_path):
     write_compressed_rows(tmp_path / "z", 480)  # 60 blocks of 8 rows
     for shuffle in (False, True, "block"):
         ds = fastload.Dataset(tmp_path / "z")
-        loader = fastload.DataLoader(ds, batch_size=4, shuffle=shuffle, seed=0, num_workers=2,
-                                     worker_type="thread")  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=4, shuffle=shuffle, seed=0, num_workers=2, worker_type="thread"
+        )
         assert sum(len(b["tokens"]) for b in loader) == 480
         assert loader.stats()["decompressed_blocks"] == 60, shuffle

@@ -50,15 +50,21 @@ class Case:
 
     def __init__(self, root: Path) -> None:
         self.dir = root
-        path = write_index_dataset(self.dir / "a", N, block_size=400, shard_size=1 << 20,
-                                   record=fuzz_record)  # fmt: skip
+        path = write_index_dataset(
+            self.dir / "a", N, block_size=400, shard_size=1 << 20, record=fuzz_record
+        )
         self.ds = fastload.Dataset(path)
         self.info = self.ds.shards[0]
         self.data = (path / self.info.path).read_bytes()
         self.parsed = parse_shard(self.data)
         self.raws = [raw_block(b, s) for b, s in zip(self.parsed["blocks"], self.parsed["stored"])]
-        other = write_index_dataset(self.dir / "b", N, block_size=300, shard_size=1 << 20,
-                                    record=lambda i: fuzz_record(i + 1000))  # fmt: skip
+        other = write_index_dataset(
+            self.dir / "b",
+            N,
+            block_size=300,
+            shard_size=1 << 20,
+            record=lambda i: fuzz_record(i + 1000),
+        )
         self.other = (other / "shard-00000.fls").read_bytes()
         self.originals = [fuzz_record(i) for i in range(N)]
 
@@ -72,8 +78,16 @@ def case(tmp_path_factory):
     c.ds.close()
 
 
-def exercise(case: Case, data: bytes, *, expected=True, verify=True, mapped=True,
-             batch=(N - 1, 0, 3, 3, -5, 11), exact=True) -> str:  # fmt: skip
+def exercise(
+    case: Case,
+    data: bytes,
+    *,
+    expected=True,
+    verify=True,
+    mapped=True,
+    batch=(N - 1, 0, 3, 3, -5, 11),
+    exact=True,
+) -> str:
     """Open ``data`` as the dataset's only shard and read everything. Returns "ok" or the
     FastloadError's class name; any other exception propagates. With ``exact``, successful
     reads must return the original records."""
@@ -81,9 +95,9 @@ def exercise(case: Case, data: bytes, *, expected=True, verify=True, mapped=True
     ds.close()
     ds.verify = verify
     try:
-        ds._readers[0] = reader = ShardReader(MemSource(data, NAME, mapped),
-                                              expected=case.info if expected else None,
-                                              verify=verify)  # fmt: skip
+        ds._readers[0] = reader = ShardReader(
+            MemSource(data, NAME, mapped), expected=case.info if expected else None, verify=verify
+        )
         got = [ds[i] for i in range(N)]
         cols = ds.get_batch(list(batch))
         problems = list(reader.problems())
@@ -116,20 +130,36 @@ def test_random_bytes(case, data):
 
 
 @FUZZ
-@given(st.binary(min_size=0, max_size=300), st.binary(min_size=0, max_size=300),
-       st.integers(0, 2**32 - 1), st.integers(0, 2**20))  # fmt: skip
+@given(
+    st.binary(min_size=0, max_size=300),
+    st.binary(min_size=0, max_size=300),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**20),
+)
 def test_random_bytes_between_valid_header_and_trailer(case, head, body, n, size):
     """Plausible-looking files: the right magic and version at both ends, random inside."""
-    t = struct.pack("<QQQQQII8s", 32 + len(body) - min(size, len(body)), min(size, len(body)),
-                    n % 7, n % 50, n, 1, 0, b"FASTLOAD")  # fmt: skip
+    t = struct.pack(
+        "<QQQQQII8s",
+        32 + len(body) - min(size, len(body)),
+        min(size, len(body)),
+        n % 7,
+        n % 50,
+        n,
+        1,
+        0,
+        b"FASTLOAD",
+    )
     data = b"FASTLOAD" + struct.pack("<II", 1, 0) + bytes(16) + body + t
     for expected in (True, False):
         exercise(case, data, expected=expected, exact=False)
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
-       st.booleans(), st.booleans())  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
+    st.booleans(),
+    st.booleans(),
+)
 def test_random_bit_flips(case, flips, expected, mapped):
     bad = bytearray(case.data)
     for pos, bit in flips:
@@ -138,8 +168,10 @@ def test_random_bit_flips(case, flips, expected, mapped):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
-       st.booleans())  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
+    st.booleans(),
+)
 def test_random_bit_flips_with_verify_off(case, flips, mapped):
     """verify=False: payload damage may go unnoticed (the documented contract), but decoding
     damaged bytes never raises anything but a FastloadError."""
@@ -160,7 +192,7 @@ def test_truncations_and_garbage_tails(case, cut, tail, expected):
 @given(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans())
 def test_splices_of_two_valid_shards(case, a, b, first_is_ours):
     x, y = (case.data, case.other) if first_is_ours else (case.other, case.data)
-    data = x[: a % (len(x) + 1)] + y[b % (len(y) + 1):]
+    data = x[: a % (len(x) + 1)] + y[b % (len(y) + 1) :]
     # against the manifest, only the original shard itself may read successfully
     result = exercise(case, data, expected=True)
     assert result != "ok" or data == case.data
@@ -168,8 +200,26 @@ def test_splices_of_two_valid_shards(case, a, b, first_is_ours):
 
 # --------------------------------------------------------------------------- forged shards
 
-INTERESTING = [0, 1, 2, 7, 8, 31, 32, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40,
-               2**62, 2**63 - 1, 2**63, 2**64 - 1]  # fmt: skip
+INTERESTING = [
+    0,
+    1,
+    2,
+    7,
+    8,
+    31,
+    32,
+    255,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**40,
+    2**62,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+]
 U32 = {"block", "offset", "length", "checksum", "n_records"}
 
 
@@ -180,8 +230,12 @@ def clamp(field: str, value: int) -> int:
 
 @st.composite
 def forgeries(draw, case: Case):
-    p = {**case.parsed, "blocks": [dict(b) for b in case.parsed["blocks"]],
-         "records": [dict(r) for r in case.parsed["records"]], "raw": list(case.raws)}  # fmt: skip
+    p = {
+        **case.parsed,
+        "blocks": [dict(b) for b in case.parsed["blocks"]],
+        "records": [dict(r) for r in case.parsed["records"]],
+        "raw": list(case.raws),
+    }
     fix_offsets = True
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["raw", "raw", "var-end", "record", "block"]))
@@ -199,7 +253,7 @@ def forgeries(draw, case: Case):
             at = rec["offset"] + layout.fixed_size + 4 * j
             raw = bytearray(p["raw"][rec["block"]])
             value = draw(st.sampled_from(INTERESTING[:12]) | st.integers(0, 300))
-            raw[at: at + 4] = min(value, 2**32 - 1).to_bytes(4, "little")
+            raw[at : at + 4] = min(value, 2**32 - 1).to_bytes(4, "little")
             p["raw"][rec["block"]] = bytes(raw)
         else:  # a table entry
             table = p["records"] if kind == "record" else p["blocks"]

@@ -51,8 +51,9 @@ def test_golden_v1_manifest(v1):
     assert v1.schema.to_dict() == V1_SCHEMA
     assert {k: v1.manifest.options[k] for k in V1_OPTIONS} == V1_OPTIONS
     assert len(v1.shards) == 4
-    codecs = {b["codec"] for s in v1.shards for b in parse_shard((V1_DIR / s.path).read_bytes())
-              ["blocks"]}  # fmt: skip
+    codecs = {
+        b["codec"] for s in v1.shards for b in parse_shard((V1_DIR / s.path).read_bytes())["blocks"]
+    }
     assert codecs == {0, 1}  # raw and zstd blocks both present
     assert v1.fingerprint == "xxh64:d59500d7886a6621"
 

@@ -36,8 +36,16 @@ def extremes(dtype: str) -> list:
         info = np.iinfo(dt)
         return [int(info.min), int(info.max), 0, 1, int(info.max) - 1]
     info = np.finfo(dt)
-    return [float(info.min), float(info.max), float(info.tiny), float(info.smallest_subnormal),
-            -0.0, float("inf"), float("-inf"), float("nan")]  # fmt: skip
+    return [
+        float(info.min),
+        float(info.max),
+        float(info.tiny),
+        float(info.smallest_subnormal),
+        -0.0,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+    ]
 
 
 def image(fmt: str, w: int, h: int) -> bytes:
@@ -61,8 +69,17 @@ ALL_TYPES = {
     "img": "image",
 }
 TEXTS = ["", "plain", "héllo wörld", "日本語テキスト", "emoji 🧪🚀", "nul\0inside", "a" * 500]
-DOCS = [None, 0, -1.5, "s", [], {}, {"a": {"b": [1, {"c": None, "d": [True, False]}]}},
-        [[[[[]]]]], {"unicode ✓": ["é", 2**70]}]  # fmt: skip
+DOCS = [
+    None,
+    0,
+    -1.5,
+    "s",
+    [],
+    {},
+    {"a": {"b": [1, {"c": None, "d": [True, False]}]}},
+    [[[[[]]]]],
+    {"unicode ✓": ["é", 2**70]},
+]
 IMAGES = [("JPEG", 8, 5), ("PNG", 3, 9), ("WEBP", 17, 4), ("JPEG", 1, 1), ("PNG", 64, 2)]
 
 
@@ -119,8 +136,9 @@ N_ALL = 40
 @pytest.fixture(scope="module", params=["zstd", "none"])
 def all_types_ds(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("alltypes") / request.param
-    with fastload.Writer(path, ALL_TYPES, compression=request.param, block_size=900,
-                         shard_size=5000) as w:  # fmt: skip
+    with fastload.Writer(
+        path, ALL_TYPES, compression=request.param, block_size=900, shard_size=5000
+    ) as w:
         for i in range(N_ALL):
             w.write(all_types_record(i))
     ds = fastload.Dataset(path)
@@ -159,11 +177,16 @@ def test_every_field_type_through_get_batch(all_types_ds):
         for j, i in enumerate(idx):
             single = ds[i][k]
             if f.is_fixed:
-                assert values_equal(np.asarray(col[j]), np.asarray(single, dtype=f.np_dtype)), \
-                    (k, i)  # fmt: skip
+                assert values_equal(np.asarray(col[j]), np.asarray(single, dtype=f.np_dtype)), (
+                    k,
+                    i,
+                )
             else:
-                assert values_equal(col[j], single) if isinstance(single, np.ndarray) \
-                    else col[j] == single, (k, i)  # fmt: skip
+                assert (
+                    values_equal(col[j], single)
+                    if isinstance(single, np.ndarray)
+                    else col[j] == single
+                ), (k, i)
 
 
 def test_images_keep_format_size_and_decode(all_types_ds):
@@ -204,8 +227,11 @@ def test_record_larger_than_block_gets_a_block_of_its_own(tmp_path):
             b = int(r.records["block"][big])
             assert int(r.blocks["n_records"][b]) == 1 and int(r.records["offset"][big]) == 0
             assert int(r.blocks["raw_size"][b]) == int(r.records["length"][big])
-        assert ds.get_batch([5, 0, 4])["b"] == [index_bytes(5, 9001), index_bytes(0, 10),
-                                                index_bytes(4, 9000)]  # fmt: skip
+        assert ds.get_batch([5, 0, 4])["b"] == [
+            index_bytes(5, 9001),
+            index_bytes(0, 10),
+            index_bytes(4, 9000),
+        ]
 
 
 def test_blocks_are_raw_when_compression_does_not_pay(tmp_path):
@@ -227,8 +253,7 @@ def test_blocks_are_raw_when_compression_does_not_pay(tmp_path):
 
 def test_shard_layout_matches_the_documented_format(tmp_path):
     path = tmp_path / "ds"
-    with fastload.Writer(path, {"i": "int64", "b": "bytes"}, block_size=200,
-                         shard_size=1500) as w:  # fmt: skip
+    with fastload.Writer(path, {"i": "int64", "b": "bytes"}, block_size=200, shard_size=1500) as w:
         for i in range(60):
             random = i % 20 < 10
             w.write({"i": i, "b": index_bytes(i, 60 + i % 3) if random else b"ab" * (i % 40)})
@@ -237,10 +262,15 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
     assert manifest["schema"] == [{"name": "i", "type": "int64"}, {"name": "b", "type": "bytes"}]
     assert manifest["records"] == 60 == sum(s["records"] for s in manifest["shards"])
     assert manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
-    assert manifest["options"] == {"compression": "zstd", "level": 3, "block_size": 200,
-                                   "shard_size": 1500}  # fmt: skip
-    assert [s["path"] for s in manifest["shards"]] == \
-        [f"shard-{k:05d}.fls" for k in range(len(manifest["shards"]))]  # fmt: skip
+    assert manifest["options"] == {
+        "compression": "zstd",
+        "level": 3,
+        "block_size": 200,
+        "shard_size": 1500,
+    }
+    assert [s["path"] for s in manifest["shards"]] == [
+        f"shard-{k:05d}.fls" for k in range(len(manifest["shards"]))
+    ]
     i = 0
     seen_codecs = set()
     for entry in manifest["shards"]:
@@ -252,7 +282,7 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
         assert entry["bytes"] == len(data)
         assert entry["blocks"] == t["n_blocks"] == len(p["blocks"])
         assert entry["records"] == t["n_records"] == len(p["records"])
-        index = data[t["index_offset"]: len(data) - 56]
+        index = data[t["index_offset"] : len(data) - 56]
         assert len(index) == t["index_size"] == 48 * t["n_blocks"] + 16 * t["n_records"]
         assert t["index_hash"] == hash64(index) and entry["hash"] == f"xxh64:{hash64(index):016x}"
         assert entry["raw_bytes"] == sum(b["raw_size"] for b in p["blocks"])
@@ -268,12 +298,12 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
                 assert b["codec"] == CODEC_NONE and b["stored_size"] == b["raw_size"]
             raw = raw_block(b, stored)
             assert len(raw) == b["raw_size"]
-            recs = p["records"][first: first + b["n_records"]]
+            recs = p["records"][first : first + b["n_records"]]
             end = 0
             for r in recs:
                 assert r["block"] == k and r["offset"] % 8 == 0 and r["offset"] >= end
-                assert raw[end: r["offset"]] == b"\0" * (r["offset"] - end)  # zero padding
-                rec = raw[r["offset"]: r["offset"] + r["length"]]
+                assert raw[end : r["offset"]] == b"\0" * (r["offset"] - end)  # zero padding
+                rec = raw[r["offset"] : r["offset"] + r["length"]]
                 assert r["checksum"] == hash64(rec) & 0xFFFFFFFF
                 assert int.from_bytes(rec[:8], "little") == i  # field i is first (8-aligned)
                 end = r["offset"] + r["length"]

@@ -17,8 +17,9 @@ from fastload.format.imageinfo import EncodedImage, ImageInfo, probe_image
 from fastload.format.record import RecordDecodeError, RecordLayout
 from fastload.format.schema import SCALAR_DTYPES, Field, Schema
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+FUZZ = settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # --------------------------------------------------------------------------- type strings
@@ -27,14 +28,23 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
 @pytest.mark.parametrize(
     "spec, canonical, kind",
     [
-        ("bytes", "bytes", "bytes"), ("str", "str", "str"), ("json", "json", "json"),
-        ("image", "image", "image"), ("bool", "bool", "scalar"), ("int", "int64", "scalar"),
-        ("float", "float64", "scalar"), (" uint8 ", "uint8", "scalar"),
-        ("uint16[2049]", "uint16[2049]", "ndarray"), ("float32[?,3]", "float32[?,3]", "ndarray"),
-        ("uint8[224, 224, 3]", "uint8[224,224,3]", "ndarray"), ("int[ ? ]", "int64[?]", "ndarray"),
-        ("bool[0]", "bool[0]", "ndarray"), ("float16[?,?,0]", "float16[?,?,0]", "ndarray"),
-    ] + [(d, d, "scalar") for d in SCALAR_DTYPES],
-)  # fmt: skip
+        ("bytes", "bytes", "bytes"),
+        ("str", "str", "str"),
+        ("json", "json", "json"),
+        ("image", "image", "image"),
+        ("bool", "bool", "scalar"),
+        ("int", "int64", "scalar"),
+        ("float", "float64", "scalar"),
+        (" uint8 ", "uint8", "scalar"),
+        ("uint16[2049]", "uint16[2049]", "ndarray"),
+        ("float32[?,3]", "float32[?,3]", "ndarray"),
+        ("uint8[224, 224, 3]", "uint8[224,224,3]", "ndarray"),
+        ("int[ ? ]", "int64[?]", "ndarray"),
+        ("bool[0]", "bool[0]", "ndarray"),
+        ("float16[?,?,0]", "float16[?,?,0]", "ndarray"),
+    ]
+    + [(d, d, "scalar") for d in SCALAR_DTYPES],
+)
 def test_type_string_round_trip(spec, canonical, kind):
     f = Field.parse("x", spec)
     assert f.spec == canonical and f.kind == kind
@@ -51,8 +61,11 @@ def type_strings(draw):
     if kind == "scalar":
         return draw(st.sampled_from(SCALAR_DTYPES))
     if kind == "ndarray":
-        dims = draw(st.lists(st.one_of(st.just("?"), st.integers(0, 10**6).map(str)),
-                             min_size=1, max_size=4))  # fmt: skip
+        dims = draw(
+            st.lists(
+                st.one_of(st.just("?"), st.integers(0, 10**6).map(str)), min_size=1, max_size=4
+            )
+        )
         return f"{draw(st.sampled_from(SCALAR_DTYPES))}[{','.join(dims)}]"
     return kind
 
@@ -67,9 +80,25 @@ def test_schema_json_round_trip_property(specs):
 
 @pytest.mark.parametrize(
     "spec",
-    ["complex64", "int128", "uint8[]", "uint8[-1]", "uint8[1 2]", "uint8[??]", "uint8[1?]",
-     "uint8[3", "image[3]", "str[2]", "", "Int64", "uint8[²]", "uint8[٣]", 42, None],
-)  # fmt: skip
+    [
+        "complex64",
+        "int128",
+        "uint8[]",
+        "uint8[-1]",
+        "uint8[1 2]",
+        "uint8[??]",
+        "uint8[1?]",
+        "uint8[3",
+        "image[3]",
+        "str[2]",
+        "",
+        "Int64",
+        "uint8[²]",
+        "uint8[٣]",
+        42,
+        None,
+    ],
+)
 def test_bad_type_strings_raise_schema_error_naming_the_field(spec):
     with pytest.raises(SchemaError, match="'weird'"):
         Field.parse("weird", spec)
@@ -113,32 +142,84 @@ def png(h: int = 3, w: int = 5) -> bytes:
     return buf.getvalue()
 
 
-GOOD = {"b": b"x", "s": "x", "j": [1], "flag": True, "i8": 1, "u64": 1, "f16": 1.0, "f64": 1.0,
-        "fixed": np.zeros((2, 3), np.int16), "var": np.zeros((0, 2), np.float32), "img": png()}
-TYPES = {"b": "bytes", "s": "str", "j": "json", "flag": "bool", "i8": "int8", "u64": "uint64",
-         "f16": "float16", "f64": "float64", "fixed": "int16[2,3]", "var": "float32[?,2]",
-         "img": "image"}  # fmt: skip
+GOOD = {
+    "b": b"x",
+    "s": "x",
+    "j": [1],
+    "flag": True,
+    "i8": 1,
+    "u64": 1,
+    "f16": 1.0,
+    "f64": 1.0,
+    "fixed": np.zeros((2, 3), np.int16),
+    "var": np.zeros((0, 2), np.float32),
+    "img": png(),
+}
+TYPES = {
+    "b": "bytes",
+    "s": "str",
+    "j": "json",
+    "flag": "bool",
+    "i8": "int8",
+    "u64": "uint64",
+    "f16": "float16",
+    "f64": "float64",
+    "fixed": "int16[2,3]",
+    "var": "float32[?,2]",
+    "img": "image",
+}
 
 BAD_VALUES = [
-    ("b", "text"), ("b", 3), ("b", None),
-    ("s", b"bytes"), ("s", 3), ("s", "\ud800"),
-    ("j", {1, 2}), ("j", float("nan")), ("j", object()), ("j", "\udfff"),
-    ("flag", 1), ("flag", "yes"), ("flag", None),
-    ("i8", 128), ("i8", -129), ("i8", True), ("i8", 1.0), ("i8", "1"), ("i8", np.float32(1)),
-    ("u64", -1), ("u64", 2**64), ("u64", None),
-    ("f16", 1e10), ("f16", "1.0"), ("f16", True), ("f16", 1j), ("f64", 10**400),
-    ("fixed", np.zeros((3, 2), np.int16)), ("fixed", np.zeros(6, np.int16)),
-    ("fixed", np.zeros((2, 3), np.float32)), ("fixed", [[1, 2, 3], [4, 5]]),
-    ("fixed", np.full((2, 3), 70000)), ("fixed", "abc"),
-    ("var", np.zeros((2, 3), np.float32)), ("var", np.zeros(4, np.float32)),
-    ("var", np.zeros((1, 2), np.complex64)), ("var", [[1.0, 2.0], [3.0]]), ("var", [None, None]),
-    ("img", b"GIF89a not supported"), ("img", b""), ("img", "a.jpg"), ("img", np.zeros((2, 2, 3))),
-    ("img", b"\x89PNG\r\n\x1a\n"), ("img", EncodedImage(b"x", "gif", 1, 1)),
-]  # fmt: skip
+    ("b", "text"),
+    ("b", 3),
+    ("b", None),
+    ("s", b"bytes"),
+    ("s", 3),
+    ("s", "\ud800"),
+    ("j", {1, 2}),
+    ("j", float("nan")),
+    ("j", object()),
+    ("j", "\udfff"),
+    ("flag", 1),
+    ("flag", "yes"),
+    ("flag", None),
+    ("i8", 128),
+    ("i8", -129),
+    ("i8", True),
+    ("i8", 1.0),
+    ("i8", "1"),
+    ("i8", np.float32(1)),
+    ("u64", -1),
+    ("u64", 2**64),
+    ("u64", None),
+    ("f16", 1e10),
+    ("f16", "1.0"),
+    ("f16", True),
+    ("f16", 1j),
+    ("f64", 10**400),
+    ("fixed", np.zeros((3, 2), np.int16)),
+    ("fixed", np.zeros(6, np.int16)),
+    ("fixed", np.zeros((2, 3), np.float32)),
+    ("fixed", [[1, 2, 3], [4, 5]]),
+    ("fixed", np.full((2, 3), 70000)),
+    ("fixed", "abc"),
+    ("var", np.zeros((2, 3), np.float32)),
+    ("var", np.zeros(4, np.float32)),
+    ("var", np.zeros((1, 2), np.complex64)),
+    ("var", [[1.0, 2.0], [3.0]]),
+    ("var", [None, None]),
+    ("img", b"GIF89a not supported"),
+    ("img", b""),
+    ("img", "a.jpg"),
+    ("img", np.zeros((2, 2, 3))),
+    ("img", b"\x89PNG\r\n\x1a\n"),
+    ("img", EncodedImage(b"x", "gif", 1, 1)),
+]
 
 
-@pytest.mark.parametrize("name, value", BAD_VALUES, ids=[f"{n}-{i}" for i, (n, _) in
-                                                         enumerate(BAD_VALUES)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, value", BAD_VALUES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD_VALUES)]
+)
 def test_wrong_values_raise_schema_error_naming_the_field(name, value):
     layout = RecordLayout(Schema(TYPES))
     layout.encode(GOOD)  # the good record encodes
@@ -172,13 +253,26 @@ def test_writer_reports_schema_errors_and_keeps_going(tmp_path):
 
 
 def test_layout_aligns_fixed_fields_and_places_var_ends():
-    layout = RecordLayout(Schema({"a": "uint8", "b": "float64", "c": "int16[3]", "d": "bytes",
-                                  "img": "image", "e": "str"}))  # fmt: skip
+    layout = RecordLayout(
+        Schema(
+            {
+                "a": "uint8",
+                "b": "float64",
+                "c": "int16[3]",
+                "d": "bytes",
+                "img": "image",
+                "e": "str",
+            }
+        )
+    )
     dt = layout.header_dtype
     for name in ("a", "b", "c", "img"):
         base = dt.fields[name][0].base
-        align = min(8, max(base.fields[n][0].itemsize for n in base.names)) if base.fields \
-            else base.itemsize  # fmt: skip
+        align = (
+            min(8, max(base.fields[n][0].itemsize for n in base.names))
+            if base.fields
+            else base.itemsize
+        )
         assert dt.fields[name][1] % align == 0, name
     assert dt.fields["__var_ends__"][1] == layout.fixed_size and layout.fixed_size % 4 == 0
     assert [f.name for f in layout.var_fields] == ["d", "img", "e"]
@@ -206,11 +300,16 @@ def schema_and_record(draw):
             types[name], rec[name] = "str", draw(st.text(max_size=20))
         elif kind == "json":
             types[name] = "json"
-            rec[name] = draw(st.recursive(
-                st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c,
-                                                                    max_size=3),
-                max_leaves=8))  # fmt: skip
+            rec[name] = draw(
+                st.recursive(
+                    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda c: (
+                        st.lists(c, max_size=3)
+                        | st.dictionaries(st.text(max_size=3), c, max_size=3)
+                    ),
+                    max_leaves=8,
+                )
+            )
         else:
             dtype = draw(st.sampled_from(SCALAR_DTYPES))
             dt = np.dtype(dtype)
@@ -225,11 +324,16 @@ def schema_and_record(draw):
                     rec[name] = float(draw(st.floats(width=dt.itemsize * 8, allow_nan=False)))
             else:
                 shape = tuple(draw(st.lists(st.integers(0, 3), min_size=1, max_size=3)))
-                dims = ",".join("?" if kind == "var" and j % 2 == 0 else str(d)
-                                for j, d in enumerate(shape))  # fmt: skip
+                dims = ",".join(
+                    "?" if kind == "var" and j % 2 == 0 else str(d) for j, d in enumerate(shape)
+                )
                 types[name] = f"{dtype}[{dims}]"
-                raw = draw(st.binary(min_size=dt.itemsize * int(np.prod(shape)),
-                                     max_size=dt.itemsize * int(np.prod(shape))))  # fmt: skip
+                raw = draw(
+                    st.binary(
+                        min_size=dt.itemsize * int(np.prod(shape)),
+                        max_size=dt.itemsize * int(np.prod(shape)),
+                    )
+                )
                 rec[name] = np.frombuffer(raw, dt).reshape(shape)
     return types, rec
 
@@ -275,10 +379,19 @@ def test_decode_of_random_bytes_raises_only_record_decode_error(types, data):
 
 
 def fuzz_record(types: dict) -> dict:
-    values = {"a": 7, "b": b"bytes", "s": "hé", "j": {"a": [1, 2]}, "img": png(),
-              "v": np.ones((2, 3), np.float32), "w": np.arange(5, dtype=np.uint8),
-              "x": np.array([1, 2], np.int16) if types.get("x") == "int16[2]" else -3,
-              "f": True, "g": 0.5, "n": np.zeros((1, 0, 2, 1), np.uint64)}  # fmt: skip
+    values = {
+        "a": 7,
+        "b": b"bytes",
+        "s": "hé",
+        "j": {"a": [1, 2]},
+        "img": png(),
+        "v": np.ones((2, 3), np.float32),
+        "w": np.arange(5, dtype=np.uint8),
+        "x": np.array([1, 2], np.int16) if types.get("x") == "int16[2]" else -3,
+        "f": True,
+        "g": 0.5,
+        "n": np.zeros((1, 0, 2, 1), np.uint64),
+    }
     return {k: values[k] for k in types}
 
 
@@ -305,7 +418,7 @@ def test_decode_names_the_bad_field():
     assert len(data) == 33 and data[14:17] == b"[1]"
 
     def patched(start: int, new: bytes) -> memoryview:
-        return memoryview(data[:start] + new + data[start + len(new):])
+        return memoryview(data[:start] + new + data[start + len(new) :])
 
     with pytest.raises(RecordDecodeError, match="header"):
         layout.decode(memoryview(data[:5]))
@@ -338,13 +451,17 @@ def encode_image(fmt: str, w: int, h: int, **kw) -> bytes:
 @pytest.mark.parametrize(
     "fmt, kw, name",
     [
-        ("JPEG", {}, "jpeg"), ("JPEG", {"progressive": True}, "jpeg"),
-        ("JPEG", {"mode": "L"}, "jpeg"), ("PNG", {}, "png"), ("PNG", {"mode": "RGBA"}, "png"),
-        ("WEBP", {"quality": 50}, "webp"), ("WEBP", {"lossless": True}, "webp"),
+        ("JPEG", {}, "jpeg"),
+        ("JPEG", {"progressive": True}, "jpeg"),
+        ("JPEG", {"mode": "L"}, "jpeg"),
+        ("PNG", {}, "png"),
+        ("PNG", {"mode": "RGBA"}, "png"),
+        ("WEBP", {"quality": 50}, "webp"),
+        ("WEBP", {"lossless": True}, "webp"),
         ("WEBP", {"mode": "RGBA", "quality": 50}, "webp"),
         ("WEBP", {"exif": b"Exif\0\0" + b"\0" * 20}, "webp"),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("w, h", [(1, 1), (7, 3), (300, 17), (16383, 1)])
 def test_probe_image_reads_format_and_size(fmt, kw, name, w, h):
     data = encode_image(fmt, w, h, **kw)
@@ -353,16 +470,33 @@ def test_probe_image_reads_format_and_size(fmt, kw, name, w, h):
 
 
 def test_probe_image_rejects_non_images():
-    for data in [b"", b"\xff\xd8", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP",
-                 b"GIF89a" + b"\0" * 40, b"<html>404 not found</html>", b"\0" * 100]:
+    for data in [
+        b"",
+        b"\xff\xd8",
+        b"\xff\xd8\xff",
+        b"\x89PNG\r\n\x1a\n",
+        b"RIFF\0\0\0\0WEBP",
+        b"GIF89a" + b"\0" * 40,
+        b"<html>404 not found</html>",
+        b"\0" * 100,
+    ]:
         assert probe_image(data) is None, data
 
 
 @FUZZ
-@given(st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
-                        b"RIFF\0\0\0\0WEBPVP8 ", b"RIFF\0\0\0\0WEBPVP8L",
-                        b"RIFF\0\0\0\0WEBPVP8X"]),
-       st.binary(max_size=120))  # fmt: skip
+@given(
+    st.sampled_from(
+        [
+            b"",
+            b"\xff\xd8\xff",
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+            b"RIFF\0\0\0\0WEBPVP8 ",
+            b"RIFF\0\0\0\0WEBPVP8L",
+            b"RIFF\0\0\0\0WEBPVP8X",
+        ]
+    ),
+    st.binary(max_size=120),
+)
 def test_probe_image_never_raises_on_random_bytes(prefix, rest):
     info = probe_image(prefix + rest)
     if info is not None:

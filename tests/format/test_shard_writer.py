@@ -15,8 +15,9 @@ from fastload.format.shard_writer import ShardWriter
 pytestmark = pytest.mark.skipif(not hasattr(ShardWriter, "add_many"), reason="no add_many")
 
 
-def shard_bytes(rows: np.ndarray, bulk: list[tuple[int, int]] | None, block_size: int,
-                compression: str) -> bytes:  # fmt: skip
+def shard_bytes(
+    rows: np.ndarray, bulk: list[tuple[int, int]] | None, block_size: int, compression: str
+) -> bytes:
     """A shard of ``rows``: one add() each, or add_many over the (start, stop) ranges in
     ``bulk`` and add() for the rows between them."""
     out = io.BytesIO()

@@ -56,5 +56,3 @@ def no_leaks():
     assert wait_gone([p.pid for p in children]) == [], children
     left = wait_for(lambda: shm_listing() - before_shm, 3.0)
     assert not left, f"left in /dev/shm: {sorted(left)}"
-
-

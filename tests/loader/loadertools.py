@@ -33,15 +33,15 @@ def record(i: int) -> dict[str, Any]:
 
 
 def write_dataset(path: Path, n: int = N, *, compression: str = "none") -> Path:
-    with fastload.Writer(path, SCHEMA, shard_size=1500, block_size=300,
-                         compression=compression) as w:  # fmt: skip
+    with fastload.Writer(
+        path, SCHEMA, shard_size=1500, block_size=300, compression=compression
+    ) as w:
         for i in range(n):
             w.write(record(i))
     return path
 
 
 # ----------------------------------------------------------------------------- checks
-
 
 
 def check_batch(batch: dict, indices=None) -> list[int]:
@@ -56,8 +56,9 @@ def check_batch(batch: dict, indices=None) -> list[int]:
     assert batch["tokens"].dtype == torch.uint16 and tuple(batch["tokens"].shape) == (n, 17)
     want = [record(i) for i in got]
     assert np.array_equal(batch["x"].numpy(), np.stack([r["x"] for r in want]).reshape(n, 3))
-    assert np.array_equal(batch["tokens"].numpy(),
-                          np.stack([r["tokens"] for r in want]).reshape(n, 17))  # fmt: skip
+    assert np.array_equal(
+        batch["tokens"].numpy(), np.stack([r["tokens"] for r in want]).reshape(n, 17)
+    )
     assert batch["s"] == [r["s"] for r in want]
     assert batch["b"] == [r["b"] for r in want]
     if indices is not None:
@@ -70,8 +71,13 @@ def assert_same(a: Any, b: Any, where: str = "") -> None:
     values."""
     assert type(a) is type(b), (where, type(a), type(b))
     if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape,
-                                                           b.shape)  # fmt: skip
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            where,
+            a.dtype,
+            b.dtype,
+            a.shape,
+            b.shape,
+        )
         assert torch.equal(a, b), (where, a, b)
     elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), where
@@ -131,8 +137,14 @@ class SlowDataset(fastload.Dataset):
     holds ``hang_on`` sleeps ``hang`` seconds (with ``releasable``, for thread workers: until
     RELEASE is set)."""
 
-    def __init__(self, path, delay: float = 0.0, hang_on: int | None = None,
-                 hang: float = 3600.0, releasable: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path,
+        delay: float = 0.0,
+        hang_on: int | None = None,
+        hang: float = 3600.0,
+        releasable: bool = False,
+    ) -> None:
         super().__init__(path)
         self.delay, self.hang_on, self.hang = delay, hang_on, hang
         self.releasable = releasable
@@ -177,8 +189,9 @@ def damage(src: Path, dst: Path, records, whole_block: bool = False) -> Path:
             if start <= r < start + shard["records"]:
                 rec = parsed["records"][r - start]
                 block = parsed["blocks"][rec["block"]]
-                at = (block["stored_size"] // 2 if whole_block
-                      else rec["offset"] + rec["length"] // 2)  # fmt: skip
+                at = (
+                    block["stored_size"] // 2 if whole_block else rec["offset"] + rec["length"] // 2
+                )
                 data[block["offset"] + at] ^= 0xFF
         path.write_bytes(bytes(data))
         start += shard["records"]

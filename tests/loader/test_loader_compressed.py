@@ -24,10 +24,23 @@ def compressed(tmp_path_factory):
 def test_shuffled_epochs_read_the_right_rows(compressed, num_workers):
     path, rows = compressed
     ds = fastload.Dataset(path, block_cache="64KiB")  # 8 of its 60 blocks
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
-                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
-    order = torch.cat(list(torch.utils.data.DataLoader(
-        range(len(ds)), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))))
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(3),
+    )
+    order = torch.cat(
+        list(
+            torch.utils.data.DataLoader(
+                range(len(ds)),
+                batch_size=16,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(3),
+            )
+        )
+    )
     got = torch.cat([b["tokens"] for b in loader]).numpy()
     np.testing.assert_array_equal(got, rows[order])
 
@@ -36,8 +49,11 @@ def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compresse
     path, _ = compressed
     small = fastload.Dataset(path, block_cache="64KiB")
     for kwargs in ({"shuffle": True}, {"shuffle": True, "seed": 0}, {"shuffle": "global"}):
-        with pytest.warns(UserWarning, match=r"random order from compressed blocks.*"
-                                             r"shuffle='block'"):  # fmt: skip
+        with pytest.warns(
+            UserWarning,
+            match=r"random order from compressed blocks.*"
+            r"shuffle='block'",
+        ):
             fastload.DataLoader(small, batch_size=8, **kwargs)
     with pytest.warns(UserWarning, match="compressed blocks.*shuffle='block'"):
         fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle=True)
@@ -45,8 +61,9 @@ def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compresse
         warnings.simplefilter("error")
         fastload.DataLoader(small, batch_size=8)  # storage order: each block read once
         fastload.DataLoader(small, batch_size=8, shuffle="block")
-        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block",
-                            block_window=4)  # fmt: skip
+        fastload.DataLoader(
+            fastload.Mix([small, small]), batch_size=8, shuffle="block", block_window=4
+        )
         fastload.DataLoader(fastload.Dataset(path), batch_size=8, shuffle=True)  # it fits
 
 
@@ -59,20 +76,23 @@ def test_a_mix_in_block_order_warns_when_two_windows_do_not_fit_the_cache(compre
             fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 2 windows of 4 blocks: 64 KiB, it fits
-        fastload.DataLoader(fastload.Mix([small, small]), batch_size=8, shuffle="block",
-                            block_window=4)  # fmt: skip
+        fastload.DataLoader(
+            fastload.Mix([small, small]), batch_size=8, shuffle="block", block_window=4
+        )
 
 
 def test_no_warning_for_raw_blocks(tmp_path):
     rows = np.random.default_rng(0).integers(0, 65535, (200, 512), dtype=np.uint16)
-    with fastload.Writer(tmp_path / "r", {"tokens": "uint16[512]"}, block_size=8192,
-                         compression="zstd") as w:  # random tokens: zstd does not pay  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "r", {"tokens": "uint16[512]"}, block_size=8192, compression="zstd"
+    ) as w:  # random tokens: zstd does not pay
         for row in rows:
             w.write({"tokens": row})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fastload.DataLoader(fastload.Dataset(tmp_path / "r", block_cache=0), batch_size=8,
-                            shuffle=True)  # fmt: skip
+        fastload.DataLoader(
+            fastload.Dataset(tmp_path / "r", block_cache=0), batch_size=8, shuffle=True
+        )
 
 
 def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
@@ -86,8 +106,9 @@ def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
         mix = fastload.Mix(parts, stratum=64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the global order's warning: the point here
-            loader = fastload.DataLoader(mix, batch_size=16, shuffle=shuffle, seed=0,
-                                         block_window=2)  # fmt: skip
+            loader = fastload.DataLoader(
+                mix, batch_size=16, shuffle=shuffle, seed=0, block_window=2
+            )
         got = torch.cat([b["tokens"] for b in loader]).numpy()
         blocks = sum(s.blocks for d in parts for s in d.shards)
         return sum(d._decoded.misses for d in parts), blocks, got
@@ -107,13 +128,15 @@ def test_block_numbers_name_each_records_block(compressed, tmp_path):
     path, _ = compressed
     ds = fastload.Dataset(path)
     base = np.cumsum([0] + [s.blocks for s in ds.shards])
-    want = np.concatenate([base[s] + ds.shard_reader(s).records["block"]
-                           for s in range(len(ds.shards))])  # fmt: skip
+    want = np.concatenate(
+        [base[s] + ds.shard_reader(s).records["block"] for s in range(len(ds.shards))]
+    )
     idx = np.random.default_rng(0).permutation(len(ds))
     for fresh in (fastload.Dataset(path), ds):  # no shard open yet; every shard open
         np.testing.assert_array_equal(fresh.block_numbers(idx), want[idx])
-    np.testing.assert_array_equal(ds.block_numbers([-1, len(ds), -len(ds) - 1, 0]),
-                                  [want[-1], -1, -1, want[0]])  # fmt: skip
+    np.testing.assert_array_equal(
+        ds.block_numbers([-1, len(ds), -len(ds) - 1, 0]), [want[-1], -1, -1, want[0]]
+    )
     assert len(ds.block_numbers([])) == 0
 
 
@@ -129,8 +152,10 @@ def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compres
     layout = BatchLayout(workers[0].schema, 16)
     for indices in np.array_split(np.random.default_rng(1).permutation(len(rows)), 30):
         shared = np.zeros(layout.slab_size, np.uint8)
-        filled = [len(fill_block_share(ds, layout, shared, indices, k, parts)[0])
-                  for k, ds in enumerate(workers)]  # fmt: skip
+        filled = [
+            len(fill_block_share(ds, layout, shared, indices, k, parts)[0])
+            for k, ds in enumerate(workers)
+        ]
         assert sum(filled) == len(indices)
         whole = np.zeros(layout.slab_size, np.uint8)
         fill_batch(fastload.Dataset(path), layout, whole, indices, (0, 0))
@@ -143,8 +168,9 @@ def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compres
 
 @pytest.mark.parametrize("shuffle", [False, True, "block"])
 @pytest.mark.parametrize("num_workers,persistent", [(2, False), (3, True)])
-def test_workers_share_out_a_compressed_dataset_block_by_block(compressed, shuffle, num_workers,
-                                                               persistent):  # fmt: skip
+def test_workers_share_out_a_compressed_dataset_block_by_block(
+    compressed, shuffle, num_workers, persistent
+):
     """A compressed dataset larger than one worker's block cache but not than all of theirs:
     the workers share each batch out by block, so each block is decompressed once for the
     whole run (whole batches had every worker decompress most records' blocks again each
@@ -156,10 +182,15 @@ def test_workers_share_out_a_compressed_dataset_block_by_block(compressed, shuff
         ds = fastload.Dataset(path, block_cache="320KiB")  # 40 of the 60 blocks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one process's cache is too small: the point
-            loader = fastload.DataLoader(ds, batch_size=16, shuffle=shuffle, seed=4,
-                                         num_workers=workers,
-                                         persistent_workers=persistent and workers > 0,
-                                         block_window=4)  # fmt: skip
+            loader = fastload.DataLoader(
+                ds,
+                batch_size=16,
+                shuffle=shuffle,
+                seed=4,
+                num_workers=workers,
+                persistent_workers=persistent and workers > 0,
+                block_window=4,
+            )
         epochs = []
         for epoch in range(2):
             loader.set_epoch(epoch)
@@ -187,8 +218,9 @@ def test_workers_share_out_the_blocks_of_a_mix(tmp_path, shuffle):
 
     def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
         mix = fastload.Mix([fastload.Dataset(tmp_path / k) for k in "ab"], stratum=64)
-        loader = fastload.DataLoader(mix, batch_size=16, shuffle=shuffle, seed=1,
-                                     num_workers=workers, block_window=2)  # fmt: skip
+        loader = fastload.DataLoader(
+            mix, batch_size=16, shuffle=shuffle, seed=1, num_workers=workers, block_window=2
+        )
         return torch.cat([b["tokens"] for b in loader]).numpy(), loader
 
     alone, _ = epoch(0)
@@ -205,8 +237,9 @@ def test_mix_block_numbers_follow_its_datasets(compressed):
     mix = fastload.Mix([a, b])
     n, blocks = len(a), sum(s.blocks for s in a.shards)
     idx = np.array([0, n - 1, n, 2 * n - 1, -1, 2 * n])
-    want = np.concatenate([a.block_numbers(idx[:2]), blocks + b.block_numbers([0, n - 1]),
-                           [-1, -1]])  # fmt: skip
+    want = np.concatenate(
+        [a.block_numbers(idx[:2]), blocks + b.block_numbers([0, n - 1]), [-1, -1]]
+    )
     np.testing.assert_array_equal(mix.block_numbers(idx), want)
 
 
@@ -229,8 +262,9 @@ def test_which_loaders_share_out_blocks(compressed, tmp_path):
     assert shares(fastload.Mix([ds, ds]), num_workers=2)
     assert not shares(ds, num_workers=2, transform=lambda s: s)
     rows = np.random.default_rng(0).integers(0, 65535, (64, 512), dtype=np.uint16)
-    with fastload.Writer(tmp_path / "raw", {"tokens": "uint16[512]"}, block_size=8192,
-                         compression="zstd") as w:  # random tokens: left raw  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "raw", {"tokens": "uint16[512]"}, block_size=8192, compression="zstd"
+    ) as w:  # random tokens: left raw
         for row in rows:
             w.write({"tokens": row})
     assert not shares(fastload.Dataset(tmp_path / "raw"), num_workers=2)
@@ -293,8 +327,14 @@ def test_resuming_mid_epoch_with_shared_out_blocks(compressed, in_order):
     path, rows = compressed
 
     def loader(workers: int = 2) -> fastload.DataLoader:
-        return fastload.DataLoader(fastload.Dataset(path), batch_size=16, shuffle=True, seed=5,
-                                   num_workers=workers, in_order=in_order)  # fmt: skip
+        return fastload.DataLoader(
+            fastload.Dataset(path),
+            batch_size=16,
+            shuffle=True,
+            seed=5,
+            num_workers=workers,
+            in_order=in_order,
+        )
 
     first = loader()
     assert first._by_block
@@ -311,27 +351,39 @@ def test_resuming_mid_epoch_with_shared_out_blocks(compressed, in_order):
         assert sorted(map(bytes, got)) == sorted(map(bytes, rows))
 
 
-@pytest.mark.parametrize("variable", [None, {"ids": fastload.Packed()},
-                                      {"ids": fastload.Pad(32, value=-1)}])
+@pytest.mark.parametrize(
+    "variable", [None, {"ids": fastload.Packed()}, {"ids": fastload.Pad(32, value=-1)}]
+)
 def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
     """Records with listed fields (text, token id lists) in zstd blocks: the workers share
     each batch out by block and the consumer puts every share's values back in their rows."""
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta"]
-    with fastload.Writer(tmp_path / "t", {"i": "int64", "text": "str", "ids": "int64[?]"},
-                         block_size=2000) as w:  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "t", {"i": "int64", "text": "str", "ids": "int64[?]"}, block_size=2000
+    ) as w:
         for i in range(400):
             n = int(rng.integers(0, 30))
-            w.write({"i": i, "text": " ".join(words[(i + k) % 4] for k in range(n)),
-                     "ids": np.arange(n, dtype=np.int64) + i})  # fmt: skip
+            w.write(
+                {
+                    "i": i,
+                    "text": " ".join(words[(i + k) % 4] for k in range(n)),
+                    "ids": np.arange(n, dtype=np.int64) + i,
+                }
+            )
     ds = fastload.Dataset(tmp_path / "t")
     blocks = sum(s.blocks for s in ds.shards)
     assert blocks > 10 and ds.manifest.bytes < 0.5 * sum(s.raw_bytes for s in ds.shards)
 
     def epoch(workers: int) -> tuple[list, fastload.DataLoader]:
-        loader = fastload.DataLoader(fastload.Dataset(tmp_path / "t"), batch_size=16,
-                                     shuffle=True, seed=2, num_workers=workers,
-                                     variable=variable)  # fmt: skip
+        loader = fastload.DataLoader(
+            fastload.Dataset(tmp_path / "t"),
+            batch_size=16,
+            shuffle=True,
+            seed=2,
+            num_workers=workers,
+            variable=variable,
+        )
         return list(loader), loader
 
     alone, _ = epoch(0)
@@ -343,8 +395,11 @@ def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
             if isinstance(want[k], torch.Tensor):
                 assert torch.equal(got[k], want[k])
             else:
-                assert got[k] == want[k] if k == "text" else \
-                    all(np.array_equal(a, b) for a, b in zip(got[k], want[k]))  # fmt: skip
+                assert (
+                    got[k] == want[k]
+                    if k == "text"
+                    else all(np.array_equal(a, b) for a, b in zip(got[k], want[k]))
+                )
     assert loader.stats()["decompressed_blocks"] == blocks
 
 
@@ -352,10 +407,16 @@ def test_a_record_too_long_for_its_pad_raises_from_a_shared_out_batch(tmp_path):
     with fastload.Writer(tmp_path / "p", {"ids": "int64[?]"}, block_size=500) as w:
         for i in range(200):
             w.write({"ids": np.zeros(i % 12, np.int64)})  # zstd packs zeros
-    loader = fastload.DataLoader(fastload.Dataset(tmp_path / "p"), batch_size=16, num_workers=2,
-                                 variable={"ids": fastload.Pad(10)})  # fmt: skip
+    loader = fastload.DataLoader(
+        fastload.Dataset(tmp_path / "p"),
+        batch_size=16,
+        num_workers=2,
+        variable={"ids": fastload.Pad(10)},
+    )
     assert loader._by_block
-    with pytest.raises(ValueError, match=r"field 'ids' of dataset record 11 has 11 items, "
-                                         r"more than Pad\(length=10\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"field 'ids' of dataset record 11 has 11 items, "
+        r"more than Pad\(length=10\)",
+    ):
         list(loader)
-

@@ -9,8 +9,8 @@ import io
 import subprocess
 import sys
 
-import nvidia.dali  # noqa: F401  (the test extra installs it: these tests must run)
 import numpy as np
+import nvidia.dali  # noqa: F401  (the test extra installs it: these tests must run)
 import pytest
 import torch
 from loadertools import damage
@@ -44,8 +44,9 @@ def blue(i: int) -> int:
 
 
 def write(path, bad: int | None = None, compression: str = "zstd"):
-    with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"},
-                         compression=compression) as w:  # fmt: skip
+    with fastload.Writer(
+        path, {"image": "image", "label": "int64", "name": "str"}, compression=compression
+    ) as w:
         for i in range(N):
             data = jpeg(i)
             w.write({"image": data[:300] if i == bad else data, "label": i, "name": f"n{i}"})
@@ -68,8 +69,10 @@ def epoch(path, backend="dali", train=True, layout="HWC", **kw) -> list[dict]:
     spec = fastload.ImageDecode(SIZE, train=train, layout=layout, backend=backend)
     with fastload.Dataset(path) as ds:
         loader = fastload.DataLoader(ds, decode={"image": spec}, **kw)
-        return [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-                for b in loader]  # fmt: skip
+        return [
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            for b in loader
+        ]
 
 
 def check_rows(batches: list[dict], layout: str = "HWC") -> list[int]:
@@ -131,9 +134,13 @@ def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
     got = {}
     for backend in ("cpu", "dali"):
         with fastload.Dataset(tmp_path / "ds") as ds:
-            loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=3,
-                                         decode={"image": fastload.ImageDecode(
-                                             SIZE, backend=backend)})  # fmt: skip
+            loader = fastload.DataLoader(
+                ds,
+                batch_size=BATCH,
+                num_workers=2,
+                seed=3,
+                decode={"image": fastload.ImageDecode(SIZE, backend=backend)},
+            )
             got[backend] = [(b["image"].clone(), b["label"].clone()) for b in loader]
             if backend == "dali":
                 room = loader.layout.slots[-1]
@@ -150,8 +157,7 @@ def test_pixel_buffers_are_reused_only_once_their_batch_is_garbage(images):
     reference = epoch(images, seed=5, num_workers=0)  # cloned
     decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
     with fastload.Dataset(images) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=0, seed=5,
-                                     decode=decode)  # fmt: skip
+        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=0, seed=5, decode=decode)
         kept = [b["image"] for b in loader]  # every batch held at once
         buffers = loader._dali.buffers["image"]
         assert len(buffers) >= len(kept)
@@ -173,9 +179,13 @@ def test_a_mix_of_datasets(images):
 
     def mixed(backend):
         mix = fastload.Mix([fastload.Dataset(images), fastload.Dataset(images)], [0.5, 0.5])
-        loader = fastload.DataLoader(mix, batch_size=BATCH, num_workers=2, seed=1,
-                                     decode={"image": fastload.ImageDecode(
-                                         SIZE, backend=backend)})  # fmt: skip
+        loader = fastload.DataLoader(
+            mix,
+            batch_size=BATCH,
+            num_workers=2,
+            seed=1,
+            decode={"image": fastload.ImageDecode(SIZE, backend=backend)},
+        )
         return [(b["image"].clone(), b["label"].clone()) for b in loader]
 
     cpu, dali = mixed("cpu"), mixed("dali")
@@ -201,8 +211,7 @@ def test_png_and_webp_too(tmp_path, fmt):
         assert (a["image"].float() - b["image"].float()).abs().mean() < 1.0
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "thread"),
-                                                     (3, "process")])  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "thread"), (3, "process")])
 def test_workers_do_not_change_dalis_pixels(images, num_workers, worker_type):
     reference = epoch(images, seed=1, shuffle=True)
     got = epoch(images, seed=1, shuffle=True, num_workers=num_workers, worker_type=worker_type)
@@ -214,14 +223,25 @@ def test_workers_do_not_change_dalis_pixels(images, num_workers, worker_type):
 def test_torch_order_and_loader_stats(images):
     gen = torch.Generator().manual_seed(9)
     with fastload.Dataset(images) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, shuffle=True, generator=gen,
-                                     num_workers=2, decode={"image": fastload.ImageDecode(
-                                         SIZE, backend="dali", dali_threads=1)})  # fmt: skip
-        order = [int(i) for b in torch.utils.data.DataLoader(
-            range(N), batch_size=BATCH, shuffle=True,
-            generator=torch.Generator().manual_seed(9)) for i in b]  # fmt: skip
-        got = [{"image": b["image"].clone(), "label": b["label"].clone(), "name": b["name"]}
-               for b in loader]  # fmt: skip
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=BATCH,
+            shuffle=True,
+            generator=gen,
+            num_workers=2,
+            decode={"image": fastload.ImageDecode(SIZE, backend="dali", dali_threads=1)},
+        )
+        order = [
+            int(i)
+            for b in torch.utils.data.DataLoader(
+                range(N), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(9)
+            )
+            for i in b
+        ]
+        got = [
+            {"image": b["image"].clone(), "label": b["label"].clone(), "name": b["name"]}
+            for b in loader
+        ]
         assert check_rows(got) == order
         stats = loader.stats()
     assert stats["samples"] == N and stats["batches"] == len(got)
@@ -230,12 +250,17 @@ def test_torch_order_and_loader_stats(images):
 
 def test_a_bad_image_names_its_record(with_bad):
     with fastload.Dataset(with_bad) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2,
-                                     decode={"image": fastload.ImageDecode(SIZE, backend="dali")})
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=BATCH,
+            num_workers=2,
+            decode={"image": fastload.ImageDecode(SIZE, backend="dali")},
+        )
         for _ in range(2):  # the pipeline is made again: the second epoch fails the same way
             seen = []
-            with pytest.raises(DecodeError, match=f"dataset record {BAD}: DALI could not "
-                                                  "decode its 300-byte image"):  # fmt: skip
+            with pytest.raises(
+                DecodeError, match=f"dataset record {BAD}: DALI could not decode its 300-byte image"
+            ):
                 for b in loader:
                     seen += b["label"].tolist()
             assert seen == list(range(BAD // BATCH * BATCH))  # the batches before it came
@@ -247,9 +272,15 @@ def test_bad_images_are_skipped_with_their_rows(with_bad):
     assert sorted(labels) == [i for i in range(N) if i != BAD]
     assert sum(len(b["label"]) for b in got) == N - 1
     with fastload.Dataset(with_bad) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=0, seed=2, shuffle=True,
-                                     bad_samples="skip", decode={"image": fastload.ImageDecode(
-                                         SIZE, backend="dali")})  # fmt: skip
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=BATCH,
+            num_workers=0,
+            seed=2,
+            shuffle=True,
+            bad_samples="skip",
+            decode={"image": fastload.ImageDecode(SIZE, backend="dali")},
+        )
         again = [b["label"].clone() for b in loader]
         stats, state = loader.stats(), loader.state_dict()
     assert [b["label"].tolist() for b in got] == [b.tolist() for b in again]
@@ -263,15 +294,25 @@ def test_records_failing_their_checksum_and_bad_images_together(images, tmp_path
     nothing is bad, and the budget counts both kinds."""
     plain = write(tmp_path / "plain", bad=BAD, compression="none")  # records at known bytes
     both = damage(plain, tmp_path / "both", records=(33, 36, 60))
-    want = {int(label): img for b in epoch(images, seed=2, shuffle=False)
-            for label, img in zip(b["label"], b["image"])}  # fmt: skip
+    want = {
+        int(label): img
+        for b in epoch(images, seed=2, shuffle=False)
+        for label, img in zip(b["label"], b["image"])
+    }
     with fastload.Dataset(both) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=2,
-                                     shuffle=False, bad_samples=fastload.SkipBadSamples(
-                                         max_fraction=0.1), decode={"image": fastload.ImageDecode(
-                                             SIZE, backend="dali")})  # fmt: skip
-        got = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-               for b in loader]  # fmt: skip
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=BATCH,
+            num_workers=2,
+            seed=2,
+            shuffle=False,
+            bad_samples=fastload.SkipBadSamples(max_fraction=0.1),
+            decode={"image": fastload.ImageDecode(SIZE, backend="dali")},
+        )
+        got = [
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            for b in loader
+        ]
         stats, state = loader.stats(), loader.state_dict()
     skipped = {33, 36, BAD, 60}
     assert check_rows(got) == [i for i in range(N) if i not in skipped]
@@ -294,8 +335,9 @@ def test_resuming_mid_epoch_gives_the_same_tail(images, num_workers):
     """DALI decodes a batch ahead: state_dict counts the batches handed out, not that one."""
     decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
     with fastload.Dataset(images) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=num_workers, seed=7,
-                                     shuffle=True, decode=decode)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=num_workers, seed=7, shuffle=True, decode=decode
+        )
         whole = [(b["image"].clone(), b["label"].clone()) for b in loader]
         loader.set_epoch(0)
         it = iter(loader)
@@ -303,8 +345,9 @@ def test_resuming_mid_epoch_gives_the_same_tail(images, num_workers):
             next(it)
         state = loader.state_dict()
         del it
-        fresh = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
-                                    decode=decode)  # fmt: skip
+        fresh = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True, decode=decode
+        )
         fresh.load_state_dict(state)
         tail = [(b["image"].clone(), b["label"].clone()) for b in fresh]
     assert len(tail) == len(whole) - 2
@@ -316,14 +359,16 @@ def test_resuming_out_of_order_repeats_and_loses_nothing(images):
     """in_order=False: the batch DALI holds back is not counted as handed out either."""
     decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
     with fastload.Dataset(images) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
-                                     in_order=False, decode=decode)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True, in_order=False, decode=decode
+        )
         it = iter(loader)
         first = [next(it)["label"].clone() for _ in range(2)]
         state = loader.state_dict()
         del it
-        fresh = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True,
-                                    in_order=False, decode=decode)  # fmt: skip
+        fresh = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, seed=7, shuffle=True, in_order=False, decode=decode
+        )
         fresh.load_state_dict(state)
         rest = [b for b in fresh]
     labels = [int(i) for b in first for i in b] + check_rows(rest)
@@ -333,8 +378,9 @@ def test_resuming_out_of_order_repeats_and_loses_nothing(images):
 def test_leaving_an_epoch_early_then_a_whole_one(images, no_leaks):
     decode = {"image": fastload.ImageDecode(SIZE, backend="dali")}
     with fastload.Dataset(images) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode,
-                                     persistent_workers=True)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, decode=decode, persistent_workers=True
+        )
         for _ in range(2):
             it = iter(loader)
             next(it)
@@ -379,21 +425,26 @@ def test_argument_errors(images):
     with pytest.raises(ValueError, match="eval center crop is square"):
         fastload.ImageDecode((32, 48), train=False, backend="dali")
     with fastload.Dataset(images) as ds, pytest.raises(ValueError, match="transform"):
-        fastload.DataLoader(ds, batch_size=4, transform=lambda s: s,
-                            decode={"image": fastload.ImageDecode(SIZE, backend="dali")})
+        fastload.DataLoader(
+            ds,
+            batch_size=4,
+            transform=lambda s: s,
+            decode={"image": fastload.ImageDecode(SIZE, backend="dali")},
+        )
 
 
 def test_without_dali_installed_the_error_says_what_to_install(images):
-    code = ("import sys; sys.modules['nvidia.dali'] = None\n"
-            "import fastload\n"
-            f"ds = fastload.Dataset({str(images)!r})\n"
-            "try:\n"
-            "    fastload.DataLoader(ds, batch_size=4, decode={'image': "
-            "fastload.ImageDecode(8, backend='dali')})\n"
-            "except ImportError as e:\n"
-            "    print('ImportError:', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    code = (
+        "import sys; sys.modules['nvidia.dali'] = None\n"
+        "import fastload\n"
+        f"ds = fastload.Dataset({str(images)!r})\n"
+        "try:\n"
+        "    fastload.DataLoader(ds, batch_size=4, decode={'image': "
+        "fastload.ImageDecode(8, backend='dali')})\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ImportError: ImageDecode(backend='dali') needs NVIDIA DALI" in out.stdout, out.stderr
     assert "fastload[dali]" in out.stdout
 

@@ -40,16 +40,30 @@ def assert_fast_equals_torch(fast_epochs, torch_epochs) -> None:
 
 
 # (batch_size, shuffle, drop_last)
-SHAPES = [(1, False, False), (8, False, False), (8, False, True), (7, True, False),
-          (7, True, True), (N, True, False), (N + 5, False, False), (N + 5, False, True)]
+SHAPES = [
+    (1, False, False),
+    (8, False, False),
+    (8, False, True),
+    (7, True, False),
+    (7, True, True),
+    (N, True, False),
+    (N + 5, False, False),
+    (N + 5, False, True),
+]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("batch_size,shuffle,drop_last", SHAPES)
 def test_fast_path_matches_torch(ds, batch_size, shuffle, drop_last, num_workers):
     def make(cls):
-        return cls(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                   num_workers=num_workers, generator=torch.Generator().manual_seed(7))  # fmt: skip
+        return cls(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(7),
+        )
 
     fast, ref = make(fastload.DataLoader), make(TorchLoader)
     assert fast.fast
@@ -77,19 +91,34 @@ def _samplers(ds):
     return {
         "list": lambda: {"sampler": order, "batch_size": 4},
         "sequential": lambda: {"sampler": SequentialSampler(ds), "batch_size": 9},
-        "subset_random": lambda: {"sampler": SubsetRandomSampler(
-            list(range(10, 60)), generator=torch.Generator().manual_seed(3)), "batch_size": 6},
-        "weighted": lambda: {"sampler": WeightedRandomSampler(
-            [1.0] * N, 40, replacement=True, generator=torch.Generator().manual_seed(5)),
-            "batch_size": 8, "drop_last": True},
-        "random_replacement": lambda: {"sampler": RandomSampler(
-            ds, replacement=True, num_samples=33, generator=torch.Generator().manual_seed(9)),
-            "batch_size": 5},
-        "batch_sampler": lambda: {"batch_sampler": BatchSampler(
-            RandomSampler(ds, generator=torch.Generator().manual_seed(11)), 7, False)},
-        "batch_sampler_lists": lambda: {"batch_sampler": [[3], [1, 2, 99, 98, 0], [4, 4],
-                                                          list(range(30, 50)), [7, 6]]},
-    }  # fmt: skip
+        "subset_random": lambda: {
+            "sampler": SubsetRandomSampler(
+                list(range(10, 60)), generator=torch.Generator().manual_seed(3)
+            ),
+            "batch_size": 6,
+        },
+        "weighted": lambda: {
+            "sampler": WeightedRandomSampler(
+                [1.0] * N, 40, replacement=True, generator=torch.Generator().manual_seed(5)
+            ),
+            "batch_size": 8,
+            "drop_last": True,
+        },
+        "random_replacement": lambda: {
+            "sampler": RandomSampler(
+                ds, replacement=True, num_samples=33, generator=torch.Generator().manual_seed(9)
+            ),
+            "batch_size": 5,
+        },
+        "batch_sampler": lambda: {
+            "batch_sampler": BatchSampler(
+                RandomSampler(ds, generator=torch.Generator().manual_seed(11)), 7, False
+            )
+        },
+        "batch_sampler_lists": lambda: {
+            "batch_sampler": [[3], [1, 2, 99, 98, 0], [4, 4], list(range(30, 50)), [7, 6]]
+        },
+    }
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -151,8 +180,9 @@ def test_batches_that_grow_between_epochs(ds1, num_workers, persistent):
         def __len__(self):
             return 2
 
-    fast = fastload.DataLoader(ds1, batch_sampler=Growing(), num_workers=num_workers,
-                               persistent_workers=persistent)  # fmt: skip
+    fast = fastload.DataLoader(
+        ds1, batch_sampler=Growing(), num_workers=num_workers, persistent_workers=persistent
+    )
     kept = None
     for epoch in range(1, 4):
         batches = list(fast)
@@ -235,24 +265,30 @@ class RandomPerSample(torch.utils.data.Dataset):
 def _general_cases(ds):
     return {
         "plain": lambda: (PlainDataset(), {"batch_size": 4}),
-        "plain_shuffle": lambda: (PlainDataset(), {
-            "batch_size": 5, "shuffle": True, "drop_last": True,
-            "generator": torch.Generator().manual_seed(2)}),
+        "plain_shuffle": lambda: (
+            PlainDataset(),
+            {
+                "batch_size": 5,
+                "shuffle": True,
+                "drop_last": True,
+                "generator": torch.Generator().manual_seed(2),
+            },
+        ),
         "tuples": lambda: (TupleDataset(), {"batch_size": 3}),
         "no_batching": lambda: (TupleDataset(), {"batch_size": None}),
         "iterable": lambda: (Stream(17), {"batch_size": 4}),
         "iterable_unbatched": lambda: (Stream(5), {"batch_size": None}),
-        "custom_collate_plain": lambda: (TupleDataset(), {"batch_size": 4,
-                                                           "collate_fn": _collate}),
+        "custom_collate_plain": lambda: (TupleDataset(), {"batch_size": 4, "collate_fn": _collate}),
         "custom_collate_fastload": lambda: (ds, {"batch_size": 10, "collate_fn": _collate}),
         "fastload_no_batching": lambda: (ds, {"batch_size": None}),
-        "worker_init_fn": lambda: (RandomPerSample(), {"batch_size": 2,
-                                                       "worker_init_fn": _init}),
-    }  # fmt: skip
+        "worker_init_fn": lambda: (RandomPerSample(), {"batch_size": 2, "worker_init_fn": _init}),
+    }
 
 
-@pytest.mark.parametrize("case,num_workers", [(c, w) for c in _general_cases(None)
-                                               for w in (0, 2) if c != "worker_init_fn" or w])
+@pytest.mark.parametrize(
+    "case,num_workers",
+    [(c, w) for c in _general_cases(None) for w in (0, 2) if c != "worker_init_fn" or w],
+)
 def test_general_path_matches_torch(ds1, case, num_workers):
     make = _general_cases(ds1)[case]
     dataset, kwargs = make()

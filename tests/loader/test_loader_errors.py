@@ -61,15 +61,22 @@ def corrupt_copy(src: Path, dst: Path, shard: int = 2, record: int = 1) -> int:
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
-@pytest.mark.parametrize("num_workers,worker_type,persistent", [
-    (0, "process", False), (2, "process", False), (2, "thread", False), (2, "process", True)])
-def test_c1_corrupt_record_reraises_with_worker_traceback(ds_paths, tmp_path, compression,
-                                                          num_workers, worker_type, persistent,
-                                                          no_leaks):  # fmt: skip
+@pytest.mark.parametrize(
+    "num_workers,worker_type,persistent",
+    [(0, "process", False), (2, "process", False), (2, "thread", False), (2, "process", True)],
+)
+def test_c1_corrupt_record_reraises_with_worker_traceback(
+    ds_paths, tmp_path, compression, num_workers, worker_type, persistent, no_leaks
+):
     bad = corrupt_copy(ds_paths[compression], tmp_path / "bad")
     ds = fastload.Dataset(tmp_path / "bad")
-    loader = fastload.DataLoader(ds, batch_size=4, num_workers=num_workers,
-                                 worker_type=worker_type, persistent_workers=persistent)
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=num_workers,
+        worker_type=worker_type,
+        persistent_workers=persistent,
+    )
     delivered = []
     with pytest.raises(CorruptRecordError) as info:
         for b in loader:
@@ -79,8 +86,11 @@ def test_c1_corrupt_record_reraises_with_worker_traceback(ds_paths, tmp_path, co
     # in order: every batch before the bad one was delivered, none after
     assert delivered == [list(range(k, k + 4)) for k in range(0, bad - bad % 4, 4)]
     if num_workers:
-        assert re.search(r"Caught CorruptRecordError in fastload worker [01] \(pid \d+\) "
-                         f"while loading batch {bad // 4} ", text)
+        assert re.search(
+            r"Caught CorruptRecordError in fastload worker [01] \(pid \d+\) "
+            f"while loading batch {bad // 4} ",
+            text,
+        )
         assert "Traceback (most recent call last)" in text and "read_into" in text
         assert f"dataset indices [{bad - bad % 4}, " in text and str(bad) in text
     # the loader is still usable afterwards (a new epoch, a new error, same batches first)
@@ -117,8 +127,10 @@ class RaisingDataset(fastload.Dataset):
         return super().read_into(indices, out)
 
 
-@pytest.mark.parametrize("error,cls", [(Boom("boom!"), Boom), (KeyError("k"), KeyError),
-                                       (NeedsTwoArgs(1, 2), RuntimeError)])  # fmt: skip
+@pytest.mark.parametrize(
+    "error,cls",
+    [(Boom("boom!"), Boom), (KeyError("k"), KeyError), (NeedsTwoArgs(1, 2), RuntimeError)],
+)
 def test_c1_exception_classes(ds_paths, error, cls):
     ds = RaisingDataset(ds_paths["none"], error)
     loader = fastload.DataLoader(ds, batch_size=5, num_workers=2)
@@ -139,9 +151,14 @@ def _hanging_init(worker_id):
 @pytest.mark.parametrize("worker_type", ["process", "thread"])
 @pytest.mark.parametrize("persistent", [False, True])
 def test_c2_worker_init_fn_raising(ds1, worker_type, persistent, no_leaks):
-    loader = fastload.DataLoader(ds1, batch_size=5, num_workers=2, worker_type=worker_type,
-                                 worker_init_fn=_raising_init,
-                                 persistent_workers=persistent)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1,
+        batch_size=5,
+        num_workers=2,
+        worker_type=worker_type,
+        worker_init_fn=_raising_init,
+        persistent_workers=persistent,
+    )
     start = time.monotonic()
     with pytest.raises(Boom, match="init of worker 1 failed") as info:
         list(loader)
@@ -153,12 +170,18 @@ def test_c2_worker_init_fn_raising(ds1, worker_type, persistent, no_leaks):
 # ----------------------------------------------------------------------------- C3: killed worker
 
 
-@pytest.mark.parametrize("method,persistent", [("fork", False), ("fork", True),
-                                               ("forkserver", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "method,persistent", [("fork", False), ("fork", True), ("forkserver", False)]
+)
 def test_c3_killed_worker_is_reported(ds_paths, method, persistent, no_leaks):
     ds = SlowDataset(ds_paths["none"], delay=0.03)
-    loader = fastload.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=persistent,
-                                 multiprocessing_context=method)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=persistent,
+        multiprocessing_context=method,
+    )
     it = iter(loader)
     check_batch(next(it))
     victim = loader._pool.workers[1]
@@ -195,15 +218,20 @@ class CrashingDataset(fastload.Dataset):
 
 @pytest.mark.parametrize("persistent", [False, True])
 def test_c4_a_worker_crashing_in_native_code_is_reported(ds_paths, persistent, no_leaks):
-    loader = fastload.DataLoader(CrashingDataset(ds_paths["none"]), batch_size=2,
-                                 num_workers=2, persistent_workers=persistent)  # fmt: skip
+    loader = fastload.DataLoader(
+        CrashingDataset(ds_paths["none"]),
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=persistent,
+    )
     start = time.monotonic()
     with pytest.raises(WorkerDiedError) as info:
         for b in loader:
             assert 7 not in check_batch(b)
     assert time.monotonic() - start < 5
-    assert re.search(r"fastload worker [01] \(pid \d+\) was killed by signal 11 \(SIGSEGV\)",
-                     str(info.value)), str(info.value)
+    assert re.search(
+        r"fastload worker [01] \(pid \d+\) was killed by signal 11 \(SIGSEGV\)", str(info.value)
+    ), str(info.value)
     loader.close()
 
 
@@ -217,8 +245,14 @@ def test_c5_hung_worker_times_out(ds_paths, how, persistent, no_leaks):
         ds, init = fastload.Dataset(ds_paths["none"]), _hanging_init
     else:
         ds, init = SlowDataset(ds_paths["none"], hang_on=10), None
-    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2, timeout=1,
-                                 worker_init_fn=init, persistent_workers=persistent)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=2,
+        timeout=1,
+        worker_init_fn=init,
+        persistent_workers=persistent,
+    )
     start = time.monotonic()
     with pytest.raises(LoaderTimeoutError, match="timed out after 1 seconds"):
         for b in loader:
@@ -230,8 +264,7 @@ def test_c5_hung_worker_times_out(ds_paths, how, persistent, no_leaks):
 
 def test_c5_hung_thread_worker_times_out(ds_paths, release_threads):
     ds = SlowDataset(ds_paths["none"], hang_on=10, releasable=True)
-    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2, timeout=1,
-                                 worker_type="thread")  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2, timeout=1, worker_type="thread")
     start = time.monotonic()
     with pytest.raises(LoaderTimeoutError):
         list(loader)
@@ -245,7 +278,7 @@ def _leave_by(how: str, loader) -> None:
     if how == "end":
         list(loader)
     elif how == "break":
-        for k, b in enumerate(loader):
+        for k, _b in enumerate(loader):
             if k == 3:
                 break
     elif how == "del":
@@ -255,7 +288,7 @@ def _leave_by(how: str, loader) -> None:
         del it
     elif how == "raise":
         with pytest.raises(ZeroDivisionError):
-            for k, b in enumerate(loader):
+            for k, _b in enumerate(loader):
                 if k == 3:
                     raise ZeroDivisionError("in the training loop")
     elif how == "del_loader":  # the loader and its iterator dropped together mid-epoch
@@ -264,12 +297,13 @@ def _leave_by(how: str, loader) -> None:
         return it
 
 
-@pytest.mark.parametrize("how,method", [("end", "fork"), ("break", "fork"), ("del", "fork"),
-                                        ("raise", "fork"), ("break", "spawn")])  # fmt: skip
+@pytest.mark.parametrize(
+    "how,method",
+    [("end", "fork"), ("break", "fork"), ("del", "fork"), ("raise", "fork"), ("break", "spawn")],
+)
 def test_c7_leaving_an_epoch_reaps_workers(ds_paths, how, method, no_leaks):
     ds = SlowDataset(ds_paths["none"], delay=0.002)
-    loader = fastload.DataLoader(ds, batch_size=2, num_workers=2,
-                                 multiprocessing_context=method)  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=method)
     shm = shm_listing()
     pids: list[int] = []
     orig = loader._start_pool
@@ -334,26 +368,48 @@ _CHILD = textwrap.dedent("""
 def big_records(tmp_path_factory) -> Path:
     """Records whose str field is 50 kB: a few batches of them fill a pipe."""
     path = tmp_path_factory.mktemp("big") / "ds"
-    with fastload.Writer(path, {"i": "int64", "s": "str"}, shard_size="1MB", block_size="64KB",
-                         compression="none") as w:  # fmt: skip
+    with fastload.Writer(
+        path, {"i": "int64", "s": "str"}, shard_size="1MB", block_size="64KB", compression="none"
+    ) as w:
         for i in range(400):
             w.write({"i": i, "s": str(i % 10) * 50_000})
     return path
 
 
-@pytest.mark.parametrize("method,persistent,big", [
-    ("fork", False, False), ("fork", True, False), ("forkserver", True, False),
-    # workers with results the dead consumer will never read (more than a pipe holds)
-    ("fork", False, True)])  # fmt: skip
-def test_c6_killing_the_main_process_leaves_no_orphans(ds_paths, big_records, method,
-                                                       persistent, big):  # fmt: skip
+@pytest.mark.parametrize(
+    "method,persistent,big",
+    [
+        ("fork", False, False),
+        ("fork", True, False),
+        ("forkserver", True, False),
+        # workers with results the dead consumer will never read (more than a pipe holds)
+        ("fork", False, True),
+    ],
+)
+def test_c6_killing_the_main_process_leaves_no_orphans(
+    ds_paths, big_records, method, persistent, big
+):
     shm = shm_listing()
     path = big_records if big else ds_paths["none"]
-    code = _CHILD.format(here=str(HERE), path=str(path), method=method, persistent=persistent,
-                         big=big, batch_size=16 if big else 2)  # fmt: skip
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                 [str(HERE.parent / "format"), os.environ.get("PYTHONPATH", "")])})
+    code = _CHILD.format(
+        here=str(HERE),
+        path=str(path),
+        method=method,
+        persistent=persistent,
+        big=big,
+        batch_size=16 if big else 2,
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(HERE.parent / "format"), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )
     try:
         line = child.stdout.readline()
         pids = [int(p) for p in line.split()]
@@ -366,4 +422,3 @@ def test_c6_killing_the_main_process_leaves_no_orphans(ds_paths, big_records, me
         child.wait()
     assert wait_gone(pids, 5) == []
     assert shm_listing() <= shm
-

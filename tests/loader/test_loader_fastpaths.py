@@ -19,7 +19,6 @@ from fastload.errors import CorruptRecordError
 from fastload.loader import fill
 from fastload.loader.fill import BatchTimings, RawGather, fill_batch
 from fastload.loader.layout import BatchLayout
-from fastload.loader.pool import WorkerPool
 from fastload.loader.messages import (
     RESULTS,
     TASKS,
@@ -27,6 +26,7 @@ from fastload.loader.messages import (
     encode_results,
     encode_tasks,
 )
+from fastload.loader.pool import WorkerPool
 from fastload.loader.worker import Result, Task, WorkerError
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,14 +35,18 @@ FIXED = {"i": "int64", "tokens": "uint16[33]", "x": "float32[2]"}
 
 
 def fixed_record(i: int) -> dict:
-    return {"i": i, "tokens": ((np.arange(33) * 7 + i) % 65536).astype(np.uint16),
-            "x": np.array([i, -i], np.float32)}  # fmt: skip
+    return {
+        "i": i,
+        "tokens": ((np.arange(33) * 7 + i) % 65536).astype(np.uint16),
+        "x": np.array([i, -i], np.float32),
+    }
 
 
 def write_fixed(path: Path, n: int = 200, compression: str = "none") -> Path:
     # small shards: a batch usually spans several of them
-    with fastload.Writer(path, FIXED, shard_size=1200, block_size=400,
-                         compression=compression) as w:  # fmt: skip
+    with fastload.Writer(
+        path, FIXED, shard_size=1200, block_size=400, compression=compression
+    ) as w:
         for i in range(n):
             w.write(fixed_record(i))
     return path
@@ -57,29 +61,38 @@ def check_fixed(batch: dict, indices) -> None:
 
 # ----------------------------------------------------------------------------- messages
 
+
 def test_tasks_round_trip_flat():
-    tasks = [Task(7, 3, np.array([5, 1, 9], np.int64), (2**64 - 1, 0)),
-             Task(8, 0, np.array([], np.int64), (0, 12345)),
-             Task(9, 11, np.arange(16), (2**63, 2)),
-             Task(9, 11, np.arange(16), (2**63, 2), part=1, parts=3),  # shares travel flat
-             Task(9, 11, np.arange(16), (2**63, 2), part=2, parts=3, by_block=True)]  # fmt: skip
+    tasks = [
+        Task(7, 3, np.array([5, 1, 9], np.int64), (2**64 - 1, 0)),
+        Task(8, 0, np.array([], np.int64), (0, 12345)),
+        Task(9, 11, np.arange(16), (2**63, 2)),
+        Task(9, 11, np.arange(16), (2**63, 2), part=1, parts=3),  # shares travel flat
+        Task(9, 11, np.arange(16), (2**63, 2), part=2, parts=3, by_block=True),
+    ]
     data = encode_tasks(tasks)
     assert data[:4] == TASKS
     got = decode(data)
-    fields = lambda t: (t.batch, t.slab, t.rng_seed, t.new_slab, t.part, t.parts, t.by_block)
+
+    def fields(t):
+        return (t.batch, t.slab, t.rng_seed, t.new_slab, t.part, t.parts, t.by_block)
+
     assert [fields(t) for t in got] == [fields(t) for t in tasks]
     for a, b in zip(got, tasks):
         assert a.indices.dtype == np.int64 and a.indices.tolist() == list(b.indices)
     assert all(type(x) is int for t in got for x in (t.batch, t.slab, *t.rng_seed))
 
 
-@pytest.mark.parametrize("tasks", [
-    None,
-    [Task(0, 0, np.arange(3), (-1, 2))],  # a seed that is not in [0, 2**64)
-    [Task(0, 0, np.arange(3), (2**64, 2))],
-    [Task(0, 0, np.arange(3), (1, 2, 3))],  # not two words
-    [Task(0, 0, np.arange(3), (1, 2), new_slab=("arena", (0, 64)))],  # a slab handle
-])
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        None,
+        [Task(0, 0, np.arange(3), (-1, 2))],  # a seed that is not in [0, 2**64)
+        [Task(0, 0, np.arange(3), (2**64, 2))],
+        [Task(0, 0, np.arange(3), (1, 2, 3))],  # not two words
+        [Task(0, 0, np.arange(3), (1, 2), new_slab=("arena", (0, 64)))],  # a slab handle
+    ],
+)
 def test_tasks_fall_back_to_pickle(tasks):
     data = encode_tasks(tasks)
     assert data[:4] != TASKS
@@ -92,33 +105,62 @@ def test_tasks_fall_back_to_pickle(tasks):
 
 
 def test_results_round_trip_flat_and_pickled():
-    plain = [Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568,
-                                               decompressed=3)),
-             Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=0)),
-             Result(6, 1, 0, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=1),
-                    part=1, parts=2)]
+    plain = [
+        Result(4, 2, 16, {}, BatchTimings(read=0.25, decode=1e-3, bytes=65568, decompressed=3)),
+        Result(5, 0, 3, {}, BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=0)),
+        Result(
+            6,
+            1,
+            0,
+            {},
+            BatchTimings(read=0.0, decode=0.0, bytes=0, decompressed=1),
+            part=1,
+            parts=2,
+        ),
+    ]
     data = encode_results(plain)
     assert data[:4] == RESULTS
     got = decode(data)
     for a, b in zip(got, plain):
-        assert (a.batch, a.slab, a.samples, a.listed, a.error, a.part, a.parts) == \
-            (b.batch, b.slab, b.samples, {}, None, b.part, b.parts)  # fmt: skip
+        assert (a.batch, a.slab, a.samples, a.listed, a.error, a.part, a.parts) == (
+            b.batch,
+            b.slab,
+            b.samples,
+            {},
+            None,
+            b.part,
+            b.parts,
+        )
         assert dict(a.timings) == dict(b.timings)
     error = WorkerError("ValueError", "builtins", "bad", "tb", 1, 2, "here")
-    for odd in ([Result(1, 1, error=error)],
-                [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
-                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, decompressed=0,
-                                                  io={"n": 1}))],
-                [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0), bad=[(1, "x")])]):
+    for odd in (
+        [Result(1, 1, error=error)],
+        [Result(1, 1, 2, {"s": ["a", "b"]}, BatchTimings(read=0, decode=0, bytes=0))],
+        [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0, decompressed=0, io={"n": 1}))],
+        [Result(1, 1, 2, {}, BatchTimings(read=0, decode=0, bytes=0), bad=[(1, "x")])],
+    ):
         data = encode_results(odd)
         assert data[:4] != RESULTS
         back = decode(data)[0]
-        assert (back.error, back.listed, dict(back.timings or {}), back.part, back.parts,
-                back.bad) == (odd[0].error, odd[0].listed, dict(odd[0].timings or {}),
-                              odd[0].part, odd[0].parts, odd[0].bad)  # fmt: skip
+        assert (
+            back.error,
+            back.listed,
+            dict(back.timings or {}),
+            back.part,
+            back.parts,
+            back.bad,
+        ) == (
+            odd[0].error,
+            odd[0].listed,
+            dict(odd[0].timings or {}),
+            odd[0].part,
+            odd[0].parts,
+            odd[0].bad,
+        )
 
 
 # ----------------------------------------------------------------------------- RawGather
+
 
 @pytest.fixture(scope="module")
 def fixed_path(tmp_path_factory) -> Path:
@@ -191,12 +233,14 @@ def test_raw_gather_leaves_errors_to_read_into(fixed_path, tmp_path):
     every_other = np.arange(12, dtype=np.int64)[::3]
     for indices in (every_other, every_other.tolist()):
         fill_batch(ds, layout, slab, indices, (0, 0))
-        check_fixed({k: torch.from_numpy(v) for k, v in layout.views(slab, 4).items()},
-                    [0, 3, 6, 9])  # fmt: skip
+        check_fixed(
+            {k: torch.from_numpy(v) for k, v in layout.views(slab, 4).items()}, [0, 3, 6, 9]
+        )
     # negative indices count from the end, as in read_into
     fill_batch(ds, layout, slab, np.array([-1, 0]), (0, 0))
-    check_fixed({k: torch.from_numpy(v) for k, v in layout.views(slab, 2).items()},
-                [len(ds) - 1, 0])  # fmt: skip
+    check_fixed(
+        {k: torch.from_numpy(v) for k, v in layout.views(slab, 2).items()}, [len(ds) - 1, 0]
+    )
     # a damaged record: the same CorruptRecordError as the general path
     bad_path = tmp_path / "bad"
     shutil.copytree(fixed_path, bad_path)
@@ -214,15 +258,23 @@ def test_raw_gather_leaves_errors_to_read_into(fixed_path, tmp_path):
     fill_batch(bad_ds, layout, slab, np.array([0, bad + 1]), (0, 0))  # its neighbours are fine
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
-                                                     (2, "thread")])
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
 def test_loader_over_fixed_fields_matches_torch_order(fixed_path, num_workers, worker_type):
     ds = fastload.Dataset(fixed_path)
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
-                                 worker_type=worker_type,
-                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
-    order = [b.tolist() for b in torch.utils.data.DataLoader(
-        range(len(ds)), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))]
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=num_workers,
+        worker_type=worker_type,
+        generator=torch.Generator().manual_seed(3),
+    )
+    order = [
+        b.tolist()
+        for b in torch.utils.data.DataLoader(
+            range(len(ds)), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+    ]
     got = 0
     for batch, want in zip(loader, order):
         check_fixed(batch, want)
@@ -256,8 +308,9 @@ def test_process_workers_return_big_freed_buffers(tmp_path):
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the setting is glibc's")
     ds = fastload.Dataset(write_fixed(tmp_path / "ds", 20))
-    loader = fastload.DataLoader(ds, batch_size=5, num_workers=1,
-                                 worker_init_fn=_big_buffers_come_back)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds, batch_size=5, num_workers=1, worker_init_fn=_big_buffers_come_back
+    )
     assert sum(len(b["i"]) for b in loader) == 20
 
 

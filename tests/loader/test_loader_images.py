@@ -35,8 +35,9 @@ def jpeg(i: int) -> bytes:
 @pytest.fixture(scope="module")
 def images_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "ds"
-    with fastload.Writer(path, {"image": "image", "label": "int64", "name": "str"},
-                         shard_size=N * 2000 // 3) as w:  # fmt: skip
+    with fastload.Writer(
+        path, {"image": "image", "label": "int64", "name": "str"}, shard_size=N * 2000 // 3
+    ) as w:
         for i in range(N):
             w.write({"image": jpeg(i), "label": i, "name": f"img{i}"})
     return path
@@ -46,10 +47,11 @@ def epoch(path, num_workers: int, worker_type: str = "process", **kw) -> list[di
     kw.setdefault("decode", {"image": fastload.ImageDecode(SIZE, train=True)})
     with fastload.Dataset(path) as ds:
         kw.setdefault("batch_size", BATCH)
-        loader = fastload.DataLoader(ds, num_workers=num_workers, worker_type=worker_type,
-                                     **kw)  # fmt: skip
-        return [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-                for b in loader]  # fmt: skip
+        loader = fastload.DataLoader(ds, num_workers=num_workers, worker_type=worker_type, **kw)
+        return [
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            for b in loader
+        ]
 
 
 def expected_pixels(labels, seed: tuple, layout: str = "HWC") -> np.ndarray:
@@ -61,8 +63,9 @@ def expected_pixels(labels, seed: tuple, layout: str = "HWC") -> np.ndarray:
     sizes = [Image.open(io.BytesIO(b)).size for b in images]
     hs, ws = [h for _, h in sizes], [w for w, _ in sizes]
     shape = (len(images), SIZE, SIZE, 3) if layout == "HWC" else (len(images), 3, SIZE, SIZE)
-    params = draw_batch_params(hs, ws, (SIZE, SIZE), train=True,
-                               rngs=image_rngs((*seed, 0), range(len(images))))  # fmt: skip
+    params = draw_batch_params(
+        hs, ws, (SIZE, SIZE), train=True, rngs=image_rngs((*seed, 0), range(len(images)))
+    )
     out = np.zeros(shape, np.uint8)
     decode_batch_into(images, hs, ws, out, train=True, params=params, layout=layout)
     return out
@@ -70,12 +73,14 @@ def expected_pixels(labels, seed: tuple, layout: str = "HWC") -> np.ndarray:
 
 def same(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(
-        torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
-        and x["name"] == y["name"] for x, y in zip(a, b))  # fmt: skip
+        torch.equal(x["image"], y["image"])
+        and torch.equal(x["label"], y["label"])
+        and x["name"] == y["name"]
+        for x, y in zip(a, b)
+    )
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(2, "process"), (3, "process"),
-                                                     (2, "thread")])  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(2, "process"), (3, "process"), (2, "thread")])
 def test_worker_count_and_type_do_not_change_the_pixels(images_path, num_workers, worker_type):
     reference = epoch(images_path, 0, seed=5, shuffle=True)
     got = epoch(images_path, num_workers, worker_type, seed=5, shuffle=True)
@@ -91,16 +96,18 @@ def test_pixels_are_the_decoders_with_the_batch_seed(images_path):
     """Without a planned order the batch's seed is (base seed, batch number): recompute every
     batch (shared by both workers but the last) from the torch generator."""
     got = epoch(images_path, 2, generator=torch.Generator().manual_seed(3), shuffle=True)
-    base = int(torch.empty((), dtype=torch.int64).random_(
-        generator=torch.Generator().manual_seed(3)))  # fmt: skip
+    base = int(
+        torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3))
+    )
     for j in range(len(got)):
-        assert np.array_equal(got[j]["image"].numpy(), expected_pixels(got[j]["label"],
-                                                                       (base, j)))  # fmt: skip
+        assert np.array_equal(got[j]["image"].numpy(), expected_pixels(got[j]["label"], (base, j)))
 
 
 def test_chw_and_eval_layouts_through_shared_first_batches(images_path):
-    for spec in (fastload.ImageDecode(SIZE, train=True, layout="CHW"),
-                 fastload.ImageDecode(SIZE, train=False)):  # fmt: skip
+    for spec in (
+        fastload.ImageDecode(SIZE, train=True, layout="CHW"),
+        fastload.ImageDecode(SIZE, train=False),
+    ):
         reference = epoch(images_path, 0, seed=1, decode={"image": spec})
         got = epoch(images_path, 2, seed=1, decode={"image": spec})
         assert same(reference, got)
@@ -111,10 +118,16 @@ def test_persistent_workers_after_a_break(images_path, no_leaks):
     """Leaving an epoch right after its first batch (shares of the next ones may still be out
     with a worker) frees every slab exactly once and the next epochs are whole and the same."""
     with fastload.Dataset(images_path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, seed=2, shuffle=True,
-                                     persistent_workers=True,
-                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
-        for e in range(3):
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=BATCH,
+            num_workers=2,
+            seed=2,
+            shuffle=True,
+            persistent_workers=True,
+            decode={"image": fastload.ImageDecode(SIZE)},
+        )
+        for _e in range(3):
             loader.set_epoch(0)
             it = iter(loader)
             first = next(it)["label"].clone()
@@ -140,8 +153,9 @@ def test_a_bad_image_names_its_record_and_the_worker_that_decoded_it(tmp_path, n
         loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode)
         with pytest.raises(Exception, match=r"(?s)fastload worker 1 .*dataset record 20"):
             next(iter(loader))
-        later = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, decode=decode,
-                                    sampler=range(BATCH, 2 * BATCH))  # fmt: skip
+        later = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, decode=decode, sampler=range(BATCH, 2 * BATCH)
+        )
         assert [b["label"].tolist() for b in later] == [list(range(BATCH, 2 * BATCH))]
 
 
@@ -149,8 +163,9 @@ def test_shared_batches_count_once(images_path):
     """Batches of 32 are shared by both workers, the last (16) is not; each shared batch's
     result merges its two shares: every sample delivered and counted once."""
     with fastload.Dataset(images_path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2,
-                                     decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, decode={"image": fastload.ImageDecode(SIZE)}
+        )
         assert loader._shares(BATCH) == 2 and loader._shares(N % BATCH) == 1
         batches = [b["label"].clone() for b in loader]
         assert torch.cat(batches).tolist() == list(range(N))
@@ -173,15 +188,16 @@ def bad_path(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
-                                                     (2, "thread")])  # fmt: skip
-def test_skip_drops_bad_images_and_counts_them(images_path, bad_path, num_workers,
-                                               worker_type):  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
+def test_skip_drops_bad_images_and_counts_them(images_path, bad_path, num_workers, worker_type):
     """bad_samples='skip': each bad image's sample is dropped from its batch (the rest of the
     batch moves up, every field), counted and logged; the good samples are exactly what the
     same records give where nothing fails."""
-    good = {int(b["label"][k]): (b["image"][k], b["name"][k])
-            for b in epoch(images_path, 0, seed=3) for k in range(len(b["label"]))}  # fmt: skip
+    good = {
+        int(b["label"][k]): (b["image"][k], b["name"][k])
+        for b in epoch(images_path, 0, seed=3)
+        for k in range(len(b["label"]))
+    }
     import logging
 
     logged: list[str] = []
@@ -190,9 +206,15 @@ def test_skip_drops_bad_images_and_counts_them(images_path, bad_path, num_worker
     logging.getLogger("fastload").addHandler(handler)
     try:
         with fastload.Dataset(bad_path) as ds:
-            loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=num_workers,
-                                         worker_type=worker_type, bad_samples="skip", seed=3,
-                                         decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+            loader = fastload.DataLoader(
+                ds,
+                batch_size=BATCH,
+                num_workers=num_workers,
+                worker_type=worker_type,
+                bad_samples="skip",
+                seed=3,
+                decode={"image": fastload.ImageDecode(SIZE)},
+            )
             batches = list(loader)
             stats = loader.stats()
     finally:
@@ -214,12 +236,15 @@ def test_skipping_stops_when_the_budget_is_spent(bad_path):
     with fastload.Dataset(bad_path) as ds:
         in_a_row = fastload.SkipBadSamples(max_consecutive=1)
         loader = fastload.DataLoader(ds, batch_size=BATCH, bad_samples=in_a_row, decode=decode)
-        with pytest.raises(fastload.TooManyBadSamplesError,
-                           match=r"2 bad samples in a row .* 2 of 32 samples skipped"):
+        with pytest.raises(
+            fastload.TooManyBadSamplesError,
+            match=r"2 bad samples in a row .* 2 of 32 samples skipped",
+        ):
             next(iter(loader))
         rate = fastload.SkipBadSamples(max_fraction=0.04, probation=40)
-        loader = fastload.DataLoader(ds, batch_size=BATCH, num_workers=2, bad_samples=rate,
-                                     decode=decode)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=BATCH, num_workers=2, bad_samples=rate, decode=decode
+        )
         it = iter(loader)
         next(it)  # 2 of 32: under probation
         with pytest.raises(fastload.TooManyBadSamplesError, match=r"4.7% of the samples"):
@@ -232,8 +257,9 @@ def test_skipping_stops_when_the_budget_is_spent(bad_path):
 def test_bad_samples_argument_is_checked(images_path):
     with fastload.Dataset(images_path) as ds:
         with pytest.raises(ValueError, match="bad_samples must be"):
-            fastload.DataLoader(ds, bad_samples="ignore",
-                                decode={"image": fastload.ImageDecode(SIZE)})  # fmt: skip
+            fastload.DataLoader(
+                ds, bad_samples="ignore", decode={"image": fastload.ImageDecode(SIZE)}
+            )
         with pytest.raises(ValueError, match="max_fraction"):
             fastload.SkipBadSamples(max_fraction=2)
 
@@ -244,10 +270,10 @@ def _to_chw_float(sample: dict) -> dict:
     return {"image": (image - 0.5) / 0.25, "label": sample["label"], "name": sample["name"]}
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
-                                                     (2, "thread")])  # fmt: skip
-def test_a_transform_after_the_decode_sees_the_decoded_pixels(images_path, num_workers,
-                                                              worker_type):  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
+def test_a_transform_after_the_decode_sees_the_decoded_pixels(
+    images_path, num_workers, worker_type
+):
     """transform= gets each decoded image (the same crop and flip as without it, batches
     shared among the workers or not) and its outputs become the batch."""
     plain = epoch(images_path, num_workers, worker_type, seed=3)
@@ -266,8 +292,7 @@ def test_variable_length_fields_of_shared_image_batches(tmp_path):
     path = tmp_path / "captions"
     with fastload.Writer(path, {"image": "image", "label": "int64", "caption": "int32[?]"}) as w:
         for i in range(N):
-            w.write({"image": jpeg(i), "label": i,
-                     "caption": np.arange(i % 9, dtype=np.int32) + i})  # fmt: skip
+            w.write({"image": jpeg(i), "label": i, "caption": np.arange(i % 9, dtype=np.int32) + i})
     variable = {"caption": fastload.Pad(value=-1)}
     shared = epoch(path, 2, variable=variable)
     alone = epoch(path, 0, variable=variable)

@@ -52,8 +52,7 @@ def test_a_state_saved_out_of_order_resumes_with_nothing_repeated_or_lost(ds_pat
 def test_an_out_of_order_state_resumes_only_its_own_rank_world_and_batch_size(ds_paths):
     path = ds_paths["none"]
     full = [check_batch(b) for b in planned(fastload.Dataset(path))]
-    first = planned(SlowDataset(path, hang_on=full[0][0], hang=1.0), num_workers=2,
-                    in_order=False)  # fmt: skip
+    first = planned(SlowDataset(path, hang_on=full[0][0], hang=1.0), num_workers=2, in_order=False)
     it = iter(first)
     next(it)
     state = first.state_dict()
@@ -78,8 +77,9 @@ def test_an_out_of_order_state_resumes_only_its_own_rank_world_and_batch_size(ds
 
 
 def test_the_general_path_still_refuses_an_out_of_order_state():
-    loader = fastload.DataLoader(list(range(40)), batch_size=4, seed=0, num_workers=2,
-                                 in_order=False)  # fmt: skip
+    loader = fastload.DataLoader(
+        list(range(40)), batch_size=4, seed=0, num_workers=2, in_order=False
+    )
     with pytest.raises(ValueError, match="in_order=False needs the fast path"):
         loader.state_dict()
 

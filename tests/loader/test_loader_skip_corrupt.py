@@ -34,12 +34,12 @@ def damaged(intact, tmp_path_factory) -> Path:
     return damage(intact, tmp_path_factory.mktemp("damaged") / "ds", BAD)
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
-                                                     (2, "thread")])  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
 def test_corrupt_records_are_skipped_and_counted(damaged, num_workers, worker_type):
     with fastload.Dataset(damaged) as ds:
-        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
-                                     worker_type=worker_type, bad_samples="skip")  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=8, num_workers=num_workers, worker_type=worker_type, bad_samples="skip"
+        )
         batches = list(loader)
         stats = loader.stats()
     assert len(batches) == len(loader) == -(-N // 8)  # a batch per step, however short
@@ -62,8 +62,9 @@ def _tagged(sample: dict) -> dict:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_skipped_records_are_not_transformed(damaged, num_workers):
     with fastload.Dataset(damaged) as ds:
-        loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers,
-                                     bad_samples="skip", transform=_tagged)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=8, num_workers=num_workers, bad_samples="skip", transform=_tagged
+        )
         batches = list(loader)
     got = [i for b in batches for i in b["i"].tolist()]
     assert got == [i for i in range(N) if i not in BAD]
@@ -73,15 +74,25 @@ def test_skipped_records_are_not_transformed(damaged, num_workers):
 def test_fixed_fields_only_through_the_batched_gather(tmp_path):
     """Fixed-size fields only: the batch read that checks and copies in one call finds the
     corrupt record, and the rows around it come from the general path, one by one."""
-    with fastload.Writer(tmp_path / "ds", {"i": "int64", "t": "uint16[9]"},
-                         shard_size=900, block_size=300, compression="none") as w:  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "ds",
+        {"i": "int64", "t": "uint16[9]"},
+        shard_size=900,
+        block_size=300,
+        compression="none",
+    ) as w:
         for i in range(N):
             w.write({"i": i, "t": np.full(9, i, np.uint16)})
     bad = damage(tmp_path / "ds", tmp_path / "bad", BAD)
     with fastload.Dataset(bad) as ds:
-        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2,
-                                     generator=torch.Generator().manual_seed(1),
-                                     bad_samples=LENIENT)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=16,
+            shuffle=True,
+            num_workers=2,
+            generator=torch.Generator().manual_seed(1),
+            bad_samples=LENIENT,
+        )
         seen = []
         for b in loader:
             assert torch.equal(b["t"], b["i"][:, None].to(torch.uint16).expand(-1, 9))
@@ -94,8 +105,7 @@ def test_a_corrupt_compressed_block_skips_its_records(intact, tmp_path):
     zstd = write_dataset(tmp_path / "zstd", compression="zstd")
     bad = damage(zstd, tmp_path / "bad", records=(40,), whole_block=True)
     with fastload.Dataset(bad) as ds:
-        batches = list(fastload.DataLoader(ds, batch_size=10, num_workers=2,
-                                           bad_samples=LENIENT))  # fmt: skip
+        batches = list(fastload.DataLoader(ds, batch_size=10, num_workers=2, bad_samples=LENIENT))
     got = [i for b in batches for i in check_batch(b)]
     lost = sorted(set(range(N)) - set(got))
     assert 40 in lost and len(lost) > 1  # the block's records, around record 40
@@ -113,8 +123,14 @@ def test_a_corrupt_block_shared_out_by_block_skips_its_records(tmp_path):
     bad = damage(tmp_path / "zstd", tmp_path / "bad", records=(100,), whole_block=True)
 
     def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
-        loader = fastload.DataLoader(fastload.Dataset(bad), batch_size=16, shuffle=True,
-                                     seed=2, num_workers=workers, bad_samples=LENIENT)  # fmt: skip
+        loader = fastload.DataLoader(
+            fastload.Dataset(bad),
+            batch_size=16,
+            shuffle=True,
+            seed=2,
+            num_workers=workers,
+            bad_samples=LENIENT,
+        )
         return torch.cat([b["tokens"] for b in loader]).numpy(), loader
 
     alone, _ = epoch(0)
@@ -142,33 +158,44 @@ def jpeg(i: int) -> bytes:
 
 def image_epoch(path: Path, **kw) -> list[dict]:
     with fastload.Dataset(path) as ds:
-        loader = fastload.DataLoader(ds, batch_size=32, seed=7, **kw,
-                                     decode={"image": fastload.ImageDecode(SIZE, train=True)})
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=32,
+            seed=7,
+            **kw,
+            decode={"image": fastload.ImageDecode(SIZE, train=True)},
+        )
         return [{k: v.clone() for k, v in b.items()} for b in loader]
 
 
 def test_corrupt_image_records_in_shared_batches(tmp_path):
     """Batches of images shared by two workers: a corrupt record in each share is dropped,
     and every other image is decoded with the crop it gets in an intact dataset."""
-    with fastload.Writer(tmp_path / "ds", {"image": "image", "label": "int64"},
-                         compression="none") as w:  # fmt: skip
+    with fastload.Writer(
+        tmp_path / "ds", {"image": "image", "label": "int64"}, compression="none"
+    ) as w:
         for i in range(64):
             w.write({"image": jpeg(i), "label": i})
     bad = damage(tmp_path / "ds", tmp_path / "bad", records=(5, 20, 21))
-    want = {int(label): img for b in image_epoch(tmp_path / "ds")
-            for label, img in zip(b["label"], b["image"])}  # fmt: skip
+    want = {
+        int(label): img
+        for b in image_epoch(tmp_path / "ds")
+        for label, img in zip(b["label"], b["image"])
+    }
     batches = image_epoch(bad, num_workers=2, bad_samples="skip")
     assert [len(b["label"]) for b in batches] == [29, 32]
     for b in batches:
         for label, img in zip(b["label"].tolist(), b["image"]):
             assert torch.equal(img, want[label]), label
-    assert [int(x) for b in batches for x in b["label"]] == \
-        [i for i in range(64) if i not in (5, 20, 21)]  # fmt: skip
+    assert [int(x) for b in batches for x in b["label"]] == [
+        i for i in range(64) if i not in (5, 20, 21)
+    ]
 
 
 def test_skipped_counts_travel_in_state_dict(damaged):
     """E8: the counts come back with the state on the same rank; the batches after it hold
     every good record once, and no skipped one is read again."""
+
     def loader(ds):
         return fastload.DataLoader(ds, batch_size=8, seed=2, bad_samples=LENIENT)
 

@@ -25,13 +25,13 @@ def slab_count(loader) -> int:
 
 @pytest.mark.parametrize("num_workers,worker_type", MODES)
 def test_holding_every_batch_of_an_epoch(ds, num_workers, worker_type):
-    loader = fastload.DataLoader(ds, batch_size=3, num_workers=num_workers,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=3, num_workers=num_workers, worker_type=worker_type)
     for _ in range(2):
         batches = list(loader)
         assert len(batches) == len(loader) == -(-N // 3)
-        assert [check_batch(b) for b in batches] == [list(range(k, min(k + 3, N)))
-                                                     for k in range(0, N, 3)]  # fmt: skip
+        assert [check_batch(b) for b in batches] == [
+            list(range(k, min(k + 3, N))) for k in range(0, N, 3)
+        ]
         # every held batch has memory of its own
         ptrs = {b[f].data_ptr() for b in batches for f in ("i", "x", "tokens")}
         assert len(ptrs) == 3 * len(batches)
@@ -44,8 +44,9 @@ def test_holding_more_batches_than_the_pool_has_slabs(ds1, num_workers, worker_t
     """The pool grows while batches are held (100 batches of 1; it starts with 66 slabs for
     two workers): every batch comes with its own values, with thread workers too (they
     once filled copies of the grown slabs: zeros and garbage from the 67th batch on)."""
-    loader = fastload.DataLoader(ds1, batch_size=1, num_workers=num_workers,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1, batch_size=1, num_workers=num_workers, worker_type=worker_type
+    )
     start = slab_count(loader)
     batches = list(loader)
     assert [check_batch(b) for b in batches] == [[i] for i in range(N)]
@@ -56,8 +57,9 @@ def test_holding_more_batches_than_the_pool_has_slabs(ds1, num_workers, worker_t
 
 @pytest.mark.parametrize("num_workers,worker_type", MODES)
 def test_a_held_batch_keeps_its_values(ds1, num_workers, worker_type):
-    loader = fastload.DataLoader(ds1, batch_size=4, num_workers=num_workers,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1, batch_size=4, num_workers=num_workers, worker_type=worker_type
+    )
     it = iter(loader)
     first = next(it)
     kept = {k: v.clone() for k, v in first.items() if isinstance(v, torch.Tensor)}
@@ -85,11 +87,12 @@ def test_released_batches_recycle_their_slabs(tmp_path, num_workers, worker_type
 
     n = 600
     with fastload.Dataset(write_dataset(tmp_path / "long", n)) as ds:
-        loader = fastload.DataLoader(ds, batch_size=2, num_workers=num_workers,
-                                     worker_type=worker_type)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=2, num_workers=num_workers, worker_type=worker_type
+        )
         start = slab_count(loader)
         seen_ptrs = set()
-        for epoch in range(2):
+        for _epoch in range(2):
             count = 0
             for b in loader:
                 check_batch(b)

@@ -20,11 +20,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 # ----------------------------------------------------------------------------- stats
 
 
-@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"),
-                                                     (2, "thread")])  # fmt: skip
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
 def test_stats_after_an_epoch(ds, num_workers, worker_type):
-    loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers, drop_last=True,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds, batch_size=8, num_workers=num_workers, drop_last=True, worker_type=worker_type
+    )
     assert loader.stats()["samples"] == 0 and loader.stats()["samples_per_s"] == 0
     delivered = sum(len(check_batch(b)) for b in loader)
     s = loader.stats()
@@ -52,8 +52,14 @@ def test_stats_data_stall_is_lower_with_a_slow_consumer(ds_paths):
     assert fast > 0.5 and slow < 0.3
 
 
-@pytest.mark.parametrize("kwargs,samples", [({"batch_size": 4}, 11), ({"batch_size": None}, 11),
-                                            ({"batch_size": 3, "drop_last": True}, 9)])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,samples",
+    [
+        ({"batch_size": 4}, 11),
+        ({"batch_size": None}, 11),
+        ({"batch_size": 3, "drop_last": True}, 9),
+    ],
+)
 def test_stats_on_the_general_path(kwargs, samples):
     data = [(torch.tensor([i, i]), i) for i in range(11)]  # a list is a map-style dataset
     loader = fastload.DataLoader(data, **kwargs)
@@ -78,10 +84,14 @@ def _warnings_of(make_and_run) -> list[str]:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_pin_memory_without_a_gpu_warns_like_torch_and_works(ds1, num_workers):
     got: list = []
-    mine = _warnings_of(lambda: got.extend(fastload.DataLoader(
-        ds1, batch_size=10, num_workers=num_workers, pin_memory=True)))  # fmt: skip
-    theirs = _warnings_of(lambda: list(TorchLoader(ds1, batch_size=10, num_workers=num_workers,
-                                                   pin_memory=True)))  # fmt: skip
+    mine = _warnings_of(
+        lambda: got.extend(
+            fastload.DataLoader(ds1, batch_size=10, num_workers=num_workers, pin_memory=True)
+        )
+    )
+    theirs = _warnings_of(
+        lambda: list(TorchLoader(ds1, batch_size=10, num_workers=num_workers, pin_memory=True))
+    )
     assert theirs and set(mine) == set(theirs)
     assert [check_batch(b) for b in got][-1] == list(range(90, 100))
     # the general path is torch's own

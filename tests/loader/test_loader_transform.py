@@ -10,27 +10,41 @@ from loadertools import N, record
 
 import fastload
 
-MODES = [(0, "process", None), (2, "process", None), (2, "thread", None),
-         (2, "process", "spawn")]  # fmt: skip
+MODES = [(0, "process", None), (2, "process", None), (2, "thread", None), (2, "process", "spawn")]
 
 
 def shift(sample: dict) -> dict:
     """Changes dtypes and shapes, adds a list-valued field, keeps a scalar."""
-    return {"i": sample["i"],
-            "x2": torch.from_numpy(sample["x"].astype(np.float64) * 2).reshape(3, 1),
-            "head": sample["tokens"][:4].astype(np.int32) + 1,
-            "label": f"{sample['s']}|{len(sample['b'])}",
-            "odd": bool(sample["i"] % 2)}  # fmt: skip
+    return {
+        "i": sample["i"],
+        "x2": torch.from_numpy(sample["x"].astype(np.float64) * 2).reshape(3, 1),
+        "head": sample["tokens"][:4].astype(np.int32) + 1,
+        "label": f"{sample['s']}|{len(sample['b'])}",
+        "odd": bool(sample["i"] % 2),
+    }
 
 
 @pytest.mark.parametrize("num_workers,worker_type,context", MODES)
-def test_transformed_batches_match_the_transform_of_each_record(ds, num_workers, worker_type,
-                                                                 context):  # fmt: skip
-    loader = fastload.DataLoader(ds, batch_size=7, shuffle=True, num_workers=num_workers,
-                                 worker_type=worker_type, multiprocessing_context=context,
-                                 generator=torch.Generator().manual_seed(4), transform=shift)
-    order = torch.cat(list(torch.utils.data.DataLoader(
-        range(N), batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(4))))
+def test_transformed_batches_match_the_transform_of_each_record(
+    ds, num_workers, worker_type, context
+):
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=7,
+        shuffle=True,
+        num_workers=num_workers,
+        worker_type=worker_type,
+        multiprocessing_context=context,
+        generator=torch.Generator().manual_seed(4),
+        transform=shift,
+    )
+    order = torch.cat(
+        list(
+            torch.utils.data.DataLoader(
+                range(N), batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(4)
+            )
+        )
+    )
     seen = []
     for batch in loader:
         assert list(batch) == ["i", "x2", "head", "label", "odd"]
@@ -53,8 +67,11 @@ def test_outputs_must_keep_their_shape(ds1):
         return {"v": np.zeros(1 + int(sample["i"]) // 50)}
 
     loader = fastload.DataLoader(ds1, batch_size=10, num_workers=2, transform=ragged)
-    with pytest.raises(ValueError, match=r"'v' as float64 \(2,\) for dataset record 50, but "
-                                         r"as float64 \(1,\) for the first record"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"'v' as float64 \(2,\) for dataset record 50, but "
+        r"as float64 \(1,\) for the first record",
+    ):
         list(loader)
 
 
@@ -66,8 +83,7 @@ def _fail_on_13(sample):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_an_exception_in_the_transform_names_the_record(ds1, num_workers):
-    loader = fastload.DataLoader(ds1, batch_size=10, num_workers=num_workers,
-                                 transform=_fail_on_13)  # fmt: skip
+    loader = fastload.DataLoader(ds1, batch_size=10, num_workers=num_workers, transform=_fail_on_13)
     with pytest.raises(ArithmeticError, match="thirteen") as info:
         list(loader)
     text = str(info.value) + "".join(getattr(info.value, "__notes__", []))
@@ -88,8 +104,10 @@ def test_probing_the_transform_leaves_the_random_state_alone(ds1):
     want = [b["i"].tolist() for b in fastload.DataLoader(ds1, batch_size=10, shuffle=True)]
     torch.manual_seed(11)
     np.random.seed(11)
-    got = [b["i"].tolist() for b in fastload.DataLoader(ds1, batch_size=10, shuffle=True,
-                                                         transform=_noisy)]  # fmt: skip
+    got = [
+        b["i"].tolist()
+        for b in fastload.DataLoader(ds1, batch_size=10, shuffle=True, transform=_noisy)
+    ]
     assert got == want
 
 
@@ -113,11 +131,17 @@ def test_a_transform_draws_from_generators_seeded_per_worker_as_torch_seeds_them
     _generate_state(base, w), torch from base + w, base drawn from the loader's generator."""
     from torch.utils.data._utils.worker import _generate_state
 
-    loader = fastload.DataLoader(ds1, batch_size=10, num_workers=2, transform=_draw,
-                                 generator=torch.Generator().manual_seed(5))  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1,
+        batch_size=10,
+        num_workers=2,
+        transform=_draw,
+        generator=torch.Generator().manual_seed(5),
+    )
     batches = list(loader)
-    base = int(torch.empty((), dtype=torch.int64).random_(
-        generator=torch.Generator().manual_seed(5)))
+    base = int(
+        torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(5))
+    )
     # each worker's first draw starts one of the batches (the first it filled)
     firsts = {(b["np"][0].item(), b["torch"][0].item()) for b in batches}
     for w in (0, 1):

@@ -18,8 +18,12 @@ SCHEMA = {"id": "int64", "tokens": "int32[?]", "points": "float32[?,3]", "text":
 
 def record(i: int) -> dict:
     n = (i * 7) % 23  # 0..22 items, some records empty
-    return {"id": i, "tokens": (np.arange(n, dtype=np.int32) * 3 + i),
-            "points": np.full((i % 5, 3), i, np.float32), "text": f"r{i}"}  # fmt: skip
+    return {
+        "id": i,
+        "tokens": (np.arange(n, dtype=np.int32) * 3 + i),
+        "points": np.full((i % 5, 3), i, np.float32),
+        "text": f"r{i}",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +36,16 @@ def ds_path(tmp_path_factory) -> Path:
 
 
 def epoch(path, variable, **kwargs) -> list[dict]:
-    loader = fastload.DataLoader(fastload.Dataset(path), batch_size=16, variable=variable,
-                                 **kwargs)  # fmt: skip
+    loader = fastload.DataLoader(fastload.Dataset(path), batch_size=16, variable=variable, **kwargs)
     return list(loader)
 
 
-CONFIGS = [dict(num_workers=0), dict(num_workers=2), dict(num_workers=2, worker_type="thread"),
-           dict(num_workers=2, shuffle=True, seed=1, persistent_workers=True)]  # fmt: skip
+CONFIGS = [
+    dict(num_workers=0),
+    dict(num_workers=2),
+    dict(num_workers=2, worker_type="thread"),
+    dict(num_workers=2, shuffle=True, seed=1, persistent_workers=True),
+]
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
@@ -53,7 +60,7 @@ def test_pad_to_a_fixed_length_fills_the_slab_with_values_and_lengths(ds_path, k
             want = record(i)["tokens"]
             assert b["tokens_lengths"][row] == len(want)
             np.testing.assert_array_equal(b["tokens"][row, : len(want)].numpy(), want)
-            assert (b["tokens"][row, len(want):] == -1).all()
+            assert (b["tokens"][row, len(want) :] == -1).all()
             assert isinstance(b["points"], list) and b["text"][row] == f"r{i}"
         seen += b["id"].tolist()
     assert sorted(seen) == list(range(N))
@@ -62,8 +69,11 @@ def test_pad_to_a_fixed_length_fills_the_slab_with_values_and_lengths(ds_path, k
 def test_a_record_longer_than_the_pad_raises_naming_it_unless_truncated(ds_path):
     longest = max(range(N), key=lambda i: len(record(i)["tokens"]))
     for workers in (0, 2):
-        with pytest.raises(ValueError, match=r"field 'tokens' of dataset record 3 has 21 "
-                                             r"items, more than Pad\(length=20\)"):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=r"field 'tokens' of dataset record 3 has 21 "
+            r"items, more than Pad\(length=20\)",
+        ):
             epoch(ds_path, {"tokens": fastload.Pad(20)}, num_workers=workers)
     batches = epoch(ds_path, {"tokens": fastload.Pad(20, truncate=True)}, num_workers=2)
     b = next(b for b in batches if longest in b["id"].tolist())
@@ -82,21 +92,21 @@ def test_pad_to_the_longest_in_each_batch(ds_path, kwargs):
             want = record(i)["points"]
             assert b["points_lengths"][row] == len(want)
             np.testing.assert_array_equal(b["points"][row, : len(want)].numpy(), want)
-            assert (b["points"][row, len(want):] == 7.5).all()
+            assert (b["points"][row, len(want) :] == 7.5).all()
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS[:2])
 def test_packed_values_and_offsets(ds_path, kwargs):
-    for b in epoch(ds_path, {"tokens": fastload.Packed(), "points": fastload.Packed()},
-                   **kwargs):  # fmt: skip
+    for b in epoch(ds_path, {"tokens": fastload.Packed(), "points": fastload.Packed()}, **kwargs):
         ids = b["id"].tolist()
         assert list(b) == ["id", "tokens", "tokens_offsets", "points", "points_offsets", "text"]
         for name in ("tokens", "points"):
             offsets = b[f"{name}_offsets"].tolist()
             assert len(offsets) == len(ids) + 1 and offsets[-1] == len(b[name])
             for row, i in enumerate(ids):
-                np.testing.assert_array_equal(b[name][offsets[row] : offsets[row + 1]].numpy(),
-                                              record(i)[name])  # fmt: skip
+                np.testing.assert_array_equal(
+                    b[name][offsets[row] : offsets[row + 1]].numpy(), record(i)[name]
+                )
         nested = torch.nested.nested_tensor_from_jagged(b["points"], b["points_offsets"])
         assert nested.size(0) == len(ids)
 
@@ -110,11 +120,12 @@ def test_token_sequences_packed_into_rows(ds_path, kwargs):
         assert b["tokens"].shape == (rows, 10)
         flat = b["tokens"].reshape(-1).numpy()
         np.testing.assert_array_equal(flat[: len(want)], want)
-        assert (flat[len(want):] == -5).all()
+        assert (flat[len(want) :] == -5).all()
         offsets = b["tokens_offsets"].tolist()  # each sequence's start: cu_seqlens
         for row, i in enumerate(ids):
-            np.testing.assert_array_equal(flat[offsets[row] : offsets[row + 1]],
-                                          record(i)["tokens"])  # fmt: skip
+            np.testing.assert_array_equal(
+                flat[offsets[row] : offsets[row + 1]], record(i)["tokens"]
+            )
 
 
 def test_skipped_records_leave_padded_rows_in_order(ds_path, tmp_path):
@@ -137,8 +148,12 @@ def test_skipped_records_leave_padded_rows_in_order(ds_path, tmp_path):
     with pytest.raises(CorruptRecordError):
         epoch(bad, {"tokens": fastload.Pad(24)})
     for workers in (0, 2):
-        batches = epoch(bad, {"tokens": fastload.Pad(24), "points": fastload.Pad()},
-                        num_workers=workers, bad_samples=fastload.SkipBadSamples(max_fraction=0.5))
+        batches = epoch(
+            bad,
+            {"tokens": fastload.Pad(24), "points": fastload.Pad()},
+            num_workers=workers,
+            bad_samples=fastload.SkipBadSamples(max_fraction=0.5),
+        )
         ids = [i for b in batches for i in b["id"].tolist()]
         assert ids == [i for i in range(N) if i != 5]
         for b in batches:
@@ -172,15 +187,22 @@ def test_variable_argument_errors(ds_path, tmp_path):
         build({"tokens": fastload.Pad()}, transform=lambda s: s)
     with pytest.raises(ValueError, match="needs a fastload.Dataset"):
         build({"tokens": fastload.Pad()}, collate_fn=lambda x: x)
-    for bad in (lambda: fastload.Pad(0), lambda: fastload.Pad(truncate=True),
-                lambda: fastload.PackRows(0), lambda: fastload.Pad(2.5)):  # fmt: skip
+    for bad in (
+        lambda: fastload.Pad(0),
+        lambda: fastload.Pad(truncate=True),
+        lambda: fastload.PackRows(0),
+        lambda: fastload.Pad(2.5),
+    ):
         with pytest.raises(ValueError):
             bad()
-    with fastload.Writer(tmp_path / "clash", {"tokens": "int32[?]", "tokens_lengths": "int64"}) as w:
+    with fastload.Writer(
+        tmp_path / "clash", {"tokens": "int32[?]", "tokens_lengths": "int64"}
+    ) as w:
         w.write({"tokens": np.arange(3, dtype=np.int32), "tokens_lengths": 3})
     with pytest.raises(ValueError, match="would add 'tokens_lengths'"):
-        fastload.DataLoader(fastload.Dataset(tmp_path / "clash"), variable={
-            "tokens": fastload.Pad()})  # fmt: skip
+        fastload.DataLoader(
+            fastload.Dataset(tmp_path / "clash"), variable={"tokens": fastload.Pad()}
+        )
 
 
 def test_tokenized_jsonl_converted_and_packed_into_rows(tmp_path):
@@ -191,11 +213,14 @@ def test_tokenized_jsonl_converted_and_packed_into_rows(tmp_path):
     from fastload.convert import convert
 
     docs = [list(range(100 * i, 100 * i + 3 + (i * 5) % 17)) for i in range(40)]
-    (tmp_path / "docs.jsonl").write_text(
-        "".join(json.dumps({"input_ids": d}) + "\n" for d in docs))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"input_ids": d}) + "\n" for d in docs))
     convert(tmp_path / "docs.jsonl", tmp_path / "ds", progress=False)
-    loader = fastload.DataLoader(fastload.Dataset(tmp_path / "ds"), batch_size=8,
-                                 num_workers=2, variable={"input_ids": fastload.PackRows(16)})
+    loader = fastload.DataLoader(
+        fastload.Dataset(tmp_path / "ds"),
+        batch_size=8,
+        num_workers=2,
+        variable={"input_ids": fastload.PackRows(16)},
+    )
     flat = []
     for b in loader:
         assert b["input_ids"].shape[1] == 16 and b["input_ids"].dtype == torch.int64

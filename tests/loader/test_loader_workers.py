@@ -29,12 +29,14 @@ def test_start_methods(ds1, method, no_leaks):
     """Each start method gives the same batches (the slabs are shared, not copied, when the
     workers' arguments are pickled); a context object works like its name."""
     context = method if method != "forkserver" else multiprocessing.get_context(method)
-    loader = fastload.DataLoader(ds1, batch_size=9, num_workers=2, persistent_workers=True,
-                                 multiprocessing_context=context)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1, batch_size=9, num_workers=2, persistent_workers=True, multiprocessing_context=context
+    )
     for _ in range(2):
         assert indices(loader) == sequential(9)
-    assert all(isinstance(w, multiprocessing.get_context(method).Process)
-               for w in loader._pool.workers)  # fmt: skip
+    assert all(
+        isinstance(w, multiprocessing.get_context(method).Process) for w in loader._pool.workers
+    )
     # a batch larger than any before grows the pool: the new slab travels to the workers
     held = list(loader)
     assert [check_batch(b) for b in held] == sequential(9)
@@ -44,8 +46,14 @@ def test_start_methods(ds1, method, no_leaks):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_thread_workers(ds, shuffle):
     def make(cls, **kw):
-        return cls(ds, batch_size=6, num_workers=2, shuffle=shuffle,
-                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        return cls(
+            ds,
+            batch_size=6,
+            num_workers=2,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(1),
+            **kw,
+        )
 
     loader = make(fastload.DataLoader, worker_type="thread")
     before = multiprocessing.active_children()
@@ -56,8 +64,9 @@ def test_thread_workers(ds, shuffle):
 
 @pytest.mark.parametrize("worker_type", ["process", "thread"])
 def test_persistent_workers_three_epochs(ds1, worker_type, no_leaks):
-    loader = fastload.DataLoader(ds1, batch_size=8, num_workers=2, persistent_workers=True,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1, batch_size=8, num_workers=2, persistent_workers=True, worker_type=worker_type
+    )
     first = None
     for _ in range(3):
         assert indices(loader) == sequential(8)
@@ -78,8 +87,14 @@ def test_persistent_workers_shuffle_matches_torch_every_epoch(ds1, no_leaks):
     start; the shuffle order of later epochs depends on it."""
 
     def run(cls):
-        loader = cls(ds1, batch_size=8, num_workers=2, persistent_workers=True, shuffle=True,
-                     generator=torch.Generator().manual_seed(3))  # fmt: skip
+        loader = cls(
+            ds1,
+            batch_size=8,
+            num_workers=2,
+            persistent_workers=True,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(3),
+        )
         return [[b["i"].tolist() for b in loader] for _ in range(3)]
 
     assert run(fastload.DataLoader) == run(TorchLoader)
@@ -110,9 +125,15 @@ def test_persistent_workers_after_a_break(ds_paths, worker_type, no_leaks):
     and their slabs must come back."""
     ds = SlowDataset(ds_paths["none"], delay=0.002)
     sampler = Rotating()
-    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True,
-                                 worker_type=worker_type, prefetch_factor=4,
-                                 sampler=sampler)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=True,
+        worker_type=worker_type,
+        prefetch_factor=4,
+        sampler=sampler,
+    )
     slabs = len(loader._slabs.arrays)
     for _ in range(4):
         for k, b in enumerate(loader):
@@ -129,8 +150,9 @@ def test_persistent_workers_after_a_break(ds_paths, worker_type, no_leaks):
 def test_in_order_false_delivers_every_sample_once(ds_paths, worker_type):
     # Batch 0 is slow: with in_order=False later batches overtake it.
     ds = SlowDataset(ds_paths["none"], hang_on=0, hang=0.5)
-    loader = fastload.DataLoader(ds, batch_size=5, num_workers=2, in_order=False,
-                                 worker_type=worker_type)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds, batch_size=5, num_workers=2, in_order=False, worker_type=worker_type
+    )
     got = indices(loader)
     assert Counter(i for b in got for i in b) == Counter(range(N))
     assert sorted(got) == sequential(5)
@@ -142,8 +164,9 @@ def test_in_order_false_delivers_every_sample_once(ds_paths, worker_type):
 @pytest.mark.parametrize("prefetch_factor", [1, 2, 5])
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_prefetch_factor(ds1, prefetch_factor, num_workers):
-    loader = fastload.DataLoader(ds1, batch_size=3, num_workers=num_workers,
-                                 prefetch_factor=prefetch_factor)  # fmt: skip
+    loader = fastload.DataLoader(
+        ds1, batch_size=3, num_workers=num_workers, prefetch_factor=prefetch_factor
+    )
     assert loader.prefetch_factor == prefetch_factor
     assert indices(loader) == sequential(3)
 
@@ -189,8 +212,15 @@ def _report_worker(out_dir: str, worker_id: int) -> None:
     from torch.utils.data import get_worker_info
 
     info = get_worker_info()
-    seen = [info.id, info.num_workers, info.seed, torch.initial_seed(),
-            int(np.random.get_state()[1][0]), random.random(), type(info.dataset).__name__]
+    seen = [
+        info.id,
+        info.num_workers,
+        info.seed,
+        torch.initial_seed(),
+        int(np.random.get_state()[1][0]),
+        random.random(),
+        type(info.dataset).__name__,
+    ]
     Path(out_dir, f"{type(info.dataset).__module__}-{worker_id}").write_text(repr(seen))
 
 
@@ -206,9 +236,14 @@ def test_workers_are_seeded_and_described_as_torch_does(ds1, tmp_path, persisten
     for loader_class in (TorchLoader, fastload.DataLoader):
         out = tmp_path / loader_class.__module__
         out.mkdir()
-        loader = loader_class(ds1, batch_size=10, num_workers=2, persistent_workers=persistent,
-                              generator=torch.Generator().manual_seed(7),
-                              worker_init_fn=functools.partial(_report_worker, str(out)))  # fmt: skip
+        loader = loader_class(
+            ds1,
+            batch_size=10,
+            num_workers=2,
+            persistent_workers=persistent,
+            generator=torch.Generator().manual_seed(7),
+            worker_init_fn=functools.partial(_report_worker, str(out)),
+        )
         for _ in loader:
             pass
         reports[loader_class] = [(out / p.name).read_text() for p in sorted(out.iterdir())]

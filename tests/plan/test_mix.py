@@ -92,8 +92,10 @@ def test_resumable_through_an_epoch_plan():
 
     old = [EpochPlan(len(mix), batch_size=8, shuffle=False, rank=r, world_size=4) for r in range(4)]
     state = old[0].state_dict(5)
-    new = [EpochPlan.from_state_dict(state, n=len(mix), batch_size=8, rank=r, world_size=3)
-           for r in range(3)]  # fmt: skip
+    new = [
+        EpochPlan.from_state_dict(state, n=len(mix), batch_size=8, rank=r, world_size=3)
+        for r in range(3)
+    ]
     before = served(old)[: 5 * 4 * 8]
     got = Counter(before) + Counter(served(new))
     full = Counter(served([EpochPlan(len(mix), batch_size=8, shuffle=False, rank=0, world_size=1)]))

@@ -87,8 +87,14 @@ def test_workers_take_batches_round_robin():
 
 
 def test_bad_arguments():
-    for kwargs in ({"n": -1}, {"batch_size": 0}, {"world_size": 0}, {"start": 11},
-                   {"batch_size": True}, {"start": -1}):  # fmt: skip
+    for kwargs in (
+        {"n": -1},
+        {"batch_size": 0},
+        {"world_size": 0},
+        {"start": 11},
+        {"batch_size": True},
+        {"start": -1},
+    ):
         args = {"n": 10, "batch_size": 2, **kwargs}
         with pytest.raises(ValueError):
             Partition(**args)
@@ -109,8 +115,7 @@ def test_bad_arguments():
     new_batch=st.integers(1, 64),
     data=st.data(),
 )
-def test_resume_anywhere_with_any_topology(n, world, batch, drop_last, new_world, new_batch,
-                                           data):  # fmt: skip
+def test_resume_anywhere_with_any_topology(n, world, batch, drop_last, new_world, new_batch, data):
     first = Partition(n, batch, world, drop_last)
     k = data.draw(st.integers(0, first.num_batches), label="batches before saving")
     consumed = first.consumed_after(k)
@@ -125,8 +130,10 @@ def test_resume_anywhere_with_any_topology(n, world, batch, drop_last, new_world
 
 def test_positions_of_full_steps_only():
     p = Partition(n=23, batch_size=4, world_size=2, start=3)  # 2 full steps of 8, a tail of 4
-    assert p.positions_of(1, 0, 2).tolist() == [p.positions(1, 0).tolist(),
-                                                p.positions(1, 1).tolist()]  # fmt: skip
+    assert p.positions_of(1, 0, 2).tolist() == [
+        p.positions(1, 0).tolist(),
+        p.positions(1, 1).tolist(),
+    ]
     assert p.positions_of(0, 2, 2).shape == (0, 4)
     for rank, first, stop in ((0, 0, 3), (2, 0, 1), (0, 2, 1)):
         with pytest.raises(IndexError):

@@ -42,8 +42,17 @@ def test_an_epoch_over_all_ranks(mode, extra, drop_last, shuffle):
     n = 1001
     blocks = random_blocks(n, 1) if mode == "block" else None
     for world in (1, 2, 3, 4, 8):
-        ranks = plans(n, world, batch_size=16, seed=5, shuffle=shuffle, drop_last=drop_last,
-                      mode=mode, blocks=blocks, **extra)  # fmt: skip
+        ranks = plans(
+            n,
+            world,
+            batch_size=16,
+            seed=5,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            mode=mode,
+            blocks=blocks,
+            **extra,
+        )
         assert len({p.num_batches for p in ranks}) == 1
         got = served_indices(ranks)
         assert got.dtype == np.int64
@@ -51,8 +60,9 @@ def test_an_epoch_over_all_ranks(mode, extra, drop_last, shuffle):
         p = ranks[-1]
         assert [b.tolist() for b in p] == [p.order[p.positions(j)].tolist() for j in range(len(p))]
     if not shuffle:  # storage order, step by step
-        single = EpochPlan(n, batch_size=7, shuffle=False, rank=0, world_size=1, mode=mode,
-                           blocks=blocks, **extra)  # fmt: skip
+        single = EpochPlan(
+            n, batch_size=7, shuffle=False, rank=0, world_size=1, mode=mode, blocks=blocks, **extra
+        )
         assert np.array_equal(np.concatenate(list(single)), np.arange(n))
 
 
@@ -66,9 +76,18 @@ def test_resume_with_another_world_size(mode, extra, new_world):
     k = 7  # batches every rank yielded before the job stopped
     state = json.loads(json.dumps(old[0].state_dict(k)))  # a saved state survives JSON
     assert state["consumed"] == 4 * batch * k and all(p.state_dict(k) == state for p in old)
-    new = [EpochPlan.from_state_dict(state, n=n, batch_size=batch, fingerprint="ds-1",
-                                     rank=r, world_size=new_world, blocks=blocks)
-           for r in range(new_world)]  # fmt: skip
+    new = [
+        EpochPlan.from_state_dict(
+            state,
+            n=n,
+            batch_size=batch,
+            fingerprint="ds-1",
+            rank=r,
+            world_size=new_world,
+            blocks=blocks,
+        )
+        for r in range(new_world)
+    ]
     before, after = served_indices(old, 0, k), served_indices(new)
     # the resumed job serves exactly what the old one would have served from there on
     assert Counter(before.tolist()) + Counter(after.tolist()) == expected_indices(new, new[0])
@@ -84,8 +103,9 @@ def test_resume_with_another_worker_count():
         by_worker = {j: w for w in range(workers) for j in plan.worker_batches(w, workers)}
         assert sorted(by_worker) == list(range(plan.num_batches))
     # the state never mentions workers: resuming after 5 batches with 4 workers instead of 2
-    resumed = EpochPlan.from_state_dict(plan.state_dict(5), n=500, batch_size=10, rank=1,
-                                        world_size=2)  # fmt: skip
+    resumed = EpochPlan.from_state_dict(
+        plan.state_dict(5), n=500, batch_size=10, rank=1, world_size=2
+    )
     assert [b.tolist() for b in resumed] == [plan.batch(j).tolist() for j in range(5, len(plan))]
 
 
@@ -134,8 +154,9 @@ def test_state_for_another_dataset_is_refused():
     blocks = np.full(10, 10)
     state = saved(mode="block", blocks=blocks)
     with pytest.raises(PlanStateError, match="layout"):
-        EpochPlan.from_state_dict(state, n=100, batch_size=4, fingerprint="abc",
-                                  blocks=np.r_[np.full(9, 10), 5, 5])  # fmt: skip
+        EpochPlan.from_state_dict(
+            state, n=100, batch_size=4, fingerprint="abc", blocks=np.r_[np.full(9, 10), 5, 5]
+        )
     with pytest.raises(ValueError, match="needs blocks="):
         EpochPlan.from_state_dict(state, n=100, batch_size=4, fingerprint="abc")
 
@@ -192,9 +213,18 @@ def test_resume_property(n, world, batch, drop_last, seed, mode, new_world, new_
     old = plans(n, world, batch_size=batch, **common)
     k = data.draw(st.integers(0, old[0].num_batches), label="batches before saving")
     state = old[0].state_dict(k)
-    new = [EpochPlan.from_state_dict(state, n=n, batch_size=new_batch, rank=r,
-                                     world_size=new_world, drop_last=drop_last, blocks=blocks)
-           for r in range(new_world)]  # fmt: skip
+    new = [
+        EpochPlan.from_state_dict(
+            state,
+            n=n,
+            batch_size=new_batch,
+            rank=r,
+            world_size=new_world,
+            drop_last=drop_last,
+            blocks=blocks,
+        )
+        for r in range(new_world)
+    ]
     assert len({p.num_batches for p in new}) == 1
     served = Counter(served_indices(old, 0, k).tolist()) + Counter(served_indices(new).tolist())
     tail_plan = old[0] if k == old[0].num_batches else new[0]
@@ -211,20 +241,32 @@ def test_resume_property(n, world, batch, drop_last, seed, mode, new_world, new_
     chunk=st.integers(1, 9),
     data=st.data(),
 )
-def test_batches_in_chunks_are_the_batches_one_by_one(n, world, batch, drop_last, mode, chunk,
-                                                      data):  # fmt: skip
+def test_batches_in_chunks_are_the_batches_one_by_one(
+    n, world, batch, drop_last, mode, chunk, data
+):
     """batches() looks the order up a chunk of batches at a time: the same arrays as batch(j),
     from any first batch and any start, and the same first positions as positions(j)."""
     start = data.draw(st.integers(0, n), label="start")
     rank = data.draw(st.integers(0, world - 1), label="rank")
     blocks = random_blocks(n, n) if mode == "block" else None
-    plan = EpochPlan(n, batch_size=batch, seed=n, rank=rank, world_size=world,
-                     drop_last=drop_last, start=start, mode=mode, blocks=blocks, window=2)
+    plan = EpochPlan(
+        n,
+        batch_size=batch,
+        seed=n,
+        rank=rank,
+        world_size=world,
+        drop_last=drop_last,
+        start=start,
+        mode=mode,
+        blocks=blocks,
+        window=2,
+    )
     first = data.draw(st.integers(0, plan.num_batches), label="first")
     got = list(plan.batches(first, chunk=chunk))
     want = [plan.batch(j) for j in range(first, plan.num_batches)]
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.dtype == np.int64 and g.tolist() == w.tolist()
-    assert [plan.partition.first_position(rank, j) for j in range(plan.num_batches)] == \
-        [int(plan.positions(j)[0]) for j in range(plan.num_batches)]  # fmt: skip
+    assert [plan.partition.first_position(rank, j) for j in range(plan.num_batches)] == [
+        int(plan.positions(j)[0]) for j in range(plan.num_batches)
+    ]

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from faultproxy import FaultProxy  # noqa: E402
+from faultproxy import FaultProxy
 
 
 def free_port() -> int:
@@ -70,8 +70,9 @@ class Server:
         """A fresh (uncached) fsspec filesystem for this server."""
         import fsspec
 
-        return fsspec.filesystem(self.protocol, skip_instance_cache=True,
-                                 **{**self.storage_options, **extra})
+        return fsspec.filesystem(
+            self.protocol, skip_instance_cache=True, **{**self.storage_options, **extra}
+        )
 
     def new_bucket(self, prefix: str = "fl") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -105,11 +106,17 @@ def gcs_server():
     pytest.importorskip("gcsfs")
     pytest.importorskip("gcp_storage_emulator")
     port = free_port()
-    code = ("import sys; from gcp_storage_emulator.server import create_server; "
-            "s = create_server('127.0.0.1', int(sys.argv[1]), in_memory=True); s.start(); "
-            "sys.stdin.read(); s.stop()")  # stops when the suite closes its stdin (or dies)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from gcp_storage_emulator.server import create_server; "
+        "s = create_server('127.0.0.1', int(sys.argv[1]), in_memory=True); s.start(); "
+        "sys.stdin.read(); s.stop()"
+    )  # stops when the suite closes its stdin (or dies)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, proc=proc)
         url = f"http://127.0.0.1:{port}"

@@ -42,16 +42,23 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "KINDS"]
 
 KINDS = ("500", "503", "reset", "truncate", "short", "stall", "403", "404")
 
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-        "upgrade"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 class _Abort(Exception):
@@ -68,17 +75,17 @@ class FaultProxy:
         self.rate = 0.0
         self.kinds: tuple[str, ...] = ("500", "503", "reset", "truncate", "short")
         self.methods: tuple[str, ...] = ("GET",)
-        self.match: Optional[str] = None
+        self.match: str | None = None
         self.latency = 0.0
         self.stall_seconds = 3.0
         self.counts: dict[str, int] = {"requests": 0}
         self.in_flight = self.max_in_flight = 0
-        self.log: list[tuple[str, str, Optional[str], Optional[str]]] = []
-        self._script: list[Optional[str]] = []
+        self.log: list[tuple[str, str, str | None, str | None]] = []
+        self._script: list[str | None] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------------------------
     @property
@@ -96,11 +103,14 @@ class FaultProxy:
         timeouts are short, so that stalls end quickly."""
         if self.kind == "gcs":
             return {"endpoint_url": self.endpoint_url, "token": "anon"}
-        return {"key": "test", "secret": "test",
-                "client_kwargs": {"endpoint_url": self.endpoint_url},
-                "config_kwargs": {"connect_timeout": 2, "read_timeout": 1}}
+        return {
+            "key": "test",
+            "secret": "test",
+            "client_kwargs": {"endpoint_url": self.endpoint_url},
+            "config_kwargs": {"connect_timeout": 2, "read_timeout": 1},
+        }
 
-    def script(self, faults: Iterable[Optional[str]]) -> None:
+    def script(self, faults: Iterable[str | None]) -> None:
         """Faults for the next matching requests, in order (None: let that one through)."""
         with self._lock:
             self._script.extend(faults)
@@ -110,7 +120,7 @@ class FaultProxy:
             self._script.clear()
             self.rate = 0.0
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         proxy = self
 
         class Handler(_Handler):
@@ -118,8 +128,12 @@ class FaultProxy:
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="faultproxy",
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -129,14 +143,14 @@ class FaultProxy:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
     # -- used by the handler ---------------------------------------------------------------
-    def _choose(self, method: str, path: str, range_: Optional[str]) -> Optional[str]:
+    def _choose(self, method: str, path: str, range_: str | None) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
             if method not in self.methods or (self.match and self.match not in path):
@@ -194,8 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
         for attempt in range(2):  # a kept-alive upstream connection may have gone stale
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = http.client.HTTPConnection(owner.upstream_host, owner.upstream_port,
-                                                  timeout=60)
+                conn = http.client.HTTPConnection(
+                    owner.upstream_host, owner.upstream_port, timeout=60
+                )
                 self._local.conn = conn
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
             if body or method in ("PUT", "POST"):
@@ -219,12 +234,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, code: str) -> None:
         if self.owner.kind == "gcs":  # the JSON API's error document
-            body = json.dumps({"error": {"code": status, "message": "injected by faultproxy",
-                                         "errors": [{"reason": code}]}}).encode()  # fmt: skip
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": status,
+                        "message": "injected by faultproxy",
+                        "errors": [{"reason": code}],
+                    }
+                }
+            ).encode()
             kind = "application/json"
         else:
-            body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                    f"<Message>injected by faultproxy</Message></Error>").encode()
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f"<Message>injected by faultproxy</Message></Error>"
+            ).encode()
             kind = "application/xml"
         self.send_response(status)
         self.send_header("Content-Type", kind)
@@ -256,8 +280,15 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(owner.stall_seconds)
             self._reset()
         if fault in ("500", "503", "403", "404"):
-            self._error(int(fault), {"500": "InternalError", "503": "SlowDown",
-                                     "403": "AccessDenied", "404": "NoSuchKey"}[fault])
+            self._error(
+                int(fault),
+                {
+                    "500": "InternalError",
+                    "503": "SlowDown",
+                    "403": "AccessDenied",
+                    "404": "NoSuchKey",
+                }[fault],
+            )
             return
         status, reason, headers, data = self._upstream(method, body)
         send = data
@@ -272,8 +303,10 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self.send_header("Content-Length", str(length))
         else:
-            self.send_header("Content-Length", dict((k.lower(), v) for k, v in headers)
-                             .get("content-length", "0"))
+            self.send_header(
+                "Content-Length",
+                dict((k.lower(), v) for k, v in headers).get("content-length", "0"),
+            )
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(send)

@@ -27,8 +27,9 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def s3_ds(s3_server, tmp_path_factory) -> str:
-    local = write_index_dataset(tmp_path_factory.mktemp("cache") / "ds", N, block_size=1000,
-                                shard_size=6000)
+    local = write_index_dataset(
+        tmp_path_factory.mktemp("cache") / "ds", N, block_size=1000, shard_size=6000
+    )
     url = f"{s3_server.new_bucket()}/ds"
     s3_server.fs().put(str(local), url.split("://", 1)[1], recursive=True)
     return url
@@ -86,11 +87,14 @@ def test_mapped_copies_hold_no_open_file_and_outlive_eviction(tmp_path):
     for o, data in blocks.items():
         cache.put("s3://b/ds/s.fls", "xxh64:0", 1 << 30, o, data)
     before = len(os.listdir("/proc/self/fd"))
-    views = {o: cache.get("s3://b/ds/s.fls", "xxh64:0", 1 << 30, o, 100, hash64(d))
-             for o, d in blocks.items()}  # fmt: skip
+    views = {
+        o: cache.get("s3://b/ds/s.fls", "xxh64:0", 1 << 30, o, 100, hash64(d))
+        for o, d in blocks.items()
+    }
     assert len(os.listdir("/proc/self/fd")) == before
-    assert all(isinstance(v, memoryview) and v.readonly and v == blocks[o]
-               for o, v in views.items())  # fmt: skip
+    assert all(
+        isinstance(v, memoryview) and v.readonly and v == blocks[o] for o, v in views.items()
+    )
     cache.clear()  # the files go; the maps stay readable
     assert blk_files(tmp_path) == [] and all(v == blocks[o] for o, v in views.items())
 
@@ -195,8 +199,9 @@ def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path):
 # -- through Dataset ------------------------------------------------------------------------
 def test_dataset_never_exceeds_the_limit(s3_server, s3_ds, tmp_path):
     limit = 12_000  # a fraction of the dataset (~65 KB)
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path, cache_limit=limit) as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path, cache_limit=limit
+    ) as ds:
         order = np.random.default_rng(1).permutation(N)
         for k, i in enumerate(order):
             assert_record(ds[int(i)], index_record(int(i)))
@@ -277,10 +282,24 @@ def run_readers(s3_server, url, cache_dir, limit, seeds, patch=""):
     import json
 
     code = READER.format(fmt=str(HERE.parent / "format"), patch=patch)
-    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(s3_server.storage_options),
-                               url, str(cache_dir), str(limit), str(seed)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in seeds]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                json.dumps(s3_server.storage_options),
+                url,
+                str(cache_dir),
+                str(limit),
+                str(seed),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in seeds
+    ]
     return [(p.wait(timeout=100), *p.communicate()) for p in procs]
 
 
@@ -291,8 +310,9 @@ def test_concurrent_processes_share_one_cache(s3_server, s3_ds, tmp_path):
         assert rc == 0 and out.startswith("ok"), err[-3000:]
     assert blk_bytes(tmp_path) <= limit
     assert list((tmp_path / LAYOUT / "tmp").iterdir()) == []
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path, cache_limit=limit) as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path, cache_limit=limit
+    ) as ds:
         before = ds.io_stats()["cache_corrupt"]
         for i in range(N):
             assert_record(ds[i], index_record(i))
@@ -310,12 +330,13 @@ def test_crash_mid_download_leaves_nothing_used(s3_server, s3_ds, tmp_path):
         return real(src, dst)
     c.os.replace = dying
     """)
-    (rc, out, err), = run_readers(s3_server, s3_ds, tmp_path, 1 << 20, seeds=[4], patch=patch)
+    ((rc, out, err),) = run_readers(s3_server, s3_ds, tmp_path, 1 << 20, seeds=[4], patch=patch)
     assert rc == 9, err[-3000:]
     assert blk_files(tmp_path) == []  # nothing under a used name
     assert len(list((tmp_path / LAYOUT / "tmp").glob("*.part"))) >= 1
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path, cache_limit=1 << 20) as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path, cache_limit=1 << 20
+    ) as ds:
         assert list((tmp_path / LAYOUT / "tmp").glob("*.part")) == []  # the dead one's, removed
         before = ds.io_stats()["cache_corrupt"]
         for i in range(N):
@@ -324,14 +345,19 @@ def test_crash_mid_download_leaves_nothing_used(s3_server, s3_ds, tmp_path):
 
 
 def test_cache_cli(s3_server, s3_ds, tmp_path, capsys):
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path) as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path
+    ) as ds:
         ds.get_batch(range(N))
     assert cli_main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"{s3_ds}/shard-00000.fls" in out and "blocks" in out
-    assert cli_main(["cache", "clear", "--cache-dir", str(tmp_path), "--url",
-                     f"{s3_ds}/shard-00000.fls"]) == 0
+    assert (
+        cli_main(
+            ["cache", "clear", "--cache-dir", str(tmp_path), "--url", f"{s3_ds}/shard-00000.fls"]
+        )
+        == 0
+    )
     assert "removed" in capsys.readouterr().out
     assert cli_main(["cache", "ls", "--cache-dir", str(tmp_path), "--json"]) == 0
     import json
@@ -356,5 +382,6 @@ def test_unusable_default_cache_dir_warns_and_reads_on(s3_server, s3_ds, tmp_pat
         assert ds.cache is None
         assert_record(ds[9], index_record(9))
     with pytest.raises(OSError):  # but a directory asked for by name must work
-        fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                         cache_dir=blocker / "cache")
+        fastload.Dataset(
+            s3_ds, storage_options=s3_server.storage_options, cache_dir=blocker / "cache"
+        )

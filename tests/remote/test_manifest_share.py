@@ -34,8 +34,9 @@ def url(s3_server, tmp_path_factory) -> str:
 
 
 def manifest_gets(proxy) -> int:
-    return sum(1 for method, path, _, _ in proxy.log
-               if method == "GET" and path.endswith("manifest.json"))  # fmt: skip
+    return sum(
+        1 for method, path, _, _ in proxy.log if method == "GET" and path.endswith("manifest.json")
+    )
 
 
 def copies(cache) -> list[str]:
@@ -43,10 +44,10 @@ def copies(cache) -> list[str]:
     return sorted(os.listdir(folder)) if folder.exists() else []
 
 
-def test_local_rank_0_reads_and_the_others_take_its_copy(fault_proxy, url, tmp_path,
-                                                         monkeypatch):  # fmt: skip
-    opts = dict(storage_options=fault_proxy.storage_options, cache_dir=tmp_path / "c",
-                remote_options=SHARED)
+def test_local_rank_0_reads_and_the_others_take_its_copy(fault_proxy, url, tmp_path, monkeypatch):
+    opts = dict(
+        storage_options=fault_proxy.storage_options, cache_dir=tmp_path / "c", remote_options=SHARED
+    )
     monkeypatch.setenv("LOCAL_RANK", "0")
     with fastload.Dataset(url, **opts) as ds:
         first = ds.manifest
@@ -64,28 +65,33 @@ def test_local_rank_0_reads_and_the_others_take_its_copy(fault_proxy, url, tmp_p
     with fastload.Dataset(url, **opts):
         pass
     monkeypatch.setenv("LOCAL_RANK", "1")
-    with fastload.Dataset(url, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "c"):  # fmt: skip
+    with fastload.Dataset(
+        url, storage_options=fault_proxy.storage_options, cache_dir=tmp_path / "c"
+    ):
         pass
     assert manifest_gets(fault_proxy) == 3
 
 
-def test_a_rank_without_its_local_rank_0_says_what_it_waited_for(fault_proxy, url, tmp_path,
-                                                                 monkeypatch):  # fmt: skip
+def test_a_rank_without_its_local_rank_0_says_what_it_waited_for(
+    fault_proxy, url, tmp_path, monkeypatch
+):
     monkeypatch.setenv("LOCAL_RANK", "3")
     t = time.monotonic()
     with pytest.raises(ManifestError, match=r"(?s)waited 0.3 s for local rank 0.*never appeared"):
-        fastload.Dataset(url, storage_options=fault_proxy.storage_options,
-                         cache_dir=tmp_path / "c",
-                         remote_options=RemoteOptions(share_manifest=True, manifest_wait_s=0.3))
+        fastload.Dataset(
+            url,
+            storage_options=fault_proxy.storage_options,
+            cache_dir=tmp_path / "c",
+            remote_options=RemoteOptions(share_manifest=True, manifest_wait_s=0.3),
+        )
     assert time.monotonic() - t < 5
     assert manifest_gets(fault_proxy) == 0
 
 
-def test_local_rank_0_failing_fails_the_others_at_once(fault_proxy, url, tmp_path,
-                                                       monkeypatch):  # fmt: skip
-    opts = dict(storage_options=fault_proxy.storage_options, cache_dir=tmp_path / "c",
-                remote_options=SHARED)
+def test_local_rank_0_failing_fails_the_others_at_once(fault_proxy, url, tmp_path, monkeypatch):
+    opts = dict(
+        storage_options=fault_proxy.storage_options, cache_dir=tmp_path / "c", remote_options=SHARED
+    )
     fault_proxy.match = "manifest.json"
     fault_proxy.script(["403"])
     monkeypatch.setenv("LOCAL_RANK", "0")
@@ -109,13 +115,20 @@ def test_copies_of_finished_launches_are_removed(fault_proxy, url, tmp_path, mon
     folder.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [f"{'a' * 24}-{dead.pid}-12345.json", f"{'b' * 24}-{dead.pid}-12345.error",
-             f"{'c' * 24}-{dead.pid}-12345.json.0123abcd{TMP_SUFFIX}"]  # fmt: skip
+    stale = [
+        f"{'a' * 24}-{dead.pid}-12345.json",
+        f"{'b' * 24}-{dead.pid}-12345.error",
+        f"{'c' * 24}-{dead.pid}-12345.json.0123abcd{TMP_SUFFIX}",
+    ]
     for name in stale + ["notes.txt"]:
         (folder / name).write_bytes(b"x")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with fastload.Dataset(url, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "c", remote_options=SHARED):  # fmt: skip
+    with fastload.Dataset(
+        url,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=tmp_path / "c",
+        remote_options=SHARED,
+    ):
         pass
     left = copies(tmp_path / "c")
     assert "notes.txt" in left and not set(stale) & set(left)
@@ -145,9 +158,22 @@ def test_ranks_of_one_launch_in_real_processes(fault_proxy, url, tmp_path):
     procs = []
     for rank, delay in ((1, 0.0), (2, 0.0), (3, 0.0), (0, 1.5)):
         env = {**os.environ, "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", RANK, url, json.dumps(fault_proxy.storage_options),
-             str(tmp_path / "c"), str(delay)], env=env, stdout=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    RANK,
+                    url,
+                    json.dumps(fault_proxy.storage_options),
+                    str(tmp_path / "c"),
+                    str(delay),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [json.loads(p.communicate(timeout=90)[0].strip().splitlines()[-1]) for p in procs]
     assert outs == [{"n": N, "last": N - 1}] * 4
     assert manifest_gets(fault_proxy) == 1

@@ -28,8 +28,9 @@ SMALL_TAIL = RemoteOptions(tail_bytes=1024)
 @pytest.fixture(scope="module")
 def local_ds(tmp_path_factory) -> Path:
     # ~20 KB shards of ~2 KB blocks: many shards and blocks, little data.
-    return write_index_dataset(tmp_path_factory.mktemp("remote") / "ds", N, block_size=1000,
-                               shard_size=6000)
+    return write_index_dataset(
+        tmp_path_factory.mktemp("remote") / "ds", N, block_size=1000, shard_size=6000
+    )
 
 
 def upload(server, local: Path) -> str:
@@ -57,8 +58,9 @@ def check_all(ds, n=N):
 def test_every_record_and_batch_then_warm_cache(kind, request, local_ds, tmp_path):
     server = request.getfixturevalue(f"{kind}_server")
     url = upload(server, local_ds)
-    opts = dict(storage_options=server.storage_options, cache_dir=tmp_path / "cache",
-                cache_limit="10MB")
+    opts = dict(
+        storage_options=server.storage_options, cache_dir=tmp_path / "cache", cache_limit="10MB"
+    )
     with fastload.Dataset(url, **opts) as ds:
         assert ds.remote and len(ds) == N
         check_all(ds)
@@ -78,12 +80,18 @@ def test_every_record_and_batch_then_warm_cache(kind, request, local_ds, tmp_pat
 
 
 def test_first_record_does_not_wait_for_the_shard(s3_server, tmp_path):
-    local = write_index_dataset(tmp_path / "big", 3000, block_size=16 << 10,
-                                shard_size=8 << 20, compression="none",
-                                record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)})
+    local = write_index_dataset(
+        tmp_path / "big",
+        3000,
+        block_size=16 << 10,
+        shard_size=8 << 20,
+        compression="none",
+        record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)},
+    )
     url = upload(s3_server, local)
-    with fastload.Dataset(url, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:
+    with fastload.Dataset(
+        url, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         assert len(ds.shards) == 1 and ds.shards[0].bytes > 4 << 20
         before = ds.io_stats()
         assert_record(ds[1234], index_record(1234) | {"b": index_bytes(1234, 2000)})
@@ -94,8 +102,9 @@ def test_first_record_does_not_wait_for_the_shard(s3_server, tmp_path):
 def test_a_small_shard_takes_one_request(s3_server, s3_ds, tmp_path):
     """A shard smaller than the tail fetched at open comes whole in that one GET, its blocks
     cached (checked) at once."""
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         assert ds.shards[0].bytes < RemoteOptions().tail_bytes
         before = ds.io_stats()
         for i in range(ds.shards[0].records):
@@ -108,8 +117,12 @@ def test_shard_header_and_index_are_fetched_together(fault_proxy, s3_ds, tmp_pat
     """Opening a shard larger than the tail costs one round trip, not two: the header's GET
     and the index's are in flight together."""
     fault_proxy.latency = 0.1
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    ) as ds:
         fault_proxy.max_in_flight = 0
         before = fault_proxy.counts["requests"]
         ds.shard_reader(0)
@@ -118,8 +131,12 @@ def test_shard_header_and_index_are_fetched_together(fault_proxy, s3_ds, tmp_pat
 
 
 def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    ) as ds:
         ds.shard_reader(0)  # opened (a few small requests)
         n0 = ds.shards[0].records
         blocks = ds.shards[0].blocks
@@ -127,8 +144,11 @@ def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
         before = ds.io_stats()
         assert ds.prefetch(range(n0)) == blocks
         deadline = time.monotonic() + 10
-        while ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"] < \
-                ds.shards[0].bytes // 2 and time.monotonic() < deadline:  # fmt: skip
+        while (
+            ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"]
+            < ds.shards[0].bytes // 2
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         check_all_shard = [ds[i] for i in range(n0)]
         for i, r in enumerate(check_all_shard):
@@ -142,16 +162,23 @@ def test_prefetch_coalesces_and_reads_ahead(s3_server, s3_ds, tmp_path):
 @pytest.fixture(scope="module")
 def s3_one_shard(s3_server, tmp_path_factory) -> str:
     """One shard of 40 uncompressed blocks of ~16 KB."""
-    path = write_index_dataset(tmp_path_factory.mktemp("one") / "ds", 320,
-                               block_size=16 << 10, shard_size=64 << 20, compression="none",
-                               record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)})
+    path = write_index_dataset(
+        tmp_path_factory.mktemp("one") / "ds",
+        320,
+        block_size=16 << 10,
+        shard_size=64 << 20,
+        compression="none",
+        record=lambda i: {**index_record(i), "b": index_bytes(i, 2000)},
+    )
     return upload(s3_server, path)
 
 
 def wait_written(ds, before: dict, nbytes: int) -> None:
     deadline = time.monotonic() + 10
-    while ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"] < nbytes and \
-            time.monotonic() < deadline:  # fmt: skip
+    while (
+        ds.io_stats()["cache_bytes_written"] - before["cache_bytes_written"] < nbytes
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
 
 
@@ -159,8 +186,10 @@ def test_dense_read_ahead_fetches_the_shard_in_large_gets(s3_server, s3_one_shar
     """A process that asks for a large part of a shard (a shuffled epoch soon asks for all of
     it) gets the whole shard into the cache in GETs of up to max_request, the blocks not asked
     for yet included; one that asks for a few blocks of it gets just those, one GET each."""
-    opts = dict(storage_options=s3_server.storage_options,
-                remote_options=RemoteOptions(max_request=256 << 10, tail_bytes=1024))
+    opts = dict(
+        storage_options=s3_server.storage_options,
+        remote_options=RemoteOptions(max_request=256 << 10, tail_bytes=1024),
+    )
     with fastload.Dataset(s3_one_shard, cache_dir=tmp_path / "sparse", **opts) as ds:
         reader = ds.shard_reader(0)
         blocks = ds.shards[0].blocks
@@ -190,14 +219,14 @@ def test_dense_read_ahead_fetches_the_shard_in_large_gets(s3_server, s3_one_shar
         assert delta(before, ds.io_stats())["requests"] == 0
 
 
-def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, local_ds,
-                                                             tmp_path):  # fmt: skip
+def test_forked_s3_filesystem_shares_only_the_service_models(s3_server, s3_ds, local_ds, tmp_path):
     """A worker's new s3fs filesystem reuses the parent's parsed botocore models (they cost
     ~100 ms to load before a new worker's first GET), in a session of its own."""
     from fastload.io.fs import child_session, reopen_fs
 
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         parent = ds.fs.session  # created by the manifest's read
         assert parent is not None
         fs, root = reopen_fs(ds.fs, s3_ds, ds._fs_options)
@@ -213,8 +242,12 @@ def test_prefetch_across_shards_before_and_after_close(s3_server, s3_ds, tmp_pat
     """Blocks of shards not opened yet, of open ones, and after close (which drops what the
     dataset knew of its shards): no block is scheduled twice, and none once cached (half the
     records ask for most blocks: the rest of each shard is fetched in the background)."""
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    ) as ds:
         total = sum(s.blocks for s in ds.shards)
         order = np.random.default_rng(0).permutation(N)
         first = ds.prefetch(order[: N // 2])
@@ -230,8 +263,9 @@ def test_a_batch_across_many_shards_opens_them_concurrently(fault_proxy, s3_ds):
     """A shuffled batch touches many shards at first; their headers and indexes are fetched
     several at once, not one round trip after another."""
     fault_proxy.latency = 0.1  # an object store's round trip, so that requests overlap
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=False) as ds:  # fmt: skip
+    with fastload.Dataset(
+        s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False
+    ) as ds:
         assert len(ds.shards) >= 6
         firsts = [ds.locate(i)[0] for i in range(N)]
         one_per_shard = [firsts.index(s) for s in range(len(ds.shards))]
@@ -242,8 +276,9 @@ def test_a_batch_across_many_shards_opens_them_concurrently(fault_proxy, s3_ds):
 
 
 def test_prefetch_ignores_bad_indices_and_local_datasets(s3_server, s3_ds, local_ds, tmp_path):
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "c") as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path / "c"
+    ) as ds:
         assert ds.prefetch([N + 5, -N - 1]) == 0
         assert ds.prefetch([]) == 0
     with fastload.Dataset(local_ds) as ds:
@@ -253,9 +288,12 @@ def test_prefetch_ignores_bad_indices_and_local_datasets(s3_server, s3_ds, local
 @pytest.mark.parametrize("fault", ["500", "503", "reset", "truncate", "short", "stall"])
 def test_transient_faults_are_retried(fault, fault_proxy, s3_ds, tmp_path):
     fault_proxy.stall_seconds = 2.0
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=False, remote_options=RemoteOptions(retry=FAST_RETRY,
-                                                                       readahead_blocks=0)) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY, readahead_blocks=0),
+    ) as ds:
         ds.shard_reader(3)
         before = ds.io_stats()
         fault_proxy.script([fault, fault])
@@ -268,9 +306,12 @@ def test_transient_faults_are_retried(fault, fault_proxy, s3_ds, tmp_path):
 
 
 def test_body_cut_short_resumes_from_last_byte(fault_proxy, s3_ds):
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
-                          remote_options=RemoteOptions(retry=FAST_RETRY,
-                                                       readahead_blocks=0)) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY, readahead_blocks=0),
+    ) as ds:
         reader = ds.shard_reader(2)
         entry = reader.blocks[1]
         start, size = int(entry["offset"]), int(entry["stored_size"])
@@ -288,8 +329,11 @@ def test_body_cut_short_resumes_from_last_byte(fault_proxy, s3_ds):
 
 
 def test_permanent_errors_fail_at_once(fault_proxy, s3_server, s3_ds, local_ds, tmp_path):
-    opts = dict(storage_options=fault_proxy.storage_options, cache_dir=False,
-                remote_options=RemoteOptions(retry=FAST_RETRY))
+    opts = dict(
+        storage_options=fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY),
+    )
     with fastload.Dataset(s3_ds, **opts) as ds:
         for fault, error in (("403", RemoteAccessError), ("404", MissingShardError)):
             ds.close()
@@ -302,16 +346,19 @@ def test_permanent_errors_fail_at_once(fault_proxy, s3_server, s3_ds, local_ds, 
     # A shard deleted from the bucket: named, at once.
     url = upload(s3_server, local_ds)
     s3_server.fs().rm(f"{url.split('://', 1)[1]}/shard-00001.fls")
-    with fastload.Dataset(url, storage_options=s3_server.storage_options,
-                          cache_dir=False) as ds:
+    with fastload.Dataset(url, storage_options=s3_server.storage_options, cache_dir=False) as ds:
         with pytest.raises(MissingShardError, match="shard-00001.fls"):
             ds[int(ds._starts[1])]
 
 
 def test_retry_budget_spent_names_url_attempts_and_cause(fault_proxy, s3_ds):
     policy = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.02, budget_s=10)
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
-                          remote_options=RemoteOptions(retry=policy)) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=policy),
+    ) as ds:
         fault_proxy.rate, fault_proxy.kinds = 1.0, ("503",)
         t = time.monotonic()
         with pytest.raises(RemoteReadError) as e:
@@ -324,8 +371,12 @@ def test_retry_budget_spent_names_url_attempts_and_cause(fault_proxy, s3_ds):
 
 def test_manifest_read_is_retried(fault_proxy, s3_ds):
     fault_proxy.script(["503", "reset"])
-    with fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options, cache_dir=False,
-                          remote_options=RemoteOptions(retry=FAST_RETRY)) as ds:
+    with fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY),
+    ) as ds:
         assert len(ds) == N
 
 
@@ -342,21 +393,29 @@ def assert_epoch_exactly_once(loader) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("workers,worker_type", [(0, "process"), (2, "process"),
-                                                (2, "thread")])
-def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_proxy, s3_ds,
-                                                tmp_path):  # fmt: skip
+@pytest.mark.parametrize("workers,worker_type", [(0, "process"), (2, "process"), (2, "thread")])
+def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_proxy, s3_ds, tmp_path):
     """An epoch through fastload.DataLoader, with a fifth of the reads failing in every way:
     every sample exactly once, every byte right."""
     fault_proxy.rate = 0.2
     fault_proxy.kinds = ("500", "503", "reset", "truncate", "short")
-    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache", cache_limit="200KB",
-                          # requests of two blocks at most: many requests, so many faults
-                          remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000,
-                                                       tail_bytes=1024))
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers, seed=1,
-                                 timeout=60 if workers else 0, worker_type=worker_type)
+    ds = fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=tmp_path / "cache",
+        cache_limit="200KB",
+        # requests of two blocks at most: many requests, so many faults
+        remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000, tail_bytes=1024),
+    )
+    loader = fastload.DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=workers,
+        seed=1,
+        timeout=60 if workers else 0,
+        worker_type=worker_type,
+    )
     assert_epoch_exactly_once(loader)
     injected = sum(v for k, v in fault_proxy.counts.items() if k != "requests")
     assert injected > 5
@@ -369,8 +428,12 @@ def test_loader_epoch_under_faults_exactly_once(workers, worker_type, fault_prox
 def test_loader_io_counters_count_each_request_once(fault_proxy, s3_ds, tmp_path):
     """Forked workers start their counters from zero: what the main process fetched before
     the fork is not reported again by every worker, every epoch."""
-    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    ds = fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     check_all(ds, 40)  # the main process reads first
     assert ds.io_stats()["requests"] > 0
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2)
@@ -385,10 +448,13 @@ def test_loader_io_counters_count_each_request_once(fault_proxy, s3_ds, tmp_path
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_mix_of_remote_datasets_counts_its_reads(workers, s3_server, s3_ds, local_ds,
-                                                    tmp_path):  # fmt: skip
-    remote = fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                              cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)  # fmt: skip
+def test_a_mix_of_remote_datasets_counts_its_reads(workers, s3_server, s3_ds, local_ds, tmp_path):
+    remote = fastload.Dataset(
+        s3_ds,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     mix = fastload.Mix([fastload.Dataset(local_ds), remote])  # blocks fetched as read
     loader = fastload.DataLoader(mix, batch_size=16, shuffle=True, seed=0, num_workers=workers)
     assert sum(len(b["i"]) for b in loader) == 2 * N
@@ -400,11 +466,16 @@ def test_a_mix_of_remote_datasets_counts_its_reads(workers, s3_server, s3_ds, lo
 def test_loader_without_workers_fetches_the_next_batches_ahead(s3_server, s3_ds, tmp_path):
     """num_workers=0: while batch k is read, the blocks of batches k+1 and k+2 are already
     being fetched (here from other shards, so no in-shard read-ahead can explain it)."""
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         mid = N // 2
-        batches = [list(range(16)), list(range(N - 16, N)), list(range(mid, mid + 16)),
-                   list(range(16, 32))]  # fmt: skip
+        batches = [
+            list(range(16)),
+            list(range(N - 16, N)),
+            list(range(mid, mid + 16)),
+            list(range(16, 32)),
+        ]
         assert ds.locate(N - 1)[0] != ds.locate(mid)[0] != ds.locate(0)[0]
         it = iter(fastload.DataLoader(ds, batch_sampler=batches, num_workers=0))
         assert next(it)["i"].tolist() == batches[0]
@@ -443,8 +514,9 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     from fastload.loader import fill
     from fastload.loader.layout import BatchLayout
 
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache")  # fmt: skip
+    ds = fastload.Dataset(
+        s3_tokens, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    )
     assert len(ds.shards) > 3
     layout = BatchLayout(ds.schema, 16)
     fast = fill._raw_gather(ds, layout)
@@ -481,17 +553,21 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     ds.close()
 
 
-def test_gathers_hold_mapped_blocks_only_while_the_store_does(s3_server, s3_tokens, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_gathers_hold_mapped_blocks_only_while_the_store_does(
+    s3_server, s3_tokens, tmp_path, monkeypatch
+):
     """ResidentGather keeps the mapped blocks a batch used, so the next batches over them are
     one core call with no lookup per block; when the store unmaps any block it lets them all
     go, so it never keeps more mapped than the store's mapped_blocks."""
     from fastload.loader import fill
     from fastload.loader.layout import BatchLayout
 
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache",
-                          remote_options=RemoteOptions(tail_bytes=1024, mapped_blocks=3))
+    ds = fastload.Dataset(
+        s3_tokens,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=RemoteOptions(tail_bytes=1024, mapped_blocks=3),
+    )
     ds.read_into(np.arange(len(ds)))  # every block fetched and cached
     ds._prepare_workers()  # cached blocks mapped, as before forking workers: 3 of them
     store, table = ds._store_(), ds._block_table()
@@ -532,8 +608,12 @@ def test_gathers_hold_mapped_blocks_only_while_the_store_does(s3_server, s3_toke
 def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
     """A warm worker's read-ahead hints cost nothing once every block is mapped; when one is
     not (evicted from the maps and the cache), hints fetch it again."""
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    ds = fastload.Dataset(
+        s3_tokens,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     assert not ds._all_mapped()
     ds.read_into(np.arange(len(ds)))  # every block fetched and cached
     assert not ds._all_mapped()
@@ -546,8 +626,9 @@ def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
         reader._cache.clear()
     assert not ds._all_mapped()
     assert ds.prefetch(np.arange(len(ds))) >= 1
-    assert_rows({k: np.asarray(v) for k, v in ds.get_batch(np.arange(len(ds))).items()},
-                range(len(ds)))  # fmt: skip
+    assert_rows(
+        {k: np.asarray(v) for k, v in ds.get_batch(np.arange(len(ds))).items()}, range(len(ds))
+    )
     ds.close()
 
 
@@ -563,8 +644,9 @@ def test_compressed_blocks_are_gathered_from_their_decompressed_bytes(s3_server,
         for i in range(100):
             w.write(token_row(i))
     url = upload(s3_server, path)
-    with fastload.Dataset(url, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+    with fastload.Dataset(
+        url, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         layout = BatchLayout(ds.schema, 16)
         fast = fill._raw_gather(ds, layout)
         assert isinstance(fast, fill.ResidentGather)
@@ -585,10 +667,12 @@ def test_compressed_blocks_are_gathered_from_their_decompressed_bytes(s3_server,
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_tokens, tmp_path):
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache")  # fmt: skip
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=workers,
-                                 persistent_workers=workers > 0)  # fmt: skip
+    ds = fastload.Dataset(
+        s3_tokens, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
+    )
+    loader = fastload.DataLoader(
+        ds, batch_size=16, shuffle=True, seed=3, num_workers=workers, persistent_workers=workers > 0
+    )
     for epoch in range(3):  # cold, then from the cache, then from mapped copies
         seen = []
         for b in loader:
@@ -600,12 +684,12 @@ def test_loader_over_cached_token_rows_exactly_once(workers, s3_server, s3_token
 
 
 @pytest.mark.parametrize("persistent,block_cache", [(False, "128MiB"), (True, "32KiB")])
-def test_workers_share_out_remote_compressed_blocks(persistent, block_cache, s3_server,
-                                                    tmp_path):  # fmt: skip
+def test_workers_share_out_remote_compressed_blocks(persistent, block_cache, s3_server, tmp_path):
     """Token rows in zstd blocks on S3, read by two workers that share each batch out by
     block (they start afresh each epoch; or the dataset outgrows one worker's block cache):
     cold, from the file cache, then from mapped copies, every row exactly once and right, and
     each block decompressed once per worker start (persistent: once for the whole run)."""
+
     def row(i: int) -> dict:
         return {"i": i, "tokens": np.full(65, i % 251, np.uint16)}  # zstd packs it ~10x
 
@@ -613,15 +697,20 @@ def test_workers_share_out_remote_compressed_blocks(persistent, block_cache, s3_
     with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="zstd") as w:
         for i in range(300):
             w.write(row(i))
-    ds = fastload.Dataset(upload(s3_server, path), storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", block_cache=block_cache)  # fmt: skip
+    ds = fastload.Dataset(
+        upload(s3_server, path),
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        block_cache=block_cache,
+    )
     blocks, raw = sum(s.blocks for s in ds.shards), sum(s.raw_bytes for s in ds.shards)
     assert ds.manifest.bytes < 0.5 * raw  # compressed
     assert 32 << 10 < raw <= 64 << 10  # over one worker's 32 KiB cache, within two
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one worker's cache is too small: the point
-        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2,
-                                     persistent_workers=persistent)  # fmt: skip
+        loader = fastload.DataLoader(
+            ds, batch_size=16, shuffle=True, seed=3, num_workers=2, persistent_workers=persistent
+        )
     assert loader._by_block
     for epoch in range(3):
         seen = []
@@ -635,14 +724,19 @@ def test_workers_share_out_remote_compressed_blocks(persistent, block_cache, s3_
     ds.close()
 
 
-def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, tmp_path,
-                                                         monkeypatch):  # fmt: skip
+def test_forked_workers_start_with_what_the_parent_opened(
+    s3_server, s3_tokens, tmp_path, monkeypatch
+):
     """Before forking its workers, the loader opens the dataset's shards (a small dataset:
     all of them, at once) and maps the blocks the cache holds; the workers keep all of it, so
     they open no shard, and an epoch from a warm cache costs them no cache reads at all (each
     used to open and check everything again)."""
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    ds = fastload.Dataset(
+        s3_tokens,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     assert ds._prepare_workers() == 0  # a cold cache: shards opened, no block to map
     assert all(r is not None for r in ds._readers)
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2)
@@ -664,23 +758,30 @@ def test_forked_workers_start_with_what_the_parent_opened(s3_server, s3_tokens, 
     ds.close()
     # Beyond OPEN_AHEAD shards, only what the cache holds is opened before the fork.
     monkeypatch.setattr(fastload.dataset, "OPEN_AHEAD", 2)
-    with fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cold", remote_options=SMALL_TAIL) as cold:
+    with fastload.Dataset(
+        s3_tokens,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cold",
+        remote_options=SMALL_TAIL,
+    ) as cold:
         before = cold.io_stats()
         assert cold._prepare_workers() == 0
         assert delta(before, cold.io_stats())["requests"] == 0
         assert all(r is None for r in cold._readers)
 
 
-def test_a_forked_child_makes_its_filesystem_only_for_a_request(s3_server, s3_tokens,
-                                                                 tmp_path):  # fmt: skip
+def test_a_forked_child_makes_its_filesystem_only_for_a_request(s3_server, s3_tokens, tmp_path):
     """A forked worker reading only what the parent has at hand makes no filesystem of its
     own (making one cost ~6 ms and a thread per worker per epoch); its first request makes
     one, and reads right."""
     import os
 
-    ds = fastload.Dataset(s3_tokens, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    ds = fastload.Dataset(
+        s3_tokens,
+        storage_options=s3_server.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     assert ds.get_batch(range(8))["i"].tolist() == list(range(8))  # shard 0, held
     last = len(ds) - 1  # in another shard, never opened
     assert ds.locate(last)[0] > 0 and ds._readers[ds.locate(last)[0]] is None
@@ -688,8 +789,11 @@ def test_a_forked_child_makes_its_filesystem_only_for_a_request(s3_server, s3_to
     pid = os.fork()
     if pid == 0:  # the child reports through the pipe, and never returns into pytest
         try:
-            ok = [ds.get_batch(range(8))["i"].tolist() == list(range(8)), ds._fs is None,
-                  ds.io_stats()["requests"] == 0]
+            ok = [
+                ds.get_batch(range(8))["i"].tolist() == list(range(8)),
+                ds._fs is None,
+                ds.io_stats()["requests"] == 0,
+            ]
             ok += [ds[last]["i"] == last, ds._fs is not None, ds.io_stats()["requests"] > 0]
             os.write(w, "".join("1" if x else "0" for x in ok).encode())
         finally:
@@ -706,12 +810,15 @@ def test_fork_while_the_parent_reads_ahead(fault_proxy, s3_ds, tmp_path):
     """Workers forked while the main process has read-ahead in flight (its threads, locks
     and pending fetches do not exist in the child) still read every sample exactly once."""
     fault_proxy.latency = 0.2
-    ds = fastload.Dataset(s3_ds, storage_options=fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache", remote_options=SMALL_TAIL)
+    ds = fastload.Dataset(
+        s3_ds,
+        storage_options=fault_proxy.storage_options,
+        cache_dir=tmp_path / "cache",
+        remote_options=SMALL_TAIL,
+    )
     check_all(ds, 10)  # shards 0 and 1 open in the parent
     assert ds.prefetch(range(N)) > 0  # and their blocks in flight as it forks
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2,
-                                 timeout=60)  # fmt: skip
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=0, num_workers=2, timeout=60)
     seen = []
     for b in loader:
         seen += b["i"].tolist()
@@ -736,8 +843,9 @@ def test_cli_inspect_and_verify_remote(s3_server, s3_ds, capsys, monkeypatch, tm
 def test_dataset_pickles_without_its_connections(s3_server, s3_ds, tmp_path):
     import pickle
 
-    with fastload.Dataset(s3_ds, storage_options=s3_server.storage_options,
-                          cache_dir=tmp_path) as ds:
+    with fastload.Dataset(
+        s3_ds, storage_options=s3_server.storage_options, cache_dir=tmp_path
+    ) as ds:
         ds[3]
         copy = pickle.loads(pickle.dumps(ds))
         assert copy._store is None
@@ -762,6 +870,7 @@ def test_plain_http_url(s3_server, local_ds, tmp_path):
 # gcsfs retries 5xx, resets and cut connections itself (up to 6 tries, sleeping 1-2 s, then
 # 2-3 s, ...; not configurable), so these inject a few faults rather than a rate.
 
+
 @pytest.fixture(scope="module")
 def gcs_ds(gcs_server, local_ds) -> str:
     return upload(gcs_server, local_ds)
@@ -769,9 +878,12 @@ def gcs_ds(gcs_server, local_ds) -> str:
 
 @pytest.mark.parametrize("fault", ["500", "503", "reset", "truncate", "short"])
 def test_gcs_transient_faults_are_retried(fault, gcs_fault_proxy, gcs_ds):
-    with fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
-                          cache_dir=False, remote_options=RemoteOptions(
-                              retry=FAST_RETRY, readahead_blocks=0, tail_bytes=1024)) as ds:
+    with fastload.Dataset(
+        gcs_ds,
+        storage_options=gcs_fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY, readahead_blocks=0, tail_bytes=1024),
+    ) as ds:
         reader = ds.shard_reader(3)
         r = int(reader.blocks[1]["first_record"])  # a block beyond the tail read at open
         i = int(ds._starts[3]) + r
@@ -781,8 +893,12 @@ def test_gcs_transient_faults_are_retried(fault, gcs_fault_proxy, gcs_ds):
 
 
 def test_gcs_permanent_errors_fail_at_once(gcs_fault_proxy, gcs_ds):
-    with fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
-                          cache_dir=False, remote_options=RemoteOptions(retry=FAST_RETRY)) as ds:
+    with fastload.Dataset(
+        gcs_ds,
+        storage_options=gcs_fault_proxy.storage_options,
+        cache_dir=False,
+        remote_options=RemoteOptions(retry=FAST_RETRY),
+    ) as ds:
         for fault, error in (("403", RemoteAccessError), ("404", MissingShardError)):
             ds.close()
             gcs_fault_proxy.script([fault])
@@ -801,12 +917,14 @@ def test_gcs_loader_epoch_under_faults_exactly_once(gcs_fault_proxy, gcs_ds, tmp
     among its reads: every sample exactly once, every byte right."""
     faults = ["500", "503", "reset", "truncate", "short"]
     gcs_fault_proxy.script([x for f in faults for x in (None, None, f)])
-    ds = fastload.Dataset(gcs_ds, storage_options=gcs_fault_proxy.storage_options,
-                          cache_dir=tmp_path / "cache", cache_limit="200KB",
-                          remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000,
-                                                       tail_bytes=1024))  # fmt: skip
-    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, seed=1,
-                                 timeout=60)  # fmt: skip
+    ds = fastload.Dataset(
+        gcs_ds,
+        storage_options=gcs_fault_proxy.storage_options,
+        cache_dir=tmp_path / "cache",
+        cache_limit="200KB",
+        remote_options=RemoteOptions(retry=FAST_RETRY, max_request=2000, tail_bytes=1024),
+    )
+    loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, seed=1, timeout=60)
     assert_epoch_exactly_once(loader)
     assert {f: gcs_fault_proxy.counts.get(f, 0) for f in faults} == dict.fromkeys(faults, 1)
     assert loader.stats()["io"]["requests"] > 0
@@ -830,8 +948,10 @@ def test_io_counter_increments_from_threads_are_each_reported_once():
         while not stop.is_set():
             total[0] += stats.delta().get("requests", 0)
 
-    threads = [threading.Thread(target=lambda: [stats.add("requests") for _ in range(20000)])
-               for _ in range(3)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda: [stats.add("requests") for _ in range(20000)])
+        for _ in range(3)
+    ]
     poller = threading.Thread(target=poll)
     poller.start()
     for t in threads:
@@ -871,9 +991,14 @@ def test_a_block_corrupt_at_the_source_is_skipped_under_skip(workers, s3_server,
         with pytest.raises(fastload.errors.CorruptRecordError, match=r"block 2 .*checksum"):
             list(fastload.DataLoader(ds, batch_size=16, num_workers=workers))
     with fastload.Dataset(url, **opts) as ds:
-        loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=1,
-                                     num_workers=workers,
-                                     bad_samples=fastload.SkipBadSamples(max_fraction=0.5))
+        loader = fastload.DataLoader(
+            ds,
+            batch_size=16,
+            shuffle=True,
+            seed=1,
+            num_workers=workers,
+            bad_samples=fastload.SkipBadSamples(max_fraction=0.5),
+        )
         seen = []
         for b in loader:
             assert_rows({k: v.numpy() for k, v in b.items()}, b["i"].tolist())

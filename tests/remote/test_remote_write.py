@@ -24,8 +24,9 @@ LINES = 600
 
 
 def write_jsonl(path: Path, n: int = LINES) -> Path:
-    path.write_text("".join(json.dumps({"i": i, "text": f"{i:060d}", "score": i / 7}) + "\n"
-                            for i in range(n)))  # fmt: skip
+    path.write_text(
+        "".join(json.dumps({"i": i, "text": f"{i:060d}", "score": i / 7}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -43,14 +44,22 @@ def env_for(server) -> dict[str, str]:
     """The filesystem's usual environment configuration, instead of --storage-options."""
     env = {**os.environ, "FASTLOAD_CACHE_DIR": os.environ.get("FASTLOAD_CACHE_DIR", "")}
     if server.kind == "s3":
-        env.update(AWS_ENDPOINT_URL=server.endpoint_url, AWS_ACCESS_KEY_ID="test",
-                   AWS_SECRET_ACCESS_KEY="test")  # fmt: skip
+        env.update(
+            AWS_ENDPOINT_URL=server.endpoint_url,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+        )
     return env
 
 
 def run_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastload", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fastload", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
@@ -65,20 +74,23 @@ def test_cli_convert_to_object_store_matches_local(kind, request, tmp_path):
         # S3 from the environment alone (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID), as users do.
         done = run_cli("convert", src, url, *common, env=env_for(server))
     else:
-        done = run_cli("convert", src, url, *common, "--storage-options",
-                       json.dumps(server.storage_options))  # fmt: skip
+        done = run_cli(
+            "convert", src, url, *common, "--storage-options", json.dumps(server.storage_options)
+        )
     assert done.returncode == 0, done.stderr
     # The same bytes as a local convert, shard for shard, manifest included: output does not
     # depend on where it goes. Nothing else is left in the bucket (parts merged and removed).
     expected = local_bytes(local)
     assert len([n for n in expected if n.endswith(".fls")]) > 2
     assert remote_bytes(server.fs(), url) == expected
-    with fastload.Dataset(url, storage_options=server.storage_options,
-                          cache_dir=tmp_path / "cache") as ds:  # fmt: skip
+    with fastload.Dataset(
+        url, storage_options=server.storage_options, cache_dir=tmp_path / "cache"
+    ) as ds:
         assert [r["i"] for r in ds] == list(range(LINES))
         assert ds[LINES - 1]["text"] == f"{LINES - 1:060d}"
-    verified = run_cli("verify", url, "--no-progress", "--storage-options",
-                       json.dumps(server.storage_options))  # fmt: skip
+    verified = run_cli(
+        "verify", url, "--no-progress", "--storage-options", json.dumps(server.storage_options)
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -102,8 +114,13 @@ def test_writer_uploads_shards_as_they_complete_and_manifest_last(gcs_server, tm
     root = url.split("://", 1)[1]
     schema = fastload.Schema({"i": "int", "blob": "bytes"})
     seen_shards_before_close = 0
-    with fastload.Writer(url, schema=schema, storage_options=gcs_server.storage_options,
-                         shard_size=20_000, block_size=4_000) as w:  # fmt: skip
+    with fastload.Writer(
+        url,
+        schema=schema,
+        storage_options=gcs_server.storage_options,
+        shard_size=20_000,
+        block_size=4_000,
+    ) as w:
         for i in range(200):
             w.write({"i": i, "blob": os.urandom(500)})
         fs.invalidate_cache()
@@ -121,8 +138,13 @@ def test_writer_failing_midway_leaves_no_dataset(kind, request):
     url = f"{server.new_bucket()}/broken"
     schema = fastload.Schema({"i": "int"})
     with pytest.raises(RuntimeError, match="source died"):
-        with fastload.Writer(url, schema=schema, storage_options=server.storage_options,
-                             shard_size=2_000, block_size=500) as w:  # fmt: skip
+        with fastload.Writer(
+            url,
+            schema=schema,
+            storage_options=server.storage_options,
+            shard_size=2_000,
+            block_size=500,
+        ) as w:
             for i in range(2_000):
                 w.write({"i": i})
                 if i == 1_500:
@@ -137,10 +159,26 @@ def test_sigkilled_convert_to_s3_leaves_no_manifest_and_rerun_cleans_up(s3_serve
     src = write_jsonl(tmp_path / "big.jsonl", 60_000)
     url = f"{s3_server.new_bucket()}/killed"
     root = url.split("://", 1)[1]
-    args = [sys.executable, "-m", "fastload", "convert", str(src), url, "--workers", "2",
-            "--shard-size", "200KB", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(args, env=env_for(s3_server), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "fastload",
+        "convert",
+        str(src),
+        url,
+        "--workers",
+        "2",
+        "--shard-size",
+        "200KB",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        args,
+        env=env_for(s3_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     fs = s3_server.fs()
     deadline = time.monotonic() + 90
     try:
@@ -160,8 +198,7 @@ def test_sigkilled_convert_to_s3_leaves_no_manifest_and_rerun_cleans_up(s3_serve
     assert "manifest.json" not in left
     with pytest.raises(IncompleteDatasetError):
         fastload.Dataset(url, storage_options=s3_server.storage_options, cache_dir=False)
-    done = subprocess.run(args, env=env_for(s3_server), capture_output=True, text=True,
-                          timeout=150)  # fmt: skip
+    done = subprocess.run(args, env=env_for(s3_server), capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
     with fastload.Dataset(url, storage_options=s3_server.storage_options, cache_dir=False) as ds:
         assert len(ds) == 60_000
@@ -177,13 +214,18 @@ def test_uploads_survive_transient_faults(fault_proxy, tmp_path):
     url = f"s3://{fault_proxy_bucket(fault_proxy)}/faulty"
     fault_proxy.methods = ("PUT", "POST")
     fault_proxy.script(["503", "reset", "500", None, "503"])
-    result = convert(src, url, storage_options=fault_proxy.storage_options, shard_size="8KB",
-                     block_size="2KB", progress=False)  # fmt: skip
+    result = convert(
+        src,
+        url,
+        storage_options=fault_proxy.storage_options,
+        shard_size="8KB",
+        block_size="2KB",
+        progress=False,
+    )
     assert result.shards > 2
     assert sum(fault_proxy.counts.get(k, 0) for k in ("500", "503", "reset")) == 4
     fault_proxy.methods = ()
-    with fastload.Dataset(url, storage_options=fault_proxy.storage_options,
-                          cache_dir=False) as ds:  # fmt: skip
+    with fastload.Dataset(url, storage_options=fault_proxy.storage_options, cache_dir=False) as ds:
         assert [r["i"] for r in ds] == list(range(LINES))
 
 
@@ -193,8 +235,9 @@ def test_refused_upload_fails_cleanly_naming_the_destination(fault_proxy, tmp_pa
     fault_proxy.methods = ("PUT", "POST")
     fault_proxy.kinds, fault_proxy.rate = ("403",), 1.0
     with pytest.raises(ConvertError) as err:
-        convert(src, url, storage_options=fault_proxy.storage_options, shard_size="8KB",
-                progress=False)  # fmt: skip
+        convert(
+            src, url, storage_options=fault_proxy.storage_options, shard_size="8KB", progress=False
+        )
     assert "denied" in str(err.value)
     fault_proxy.rate = 0.0
     fs = fault_proxy_fs(fault_proxy)
