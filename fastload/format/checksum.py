@@ -1,12 +1,24 @@
-"""Checksums of blocks, records and indexes (XXH64, computed in the compiled core)."""
+"""Checksums of blocks, records and indexes (XXH64, computed in the compiled core), and of
+JSON documents (the manifest, a schema) through their canonical form."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import numpy as np
 
 from .. import _core
 
-__all__ = ["hash64", "record_checksum", "record_checksums", "first_bad_record", "format_hash"]
+__all__ = [
+    "hash64",
+    "record_checksum",
+    "record_checksums",
+    "first_bad_record",
+    "format_hash",
+    "canonical_json",
+    "hash_json",
+]
 
 
 def hash64(data) -> int:
@@ -42,3 +54,19 @@ def first_bad_record(buf, offsets: np.ndarray, lengths: np.ndarray, expected: np
 def format_hash(value: int) -> str:
     """How the manifest spells a shard hash."""
     return f"xxh64:{value:016x}"
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte string a JSON value hashes as: keys sorted, no whitespace, every character
+    outside ASCII written as a ``\\uXXXX`` escape. Two documents that parse to the same value
+    give the same bytes, however they were indented or re-saved, and any change to the value
+    changes them. Raises ValueError for NaN or infinities (which JSON cannot hold)."""
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return text.encode("ascii")
+
+
+def hash_json(value: Any) -> int:
+    """XXH64 of :func:`canonical_json` of ``value``."""
+    return hash64(canonical_json(value))

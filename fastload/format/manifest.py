@@ -3,6 +3,12 @@
 It is written last and atomically, so a dataset without one is an unfinished convert. It holds
 nothing that varies between runs (no times, hosts or paths outside the dataset), so the same
 input and options give byte-identical output.
+
+From format version 2 on, the manifest carries a checksum of its own content: the XXH64 of the
+canonical JSON (see ``checksum.canonical_json``) of the whole document less its ``checksum``
+member. Every member is covered, including ones this code does not know (a newer writer's), so
+no damage to the manifest can change what a reader sees without being detected: one flipped
+bit in a schema's shape would otherwise shorten every row read, with no error anywhere.
 """
 
 from __future__ import annotations
@@ -10,17 +16,26 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ManifestError, SchemaError
-from .checksum import format_hash, hash64
+from .checksum import format_hash, hash64, hash_json
 from .schema import Schema
 from .spec import FORMAT_VERSION, SUPPORTED_VERSIONS
 
-__all__ = ["Manifest", "ShardInfo"]
+__all__ = ["Manifest", "ShardInfo", "UncheckedManifestWarning", "CHECKSUM_KEY"]
 
 _HASH_RE = re.compile(r"^xxh64:[0-9a-f]{16}$")
+#: The manifest member that holds the checksum of all the others.
+CHECKSUM_KEY = "checksum"
+#: The first format version whose manifests must carry a checksum.
+CHECKSUMMED_SINCE = 2
+
+
+class UncheckedManifestWarning(UserWarning):
+    """A dataset's manifest has no checksum (format version 1): damage to it goes unseen."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,9 @@ class Manifest:
         return sum(s.bytes for s in self.shards)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The manifest document, with its checksum (from version 2 on) over every other
+        member: a member added here is covered without further ado."""
+        doc = {
             "format": "fastload",
             "version": self.version,
             "schema": self.schema.to_json(),
@@ -74,6 +91,10 @@ class Manifest:
             "options": self.options,
             "shards": [s.to_json() for s in self.shards],
         }
+        if self.version >= CHECKSUMMED_SINCE:
+            doc = {"format": "fastload", "version": self.version, CHECKSUM_KEY: "", **doc}
+            doc[CHECKSUM_KEY] = content_checksum(doc)
+        return doc
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
@@ -85,24 +106,45 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Manifest:
-        """Parse and validate a manifest; errors name ``where`` (the manifest's path)."""
-        if not data.strip():
-            raise ManifestError(f"{where}: manifest is empty; the dataset is incomplete or corrupt")
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ManifestError(
-                f"{where}: manifest is not valid JSON ({e}); the dataset is "
-                "corrupt or was not written by fastload"
-            ) from None
+        """Parse and validate a manifest; errors name ``where`` (the manifest's path).
+
+        The checksum is checked before anything else is read from the document, so damage
+        is reported as damage, not as whatever field it happened to hit."""
+        doc = _parse_json(data, where)
         if not isinstance(doc, dict) or doc.get("format") != "fastload":
             raise ManifestError(f'{where}: not a fastload manifest (no "format": "fastload")')
+        intact = _checksum_matches(doc, where)
         version = doc.get("version")
-        if version not in SUPPORTED_VERSIONS:
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
+            damaged = " (or the manifest is damaged: its checksum does not match)"
             raise ManifestError(
                 f"{where}: format version {version!r} is not supported by this fastload "
                 f"(supports {list(SUPPORTED_VERSIONS)}); upgrade fastload to read it"
+                f"{damaged if intact is False else ''}"
             )
+        if intact is False:
+            raise ManifestError(
+                f"{where}: the manifest is damaged: its content does not match its checksum "
+                f"{doc[CHECKSUM_KEY]}; restore it from the original dataset or convert again"
+            )
+        if intact is None and version >= CHECKSUMMED_SINCE:
+            raise ManifestError(
+                f'{where}: no "{CHECKSUM_KEY}" member, which format version {version} '
+                "manifests always carry: the manifest is damaged or was not written by fastload"
+            )
+        if intact is None:
+            warnings.warn(
+                f"{where}: this dataset is format version {version}, whose manifest has no "
+                "checksum: damage to the manifest itself cannot be detected (shards and "
+                "records are still checked). Convert it again to get a version "
+                f"{FORMAT_VERSION} dataset.",
+                UncheckedManifestWarning,
+                stacklevel=2,
+            )
+        return cls._from_doc(doc, version, where)
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any], version: int, where: str) -> Manifest:
         try:
             schema = Schema.from_json(doc.get("schema"))
         except SchemaError as e:
@@ -121,6 +163,53 @@ class Manifest:
                 f"add up to {manifest.records}"
             )
         return manifest
+
+
+def content_checksum(doc: dict[str, Any]) -> str:
+    """The checksum of a manifest document: over every member but the checksum itself."""
+    return format_hash(hash_json({k: v for k, v in doc.items() if k != CHECKSUM_KEY}))
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    if not data.strip():
+        raise ManifestError(f"{where}: manifest is empty; the dataset is incomplete or corrupt")
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # bad JSON, UTF-8, repeated keys, huge ints...
+        raise ManifestError(
+            f"{where}: manifest is not valid JSON ({e}); the dataset is "
+            "corrupt or was not written by fastload"
+        ) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key would let two readers (or a reader and the checksum) see different values.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {repeated!r} appears twice in one object")
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _checksum_matches(doc: dict[str, Any], where: str) -> bool | None:
+    """Whether the document matches its checksum (None: it has none)."""
+    if CHECKSUM_KEY not in doc:
+        return None
+    stated = doc[CHECKSUM_KEY]
+    if not isinstance(stated, str) or not _HASH_RE.match(stated):
+        raise ManifestError(
+            f"{where}: checksum {stated!r} must look like 'xxh64:<16 hex digits>': "
+            "the manifest is damaged"
+        )
+    try:
+        return content_checksum(doc) == stated
+    except (ValueError, RecursionError):  # a number too large for a float: not ours
+        return False
 
 
 def _parse_shard(entry: Any, i: int, where: str) -> ShardInfo:

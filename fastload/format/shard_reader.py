@@ -117,6 +117,11 @@ class ShardReader:
         if trailer["magic"] != MAGIC:
             raise self._fail("trailer magic bytes missing: the shard is truncated or corrupt")
         self._check_version(int(trailer["version"]), "trailer")
+        if int(trailer["version"]) != int(header["version"]):
+            raise self._fail(
+                f"the header says format version {int(header['version'])} and the trailer "
+                f"{int(trailer['version'])}: the shard is corrupt"
+            )
         self._check_unused(int(trailer["flags"]), b"", "trailer")
         self._read_index(trailer, size)
         if expected is not None:
@@ -130,12 +135,12 @@ class ShardReader:
             )
 
     def _check_unused(self, flags: int, reserved: bytes, where: str) -> None:
-        # Version 1 defines no flags: a set bit is a feature this reader cannot honour (or a
+        # No version defines flags: a set bit is a feature this reader cannot honour (or a
         # damaged byte), so it is refused rather than ignored.
         if flags or any(reserved):
             raise self._fail(
                 f"the {where} has flags {flags:#x} and reserved bytes "
-                f"{reserved.hex() or '-'} where format version 1 writes zeros: the "
+                f"{reserved.hex() or '-'} where its format version writes zeros: the "
                 "shard is corrupt or needs a newer fastload"
             )
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 added the manifest's checksum (and the shard header's schema fingerprint);
+# version 1 datasets still read. docs/format.md says what each version holds.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MAGIC = b"FASTLOAD"  # 8 bytes; no NUL, which numpy S8 would strip
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".fls"

@@ -118,6 +118,24 @@ def hash64(data) -> int:
     return xxhash.xxh64_intdigest(bytes(data))
 
 
+def manifest_checksum(doc: dict) -> str:
+    """The manifest checksum as docs/format.md defines it (XXH64 of the canonical JSON of
+    every member but "checksum"), computed here without fastload's own code."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    text = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return f"xxh64:{hash64(text.encode('ascii')):016x}"
+
+
+def write_manifest(root: Path, m: dict, *, seal: bool = True) -> None:
+    """Write manifest ``m`` into the dataset at ``root``; with ``seal``, its checksum (if it
+    has one) is recomputed first, so a test reaches the checks behind it."""
+    if seal and "checksum" in m:
+        m["checksum"] = manifest_checksum(m)
+    (root / "manifest.json").write_text(json.dumps(m, indent=1))
+
+
 def parse_shard(data: bytes) -> dict[str, Any]:
     """The header, trailer, block table and record table of a (valid) shard, as dicts."""
     magic, version, flags, reserved = HEADER.unpack_from(data, 0)
@@ -257,6 +275,7 @@ def reseal(parsed: dict, *, recompress: bool = True, **kw) -> bytes:
         if r["block"] < len(raws):
             raw = raws[r["block"]]
             r["checksum"] = hash64(raw[r["offset"] : r["offset"] + r["length"]]) & 0xFFFFFFFF
+    kw.setdefault("version", parsed["version"])
     return build_shard(stored, blocks, records, **kw)
 
 
@@ -276,7 +295,7 @@ def replace_shard(root: Path, s: int, data: bytes, *, update_manifest: bool = Tr
         t = TRAILER.unpack_from(data, len(data) - TRAILER.size)
         m["shards"][s].update(bytes=len(data), hash=index_hash_of(data), records=t[3], blocks=t[2])
         m["records"] = sum(e["records"] for e in m["shards"])
-        (root / "manifest.json").write_text(json.dumps(m, indent=1))
+        write_manifest(root, m)
     return path
 
 

@@ -25,6 +25,7 @@ from formattools import (
     parse_shard,
     replace_shard,
     reseal,
+    write_manifest,
 )
 
 import fastload
@@ -170,7 +171,7 @@ def test_a3_html_error_page_saved_as_a_shard(ds_copy):
 
 
 @pytest.mark.parametrize("where", ["header", "trailer"])
-@pytest.mark.parametrize("version", [0, 2, 2**32 - 1])
+@pytest.mark.parametrize("version", [0, 3, 2**32 - 1])
 def test_a4_unknown_format_version(small, where, version):
     _, data, info, _ = small
     bad = bytearray(data)
@@ -181,7 +182,18 @@ def test_a4_unknown_format_version(small, where, version):
             ShardReader(MemSource(bytes(bad), NAME), expected=expected)
         msg = str(e.value)
         assert msg.startswith(NAME) and f"format version {version} in the {where}" in msg
-        assert "supports [1]" in msg and "upgrade fastload" in msg
+        assert "supports [1, 2]" in msg and "upgrade fastload" in msg
+
+
+@pytest.mark.parametrize("where", ["header", "trailer"])
+def test_header_and_trailer_versions_must_agree(small, where):
+    """Both are supported versions, but a shard is one version: a mix is damage."""
+    _, data, info, _ = small
+    bad = bytearray(data)
+    offset = 8 if where == "header" else len(data) - 56 + 40
+    bad[offset : offset + 4] = struct.pack("<I", 1)
+    with pytest.raises(ShardFormatError, match=f"^{NAME}: the header says format version"):
+        ShardReader(MemSource(bytes(bad), NAME), expected=info)
 
 
 def test_a4_version_check_is_not_an_assertion(small):
@@ -596,7 +608,7 @@ def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda m: m.update(version=2), r"format version 2 is not supported.*supports \[1\]"),
+        (lambda m: m.update(version=3), r"format version 3 is not supported.*supports \[1, 2\]"),
         (lambda m: m.pop("version"), "format version None is not supported"),
         (lambda m: m.update(records=999), '"records" is 999 but the shards add up to 14'),
         (lambda m: m.update(schema={"i": "int32"}), "invalid schema"),
@@ -618,7 +630,7 @@ def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
 def test_a16_invalid_manifest_content_names_its_path(ds_copy, edit, match):
     m = json.loads((ds_copy / "manifest.json").read_text())
     edit(m)
-    (ds_copy / "manifest.json").write_text(json.dumps(m))
+    write_manifest(ds_copy, m)  # with its checksum recomputed: the checks behind it
     with pytest.raises(ManifestError, match=match) as e:
         fastload.Dataset(ds_copy)
     assert str(e.value).startswith(str(ds_copy / "manifest.json"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from make_golden import PNG_3X2, V1_DIR, V1_OPTIONS, V1_RECORDS, V1_SCHEMA, WEBP
 
 import fastload
 from fastload.format.imageinfo import EncodedImage
+from fastload.format.manifest import UncheckedManifestWarning
 from fastload.verify import verify_dataset
 
 # The committed files. They are never regenerated: if one of these fails, a change rewrote the
@@ -32,10 +34,27 @@ def test_golden_files_are_unchanged():
         assert hashlib.sha256((V1_DIR / name).read_bytes()).hexdigest() == digest, name
 
 
+def open_v1(**kw) -> fastload.Dataset:
+    """Version 1 manifests have no checksum: opening one warns, once."""
+    with pytest.warns(UncheckedManifestWarning, match="format version 1, whose manifest has no"):
+        ds = fastload.Dataset(V1_DIR, **kw)
+    return ds
+
+
 @pytest.fixture(scope="module")
 def v1():
-    with fastload.Dataset(V1_DIR) as ds:
+    with open_v1() as ds:
         yield ds
+
+
+def test_golden_v1_warns_once_per_open():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fastload.Dataset(V1_DIR) as ds:
+            for i in range(len(ds)):
+                ds[i]
+    assert [w.category for w in caught] == [UncheckedManifestWarning]
+    assert str(caught[0].message).startswith(str(V1_DIR / "manifest.json"))
 
 
 def expected(i: int) -> dict:
@@ -87,4 +106,5 @@ def test_golden_v1_batch_and_verify(v1):
     assert batch["vec"].shape == (5, 3) and batch["vec"][1].tolist() == [0.0, -0.0, 1.0]
     assert batch["blob"] == [expected(i % V1_RECORDS)["blob"] for i in idx]
     assert [im.format for im in batch["img"]] == ["webp", "png", "webp", "webp", "webp"]
-    assert verify_dataset(str(V1_DIR)).ok
+    with pytest.warns(UncheckedManifestWarning):
+        assert verify_dataset(str(V1_DIR)).ok

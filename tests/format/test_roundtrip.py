@@ -16,6 +16,7 @@ from formattools import (
     MAGIC,
     hash64,
     index_bytes,
+    manifest_checksum,
     parse_shard,
     raw_block,
     values_equal,
@@ -258,7 +259,8 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
             random = i % 20 < 10
             w.write({"i": i, "b": index_bytes(i, 60 + i % 3) if random else b"ab" * (i % 40)})
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "fastload" and manifest["version"] == 1
+    assert manifest["format"] == "fastload" and manifest["version"] == 2
+    assert manifest["checksum"] == manifest_checksum(manifest)
     assert manifest["schema"] == [{"name": "i", "type": "int64"}, {"name": "b", "type": "bytes"}]
     assert manifest["records"] == 60 == sum(s["records"] for s in manifest["shards"])
     assert manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
@@ -277,7 +279,7 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
         data = (path / entry["path"]).read_bytes()
         p = parse_shard(data)
         t = p["trailer"]
-        assert p["magic"] == MAGIC == t["magic"] and p["version"] == 1 == t["version"]
+        assert p["magic"] == MAGIC == t["magic"] and p["version"] == 2 == t["version"]
         assert p["flags"] == 0 == t["flags"] and p["reserved"] == b"\0" * 16
         assert entry["bytes"] == len(data)
         assert entry["blocks"] == t["n_blocks"] == len(p["blocks"])
