@@ -1,16 +1,11 @@
-"""Shared test setup: the format helpers (index-encoded records, an independent shard
-parser/forger) live in tests/format/formattools.py; make them importable from every test.
-And a local Ray cluster on loopback, for convert on Ray."""
+"""Shared test setup: a local Ray cluster on loopback, for convert on Ray."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "format"))
 
 
 def _listening() -> set[tuple[str, str]]:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from formattools import INDEX_SCHEMA, parse_shard, write_index_dataset
 
 from fastload.cli import cmd_inspect, cmd_verify
+from tests.format.formattools import INDEX_SCHEMA, parse_shard, write_index_dataset
 
 N = 40
 HAS_CONVERT_CLI = importlib.util.find_spec("fastload.convert.cli") is not None

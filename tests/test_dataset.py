@@ -9,17 +9,17 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-from formattools import (
+
+import fastload
+from fastload.io.remote import RemoteSource
+from fastload.io.source import MappedSource
+from tests.format.formattools import (
     INDEX_SCHEMA,
     assert_record,
     index_record,
     values_equal,
     write_index_dataset,
 )
-
-import fastload
-from fastload.io.remote import RemoteSource
-from fastload.io.source import MappedSource
 
 N = 120
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ddp.ddptools import free_port
+from tests.ddp.ddptools import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

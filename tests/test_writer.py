@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from formattools import INDEX_SCHEMA, all_files, assert_record, index_record
 
 import fastload
 from fastload import ConvertError, ManifestError
 from fastload.writer import merge_parts, prepare_destination
+from tests.format.formattools import INDEX_SCHEMA, all_files, assert_record, index_record
 
 
 def read_i(path) -> list[int]:

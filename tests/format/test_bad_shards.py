@@ -12,21 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from formattools import (
-    CODEC_NONE,
-    CODEC_ZSTD,
-    TRAILER,
-    MemSource,
-    all_files,
-    assert_record,
-    build_shard,
-    hash64,
-    index_bytes,
-    parse_shard,
-    replace_shard,
-    reseal,
-    write_manifest,
-)
 
 import fastload
 from fastload import (
@@ -41,6 +26,22 @@ from fastload import (
 from fastload.format.manifest import ShardInfo
 from fastload.format.shard_reader import ShardReader
 from fastload.verify import verify_dataset
+
+from .formattools import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    TRAILER,
+    MemSource,
+    all_files,
+    assert_record,
+    build_shard,
+    hash64,
+    index_bytes,
+    parse_shard,
+    replace_shard,
+    reseal,
+    write_manifest,
+)
 
 SCHEMA = {"i": "int32", "b": "bytes", "s": "str"}
 N = 14

@@ -6,10 +6,11 @@ import threading
 
 import pytest
 import zstandard
-from formattools import index_bytes
 
 from fastload.format.codec import BlockCodecError, BlockCompressor, decompress_block
 from fastload.format.spec import CODEC_NONE, CODEC_ZSTD
+
+from .formattools import index_bytes
 
 
 def test_compressor_picks_zstd_only_when_it_pays():

@@ -8,10 +8,11 @@ import pickle
 
 import numpy as np
 import pytest
-from formattools import write_compressed_rows
 
 import fastload
 from fastload.format.decoded import DecodedBlocks
+
+from .formattools import write_compressed_rows
 
 
 def test_bound_in_bytes_least_recently_used_dropped_first():

@@ -13,7 +13,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from formattools import (
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import fastload
+from fastload import FastloadError
+from fastload.format.shard_reader import ShardReader
+
+from .formattools import (
     MemSource,
     assert_record,
     build_shard,
@@ -24,12 +31,6 @@ from formattools import (
     reseal,
     write_index_dataset,
 )
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-
-import fastload
-from fastload import FastloadError
-from fastload.format.shard_reader import ShardReader
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=SLOW_OK)

@@ -9,13 +9,14 @@ import warnings
 
 import numpy as np
 import pytest
-from formattools import parse_shard
-from make_golden import PNG_3X2, V1_DIR, V1_OPTIONS, V1_RECORDS, V1_SCHEMA, WEBP_3X2, v1_record
 
 import fastload
 from fastload.format.imageinfo import EncodedImage
 from fastload.format.manifest import UncheckedManifestWarning
 from fastload.verify import verify_dataset
+
+from .formattools import parse_shard
+from .make_golden import PNG_3X2, V1_DIR, V1_OPTIONS, V1_RECORDS, V1_SCHEMA, WEBP_3X2, v1_record
 
 # The committed files. They are never regenerated: if one of these fails, a change rewrote the
 # golden data instead of adding data/v2/ -- restore data/v1/ from git.

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from formattools import assert_record, manifest_checksum, write_manifest
 
 import fastload
 from fastload import FastloadError, ManifestError
 from fastload.cli import main
 from fastload.format.manifest import Manifest
+
+from .formattools import assert_record, manifest_checksum, write_manifest
 
 SCHEMA = {"x": "uint16[64]", "i": "int32", "s": "str"}
 N = 6

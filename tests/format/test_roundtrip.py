@@ -10,7 +10,13 @@ import math
 import numpy as np
 import pytest
 import zstandard
-from formattools import (
+from PIL import Image
+
+import fastload
+from fastload.format.imageinfo import EncodedImage, probe_image
+from fastload.format.schema import SCALAR_DTYPES
+
+from .formattools import (
     CODEC_NONE,
     CODEC_ZSTD,
     MAGIC,
@@ -21,11 +27,6 @@ from formattools import (
     raw_block,
     values_equal,
 )
-from PIL import Image
-
-import fastload
-from fastload.format.imageinfo import EncodedImage, probe_image
-from fastload.format.schema import SCALAR_DTYPES
 
 NUMERIC = [d for d in SCALAR_DTYPES if d != "bool"]
 

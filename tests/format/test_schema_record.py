@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from formattools import values_equal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -16,6 +15,8 @@ from fastload.errors import SchemaError
 from fastload.format.imageinfo import EncodedImage, ImageInfo, probe_image
 from fastload.format.record import RecordDecodeError, RecordLayout
 from fastload.format.schema import SCALAR_DTYPES, Field, Schema
+
+from .formattools import values_equal
 
 FUZZ = settings(
     max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

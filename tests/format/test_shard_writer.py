@@ -7,10 +7,11 @@ import io
 
 import numpy as np
 import pytest
-from formattools import parse_shard
 
 from fastload.format.codec import BlockCompressor
 from fastload.format.shard_writer import ShardWriter
+
+from .formattools import parse_shard
 
 pytestmark = pytest.mark.skipif(not hasattr(ShardWriter, "add_many"), reason="no add_many")
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from loadertools import RELEASE, shm_listing, wait_for, wait_gone, write_dataset
-
 import fastload
+
+from .loadertools import RELEASE, shm_listing, wait_for, wait_gone, write_dataset
 
 
 @pytest.fixture(scope="session")

@@ -176,7 +176,7 @@ def wait_for(probe, seconds: float):
 def damage(src: Path, dst: Path, records, whole_block: bool = False) -> Path:
     """A copy of dataset ``src`` in which ``records`` (dataset indices) fail their checksum
     (``whole_block``: the compressed block holding each fails instead)."""
-    from formattools import parse_shard
+    from tests.format.formattools import parse_shard
 
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from formattools import write_compressed_rows
 
 import fastload
+from tests.format.formattools import write_compressed_rows
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +298,8 @@ def test_a_warning_counts_the_block_caches_of_workers_that_share_blocks_out(comp
 def test_a_corrupt_block_read_by_shared_out_workers_raises_naming_it(compressed, tmp_path):
     import shutil
 
-    from formattools import parse_shard
-
     from fastload.errors import CorruptRecordError
+    from tests.format.formattools import parse_shard
 
     path, rows = compressed
     bad = tmp_path / "bad"

@@ -13,10 +13,11 @@ import numpy as np
 import nvidia.dali  # noqa: F401  (the test extra installs it: these tests must run)
 import pytest
 import torch
-from loadertools import damage
 
 import fastload
 from fastload.decode import DecodeError
+
+from .loadertools import damage
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loadertools import N, assert_same, check_batch
 from torch.utils.data import (
     BatchSampler,
     IterableDataset,
@@ -20,6 +19,8 @@ from torch.utils.data import (
 from torch.utils.data import DataLoader as TorchLoader
 
 import fastload
+
+from .loadertools import N, assert_same, check_batch
 
 pytestmark = pytest.mark.timeout(60)
 

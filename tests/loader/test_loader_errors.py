@@ -19,8 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from formattools import parse_shard
-from loadertools import (
+
+import fastload
+from fastload.errors import CorruptRecordError
+from fastload.loader import LoaderTimeoutError, WorkerDiedError
+from tests.childenv import child_env
+from tests.format.formattools import parse_shard
+
+from .loadertools import (
     SlowDataset,
     alive,
     check_batch,
@@ -29,13 +35,7 @@ from loadertools import (
     worker_pids,
 )
 
-import fastload
-from fastload.errors import CorruptRecordError
-from fastload.loader import LoaderTimeoutError, WorkerDiedError
-
 pytestmark = pytest.mark.timeout(60)
-
-HERE = Path(__file__).parent
 
 
 def corrupt_copy(src: Path, dst: Path, shard: int = 2, record: int = 1) -> int:
@@ -350,9 +350,8 @@ def test_c10_dropping_a_persistent_loader_reaps_workers(ds1, no_leaks):
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {here!r})
     import fastload
-    from loadertools import SlowDataset
+    from tests.loader.loadertools import SlowDataset
     ds = SlowDataset({path!r}, delay=0.01) if not {big!r} else fastload.Dataset({path!r})
     loader = fastload.DataLoader(ds, batch_size={batch_size!r}, num_workers=2, prefetch_factor=4,
                                  multiprocessing_context={method!r},
@@ -392,7 +391,6 @@ def test_c6_killing_the_main_process_leaves_no_orphans(
     shm = shm_listing()
     path = big_records if big else ds_paths["none"]
     code = _CHILD.format(
-        here=str(HERE),
         path=str(path),
         method=method,
         persistent=persistent,
@@ -403,12 +401,7 @@ def test_c6_killing_the_main_process_leaves_no_orphans(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(HERE.parent / "format"), os.environ.get("PYTHONPATH", "")]
-            ),
-        },
+        env=child_env(),
     )
     try:
         line = child.stdout.readline()

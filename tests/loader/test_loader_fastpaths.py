@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from formattools import parse_shard
 
 import fastload
 from fastload.errors import CorruptRecordError
@@ -28,6 +27,7 @@ from fastload.loader.messages import (
 )
 from fastload.loader.pool import WorkerPool
 from fastload.loader.worker import Result, Task, WorkerError
+from tests.format.formattools import parse_shard
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,17 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from formattools import write_index_dataset
-
-HERE = Path(__file__).resolve().parent
+from tests.format.formattools import write_index_dataset
 
 
 def run_limited(script: str, *args: str) -> subprocess.CompletedProcess:
-    prelude = textwrap.dedent(f"""
+    prelude = textwrap.dedent("""
         import os, resource, sys
-        sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent / "format")!r}]
         import fastload
         def open_fds():
             return len(os.listdir("/proc/self/fd"))

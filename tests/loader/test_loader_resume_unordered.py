@@ -7,10 +7,11 @@ import json
 from collections import Counter
 
 import pytest
-from loadertools import N, SlowDataset, check_batch
 
 import fastload
 from fastload.plan import PlanStateError
+
+from .loadertools import N, SlowDataset, check_batch
 
 
 def planned(ds, **kw):

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loadertools import N, check_batch, damage, write_dataset
 
 import fastload
 from fastload.errors import CorruptRecordError
+
+from .loadertools import N, check_batch, damage, write_dataset
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,7 +118,7 @@ def test_a_corrupt_block_shared_out_by_block_skips_its_records(tmp_path):
     """Workers that share batches out by block (a compressed token dataset): the rows of
     the one bad block are dropped, counted, and every other row is where one process puts
     it."""
-    from formattools import write_compressed_rows
+    from tests.format.formattools import write_compressed_rows
 
     rows = write_compressed_rows(tmp_path / "zstd", 480)  # 60 blocks of 8 rows
     bad = damage(tmp_path / "zstd", tmp_path / "bad", records=(100,), whole_block=True)

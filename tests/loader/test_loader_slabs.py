@@ -10,9 +10,10 @@ import os
 
 import pytest
 import torch
-from loadertools import N, check_batch
 
 import fastload
+
+from .loadertools import N, check_batch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,7 +84,7 @@ def test_a_held_batch_keeps_its_values(ds1, num_workers, worker_type):
 
 @pytest.mark.parametrize("num_workers,worker_type", MODES)
 def test_released_batches_recycle_their_slabs(tmp_path, num_workers, worker_type):
-    from loadertools import write_dataset
+    from .loadertools import write_dataset
 
     n = 600
     with fastload.Dataset(write_dataset(tmp_path / "long", n)) as ds:

@@ -7,10 +7,11 @@ import warnings
 
 import pytest
 import torch
-from loadertools import N, SlowDataset, check_batch
 from torch.utils.data import DataLoader as TorchLoader
 
 import fastload
+
+from .loadertools import N, SlowDataset, check_batch
 
 pytestmark = pytest.mark.timeout(60)
 

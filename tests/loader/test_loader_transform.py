@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loadertools import N, record
 
 import fastload
+
+from .loadertools import N, record
 
 MODES = [(0, "process", None), (2, "process", None), (2, "thread", None), (2, "process", "spawn")]
 

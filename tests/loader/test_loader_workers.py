@@ -8,10 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
-from loadertools import N, SlowDataset, alive, check_batch, worker_pids
 from torch.utils.data import DataLoader as TorchLoader
 
 import fastload
+
+from .loadertools import N, SlowDataset, alive, check_batch, worker_pids
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -113,8 +113,8 @@ def test_strict_dtypes():
 
 
 def test_gil_released_for_big_calls():
-    # tests/ is on sys.path (its conftest lives there): reuse the core tests' GIL probe
-    from test_core import other_thread_progresses
+    # the core tests' GIL probe
+    from tests.test_core import other_thread_progresses
 
     positions = np.arange(2_000_000, dtype=np.uint64)
     assert other_thread_progresses(lambda: _core.permute(10**12, 3, positions))

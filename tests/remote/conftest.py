@@ -31,8 +31,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from faultproxy import FaultProxy
+from .faultproxy import FaultProxy
 
 
 def free_port() -> int:

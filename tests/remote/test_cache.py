@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from formattools import assert_record, index_record, write_index_dataset
 
 import fastload
 from fastload.cli import main as cli_main
 from fastload.format.checksum import hash64
 from fastload.io.cache import LAYOUT, BlockCache
+from tests.childenv import child_env
+from tests.format.formattools import assert_record, index_record, write_index_dataset
 
 pytestmark = pytest.mark.timeout(120)
 
 N = 400
-HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -261,9 +261,8 @@ def test_bad_cached_index_is_refetched(s3_server, s3_ds, tmp_path):
 
 READER = textwrap.dedent("""
     import sys, json, numpy as np
-    sys.path[:0] = [{fmt!r}]
     import fastload
-    from formattools import assert_record, index_record
+    from tests.format.formattools import assert_record, index_record
     opts = json.loads(sys.argv[1])
     ds = fastload.Dataset(sys.argv[2], storage_options=opts, cache_dir=sys.argv[3],
                           cache_limit=int(sys.argv[4]))
@@ -281,7 +280,7 @@ READER = textwrap.dedent("""
 def run_readers(s3_server, url, cache_dir, limit, seeds, patch=""):
     import json
 
-    code = READER.format(fmt=str(HERE.parent / "format"), patch=patch)
+    code = READER.format(patch=patch)
     procs = [
         subprocess.Popen(
             [
@@ -297,6 +296,7 @@ def run_readers(s3_server, url, cache_dir, limit, seeds, patch=""):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=child_env(),
         )
         for seed in seeds
     ]

@@ -11,13 +11,13 @@ import sys
 import time
 
 import pytest
-from formattools import write_index_dataset
 
 import fastload
 from fastload.errors import ManifestError
 from fastload.format.spec import TMP_SUFFIX
 from fastload.io.manifest_share import SHARE_DIR, launch_of_this_process
 from fastload.io.remote import RemoteOptions
+from tests.format.formattools import write_index_dataset
 
 pytestmark = pytest.mark.timeout(120)
 

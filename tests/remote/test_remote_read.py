@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from formattools import assert_record, index_bytes, index_record, write_index_dataset
 
 import fastload
 from fastload.errors import MissingShardError
 from fastload.io.remote import RemoteOptions
 from fastload.io.retry import RemoteAccessError, RemoteReadError, RetryPolicy
+from tests.format.formattools import assert_record, index_bytes, index_record, write_index_dataset
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -971,7 +971,7 @@ def test_a_block_corrupt_at_the_source_is_skipped_under_skip(workers, s3_server,
     bad_samples='skip' its records are dropped and counted, every other record comes once."""
     import json
 
-    from formattools import parse_shard
+    from tests.format.formattools import parse_shard
 
     path = tmp_path / "ds"
     with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="none") as w:

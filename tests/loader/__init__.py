@@ -1,0 +1,1 @@
+"""Tests of fastload.DataLoader (helpers in ``loadertools``, fixtures in ``conftest``)."""
