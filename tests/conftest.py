@@ -1,4 +1,5 @@
-"""Shared test setup: a local Ray cluster on loopback, for convert on Ray."""
+"""Shared test setup: ``cuda`` tests skip cleanly without a GPU, and a local Ray cluster on
+loopback, for convert on Ray. The markers are declared in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -6,6 +7,20 @@ import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped, with the reason shown, where torch sees no GPU."""
+    gpu_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 def _listening() -> set[tuple[str, str]]:

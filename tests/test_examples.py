@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.ddp.ddptools import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -27,6 +29,7 @@ def run(args: list[str], timeout: float = 240) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path):
     out = run([str(EXAMPLES / "quickstart.py"), "--images", "800", "--workdir", str(tmp_path)])
     assert re.search(r"epoch 1: 768 samples in [\d.]+ s, [\d,]+ samples/s", out), out
@@ -79,6 +82,7 @@ def torchrun(workdir: Path, *extra: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_ddp_training_stops_and_resumes_where_its_checkpoint_says(tmp_path):
     first = torchrun(tmp_path, "--stop-after", "15")
     assert first.count("stopping after step 15") == 2, first

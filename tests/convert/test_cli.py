@@ -190,7 +190,7 @@ def check_finished_dataset(dst: Path, kind: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["tokens", pytest.param("jsonl", marks=pytest.mark.slow)])
 def test_sigkill_leaves_no_manifest_and_rerun_succeeds(tmp_path, kind):
     proc, dst, args = start_big_convert(tmp_path, kind)
     workers = descendants(proc.pid)

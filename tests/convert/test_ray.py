@@ -23,7 +23,8 @@ from fastload.errors import ConvertError, SourceRecordError
 from .conftest import cli_command, dir_bytes, make_imagefolder
 from .test_runner import DyingSource
 
-pytestmark = pytest.mark.timeout(240)
+# slow: the module's Ray cluster alone takes ~5 s to start
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def write_jsonl(path, n: int = 3000, bad: int | None = None):

@@ -19,7 +19,7 @@ from fastload.decode import DecodeError
 
 from .loadertools import damage
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.dali, pytest.mark.timeout(180)]
 
 N = 70
 BATCH = 16
@@ -450,7 +450,7 @@ def test_without_dali_installed_the_error_says_what_to_install(images):
     assert "fastload[dali]" in out.stdout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_dali_on_the_gpu_gives_the_cpu_decoders_crops(images):
     cpu = epoch(images, "cpu", seed=4, shuffle=True)
     gpu = epoch(images, "dali", seed=4, shuffle=True, device="cuda")

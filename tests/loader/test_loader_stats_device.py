@@ -15,8 +15,6 @@ from .loadertools import N, SlowDataset, check_batch
 
 pytestmark = pytest.mark.timeout(60)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 # ----------------------------------------------------------------------------- stats
 
@@ -133,10 +131,10 @@ def test_device_applies_on_the_general_path():
     assert batch["a"].shape == want["a"].shape and batch["a"].dtype == want["a"].dtype
 
 
-# ----------------------------------------------------------------------------- CUDA (skipped here)
+# ----------------------------------------------------------------- CUDA (skipped without a GPU)
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_pin_memory_with_a_gpu_pins_the_batches(ds1, num_workers):
     loader = fastload.DataLoader(ds1, batch_size=10, num_workers=num_workers, pin_memory=True)
@@ -145,7 +143,7 @@ def test_pin_memory_with_a_gpu_pins_the_batches(ds1, num_workers):
     assert [check_batch(b) for b in batches][-1] == list(range(90, 100))
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_cuda_device_copies_batches(ds1, num_workers):
     loader = fastload.DataLoader(ds1, batch_size=10, num_workers=num_workers, device="cuda")
@@ -157,7 +155,7 @@ def test_cuda_device_copies_batches(ds1, num_workers):
         assert got["s"] == want["s"] and got["b"] == want["b"]
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_device_with_held_batches(ds1):
     """Device copies must be complete before their slab is reused."""
     loader = fastload.DataLoader(ds1, batch_size=2, num_workers=2, device="cuda")
@@ -166,7 +164,7 @@ def test_cuda_device_with_held_batches(ds1):
     assert [b["i"].cpu().tolist() for b in batches] == [[k, k + 1] for k in range(0, N, 2)]
 
 
-@cuda
+@pytest.mark.cuda
 def test_loaders_made_again_and_again_pin_their_slabs_each_time(ds1):
     """Each loader's slab arenas are unregistered from CUDA as they are freed: a new loader's
     arenas (often mapped at the same addresses) register again."""

@@ -20,7 +20,7 @@ from fastload.io.cache import LAYOUT, BlockCache
 from tests.childenv import child_env
 from tests.format.formattools import assert_record, index_record, write_index_dataset
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.remote, pytest.mark.timeout(120)]
 
 N = 400
 

@@ -19,7 +19,7 @@ from fastload.io.manifest_share import SHARE_DIR, launch_of_this_process
 from fastload.io.remote import RemoteOptions
 from tests.format.formattools import write_index_dataset
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.remote, pytest.mark.timeout(120)]
 
 N = 60
 SHARED = RemoteOptions(share_manifest=True, manifest_wait_s=30)

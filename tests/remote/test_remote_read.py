@@ -16,7 +16,7 @@ from fastload.io.remote import RemoteOptions
 from fastload.io.retry import RemoteAccessError, RemoteReadError, RetryPolicy
 from tests.format.formattools import assert_record, index_bytes, index_record, write_index_dataset
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.remote, pytest.mark.timeout(120)]
 
 N = 400
 FAST_RETRY = RetryPolicy(attempts=6, base_s=0.01, cap_s=0.1, budget_s=20)

@@ -18,7 +18,7 @@ import fastload
 from fastload.convert import convert
 from fastload.errors import ConvertError, IncompleteDatasetError
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.remote, pytest.mark.timeout(180)]
 
 LINES = 600
 
@@ -94,6 +94,8 @@ def test_cli_convert_to_object_store_matches_local(kind, request, tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.ray
+@pytest.mark.slow  # a Ray cluster starts for it (~5 s)
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
 def test_convert_on_ray_to_object_store_matches_local(kind, request, ray_cluster, tmp_path):
     """Ray tasks write their parts straight to the bucket (the storage options travel with
@@ -155,6 +157,7 @@ def test_writer_failing_midway_leaves_no_dataset(kind, request):
         fastload.Dataset(url, storage_options=server.storage_options, cache_dir=False)
 
 
+@pytest.mark.slow
 def test_sigkilled_convert_to_s3_leaves_no_manifest_and_rerun_cleans_up(s3_server, tmp_path):
     src = write_jsonl(tmp_path / "big.jsonl", 60_000)
     url = f"{s3_server.new_bucket()}/killed"

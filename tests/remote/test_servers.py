@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.remote, pytest.mark.timeout(60)]
 
 
 def test_s3_server_roundtrip(s3_server, s3_bucket):
