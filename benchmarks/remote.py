@@ -38,7 +38,7 @@ HERE, DATA = convert.HERE, convert.DATA
 OUT = os.path.join(DATA, "remote")  # converted copies (16 MiB shards) and cache dirs
 RESULTS = os.path.join(HERE, "results", "remote.json")
 TESTS_REMOTE = os.path.join(os.path.dirname(HERE), "tests", "remote")  # faultproxy.py
-SHARD_BYTES = 16 << 20  # moto's ranged GETs cost more the larger the object (NOTES.md)
+SHARD_BYTES = 16 << 20  # a ranged GET from moto costs more the larger its object
 BUCKET = "fastload-bench"
 KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 LIMIT_CONCURRENCY = 8  # GETs in flight for the plain client (fastload: 8 per process)
@@ -130,7 +130,7 @@ class Server:
 def s3fs_fs(endpoint: str):
     import s3fs
 
-    # No region_name: it breaks bucket creation on moto (NOTES.md).
+    # No region_name: with one, moto's server fails to create buckets.
     return s3fs.S3FileSystem(
         key="test",
         secret="test",

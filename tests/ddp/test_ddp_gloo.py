@@ -1,6 +1,7 @@
 """Real DDP ranks (torch.distributed on gloo, loopback) with worker processes: every sample
 exactly once per epoch over all ranks (plus the documented padding), equal batch counts, and a
-checkpoint taken with 4 ranks x 2 workers resumed with 2 ranks x 3 workers (RELIABILITY E4-E7)."""
+checkpoint taken with 4 ranks x 2 workers resumed with 2 ranks x 3 workers (docs/reliability.md
+E4-E7)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""fastload.DataLoader's planned order in one process: determinism from (seed, epoch) across
-worker counts and types, set_epoch, state_dict / load_state_dict (RELIABILITY E1-E3, E9, E10),
+"""fastload.DataLoader's planned order in one process: determinism from (seed, epoch) across worker
+counts and types, set_epoch, state_dict / load_state_dict (docs/reliability.md E1-E3, E9, E10),
 shuffle modes, plain map-style datasets, Mix, and the torch-equivalent path's refusals."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Bad input (RELIABILITY A1-A18): every fault gives a typed fastload error naming the file (and
-the block, record and offset where they apply); never wrong data, never another exception."""
+"""Bad input (docs/reliability.md A1-A18): every fault gives a typed fastload error naming the file
+(and the block, record and offset where they apply); never wrong data, never another exception."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_bad_block_cache_size_refused(tmp_path):
 
 
 def test_a_block_larger_than_max_block_bytes_is_refused_before_decompressing(tmp_path):
-    """RELIABILITY A11: the decompressed size a block declares is checked against a cap the
+    """docs/reliability.md A11: the decompressed size a block declares is checked against a cap the
     user sets, before anything is allocated for it; raw blocks are mapped, not allocated."""
     rows = write_compressed_rows(tmp_path / "z", 64)  # blocks of 8 rows: 8 KiB decompressed
     ds = fastload.Dataset(tmp_path / "z", max_block_bytes="4KiB")

@@ -1,5 +1,5 @@
-"""Fuzzing the shard reader (RELIABILITY F6): random bytes, bit flips, truncations, splices, and
-forged shards whose checksums were recomputed (so the bounds checks behind them are reached).
+"""Fuzzing the shard reader (docs/reliability.md F6): random bytes, bit flips, truncations, splices,
+and forged shards whose checksums were recomputed (so the bounds checks behind them are reached).
 
 Opening, reading every record (ds[i]), get_batch and verify's problems() must either give the
 exact original records or raise a fastload.FastloadError -- never another exception, a crash or

@@ -1,4 +1,4 @@
-"""Write -> read round trips of every field type (RELIABILITY A20), and the on-disk layout
+"""Write -> read round trips of every field type (docs/reliability.md A20), and the on-disk layout
 checked against docs/format.md with an independent parser (tests/format/formattools.py)."""
 
 from __future__ import annotations

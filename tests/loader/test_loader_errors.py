@@ -1,4 +1,4 @@
-"""Errors and liveness (RELIABILITY.md C1-C11): worker exceptions re-raise in the consumer with
+"""Errors and liveness (docs/reliability.md C1-C11): worker exceptions re-raise in the consumer with
 their traceback, dead and hung workers are reported in seconds, and every way out of an epoch
 (end, break, del, an exception, the main process killed) leaves no process and nothing in
 /dev/shm behind."""

@@ -1,4 +1,4 @@
-"""The open-file limit (RELIABILITY C9): mapped shards and cached blocks hold no descriptor,
+"""The open-file limit (docs/reliability.md C9): mapped shards and cached blocks hold no descriptor,
 kept batches grow the pool by few arenas, and running out of descriptors is an error that
 says so and how to fix it. Each case runs in its own process (the limit is process-wide)."""
 

@@ -1,5 +1,5 @@
-"""bad_samples='skip' over records that fail their checksum (RELIABILITY A8, B2, E8): each is
-dropped from its batch and counted, the rest of the batch is exactly what an intact dataset
+"""bad_samples='skip' over records that fail their checksum (docs/reliability.md A8, B2, E8): each
+is dropped from its batch and counted, the rest of the batch is exactly what an intact dataset
 gives, and with a planned order the counts travel in state_dict."""
 
 from __future__ import annotations

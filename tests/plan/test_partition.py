@@ -1,4 +1,5 @@
-"""Partition: the canonical DDP split (RELIABILITY E5-E7: exactly once, equal batch counts)."""
+"""Partition: the canonical DDP split (docs/reliability.md E5-E7: exactly once, equal batch
+counts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EpochPlan: batches of dataset indices, state_dict and resumption (RELIABILITY E1-E10)."""
+"""EpochPlan: batches of dataset indices, state_dict and resumption (docs/reliability.md E1-E10)."""
 
 from __future__ import annotations
 

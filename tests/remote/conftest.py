@@ -80,7 +80,7 @@ class Server:
 
 
 def s3_options(endpoint_url: str) -> dict[str, Any]:
-    # No region_name: it breaks bucket creation on moto (NOTES.md).
+    # No region_name: with one, moto's server fails to create buckets.
     return {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": endpoint_url}}
 
 

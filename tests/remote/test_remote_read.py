@@ -966,8 +966,8 @@ def test_io_counter_increments_from_threads_are_each_reported_once():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_block_corrupt_at_the_source_is_skipped_under_skip(workers, s3_server, tmp_path):
-    """RELIABILITY A8 over S3: a block whose bytes fail their checksum on the server (fetched
-    twice, never cached) raises by default, naming the shard and block; under
+    """docs/reliability.md A8 over S3: a block whose bytes fail their checksum on the server
+    (fetched twice, never cached) raises by default, naming the shard and block; under
     bad_samples='skip' its records are dropped and counted, every other record comes once."""
     import json
 
