@@ -190,6 +190,7 @@ def verify_exit(root: Path) -> int:
         return main(["verify", str(root), "--no-progress"])
 
 
+@pytest.mark.slow  # every one of ~5,000 flips read and verified
 def test_every_bit_flip_of_the_manifest_is_an_error_or_changes_nothing(ds_copy):
     """Flip each bit of manifest.json in turn; opening and reading everything must either raise
     a FastloadError that names the manifest or give exactly the original records, and
