@@ -187,6 +187,7 @@ class Dataset:
             decoded=self._decoded,
             key=s,
             max_block_bytes=self.max_block_bytes,
+            layout=self._layout,
         )
 
     def _remote_source(self, s: int) -> RemoteSource:
@@ -587,9 +588,9 @@ class Dataset:
         ends = headers["__var_ends__"].reshape(n, k).astype(np.uint64)
         starts = np.concatenate([np.zeros((n, 1), np.uint64), ends[:, :-1]], axis=1)
         room = lengths - np.uint64(layout.header_size)
-        bad = np.flatnonzero((ends < starts).any(axis=1) | (ends[:, -1] > room))
+        bad = np.flatnonzero((ends < starts).any(axis=1) | (ends[:, -1] != room))
         if len(bad):
-            raise corrupt(bad[0], "is malformed: its field lengths run past its end")
+            raise corrupt(bad[0], "is malformed: its field lengths do not add up to its length")
         sizes = (ends - starts).reshape(-1)
         src_off = (offsets[:, None] + np.uint64(layout.header_size) + starts).reshape(-1)
         # Fields in ``image_views`` are views straight into the record's buffer (a mapped

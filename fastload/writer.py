@@ -126,7 +126,12 @@ class Writer:
     def _open_shard(self) -> None:
         name = self._shard_name(len(self._shards))
         self._file_ctx = atomic_write(self.fs, join(self.fs, self.root, name))
-        self._shard = ShardWriter(self._file_ctx.__enter__(), self._compressor, self.block_size)
+        self._shard = ShardWriter(
+            self._file_ctx.__enter__(),
+            self._compressor,
+            self.block_size,
+            schema_hash=self.schema.fingerprint,
+        )
         self._shard_path = name
 
     def _close_shard(self) -> None:

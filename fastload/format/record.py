@@ -156,6 +156,11 @@ class RecordLayout:
                 )
             out[f.name] = _var_value(f, var_data[start:end], header)
             start = end
+        if start != len(var_data):
+            raise RecordDecodeError(
+                f"record has {len(var_data) - start} bytes after its last field (a record of "
+                "this schema ends with its last variable-size field)"
+            )
         return {name: out[name] for name in self.schema.names}
 
     def var_value(

@@ -22,6 +22,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import SchemaError
+from .checksum import hash_json
 
 __all__ = ["Field", "Schema", "SCALAR_DTYPES", "KINDS"]
 
@@ -205,6 +206,12 @@ class Schema:
     def to_json(self) -> list[dict[str, str]]:
         """The form stored in the manifest: a list, so field order survives any JSON tool."""
         return [{"name": f.name, "type": f.spec} for f in self.fields]
+
+    @property
+    def fingerprint(self) -> int:
+        """XXH64 of the canonical JSON of :meth:`to_json`: what a version-2 shard's header
+        records of the schema its records were written with."""
+        return hash_json(self.to_json())
 
     @classmethod
     def from_json(cls, data: Any) -> Schema:

@@ -18,6 +18,7 @@ from .checksum import first_bad_record, format_hash, hash64, record_checksum
 from .codec import BlockCodecError, decompress_block
 from .decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
 from .manifest import ShardInfo
+from .record import RecordLayout
 from .spec import (
     BLOCK_DTYPE,
     CODEC_NAMES,
@@ -66,12 +67,16 @@ class ShardReader:
         decoded: DecodedBlocks | None = None,
         key: Hashable = 0,
         max_block_bytes: int = MAX_BLOCK_RAW_SIZE,
+        layout: RecordLayout | None = None,
     ) -> None:
         """``decoded``: where decompressed blocks are kept (a dataset's readers share one,
         each under its own ``key``); a reader of its own otherwise. ``cached_blocks``: raw
         blocks read from an unmapped source kept (remote ones, without the block cache).
         ``max_block_bytes``: a compressed block that would decompress to more is refused
-        before anything is allocated (the format's own limit is 2 GiB)."""
+        before anything is allocated (the format's own limit is 2 GiB). ``layout``: the
+        record layout of the manifest's schema; given, the shard must have been written with
+        that schema (version 2 records its fingerprint) and every record must have the
+        layout's size (exactly, for a schema of fixed-size fields only)."""
         self.source = source
         self.name = source.name
         self.verify = verify
@@ -81,13 +86,13 @@ class ShardReader:
         self._decoded = DecodedBlocks(DEFAULT_DECODED_LIMIT) if decoded is None else decoded
         self._key = key
         self.max_block_bytes = max_block_bytes
-        self._open(expected)
+        self._open(expected, layout)
 
     # -- opening and validation -----------------------------------------------------------
     def _fail(self, why: str) -> ShardFormatError:
         return ShardFormatError(f"{self.name}: {why}")
 
-    def _open(self, expected: ShardInfo | None) -> None:
+    def _open(self, expected: ShardInfo | None, layout: RecordLayout | None) -> None:
         size = self.source.size
         if size == 0:
             raise self._fail(
@@ -103,8 +108,12 @@ class ShardReader:
             raise self._fail(
                 f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, expected {MAGIC!r})"
             )
-        self._check_version(int(header["version"]), "header")
-        self._check_unused(int(header["flags"]), bytes(header["reserved"]), "header")
+        version = int(header["version"])
+        self._check_version(version, "header")
+        reserved = bytes(header["reserved"])
+        if version == 1:  # the schema's fingerprint came with version 2: reserved before
+            reserved = int(header["schema_hash"]).to_bytes(8, "little") + reserved
+        self._check_unused(int(header["flags"]), reserved, "header")
         if expected is not None and size != expected.bytes:
             raise ShardChecksumError(
                 f"{self.name}: file is {size} bytes but the manifest says "
@@ -126,6 +135,10 @@ class ShardReader:
         self._read_index(trailer, size)
         if expected is not None:
             self._check_expected(expected)
+        if layout is not None:
+            if version >= 2:
+                self._check_schema(int(header["schema_hash"]), layout)
+            self._check_lengths(layout)
 
     def _check_version(self, version: int, where: str) -> None:
         if version not in SUPPORTED_VERSIONS:
@@ -237,6 +250,31 @@ class ShardReader:
             raise self._fail(
                 f"has {len(self.records)} records in {len(self.blocks)} blocks, the "
                 f"manifest says {expected.records} in {expected.blocks}"
+            )
+
+    def _check_schema(self, written: int, layout: RecordLayout) -> None:
+        expected = layout.schema.fingerprint
+        if written != expected:
+            raise self._fail(
+                f"was written with a schema of fingerprint {format_hash(written)}, but the "
+                f"manifest's schema {layout.schema.to_dict()} has {format_hash(expected)}: "
+                "the shard belongs to another dataset, or its header is damaged"
+            )
+
+    def _check_lengths(self, layout: RecordLayout) -> None:
+        """Every record has the size the schema gives it: a record of fixed-size fields only
+        is exactly its fixed part (longer would mean a schema the shard was not written
+        with, its rows read short), any other is at least its fixed part and var ends."""
+        size = layout.header_size
+        exact = not layout.var_fields
+        bad = np.flatnonzero(self._lengths != size if exact else self._lengths < size)
+        if len(bad):
+            r = int(bad[0])
+            rule = "exactly" if exact else "at least"
+            raise self.corrupt_record(
+                r,
+                f"is {int(self._lengths[r])} bytes, but records of the manifest's schema are "
+                f"{rule} {size} bytes: the shard does not match its manifest's schema",
             )
 
     # -- reading --------------------------------------------------------------------------

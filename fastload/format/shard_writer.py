@@ -33,7 +33,11 @@ class ShardWriter:
     shard is full by looking at :attr:`bytes_written`.
     """
 
-    def __init__(self, out: BinaryIO, compressor: BlockCompressor, block_size: int) -> None:
+    def __init__(
+        self, out: BinaryIO, compressor: BlockCompressor, block_size: int, *, schema_hash: int
+    ) -> None:
+        """``schema_hash``: the fingerprint of the records' schema (``Schema.fingerprint``),
+        recorded in the header for readers to check against the manifest's schema."""
         if block_size <= 0 or block_size > MAX_BLOCK_RAW_SIZE:
             raise ValueError(f"block_size must be in 1..{MAX_BLOCK_RAW_SIZE}, got {block_size}")
         self._out = out
@@ -49,6 +53,7 @@ class ShardWriter:
         header = np.zeros((), HEADER_DTYPE)
         header["magic"] = MAGIC
         header["version"] = FORMAT_VERSION
+        header["schema_hash"] = schema_hash
         self._write(header.tobytes())
 
     @property

@@ -27,7 +27,16 @@ PARTS_DIR = "_parts"
 TMP_SUFFIX = ".tmp"
 
 HEADER_DTYPE = np.dtype(
-    [("magic", "S8"), ("version", "<u4"), ("flags", "<u4"), ("reserved", "V16")]
+    [
+        ("magic", "S8"),
+        ("version", "<u4"),
+        ("flags", "<u4"),
+        # Version 2: xxh64 of the canonical JSON of the schema the records were written with
+        # (Schema.fingerprint), so a reader can tell a shard that does not belong to the
+        # manifest's schema. Zero, as reserved, in version 1.
+        ("schema_hash", "<u8"),
+        ("reserved", "V8"),
+    ]
 )
 TRAILER_DTYPE = np.dtype(
     [

@@ -21,7 +21,7 @@ import zstandard
 import fastload
 
 MAGIC = b"FASTLOAD"
-HEADER = struct.Struct("<8sII16s")  # magic, version, flags, reserved
+HEADER = struct.Struct("<8sIIQ8s")  # magic, version, flags, schema_hash (v2), reserved
 TRAILER = struct.Struct("<QQQQQII8s")  # index_offset, index_size, n_blocks, n_records,
 #                                        index_hash, version, flags, magic
 BLOCK = struct.Struct("<QQQQIB3sQ")  # offset, stored_size, raw_size, first_record, n_records,
@@ -136,9 +136,16 @@ def write_manifest(root: Path, m: dict, *, seal: bool = True) -> None:
     (root / "manifest.json").write_text(json.dumps(m, indent=1))
 
 
+def schema_hash(schema: dict[str, str]) -> int:
+    """What a version-2 shard's header records of its schema (docs/format.md), computed here
+    without fastload's own code."""
+    doc = [{"name": k, "type": v} for k, v in schema.items()]
+    return hash64(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+
+
 def parse_shard(data: bytes) -> dict[str, Any]:
     """The header, trailer, block table and record table of a (valid) shard, as dicts."""
-    magic, version, flags, reserved = HEADER.unpack_from(data, 0)
+    magic, version, flags, schema_hash, reserved = HEADER.unpack_from(data, 0)
     t = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     trailer = dict(
         zip(
@@ -186,6 +193,7 @@ def parse_shard(data: bytes) -> dict[str, Any]:
         "magic": magic,
         "version": version,
         "flags": flags,
+        "schema_hash": schema_hash,
         "reserved": reserved,
         "trailer": trailer,
         "blocks": blocks,
@@ -206,6 +214,7 @@ def build_shard(
     records: list[dict],
     *,
     version: int = 1,
+    schema_hash: int = 0,
     trailer: dict | None = None,
     header_version: int | None = None,
     fix_offsets: bool = True,
@@ -215,7 +224,9 @@ def build_shard(
     ``trailer`` overrides trailer fields after they are computed (to forge bad ones).
     """
     out = bytearray(
-        HEADER.pack(MAGIC, version if header_version is None else header_version, 0, b"\0" * 16)
+        HEADER.pack(
+            MAGIC, version if header_version is None else header_version, 0, schema_hash, bytes(8)
+        )
     )
     blocks = [dict(b) for b in blocks]
     for b, s in zip(blocks, stored):
@@ -276,6 +287,7 @@ def reseal(parsed: dict, *, recompress: bool = True, **kw) -> bytes:
             raw = raws[r["block"]]
             r["checksum"] = hash64(raw[r["offset"] : r["offset"] + r["length"]]) & 0xFFFFFFFF
     kw.setdefault("version", parsed["version"])
+    kw.setdefault("schema_hash", parsed["schema_hash"])
     return build_shard(stored, blocks, records, **kw)
 
 

@@ -24,6 +24,7 @@ from fastload import (
     ShardFormatError,
 )
 from fastload.format.manifest import ShardInfo
+from fastload.format.record import RecordLayout
 from fastload.format.shard_reader import ShardReader
 from fastload.verify import verify_dataset
 
@@ -100,7 +101,9 @@ def read_all(ds: fastload.Dataset) -> None:
 def with_reader(ds: fastload.Dataset, data: bytes, info: ShardInfo | None, mapped: bool = True):
     """Point shard 0 of ``ds`` at in-memory ``data`` (opening it: may raise)."""
     ds.close()
-    ds._readers[0] = ShardReader(MemSource(data, NAME, mapped), expected=info)
+    ds._readers[0] = ShardReader(
+        MemSource(data, NAME, mapped), expected=info, layout=RecordLayout(ds.schema)
+    )
     return ds
 
 
@@ -193,6 +196,8 @@ def test_header_and_trailer_versions_must_agree(small, where):
     bad = bytearray(data)
     offset = 8 if where == "header" else len(data) - 56 + 40
     bad[offset : offset + 4] = struct.pack("<I", 1)
+    if where == "header":
+        bad[16:24] = bytes(8)  # a valid version-1 header: no schema fingerprint
     with pytest.raises(ShardFormatError, match=f"^{NAME}: the header says format version"):
         ShardReader(MemSource(bytes(bad), NAME), expected=info)
 
@@ -266,7 +271,8 @@ def byte_classes(data: bytes, p: dict) -> dict[int, tuple]:
     """What each byte of the shard is: ("header", ...), ("block", k, record or None), ..."""
     out: dict[int, tuple] = {}
     for pos in range(32):
-        out[pos] = ("header-flags",) if pos >= 12 else ("header",)  # flags, reserved
+        # flags and reserved bytes; 16..24 is the schema's fingerprint
+        out[pos] = ("header-flags",) if pos >= 12 and not 16 <= pos < 24 else ("header",)
     for k, b in enumerate(p["blocks"]):
         for pos in range(b["offset"], b["offset"] + b["stored_size"]):
             out[pos] = ("block", k, None)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import fastload
 from fastload import FastloadError
+from fastload.format.record import RecordLayout
 from fastload.format.shard_reader import ShardReader
 
 from .formattools import (
@@ -97,7 +98,10 @@ def exercise(
     ds.verify = verify
     try:
         ds._readers[0] = reader = ShardReader(
-            MemSource(data, NAME, mapped), expected=case.info if expected else None, verify=verify
+            MemSource(data, NAME, mapped),
+            expected=case.info if expected else None,
+            verify=verify,
+            layout=RecordLayout(ds.schema),
         )
         got = [ds[i] for i in range(N)]
         cols = ds.get_batch(list(batch))

@@ -25,6 +25,7 @@ from .formattools import (
     manifest_checksum,
     parse_shard,
     raw_block,
+    schema_hash,
     values_equal,
 )
 
@@ -281,7 +282,8 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
         p = parse_shard(data)
         t = p["trailer"]
         assert p["magic"] == MAGIC == t["magic"] and p["version"] == 2 == t["version"]
-        assert p["flags"] == 0 == t["flags"] and p["reserved"] == b"\0" * 16
+        assert p["flags"] == 0 == t["flags"] and p["reserved"] == b"\0" * 8
+        assert p["schema_hash"] == schema_hash({"i": "int64", "b": "bytes"}) != 0
         assert entry["bytes"] == len(data)
         assert entry["blocks"] == t["n_blocks"] == len(p["blocks"])
         assert entry["records"] == t["n_records"] == len(p["records"])

@@ -22,7 +22,7 @@ def shard_bytes(
     """A shard of ``rows``: one add() each, or add_many over the (start, stop) ranges in
     ``bulk`` and add() for the rows between them."""
     out = io.BytesIO()
-    w = ShardWriter(out, BlockCompressor(compression), block_size)
+    w = ShardWriter(out, BlockCompressor(compression), block_size, schema_hash=7)
     i = 0
     for start, stop in bulk or []:
         for j in range(i, start):
