@@ -20,7 +20,7 @@ from .format.manifest import Manifest, ShardInfo
 from .format.record import RecordDecodeError, RecordLayout
 from .format.schema import Schema
 from .format.shard_reader import ShardReader
-from .format.spec import MANIFEST_NAME, MAX_BLOCK_RAW_SIZE
+from .format.spec import MANIFEST_NAME
 from .io.fs import child_session, is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
 from .io.manifest_share import read_shared
@@ -91,8 +91,10 @@ class Dataset:
     of them (default 128 MiB; ``"1GB"``, or 0 for none), least recently used dropped first. A
     compressed dataset read at random (a shuffled epoch) is decompressed once per process when
     its decompressed size fits, else about once per record read: see ``shuffle="block"``.
-    ``max_block_bytes`` (default: the format's limit, 2 GiB): a compressed block declaring a
-    larger decompressed size is refused before any memory is allocated for it.
+    ``max_block_bytes``: a compressed block declaring a larger decompressed size is refused
+    before any memory is allocated for it. By default: 4 x the dataset's block size (its
+    writer's ``block_size``), or for a block holding one record, that record's size if
+    larger (a record larger than the block size gets a block of its own).
     """
 
     def __init__(
@@ -105,11 +107,11 @@ class Dataset:
         cache_limit: int | str | None = None,
         remote_options: RemoteOptions | None = None,
         block_cache: int | str = DEFAULT_DECODED_LIMIT,
-        max_block_bytes: int | str = MAX_BLOCK_RAW_SIZE,
+        max_block_bytes: int | str | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self._decoded = DecodedBlocks(parse_size(block_cache))
-        self.max_block_bytes = parse_size(max_block_bytes)
+        self.max_block_bytes = None if max_block_bytes is None else parse_size(max_block_bytes)
         self.storage_options = storage_options
         self.verify = verify
         protocol = fsspec.utils.get_protocol(self.path)
@@ -187,6 +189,7 @@ class Dataset:
             decoded=self._decoded,
             key=s,
             max_block_bytes=self.max_block_bytes,
+            block_size=self.manifest.block_size,
             layout=self._layout,
         )
 

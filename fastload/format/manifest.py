@@ -79,6 +79,12 @@ class Manifest:
     def bytes(self) -> int:
         return sum(s.bytes for s in self.shards)
 
+    @property
+    def block_size(self) -> int | None:
+        """The block size the shards were written with (``options``), if the manifest says."""
+        size = self.options.get("block_size")
+        return size if type(size) is int and size > 0 else None
+
     def to_json(self) -> dict[str, Any]:
         """The manifest document, with its checksum (from version 2 on) over every other
         member: a member added here is covered without further ado."""

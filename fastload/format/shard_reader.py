@@ -35,7 +35,13 @@ from .spec import (
     index_size,
 )
 
-__all__ = ["ByteSource", "ShardReader"]
+__all__ = ["ByteSource", "ShardReader", "BLOCK_SIZE_FACTOR"]
+
+#: By default a compressed block may decompress to this many times the dataset's block size.
+#: The writer never puts several records in a block larger than the block size, so a block
+#: claiming more is damaged or forged; a record larger than the block size gets a block of
+#: its own, which may be as large as that record (what reading it returns anyway).
+BLOCK_SIZE_FACTOR = 4
 
 
 class ByteSource(Protocol):
@@ -66,14 +72,17 @@ class ShardReader:
         cached_blocks: int = 8,
         decoded: DecodedBlocks | None = None,
         key: Hashable = 0,
-        max_block_bytes: int = MAX_BLOCK_RAW_SIZE,
+        max_block_bytes: int | None = None,
+        block_size: int | None = None,
         layout: RecordLayout | None = None,
     ) -> None:
         """``decoded``: where decompressed blocks are kept (a dataset's readers share one,
         each under its own ``key``); a reader of its own otherwise. ``cached_blocks``: raw
         blocks read from an unmapped source kept (remote ones, without the block cache).
         ``max_block_bytes``: a compressed block that would decompress to more is refused
-        before anything is allocated (the format's own limit is 2 GiB). ``layout``: the
+        before anything is allocated; by default (None) the limit is ``BLOCK_SIZE_FACTOR`` x
+        ``block_size`` (the dataset's, from its manifest), or a single-record block's record
+        size if larger; without either, the format's own limit, 2 GiB. ``layout``: the
         record layout of the manifest's schema; given, the shard must have been written with
         that schema (version 2 records its fingerprint) and every record must have the
         layout's size (exactly, for a schema of fixed-size fields only)."""
@@ -86,6 +95,7 @@ class ShardReader:
         self._decoded = DecodedBlocks(DEFAULT_DECODED_LIMIT) if decoded is None else decoded
         self._key = key
         self.max_block_bytes = max_block_bytes
+        self.block_size = block_size
         self._open(expected, layout)
 
     # -- opening and validation -----------------------------------------------------------
@@ -300,12 +310,10 @@ class ShardReader:
         """Block ``b`` read, checked and decompressed."""
         entry = self.blocks[b]
         offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
-        if not self._raw[b] and int(entry["raw_size"]) > self.max_block_bytes:
-            raise self._fail(
-                f"block {b} would decompress to {int(entry['raw_size']):,} bytes, "
-                f"more than max_block_bytes={self.max_block_bytes:,} allows "
-                "(Dataset(max_block_bytes=...) raises it)"
-            )
+        if not self._raw[b]:
+            too_large = self._too_large(b)
+            if too_large is not None:
+                raise self._fail(too_large)
         buffer = self.source.buffer
         stored = (
             buffer[offset : offset + stored_size]
@@ -323,6 +331,35 @@ class ShardReader:
             return decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
         except BlockCodecError as e:
             raise self._corrupt_block(b, f"could not be decoded ({e})") from None
+
+    def block_limit(self, b: int) -> int:
+        """The most bytes compressed block ``b`` may decompress to (see ``__init__``)."""
+        if self.max_block_bytes is not None:
+            return self.max_block_bytes
+        if not self.block_size:
+            return MAX_BLOCK_RAW_SIZE
+        limit = BLOCK_SIZE_FACTOR * self.block_size
+        entry = self.blocks[b]
+        if int(entry["n_records"]) == 1:
+            limit = max(limit, int(self.records[int(entry["first_record"])]["length"]))
+        return min(limit, MAX_BLOCK_RAW_SIZE)
+
+    def _too_large(self, b: int) -> str | None:
+        """Why block ``b`` must not be decompressed, or None."""
+        raw_size, limit = int(self.blocks[b]["raw_size"]), self.block_limit(b)
+        if raw_size <= limit:
+            return None
+        if self.max_block_bytes is not None:
+            why = f"max_block_bytes={limit:,}"
+        else:
+            why = (
+                f"{limit:,} ({BLOCK_SIZE_FACTOR} x the dataset's block size, "
+                f"{self.block_size:,}, or the size of a block's only record)"
+            )
+        return (
+            f"block {b} would decompress to {raw_size:,} bytes, more than {why} allows: "
+            "the shard is damaged or forged (Dataset(max_block_bytes=...) raises the limit)"
+        )
 
     def held(self, b: int) -> bytes | memoryview | None:
         """The raw bytes of block ``b`` if this reader holds them already (no I/O, no
@@ -437,6 +474,10 @@ class ShardReader:
             stored = self.source.read(offset, stored_size)
             if hash64(stored) != int(entry["checksum"]):
                 yield self._corrupt_block(b, "failed its checksum")
+                continue
+            too_large = None if self._raw[b] else self._too_large(b)
+            if too_large is not None:
+                yield self._corrupt_block(b, f"is too large: {too_large}")
                 continue
             try:
                 raw = decompress_block(int(entry["codec"]), stored, int(entry["raw_size"]))
