@@ -1,11 +1,13 @@
-"""Write the golden fastload dataset of format version 1 to tests/format/data/v1/.
+"""Write a golden fastload dataset of the current format version to tests/format/data/v<N>/.
 
     python tests/format/make_golden.py            # refuses if it exists
-    python tests/format/make_golden.py --force    # only if the v1 files were never released
+    python tests/format/make_golden.py --force    # only if the files were never released
 
 The files are committed and test_golden.py reads them with the current code, so a change that
 breaks reading old datasets fails CI. Once committed they must never be regenerated: a new
-format version gets its own directory (data/v2/) and its own generator function.
+format version gets its own directory (data/v3/) and its own generator function, and the
+generators of earlier versions stay here only to say what their records hold (the current
+writer cannot write an earlier version).
 
 The records are built from constants and integer arithmetic only (no Pillow, no RNG), so
 test_golden.py can rebuild the expected values on any machine.
@@ -23,6 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).parent
 V1_DIR = HERE / "data" / "v1"
+V2_DIR = HERE / "data" / "v2"
 
 # A 3x2 RGB PNG and a 3x2 lossless WebP, made once with Pillow and frozen here.
 PNG_3X2 = bytes.fromhex(
@@ -75,18 +78,40 @@ def v1_record(i: int) -> dict:
     }
 
 
-def write_v1(dst: Path) -> None:
+# Version 2: version 1's fields, plus a variable shape of two dimensions and a fixed array;
+# blocks of two records, and records larger than the block size, which get a block of their
+# own (one compressed, larger than 4 block sizes; one raw).
+V2_SCHEMA = {**V1_SCHEMA, "grid": "float32[?,2]", "pair": "uint16[2]"}
+V2_OPTIONS = {"block_size": 700, "shard_size": 1500, "compression": "zstd", "level": 3}
+V2_RECORDS = 13
+V2_LARGE = 7  # this record's blob is 4,000 bytes of a repeated pattern
+V2_RANDOM = 2
+
+
+def v2_record(i: int) -> dict:
+    rec = v1_record(i)
+    rec["grid"] = np.arange(2 * (i % 4), dtype=np.float32).reshape(-1, 2) * np.float32(i - 6)
+    rec["pair"] = np.array([i, 65535 - i], np.uint16)
+    if i == V2_LARGE:
+        rec["blob"] = b"fastload-v2 " * 333 + b"done"
+    if i == V2_RANDOM:
+        rec["blob"] = v1_blob(2000 - 40)  # 2,000 bytes that do not compress: a raw block
+    return rec
+
+
+def write_v2(dst: Path) -> None:
     import fastload
 
-    with fastload.Writer(dst, V1_SCHEMA, **V1_OPTIONS) as w:
-        for i in range(V1_RECORDS):
-            w.write(v1_record(i))
+    assert fastload.format.FORMAT_VERSION == 2
+    with fastload.Writer(dst, V2_SCHEMA, **V2_OPTIONS) as w:
+        for i in range(V2_RECORDS):
+            w.write(v2_record(i))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="replace existing golden files")
-    parser.add_argument("--out", type=Path, default=V1_DIR, help="where to write (for trying)")
+    parser.add_argument("--out", type=Path, default=V2_DIR, help="where to write (for trying)")
     args = parser.parse_args(argv)
     if args.out.exists():
         if not args.force:
@@ -97,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         shutil.rmtree(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_v1(args.out)
+    write_v2(args.out)
     for p in sorted(args.out.iterdir()):
         print(f"{p.name}  {hashlib.sha256(p.read_bytes()).hexdigest()}")
     return 0
