@@ -52,7 +52,14 @@ def bad(tmp_path_factory):
 
 def ns(path, **kw) -> argparse.Namespace:
     return argparse.Namespace(
-        **{"path": str(path), "json": False, "storage_options": None, "no_progress": True, **kw}
+        **{
+            "path": str(path),
+            "json": False,
+            "storage_options": None,
+            "no_progress": True,
+            "deep": False,
+            **kw,
+        }
     )
 
 
@@ -212,3 +219,19 @@ def test_subprocess_help():
         assert r.returncode == 0 and r.stdout.startswith("usage: fastload"), (args, r.stderr)
     r = fastload_cmd("inspect", "/nonexistent/dataset")
     assert r.returncode == 1 and "no such dataset" in r.stderr
+
+
+@needs_full_cli
+def test_subprocess_verify_deep_and_a_version_1_warning(good):
+    r = fastload_cmd("verify", "--deep", "--no-progress", str(good))
+    assert r.returncode == 0 and "every record decodes" in r.stdout, r.stderr
+    v1 = Path(__file__).parent / "format" / "data" / "v1"
+    r = subprocess.run(
+        [sys.executable, "-m", "fastload", "verify", "--no-progress", str(v1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("OK: ")
+    warning = f"fastload verify: warning: {v1 / 'manifest.json'}: this dataset is format version 1"
+    assert r.stderr.count(warning) == 1, r.stderr

@@ -10,10 +10,21 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["EncodedImage", "ImageInfo", "probe_image", "FORMAT_IDS", "FORMAT_NAMES"]
+__all__ = [
+    "EncodedImage",
+    "ImageInfo",
+    "probe_image",
+    "size_problem",
+    "FORMAT_IDS",
+    "FORMAT_NAMES",
+    "MAX_SIDE",
+]
 
 FORMAT_IDS = {"jpeg": 1, "png": 2, "webp": 3}
 FORMAT_NAMES = {v: k for k, v in FORMAT_IDS.items()}
+#: The largest side each format can describe: JPEG's 16-bit sizes, WebP's 14-bit ones (+1),
+#: PNG's 31-bit ones. An image claiming more can never be decoded.
+MAX_SIDE = {"jpeg": 65535, "png": 2**31 - 1, "webp": 16384}
 
 # JPEG start-of-frame markers that carry the image size (SOF0..SOF15 less DHT/JPG/DAC).
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -50,6 +61,14 @@ class EncodedImage:
             f"EncodedImage(format={self.format!r}, height={self.height}, width={self.width}, "
             f"{len(self.data)} bytes)"
         )
+
+
+def size_problem(format: str, height: int, width: int) -> str | None:
+    """Why an image of ``format`` cannot be ``height`` x ``width`` pixels, or None."""
+    limit = MAX_SIDE[format]
+    if height > limit or width > limit:
+        return f"a {format} image cannot be {height} x {width} pixels (at most {limit:,} a side)"
+    return None
 
 
 def probe_image(data: bytes | memoryview) -> ImageInfo | None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SchemaError
-from .imageinfo import FORMAT_IDS, FORMAT_NAMES, EncodedImage, probe_image
+from .imageinfo import FORMAT_IDS, FORMAT_NAMES, EncodedImage, probe_image, size_problem
 from .schema import Field, Schema
 
 __all__ = ["RecordLayout", "RecordDecodeError"]
@@ -163,6 +163,31 @@ class RecordLayout:
             )
         return {name: out[name] for name in self.schema.names}
 
+    def problem(self, buf: memoryview) -> str | None:
+        """Why a record's bytes can never be read as this schema's, or None: its structure
+        (sizes, var ends, shapes, UTF-8, JSON, image metadata) as :meth:`decode` checks it,
+        and each image's own header, which must describe the format and size stored with it
+        (a deep check: ``fastload verify --deep``)."""
+        try:
+            values = self.decode(buf)
+        except RecordDecodeError as e:
+            return str(e)
+        for f in self.var_fields:
+            if f.kind != "image":
+                continue
+            image = values[f.name]
+            info = probe_image(image.data)
+            if info is None:
+                return f"field {f.name!r}: its bytes are not a JPEG, PNG or WebP image"
+            stored = (image.format, image.height, image.width)
+            if stored != (info.format, info.height, info.width):
+                return (
+                    f"field {f.name!r}: stored as a {image.format} image of {image.height} x "
+                    f"{image.width} pixels, but its header says {info.format}, "
+                    f"{info.height} x {info.width}"
+                )
+        return None
+
     def var_value(
         self, f: Field, data: memoryview, header: np.void, *, image_views: bool = False
     ) -> Any:
@@ -292,6 +317,9 @@ def _image_bytes(f: Field, value: Any, header: np.ndarray) -> bytes:
             f"field {f.name!r} is image: give encoded bytes or an EncodedImage, "
             f"got {type(value).__name__}"
         )
+    too_large = size_problem(info_format, height, width)
+    if too_large is not None:
+        raise SchemaError(f"field {f.name!r}: {too_large}")
     header[f.name] = (height, width, FORMAT_IDS[info_format])
     return bytes(data)
 
@@ -314,13 +342,17 @@ def _var_value(f: Field, data: memoryview, header: np.void, image_views: bool = 
             raise RecordDecodeError(
                 f"field {f.name!r}: unknown image format id {int(meta['format'])}"
             )
-        return EncodedImage(
-            data if image_views else bytes(data), fmt, int(meta["height"]), int(meta["width"])
-        )
+        height, width = int(meta["height"]), int(meta["width"])
+        too_large = size_problem(fmt, height, width)
+        if too_large is not None:
+            raise RecordDecodeError(f"field {f.name!r}: {too_large}")
+        return EncodedImage(data if image_views else bytes(data), fmt, height, width)
     ndim = len(f.shape or ())
     if len(data) < 8 * ndim:
         raise RecordDecodeError(f"field {f.name!r}: {len(data)} bytes cannot hold a {ndim}-d shape")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype="<u8", count=ndim))
+    if any(want is not None and want != got for want, got in zip(f.shape or (), shape)):
+        raise RecordDecodeError(f"field {f.name!r}: shape {shape} is not a {f.spec}")
     dtype = f.np_dtype
     payload = data[8 * ndim :]
     count = math.prod(shape)

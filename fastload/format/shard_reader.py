@@ -8,7 +8,7 @@ the shard, the block, the record and the byte offset.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -466,8 +466,12 @@ class ShardReader:
                 buffers.append(view if view is not None else self.block(b))
         return buffers, source_index, offsets, lengths
 
-    def problems(self) -> Iterator[CorruptRecordError]:
-        """Check every block and record checksum; yield one error per bad block or record."""
+    def problems(
+        self, check: Callable[[memoryview], str | None] | None = None
+    ) -> Iterator[CorruptRecordError]:
+        """Check every block and record checksum; yield one error per bad block or record.
+        ``check``: also ask it of every record that passed its checksum (its bytes in, why it
+        can never be read out, or None), and yield an error for each answer."""
         for b in range(len(self.blocks)):
             entry = self.blocks[b]
             offset, stored_size = int(entry["offset"]), int(entry["stored_size"])
@@ -485,13 +489,34 @@ class ShardReader:
                 yield self._corrupt_block(b, f"could not be decoded ({e})")
                 continue
             first, n = int(entry["first_record"]), int(entry["n_records"])
-            recs = self.records[first : first + n]
+            failed = set()
+            start, recs = first, self.records[first : first + n]
             while len(recs):
                 bad = first_bad_record(raw, recs["offset"], recs["length"], recs["checksum"])
                 if bad < 0:
                     break
-                yield self.corrupt_record(first + bad, "failed its checksum")
-                first, recs = first + bad + 1, recs[bad + 1 :]
+                failed.add(start + bad)
+                yield self.corrupt_record(start + bad, "failed its checksum")
+                start, recs = start + bad + 1, recs[bad + 1 :]
+            if check is not None:
+                yield from self._unreadable(memoryview(raw), first, n, failed, check)
+
+    def _unreadable(
+        self,
+        raw: memoryview,
+        first: int,
+        n: int,
+        skip: set[int],
+        check: Callable[[memoryview], str | None],
+    ) -> Iterator[CorruptRecordError]:
+        """``check``'s answers for records ``first..first+n-1`` of one block (``raw``)."""
+        for r in range(first, first + n):
+            if r in skip:
+                continue
+            at, length = int(self.records[r]["offset"]), int(self.records[r]["length"])
+            why = check(raw[at : at + length])
+            if why is not None:
+                yield self.corrupt_record(r, f"can never be read: {why}")
 
     def close(self) -> None:
         self._cache.clear()
