@@ -46,7 +46,11 @@ def _describe(value: Any) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    with Dataset(args.path, storage_options=_storage_options(args.storage_options)) as ds:
+    with Dataset(
+        args.path,
+        storage_options=_storage_options(args.storage_options),
+        follow_symlinks=args.follow_symlinks,
+    ) as ds:
         m = ds.manifest
         raw = sum(s.raw_bytes for s in m.shards)
         info = {
@@ -91,7 +95,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_dataset
 
     options = _storage_options(args.storage_options)
-    with Dataset(args.path, storage_options=options) as ds:
+    links = args.follow_symlinks
+    with Dataset(args.path, storage_options=options, follow_symlinks=links) as ds:
         total = ds.manifest.bytes
     with tqdm(
         total=total,
@@ -106,6 +111,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             storage_options=options,
             on_shard=bar.update,
             deep=args.deep,
+            follow_symlinks=links,
         )
     for problem in report.problems:
         print(f"CORRUPT {problem}")
@@ -155,6 +161,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_follow_symlinks(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read local shards that are symbolic links to files outside the dataset "
+        "(refused by default)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .convert.cli import add_parser as add_convert
 
@@ -174,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="dataset directory or URL (s3://, gs://, ...)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--storage-options", metavar="JSON", help="fsspec storage options")
+    _add_follow_symlinks(p)
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser(
         "verify",
@@ -191,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decode every record's structure and image headers, and report records "
         "that can never be read (slower: a decode per record)",
     )
+    _add_follow_symlinks(p)
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser(
         "cache",

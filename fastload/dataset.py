@@ -95,6 +95,10 @@ class Dataset:
     before any memory is allocated for it. By default: 4 x the dataset's block size (its
     writer's ``block_size``), or for a block holding one record, that record's size if
     larger (a record larger than the block size gets a block of its own).
+
+    A local shard that is a symbolic link to a file outside the dataset's directory is refused
+    unless ``follow_symlinks=True`` (a dataset from elsewhere must not make fastload open any
+    file the user can read).
     """
 
     def __init__(
@@ -108,8 +112,10 @@ class Dataset:
         remote_options: RemoteOptions | None = None,
         block_cache: int | str = DEFAULT_DECODED_LIMIT,
         max_block_bytes: int | str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self.follow_symlinks = follow_symlinks
         self._decoded = DecodedBlocks(parse_size(block_cache))
         self.max_block_bytes = None if max_block_bytes is None else parse_size(max_block_bytes)
         self.storage_options = storage_options
@@ -162,7 +168,8 @@ class Dataset:
             if self.remote:
                 source = self._remote_source(s)
             else:
-                source = open_source(self.fs, path, name=_display(self.fs, path))
+                root = None if self.follow_symlinks else self.root
+                source = open_source(self.fs, path, name=_display(self.fs, path), root=root)
             try:
                 try:
                     reader = self._reader(source, info, s)

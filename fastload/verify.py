@@ -33,6 +33,7 @@ def verify_dataset(
     on_shard: Callable[[int], None] | None = None,
     max_problems: int = 100,
     deep: bool = False,
+    follow_symlinks: bool = False,
 ) -> VerifyReport:
     """Read every block of every shard and check its checksum, and every record's.
 
@@ -45,7 +46,9 @@ def verify_dataset(
     (up to ``max_problems``). Raises only if the manifest itself cannot be read.
     """
     # Remote: check the server's bytes themselves, not cached copies (and cache nothing).
-    ds = Dataset(path, storage_options=storage_options, cache_dir=False)
+    ds = Dataset(
+        path, storage_options=storage_options, cache_dir=False, follow_symlinks=follow_symlinks
+    )
     check = RecordLayout(ds.schema).problem if deep else None
     report = VerifyReport(deep=deep)
     try:

@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from fastload.cli import cmd_inspect, cmd_verify
-from tests.format.formattools import INDEX_SCHEMA, parse_shard, write_index_dataset
+from tests.format.formattools import (
+    INDEX_SCHEMA,
+    parse_shard,
+    write_index_dataset,
+    write_manifest,
+)
 
 N = 40
 HAS_CONVERT_CLI = importlib.util.find_spec("fastload.convert.cli") is not None
@@ -58,6 +64,7 @@ def ns(path, **kw) -> argparse.Namespace:
             "storage_options": None,
             "no_progress": True,
             "deep": False,
+            "follow_symlinks": False,
             **kw,
         }
     )
@@ -219,6 +226,18 @@ def test_subprocess_help():
         assert r.returncode == 0 and r.stdout.startswith("usage: fastload"), (args, r.stderr)
     r = fastload_cmd("inspect", "/nonexistent/dataset")
     assert r.returncode == 1 and "no such dataset" in r.stderr
+
+
+@needs_full_cli
+def test_subprocess_control_characters_in_a_shard_path_print_no_traceback(good, tmp_path):
+    ds = Path(shutil.copytree(good, tmp_path / "ds"))
+    m = json.loads((ds / "manifest.json").read_text())
+    m["shards"][0]["path"] = "shard-\x0000.fls"
+    write_manifest(ds, m)
+    for command in ("inspect", "verify"):
+        r = fastload_cmd(command, str(ds))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"{ds / 'manifest.json'}: shard entry 0: path 'shard-\\x0000.fls'" in r.stderr
 
 
 @needs_full_cli

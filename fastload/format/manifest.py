@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -236,6 +237,16 @@ def _parse_shard(entry: Any, i: int, where: str) -> ShardInfo:
         or ":" in path
     ):
         raise fail(f"path {path!r} must be a plain relative path inside the dataset")
+    # NUL cannot be opened at all; newlines, terminal escapes and lone surrogates would make
+    # every message that names the shard misleading. fastload never writes such names.
+    odd = next((c for c in path if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if odd is not None:
+        raise fail(
+            f"path {path!r} holds U+{ord(odd):04X}, a control character or lone surrogate, "
+            "which no shard name has"
+        )
+    if any(len(part.encode("utf-8")) > 255 for part in path.split("/")):
+        raise fail(f"path {path!r} has a name longer than 255 bytes, which no file system holds")
     for key in ("records", "bytes", "blocks", "raw_bytes"):
         value = entry.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

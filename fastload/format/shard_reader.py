@@ -115,8 +115,10 @@ class ShardReader:
             )
         header = np.frombuffer(self.source.read(0, HEADER_SIZE), HEADER_DTYPE)[0]
         if header["magic"] != MAGIC:
+            # Nothing of the file is quoted: it may be any file at all (a link gone astray).
             raise self._fail(
-                f"not a fastload shard (magic bytes {bytes(header['magic'])!r}, expected {MAGIC!r})"
+                f"not a fastload shard: it does not start with the magic bytes {MAGIC!r} (an "
+                "error page or another file saved in its place?)"
             )
         version = int(header["version"])
         self._check_version(version, "header")

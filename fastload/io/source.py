@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
@@ -15,17 +16,25 @@ class MappedSource:
     """A local file mapped into memory: records are zero-copy slices of the map (which
     holds no open file: see mapping.py)."""
 
-    def __init__(self, path: str, name: str | None = None) -> None:
+    def __init__(self, path: str, name: str | None = None, *, root: str | None = None) -> None:
+        """``root``: the dataset's directory; given, a shard whose real path lies outside it
+        (a symbolic link out of the dataset) is refused."""
         self.name = name or path
+        if root is not None:
+            _check_inside(path, root, self.name)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO in a shard's place must not block the open forever.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise MissingShardError(
                 f"{self.name}: shard listed in the manifest does not exist "
                 "(deleted, or the dataset was copied incompletely)"
             ) from None
         try:
-            self.size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ShardFormatError(f"{self.name}: is not a regular file, so not a shard")
+            self.size = info.st_size
             self.buffer: memoryview | None = map_readonly(fd, self.size) if self.size else None
         finally:
             os.close(fd)
@@ -78,8 +87,22 @@ class FileSource:
         pass
 
 
-def open_source(fs, path: str, name: str | None = None):
-    """A mapped source for local files, ranged reads otherwise."""
+def open_source(fs, path: str, name: str | None = None, *, root: str | None = None):
+    """A mapped source for local files, ranged reads otherwise. ``root``: for a local file,
+    the dataset directory it must really lie in (see :class:`MappedSource`)."""
     if is_local(fs):
-        return MappedSource(path, name)
+        return MappedSource(path, name, root=root)
     return FileSource(fs, path, name)
+
+
+def _check_inside(path: str, root: str, name: str) -> None:
+    """Refuse a shard whose real path (every symbolic link followed) is outside the real path
+    of ``root``: a dataset from elsewhere could otherwise make fastload open any file the user
+    can read (and, before shards were checked quietly, show its first bytes)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise ShardFormatError(
+            f"{name}: is a symbolic link to {real}, outside the dataset's directory {base}; "
+            "fastload does not follow links out of a dataset unless told to "
+            "(Dataset(..., follow_symlinks=True), or --follow-symlinks)"
+        )
