@@ -1,8 +1,8 @@
 """Opens a shard, validates its index, and hands out record bytes with their checksums checked.
 
 The file is untrusted: every size, offset and count is checked against the file's real size and
-against each other before anything is read or allocated (RELIABILITY.md A1-A12), and errors name
-the shard, the block, the record and the byte offset.
+against each other before anything is read or allocated (docs/reliability.md A1-A12), and
+errors name the shard, the block, the record and the byte offset.
 """
 
 from __future__ import annotations
