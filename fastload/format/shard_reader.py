@@ -19,9 +19,9 @@ from .codec import BlockCodecError, decompress_block
 from .decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
 from .manifest import ShardInfo
 from .record import RecordLayout
+from .shard_index import misfit_record, table_problems
 from .spec import (
     BLOCK_DTYPE,
-    CODEC_NAMES,
     CODEC_NONE,
     HEADER_DTYPE,
     HEADER_SIZE,
@@ -211,44 +211,7 @@ class ShardReader:
         )
 
     def _check_tables(self) -> None:
-        """Every block inside the data area, in order; every record inside its block."""
-        b, r = self.blocks, self.records
-        start = b["offset"].astype(np.int64)
-        end = start + b["stored_size"].astype(np.int64)
-        problems = []
-        if len(b):
-            bad = np.flatnonzero(
-                (start < HEADER_SIZE) | (end > self.data_end) | (b["stored_size"] > (1 << 62))
-            )
-            problems += [f"block {i} lies outside the data area" for i in bad[:1]]
-            bad = np.flatnonzero(start[1:] < end[:-1])
-            problems += [f"block {i + 1} overlaps block {i}" for i in bad[:1]]
-            bad = np.flatnonzero(b["raw_size"] > MAX_BLOCK_RAW_SIZE)
-            problems += [
-                f"block {i} claims {b['raw_size'][i]} raw bytes (limit {MAX_BLOCK_RAW_SIZE})"
-                for i in bad[:1]
-            ]
-            bad = np.flatnonzero(~np.isin(b["codec"], list(CODEC_NAMES)))
-            problems += [f"block {i} has unknown codec {b['codec'][i]}" for i in bad[:1]]
-            bad = np.flatnonzero((b["codec"] == CODEC_NONE) & (b["stored_size"] != b["raw_size"]))
-            problems += [f"raw block {i} has stored size != raw size" for i in bad[:1]]
-            first = np.concatenate(([0], np.cumsum(b["n_records"], dtype=np.uint64)[:-1]))
-            bad = np.flatnonzero(b["first_record"] != first)
-            problems += [
-                f"block {i} says its first record is {b['first_record'][i]}, expected {first[i]}"
-                for i in bad[:1]
-            ]
-        if int(b["n_records"].sum(dtype=np.uint64)) != len(r):
-            problems.append(f"blocks hold {int(b['n_records'].sum())} records, index has {len(r)}")
-        elif len(r):
-            owner = np.repeat(np.arange(len(b), dtype=np.uint32), b["n_records"])
-            bad = np.flatnonzero(r["block"] != owner)
-            problems += [
-                f"record {i} points to block {r['block'][i]}, expected {owner[i]}" for i in bad[:1]
-            ]
-            rec_end = r["offset"].astype(np.int64) + r["length"].astype(np.int64)
-            bad = np.flatnonzero(rec_end > b["raw_size"][owner].astype(np.int64))
-            problems += [f"record {i} ends past the end of block {owner[i]}" for i in bad[:1]]
+        problems = table_problems(self.blocks, self.records, self.data_end)
         if problems:
             raise self._fail("index is inconsistent: " + "; ".join(problems))
 
@@ -274,20 +237,9 @@ class ShardReader:
             )
 
     def _check_lengths(self, layout: RecordLayout) -> None:
-        """Every record has the size the schema gives it: a record of fixed-size fields only
-        is exactly its fixed part (longer would mean a schema the shard was not written
-        with, its rows read short), any other is at least its fixed part and var ends."""
-        size = layout.header_size
-        exact = not layout.var_fields
-        bad = np.flatnonzero(self._lengths != size if exact else self._lengths < size)
-        if len(bad):
-            r = int(bad[0])
-            rule = "exactly" if exact else "at least"
-            raise self.corrupt_record(
-                r,
-                f"is {int(self._lengths[r])} bytes, but records of the manifest's schema are "
-                f"{rule} {size} bytes: the shard does not match its manifest's schema",
-            )
+        misfit = misfit_record(self._lengths, layout)
+        if misfit is not None:
+            raise self.corrupt_record(*misfit)
 
     # -- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
