@@ -159,3 +159,23 @@ def test_a_fifo_or_a_directory_in_a_shards_place_is_an_error_not_a_hang(ds):
         with fastload.Dataset(ds) as d:
             with pytest.raises(FastloadError, match="is not a regular file"):
                 d[0]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [SECRET, b"\x8f" + SECRET, b'{"k": "' + SECRET + b'", "k": 1}'],
+    ids=["text", "binary", "json"],
+)
+def test_no_manifest_error_quotes_what_the_manifest_file_holds(ds, tmp_path, content):
+    """A manifest that is a link to some other file: the error names the manifest, and says
+    what is wrong, without its text."""
+    secret = tmp_path / "elsewhere.json"
+    secret.write_bytes(content)
+    (ds / "manifest.json").unlink()
+    (ds / "manifest.json").symlink_to(secret)
+    with pytest.raises(ManifestError) as e:
+        fastload.Dataset(ds)
+    msg = str(e.value)
+    assert msg.startswith(str(ds / "manifest.json"))
+    for k in range(len(SECRET) - 8):
+        assert SECRET[k : k + 8].decode() not in msg, msg
