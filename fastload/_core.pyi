@@ -1,9 +1,12 @@
 """fastload's compiled core (``fastload._core``): hashing, bounds-checked gathers, keyed
-permutations, CUDA queries.
+permutations, batch finishing, CUDA queries.
 
 Buffers are any object exporting a C-contiguous buffer (bytes, bytearray, memoryview, mmap.mmap,
 numpy arrays); ``out`` buffers must also be writable. Index arrays must be 1-D C-contiguous numpy
 arrays of exactly the stated dtype (no implicit conversion: a wrong dtype raises TypeError).
+
+The finishing functions take arrays by DLPack or the buffer protocol (torch tensors, numpy
+arrays), on the CPU or on a CUDA device (where the core was built with CUDA).
 
 Every offset/length is checked before any byte is touched: a bad one raises ValueError naming
 the item and the numbers, and nothing is written. Calls with real work in them (>= 64 KiB of bytes
@@ -11,10 +14,17 @@ or >= 1024 items) run with the GIL released.
 """
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from _typeshed import ReadableBuffer, WriteableBuffer
+
+class _Array(Protocol):
+    """An array the finishing functions take: a torch tensor or a numpy array (anything that
+    exports DLPack)."""
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 core_has_cuda: bool
 """True when the CUDA part was compiled into this module."""
@@ -118,3 +128,43 @@ def cuda_available() -> bool:
 
 def cuda_device_count() -> int:
     """Number of visible CUDA devices; 0 without CUDA support, a driver or a device."""
+
+def finish_images(
+    images: _Array,
+    out: _Array,
+    layout_in: str,
+    layout_out: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    stream: int = 0,
+    num_threads: int = 1,
+) -> None:
+    """``out = (images - mean[c]) / std[c]`` per channel, converted to ``out``'s dtype (float32,
+    float16 or bfloat16; rounded to nearest even), in one pass.
+
+    ``images``: uint8 ``(N, H, W, C)`` for ``layout_in="HWC"`` or ``(N, C, H, W)`` for
+    ``"CHW"``, 1 to 4 channels; ``out`` likewise for ``layout_out``. Both C-contiguous, on the
+    CPU or on one CUDA device. ``mean``/``std``: one value per channel in pixel units (0..255),
+    finite, std > 0. CPU: the GIL is released and large batches are split over ``num_threads``
+    threads. CUDA: the kernel is launched on ``stream`` (a cudaStream_t as an int; 0 the legacy
+    default stream) and not waited for. Raises TypeError for a wrong dtype or a non-array,
+    ValueError for wrong shapes, layouts, devices or values (all checked before anything is
+    written), RuntimeError if the kernel cannot launch. ``fastload.decode.finish_images`` is
+    the API.
+    """
+
+def finish_tokens(
+    rows: _Array,
+    inputs: _Array,
+    targets: object | None = None,
+    stream: int = 0,
+    num_threads: int = 1,
+) -> None:
+    """uint16/uint32 token ``rows`` ``(B, L)`` widened into ``inputs`` (int32 or int64).
+
+    Without ``targets`` (an array like ``inputs``, or None), ``inputs`` is ``(B, L)``; with
+    them (the next-token shift) both are ``(B, L - 1)``: ``inputs = rows[:, :-1]``,
+    ``targets = rows[:, 1:]``. uint32 into int32 is refused (ValueError: a token over
+    2**31 - 1 would wrap). Devices, ``stream`` and ``num_threads`` as :func:`finish_images`;
+    ``fastload.decode.finish_tokens`` is the API.
+    """

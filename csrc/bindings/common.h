@@ -93,5 +93,6 @@ void register_hash(nb::module_& m);
 void register_gather(nb::module_& m);
 void register_cuda(nb::module_& m);
 void register_plan(nb::module_& m);
+void register_finish(nb::module_& m);
 
 }  // namespace fastload::bind

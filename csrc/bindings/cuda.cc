@@ -25,10 +25,10 @@ void register_cuda(nb::module_& m) {
   m.attr("core_has_cuda") = false;
 #endif
   m.def("cuda_device_count", &device_count,
-        "Number of visible CUDA devices; 0 without a driver, a device or CUDA support.");
+        "Number of visible CUDA devices; 0 without CUDA support, a driver or a device.");
   m.def(
       "cuda_available", [] { return device_count() > 0; },
-      "True when the core was built with CUDA and a CUDA device is usable.");
+      "True when the core was built with CUDA and at least one device is usable. Never raises.");
 }
 
 }  // namespace fastload::bind

@@ -32,7 +32,10 @@ void register_gather(nb::module_& m) {
       },
       nb::arg("sources"), nb::arg("source_index").noconvert(), nb::arg("offsets").noconvert(),
       nb::arg("lengths").noconvert(), nb::arg("out"), nb::arg("out_offsets").noconvert(),
-      "Copy sources[source_index[i]][offsets[i]:+lengths[i]] to out[out_offsets[i]:+lengths[i]].");
+      "Copy ``sources[source_index[i]][offsets[i] : +lengths[i]]`` to ``out[out_offsets[i] :\n"
+      "+lengths[i]]`` for each i, in order (a later item wins where destinations overlap).\n\n"
+      "Raises ValueError for a source index out of range, a slice outside its source or outside\n"
+      "``out``, or arrays of different lengths; TypeError for a non-buffer or read-only ``out``.");
 
   m.def(
       "gather_fixed",
@@ -46,7 +49,9 @@ void register_gather(nb::module_& m) {
         fastload::gather_fixed(src_buf.span(), offsets.data(), n, size, out_buf.mut_span());
       },
       nb::arg("source"), nb::arg("offsets").noconvert(), nb::arg("size"), nb::arg("out"),
-      "Copy `size` bytes from source[offsets[i]:] to out[i*size:] for each i.");
+      "Copy ``size`` bytes from ``source[offsets[i]:]`` to ``out[i * size :]`` for each i.\n\n"
+      "``out`` must hold at least ``len(offsets) * size`` bytes. Raises ValueError when it does\n"
+      "not or a slice is outside ``source``.");
 
   m.def(
       "gather_records",
@@ -95,8 +100,15 @@ void register_gather(nb::module_& m) {
       nb::arg("length").noconvert(), nb::arg("checksum").noconvert(),
       nb::arg("indices").noconvert(), nb::arg("verify"), nb::arg("field_at").noconvert(),
       nb::arg("field_size").noconvert(), nb::arg("outs"),
-      "Fixed-size fields of records `indices` into outs (see gather_records in core/gather.h); "
-      "-1, or the first row the general path must read.");
+      "A batch of fixed-size fields straight from whole records, in one call.\n\n"
+      "Record r lies at ``sources[source[r]][offset[r] : +length[r]]`` with ``checksum[r]`` the\n"
+      "low 32 bits of its xxh64. For row i (record ``indices[i]``) and field f, copies the\n"
+      "record's bytes ``[field_at[f] : +field_size[f]]`` to ``outs[f][i * field_size[f] :]``;\n"
+      "with ``verify``, each record's checksum is checked just before (one pass over its bytes).\n"
+      "Only the sources the batch reads are acquired.\n\n"
+      "Returns -1, or the first row whose record cannot be read this way (index out of range,\n"
+      "shorter than a field, failed checksum): earlier rows are copied, later ones are not.\n"
+      "Raises ValueError for a table entry outside its source or an out too small for the rows.");
 }
 
 }  // namespace fastload::bind

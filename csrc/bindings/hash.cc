@@ -16,7 +16,8 @@ void register_hash(nb::module_& m) {
         MaybeReleaseGil nogil(worth_releasing(s.size));
         return fastload::xxh64(s.data, static_cast<size_t>(s.size), seed);
       },
-      nb::arg("data"), nb::arg("seed") = 0, "XXH64 of a buffer (equals xxhash.xxh64_intdigest).");
+      nb::arg("data"), nb::arg("seed") = 0,
+      "XXH64 of ``data``; equal to ``xxhash.xxh64_intdigest(data, seed)``.");
 
   m.def(
       "xxh64_slices",
@@ -33,7 +34,8 @@ void register_hash(nb::module_& m) {
         return nb::ndarray<nb::numpy, uint64_t, nb::ndim<1>>(out, {n}, owner);
       },
       nb::arg("data"), nb::arg("offsets").noconvert(), nb::arg("lengths").noconvert(),
-      nb::arg("seed") = 0, "XXH64 of each slice data[offsets[i]:offsets[i]+lengths[i]].");
+      nb::arg("seed") = 0, "XXH64 of each slice ``data[offsets[i] : offsets[i] + lengths[i]]``.\n\n"
+      "Raises ValueError if the arrays differ in length or a slice is out of bounds.");
 
   m.def(
       "check_slices",
@@ -49,7 +51,10 @@ void register_hash(nb::module_& m) {
       },
       nb::arg("data"), nb::arg("offsets").noconvert(), nb::arg("lengths").noconvert(),
       nb::arg("expected").noconvert(),
-      "Index of the first slice whose low 32 bits of xxh64 differ from expected, or -1.");
+      "Index of the first slice whose checksum is wrong, or -1 when all match.\n\n"
+      "The checksum of slice i is the low 32 bits of ``xxh64(data[offsets[i] : offsets[i] +\n"
+      "lengths[i]], 0)``. Raises ValueError if the arrays differ in length or a slice is out of\n"
+      "bounds (all slices are bounds-checked before any is hashed).");
 }
 
 }  // namespace fastload::bind

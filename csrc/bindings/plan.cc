@@ -30,11 +30,14 @@ U64Array map_array(uint64_t n, uint64_t key, Array<uint64_t> items) {
 void register_plan(nb::module_& m) {
   m.def("permute", &map_array<fastload::permute>, nb::arg("n"), nb::arg("key"),
         nb::arg("positions").noconvert(),
-        "P(positions[i]) for the keyed bijection P of [0, n); every position must be < n.");
+        "``P(positions[i])`` for the bijection P of [0, n) keyed by ``key`` (a uint64).\n\n"
+        "P is a Feistel network over the smallest 2**k >= n with cycle-walking (a keyed\n"
+        "Fisher-Yates table for n <= 256): O(1) time and memory per position, the same on every\n"
+        "machine. Raises ValueError for n = 0 or a position >= n (all are checked first).");
 
   m.def("permute_inverse", &map_array<fastload::permute_inverse>, nb::arg("n"), nb::arg("key"),
         nb::arg("values").noconvert(),
-        "P^-1(values[i]) for the keyed bijection P of [0, n); every value must be < n.");
+        "``P^-1(values[i])``: the position of each value in the order of :func:`permute`.");
 
   m.def(
       "permute_range",
@@ -47,7 +50,8 @@ void register_plan(nb::module_& m) {
         return result;
       },
       nb::arg("n"), nb::arg("key"), nb::arg("start"), nb::arg("count"),
-      "P(start + i) for i in [0, count) for the keyed bijection P of [0, n).");
+      "``P(start + i)`` for i in [0, count); ValueError unless ``start + count <= n`` (checked\n"
+      "before anything is allocated).");
 }
 
 }  // namespace fastload::bind

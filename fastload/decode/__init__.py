@@ -11,14 +11,23 @@ and the resize writes directly into the output. See ``benchmarks/decode.py`` for
 
 Modules: ``params`` (crop parameters), ``decoders`` (encoded bytes to pixels), ``resize``
 (crop, resize, flip into ``out``), ``crop`` (one image), ``batch`` (a batch), ``errors``,
-``scratch`` (per-thread buffers); ``dali``: the same crops decoded by NVIDIA DALI instead
-(GPU or DALI's CPU backend; imported only when used).
+``scratch`` (per-thread buffers), ``finish`` (uint8 images to normalized float/bf16 NCHW,
+token rows to int64 with the next-token shift, on the CPU or a CUDA device); ``dali``: the
+same crops decoded by NVIDIA DALI instead (GPU or DALI's CPU backend; imported only when used).
 """
 
 from .batch import decode_batch_into, draw_batch_params, image_rngs, warm_up
 from .crop import decode_center_crop_into, decode_crop_into
 from .decoders import available_jpeg_backends, dct_scale, default_jpeg_backend
 from .errors import DecodeError
+from .finish import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TokenDecode,
+    finish_images,
+    finish_tokens,
+    resolve_normalize,
+)
 from .params import (
     DEFAULT_RATIO,
     DEFAULT_SCALE,
@@ -39,6 +48,12 @@ __all__ = [
     "image_rngs",
     "warm_up",
     "DecodeError",
+    "finish_images",
+    "finish_tokens",
+    "resolve_normalize",
+    "TokenDecode",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "Crop",
     "ImageRng",
     "random_resized_crop_params",
