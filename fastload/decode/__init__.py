@@ -35,6 +35,7 @@ from .params import (
     Crop,
     ImageRng,
     center_crop_params,
+    check_scale_ratio,
     eval_resize_size,
     random_resized_crop_params,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ImageRng",
     "random_resized_crop_params",
     "center_crop_params",
+    "check_scale_ratio",
     "eval_resize_size",
     "dct_scale",
     "available_jpeg_backends",

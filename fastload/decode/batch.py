@@ -11,10 +11,13 @@ import numpy as np
 from .crop import check_out, decode_center_crop_into, decode_crop_into
 from .errors import DecodeError
 from .params import (
+    DEFAULT_RATIO,
+    DEFAULT_SCALE,
     EVAL_CROP_RATIO,
     Crop,
     ImageRng,
     center_crop_params,
+    check_scale_ratio,
     random_resized_crop_params,
 )
 
@@ -31,15 +34,20 @@ def draw_batch_params(
     train: bool,
     rng: np.random.Generator | None = None,
     rngs: Sequence[ImageRng] | None = None,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
 ) -> list[tuple[Crop, bool]]:
     """Crop and flip for each image, drawn in image order from ``rng``, or each image's from
     its own generator in ``rngs`` (see :func:`image_rngs`).
 
-    ``train``: per image, torchvision's RandomResizedCrop parameters (scale (0.08, 1), ratio
-    (3/4, 4/3)) then a flip with probability 0.5. Eval: the ``Resize(size / 0.875)`` +
-    ``CenterCrop(size)`` box and no flip (no generator used). ``size`` is ``(H, W)``; the eval
-    crop is square in the resized image, so eval uses ``H`` (and needs ``H == W``).
+    ``train``: per image, torchvision's RandomResizedCrop parameters (``scale``, default
+    (0.08, 1): the crop's area as a fraction of the image's; ``ratio``, default (3/4, 4/3):
+    its width / height; 10 attempts, then the center-crop fallback) then a flip with
+    probability 0.5. Eval: the ``Resize(size / 0.875)`` + ``CenterCrop(size)`` box and no flip
+    (no generator used; ``scale`` and ``ratio`` are only validated). ``size`` is ``(H, W)``;
+    the eval crop is square in the resized image, so eval uses ``H`` (and needs ``H == W``).
     """
+    scale, ratio = check_scale_ratio(scale, ratio)
     if len(heights) != len(widths):
         raise ValueError(f"{len(heights)} heights but {len(widths)} widths")
     params: list[tuple[Crop, bool]] = []
@@ -53,7 +61,7 @@ def draw_batch_params(
         else:
             raise ValueError("training crops need an rng")
         for h, w, g in zip(heights, widths, per_image):
-            crop = random_resized_crop_params(g, int(h), int(w))
+            crop = random_resized_crop_params(g, int(h), int(w), scale, ratio)
             params.append((crop, bool(g.random() < 0.5)))
     else:
         if size[0] != size[1]:
@@ -116,15 +124,18 @@ def decode_batch_into(
     jpeg_backend: str | None = None,
     resize_backend: str | None = None,
     params: Sequence[tuple[Crop, bool]] | None = None,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
 ) -> None:
     """Decode ``images`` (JPEG/PNG/WebP bytes) into ``out`` (N, H, W, 3) for ``layout="HWC"``
     or (N, 3, H, W) for ``"CHW"``, uint8, in place.
 
-    ``train=True``: RandomResizedCrop + horizontal flip (p=0.5) drawn from ``rng`` (or a new
-    ``np.random.default_rng(seed)``), in image order before any decoding, so results do not
-    depend on ``num_threads``. ``train=False``: :func:`decode_center_crop_into` (torchvision's
-    ``Resize(int(S / 0.875))`` + ``CenterCrop(S)``; ``out`` square). ``heights``/``widths``
-    are the images' recorded sizes.
+    ``train=True``: RandomResizedCrop (``scale``, ``ratio``: see :func:`draw_batch_params`) +
+    horizontal flip (p=0.5) drawn from ``rng`` (or a new ``np.random.default_rng(seed)``), in
+    image order before any decoding, so results do not depend on ``num_threads``.
+    ``train=False``: :func:`decode_center_crop_into` (torchvision's ``Resize(int(S / 0.875))``
+    + ``CenterCrop(S)``; ``out`` square). ``heights``/``widths`` are the images' recorded
+    sizes.
 
     ``params``: training crops and flips already drawn, one ``(Crop, flip)`` per image (from
     :func:`draw_batch_params`, say with a generator per image), instead of drawing them here.
@@ -149,7 +160,9 @@ def decode_batch_into(
     elif train:
         if rng is None:
             rng = np.random.default_rng(seed)
-        params = draw_batch_params(heights, widths, (oh, ow), train=True, rng=rng)
+        params = draw_batch_params(
+            heights, widths, (oh, ow), train=True, rng=rng, scale=scale, ratio=ratio
+        )
     else:
         if oh != ow:
             raise ValueError(f"the eval center crop is square; out is {ow}x{oh}")

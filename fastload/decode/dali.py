@@ -28,6 +28,7 @@ import numpy as np
 
 from .batch import draw_batch_params, image_rngs
 from .errors import DecodeError
+from .params import DEFAULT_RATIO, DEFAULT_SCALE
 
 __all__ = ["DaliBatch", "DaliDecoder", "dali_batch", "import_dali"]
 
@@ -80,11 +81,15 @@ def dali_batch(
     positions: range,
     records: np.ndarray,
     into: np.ndarray | None = None,
+    *,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
 ) -> DaliBatch:
     """The :class:`DaliBatch` of ``images`` (EncodedImage values, None for a skipped record)
     at ``positions`` in their batch: crops and flips drawn as the CPU decoder draws them from
-    ``rng_seed`` (the batch's seed words and the field's number). The bytes are written end
-    to end into ``into`` (uint8, the slab's area for them) when they fit, else joined."""
+    ``rng_seed`` (the batch's seed words and the field's number), with RandomResizedCrop's
+    ``scale`` and ``ratio``. The bytes are written end to end into ``into`` (uint8, the slab's
+    area for them) when they fit, else joined."""
     n = len(images)
     anchors = np.zeros((n, 2), np.float32)
     shapes = np.ones((n, 2), np.float32)
@@ -92,7 +97,9 @@ def dali_batch(
     heights = [im.height if im is not None else 1 for im in images]
     widths = [im.width if im is not None else 1 for im in images]
     rngs = image_rngs(rng_seed, positions) if spec.train else None
-    params = draw_batch_params(heights, widths, spec.hw, train=spec.train, rngs=rngs)
+    params = draw_batch_params(
+        heights, widths, spec.hw, train=spec.train, rngs=rngs, scale=scale, ratio=ratio
+    )
     for i, (crop, flip) in enumerate(params):
         anchors[i] = crop.left, crop.top
         shapes[i] = crop.width, crop.height

@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "Crop",
+    "check_scale_ratio",
     "random_resized_crop_params",
     "center_crop_params",
     "eval_resize_size",
@@ -46,6 +47,33 @@ class Crop(NamedTuple):
     left: float
     height: float
     width: float
+
+
+def check_scale_ratio(
+    scale: Sequence[float], ratio: Sequence[float]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, ratio)`` as pairs of floats, or ValueError: RandomResizedCrop's ``scale`` is
+    the range of the crop's area as a fraction of the image's, ``(min, max)`` with
+    ``0 <= min <= max`` and ``max > 0`` (above 1 is allowed, as in torchvision: such areas
+    never fit and are drawn again); ``ratio`` the range of its aspect ratio (width / height),
+    ``0 < min <= max``. Ranges are not reordered (torchvision only warns about that)."""
+    pairs = []
+    for name, value in (("scale", scale), ("ratio", ratio)):
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from e
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"{name} must be a finite (min, max) range, got {value!r}")
+        pairs.append((lo, hi))
+    (s_lo, s_hi), (r_lo, _) = pairs
+    if s_lo < 0 or s_hi <= 0:
+        raise ValueError(
+            f"scale is a fraction of the image's area: 0 <= min <= max, max > 0; got {scale!r}"
+        )
+    if r_lo <= 0:
+        raise ValueError(f"ratio (width / height) must be positive, got {ratio!r}")
+    return pairs[0], pairs[1]
 
 
 def _check_size(height: int, width: int) -> None:
@@ -79,7 +107,7 @@ class ImageRng:
 
 
 def random_resized_crop_params(
-    rng: np.random.Generator,
+    rng: np.random.Generator | ImageRng,
     height: int,
     width: int,
     scale: tuple[float, float] = DEFAULT_SCALE,
@@ -91,10 +119,10 @@ def random_resized_crop_params(
     (width/height) log-uniformly in ``ratio``; the first box that fits is placed uniformly at
     random. If none fits, the fallback is a center crop of the whole image clamped to the
     ratio range. Returns integer ``Crop(top, left, height, width)`` with ``height, width >= 1``.
+    Raises ValueError for a bad size, ``scale`` or ``ratio`` (see :func:`check_scale_ratio`).
     """
     _check_size(height, width)
-    if scale[0] > scale[1] or ratio[0] > ratio[1]:
-        raise ValueError(f"scale and ratio must be (min, max), got {scale}, {ratio}")
+    scale, ratio = check_scale_ratio(scale, ratio)
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(_ATTEMPTS):

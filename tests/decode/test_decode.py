@@ -315,6 +315,41 @@ def test_params_per_image_generators_and_explicit(jpeg_rgb, jpeg_big):
         draw_batch_params(hs, ws, (24, 24), train=True, rngs=image_rngs((1,), range(4)))
 
 
+def test_batch_scale_and_ratio(jpeg_rgb, jpeg_big):
+    """decode_batch_into(scale=, ratio=) decodes the crops draw_batch_params draws with them;
+    dali_batch draws the same boxes for DALI."""
+    from types import SimpleNamespace
+
+    from fastload.decode.dali import dali_batch
+    from fastload.format.imageinfo import EncodedImage
+
+    images = [jpeg_rgb, jpeg_big, jpeg_rgb]
+    hs, ws = [300, 600, 300], [420, 800, 420]
+    kw = {"scale": (0.3, 0.4), "ratio": (0.5, 0.6)}
+    out = np.zeros((3, 20, 20, 3), np.uint8)
+    decode_batch_into(images, hs, ws, out, train=True, seed=3, **kw)
+    params = draw_batch_params(hs, ws, (20, 20), train=True, rng=np.random.default_rng(3), **kw)
+    for crop, _ in params:
+        assert 0.5 * 0.97 <= crop.width / crop.height <= 0.6 * 1.03
+    want = np.zeros_like(out)
+    decode_batch_into(images, hs, ws, want, train=True, params=params)
+    assert np.array_equal(out, want)
+    default = np.zeros_like(out)
+    decode_batch_into(images, hs, ws, default, train=True, seed=3)
+    assert not np.array_equal(out, default)
+    with pytest.raises(ValueError, match="ratio"):
+        decode_batch_into(images, hs, ws, out, train=True, seed=3, ratio=(2.0, 1.0))
+
+    encoded = [EncodedImage(d, "jpeg", h, w) for d, h, w in zip(images, hs, ws, strict=True)]
+    spec = SimpleNamespace(hw=(20, 20), train=True)
+    batch = dali_batch(encoded, spec, (7, 1), range(3), np.arange(3), **kw)
+    drawn = draw_batch_params(hs, ws, (20, 20), train=True, rngs=image_rngs((7, 1), range(3)), **kw)
+    for i, (crop, flip) in enumerate(drawn):
+        assert tuple(batch.anchors[i]) == (crop.left, crop.top)
+        assert tuple(batch.shapes[i]) == (crop.width, crop.height)
+        assert bool(batch.flips[i]) == flip
+
+
 def test_image_rng_is_keyed_by_its_words():
     a, b = ImageRng([7, 2**64 + 3, 5]), ImageRng([7, 3, 5])  # words are taken modulo 2**64
     assert [a.random() for _ in range(4)] == [b.random() for _ in range(4)]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from fastload.decode import (
     Crop,
     center_crop_params,
+    check_scale_ratio,
     draw_batch_params,
     eval_resize_size,
+    image_rngs,
     random_resized_crop_params,
 )
 
@@ -132,3 +136,192 @@ def test_draw_batch_params_train_and_eval():
         draw_batch_params(hs, ws, (224, 224), train=True)
     with pytest.raises(ValueError):
         draw_batch_params(hs, ws[:2], (224, 224), train=False)
+
+
+# ------------------------------------------------- scale= and ratio=, against torchvision's
+
+
+def torchvision_get_params(height, width, scale, ratio, uniform, randint):
+    """torchvision's ``RandomResizedCrop.get_params``, line for line (torchvision does not
+    import beside the CPU torch these tests use), with its random numbers drawn by
+    ``uniform(lo, hi)`` and ``randint(lo, hi)`` (hi exclusive) so they can be replayed."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = randint(0, height - h + 1)
+            j = randint(0, width - w + 1)
+            return i, j, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w = width
+        h = height
+    i = (height - h) // 2
+    j = (width - w) // 2
+    return i, j, h, w
+
+
+class Replay:
+    """A generator that hands out a fixed list of uniform [0, 1) numbers, in the shape of the
+    ``uniform``/``integers`` calls both implementations make."""
+
+    def __init__(self, numbers) -> None:
+        self.numbers = list(numbers)
+        self.used = 0
+
+    def _next(self) -> float:
+        u = self.numbers[self.used]
+        self.used += 1
+        return u
+
+    def uniform(self, low, high):
+        return low + self._next() * (high - low)
+
+    def integers(self, low, high):
+        return low + int(self._next() * (high - low))
+
+
+SCALE_RATIO_CASES = [
+    ((0.08, 1.0), (3 / 4, 4 / 3)),
+    ((0.25, 0.5), (1.0, 1.0)),
+    ((0.5, 1.0), (0.5, 2.0)),
+    ((0.9, 1.4), (3 / 4, 4 / 3)),  # areas over 1 never fit: many fallbacks
+    ((0.01, 0.02), (2.0, 5.0)),
+]
+
+
+@pytest.mark.parametrize("scale, ratio", SCALE_RATIO_CASES)
+def test_the_same_random_numbers_give_torchvisions_crop_exactly(scale, ratio):
+    rng = np.random.default_rng(11)
+    for h, w in [(375, 500), (500, 333), (64, 64), (20, 900), (900, 20)]:
+        for _ in range(200):
+            numbers = rng.random(22)
+            ours = random_resized_crop_params(Replay(numbers), h, w, scale=scale, ratio=ratio)
+            theirs_rng = Replay(numbers)
+            theirs = torchvision_get_params(
+                h, w, scale, ratio, theirs_rng.uniform, theirs_rng.integers
+            )
+            assert tuple(ours) == theirs
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic (largest gap between the two CDFs)."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+@pytest.mark.parametrize("scale, ratio", SCALE_RATIO_CASES)
+def test_crop_distributions_match_torchvision_drawn_with_torch(scale, ratio):
+    """Our draws (numpy) against torchvision's algorithm drawing from torch's generator, as
+    torchvision does: areas, aspect ratios and positions follow the same distributions (KS
+    distance under the 0.1% critical value for 3000 + 3000 samples), fallbacks as often."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+
+    def t_uniform(lo, hi):
+        return torch.empty(1).uniform_(lo, hi, generator=gen).item()
+
+    def t_randint(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=gen).item())
+
+    rng = np.random.default_rng(0)
+    h, w, n = 375, 500, 3000
+    ours = np.array([random_resized_crop_params(rng, h, w, scale, ratio) for _ in range(n)])
+    theirs = np.array(
+        [torchvision_get_params(h, w, scale, ratio, t_uniform, t_randint) for _ in range(n)]
+    )
+    critical = 1.95 * math.sqrt(2 / n)
+    for a, b in (
+        (ours[:, 2] * ours[:, 3], theirs[:, 2] * theirs[:, 3]),  # area
+        (np.log(ours[:, 3] / ours[:, 2]), np.log(theirs[:, 3] / theirs[:, 2])),  # aspect
+        (ours[:, 0], theirs[:, 0]),  # top
+        (ours[:, 1], theirs[:, 1]),  # left
+    ):
+        assert ks_distance(a.astype(float), b.astype(float)) < critical
+    fallback = Crop(*random_resized_crop_params(Replay([0.99999] * 20), h, w, (2, 3), ratio))
+    rate_ours = np.mean([tuple(c) == tuple(fallback) for c in ours])
+    rate_theirs = np.mean([tuple(c) == tuple(fallback) for c in theirs])
+    assert abs(rate_ours - rate_theirs) < 4 * math.sqrt(max(rate_theirs, 1 / n) / n) + 1e-9
+
+
+def test_scale_and_ratio_bound_the_crops():
+    rng = np.random.default_rng(2)
+    crops = [random_resized_crop_params(rng, 600, 800, (0.25, 0.5), (1.0, 1.0)) for _ in range(500)]
+    for _, _, ch, cw in crops:
+        assert abs(cw - ch) <= 1  # square, up to rounding
+        assert 0.25 * 0.97 <= ch * cw / (600 * 800) <= 0.5 * 1.03
+
+
+def test_fallback_when_no_attempt_fits():
+    # Ten attempts with areas over the image's: torchvision's central fallback, the same for
+    # every draw and clamped to the ratio range.
+    rng = np.random.default_rng(0)
+    for h, w, ratio in [(300, 300, (0.5, 2.0)), (100, 900, (0.5, 2.0)), (900, 100, (1.0, 1.5))]:
+        replay = Replay([0.5] * 20)  # any numbers: no attempt can fit
+        want = torchvision_get_params(h, w, (2.0, 3.0), ratio, replay.uniform, replay.integers)
+        for _ in range(5):
+            assert tuple(random_resized_crop_params(rng, h, w, (2.0, 3.0), ratio)) == want
+
+
+@pytest.mark.parametrize(
+    "scale, ratio",
+    [
+        ((1.0, 0.5), (3 / 4, 4 / 3)),  # not (min, max)
+        ((0.08, 1.0), (4 / 3, 3 / 4)),
+        ((-0.1, 1.0), (3 / 4, 4 / 3)),
+        ((0.0, 0.0), (3 / 4, 4 / 3)),
+        ((0.08, 1.0), (0.0, 1.0)),  # a ratio of 0
+        ((0.08, float("nan")), (3 / 4, 4 / 3)),
+        ((0.08, 1.0), (3 / 4, float("inf"))),
+        ((0.5,), (3 / 4, 4 / 3)),
+        ("ab", (3 / 4, 4 / 3)),
+        ((0.08, 1.0), None),
+    ],
+)
+def test_bad_scale_or_ratio_is_a_clear_error(scale, ratio):
+    with pytest.raises(ValueError, match="scale|ratio"):
+        check_scale_ratio(scale, ratio)
+    with pytest.raises(ValueError, match="scale|ratio"):
+        random_resized_crop_params(np.random.default_rng(0), 10, 10, scale, ratio)
+    with pytest.raises(ValueError, match="scale|ratio"):
+        draw_batch_params(
+            [10], [10], (4, 4), train=True, rng=np.random.default_rng(0), scale=scale, ratio=ratio
+        )
+
+
+def test_draw_batch_params_passes_scale_and_ratio_through():
+    hs, ws = [375, 480, 500] * 20, [500, 640, 333] * 20
+    got = draw_batch_params(
+        hs,
+        ws,
+        (224, 224),
+        train=True,
+        rng=np.random.default_rng(3),
+        scale=(0.25, 0.5),
+        ratio=(1.0, 1.0),
+    )
+    rng = np.random.default_rng(3)
+    for (crop, flip), h, w in zip(got, hs, ws, strict=True):
+        assert crop == random_resized_crop_params(rng, h, w, (0.25, 0.5), (1.0, 1.0))
+        assert flip == (rng.random() < 0.5)
+    default = draw_batch_params(hs, ws, (224, 224), train=True, rng=np.random.default_rng(3))
+    assert default != got
+    rngs = image_rngs([5, 6], range(len(hs)))
+    per_image = draw_batch_params(hs, ws, (224, 224), train=True, rngs=rngs, scale=(0.25, 0.5))
+    assert all(
+        0.25 * 0.97 <= c.height * c.width / (h * w) <= 0.5 * 1.03
+        for (c, _), h, w in zip(per_image, hs, ws, strict=True)
+    )
