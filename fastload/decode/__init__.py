@@ -12,8 +12,9 @@ and the resize writes directly into the output. See ``benchmarks/decode.py`` for
 Modules: ``params`` (crop parameters), ``decoders`` (encoded bytes to pixels), ``resize``
 (crop, resize, flip into ``out``), ``crop`` (one image), ``batch`` (a batch), ``errors``,
 ``scratch`` (per-thread buffers), ``finish`` (uint8 images to normalized float/bf16 NCHW,
-token rows to int64 with the next-token shift, on the CPU or a CUDA device); ``dali``: the
-same crops decoded by NVIDIA DALI instead (GPU or DALI's CPU backend; imported only when used).
+token rows to int64 with the next-token shift, on the CPU or a CUDA device); ``dali`` and
+``nvimgcodec``: the same crops decoded by NVIDIA DALI or nvImageCodec instead (on the GPU, or
+their CPU backends; imported only when used).
 """
 
 from .batch import decode_batch_into, draw_batch_params, image_rngs, warm_up
