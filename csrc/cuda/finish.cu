@@ -75,12 +75,14 @@ struct ChannelParams {
 };
 
 // Grid: x along an image's pixels, y along the batch's images; each thread finishes every
-// channel of its pixels.
-template <Real R, Layout In, Layout Out>
-__global__ void finish_images_kernel(const uint8_t* __restrict__ in,
+// channel of its pixels. The layouts are arguments, not template parameters: the branch is
+// the same for every thread (no divergence), and three kernels compile in a third of the time
+// of twelve.
+template <Real R>
+__global__ void finish_images_kernel(const uint8_t* __restrict__ in, Layout in_layout,
                                      typename finish::RealStorage<R>::type* __restrict__ out,
-                                     int64_t images, int channels, int64_t pixels,
-                                     ChannelParams params) {
+                                     Layout out_layout, int64_t images, int channels,
+                                     int64_t pixels, ChannelParams params) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t n = blockIdx.y; n < images; n += gridDim.y) {
     const uint8_t* src = in + n * channels * pixels;
@@ -90,8 +92,8 @@ __global__ void finish_images_kernel(const uint8_t* __restrict__ in,
 #pragma unroll
       for (int c = 0; c < kMaxChannels; ++c) {  // unrolled: the params stay in registers
         if (c >= channels) break;
-        dst[finish::element_index(Out, c, s, channels, pixels)] = finish::finish_pixel<R>(
-            src[finish::element_index(In, c, s, channels, pixels)], params.mean[c],
+        dst[finish::element_index(out_layout, c, s, channels, pixels)] = finish::finish_pixel<R>(
+            src[finish::element_index(in_layout, c, s, channels, pixels)], params.mean[c],
             params.std[c]);
       }
     }
@@ -104,28 +106,15 @@ dim3 grid_for(int64_t rows, int64_t row_length) {
   return dim3(static_cast<unsigned>(std::max<int64_t>(x, 1)), static_cast<unsigned>(y), 1);
 }
 
-template <Real R, Layout In, Layout Out>
-void launch_images(const uint8_t* in, void* out, const ImageBatchShape& shape,
-                   const ChannelParams& params, cudaStream_t stream) {
+template <Real R>
+void launch_images(const uint8_t* in, Layout in_layout, void* out, Layout out_layout,
+                   const ImageBatchShape& shape, const ChannelParams& params,
+                   cudaStream_t stream) {
   using T = typename finish::RealStorage<R>::type;
   const int64_t pixels = shape.h * shape.w;
-  finish_images_kernel<R, In, Out><<<grid_for(shape.n, pixels), kBlock, 0, stream>>>(
-      in, static_cast<T*>(out), shape.n, static_cast<int>(shape.c), pixels, params);
-}
-
-template <Real R>
-void launch_images_layouts(const uint8_t* in, Layout in_layout, void* out, Layout out_layout,
-                           const ImageBatchShape& shape, const ChannelParams& params,
-                           cudaStream_t stream) {
-  if (in_layout == Layout::kHWC && out_layout == Layout::kHWC) {
-    launch_images<R, Layout::kHWC, Layout::kHWC>(in, out, shape, params, stream);
-  } else if (in_layout == Layout::kHWC) {
-    launch_images<R, Layout::kHWC, Layout::kCHW>(in, out, shape, params, stream);
-  } else if (out_layout == Layout::kHWC) {
-    launch_images<R, Layout::kCHW, Layout::kHWC>(in, out, shape, params, stream);
-  } else {
-    launch_images<R, Layout::kCHW, Layout::kCHW>(in, out, shape, params, stream);
-  }
+  finish_images_kernel<R><<<grid_for(shape.n, pixels), kBlock, 0, stream>>>(
+      in, in_layout, static_cast<T*>(out), out_layout, shape.n, static_cast<int>(shape.c),
+      pixels, params);
 }
 
 // Grid: x along a row's output tokens, y along the rows.
@@ -174,13 +163,13 @@ void finish_images(const uint8_t* in, Layout in_layout, void* out, Layout out_la
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   switch (out_type) {
     case Real::kFloat32:
-      launch_images_layouts<Real::kFloat32>(in, in_layout, out, out_layout, shape, params, s);
+      launch_images<Real::kFloat32>(in, in_layout, out, out_layout, shape, params, s);
       break;
     case Real::kFloat16:
-      launch_images_layouts<Real::kFloat16>(in, in_layout, out, out_layout, shape, params, s);
+      launch_images<Real::kFloat16>(in, in_layout, out, out_layout, shape, params, s);
       break;
     case Real::kBFloat16:
-      launch_images_layouts<Real::kBFloat16>(in, in_layout, out, out_layout, shape, params, s);
+      launch_images<Real::kBFloat16>(in, in_layout, out, out_layout, shape, params, s);
       break;
   }
   check_launch("the image finishing kernel", device);
