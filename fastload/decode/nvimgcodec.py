@@ -111,9 +111,10 @@ class NvImageCodecDecoder:
         ``train=True``: each image's ``(Crop, flip)`` from ``params``, else drawn as
         :func:`~fastload.decode.batch.draw_batch_params` draws them (from ``rngs``, one per
         image, or ``rng``, or ``np.random.default_rng(seed)``; with ``scale`` and ``ratio``).
-        CUDA: decode and resize are queued on ``stream`` (a ``torch.cuda.Stream``; default the
-        current one). Raises :class:`DecodeError` (``.index``: the image's position) for an
-        image that does not decode or is not its recorded size; ValueError for bad arguments.
+        CUDA: decode and resize are queued on ``stream`` (a ``torch.cuda.Stream`` or a
+        cudaStream_t as an int; default the current one). Raises :class:`DecodeError`
+        (``.index``: the image's position) for an image that does not decode or is not its
+        recorded size; ValueError for bad arguments.
         """
         hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
         n = len(images)
@@ -190,7 +191,9 @@ class NvImageCodecDecoder:
         """A decoded image as (h, w, 3) uint8 sharing its memory: a tensor on the GPU (torch
         keeps the image alive), a numpy array on the CPU (for the CPU decoder's resize)."""
         if self.device.type == "cuda":
-            return torch.from_dlpack(img)
+            pixels = torch.from_dlpack(img)
+            # nvImageCodec may hand an image it could not decode on the GPU to a CPU backend
+            return pixels if pixels.device == self.device else pixels.to(self.device)
         return np.asarray(img.cpu())
 
     def _resize(self, pixels, out: torch.Tensor, layout: str, flip: bool) -> None:
@@ -224,9 +227,12 @@ class NvImageCodecDecoder:
             yield 0
             return
         with torch.cuda.device(self.device):
-            s = stream if stream is not None else torch.cuda.current_stream(self.device)
-            with torch.cuda.stream(s):
-                yield s.cuda_stream
+            if stream is None:
+                stream = torch.cuda.current_stream(self.device)
+            elif isinstance(stream, int):  # a cudaStream_t as an int
+                stream = torch.cuda.ExternalStream(stream, device=self.device)
+            with torch.cuda.stream(stream):
+                yield stream.cuda_stream
 
 
 def _resize_gpu(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
