@@ -7,10 +7,13 @@ from .dataset import Dataset
 from .errors import (
     ConvertError,
     CorruptRecordError,
+    DecodeError,
     FastloadError,
     IncompleteDatasetError,
+    LoaderTimeoutError,
     ManifestError,
     MissingShardError,
+    PlanStateError,
     RemoteAccessError,
     RemoteReadError,
     SchemaError,
@@ -18,6 +21,7 @@ from .errors import (
     ShardFormatError,
     SourceRecordError,
     TooManyBadSamplesError,
+    WorkerDiedError,
 )
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
@@ -79,4 +83,8 @@ __all__ = [
     "RemoteReadError",
     "RemoteAccessError",
     "TooManyBadSamplesError",
+    "DecodeError",
+    "PlanStateError",
+    "WorkerDiedError",
+    "LoaderTimeoutError",
 ]

@@ -20,6 +20,10 @@ __all__ = [
     "RemoteReadError",
     "RemoteAccessError",
     "TooManyBadSamplesError",
+    "DecodeError",
+    "PlanStateError",
+    "WorkerDiedError",
+    "LoaderTimeoutError",
 ]
 
 
@@ -77,3 +81,34 @@ class RemoteAccessError(RemoteReadError, PermissionError):
 
 class TooManyBadSamplesError(FastloadError, RuntimeError):
     """The loader skipped more bad samples than its ``bad_samples`` budget allows."""
+
+
+class DecodeError(FastloadError, ValueError):
+    """An image could not be decoded (corrupt, truncated, unsupported, or not the size stated).
+
+    ``index`` is the image's position in the batch passed to ``decode_batch_into`` (None from
+    ``decode_crop_into``); the loader adds the record index and shard to the message.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        self.index = index
+        self.reason = message
+        super().__init__(message if index is None else f"image {index} of the batch: {message}")
+
+    def with_index(self, index: int) -> DecodeError:
+        """A copy of this error naming the image's position in its batch."""
+        err = DecodeError(self.reason, index)
+        err.__cause__ = self.__cause__
+        return err
+
+
+class PlanStateError(FastloadError, ValueError):
+    """A saved plan state does not belong to this dataset or is corrupted."""
+
+
+class WorkerDiedError(FastloadError, RuntimeError):
+    """A loader worker exited without reporting an error (killed, crashed, out of memory)."""
+
+
+class LoaderTimeoutError(FastloadError, RuntimeError):
+    """No batch arrived within the DataLoader's ``timeout``."""

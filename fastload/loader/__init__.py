@@ -1,9 +1,9 @@
 """The loader: ``fastload.DataLoader`` and its parts (see dataloader.py)."""
 
+from ..errors import LoaderTimeoutError, WorkerDiedError
 from .badsamples import SkipBadSamples
 from .dataloader import DataLoader
 from .layout import ImageDecode
-from .pool import LoaderTimeoutError, WorkerDiedError
 from .variable import Packed, PackRows, Pad
 
 __all__ = [

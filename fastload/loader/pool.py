@@ -17,19 +17,12 @@ from typing import Any
 
 import torch.multiprocessing as tmp
 
+from ..errors import LoaderTimeoutError, WorkerDiedError
 from .messages import decode, encode_tasks
 from .slabs import SlabMap, SlabPool, out_of_descriptors
 from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
 
-__all__ = ["WorkerPool", "WorkerDiedError", "LoaderTimeoutError"]
-
-
-class WorkerDiedError(RuntimeError):
-    """A loader worker exited without reporting an error (killed, crashed, out of memory)."""
-
-
-class LoaderTimeoutError(RuntimeError):
-    """No batch arrived within the DataLoader's ``timeout``."""
+__all__ = ["WorkerPool"]
 
 
 _POLL = 0.5

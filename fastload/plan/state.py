@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import FastloadError
+from ..errors import PlanStateError
 from .block_shuffle import DEFAULT_WINDOW, BlockShuffle, layout_digest
 from .partition import Partition
 from .permutation import IntArray, Order, Permutation
@@ -25,10 +25,6 @@ __all__ = ["STATE_VERSION", "EpochPlan", "PlanStateError", "validate_state"]
 
 STATE_VERSION = 1
 _MODES = ("global", "block")
-
-
-class PlanStateError(FastloadError, ValueError):
-    """A saved plan state does not belong to this dataset or is corrupted."""
 
 
 class EpochPlan:
