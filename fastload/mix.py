@@ -3,8 +3,8 @@
 A Mix is two things:
 
 - an *epoch* of ``len(mix)`` positions (default: the sum of the sizes), each drawing one sample
-  of one dataset, in the proportions of ``weights`` (see :mod:`fastload.plan.mix` for the exact
-  guarantee). Which dataset and record a position draws depends on the loader's (seed, epoch),
+  of one dataset, in the proportions of ``weights`` (see :mod:`fastload.plan.mix_order` for the
+  exact guarantee). Which dataset and record a position draws depends on the loader's (seed, epoch),
   so the DataLoader owns that mapping: it shards and resumes the positions like any other epoch.
 - the *records*: ``mix[i]`` is record ``i`` of the concatenation of the datasets (dataset 0's
   records first), which is what the loader's workers read. When every dataset is a
@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from .dataset import Dataset
 from .format.schema import Schema
-from .plan import mix as plan_mix
+from .plan import MixOrder
 
 __all__ = ["Mix"]
 
@@ -46,7 +46,7 @@ class Mix:
         self.datasets = list(datasets)
         self.sizes = [len(d) for d in self.datasets]
         # validates sizes, weights, length and stratum with the plan's own messages
-        probe = plan_mix.Mix(self.sizes, weights, 0, length=length, stratum=stratum)
+        probe = MixOrder(self.sizes, weights, 0, length=length, stratum=stratum)
         self.weights = probe.weights
         self.length = probe.length
         self.stratum = probe.stratum
@@ -67,10 +67,10 @@ class Mix:
     # -- the epoch's draws --------------------------------------------------------------------
     def order(
         self, seed: int, epoch: int, shuffle: bool, blocks: list | None = None, window: int = 16
-    ) -> plan_mix.Mix:
+    ) -> MixOrder:
         """The draws of one epoch: position -> (dataset, record). ``blocks`` (each dataset's
         records per block): each pass over a dataset in block order (``shuffle="block"``)."""
-        return plan_mix.Mix(
+        return MixOrder(
             self.sizes,
             self._weights_arg,
             seed,
@@ -82,7 +82,7 @@ class Mix:
             window=window,
         )
 
-    def indices(self, order: plan_mix.Mix, positions: np.ndarray) -> np.ndarray:
+    def indices(self, order: MixOrder, positions: np.ndarray) -> np.ndarray:
         """Record indices (into the concatenation) drawn at ``positions`` of ``order``."""
         dataset, local = order[positions]
         return self.offsets[dataset] + local

@@ -146,8 +146,8 @@ class Planner:
         self.layout: str | None = None
         self.mix_blocks: list[np.ndarray] | None = None  # a Mix's, per dataset
         if self.mode == "block" and self.mix is not None:
-            # Each pass over each dataset is in block order (plan.mix); the epoch's positions
-            # are the mix's own, unshuffled, as with shuffle=True.
+            # Each pass over each dataset is in block order (plan/mix_order.py); the epoch's
+            # positions are the mix's own, unshuffled, as with shuffle=True.
             self.mix_blocks = [_block_sizes(d) for d in self.mix.datasets]
             self.window = int(block_window)
             self.layout = layout_digest(

@@ -9,11 +9,11 @@ Deterministic from (seed, epoch), random access, with no per-sample array.
 | `partition.py` | `Partition`: the canonical DDP split into equal per-rank batches |
 | `topology.py` | rank / world size from torch.distributed or the environment |
 | `state.py` | `EpochPlan`: one rank's batches, `state_dict` and resumption |
-| `mix.py` | `Mix`: weighted, stratified mixing of several datasets |
+| `mix_order.py` | `MixOrder`: one epoch's weighted, stratified draws from several datasets |
 """
 
 from .block_shuffle import BlockShuffle
-from .mix import Mix
+from .mix_order import MixOrder
 from .partition import Partition
 from .permutation import Permutation, derive_key
 from .state import EpochPlan, PlanStateError
@@ -22,7 +22,7 @@ from .topology import Topology, current_topology
 __all__ = [
     "BlockShuffle",
     "EpochPlan",
-    "Mix",
+    "MixOrder",
     "Partition",
     "Permutation",
     "PlanStateError",

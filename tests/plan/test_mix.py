@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastload.plan import EpochPlan, Mix
+from fastload.plan import EpochPlan
+from fastload.plan import MixOrder as Mix
 
 
 def test_proportions_exact_at_stratum_ends_and_close_everywhere():

@@ -48,7 +48,7 @@ from .permutation import (
     permute_grouped,
 )
 
-__all__ = ["Mix"]
+__all__ = ["MixOrder"]
 
 
 def _integer_weights(weights: Sequence[float]) -> list[int]:
@@ -58,8 +58,9 @@ def _integer_weights(weights: Sequence[float]) -> list[int]:
     return [int(f * den) for f in fracs]
 
 
-class Mix:
-    """Draws from ``len(sizes)`` datasets in proportion to ``weights`` (default: the sizes)."""
+class MixOrder:
+    """One epoch's draws from ``len(sizes)`` datasets in proportion to ``weights`` (default:
+    the sizes): position -> (dataset, record). :class:`fastload.Mix` makes one per epoch."""
 
     def __init__(
         self,
@@ -190,6 +191,6 @@ class Mix:
     def __repr__(self) -> str:
         blocks = f", window={self.window}" if self._blocks is not None else ""
         return (
-            f"Mix(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
+            f"MixOrder(sizes={self.sizes}, weights={[round(w, 4) for w in self.weights]}, "
             f"length={self.length}, stratum={self.stratum}{blocks})"
         )
