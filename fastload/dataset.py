@@ -25,7 +25,7 @@ from .io.fs import child_session, is_local, join, open_fs, reopen_fs
 from .io.iostats import STATS
 from .io.manifest_share import read_shared
 from .io.remote import RemoteOptions, RemoteSource, RemoteStore, read_fs_options
-from .io.source import open_source
+from .io.source import open_byte_source
 from .utils import parse_size
 
 __all__ = ["Dataset"]
@@ -62,7 +62,7 @@ class BlockTable:
         self.block_of[a:b] = blocks  # last: -1 until the row is whole
         if reader.shortest >= self.dataset._layout.header_size:
             base = int(self.base[s])
-            uid = reader.source._uid if self.dataset.remote else None
+            uid = reader.source.uid if self.dataset.remote else None
             self.entries[base : base + len(reader.blocks)] = [
                 ((uid, g) if uid is not None else None, reader, g)
                 for g in range(len(reader.blocks))
@@ -169,7 +169,8 @@ class Dataset:
                 source = self._remote_source(s)
             else:
                 root = None if self.follow_symlinks else self.root
-                source = open_source(self.fs, path, name=_display(self.fs, path), root=root)
+                name = _display(self.fs, path)
+                source = open_byte_source(self.fs, path, name=name, root=root)
             try:
                 try:
                     reader = self._reader(source, info, s)

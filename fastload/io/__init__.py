@@ -6,7 +6,7 @@ from .fs import atomic_write, join, open_fs, remove_quietly
 from .iostats import io_stats
 from .remote import RemoteOptions
 from .retry import RetryPolicy
-from .source import FileSource, MappedSource, open_source
+from .source import FileSource, MappedSource, open_byte_source
 
 __all__ = [
     "atomic_write",
@@ -15,7 +15,7 @@ __all__ = [
     "remove_quietly",
     "FileSource",
     "MappedSource",
-    "open_source",
+    "open_byte_source",
     "BlockCache",
     "RemoteOptions",
     "RetryPolicy",

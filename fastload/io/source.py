@@ -9,7 +9,7 @@ from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
 from .mapping import map_readonly
 
-__all__ = ["MappedSource", "FileSource", "open_source"]
+__all__ = ["MappedSource", "FileSource", "open_byte_source"]
 
 
 class MappedSource:
@@ -87,7 +87,7 @@ class FileSource:
         pass
 
 
-def open_source(fs, path: str, name: str | None = None, *, root: str | None = None):
+def open_byte_source(fs, path: str, name: str | None = None, *, root: str | None = None):
     """A mapped source for local files, ranged reads otherwise. ``root``: for a local file,
     the dataset directory it must really lie in (see :class:`MappedSource`)."""
     if is_local(fs):
