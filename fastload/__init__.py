@@ -3,7 +3,6 @@
 Write datasets with :class:`Writer` (or ``fastload convert``), read them with :class:`Dataset`.
 """
 
-from .dataset import Dataset
 from .errors import (
     ConvertError,
     CorruptRecordError,
@@ -25,6 +24,7 @@ from .errors import (
 )
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
+from .read import Dataset, Mix
 from .writer import Writer, merge_parts
 
 __version__ = "0.1.0"
@@ -38,7 +38,6 @@ _LAZY = {
     "Pad": "loader",
     "Packed": "loader",
     "PackRows": "loader",
-    "Mix": "mix",
 }
 
 

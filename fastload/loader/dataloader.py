@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
-from ..dataset import Dataset
-from ..mix import Mix
 from ..plan.topology import current_topology
+from ..read.dataset import Dataset
+from ..read.mix import Mix
 from ..utils import format_size
 from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
 from .layout import BatchLayout, ImageDecode

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..dataset import Dataset
 from ..errors import CorruptRecordError
+from ..read.dataset import Dataset
 from .layout import BatchLayout
 from .variable import Ragged, empty_value, fill_padded
 

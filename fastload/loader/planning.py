@@ -21,12 +21,12 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from ..dataset import Dataset
-from ..mix import Mix, fingerprint_of
 from ..plan import EpochPlan, Partition, PlanStateError, current_topology
 from ..plan.block_shuffle import DEFAULT_WINDOW, layout_digest
 from ..plan.permutation import STREAM_AUGMENT, derive_key
 from ..plan.state import STATE_VERSION, validate_state
+from ..read.dataset import Dataset
+from ..read.mix import Mix, fingerprint_of
 
 __all__ = ["Planner", "PlanBatchSampler", "SHUFFLE_MODES", "wants_plan"]
 

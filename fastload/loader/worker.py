@@ -222,8 +222,8 @@ def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
 
 
 def _runs_user_code(setup: WorkerSetup) -> bool:
-    from ..dataset import Dataset
-    from ..mix import Mix
+    from ..read.dataset import Dataset
+    from ..read.mix import Mix
 
     datasets = setup.dataset.datasets if type(setup.dataset) is Mix else [setup.dataset]
     return (

@@ -757,7 +757,7 @@ def test_forked_workers_start_with_what_the_parent_opened(
     del loader
     ds.close()
     # Beyond OPEN_AHEAD shards, only what the cache holds is opened before the fork.
-    monkeypatch.setattr(fastload.dataset, "OPEN_AHEAD", 2)
+    monkeypatch.setattr(fastload.read.dataset, "OPEN_AHEAD", 2)
     with fastload.Dataset(
         s3_tokens,
         storage_options=s3_server.storage_options,
