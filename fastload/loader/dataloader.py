@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
 from ..plan.topology import current_topology
+from ..read.contract import Storage
 from ..read.dataset import Dataset
 from ..read.mix import Mix
 from ..utils import format_size
@@ -984,17 +985,12 @@ def _warn_if_unsplit(dataset: Any) -> None:
         )
 
 
-def _compressed(dataset: Any) -> list[tuple[Dataset, int, int]]:
-    """``(dataset, decompressed bytes, blocks)`` of each fastload dataset in ``dataset`` (a
-    Mix's too) whose blocks are mostly compressed: compression that saved under 10% left most
-    blocks raw (JPEG, say), and raw blocks are mapped, never decompressed."""
-    out = []
-    for ds in dataset.datasets if isinstance(dataset, Mix) else [dataset]:
-        if isinstance(ds, Dataset):
-            raw = sum(s.raw_bytes for s in ds.manifest.shards)
-            if ds.manifest.bytes < 0.9 * raw:
-                out.append((ds, raw, max(1, sum(s.blocks for s in ds.manifest.shards))))
-    return out
+def _compressed(dataset: Any) -> list[Storage]:
+    """The storage of each fastload dataset in ``dataset`` (a Mix's too) whose blocks are
+    mostly compressed (see :attr:`Storage.compressed`); none for another kind of dataset."""
+    if not isinstance(dataset, (Dataset, Mix)):
+        return []
+    return [s for s in dataset.storage() if s.compressed]
 
 
 def _split_by_block(
@@ -1020,25 +1016,25 @@ def _split_by_block(
         or layout.transform is not None
     ):
         return False
-    return any(raw > ds._decoded.limit or not persistent for ds, raw, _ in _compressed(dataset))
+    return any(s.raw_bytes > s.block_cache or not persistent for s in _compressed(dataset))
 
 
 def _warn_if_rereading(dataset: Any, processes: int = 1) -> None:
     """Records drawn at random from compressed blocks decompress their whole block each,
     once the dataset's decompressed size passes what the ``processes`` that share its blocks
     out keep (``block_cache`` each): say so, once, with the ways out."""
-    for ds, raw, blocks in _compressed(dataset):
-        limit = ds._decoded.limit * processes
+    for s in _compressed(dataset):
+        raw, limit = s.raw_bytes, s.block_cache * processes
         if raw <= limit:
             continue
-        per_block = ds.manifest.records / blocks
+        per_block = s.records / max(1, s.blocks)
         ways = [
             "shuffle='block' (each block read once per epoch)",
             "a dataset converted with --compression none (nothing to decompress)",
             "a larger block_cache",
         ]
         warnings.warn(
-            f"fastload.DataLoader: {ds.path} is read in a random order from "
+            f"fastload.DataLoader: {s.name} is read in a random order from "
             f"compressed blocks ({format_size(raw)} decompressed, more than "
             f"{_kept(limit, processes)}: Dataset(block_cache=)), "
             f"so about {1 - limit / raw:.0%} of the records read will decompress "
@@ -1059,13 +1055,13 @@ def _warn_if_windows_overflow(mix: Mix, window: int, processes: int = 1) -> None
     """A Mix in block order reads a stratum's draws of each dataset from about two windows
     of its blocks; a compressed dataset whose block caches (those of the ``processes`` that
     share its blocks out) hold fewer decompresses some of them again. Say so, once."""
-    for ds, raw, blocks in _compressed(mix):
-        limit = ds._decoded.limit * processes
-        need = min(raw, 2 * window * raw / blocks)
+    for s in _compressed(mix):
+        raw, limit = s.raw_bytes, s.block_cache * processes
+        need = min(raw, 2 * window * raw / max(1, s.blocks))
         if need <= limit:
             continue
         warnings.warn(
-            f"fastload.DataLoader: {ds.path} is read in block order from compressed "
+            f"fastload.DataLoader: {s.name} is read in block order from compressed "
             f"blocks, about {format_size(need)} of them (2 windows of {window}) at a "
             f"time, more than {_kept(limit, processes)} "
             "(Dataset(block_cache=)): some will be decompressed again. Instead: a "
@@ -1080,9 +1076,9 @@ def _encoded_room(dataset: Any, decode: Mapping[str, ImageDecode] | None) -> int
     does not sends its images in the worker's message instead)."""
     if not any(spec.backend == "dali" for spec in (decode or {}).values()):
         return 0
-    datasets = getattr(dataset, "datasets", None) or [dataset]
-    records = sum(len(ds) for ds in datasets)
-    raw = sum(s.raw_bytes for ds in datasets for s in ds.manifest.shards)
+    parts = dataset.storage()
+    records = sum(s.records for s in parts)
+    raw = sum(s.raw_bytes for s in parts)
     return max(4096, -(-2 * raw // max(records, 1) // 64) * 64)
 
 

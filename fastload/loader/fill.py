@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
 from ..errors import CorruptRecordError
-from ..read.dataset import Dataset
+from ..read.contract import BatchGather, Readable
 from .layout import BatchLayout
 from .variable import Ragged, empty_value, fill_padded
 
@@ -24,7 +23,7 @@ class BatchTimings(dict):
 
 
 def fill_batch(
-    dataset: Dataset,
+    dataset: Readable,
     layout: BatchLayout,
     slab: np.ndarray,
     indices: np.ndarray,
@@ -134,29 +133,24 @@ def fill_batch(
         read=read_done - start,
         decode=done - read_done,
         bytes=nbytes,
-        decompressed=_decompressed(dataset),
+        decompressed=dataset.take_decompressed(),
     )
     if bad:
         timings["bad"] = sorted(bad)
-    _add_io(dataset, timings)
+    if dataset.remote:
+        _add_io(dataset, timings)
     return listed, timings
 
 
-def _add_io(dataset: Any, timings: BatchTimings) -> None:
-    """This process's remote-read counters, as increments, into ``timings`` (for a Mix, once:
-    the counters are the process's)."""
-    remote = next(
-        (d for d in getattr(dataset, "datasets", None) or [dataset] if getattr(d, "remote", False)),
-        None,
-    )
-    if remote is not None:
-        io = remote.io_stats_delta()
-        if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
-            timings["io"] = io
+def _add_io(dataset: Readable, timings: BatchTimings) -> None:
+    """This process's remote-read counters, as increments, into ``timings``."""
+    io = dataset.io_stats_delta()
+    if io:  # (a batch read from mapped cache copies moves none: its result travels flat)
+        timings["io"] = io
 
 
 def fill_block_share(
-    dataset: Dataset,
+    dataset: Readable,
     layout: BatchLayout,
     slab: np.ndarray,
     indices: np.ndarray,
@@ -209,29 +203,23 @@ def fill_block_share(
         read=time.perf_counter() - start,
         decode=0.0,
         bytes=nbytes,
-        decompressed=_decompressed(dataset),
+        decompressed=dataset.take_decompressed(),
     )
     if bad:
         timings["bad"] = bad
-    _add_io(dataset, timings)
+    if dataset.remote:
+        _add_io(dataset, timings)
     return rows, listed, timings
 
 
-def _decompressed(dataset: Any) -> int:
-    """Blocks of ``dataset`` (a Mix's datasets) decompressed in this process since the
-    previous call."""
-    datasets = getattr(dataset, "datasets", None) or [dataset]
-    return sum(d._decoded.take_decompressed() for d in datasets if hasattr(d, "_decoded"))
-
-
-def block_share_rows(dataset: Dataset, indices: np.ndarray, part: int, parts: int) -> np.ndarray:
+def block_share_rows(dataset: Readable, indices: np.ndarray, part: int, parts: int) -> np.ndarray:
     """The rows of a batch of records ``indices`` in share ``part`` of ``parts`` by block
     (an index out of range falls to the last share, whose read then raises)."""
     return np.flatnonzero(dataset.block_numbers(indices) % parts == part)
 
 
 def _fill_transformed(
-    dataset: Dataset,
+    dataset: Readable,
     layout: BatchLayout,
     slab: np.ndarray,
     indices: np.ndarray,
@@ -278,7 +266,7 @@ def _scratch(size: int) -> np.ndarray:
 
 
 def _read_each(
-    dataset: Dataset, layout: BatchLayout, indices: np.ndarray, out: dict, extra: dict, lo: int
+    dataset: Readable, layout: BatchLayout, indices: np.ndarray, out: dict, extra: dict, lo: int
 ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
     """read_into one record at a time, after a batch read found a corrupt record: a row whose
     record fails its checksum is left as zeros and returned as bad ``(lo + row, why)``; its
@@ -352,254 +340,23 @@ def _decode(
             start = i + 1
 
 
-class RawGather:
-    """The batch read of :meth:`Dataset.read_into` for the common fast case, with a fraction of
-    its Python per batch: a local dataset whose shards are all memory-mapped and uncompressed,
-    and a batch layout that gathers every field (no listed fields, no images). Small batches
-    (16 token rows, say) spent ~100 us in read_into's per-shard bookkeeping, twice the copy.
-
-    It keeps flat per-record arrays (buffer, offset, length, checksum: 24 bytes a record), so
-    it is used only up to ``MAX_RECORDS`` records. Each record's checksum is checked on every
-    read, as read_into does; anything unusual (an index out of range, negative, a checksum
-    that fails) returns False, and read_into then does the read and raises its usual error."""
-
-    MAX_RECORDS = 1 << 22
-
-    def __init__(self, dataset: Dataset, layout: BatchLayout, readers: list) -> None:
-        self.dataset, self.n = dataset, len(dataset)
-        self.buffers = [r.source.buffer for r in readers]
-        self.verify = any(r.verify for r in readers)
-        counts = [len(r._starts) for r in readers]
-        self.src = np.repeat(np.arange(len(readers), dtype=np.uint32), counts)
-        self.offsets = np.concatenate([r._starts for r in readers]).astype(np.uint64)
-        self.lengths = np.concatenate([r._lengths for r in readers]).astype(np.uint64)
-        self.checksums = np.concatenate([r._checksums for r in readers]).astype(np.uint32)
-        self.fields = _Fields(dataset, layout)
-
-    @classmethod
-    def build(cls, dataset: Any, layout: BatchLayout) -> RawGather | None:
-        if (
-            type(dataset) is not Dataset
-            or getattr(dataset, "remote", True)
-            or layout.decode
-            or layout.listed
-            or layout.padded
-            or not layout.slots
-            or len(dataset) > cls.MAX_RECORDS
-        ):
-            return None
-        try:
-            readers = [dataset.shard_reader(s) for s in range(len(dataset.shards))]
-            header = dataset._layout.header_size
-            if not readers or any(
-                r.source.buffer is None or not r._all_raw or r._starts is None for r in readers
-            ):
-                return None
-            if any(len(r) and r.shortest < header for r in readers):
-                return None  # read_into says which record is short
-            if not _all_gathered(dataset, layout):
-                return None
-            return cls(dataset, layout, readers)
-        except Exception:  # anything unexpected: the general path (and its errors)
-            return None
-
-    def gather(self, indices: np.ndarray, views: dict) -> bool:
-        """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
-        when read_into must do it instead (it names an index out of range, a short record or
-        one that fails its checksum). One call into the core: each record is checked and its
-        fields copied in one pass over its bytes."""
-        idx = _index_array(indices, self.n)
-        if idx is None:
-            return False
-        rows = (self.src, self.offsets, self.lengths, self.checksums)
-        return self.fields.gather(self.buffers, rows, idx, self.verify, views) < 0
-
-
-class ResidentGather:
-    """:class:`RawGather`'s counterpart for remote and compressed datasets: a batch whose
-    records all lie in blocks at hand in this process and checked whole is gathered in one
-    call, without read_into's work per shard and per block (a shuffled batch of 16 token rows
-    touches ~14 blocks). At hand: a remote raw block's cached copy, mapped
-    (``RemoteSource.resident``) or held by the shard reader; a compressed block's
-    decompressed bytes in the dataset's block cache, or, for a local dataset, decompressed
-    here and then. Anything else (a remote block not at hand, a shard not opened yet, a raw
-    block of a local dataset, a short record) returns False, and read_into does the read,
-    fetching what is missing; the loader's read-ahead has usually asked for those blocks
-    already. Where each record lies comes from the dataset's block table.
-
-    The blocks a batch used are kept by block number, so that the next batches over them are
-    one core call with no Python per block (looking ~14 blocks up per batch made a warm
-    remote batch ~20% dearer than a local one, and read_into's work per shard and block cost
-    a compressed batch more than its decompression). They are let go whenever the store
-    unmaps a block or the block cache drops one, so no more stay at hand than those allow."""
-
-    def __init__(self, dataset: Dataset, layout: BatchLayout) -> None:
-        self.dataset, self.n = dataset, len(dataset)
-        self.fields = _Fields(dataset, layout)
-        self._table: Any = None  # (the block table, its shards_added) the rows are from
-        self._rows: tuple = ()  # per record: block, offset, length, checksum
-        self._held: list = []  # block -> its bytes at hand, or None
-        self._dropped: Any = None  # what let go of blocks when _held was filled
-
-    @classmethod
-    def build(cls, dataset: Any, layout: BatchLayout) -> ResidentGather | None:
-        if (
-            type(dataset) is not Dataset
-            or layout.decode
-            or layout.listed
-            or layout.padded
-            or not layout.slots
-            or not _all_gathered(dataset, layout)
-        ):
-            return None
-        if not dataset.remote and dataset.manifest.bytes >= sum(
-            s.raw_bytes for s in dataset.shards
-        ):  # local and raw: RawGather's
-            return None
-        if dataset._block_table(local=True) is None:
-            return None
-        return cls(dataset, layout)
-
-    def gather(self, indices: np.ndarray, views: dict) -> bool:
-        """Fill ``views`` with records ``indices``; False (nothing promised about ``views``)
-        when read_into must do it instead."""
-        ds = self.dataset
-        ds._own()  # a forked child starts afresh (and so do the tables)
-        table = ds._block_table(local=True)
-        idx = _index_array(indices, self.n)
-        if idx is None or table is None:
-            return False
-        store = ds._store_() if ds.remote else None
-        if self._table != (table, table.shards_added):
-            # -1 (not gatherable) as uint32 is out of range: the core call says so
-            self._table = (table, table.shards_added)
-            self._rows = (
-                table.gather_of.view(np.uint32),
-                table.offset.astype(np.uint64),
-                np.full(self.n, ds._layout.header_size, np.uint64),
-                np.zeros(self.n, np.uint32),
-            )
-            self._dropped = None
-        dropped = (
-            store,
-            store.maps_dropped if store is not None else 0,
-            ds._decoded,
-            ds._decoded.dropped,
-        )
-        if self._dropped != dropped:
-            self._held = [None] * len(table.entries)
-            self._dropped = dropped
-        try:
-            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
-        except (TypeError, ValueError):
-            pass  # a block not held yet (None), or a shard not gatherable (-1: out of range)
-        return self._gather_looked_up(table, store, idx, views)
-
-    def _gather_looked_up(self, table: Any, store: Any, idx: np.ndarray, views: dict) -> bool:
-        """The batch with each of its blocks looked up first: mapped ones and those in the
-        block cache are held for the next batches, blocks the shard reader holds (or
-        decompressed past the cache's limit) only for this one."""
-        if _plain_indices(idx, self.n) is None:
-            return False  # negative or out of range: read_into's
-        blocks = table.gather_of[idx]
-        if int(blocks.min()) < 0:
-            return False  # a shard not open here yet, or not gatherable
-        found, lent = {}, []
-        for g in set(blocks.tolist()):
-            key, reader, b = table.entries[g]
-            if reader._raw[b]:
-                if store is None:
-                    return False  # a local raw block: read_into checks its records
-                view = store.maps.get(key)  # mapped and checked (RemoteSource.resident)
-                if view is None:
-                    view = reader.held(b)  # held by the shard reader
-                    if view is None:
-                        return False
-                    lent.append(g)
-            else:
-                view = reader.held(b)  # decompressed already
-                if view is None:
-                    if store is not None:
-                        return False  # read_into fetches the batch's blocks together
-                    try:
-                        view = reader.block(b)  # checked, decompressed, cached
-                    except CorruptRecordError:
-                        return False  # read_into raises it, or skips the block's records
-                    if reader.held(b) is None:
-                        lent.append(g)  # past the cache's limit: not kept here either
-            found[g] = view
-        for g, view in found.items():
-            self._held[g] = view
-        try:
-            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
-        finally:
-            for g in lent:
-                self._held[g] = None
-
-
-class _Fields:
-    """A layout's gathered fields as :func:`_core.gather_records` takes them."""
-
-    def __init__(self, dataset: Any, layout: BatchLayout) -> None:
-        places = dataset._layout.header_dtype.fields
-        self.names = [slot.name for slot in layout.slots]
-        self.at = np.array([places[name][1] for name in self.names], np.uint64)
-        self.size = np.array([slot.sample_bytes for slot in layout.slots], np.uint64)
-
-    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool, views: dict) -> int:
-        """gather_records of records ``idx`` into ``views``; ``rows`` = (source, offset,
-        length, checksum) per record."""
-        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        return _core.gather_records(sources, *rows, idx, verify, self.at, self.size, outs)
-
-
-def _index_array(indices: Any, n: int) -> np.ndarray | None:
-    """``indices`` as the contiguous int64 array the core takes (it checks their range
-    itself), or None when they are not plain indices (see :func:`_plain_indices`)."""
-    if (
-        type(indices) is np.ndarray
-        and indices.dtype == np.int64
-        and indices.ndim == 1
-        and len(indices)
-        and indices.flags.c_contiguous
-    ):
-        return indices
-    idx = _plain_indices(indices, n)
-    return None if idx is None else np.ascontiguousarray(idx, np.int64)
-
-
-def _plain_indices(indices: Any, n: int) -> np.ndarray | None:
-    """``indices`` as an array if they are the plain case (non-empty, 1-D, integers in
-    ``[0, n)``), else None: read_into handles the rest and raises its errors."""
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or len(idx) == 0 or idx.dtype.kind not in "iu":
-        return None
-    if int(idx.min()) < 0 or int(idx.max()) >= n:
-        return None
-    return idx
-
-
-def _all_gathered(dataset: Any, layout: BatchLayout) -> bool:
-    return all(dataset.schema[slot.name].kind in ("scalar", "ndarray") for slot in layout.slots)
-
-
-_gathers: weakref.WeakKeyDictionary[BatchLayout, tuple] = weakref.WeakKeyDictionary()
-
-
-def _raw_gather(dataset: Any, layout: BatchLayout) -> RawGather | ResidentGather | None:
-    """This thread's fast gather for (dataset, layout): a RawGather (local, uncompressed;
-    read-only once built, so one per process) or a ResidentGather (its blocks at hand change
-    with every batch: one per thread, or thread workers would swap them under each other),
-    built on first use (None: neither is usable)."""
-    cached = _gathers.get(layout)
-    if cached is None or cached[0] is not dataset:
-        cached = _gathers[layout] = (dataset, RawGather.build(dataset, layout))
-    if cached[1] is not None:
-        return cached[1]
-    mine = getattr(_local, "resident", None)  # goes with its thread
+def _raw_gather(dataset: Readable, layout: BatchLayout) -> BatchGather | None:
+    """This thread's one-call gather for (dataset, layout), made on first use (None: there is
+    none). Thread workers each have theirs: what a ResidentGather holds changes with every
+    batch (one shared swapped its tables under another thread's core call); the dataset
+    shares what can be shared (a RawGather is read-only)."""
+    mine = getattr(_local, "gathers", None)  # goes with its thread
     if mine is None:
-        mine = _local.resident = weakref.WeakKeyDictionary()
+        mine = _local.gathers = weakref.WeakKeyDictionary()
     got = mine.get(layout)
     if got is None or got[0] is not dataset:
-        got = mine[layout] = (dataset, ResidentGather.build(dataset, layout))
+        got = mine[layout] = (dataset, _new_gather(dataset, layout))
     return got[1]
+
+
+def _new_gather(dataset: Readable, layout: BatchLayout) -> BatchGather | None:
+    """The dataset's one-call gather of the layout's fields, where every field of the batch
+    is gathered (nothing listed, decoded or padded, which read_into does)."""
+    if layout.decode or layout.listed or layout.padded or not layout.slots:
+        return None
+    return dataset.fast_gather(tuple(slot.name for slot in layout.slots))

@@ -18,6 +18,7 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from ..errors import LoaderTimeoutError, WorkerDiedError
+from ..read.contract import Readable
 from .messages import decode, encode_tasks
 from .slabs import SlabMap, SlabPool, out_of_descriptors
 from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
@@ -233,16 +234,13 @@ class WorkerPool:
         return not any(w.is_alive() for w in self.workers)
 
 
-def _prepare_workers(dataset: Any) -> None:
+def _prepare_workers(dataset: Readable) -> None:
     """Forked workers start with what this process has opened: remote datasets open their
-    shards and map what the block cache holds first (``Dataset._prepare_workers``)."""
-    for ds in getattr(dataset, "datasets", None) or [dataset]:
-        prepare = getattr(ds, "_prepare_workers", None)
-        if callable(prepare):
-            try:
-                prepare()
-            except Exception:
-                pass  # only a head start: each worker opens what it needs, and says why not
+    shards and map what the block cache holds first (``Readable.prepare_workers``)."""
+    try:
+        dataset.prepare_workers()
+    except Exception:
+        pass  # only a head start: each worker opens what it needs, and says why not
 
 
 class OwnSlabs:

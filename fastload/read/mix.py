@@ -13,6 +13,7 @@ A Mix is two things:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from .. import _core
 from ..format.schema import Schema
 from ..plan import MixOrder
+from .contract import BatchGather, Storage
 from .dataset import Dataset
 
 __all__ = ["Mix"]
@@ -53,6 +55,8 @@ class Mix:
         self._weights_arg = None if weights is None else [float(w) for w in weights]
         self.offsets = np.cumsum([0, *self.sizes], dtype=np.int64)
         self.schema: Schema | None = _common_schema(self.datasets)
+        #: Whether any of its fastload datasets is read over the network.
+        self.remote = any(isinstance(d, Dataset) and d.remote for d in self.datasets)
         self._block_base: np.ndarray | None = None  # block_numbers: each dataset's first
 
     def __len__(self) -> int:
@@ -138,7 +142,7 @@ class Mix:
         if len(idx) and ((idx < 0) | (idx >= self.records)).any():
             raise IndexError(f"indices out of range for a mix of {self.records} records")
         local = idx - self.offsets[owner] if len(idx) else idx
-        groups = sorted(set(owner.tolist()))  # not np.unique: see Dataset._locate
+        groups = sorted(set(owner.tolist()))  # not np.unique: see Dataset.read_into
         if len(groups) <= 1:  # one dataset: straight into ``out``
             d = groups[0] if groups else 0
             return self.datasets[d].read_into(local, out, image_views=image_views)
@@ -160,6 +164,59 @@ class Mix:
                     for r, value in zip(rows.tolist(), v):
                         dst[r] = value
         return {name: merged[name] for name in self.schema.names if name in merged}
+
+    # -- the rest of the loader's contract (fastload.read.Readable), for Datasets ---------------
+    def fast_gather(self, names: tuple[str, ...]) -> BatchGather | None:
+        """None: a Mix's batches are read by read_into (each dataset its rows)."""
+        return None
+
+    def block_sizes(self) -> np.ndarray:
+        """Records per storage block of the concatenation, numbered as by block_numbers."""
+        sizes = [d.block_sizes() for d in self.datasets]
+        return np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+
+    def prefetch(self, indices: Sequence[int] | np.ndarray) -> int:
+        """:meth:`fastload.Dataset.prefetch` of records ``indices`` of the concatenation, each
+        dataset its own (never raises for a bad index)."""
+        if not self.remote:
+            return 0
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = idx[(idx >= 0) & (idx < self.records)]
+        owner = np.searchsorted(self.offsets, idx, side="right") - 1
+        scheduled = 0
+        for d in dict.fromkeys(owner.tolist()):  # in order of first use
+            if isinstance(self.datasets[d], Dataset) and self.datasets[d].remote:
+                mine = idx[owner == d] - self.offsets[d]
+                scheduled += self.datasets[d].prefetch(mine)
+        return scheduled
+
+    def prepare_workers(self) -> int:
+        """Each dataset's head start for forked workers; one that fails does not stop the
+        others (see :meth:`fastload.Dataset.prepare_workers`)."""
+        ready = 0
+        for d in self.datasets:
+            with contextlib.suppress(Exception):
+                ready += d.prepare_workers()
+        return ready
+
+    def io_stats_delta(self) -> dict:
+        """The remote-read counters that moved since the last call (they are the process's:
+        asked of one remote dataset, once)."""
+        remote = next((d for d in self.datasets if isinstance(d, Dataset) and d.remote), None)
+        return remote.io_stats_delta() if remote is not None else {}
+
+    def take_decompressed(self) -> int:
+        """Blocks decompressed in this process since the last call, over every dataset."""
+        return sum(d.take_decompressed() for d in self.datasets)
+
+    @property
+    def version(self) -> int:
+        """Goes up when any dataset's does (see :attr:`fastload.Dataset.version`)."""
+        return sum(d.version for d in self.datasets)
+
+    def storage(self) -> list[Storage]:
+        """Each fastload dataset's storage facts, in order."""
+        return [s for d in self.datasets if isinstance(d, Dataset) for s in d.storage()]
 
     def __repr__(self) -> str:
         return (

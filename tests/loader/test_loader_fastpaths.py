@@ -1,5 +1,5 @@
 """The loader's fast paths for small batches: the flat message encoding between consumer and
-workers (messages.py) and the batched gather for local uncompressed datasets (fill.RawGather).
+workers (messages.py) and the batched gather for local uncompressed datasets (read/gather.py).
 Each must give exactly what the general path gives, and step aside for anything unusual."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import fastload
 from fastload.errors import CorruptRecordError
 from fastload.loader import fill
-from fastload.loader.fill import BatchTimings, RawGather, fill_batch
+from fastload.loader.fill import BatchTimings, fill_batch
 from fastload.loader.layout import BatchLayout
 from fastload.loader.messages import (
     RESULTS,
@@ -27,6 +27,7 @@ from fastload.loader.messages import (
 )
 from fastload.loader.pool import WorkerPool
 from fastload.loader.worker import Result, Task, WorkerError
+from fastload.read.gather import RawGather, ResidentGather
 from tests.format.formattools import parse_shard
 
 pytestmark = pytest.mark.timeout(120)
@@ -170,13 +171,13 @@ def fixed_path(tmp_path_factory) -> Path:
 def test_raw_gather_used_only_where_it_applies(fixed_path, tmp_path):
     ds = fastload.Dataset(fixed_path)
     assert len(ds.shards) > 2
-    assert isinstance(RawGather.build(ds, BatchLayout(ds.schema, 8)), RawGather)
+    assert isinstance(RawGather.build(ds, BatchLayout(ds.schema, 8).gathered), RawGather)
     zstd = fastload.Dataset(write_fixed(tmp_path / "z", compression="zstd"))
-    assert RawGather.build(zstd, BatchLayout(zstd.schema, 8)) is None
+    assert RawGather.build(zstd, BatchLayout(zstd.schema, 8).gathered) is None
     with fastload.Writer(tmp_path / "v", {"i": "int64", "s": "str"}) as w:
         w.write({"i": 1, "s": "a"})
     listed = fastload.Dataset(tmp_path / "v")
-    assert RawGather.build(listed, BatchLayout(listed.schema, 8)) is None
+    assert fill._raw_gather(listed, BatchLayout(listed.schema, 8)) is None
 
 
 def test_raw_gather_equals_read_into(fixed_path):
@@ -218,7 +219,7 @@ def test_thread_workers_each_have_their_resident_gather(fixed_path, tmp_path):
         t.start()
         t.join()
     assert isinstance(got["a", raw], RawGather) and got["a", raw] is got["b", raw]
-    assert isinstance(got["a", zstd], fill.ResidentGather)
+    assert isinstance(got["a", zstd], ResidentGather)
     assert got["a", zstd] is not got["b", zstd]
     assert fill._raw_gather(zstd, layouts[zstd]) is fill._raw_gather(zstd, layouts[zstd])
 

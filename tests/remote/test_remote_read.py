@@ -513,6 +513,7 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     over a dataset closed and reopened, goes through read_into, which fetches or reopens."""
     from fastload.loader import fill
     from fastload.loader.layout import BatchLayout
+    from fastload.read.gather import ResidentGather
 
     ds = fastload.Dataset(
         s3_tokens, storage_options=s3_server.storage_options, cache_dir=tmp_path / "cache"
@@ -520,7 +521,7 @@ def test_batches_of_blocks_at_hand_take_one_gather(s3_server, s3_tokens, tmp_pat
     assert len(ds.shards) > 3
     layout = BatchLayout(ds.schema, 16)
     fast = fill._raw_gather(ds, layout)
-    assert isinstance(fast, fill.ResidentGather)
+    assert isinstance(fast, ResidentGather)
     slab = np.zeros(layout.slab_size, np.uint8)
     rng = np.random.default_rng(0)
 
@@ -569,8 +570,8 @@ def test_gathers_hold_mapped_blocks_only_while_the_store_does(
         remote_options=RemoteOptions(tail_bytes=1024, mapped_blocks=3),
     )
     ds.read_into(np.arange(len(ds)))  # every block fetched and cached
-    ds._prepare_workers()  # cached blocks mapped, as before forking workers: 3 of them
-    store, table = ds._store_(), ds._block_table()
+    ds.prepare_workers()  # cached blocks mapped, as before forking workers: 3 of them
+    store, table = ds._store_(), ds.block_table()
     assert len(store.maps) == 3
     layout = BatchLayout(ds.schema, 16)
     fast = fill._raw_gather(ds, layout)
@@ -617,7 +618,7 @@ def test_hints_stop_once_every_block_is_mapped(s3_server, s3_tokens, tmp_path):
     assert not ds._all_mapped()
     ds.read_into(np.arange(len(ds)))  # every block fetched and cached
     assert not ds._all_mapped()
-    ds._prepare_workers()  # what the loader does before forking: the cached blocks mapped
+    ds.prepare_workers()  # what the loader does before forking: the cached blocks mapped
     assert ds._all_mapped()
     assert ds.prefetch(np.arange(len(ds))) == 0
     (uid, b), _ = ds._store.maps.popitem()
@@ -638,6 +639,7 @@ def test_compressed_blocks_are_gathered_from_their_decompressed_bytes(s3_server,
     decompressed yet leaves the batch to read_into, which fetches and decompresses it."""
     from fastload.loader import fill
     from fastload.loader.layout import BatchLayout
+    from fastload.read.gather import ResidentGather
 
     path = tmp_path / "zstd"
     with fastload.Writer(path, TOKENS, shard_size=6000, block_size=1000, compression="zstd") as w:
@@ -649,7 +651,7 @@ def test_compressed_blocks_are_gathered_from_their_decompressed_bytes(s3_server,
     ) as ds:
         layout = BatchLayout(ds.schema, 16)
         fast = fill._raw_gather(ds, layout)
-        assert isinstance(fast, fill.ResidentGather)
+        assert isinstance(fast, ResidentGather)
         ds.read_into(np.arange(len(ds)))  # every shard open, every block at hand
         rng = np.random.default_rng(1)
         for _ in range(3):
@@ -737,7 +739,7 @@ def test_forked_workers_start_with_what_the_parent_opened(
         cache_dir=tmp_path / "cache",
         remote_options=SMALL_TAIL,
     )
-    assert ds._prepare_workers() == 0  # a cold cache: shards opened, no block to map
+    assert ds.prepare_workers() == 0  # a cold cache: shards opened, no block to map
     assert all(r is not None for r in ds._readers)
     loader = fastload.DataLoader(ds, batch_size=16, shuffle=True, seed=3, num_workers=2)
     for epoch in range(3):  # cold (workers fetch blocks), then twice from what the parent mapped
@@ -757,7 +759,7 @@ def test_forked_workers_start_with_what_the_parent_opened(
     del loader
     ds.close()
     # Beyond OPEN_AHEAD shards, only what the cache holds is opened before the fork.
-    monkeypatch.setattr(fastload.read.dataset, "OPEN_AHEAD", 2)
+    monkeypatch.setattr(fastload.read.shards, "OPEN_AHEAD", 2)
     with fastload.Dataset(
         s3_tokens,
         storage_options=s3_server.storage_options,
@@ -765,7 +767,7 @@ def test_forked_workers_start_with_what_the_parent_opened(
         remote_options=SMALL_TAIL,
     ) as cold:
         before = cold.io_stats()
-        assert cold._prepare_workers() == 0
+        assert cold.prepare_workers() == 0
         assert delta(before, cold.io_stats())["requests"] == 0
         assert all(r is None for r in cold._readers)
 

@@ -1,0 +1,254 @@
+"""One-call gathers of fixed-size fields: a batch of records checked and its fields copied into
+the caller's arrays by one call into the compiled core, without read_into's Python per shard
+and per block (:meth:`fastload.Dataset.fast_gather` hands them out).
+
+Both take the fields as names, offsets in a record and sizes (:class:`Fields`), and return
+False, with nothing promised about the arrays, for anything unusual (an index out of range, a
+short record, a record that fails its checksum, a block not at hand): read_into then reads the
+batch and raises its usual error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import _core
+from ..errors import CorruptRecordError
+from ..format.record import RecordLayout
+from ..format.spec import CODEC_NONE
+
+if TYPE_CHECKING:
+    from ..format.shard_reader import ShardReader
+    from .blocktable import BlockTable
+    from .dataset import Dataset
+
+__all__ = ["Fields", "RawGather", "ResidentGather"]
+
+
+class Fields:
+    """Fixed-size fields as :func:`_core.gather_records` takes them: ``names``, each one's
+    ``offsets`` in a record and ``sizes`` in bytes, and ``record_bytes``, the fixed part every
+    record has (a shorter one is read_into's to report)."""
+
+    def __init__(
+        self, names: Sequence[str], offsets: Sequence[int], sizes: Sequence[int], record_bytes: int
+    ) -> None:
+        self.names = list(names)
+        self.at = np.array(offsets, np.uint64)
+        self.size = np.array(sizes, np.uint64)
+        self.record_bytes = record_bytes
+
+    @classmethod
+    def of(cls, layout: RecordLayout, names: Sequence[str]) -> Fields | None:
+        """Fields ``names`` of records of ``layout``; None unless each is a fixed-size scalar
+        or array field (the others are not at a fixed place in a record)."""
+        schema = layout.schema
+        if not names or not all(
+            name in schema and schema[name].kind in ("scalar", "ndarray") and schema[name].is_fixed
+            for name in names
+        ):
+            return None
+        places = layout.header_dtype.fields
+        offsets = [places[name][1] for name in names]
+        sizes = [places[name][0].itemsize for name in names]
+        return cls(names, offsets, sizes, layout.header_size)
+
+    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool, views: dict) -> int:
+        """gather_records of records ``idx`` into ``views``; ``rows`` = (source, offset,
+        length, checksum) per record. Returns a negative number when every record was
+        gathered, else the position of the first that was not."""
+        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
+        return _core.gather_records(sources, *rows, idx, verify, self.at, self.size, outs)
+
+
+class RawGather:
+    """The batch read of :meth:`Dataset.read_into` for the common fast case, with a fraction of
+    its Python per batch: a local dataset whose shards are all memory-mapped and uncompressed.
+    Small batches (16 token rows, say) spent ~100 us in read_into's per-shard bookkeeping,
+    twice the copy.
+
+    It keeps flat per-record arrays (buffer, offset, length, checksum: 24 bytes a record), so
+    it is used only up to ``MAX_RECORDS`` records. Each record's checksum is checked on every
+    read, as read_into does. Read-only once built: threads share one."""
+
+    MAX_RECORDS = 1 << 22
+
+    def __init__(self, readers: list[ShardReader], fields: Fields, n: int) -> None:
+        self.n, self.fields = n, fields
+        self.buffers = [r.source.buffer for r in readers]
+        self.verify = any(r.verify for r in readers)
+        counts = [len(r) for r in readers]
+        self.src = np.repeat(np.arange(len(readers), dtype=np.uint32), counts)
+        self.offsets = np.concatenate([_record_starts(r) for r in readers]).astype(np.uint64)
+        self.lengths = np.concatenate([r.records["length"] for r in readers]).astype(np.uint64)
+        self.checksums = np.concatenate([r.records["checksum"] for r in readers]).astype(np.uint32)
+
+    @classmethod
+    def build(cls, dataset: Dataset, names: Sequence[str]) -> RawGather | None:
+        """The RawGather of fields ``names`` of ``dataset``, or None where it does not apply
+        (a remote or compressed dataset, a field not at a fixed place, a short record)."""
+        fields = Fields.of(dataset.record_layout, names)
+        if fields is None or dataset.remote or len(dataset) > cls.MAX_RECORDS:
+            return None
+        try:
+            readers = [dataset.shard_reader(s) for s in range(len(dataset.shards))]
+            if not readers or any(r.source.buffer is None or not _all_raw(r) for r in readers):
+                return None
+            if any(len(r) and r.shortest < fields.record_bytes for r in readers):
+                return None  # read_into says which record is short
+            return cls(readers, fields, len(dataset))
+        except Exception:  # anything unexpected: the general path (and its errors)
+            return None
+
+    def gather(self, indices: np.ndarray, views: dict) -> bool:
+        """Fill ``views`` with records ``indices`` (see :class:`BatchGather`). One call into
+        the core: each record is checked and its fields copied in one pass over its bytes."""
+        idx = _index_array(indices, self.n)
+        if idx is None:
+            return False
+        rows = (self.src, self.offsets, self.lengths, self.checksums)
+        return self.fields.gather(self.buffers, rows, idx, self.verify, views) < 0
+
+
+class ResidentGather:
+    """:class:`RawGather`'s counterpart for remote and compressed datasets: a batch whose
+    records all lie in blocks at hand in this process and checked whole is gathered in one
+    call, without read_into's work per shard and per block (a shuffled batch of 16 token rows
+    touches ~14 blocks). At hand: a remote raw block's cached copy, mapped
+    (``RemoteSource.resident``) or held by the shard reader; a compressed block's
+    decompressed bytes in the dataset's block cache, or, for a local dataset, decompressed
+    here and then. Anything else (a remote block not at hand, a shard not opened yet, a raw
+    block of a local dataset, a short record) returns False, and read_into does the read,
+    fetching what is missing; the loader's read-ahead has usually asked for those blocks
+    already. Where each record lies comes from the dataset's :class:`BlockTable`.
+
+    The blocks a batch used are kept by block number, so that the next batches over them are
+    one core call with no Python per block (looking ~14 blocks up per batch made a warm
+    remote batch ~20% dearer than a local one, and read_into's work per shard and block cost
+    a compressed batch more than its decompression). They are let go whenever the dataset's
+    ``version`` changes (a block unmapped or dropped from the block cache, a shard opened),
+    so no more stay at hand than those allow. One per thread: what it holds changes with
+    every batch."""
+
+    def __init__(self, dataset: Dataset, fields: Fields) -> None:
+        self.dataset, self.n, self.fields = dataset, len(dataset), fields
+        self._version: int | None = None  # the dataset's, when the rows and _held were made
+        self._table: BlockTable | None = None
+        self._rows: tuple = ()  # per record: block, offset, length, checksum
+        self._held: list = []  # block -> its bytes at hand, or None
+
+    @classmethod
+    def build(cls, dataset: Dataset, names: Sequence[str]) -> ResidentGather | None:
+        """The ResidentGather of fields ``names`` of ``dataset``, or None where it does not
+        apply (a local raw dataset: RawGather's; a dataset too large for a block table)."""
+        fields = Fields.of(dataset.record_layout, names)
+        if fields is None:
+            return None
+        if not dataset.remote and dataset.manifest.bytes >= sum(
+            s.raw_bytes for s in dataset.shards
+        ):  # local and raw: RawGather's
+            return None
+        if dataset.block_table(local=True) is None:
+            return None
+        return cls(dataset, fields)
+
+    def gather(self, indices: np.ndarray, views: dict) -> bool:
+        """Fill ``views`` with records ``indices`` (see :class:`BatchGather`)."""
+        version = self.dataset.version  # (a forked child starts afresh here, and so does this)
+        idx = _index_array(indices, self.n)
+        if idx is None:
+            return False
+        if version != self._version:
+            table = self.dataset.block_table(local=True)
+            if table is None:
+                return False
+            # -1 (not gatherable) as uint32 is out of range: the core call says so
+            self._table, self._rows = table, table.gather_rows()
+            self._held = [None] * len(table.entries)
+            self._version = version
+        try:
+            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
+        except (TypeError, ValueError):
+            pass  # a block not held yet (None), or a shard not gatherable (-1: out of range)
+        return self._gather_looked_up(idx, views)
+
+    def _gather_looked_up(self, idx: np.ndarray, views: dict) -> bool:
+        """The batch with each of its blocks looked up first: mapped ones and those in the
+        block cache are held for the next batches, blocks the shard reader holds (or
+        decompressed past the cache's limit) only for this one."""
+        table = self._table
+        if _plain_indices(idx, self.n) is None:
+            return False  # negative or out of range: read_into's
+        blocks = table.gather_of[idx]
+        if int(blocks.min()) < 0:
+            return False  # a shard not open here yet, or not gatherable
+        found, lent = {}, []
+        for g in set(blocks.tolist()):
+            key, reader, b, raw = table.entries[g]
+            if raw:
+                if key is None:
+                    return False  # a local raw block: read_into checks its records
+                view = reader.source.resident(b)  # mapped and checked
+                if view is None:
+                    view = reader.held(b)  # held by the shard reader
+                    if view is None:
+                        return False
+                    lent.append(g)
+            else:
+                view = reader.held(b)  # decompressed already
+                if view is None:
+                    if key is not None:
+                        return False  # read_into fetches the batch's blocks together
+                    try:
+                        view = reader.block(b)  # checked, decompressed, cached
+                    except CorruptRecordError:
+                        return False  # read_into raises it, or skips the block's records
+                    if reader.held(b) is None:
+                        lent.append(g)  # past the cache's limit: not kept here either
+            found[g] = view
+        for g, view in found.items():
+            self._held[g] = view
+        try:
+            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
+        finally:
+            for g in lent:
+                self._held[g] = None
+
+
+def _all_raw(reader: ShardReader) -> bool:
+    """Whether every block of the shard is stored uncompressed."""
+    return bool((reader.blocks["codec"] == CODEC_NONE).all())
+
+
+def _record_starts(reader: ShardReader) -> np.ndarray:
+    """Where each record of a shard of raw blocks starts in the file."""
+    return reader.blocks["offset"][reader.records["block"]] + reader.records["offset"]
+
+
+def _index_array(indices: Any, n: int) -> np.ndarray | None:
+    """``indices`` as the contiguous int64 array the core takes (it checks their range
+    itself), or None when they are not plain indices (see :func:`_plain_indices`)."""
+    if (
+        type(indices) is np.ndarray
+        and indices.dtype == np.int64
+        and indices.ndim == 1
+        and len(indices)
+        and indices.flags.c_contiguous
+    ):
+        return indices
+    idx = _plain_indices(indices, n)
+    return None if idx is None else np.ascontiguousarray(idx, np.int64)
+
+
+def _plain_indices(indices: Any, n: int) -> np.ndarray | None:
+    """``indices`` as an array if they are the plain case (non-empty, 1-D, integers in
+    ``[0, n)``), else None: read_into handles the rest and raises its errors."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or len(idx) == 0 or idx.dtype.kind not in "iu":
+        return None
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        return None
+    return idx
