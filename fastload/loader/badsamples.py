@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import TooManyBadSamplesError
@@ -106,6 +106,21 @@ class BadSampleBudget:
         self.seen = int(counts["seen"]) if counts else 0
         self.skipped = int(counts["skipped"]) if counts else 0
         self.in_a_row = 0
+
+    def state(self, rank: int) -> dict:
+        """This rank's counts for ``state_dict`` (they differ between ranks)."""
+        return {"rank": rank, **self.counts()}
+
+    def restore_state(self, state: Mapping, rank: int, world: int) -> None:
+        """Continue from the counts a loader state holds if it was saved by this rank of a
+        world of this size (another rank's are not ours), else from zero."""
+        saved = state.get("bad_samples")
+        mine = (
+            isinstance(saved, Mapping)
+            and saved.get("rank") == rank
+            and state.get("world_size") == world
+        )
+        self.restore(saved if mine else None)
 
     def _so_far(self) -> str:
         return f"{self.skipped} of {self.seen} samples skipped so far; last: {self.last}"

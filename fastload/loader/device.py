@@ -8,6 +8,7 @@ page-locked, and a later arena mapped at the same address could not be registere
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -16,7 +17,23 @@ import torch
 
 from .slabs import SlabPool
 
-__all__ = ["register_slabs", "to_device", "move", "CopiesInFlight"]
+__all__ = ["pinning_wanted", "register_slabs", "to_device", "move", "CopiesInFlight"]
+
+
+def pinning_wanted(pin_memory: bool, device: torch.device | None) -> bool:
+    """Whether slabs are registered with CUDA (``pin_memory``, or batches for a CUDA
+    device); torch's warning when pinning is asked for without a GPU."""
+    if not (pin_memory or (device is not None and device.type == "cuda")):
+        return False
+    if not torch.cuda.is_available():
+        if pin_memory:
+            warnings.warn(
+                "'pin_memory' argument is set as true but no accelerator is "
+                "found, then device pinned memory won't be used.",
+                stacklevel=3,
+            )
+        return False
+    return True
 
 
 def register_slabs(pool: SlabPool) -> None:

@@ -5,16 +5,25 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import CorruptRecordError
 from ..read.contract import BatchGather, Readable
-from .layout import BatchLayout
+from .layout import BatchLayout, ImageDecode
+from .transform import probe_outputs, sample_at, transform_rows
 from .variable import Ragged, empty_value, fill_padded
 
-__all__ = ["fill_batch", "fill_block_share", "block_share_rows", "share_rows", "BatchTimings"]
+__all__ = [
+    "fill_batch",
+    "fill_block_share",
+    "block_share_rows",
+    "share_rows",
+    "probe_transform",
+    "BatchTimings",
+]
 
 
 class BatchTimings(dict):
@@ -84,46 +93,9 @@ def fill_batch(
             listed[name] = Ragged.of(listed[name], empty_value(layout.schema, name))
     read_done = time.perf_counter()
     if layout.dali:
-        from ..decode.dali import dali_batch
-
-        for name, spec in layout.dali.items():
-            area = views[layout.encoded[name]].reshape(-1) if layout.encoded else None
-            listed[name] = dali_batch(
-                listed[name],
-                spec,
-                (*rng_seed, layout.seeds[name]),
-                range(lo, hi),
-                np.asarray(mine),
-                into=area,
-            )
+        _for_dali(layout, listed, views, rng_seed, range(lo, hi), np.asarray(mine))
     if layout.decode:
-        from ..decode import draw_batch_params, image_rngs
-
-        for name, spec in layout.decode.items():
-            f = layout.seeds[name]
-            images = listed.pop(name)  # None for a row whose record was skipped
-            heights = [im.height if im is not None else 1 for im in images]
-            widths = [im.width if im is not None else 1 for im in images]
-            params = None
-            if spec.train:
-                rngs = image_rngs((*rng_seed, f), range(lo, hi))
-                params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
-            for a, b in _runs([im is not None for im in images]):
-                for i, e in _decode(
-                    images[a:b],
-                    heights[a:b],
-                    widths[a:b],
-                    views[name][a:b],
-                    params[a:b] if params is not None else None,
-                    spec,
-                    skip_bad,
-                ):
-                    where = f"field {name!r} of dataset record {int(mine[a + i])}"
-                    if not skip_bad:
-                        if hasattr(e, "add_note"):
-                            e.add_note(where)
-                        raise e
-                    bad.append((lo + a + i, f"{where}: {e.reason}"))
+        bad += _decoded(layout, listed, views, rng_seed, range(lo, hi), mine, skip_bad)
     done = time.perf_counter()
     areas = set(layout.encoded.values())  # counted by what the images took of them
     nbytes = sum(v.nbytes for k, v in views.items() if k not in areas) + sum(
@@ -140,6 +112,66 @@ def fill_batch(
     if dataset.remote:
         _add_io(dataset, timings)
     return listed, timings
+
+
+def _for_dali(
+    layout: BatchLayout,
+    listed: dict,
+    views: dict,
+    rng_seed: tuple,
+    rows: range,
+    records: np.ndarray,
+) -> None:
+    """Each DALI field's encoded images as a DaliBatch (in the slab's area for them where
+    they fit), with the crops DALI is to take: ``rows`` of the batch, dataset ``records``."""
+    from ..decode.dali import dali_batch
+
+    for name, spec in layout.dali.items():
+        area = views[layout.encoded[name]].reshape(-1) if layout.encoded else None
+        seed = (*rng_seed, layout.seeds[name])
+        listed[name] = dali_batch(listed[name], spec, seed, rows, records, into=area)
+
+
+def _decoded(
+    layout: BatchLayout,
+    listed: dict,
+    views: dict,
+    rng_seed: tuple,
+    rows: range,
+    records: np.ndarray,
+    skip_bad: bool,
+) -> list[tuple[int, str]]:
+    """Decode each image field's images (taken out of ``listed``) into its slab view: rows
+    ``rows`` of the batch, dataset ``records``. Returns the rows whose image did not decode
+    (``skip_bad``; else the first one raises, naming its field and record)."""
+    from ..decode import draw_batch_params, image_rngs
+
+    bad = []
+    for name, spec in layout.decode.items():
+        images = listed.pop(name)  # None for a row whose record was skipped
+        heights = [im.height if im is not None else 1 for im in images]
+        widths = [im.width if im is not None else 1 for im in images]
+        params = None
+        if spec.train:
+            rngs = image_rngs((*rng_seed, layout.seeds[name]), rows)
+            params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
+        for a, b in _runs([im is not None for im in images]):
+            for i, e in _decode(
+                images[a:b],
+                heights[a:b],
+                widths[a:b],
+                views[name][a:b],
+                params[a:b] if params is not None else None,
+                spec,
+                skip_bad,
+            ):
+                where = f"field {name!r} of dataset record {int(records[a + i])}"
+                if not skip_bad:
+                    if hasattr(e, "add_note"):
+                        e.add_note(where)
+                    raise e
+                bad.append((rows.start + a + i, f"{where}: {e.reason}"))
+    return bad
 
 
 def _add_io(dataset: Readable, timings: BatchTimings) -> None:
@@ -227,8 +259,6 @@ def _fill_transformed(
     part: tuple[int, int],
     skip_bad: bool,
 ) -> tuple[dict[str, Any], BatchTimings]:
-    from .transform import transform_rows
-
     n = len(indices)
     lo, hi = share_rows(n, *part)
     scratch = _scratch(layout.input.slab_size)
@@ -251,6 +281,22 @@ def _fill_transformed(
     )
     timings["decode"] += time.perf_counter() - start
     return lists, timings
+
+
+def probe_transform(
+    dataset: Readable,
+    decode: Mapping[str, ImageDecode] | None,
+    transform: Callable[[dict], Any],
+) -> tuple:
+    """The fields ``transform`` returns, from the dataset's first record read as a worker
+    reads it (transform.probe_outputs); none for an empty dataset."""
+    if len(dataset) == 0:
+        return ()
+    layout = BatchLayout(dataset.schema, 1, decode)
+    slab = np.zeros(layout.slab_size, np.uint8)
+    listed, _ = fill_batch(dataset, layout, slab, np.zeros(1, np.int64), (0, 0))
+    sample = sample_at(layout.views(slab, 1), listed, layout.names, 0)
+    return probe_outputs(transform, sample, 0)
 
 
 _local = threading.local()

@@ -132,42 +132,20 @@ class BatchLayout:
         }
         #: The other variable-length fields with a spec: sent as a Ragged (variable.py).
         self.ragged = tuple(name for name in (variable or {}) if name not in self.padded)
+        #: Per DALI field, the slot its encoded images are written to, end to end (not a key
+        #: of the batch).
+        self.encoded = (
+            {name: f"{name}:encoded" for name in self.dali}
+            if encoded_bytes and transform is None
+            else {}
+        )
         if transform is None:
-            fixed = [
-                (f.name, f.np_dtype, tuple(f.shape or ()))
-                for f in schema
-                if f.kind in ("scalar", "ndarray") and f.is_fixed
-            ]
-            fixed += [
-                (f.name, np.dtype(np.uint8), decode[f.name].shape)
-                for f in schema
-                if f.name in decode
-            ]
-            fixed += [
-                (name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
-                for name, spec in self.padded.items()
-            ]
-            order = {f.name: i for i, f in enumerate(schema)}
-            fixed.sort(key=lambda spec: order[spec[0]])
-            names = list(schema.names)
-            for name in self.padded:  # its lengths right after it
-                names.insert(names.index(name) + 1, f"{name}_lengths")
-                fixed.insert(
-                    [f[0] for f in fixed].index(name) + 1,
-                    (f"{name}_lengths", np.dtype(np.int64), ()),
-                )
-            #: Per DALI field, the slot its encoded images are written to, end to end (not
-            #: a key of the batch).
-            self.encoded = {name: f"{name}:encoded" for name in self.dali} if encoded_bytes else {}
-            fixed += [
-                (slot, np.dtype(np.uint8), (encoded_bytes,)) for slot in self.encoded.values()
-            ]
-            #: The batch's keys, in order.
-            self.names = tuple(names)
+            fixed, names = self._record_slots(encoded_bytes)
         else:
             fixed = [(o.name, o.dtype, o.shape) for o in self.outputs if o.dtype is not None]
-            self.names = tuple(o.name for o in self.outputs)
-            self.encoded = {}
+            names = [o.name for o in self.outputs]
+        #: The batch's keys, in order.
+        self.names = tuple(names)
         slots, offset = [], 0
         for name, dtype, shape in fixed:
             sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -188,6 +166,35 @@ class BatchLayout:
         #: Fields that travel as lists.
         self.listed = tuple(n for n in self.names if n not in {s.name for s in slots})
         self.slab_size = max(offset, _ALIGN)
+
+    def _record_slots(self, encoded_bytes: int) -> tuple[list[tuple], list[str]]:
+        """``(name, dtype, shape)`` of the fixed-size fields, decoded images and padded
+        fields (each with its lengths right after it) in schema order, then the areas of
+        DALI fields' encoded images; and the batch's keys."""
+        schema, decode = self.schema, self.decode
+        fixed = [
+            (f.name, f.np_dtype, tuple(f.shape or ()))
+            for f in schema
+            if f.kind in ("scalar", "ndarray") and f.is_fixed
+        ]
+        fixed += [
+            (f.name, np.dtype(np.uint8), decode[f.name].shape) for f in schema if f.name in decode
+        ]
+        fixed += [
+            (name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
+            for name, spec in self.padded.items()
+        ]
+        order = {f.name: i for i, f in enumerate(schema)}
+        fixed.sort(key=lambda spec: order[spec[0]])
+        names = list(schema.names)
+        for name in self.padded:  # its lengths right after it
+            names.insert(names.index(name) + 1, f"{name}_lengths")
+            fixed.insert(
+                [f[0] for f in fixed].index(name) + 1,
+                (f"{name}_lengths", np.dtype(np.int64), ()),
+            )
+        fixed += [(slot, np.dtype(np.uint8), (encoded_bytes,)) for slot in self.encoded.values()]
+        return fixed, names
 
     def views(self, slab: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """The arrays of a batch of ``n`` records inside ``slab`` (a uint8 array)."""

@@ -1,5 +1,5 @@
-"""The DataLoader's own plan: a (seed, epoch) order, this rank's share of it, and the state
-that resumes it exactly (see fastload/plan/ for the order and partition themselves).
+"""The DataLoader's planned order: a (seed, epoch) order, this rank's share of it, and the
+state that resumes it exactly (see fastload/plan/ for the order and partition themselves).
 
 Epochs: an iteration uses the epoch given to ``set_epoch``, else the one after the previous
 iteration's (0 first). Progress counts batches *handed to the user*, never the ones workers
@@ -28,7 +28,7 @@ from ..plan.state import STATE_VERSION, validate_state
 from ..read.dataset import Dataset
 from ..read.mix import Mix, fingerprint_of
 
-__all__ = ["Planner", "PlanBatchSampler", "SHUFFLE_MODES", "wants_plan"]
+__all__ = ["Planner", "PlanBatchSampler", "SHUFFLE_MODES", "wants_plan", "refuse_samplers"]
 
 SHUFFLE_MODES = ("global", "block")
 
@@ -44,6 +44,18 @@ def wants_plan(
         or rank is not None
         or world_size is not None
     )
+
+
+def refuse_samplers(**given: Any) -> None:
+    """The planned order decides the order and the DDP split: sampling arguments given too
+    (``sampler``, ``batch_sampler``, ``generator``; None where not) are an error."""
+    taken = [name for name, value in given.items() if value is not None]
+    if taken:
+        raise ValueError(
+            f"{' and '.join(taken)} cannot be combined with seed=, "
+            "shuffle='global'/'block', rank=, world_size= or a Mix: the "
+            "loader's plan decides the order and the DDP split"
+        )
 
 
 @dataclass
@@ -260,6 +272,23 @@ class Planner:
             self.n, self.batch_size, world, self.drop_last, self._start(epoch)
         ).num_batches - len(self._skip(epoch))
 
+    def info(self) -> dict[str, int]:
+        """The current epoch's (else the next one's) epoch, rank, world size, and samples
+        padded and dropped over all ranks."""
+        cur = self.current
+        if cur is not None:
+            plan, epoch = cur.plan, cur.plan.epoch
+        else:
+            epoch = self.position()[0]
+            plan = self.epoch_plan(epoch)
+        return {
+            "epoch": epoch,
+            "rank": plan.rank,
+            "world_size": plan.world_size,
+            "padding": plan.padding,
+            "dropped": plan.dropped,
+        }
+
     # -- state ------------------------------------------------------------------------------
     def position(self) -> tuple[int, int, tuple[int, ...]]:
         """(epoch, positions consumed, this rank's batches handed out past them: batch k is
@@ -393,5 +422,4 @@ def _block_sizes(dataset: Any) -> np.ndarray:
             "shuffles their storage blocks); use shuffle='global' for other "
             "datasets"
         )
-    sizes = [dataset.shard_reader(s).blocks["n_records"] for s in range(len(dataset.shards))]
-    return np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, np.int64)
+    return dataset.block_sizes()

@@ -19,9 +19,9 @@ import torch.multiprocessing as tmp
 
 from ..errors import LoaderTimeoutError, WorkerDiedError
 from ..read.contract import Readable
-from .messages import decode, encode_tasks
+from .messages import BatchResult, BatchTask, decode, encode_tasks
 from .slabs import SlabMap, SlabPool, out_of_descriptors
-from .worker import POLL_SECONDS, Result, Task, WorkerSetup, worker_loop
+from .worker import POLL_SECONDS, WorkerSetup, worker_loop
 
 __all__ = ["WorkerPool"]
 
@@ -43,7 +43,6 @@ class WorkerPool:
             warm_up()
         self.slabs_known = [set(range(len(slabs))) for _ in range(self.num_workers)]
         self.arenas_known = [set(range(len(slabs.arenas))) for _ in range(self.num_workers)]
-        slab_map = SlabMap(list(slabs.arenas), slabs.places, slabs.slab_size)
         # One duplex pipe per worker: tasks go down, results come back. Pipes (not Queues):
         # no feeder threads, and the consumer can wait on all of them and on the workers'
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
@@ -52,38 +51,7 @@ class WorkerPool:
             _prepare_workers(setup.dataset)
         pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
         self.conns = [mine for mine, _ in pipes]
-        if self.is_process:
-            # A forked worker inherits every end of every pipe; it closes all but its own, or
-            # the consumer's end of its pipe would outlive the consumer (no EOF when the main
-            # process dies, and a send to it could block forever: an orphan).
-            forked = ctx.get_start_method() == "fork"
-            self.workers = [
-                ctx.Process(
-                    target=worker_loop,
-                    name=f"fastload-worker-{i}",
-                    daemon=True,
-                    args=(
-                        setup,
-                        i,
-                        slab_map,
-                        theirs,
-                        theirs,
-                        True,
-                        [c for pair in pipes for c in pair if c is not theirs] if forked else [],
-                    ),
-                )
-                for i, (_, theirs) in enumerate(pipes)
-            ]
-        else:
-            self.workers = [
-                threading.Thread(
-                    target=worker_loop,
-                    name=f"fastload-worker-{i}",
-                    daemon=True,
-                    args=(setup, i, OwnSlabs(slabs), theirs, theirs, False),
-                )
-                for i, (_, theirs) in enumerate(pipes)
-            ]
+        self.workers = self._make_workers(setup, slabs, ctx, pipes)
         try:
             for w in self.workers:
                 w.start()
@@ -117,7 +85,42 @@ class WorkerPool:
         self._shares_out: dict[int, int] = {}  # slab -> shares still out, when several
         self.broken = False
 
-    def submit(self, worker: int, tasks: list[Task], slabs: SlabPool) -> None:
+    def _make_workers(self, setup: WorkerSetup, slabs: SlabPool, ctx: Any, pipes: list) -> list:
+        """The worker processes (or threads), not started yet, each serving its pipe."""
+        if self.is_process:
+            slab_map = SlabMap(list(slabs.arenas), slabs.places, slabs.slab_size)
+            # A forked worker inherits every end of every pipe; it closes all but its own, or
+            # the consumer's end of its pipe would outlive the consumer (no EOF when the main
+            # process dies, and a send to it could block forever: an orphan).
+            forked = ctx.get_start_method() == "fork"
+            return [
+                ctx.Process(
+                    target=worker_loop,
+                    name=f"fastload-worker-{i}",
+                    daemon=True,
+                    args=(
+                        setup,
+                        i,
+                        slab_map,
+                        theirs,
+                        theirs,
+                        True,
+                        [c for pair in pipes for c in pair if c is not theirs] if forked else [],
+                    ),
+                )
+                for i, (_, theirs) in enumerate(pipes)
+            ]
+        return [
+            threading.Thread(
+                target=worker_loop,
+                name=f"fastload-worker-{i}",
+                daemon=True,
+                args=(setup, i, OwnSlabs(slabs), theirs, theirs, False),
+            )
+            for i, (_, theirs) in enumerate(pipes)
+        ]
+
+    def submit(self, worker: int, tasks: list[BatchTask], slabs: SlabPool) -> None:
         """Send ``tasks`` in one message; a slab the worker has not seen travels with its
         task (once, with its arena). Its slabs are out with the workers until
         :meth:`returned` says they are back."""
@@ -154,7 +157,7 @@ class WorkerPool:
         self._shares_out.clear()
         return out
 
-    def get(self, timeout: float) -> tuple[int, list[Result]]:
+    def get(self, timeout: float) -> tuple[int, list[BatchResult]]:
         """``(worker, the results of one message)`` from any worker. Raises WorkerDiedError if
         a worker died, LoaderTimeoutError after ``timeout`` seconds without a result (0: wait
         forever)."""

@@ -19,16 +19,19 @@ import signal
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from .fill import block_share_rows, fill_batch, fill_block_share, share_rows
+from ..read.contract import Readable
+from ..read.dataset import Dataset
+from ..read.mix import Mix
 from .layout import BatchLayout
-from .messages import decode, encode_results
+from .messages import BatchResult, BatchTask, WorkerError, decode, encode_results
 from .slabs import SlabMap, out_of_descriptors
+from .splits import split_of
 
-__all__ = ["WorkerSetup", "WorkerError", "worker_loop", "Task", "Result"]
+__all__ = ["WorkerSetup", "worker_loop"]
 
 POLL_SECONDS = 1.0
 
@@ -37,86 +40,12 @@ POLL_SECONDS = 1.0
 class WorkerSetup:
     """What every worker gets once, at start."""
 
-    dataset: Any
+    dataset: Readable
     layout: BatchLayout
     worker_init_fn: Callable[[int], None] | None
     num_workers: int
     seed: int
     skip_bad: bool = False  # images that do not decode are dropped (badsamples.py)
-
-
-@dataclass
-class Task:
-    batch: int  # position of the batch in the epoch
-    slab: int
-    indices: np.ndarray
-    rng_seed: tuple
-    new_slab: Any = None  # (arena, place) of a slab this worker has not seen yet
-    part: int = 0  # this task's share of a batch that several workers fill (see fill_batch)
-    parts: int = 1
-    by_block: bool = False  # the share is the rows in blocks part (mod parts): fill_block_share
-
-    def rows(self) -> tuple[int, int]:
-        """The rows of the batch this task fills: its share (all of them, unshared)."""
-        return share_rows(len(self.indices), self.part, self.parts)
-
-
-@dataclass
-class Result:
-    batch: int
-    slab: int
-    samples: int = 0
-    listed: dict | None = None
-    timings: dict | None = None
-    error: WorkerError | None = None
-    part: int = 0
-    parts: int = 1
-    bad: list | None = None  # rows skipped: (row, why)
-    rows: np.ndarray | None = None  # a share by block with listed fields: its rows
-
-
-@dataclass
-class WorkerError:
-    """An exception from a worker, as plain data (its class may not be importable here)."""
-
-    type_name: str
-    module: str
-    message: str
-    traceback: str
-    worker_id: int
-    pid: int
-    where: str
-
-    @classmethod
-    def capture(cls, e: BaseException, worker_id: int, where: str) -> WorkerError:
-        trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        return cls(
-            type(e).__name__, type(e).__module__, str(e), trace, worker_id, os.getpid(), where
-        )
-
-    def reraise(self) -> None:
-        """Raise it in the consumer: the same class where it can be rebuilt from a message,
-        else RuntimeError, with the worker's traceback in the message (as torch does)."""
-        text = (
-            f"Caught {self.type_name} in fastload worker {self.worker_id} (pid {self.pid}) "
-            f"{self.where}.\nOriginal {self.traceback}"
-        )
-        cls = _exception_class(self.module, self.type_name)
-        try:
-            error = cls(text)
-        except Exception:
-            error = RuntimeError(text)
-        raise error
-
-
-def _exception_class(module: str, name: str) -> type:
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except Exception:
-        return RuntimeError
-    return cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
 
 
 def worker_loop(
@@ -128,8 +57,8 @@ def worker_loop(
     is_process: bool,
     inherited: list = (),
 ) -> None:
-    """Serve tasks from the connection ``tasks`` (lists of Task, or None to stop) and send
-    a list of Results for each on ``results`` (the same duplex pipe, in practice).
+    """Serve tasks from the connection ``tasks`` (lists of BatchTask, or None to stop) and
+    send a list of BatchResults for each on ``results`` (the same duplex pipe, in practice).
     ``inherited``: connections a forked worker got by inheritance and must close."""
     for conn in inherited:
         conn.close()
@@ -151,7 +80,7 @@ def worker_loop(
         except BaseException as e:
             _send(
                 results,
-                [Result(-1, -1, error=WorkerError.capture(e, worker_id, "in worker_init_fn"))],
+                [BatchResult(-1, -1, error=WorkerError.capture(e, worker_id, "in worker_init_fn"))],
             )
             return
     parent = os.getppid()
@@ -222,9 +151,6 @@ def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
 
 
 def _runs_user_code(setup: WorkerSetup) -> bool:
-    from ..read.dataset import Dataset
-    from ..read.mix import Mix
-
     datasets = setup.dataset.datasets if type(setup.dataset) is Mix else [setup.dataset]
     return (
         setup.worker_init_fn is not None
@@ -254,7 +180,11 @@ def _decoded_into(backlog: deque, data: bytes, results, worker_id: int) -> bool:
             e.__cause__ = cause
         _send(
             results,
-            [Result(-1, -1, error=WorkerError.capture(e, worker_id, "while receiving a task"))],
+            [
+                BatchResult(
+                    -1, -1, error=WorkerError.capture(e, worker_id, "while receiving a task")
+                )
+            ],
         )
         return False
 
@@ -281,58 +211,20 @@ def _hint(dataset, message) -> None:
     if not message:
         return
     try:
-        dataset.prefetch(
-            np.concatenate(
-                [
-                    t.indices[
-                        block_share_rows(dataset, t.indices, t.part, t.parts)
-                        if t.by_block
-                        else slice(*t.rows())
-                    ]
-                    for t in message
-                ]
-            )
-        )
+        dataset.prefetch(np.concatenate([split_of(t.split).to_read(dataset, t) for t in message]))
     except Exception:
         pass
 
 
-def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: Task) -> Result:
+def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: BatchTask) -> BatchResult:
     if task.new_slab is not None:
         slabs.add(task.slab, *task.new_slab)
-    share = (task.part, task.parts)
     try:
-        if task.by_block:
-            rows, listed, timings = fill_block_share(
-                setup.dataset, setup.layout, slabs[task.slab], task.indices, *share, setup.skip_bad
-            )
-            return Result(
-                task.batch,
-                task.slab,
-                len(rows),
-                listed,
-                timings,
-                None,
-                *share,
-                timings.pop("bad", None),
-                rows if listed else None,
-            )
-        listed, timings = fill_batch(
-            setup.dataset,
-            setup.layout,
-            slabs[task.slab],
-            task.indices,
-            task.rng_seed,
-            share,
-            setup.skip_bad,
-        )
-        lo, hi = task.rows()
-        return Result(
-            task.batch, task.slab, hi - lo, listed, timings, None, *share, timings.pop("bad", None)
-        )
+        split = split_of(task.split)
+        return split.fill(setup.dataset, setup.layout, slabs[task.slab], task, setup.skip_bad)
     except Exception as e:
         where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
-        return Result(
+        return BatchResult(
             task.batch,
             task.slab,
             error=WorkerError.capture(e, worker_id, where),

@@ -21,12 +21,15 @@ from fastload.loader.layout import BatchLayout
 from fastload.loader.messages import (
     RESULTS,
     TASKS,
+    WorkerError,
     decode,
     encode_results,
     encode_tasks,
 )
+from fastload.loader.messages import BatchResult as Result
+from fastload.loader.messages import BatchTask as Task
 from fastload.loader.pool import WorkerPool
-from fastload.loader.worker import Result, Task, WorkerError
+from fastload.loader.splits import SHARED_BLOCKS
 from fastload.read.gather import RawGather, ResidentGather
 from tests.format.formattools import parse_shard
 
@@ -69,14 +72,14 @@ def test_tasks_round_trip_flat():
         Task(8, 0, np.array([], np.int64), (0, 12345)),
         Task(9, 11, np.arange(16), (2**63, 2)),
         Task(9, 11, np.arange(16), (2**63, 2), part=1, parts=3),  # shares travel flat
-        Task(9, 11, np.arange(16), (2**63, 2), part=2, parts=3, by_block=True),
+        Task(9, 11, np.arange(16), (2**63, 2), part=2, parts=3, split=SHARED_BLOCKS.code),
     ]
     data = encode_tasks(tasks)
     assert data[:4] == TASKS
     got = decode(data)
 
     def fields(t):
-        return (t.batch, t.slab, t.rng_seed, t.new_slab, t.part, t.parts, t.by_block)
+        return (t.batch, t.slab, t.rng_seed, t.new_slab, t.part, t.parts, t.split)
 
     assert [fields(t) for t in got] == [fields(t) for t in tasks]
     for a, b in zip(got, tasks):

@@ -88,7 +88,7 @@ def test_the_general_path_still_refuses_an_out_of_order_state():
 def test_a_resumed_iteration_numbers_its_batches_around_the_skipped_ones(ds_paths):
     """The cursor maps the iteration's i-th batch to the plan's, past the skipped ones: the
     batches sent and their augmentation seeds are the plan's, as in the first run."""
-    from fastload.loader.planning import Cursor
+    from fastload.loader.planned_order import Cursor
 
     plan = planned(fastload.Dataset(ds_paths["none"]))._planner.epoch_plan(0)
     skip = (0, 3, 4, 9)

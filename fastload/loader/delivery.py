@@ -1,0 +1,116 @@
+"""A filled slab handed to the user as a batch: tensors over the slab (no copy) plus the listed
+fields, bad samples dropped under a skip budget, variable-length fields made into tensors,
+and the batch moved to the loader's device. See slabs.py for the slab's lifetime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..format.schema import Schema
+from .badsamples import BadSampleBudget
+from .device import CopiesInFlight, to_device
+from .layout import BatchLayout
+from .messages import BatchResult
+from .slabs import SlabPool
+from .stats import LoaderStats
+from .variable import VariableSpec, collate_variable
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """Hands out the batches of one slab pool. ``collated``: the variable-length fields the
+    consumer makes into tensors (variable.py); ``copies``: batches being copied to the GPU
+    (kept by the loader across new buffers); ``handed``: the iteration's number of the
+    batch handed out last."""
+
+    def __init__(
+        self,
+        layout: BatchLayout,
+        slabs: SlabPool,
+        stats: LoaderStats,
+        *,
+        budget: BadSampleBudget | None,
+        schema: Schema,
+        collated: Mapping[str, VariableSpec],
+        device: torch.device | None,
+        copies: CopiesInFlight | None,
+    ) -> None:
+        self.layout, self.slabs, self.stats = layout, slabs, stats
+        self.budget, self.schema, self.collated = budget, schema, collated
+        self.device, self.copies = device, copies
+        self.handed = 0
+
+    def deliver(self, result: BatchResult) -> Any:
+        """The batch of a filled slab, as tensors over the slab (no copy) plus listed
+        fields. With DALI image fields: an :class:`Unpacked` batch for the DALI stage
+        instead (finished by :meth:`finish` once DALI decoded it)."""
+        start = time.perf_counter()
+        layout = self.layout
+        lease = self.slabs.lease(result.slab)
+        self.handed = result.batch
+        read, bad = result.samples, result.bad or []
+        for name, area in layout.encoded.items():  # a DALI field's images in the slab
+            images = result.listed[name]
+            if images.data is None:
+                images.data = layout.views(lease, read)[area].reshape(-1)
+        kept = None
+        if self.budget is not None:
+            kept = self._skip_bad(result, lease, count=not layout.dali)
+        views = layout.views(lease, result.samples)
+        batch: dict[str, Any] = {}
+        for name in layout.names:
+            if name in views:
+                batch[name] = torch.from_numpy(views[name])
+            else:
+                batch[name] = result.listed[name]
+        del views, lease  # the batch's tensors now own the slab
+        self.stats.stage_seconds["collate"] += time.perf_counter() - start
+        self.stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
+        if layout.dali:
+            from .dalistage import Unpacked
+
+            rows = kept if kept is not None else np.arange(read)
+            return Unpacked(batch, result.batch, read, list(bad), rows)
+        return self.finish(batch)
+
+    def finish(self, batch: dict) -> dict:
+        """A batch's variable-length fields made into tensors, and the batch moved to the
+        loader's device."""
+        if self.collated:
+            start = time.perf_counter()
+            batch = collate_variable(batch, self.collated, self.schema)
+            self.stats.stage_seconds["collate"] += time.perf_counter() - start
+        if self.device is not None:
+            start = time.perf_counter()
+            batch = to_device(batch, self.device, self.copies)
+            self.stats.stage_seconds["transfer"] += time.perf_counter() - start
+        return batch
+
+    def _skip_bad(self, result: BatchResult, slab: np.ndarray, count: bool = True) -> np.ndarray:
+        """Drop ``result``'s skipped rows: the rows after them move up in the slab, listed
+        fields lose them, and (``count``) the budget counts them (raising once it is spent).
+        Returns the rows kept."""
+        n = result.samples
+        if count:
+            self.budget.add(n, result.bad or ())  # (on an error the lease frees the slab)
+        if not result.bad:
+            return np.arange(n)
+        dropped = {row for row, _ in result.bad}
+        keep = np.array([i for i in range(n) if i not in dropped], np.int64)
+        areas = set(self.layout.encoded.values())  # not rows: their DaliBatch takes its own
+        for name, v in self.layout.views(slab, n).items():
+            if name not in areas:
+                v[: len(keep)] = v[keep]
+        result.listed = {
+            name: ([values[i] for i in keep] if isinstance(values, list) else values[keep])
+            for name, values in result.listed.items()
+        }
+        result.samples = len(keep)
+        self.stats.skipped += len(dropped)
+        return keep
