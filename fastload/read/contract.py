@@ -119,9 +119,9 @@ class Readable(Protocol):
     def version(self) -> int:
         """A number that goes up whenever views of storage taken earlier in this process may
         have gone stale: a mapped block let go, a decompressed block dropped from the block
-        cache, a shard opened, the dataset closed or forked. Whoever holds such views (a
-        :class:`BatchGather`) lets go of them when it changes, instead of polling the
-        counters of the layers below."""
+        cache, a shard opened, the dataset closed, a remote one forked. Whoever holds such
+        views (a :class:`BatchGather`) lets go of them when it changes, instead of polling
+        the counters of the layers below."""
         ...
 
     def storage(self) -> list[Storage]:

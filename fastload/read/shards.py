@@ -203,7 +203,8 @@ class ShardSet:
     def version(self) -> int:
         """Goes up whenever views of storage taken earlier in this process may have gone
         stale: a mapped block let go, a decompressed block dropped from the block cache, a
-        shard opened, the dataset closed or forked (see :class:`fastload.read.Readable`)."""
+        shard opened, the dataset closed, a remote one forked (see
+        :class:`fastload.read.Readable`)."""
         self._own()
         store, table = self._store, self._table
         return (
