@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from ..decode.dali import DaliBatchError, DaliDecoder
 from .badsamples import BadSampleBudget
 from .slabs import SlabPool
 from .stats import LoaderStats
-
-if TYPE_CHECKING:
-    from .delivery import Delivery
 
 __all__ = ["Unpacked", "DaliStage"]
 
@@ -88,13 +85,6 @@ class DaliStage:
             if held is not None:  # a break or an error: nothing may stay in a pipeline
                 for decoder in self.decoders.values():
                     decoder.discard()
-
-    def finished(self, batches: Iterator[Unpacked], delivery: Delivery) -> Iterator[dict]:
-        """``batches`` decoded (:meth:`run`) and finished by ``delivery``; DALI runs a batch
-        ahead, so each one's number is the batch handed out."""
-        for number, batch in self.run(batches):
-            delivery.handed = number
-            yield delivery.finish(batch)
 
     def _submit(self, item: Unpacked) -> None:
         for name, decoder in self.decoders.items():

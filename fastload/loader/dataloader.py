@@ -423,7 +423,13 @@ class DataLoader:
             self._dali = DaliStage(
                 self.layout.dali, self.layout.batch_size, self.device, self._budget, self._stats
             )
-        return self._dali.finished(batches, self._delivery)
+        return self._finished(self._dali.run(batches))
+
+    def _finished(self, decoded: Iterator[tuple[int, dict]]) -> Iterator[dict]:
+        for number, batch in decoded:
+            delivery = self._delivery  # (new buffers come with a new one)
+            delivery.handed = number  # DALI ran a batch ahead: this is the one handed out
+            yield delivery.finish(batch)
 
     def _fast_batches(self, base_seed: int) -> Iterator[dict]:
         plan, rng_seed = self._plan(), functools.partial(self._rng_seed, base_seed)

@@ -55,10 +55,17 @@ class Readable(Protocol):
     Every method may be called in a loader worker, a forked or spawned copy of the dataset;
     none keeps anything that a fork would make wrong (what it opened starts afresh there)."""
 
-    schema: Schema
-    #: Whether reads go over the network: read-ahead hints (:meth:`prefetch`) and I/O counters
-    #: (:meth:`io_stats_delta`) are worth their cost per batch only then.
-    remote: bool
+    @property
+    def schema(self) -> Schema | None:
+        """The fields of every record. None where the records have no one schema (a Mix of
+        datasets that differ): the loader then reads them with torch's DataLoader."""
+        ...
+
+    @property
+    def remote(self) -> bool:
+        """Whether reads go over the network: read-ahead hints (:meth:`prefetch`) and I/O
+        counters (:meth:`io_stats_delta`) are worth their cost per batch only then."""
+        ...
 
     def __len__(self) -> int:
         """Samples per epoch (a Dataset: its records; a Mix: its draws per epoch)."""

@@ -62,7 +62,8 @@ def test_dataset_and_mix_have_every_member_of_the_contract(kind, raw_path, zstd_
     ds = fastload.Dataset(raw_path)
     subject = ds if kind == "dataset" else fastload.Mix([ds, fastload.Dataset(zstd_path)])
     members = contract_members()
-    assert {"read_into", "fast_gather", "prefetch", "prepare_workers", "version"} <= set(members)
+    assert {"schema", "remote", "read_into", "fast_gather", "prefetch"} <= set(members)
+    assert {"prepare_workers", "version", "storage", "block_numbers"} <= set(members)
     for name in members:
         assert hasattr(subject, name), name
         declared = getattr(Readable, name, None)
