@@ -98,7 +98,6 @@ class ShardSet:
         self._stale = 0  # counts views retired with a store or table replaced (version)
 
     # -- shards ---------------------------------------------------------------------------
-
     @property
     def shards(self) -> tuple[ShardInfo, ...]:
         return self.manifest.shards
@@ -254,7 +253,6 @@ class ShardSet:
         return self._fs
 
     # -- remote reads -----------------------------------------------------------------------
-
     def _own(self) -> None:
         """Start afresh if this is a forked child of the process that opened things."""
         if self.remote and self._pid != os.getpid():
@@ -399,7 +397,6 @@ class ShardSet:
         return STATS.delta()
 
     # -- lifetime -------------------------------------------------------------------------
-
     def close(self) -> None:
         """Unmap every open shard (the dataset reopens them if used again)."""
         self._retire_views()
