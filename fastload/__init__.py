@@ -1,8 +1,14 @@
 """fastload: fast, verifiable data loading for PyTorch training.
 
-Write datasets with :class:`Writer` (or ``fastload convert``), read them with :class:`Dataset`.
+Write datasets with :class:`Writer`, or from existing data with :func:`convert` (what
+``fastload convert`` runs); read them with :class:`Dataset`.
+
+``fastload.convert`` is the function; its modules stay importable by name
+(``from fastload.convert.parquet import ParquetSource``), but ``import fastload.convert as m``
+binds the function, not the package.
 """
 
+from .convert import ConvertResult, convert
 from .dataset import Dataset
 from .errors import (
     ConvertError,
@@ -63,6 +69,8 @@ __all__ = [
     "Mix",
     "Writer",
     "merge_parts",
+    "convert",
+    "ConvertResult",
     "Schema",
     "Field",
     "EncodedImage",

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -104,7 +103,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="worker processes (default: min(4, CPU count))",
+        help="worker processes (default: min(4, CPU count), as convert())",
     )
     run_group.add_argument(
         "--ray",
@@ -166,13 +165,12 @@ def run(args: argparse.Namespace) -> int:
     from .runner import convert
 
     _setup_logging()
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     try:
         result = convert(
             args.src,
             args.dst,
             source=args.source,
-            workers=workers,
+            workers=args.workers,
             shard_size=args.shard_size,
             block_size=args.block_size,
             compression=args.compression,

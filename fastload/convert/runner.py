@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..format.codec import BlockCompressor
 from ..format.schema import Schema
+from ..io.fs import is_process_local, open_fs
 from ..utils import format_size, parse_size
 from ..writer import DEFAULT_BLOCK_SIZE, DEFAULT_SHARD_SIZE, merge_parts, prepare_destination
 from .auto import open_source
@@ -30,7 +31,7 @@ from .progress import Progress
 from .threads import run_in_threads
 from .worker import TaskResult, WriteOptions, run_task
 
-__all__ = ["convert", "ConvertResult"]
+__all__ = ["convert", "ConvertResult", "default_workers"]
 
 log = logging.getLogger("fastload.convert")
 _MAX_EXAMPLES = 5
@@ -47,6 +48,7 @@ class ConvertResult:
     skip_examples: tuple[str, ...]  # a few reasons records were skipped
     shards: int
     tasks: int
+    workers: int  # processes or threads the tasks ran on (0: on a Ray cluster)
     input_bytes: int
     output_bytes: int
     seconds: float
@@ -80,7 +82,7 @@ def convert(
     dst: str | os.PathLike,
     *,
     source: str = "auto",
-    workers: int = 1,
+    workers: int | None = None,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
     block_size: int | str = DEFAULT_BLOCK_SIZE,
     compression: str = "zstd",
@@ -97,7 +99,8 @@ def convert(
     ``source`` is ``"auto"`` or one of imagefolder, parquet, jsonl, webdataset, tokens;
     ``source_options`` go to it (``seq_len``, ``dtype``, ``overlap`` for tokens;
     ``decode_check`` for images; ``infer_lines`` for jsonl). Input is split into tasks of
-    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process), or
+    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process; None,
+    the default: :func:`default_workers`, as ``fastload convert`` without ``--workers``), or
     with ``ray`` as tasks of a Ray cluster (``True``: the one ``ray.init()`` finds or starts;
     a string: its address), whose nodes must all reach ``src`` and ``dst`` (see cluster.py).
 
@@ -108,7 +111,9 @@ def convert(
     start = time.monotonic()
     src, dst = os.fspath(src), os.fspath(dst)
     opts = _write_options(dst, shard_size, block_size, compression, level, storage_options)
-    if not isinstance(workers, int) or workers < 1:
+    if workers is None:
+        workers = default_workers()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConvertError(f"workers must be a positive integer, got {workers!r}")
     _check_not_nested(src, dst)
     reader = open_source(src, source, shard_size=opts.shard_size, **source_options)
@@ -120,10 +125,12 @@ def convert(
     for note in notes:
         log.info("%s", note)
     prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
+    workers = 0 if ray else min(workers, len(tasks))
+    threads = reader.threads_suffice or _process_local(dst, storage_options)
+    if ray and _process_local(dst, storage_options):
+        raise ConvertError(f"{dst}: a Ray cluster cannot write to this process's memory")
     try:
-        results = _run(
-            reader, schema, tasks, opts, skip_bad, min(workers, len(tasks)), progress, ray
-        )
+        results = _run(reader, schema, tasks, opts, skip_bad, workers, threads, progress, ray)
         manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
@@ -139,11 +146,18 @@ def convert(
         skip_examples=tuple(e for r in results for e in r.skip_examples)[:_MAX_EXAMPLES],
         shards=len(manifest.shards),
         tasks=len(tasks),
+        workers=workers,
         input_bytes=sum(t.input_bytes for t in tasks),
         output_bytes=manifest.bytes,
         seconds=time.monotonic() - start,
         notes=notes,
     )
+
+
+def default_workers() -> int:
+    """The worker processes a convert uses unless told: one per CPU, at most 4 (past that, a
+    convert is usually bound by the disk or the network, not by its CPUs)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _write_options(
@@ -167,6 +181,12 @@ def _write_options(
     return opts
 
 
+def _process_local(url: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether ``url`` is on a filesystem that only this process sees (``memory://``): its
+    tasks then run on threads, which share it."""
+    return "://" in url and is_process_local(open_fs(url, storage_options)[0])
+
+
 def _check_not_nested(src: str, dst: str) -> None:
     """Refuse a local DST inside a SRC directory: the output would become part of the input
     (for an image folder, a new class that shifts every label)."""
@@ -187,10 +207,12 @@ def _run(
     opts: WriteOptions,
     skip_bad: bool,
     workers: int,
+    threads: bool,
     progress: bool,
     ray: bool | str,
 ) -> list[TaskResult]:
-    """Every task's result, in task order, from this process, worker processes or Ray."""
+    """Every task's result, in task order, from this process, worker processes (``threads``:
+    threads of this process) or Ray."""
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():
         if ray:
@@ -198,7 +220,7 @@ def _run(
 
             return run_on_ray(reader, schema, tasks, opts, skip_bad, bar.on_event, ray)
         if workers > 1:
-            run = run_in_threads if reader.threads_suffice else run_in_processes
+            run = run_in_threads if threads else run_in_processes
             return run(reader, schema, tasks, opts, skip_bad, workers, bar.on_event)
         results = []
         for i, task in enumerate(tasks):
