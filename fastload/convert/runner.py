@@ -124,11 +124,11 @@ def convert(
     notes = tuple(reader.notes())
     for note in notes:
         log.info("%s", note)
-    prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
-    workers = 0 if ray else min(workers, len(tasks))
     threads = reader.threads_suffice or _process_local(dst, storage_options)
     if ray and _process_local(dst, storage_options):
         raise ConvertError(f"{dst}: a Ray cluster cannot write to this process's memory")
+    workers = 0 if ray else min(workers, len(tasks))
+    prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
     try:
         results = _run(reader, schema, tasks, opts, skip_bad, workers, threads, progress, ray)
         manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
