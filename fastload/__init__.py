@@ -3,12 +3,13 @@
 Write datasets with :class:`Writer`, or from existing data with :func:`convert` (what
 ``fastload convert`` runs); read them with :class:`Dataset`.
 
-``fastload.convert`` is the function; its modules stay importable by name
-(``from fastload.convert.parquet import ParquetSource``), but ``import fastload.convert as m``
-binds the function, not the package.
+``fastload.convert(src, dst, ...)`` calls :func:`fastload.convert.convert`: the ``convert``
+package is callable, and its modules stay importable (``fastload.convert.parquet``).
 """
 
-from .convert import ConvertResult, convert
+from typing import TYPE_CHECKING
+
+from .convert import ConvertResult
 from .dataset import Dataset
 from .errors import (
     ConvertError,
@@ -28,6 +29,11 @@ from .errors import (
 from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
 from .writer import Writer, merge_parts
+
+if TYPE_CHECKING:  # what a call of fastload.convert(...) is, for type checkers
+    from .convert import convert
+else:
+    from . import convert
 
 __version__ = "0.1.0"
 

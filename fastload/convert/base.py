@@ -8,7 +8,9 @@ A source turns one kind of input into records of one :class:`~fastload.format.sc
   however many workers run;
 - :meth:`Source.read` yields the records of one task, in order. A bad input record is *yielded*
   as a :class:`~fastload.errors.SourceRecordError` (not raised), so the runner can either fail
-  or skip it and carry on with the next record.
+  or skip it and carry on with the next record. Between records it may yield :class:`Consumed`
+  markers, the task's input bytes read so far, which move the progress bar while a task runs
+  (without them it moves when the task ends).
 
 Sources and tasks are plain picklable objects: they are sent to worker processes.
 """
@@ -23,21 +25,34 @@ from typing import Any, TypeVar, Union
 
 from ..errors import ConvertError, SchemaError, SourceRecordError
 from ..format.schema import Field, Schema
+from ..io.inputs import InputFile, Inputs
 
 __all__ = [
     "Record",
     "ReadItem",
+    "Consumed",
     "Task",
     "Source",
     "pack",
     "balanced_target",
     "list_files",
+    "as_inputs",
     "check_field_name",
 ]
 
 Record = dict[str, Any]
-#: What :meth:`Source.read` yields: a record, or the error of one bad input record.
-ReadItem = Union[Record, SourceRecordError]
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """Yielded by :meth:`Source.read` between records: ``bytes`` more input bytes of the task
+    have been read (in the units of :attr:`Task.input_bytes`)."""
+
+    bytes: int
+
+
+#: What :meth:`Source.read` yields: a record, the error of one bad input record, or progress.
+ReadItem = Union[Record, SourceRecordError, Consumed]
 T = TypeVar("T")
 
 
@@ -117,29 +132,20 @@ def balanced_target(total: int, target: int) -> int:
     return max(1, -(-total // groups))
 
 
-def list_files(src: str, suffixes: Iterable[str], *, what: str) -> list[str]:
-    """``src`` itself if it is a file, else every file under the directory ``src`` whose name
-    ends with one of ``suffixes`` (case-insensitive), sorted by relative path.
+def as_inputs(src: str | os.PathLike | Inputs) -> Inputs:
+    """``src`` as :class:`~fastload.io.inputs.Inputs` (a path or URL: with no storage
+    options)."""
+    return src if isinstance(src, Inputs) else Inputs(src)
 
-    Hidden files and folders (names starting with '.') are ignored. Raises ConvertError if
-    nothing matches.
-    """
-    suffixes = tuple(s.lower() for s in suffixes)
-    if os.path.isfile(src):
-        return [src]
-    if not os.path.isdir(src):
-        raise ConvertError(f"{src}: no such file or directory")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(suffixes)
-        ]
-    if not found:
-        raise ConvertError(f"{src}: no {what} files ({', '.join(suffixes)}) found")
-    return sorted(found, key=lambda p: os.path.relpath(p, src).split(os.sep))
+
+def list_files(
+    src: str | os.PathLike | Inputs, suffixes: Iterable[str], *, what: str
+) -> list[InputFile]:
+    """``src`` itself if it is a file; every file under the directory ``src`` whose name
+    ends with one of ``suffixes`` (case-insensitive), sorted by relative path; or the files a
+    glob or brace pattern names. Hidden files and folders (names starting with '.') are
+    ignored. Raises ConvertError if nothing matches."""
+    return as_inputs(src).files(tuple(suffixes), what=what)
 
 
 def check_field_name(name: str, where: str) -> str:

@@ -24,13 +24,17 @@ Convert a dataset into fastload's sharded, compressed, checksummed format.
 
 Input kinds (--from, or detected from SRC):
   imagefolder  SRC/<class>/<image>; fields image, label (class index), filename
-  parquet      .parquet/.arrow/.feather file or directory; one field per column
-  jsonl        .jsonl(.gz) file or directory; schema inferred from the first lines
-  webdataset   .tar file, directory, or brace pattern; one field per extension, plus key
-  tokens       .bin (needs --dtype) or .npy token file; --seq-len tokens per sample
+  parquet      .parquet/.arrow/.feather files, Hugging Face datasets (Parquet, or folders
+               of datasets.save_to_disk); one field per column, Image columns as images,
+               ClassLabel names kept
+  jsonl        .jsonl(.gz) files; schema inferred from the first lines
+  webdataset   .tar files; one field per extension, plus key
+  tokens       .bin (needs --dtype) or .npy token files; --seq-len tokens per sample
 
-DST is a local path or an fsspec URL (s3://, gs://, ...). The output is identical for any
---workers, or with --ray (the tasks on a Ray cluster: every node must reach SRC and DST).
+SRC is a file, a directory, a glob (train-*.parquet) or a brace pattern (shard-{000..099}.tar),
+local or at an fsspec URL (s3://, gs://, hf://, ...); DST a local path or an fsspec URL. The
+output is identical for any --workers, or with --ray (the tasks on a Ray cluster: every node
+must reach SRC and DST).
 Nothing counts as written until the manifest appears, last; an interrupted convert is
 cleaned up by the next one to the same DST.
 """
@@ -42,7 +46,8 @@ examples:
   fastload convert logs/ out/logs --from jsonl --skip-bad
   fastload convert 'shards-{000..099}.tar' out/wds
   fastload convert tokens.bin out/lm --dtype uint16 --seq-len 2048 --overlap
-  fastload convert s3://raw/laion s3://bucket/laion --from webdataset --ray
+  fastload convert 's3://raw/train-*.parquet' s3://bucket/ds --src-storage-options '{"anon": true}'
+  fastload convert 'gs://bucket/wds/shard-{000..099}.tar' out/wds --from webdataset --ray
 """
 
 
@@ -62,7 +67,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="input file, directory or tar brace pattern")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="input file, directory, glob or brace pattern; a path or fsspec URL",
+    )
     p.add_argument("dst", metavar="DST", help="output directory or fsspec URL")
     p.add_argument(
         "--from",
@@ -95,7 +104,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--storage-options",
         metavar="JSON",
         type=_json_object,
-        help="fsspec options for DST, as a JSON object",
+        help="fsspec options for SRC and DST, as a JSON object",
+    )
+    out.add_argument(
+        "--src-storage-options",
+        metavar="JSON",
+        type=_json_object,
+        help="fsspec options for SRC alone (then --storage-options is DST's alone)",
     )
     run_group = p.add_argument_group("running")
     run_group.add_argument(
@@ -178,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
             storage_options=args.storage_options,
+            src_storage_options=args.src_storage_options,
             progress=not args.no_progress,
             decode_check=args.decode_check,
             seq_len=args.seq_len,

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, FastloadError
 from ..format.codec import BlockCompressor
 from ..format.schema import Schema
 from ..io.fs import is_process_local, open_fs
+from ..io.inputs import Inputs
 from ..utils import format_size, parse_size
 from ..writer import DEFAULT_BLOCK_SIZE, DEFAULT_SHARD_SIZE, merge_parts, prepare_destination
 from .auto import open_source
@@ -69,7 +70,7 @@ class ConvertResult:
             f"at {self.dst}",
             f"input {format_size(self.input_bytes)} -> output {format_size(self.output_bytes)} "
             f"in {self.seconds:.1f} s ({self.records_per_second:,.0f} records/s, "
-            f"{self.input_bytes_per_second / 1e6:,.1f} MB/s of input)",
+            f"{format_size(self.input_bytes_per_second)}/s of input)",
         ]
         if self.skipped:
             lines.append(f"skipped {self.skipped:,} bad record(s), e.g.:")
@@ -90,15 +91,22 @@ def convert(
     overwrite: bool = False,
     skip_bad: bool = False,
     storage_options: dict[str, Any] | None = None,
+    src_storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     ray: bool | str = False,
     **source_options: Any,
 ) -> ConvertResult:
-    """Convert ``src`` into a fastload dataset at ``dst`` (a path or fsspec URL).
+    """Convert ``src`` into a fastload dataset at ``dst``.
+
+    ``src`` is a path or fsspec URL (``s3://``, ``gs://``, ``hf://``, ...) of a file or a
+    directory, or a glob or brace pattern of files (``s3://b/train-*.parquet``,
+    ``gs://b/shard-{000..099}.tar``); ``dst`` a path or fsspec URL. ``storage_options`` are
+    the fsspec options of both, unless ``src_storage_options`` gives SRC its own.
 
     ``source`` is ``"auto"`` or one of imagefolder, parquet, jsonl, webdataset, tokens;
     ``source_options`` go to it (``seq_len``, ``dtype``, ``overlap`` for tokens;
-    ``decode_check`` for images; ``infer_lines`` for jsonl). Input is split into tasks of
+    ``decode_check`` for images; ``infer_lines`` for jsonl; ``split`` and ``image_columns``
+    for Parquet/Arrow and Hugging Face datasets). Input is split into tasks of
     about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process; None,
     the default: :func:`default_workers`, as ``fastload convert`` without ``--workers``), or
     with ``ray`` as tasks of a Ray cluster (``True``: the one ``ray.init()`` finds or starts;
@@ -116,7 +124,8 @@ def convert(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConvertError(f"workers must be a positive integer, got {workers!r}")
     _check_not_nested(src, dst)
-    reader = open_source(src, source, shard_size=opts.shard_size, **source_options)
+    inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)
+    reader = open_source(inputs, source, shard_size=opts.shard_size, **source_options)
     schema = reader.schema()
     tasks = reader.tasks()
     if not tasks:
@@ -124,14 +133,17 @@ def convert(
     notes = tuple(reader.notes())
     for note in notes:
         log.info("%s", note)
-    threads = reader.threads_suffice or _process_local(dst, storage_options)
-    if ray and _process_local(dst, storage_options):
-        raise ConvertError(f"{dst}: a Ray cluster cannot write to this process's memory")
+    local_only = _process_local(dst, storage_options) or _process_local(src, inputs.storage_options)
+    if ray and local_only:
+        raise ConvertError(f"{src} -> {dst}: a Ray cluster cannot reach this process's memory")
     workers = 0 if ray else min(workers, len(tasks))
-    prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
+    with _about_destination(dst):
+        prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
     try:
+        threads = reader.threads_suffice or local_only
         results = _run(reader, schema, tasks, opts, skip_bad, workers, threads, progress, ray)
-        manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
+        with _about_destination(dst):
+            manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
         with contextlib.suppress(Exception):
@@ -179,6 +191,20 @@ def _write_options(
     if opts.shard_size <= 0 or opts.block_size <= 0:
         raise ConvertError("shard_size and block_size must be positive")
     return opts
+
+
+@contextlib.contextmanager
+def _about_destination(dst: str) -> Iterator[None]:
+    """A failure inside that is not already one of fastload's (an endpoint that does not
+    answer, credentials refused) becomes a one-line ConvertError naming DST, not a client
+    library's traceback."""
+    try:
+        yield
+    except FastloadError:
+        raise
+    except Exception as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise ConvertError(f"destination {dst}: {type(e).__name__}: {text}") from e
 
 
 def _process_local(url: str, storage_options: dict[str, Any] | None) -> bool:

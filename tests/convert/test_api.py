@@ -21,13 +21,19 @@ def write_jsonl(path, n: int = 400):
     return path
 
 
-def test_top_level_convert_is_the_runner_and_its_modules_still_import():
-    from fastload.convert.parquet import ParquetSource
+def test_top_level_convert_calls_the_runner_and_its_modules_still_import(tmp_path):
+    import inspect
+
+    import fastload.convert.parquet as parquet_module
     from fastload.convert.runner import convert
 
-    assert fastload.convert is convert
+    src = write_jsonl(tmp_path / "in.jsonl", n=10)
+    got = fastload.convert(src, tmp_path / "out", workers=1, progress=False)
+    assert got.records == 10 and got.dst == str(tmp_path / "out")
+    assert inspect.signature(fastload.convert) == inspect.signature(convert)
     assert "convert" in fastload.__all__
-    assert ParquetSource.name == "parquet"
+    assert fastload.convert.convert is convert
+    assert fastload.convert.parquet is parquet_module
 
 
 def test_the_function_and_the_command_use_the_same_number_of_workers(tmp_path):
