@@ -26,6 +26,7 @@ __all__ = [
     "ArrowFile",
     "describe_file",
     "read_units",
+    "sample_columns",
     "WHOLE_FILE",
 ]
 
@@ -99,6 +100,27 @@ def read_units(
                     yield reader.get_batch(i)
             else:
                 yield from reader
+
+
+def sample_columns(inputs: Inputs, f: InputFile, names: list[str], rows: int) -> dict[str, list]:
+    """The first ``rows`` values of the columns ``names`` of ``f``, as Python objects. Reads
+    only those columns' first pages (or, for an IPC stream, its first record batch)."""
+    if is_parquet(f.path):
+        if inputs.local:
+            pf = pq.ParquetFile(f.path)
+        else:  # buffered page reads: a row group's whole column chunk is not needed
+            raw = inputs.open(f.path, size=f.size, buffer_size=0)
+            pf = pq.ParquetFile(raw, buffer_size=1 << 20)
+        if pf.metadata.num_row_groups == 0:
+            return {}
+        batches = pf.iter_batches(batch_size=rows, columns=names, row_groups=[0], use_threads=False)
+        batch = next(iter(batches), None)
+    else:
+        batch = next(iter(read_units(inputs, f, 0, 1, WHOLE_FILE, f.size)), None)
+    if batch is None:
+        return {}
+    batch = batch.slice(0, rows)
+    return {n: batch.column(batch.schema.get_field_index(n)).to_pylist() for n in names}
 
 
 def _parquet_file(inputs: Inputs, f: InputFile) -> pq.ParquetFile:

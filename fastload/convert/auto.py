@@ -98,6 +98,8 @@ def detect_source(src: str | os.PathLike | Inputs) -> str:
             )
         return kinds.pop()  # type: ignore[return-value]
     kinds = _kinds_in(inputs)
+    if kinds == {"parquet", "imagefolder"}:
+        return "parquet"  # a table and the images its rows name by path (Hugging Face's way)
     if len(kinds) == 1:
         return kinds.pop()
     if not kinds:

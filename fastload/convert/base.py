@@ -102,6 +102,16 @@ class Source(ABC):
         """Facts worth printing before and after the convert (class names, dropped tokens)."""
         return []
 
+    def classes(self) -> dict[str, list[str]] | None:
+        """The class names of label fields (``{field: names}``, index = label), kept in the
+        manifest; None when the input names none."""
+        return None
+
+    def features(self) -> dict[str, Any] | None:
+        """The input's own types of its columns (JSON-able, as Hugging Face features are),
+        kept in the manifest; None when the input has none to tell."""
+        return None
+
 
 def pack(items: Sequence[T], sizes: Sequence[int], target: int) -> list[list[T]]:
     """Split ``items`` into consecutive groups of about ``target`` total size each.

@@ -165,6 +165,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="tokens: samples of seq-len+1 tokens, sharing one with the next",
     )
     src.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="parquet: the split to convert of a folder of several (train, validation, test, "
+        "...): a datasets.DatasetDict folder, or data files named by split",
+    )
+    src.add_argument(
+        "--image-columns",
+        default=None,
+        metavar="A,B",
+        help="parquet: exactly these columns hold images ('' for none); default: Hugging "
+        "Face Image features, and binary columns whose sampled values are all JPEG/PNG/WebP",
+    )
+    src.add_argument(
         "--infer-lines",
         type=int,
         default=None,
@@ -200,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             overlap=args.overlap,
             infer_lines=args.infer_lines,
+            split=args.split,
+            image_columns=args.image_columns,
             ray=args.ray,
         )
     except FastloadError as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
@@ -68,7 +69,7 @@ class ImageFolderSource(Source):
         self.root = self.inputs.src
         self.shard_size = shard_size
         self.decode_check = decode_check
-        self.classes = find_classes(self.root, self.inputs)
+        self.class_names = find_classes(self.root, self.inputs)
         self._n_images: int | None = None
 
     def schema(self) -> Schema:
@@ -76,9 +77,9 @@ class ImageFolderSource(Source):
 
     def tasks(self) -> list[Task]:
         if self.inputs.local:
-            files = list_images(self.root, self.classes)
+            files = list_images(self.root, self.class_names)
         else:
-            files = _list_remote_images(self.inputs, self.classes)
+            files = _list_remote_images(self.inputs, self.class_names)
         if not files:
             raise ConvertError(
                 f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders "
@@ -113,11 +114,21 @@ class ImageFolderSource(Source):
             return SourceRecordError(f"{where}: {problem}")
         return {"image": data, "label": f.label, "filename": f.path}
 
+    def classes(self) -> dict[str, list[str]]:
+        return {"label": list(self.class_names)}
+
+    def features(self) -> dict[str, Any]:
+        return {
+            "image": {"_type": "Image"},
+            "label": {"_type": "ClassLabel", "names": list(self.class_names)},
+            "filename": {"_type": "Value", "dtype": "string"},
+        }
+
     def notes(self) -> list[str]:
-        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.classes[:50]))
-        more = f", ... ({len(self.classes)} in all)" if len(self.classes) > 50 else ""
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names[:50]))
+        more = f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 50 else ""
         count = f"{self._n_images} images in " if self._n_images is not None else ""
-        return [f"imagefolder: {count}{len(self.classes)} classes (label=name): {shown}{more}"]
+        return [f"imagefolder: {count}{len(self.class_names)} classes (label=name): {shown}{more}"]
 
 
 def find_classes(root: str, inputs: Inputs | None = None) -> list[str]:

@@ -1,28 +1,39 @@
-"""Parquet and Arrow IPC (``.arrow``/``.feather``) files: one field per column.
+"""Parquet and Arrow IPC (``.arrow``/``.feather``) files, Hugging Face datasets among them.
 
 Input is one file, a directory of them (sorted by relative path; all must have the same
-columns), a glob or a brace pattern, local or at any fsspec URL (see :mod:`.arrow_files`).
-Field types come from the Arrow schema (see :mod:`.arrow_types`). Tasks are runs of
-consecutive row groups (Parquet) or record batches (Arrow IPC) of about ``shard_size``
-compressed input bytes. Fields are not nullable: a null is a bad record naming file, row and
-column.
+columns), a glob or a brace pattern, local or at any fsspec URL (see :mod:`.arrow_files`);
+or a folder ``datasets.save_to_disk`` wrote, and ``split=`` picks one split of a folder
+holding several (see :mod:`.hf`). Each column becomes one field (two for an HF Audio column),
+typed by its Hugging Face feature where the files carry one and by its Arrow type otherwise
+(see :mod:`.columns`). Tasks are runs of consecutive row groups (Parquet) or record batches
+(Arrow IPC) of about ``shard_size`` compressed input bytes. Fields are not nullable: a null is
+a bad record naming file, row and column.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
 from ..io.inputs import InputFile, Inputs
-from .arrow_files import IPC_SUFFIXES, PARQUET_SUFFIXES, WHOLE_FILE, describe_file, read_units
-from .arrow_types import column_values, field_type, null_rows
-from .base import Consumed, ReadItem, Source, Task, as_inputs, check_field_name, list_files, pack
+from .arrow_files import (
+    IPC_SUFFIXES,
+    PARQUET_SUFFIXES,
+    WHOLE_FILE,
+    ArrowFile,
+    describe_file,
+    read_units,
+    sample_columns,
+)
+from .base import Consumed, ReadItem, Source, Task, as_inputs, pack
+from .columns import IMAGE_SAMPLE, Column, Reader, plan_columns
+from .hf import resolve_layout, schema_features
 
 __all__ = ["ParquetSource", "ParquetPiece", "ParquetTask", "SUFFIXES"]
 
@@ -60,37 +71,77 @@ class ParquetTask(Task):
 
 
 class ParquetSource(Source):
-    """Parquet / Arrow IPC tables; see the module docstring."""
+    """Parquet / Arrow IPC tables; see the module docstring.
+
+    ``split``: the split to convert of a folder of several (``"train"``; ``"val"`` and
+    ``"dev"`` name ``"validation"``). ``image_columns``: the columns that hold images,
+    overriding the features and the sampling (a list, or a comma-separated string; empty:
+    none).
+    """
 
     name = "parquet"
 
-    def __init__(self, src: str | os.PathLike | Inputs, *, shard_size: int) -> None:
+    def __init__(
+        self,
+        src: str | os.PathLike | Inputs,
+        *,
+        shard_size: int,
+        split: str | None = None,
+        image_columns: Sequence[str] | str | None = None,
+    ) -> None:
         self.inputs = as_inputs(src)
         self.src = self.inputs.src
         self.shard_size = shard_size
-        listed = list_files(self.inputs, SUFFIXES, what="Parquet/Arrow")
-        self.files = [f.path for f in listed]
+        layout = resolve_layout(self.inputs, split, SUFFIXES)
+        self.split, self.base = layout.split, layout.base
+        self.files = [f.path for f in layout.files]
         # Footers of every file, read once here (concurrently when remote).
-        self._described = self.inputs.map(lambda f: describe_file(self.inputs, f), listed)
+        self._described: list[ArrowFile] = self.inputs.map(
+            lambda f: describe_file(self.inputs, f), layout.files
+        )
         first = self._described[0]
-        self._schema = _fastload_schema(first.schema, first.file.path)
+        self._features = schema_features(first.schema) or layout.info_features
+        self.columns = plan_columns(
+            first.schema,
+            self._features,
+            image_columns=_names(image_columns),
+            sample=lambda names: sample_columns(self.inputs, first.file, names, IMAGE_SAMPLE),
+            where=first.file.path,
+        )
+        self._schema = Schema({n: spec for c in self.columns for n, spec in c.fields})
 
     def schema(self) -> Schema:
         return self._schema
+
+    def classes(self) -> dict[str, list[str]] | None:
+        named = {c.name: list(c.names) for c in self.columns if c.names is not None}
+        return named or None
+
+    def features(self) -> dict[str, Any] | None:
+        return {c.name: c.feature for c in self.columns}
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.split is not None:
+            notes.append(f"parquet: split {self.split!r}: {len(self.files)} file(s)")
+        images = [c.name for c in self.columns if c.kind == "image"]
+        if images:
+            notes.append(f"parquet: image columns {', '.join(images)}")
+        for c in self.columns:
+            if c.names is not None:
+                shown = ", ".join(f"{i}={n}" for i, n in enumerate(c.names[:50]))
+                more = f", ... ({len(c.names)} in all)" if len(c.names) > 50 else ""
+                notes.append(f"parquet: column {c.name!r}: {len(c.names)} classes: {shown}{more}")
+        return notes
 
     def tasks(self) -> list[Task]:
         pieces = [p for d in self._described for p in self._pieces(d)]
         groups = pack(pieces, [p.size for p in pieces], self.shard_size)
         return [ParquetTask(sum(p.size for p in g), _merge(g)) for g in groups]
 
-    def _pieces(self, d) -> list[ParquetPiece]:
-        """One piece per row group / record batch of a file, checking its schema matches."""
-        schema = _fastload_schema(d.schema, d.file.path)
-        if schema != self._schema:
-            raise ConvertError(
-                f"{d.file.path}: its columns {schema.to_dict()} differ from those of "
-                f"{self.files[0]}: {self._schema.to_dict()}"
-            )
+    def _pieces(self, d: ArrowFile) -> list[ParquetPiece]:
+        """One piece per row group / record batch of a file, checking its columns match."""
+        self._check_columns(d)
         if d.rows == (WHOLE_FILE,):
             return [ParquetPiece(d.file, 0, 1, 0, WHOLE_FILE, d.sizes[0])]
         starts = np.concatenate([[0], np.cumsum(d.rows)]).tolist()
@@ -100,22 +151,52 @@ class ParquetSource(Source):
             if d.rows[i]
         ]
 
+    def _check_columns(self, d: ArrowFile) -> None:
+        if d is self._described[0]:
+            return
+        images = [c.name for c in self.columns if c.kind == "image"]
+        try:
+            columns = plan_columns(
+                d.schema, self._features, image_columns=images, sample=dict, where=d.file.path
+            )
+        except ConvertError as e:
+            raise ConvertError(f"{e}; its first file {self.files[0]} converts") from None
+        if _fields(columns) != _fields(self.columns):
+            raise ConvertError(
+                f"{d.file.path}: its columns {_fields(columns)} differ from those of "
+                f"{self.files[0]}: {_fields(self.columns)}"
+            )
+
     def read(self, task: ParquetTask) -> Iterator[ReadItem]:
-        names = self._schema.names
-        specs = [f.spec for f in self._schema]
+        reader = Reader(self.columns, self.inputs, self.base)
         for piece in task.pieces:
             row = piece.first_row
             reported = 0
             for batch in read_units(
                 self.inputs, piece.file, piece.start, piece.stop, piece.rows, piece.size
             ):
-                yield from _batch_records(batch, names, specs, piece.path, row)
+                records, problems = reader.rows(batch)
+                for r in sorted(problems):
+                    yield SourceRecordError(f"{piece.path}: row {row + r}: {problems[r]}")
+                for _, record in records:
+                    yield record
                 row += batch.num_rows
                 if piece.rows != WHOLE_FILE:  # the piece's bytes read, by rows
                     done = piece.size * (row - piece.first_row) // max(1, piece.rows)
                     yield Consumed(done - reported)
                     reported = done
             yield Consumed(piece.size - reported)
+
+
+def _names(columns: Sequence[str] | str | None) -> list[str] | None:
+    """``image_columns`` as a list: a comma-separated string (the CLI's) is split."""
+    if columns is None or not isinstance(columns, str):
+        return None if columns is None else list(columns)
+    return [c.strip() for c in columns.split(",") if c.strip()]
+
+
+def _fields(columns: list[Column]) -> dict[str, str]:
+    return {n: spec for c in columns for n, spec in c.fields}
 
 
 def _merge(pieces: list[ParquetPiece]) -> tuple[ParquetPiece, ...]:
@@ -130,32 +211,3 @@ def _merge(pieces: list[ParquetPiece]) -> tuple[ParquetPiece, ...]:
         else:
             out.append(p)
     return tuple(out)
-
-
-def _batch_records(
-    batch: pa.RecordBatch, names: list[str], specs: list[str], path: str, first_row: int
-) -> Iterator[ReadItem]:
-    """The records of one batch; rows with nulls come out first, as errors."""
-    masks = [(name, null_rows(batch.column(i))) for i, name in enumerate(names)]
-    bad = np.zeros(batch.num_rows, bool)
-    for name, mask in masks:
-        if mask is not None:
-            for r in np.flatnonzero(mask & ~bad):
-                yield SourceRecordError(
-                    f"{path}: row {first_row + int(r)}: column {name!r} is null (or holds a null "
-                    "number); fastload fields are not nullable: fill or drop nulls first"
-                )
-            bad |= mask
-    if bad.any():
-        batch = batch.filter(pa.array(~bad))
-    columns = [column_values(batch.column(i), spec) for i, spec in enumerate(specs)]
-    for values in zip(*columns):
-        yield dict(zip(names, values))
-
-
-def _fastload_schema(schema: pa.Schema, path: str) -> Schema:
-    fields = {}
-    for field in schema:
-        check_field_name(field.name, f"{path}: column")
-        fields[field.name] = field_type(field.name, field.type, path)
-    return Schema(fields)

@@ -128,6 +128,20 @@ class Inputs:
         rel = self._bare(path)[len(self._bare(root)) :].lstrip("/")
         return rel.split("/")
 
+    def base(self) -> str:
+        """The directory SRC's files are relative to: SRC if a directory, else the folder of
+        the file, or of a pattern's fixed start (``s3://b/data`` for
+        ``s3://b/data/train-*.parquet``)."""
+        if self.kind() == "dir":
+            return self.src
+        fixed = self.src
+        if is_pattern(fixed):
+            cut = min(fixed.index(c) for c in ("{", *_GLOB_CHARS) if c in fixed)
+            fixed = fixed[:cut]
+        if self.local:
+            return os.path.dirname(fixed) or "."
+        return fixed.rsplit("/", 1)[0]
+
     def _bare(self, path: str) -> str:
         return self.fs._strip_protocol(path).rstrip("/")
 
