@@ -158,6 +158,29 @@ class Dataset:
         """Identifies the dataset's content (changes if any shard changes)."""
         return self.manifest.fingerprint
 
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names, a label's value indexing them (as torchvision's
+        ``ImageFolder.classes``): those of the field ``label``, else of the first field that
+        has names; None when the dataset names none (``manifest.classes`` has every field's)."""
+        named = self.manifest.classes
+        if not named:
+            return None
+        field = "label" if "label" in named else next(f for f in self.schema.names if f in named)
+        return list(named[field])
+
+    @property
+    def class_to_idx(self) -> dict[str, int] | None:
+        """``{class name: label}``, as torchvision's ``ImageFolder.class_to_idx``."""
+        classes = self.classes
+        return None if classes is None else {name: i for i, name in enumerate(classes)}
+
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """The source's types of its columns as recorded at convert time (Hugging Face
+        features: ``{"label": {"_type": "ClassLabel", "names": [...]}, ...}``), or None."""
+        return self.manifest.features
+
     def shard_reader(self, s: int) -> ShardReader:
         """The reader of shard ``s``, opened (and its index validated) on first use."""
         self._own()

@@ -143,7 +143,13 @@ def convert(
         threads = reader.threads_suffice or local_only
         results = _run(reader, schema, tasks, opts, skip_bad, workers, threads, progress, ray)
         with _about_destination(dst):
-            manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
+            manifest = merge_parts(
+                dst,
+                len(tasks),
+                storage_options=storage_options,
+                classes=reader.classes(),
+                features=reader.features(),
+            )
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
         with contextlib.suppress(Exception):
