@@ -5,8 +5,12 @@ Modules, one job each:
 - ``runner``: :func:`convert`, the entry point, and :class:`ConvertResult`;
 - ``base``: the :class:`Source` contract every input kind implements, and shared helpers;
 - ``auto``: picking a source by name or from the input (:func:`open_source`);
-- ``imagefolder``, ``parquet`` (with ``arrow_types``), ``jsonl``, ``webdataset``, ``tokens``:
-  the sources; ``images``: image validity checks they share;
+- ``imagefolder``, ``parquet``, ``jsonl``, ``webdataset``, ``tokens``: the sources;
+  ``images``: image validity checks they share;
+- for ``parquet``: ``arrow_files`` (Parquet/Arrow files, local or remote: schema, units,
+  batches), ``columns`` (each column to fields, Hugging Face features included),
+  ``arrow_types`` (Arrow types to field types and values), ``hf`` (features in the metadata,
+  ``save_to_disk`` folders, splits);
 - ``worker``: converting one task; ``pool``: running tasks on worker processes;
 - ``progress``: the progress bar; ``cli``: the ``fastload convert`` subcommand.
 
