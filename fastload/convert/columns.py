@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConvertError, FastloadError
+from ..errors import ConvertError
 from ..format.imageinfo import probe_image
 from ..format.schema import SCALAR_DTYPES
 from ..io.inputs import Inputs
@@ -115,7 +115,7 @@ def _column(field: pa.Field, feature: Any, image: bool, where: str) -> Column:
             raise ConvertError(f"{where}: column {name!r} is a ClassLabel without integer labels")
         if not all(isinstance(n, str) for n in names):
             raise ConvertError(f"{where}: column {name!r}: ClassLabel names must be strings")
-        return Column(name, "classlabel", ((name, "int64"),), feature, tuple(names))
+        return Column(name, "classlabel", ((name, "int64"),), feature, tuple(map(str, names)))
     if kind == "Audio" and _bytes_like(typ):
         meta = check_field_name(f"{name}_meta", f"{where}: column")
         return Column(name, "audio", ((name, "bytes"), (meta, "json")), feature)
@@ -204,7 +204,7 @@ class Reader:
             data, paths = col.to_pylist(), [None] * len(col)
         bad: dict[int, str] = {}
         todo = [r for r, d in enumerate(data) if d is None and paths[r]]
-        for r, got in zip(todo, self._read_paths([paths[r] for r in todo])):
+        for r, got in zip(todo, self._read_paths([str(paths[r]) for r in todo])):
             if isinstance(got, str):
                 bad[r] = got
             else:
@@ -218,7 +218,7 @@ class Reader:
                 problem = image_problem(d)
                 if problem:
                     bad[r] = f"is {problem}"
-        return data, paths, bad
+        return data, list(paths), bad
 
     def _read_paths(self, paths: list[str]) -> list[bytes | str]:
         """The bytes of each relative path, or why it is not read."""
@@ -231,7 +231,7 @@ class Reader:
                 out.append(problem)
                 continue
             got = next(it)
-            if isinstance(got, (OSError, FastloadError)):
+            if isinstance(got, Exception):  # an OSError or FastloadError, from cat_many
                 why = getattr(got, "strerror", None) or got
                 out.append(f"has path {full}, which cannot be read ({why})")
             else:
@@ -276,7 +276,7 @@ def _nested_values(
             raise ConvertError(
                 f"column {name!r} is nested {level} deep, its shape {shape} says more"
             )
-        lengths = pc.list_value_length(arr)
+        lengths = pc.call_function("list_value_length", [arr])
         for r in np.unique(
             row_of[np.flatnonzero(lengths.is_null().to_numpy(zero_copy_only=False))]
         ):
@@ -296,11 +296,9 @@ def _nested_values(
     flat = arr.to_numpy(zero_copy_only=False).astype(np.dtype(dtype), copy=False)
     per_row = np.bincount(row_of, minlength=n)
     pieces = np.split(flat, np.cumsum(per_row)[:-1])
-    inner = tuple(d for d in shape[1:])
-    values: list[Any] = [
-        None if r in bad else pieces[r].reshape((-1, *inner) if shape[0] is None else shape)
-        for r in range(n)
-    ]
+    # Past the first, every dimension is fixed (plan_columns made sure of it).
+    row_shape = tuple(-1 if d is None else int(d) for d in shape)
+    values: list[Any] = [None if r in bad else pieces[r].reshape(row_shape) for r in range(n)]
     return {name: values}, bad
 
 
@@ -310,10 +308,10 @@ def _feature_type(feature: Any) -> str | None:
 
 def _array_feature(feature: dict, name: str, where: str) -> tuple[tuple[int | None, ...], str]:
     shape, dtype = feature.get("shape"), feature.get("dtype")
-    ok_shape = (
-        isinstance(shape, list)
-        and shape
-        and all(d is None or (isinstance(d, int) and d >= 0) for d in shape)
+    if not isinstance(shape, list):
+        shape = []
+    ok_shape = bool(shape) and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in shape
     )
     if not ok_shape or None in shape[1:] or dtype not in SCALAR_DTYPES:
         raise ConvertError(

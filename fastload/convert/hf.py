@@ -146,7 +146,7 @@ def _saved_dataset(inputs: Inputs, folder: str, split: str | None) -> Layout:
     names = [e.get("filename") for e in entries or [] if isinstance(e, dict)]
     if not names or not all(_plain_name(n) for n in names) or len(names) != len(entries or []):
         raise ConvertError(f"{state_path}: no list of data files (_data_files) in it")
-    files = [InputFile(p, inputs.size(p)) for p in (inputs.join(folder, n) for n in names)]
+    files = [InputFile(p, inputs.size(p)) for p in (inputs.join(folder, str(n)) for n in names)]
     info_path = inputs.join(folder, "dataset_info.json")
     info = _read_json(inputs, info_path) if inputs.kind(info_path) == "file" else {}
     features = info.get("features") if isinstance(info, dict) else None

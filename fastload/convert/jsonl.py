@@ -115,8 +115,10 @@ class JsonlSource(Source):
     def _open(self, path: str, buffer_size: int | None = None) -> IO[bytes]:
         """``path`` (uncompressed if it ends in .gz), through the inputs' filesystem."""
         kwargs = {} if buffer_size is None else {"buffer_size": buffer_size}
-        raw = self.inputs.open(path, size=self._sizes.get(path), **kwargs)
-        return gzip.GzipFile(fileobj=raw, mode="rb") if path.lower().endswith(".gz") else raw
+        raw: IO[bytes] = self.inputs.open(path, size=self._sizes.get(path), **kwargs)
+        if path.lower().endswith(".gz"):
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return raw
 
     def _read_piece(self, piece: JsonlPiece) -> Iterator[ReadItem]:
         first_line: int | None = None  # counted only when an error needs it

@@ -157,7 +157,11 @@ class ParquetSource(Source):
         images = [c.name for c in self.columns if c.kind == "image"]
         try:
             columns = plan_columns(
-                d.schema, self._features, image_columns=images, sample=dict, where=d.file.path
+                d.schema,
+                self._features,
+                image_columns=images,
+                sample=lambda names: {},
+                where=d.file.path,
             )
         except ConvertError as e:
             raise ConvertError(f"{e}; its first file {self.files[0]} converts") from None

@@ -98,7 +98,7 @@ class Inputs:
     def _open_fs(self):
         if self.local:
             return fsspec.filesystem("file")
-        protocol = fsspec.core.split_protocol(self.src)[0]
+        protocol = fsspec.core.split_protocol(self.src)[0] or "file"
         try:
             fs, _ = fsspec.core.url_to_fs(
                 self.src, **read_fs_options(protocol, self.storage_options)
