@@ -102,6 +102,19 @@ def test_plain_lines_are_rate_limited():
     assert len(out.getvalue().splitlines()) == 1  # only the last: none was due before it
 
 
+def read_until(fd: int, text: str, timeout: float = 10.0) -> str:
+    """What a pseudo-terminal's other end shows, read until ``text`` is in it (the kernel
+    passes writes on to it asynchronously, so one read may not hold them all)."""
+    import select
+    import time
+
+    got, deadline = "", time.monotonic() + timeout
+    while text not in got and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            got += os.read(fd, 65536).decode()
+    return got
+
+
 def test_a_terminal_gets_a_bar_that_moves_before_a_task_ends():
     import fcntl
     import struct
@@ -116,7 +129,7 @@ def test_a_terminal_gets_a_bar_that_moves_before_a_task_ends():
             bar.on_event("progress", (7, 0, 1 << 20))  # a task a quarter read, not done
             bar._draw(0, force=True)
             tty.flush()
-            text = os.read(main, 65536).decode()
+            text = read_until(main, "records")
     os.close(main)
     assert "\r" in text  # redrawn in place
     assert re.search(r"convert\s+25%\|", text), text

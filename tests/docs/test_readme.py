@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.childenv import ROOT, child_env
+
 from .readme_blocks import Block, extract, make_workspace
 
-REPO = Path(__file__).resolve().parents[2]
-BLOCKS = extract((REPO / "README.md").read_text())
+BLOCKS = extract((ROOT / "README.md").read_text())
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -32,9 +33,8 @@ def workspace(tmp_path_factory) -> Path:
 
 def run_block(block: Block, root: Path) -> subprocess.CompletedProcess:
     env = {
-        **os.environ,
+        **child_env(),  # the checkout first on PYTHONPATH
         "PATH": f"{root / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "FASTLOAD_CACHE_DIR": str(root / ".cache"),
         "OMP_NUM_THREADS": "1",
     }
@@ -49,6 +49,7 @@ def run_block(block: Block, root: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the examples together take ~40 s on 2 cores
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"README.md:{b.line}")
 def test_readme_example_runs(block, workspace):
     done = run_block(block, workspace)

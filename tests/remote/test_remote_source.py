@@ -22,11 +22,9 @@ import pytest
 
 import fastload
 from fastload.errors import ConvertError, FastloadError
+from tests.convert.conftest import dir_bytes, jpeg_bytes, make_imagefolder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from convert.conftest import dir_bytes, jpeg_bytes, make_imagefolder
-
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.remote, pytest.mark.slow, pytest.mark.timeout(240)]
 
 KINDS = ["parquet", "imagefolder", "jsonl", "webdataset", "tokens"]
 
@@ -239,7 +237,8 @@ def test_hugging_face_layouts_from_a_bucket(server_kind, request, tmp_path):
     """Images stored by path (read from the bucket, relative to SRC), and a DatasetDict
     folder's split, as from local disk."""
     import datasets
-    from convert.test_hf import check_hf_row, check_row, hf_dataset, hf_table
+
+    from tests.convert.test_hf import check_hf_row, check_row, hf_dataset, hf_table
 
     server = request.getfixturevalue(f"{server_kind}_server")
     (tmp_path / "in" / "table" / "pics").mkdir(parents=True)
@@ -262,6 +261,7 @@ def test_hugging_face_layouts_from_a_bucket(server_kind, request, tmp_path):
         check_hf_row(r, i)
 
 
+@pytest.mark.ray
 def test_remote_source_on_ray(ray_cluster, s3_server, tmp_path):
     rel, options = make_input("parquet", tmp_path / "in")
     bucket = upload(s3_server, tmp_path / "in")
