@@ -44,6 +44,7 @@ examples:
   fastload convert imagenet/train out/imagenet-train --workers 8
   fastload convert data.parquet s3://bucket/ds --storage-options '{"anon": false}'
   fastload convert logs/ out/logs --from jsonl --skip-bad
+  fastload convert ./saved_by_datasets out/hf --split train
   fastload convert 'shards-{000..099}.tar' out/wds
   fastload convert tokens.bin out/lm --dtype uint16 --seq-len 2048 --overlap
   fastload convert 's3://raw/train-*.parquet' s3://bucket/ds --src-storage-options '{"anon": true}'
@@ -142,7 +143,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the result as one JSON object instead of a summary",
     )
-    src = p.add_argument_group("source options")
+    _add_source_options(p.add_argument_group("source options"))
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_source_options(src: Any) -> None:
+    """The options one kind of input takes (``--from``)."""
     src.add_argument(
         "--decode-check",
         action="store_true",
@@ -185,8 +192,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="jsonl: lines to infer the schema from (default: 1000)",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

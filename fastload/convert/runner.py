@@ -125,14 +125,7 @@ def convert(
         raise ConvertError(f"workers must be a positive integer, got {workers!r}")
     _check_not_nested(src, dst)
     inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)
-    reader = open_source(inputs, source, shard_size=opts.shard_size, **source_options)
-    schema = reader.schema()
-    tasks = reader.tasks()
-    if not tasks:
-        raise ConvertError(f"{src}: no records to convert")
-    notes = tuple(reader.notes())
-    for note in notes:
-        log.info("%s", note)
+    reader, schema, tasks, notes = _plan(inputs, source, opts.shard_size, source_options)
     local_only = _process_local(dst, storage_options) or _process_local(src, inputs.storage_options)
     if ray and local_only:
         raise ConvertError(f"{src} -> {dst}: a Ray cluster cannot reach this process's memory")
@@ -170,6 +163,21 @@ def convert(
         seconds=time.monotonic() - start,
         notes=notes,
     )
+
+
+def _plan(
+    inputs: Inputs, source: str, shard_size: int, options: dict[str, Any]
+) -> tuple[Source, Schema, list[Task], tuple[str, ...]]:
+    """The source of ``inputs``, its schema, its tasks and its notes (logged here)."""
+    reader = open_source(inputs, source, shard_size=shard_size, **options)
+    schema = reader.schema()
+    tasks = reader.tasks()
+    if not tasks:
+        raise ConvertError(f"{inputs.src}: no records to convert")
+    notes = tuple(reader.notes())
+    for note in notes:
+        log.info("%s", note)
+    return reader, schema, tasks, notes
 
 
 def default_workers() -> int:
