@@ -1,8 +1,15 @@
 """fastload: fast, verifiable data loading for PyTorch training.
 
-Write datasets with :class:`Writer` (or ``fastload convert``), read them with :class:`Dataset`.
+Write datasets with :class:`Writer`, or from existing data with :func:`convert` (what
+``fastload convert`` runs); read them with :class:`Dataset`.
+
+``fastload.convert(src, dst, ...)`` calls :func:`fastload.convert.convert`: the ``convert``
+package is callable, and its modules stay importable (``fastload.convert.parquet``).
 """
 
+from typing import TYPE_CHECKING
+
+from .convert import ConvertResult
 from .errors import (
     ConvertError,
     CorruptRecordError,
@@ -26,6 +33,11 @@ from .format.imageinfo import EncodedImage
 from .format.schema import Field, Schema
 from .read import Dataset, Mix
 from .writer import Writer, merge_parts
+
+if TYPE_CHECKING:  # what a call of fastload.convert(...) is, for type checkers
+    from .convert import convert
+else:
+    from . import convert
 
 __version__ = "0.1.0"
 
@@ -66,6 +78,8 @@ __all__ = [
     "Mix",
     "Writer",
     "merge_parts",
+    "convert",
+    "ConvertResult",
     "Schema",
     "Field",
     "EncodedImage",

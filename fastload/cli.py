@@ -45,6 +45,15 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _feature_name(feature: Any) -> str | None:
+    """A source column's type in a few words: a Hugging Face feature's ``_type``, an Arrow
+    type, or None."""
+    if not isinstance(feature, dict):
+        return None
+    name = feature.get("_type") or feature.get("arrow")
+    return str(name) if name is not None else "struct"
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     with Dataset(
         args.path,
@@ -64,6 +73,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "options": m.options,
             "schema": ds.schema.to_dict(),
             "fingerprint": ds.fingerprint,
+            "classes": m.classes,
+            "features": m.features,
         }
         sample = ds[0] if len(ds) else None
         if args.json:
@@ -81,7 +92,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("options      " + ", ".join(f"{k}={v}" for k, v in m.options.items()))
         print("schema")
         for f in ds.schema:
-            print(f"  {f.name:<20} {f.spec}")
+            source = _feature_name((m.features or {}).get(f.name))
+            print(f"  {f.name:<20} {f.spec}{f'   (source: {source})' if source else ''}")
+        for field, names in (m.classes or {}).items():
+            shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:20]))
+            more = f", ... ({len(names)} in all)" if len(names) > 20 else ""
+            print(f"classes      {field}: {shown}{more}")
         if sample is not None:
             print("record 0")
             for k, v in sample.items():

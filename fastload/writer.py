@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ConvertError, ManifestError
@@ -38,6 +38,10 @@ class Writer:
 
         with fastload.Writer("out/", {"image": "image", "label": "int64"}) as w:
             w.write({"image": jpeg_bytes, "label": 3})
+
+    ``classes`` (``{"label": ["cat", "dog"]}``: a label field's class names, index = label)
+    and ``features`` (the source's own column types, JSON-able) go into the manifest, where
+    ``Dataset.classes`` and ``Dataset.features`` find them.
     """
 
     def __init__(
@@ -52,8 +56,12 @@ class Writer:
         storage_options: dict[str, Any] | None = None,
         part: int | None = None,
         overwrite: bool = False,
+        classes: Mapping[str, Sequence[str]] | None = None,
+        features: Mapping[str, Any] | None = None,
     ) -> None:
         self.schema = Schema(schema)
+        self._classes = _checked_classes(classes, self.schema)
+        self._features = dict(features) if features is not None else None
         self.shard_size = parse_size(shard_size)
         self.block_size = parse_size(block_size)
         if self.shard_size <= 0 or self.block_size <= 0:
@@ -158,7 +166,13 @@ class Writer:
         if self._shard is not None:
             self._close_shard()
         self._closed = True
-        manifest = Manifest(self.schema, tuple(self._shards), self._options)
+        manifest = Manifest(
+            self.schema,
+            tuple(self._shards),
+            self._options,
+            classes=self._classes,
+            features=self._features,
+        )
         if self.part is None:
             _write_manifest(self.fs, self.root, manifest)
         else:
@@ -195,9 +209,15 @@ def _write_manifest(fs, root: str, manifest: Manifest) -> None:
 
 
 def merge_parts(
-    dst: str | os.PathLike, n_parts: int, *, storage_options: dict[str, Any] | None = None
+    dst: str | os.PathLike,
+    n_parts: int,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    classes: Mapping[str, Sequence[str]] | None = None,
+    features: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """Combine the parts 0..n_parts-1 written by ``Writer(part=k)`` into the dataset manifest.
+    """Combine the parts 0..n_parts-1 written by ``Writer(part=k)`` into the dataset manifest,
+    with ``classes`` and ``features`` (see :class:`Writer`).
 
     The manifest is written last and atomically; the part files are removed afterwards.
     """
@@ -219,11 +239,34 @@ def merge_parts(
         shards.extend(part.shards)
     if schema is None:
         raise ManifestError(f"{root}: nothing to merge (0 parts)")
-    manifest = Manifest(schema, tuple(shards), options)
+    manifest = Manifest(
+        schema,
+        tuple(shards),
+        options,
+        classes=_checked_classes(classes, schema),
+        features=dict(features) if features is not None else None,
+    )
     _write_manifest(fs, root, manifest)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(join(fs, root, PARTS_DIR), recursive=True)
     return manifest
+
+
+def _checked_classes(
+    classes: Mapping[str, Sequence[str]] | None, schema: Schema
+) -> dict[str, list[str]] | None:
+    """``classes`` as the manifest keeps them; a field that is not in the schema, or names
+    that are not strings, are a ValueError."""
+    if classes is None:
+        return None
+    out = {}
+    for name, names in classes.items():
+        if name not in schema:
+            raise ValueError(f"classes: {name!r} is not a field of the schema")
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"classes of {name!r}: give a list of strings")
+        out[name] = list(names)
+    return out
 
 
 def _is_leftover(name: str) -> bool:

@@ -9,7 +9,8 @@ string, large_string, string_view      str
 binary, large_binary, fixed binary     bytes
 fixed_size_list of numbers (nested)    fixed ndarray, e.g. ``float32[3]``, ``uint8[4,4]``
 list / large_list of numbers           variable ndarray ``dtype[?]``
-struct, map, other lists               json (only of JSON-able leaves)
+list of fixed_size_lists of numbers    ``dtype[?,3]`` (a variable first dimension)
+struct, map, other lists               json (only of numbers, bools, strings and nulls)
 dictionary<values=T>                   as T (decoded)
 anything else (timestamps, decimals)   ConvertError naming the column and type
 =====================================  =============================================
@@ -48,12 +49,17 @@ def field_type(name: str, typ: pa.DataType, where: str) -> str:
             return f"{_dtype(leaf)}[{','.join(map(str, shape))}]"
     if (_t.is_list(typ) or _t.is_large_list(typ)) and _is_number(typ.value_type):
         return f"{_dtype(typ.value_type)}[?]"
+    if (_t.is_list(typ) or _t.is_large_list(typ)) and _t.is_fixed_size_list(typ.value_type):
+        shape, leaf = _fixed_shape(typ.value_type)
+        if leaf is not None:
+            return f"{_dtype(leaf)}[?,{','.join(map(str, shape))}]"
     if _json_able(typ):
         return "json"
     raise ConvertError(
         f"{where}: column {name!r} has Arrow type {typ}, which fastload cannot store; cast it "
-        "to a supported type first (numbers, bool, string, binary, lists of numbers, or "
-        "structs/maps/lists of those)"
+        "to a supported type first: numbers, bool, string, binary (alone, or an image as "
+        "{bytes, path}), lists of numbers, or structs, maps and lists holding only numbers, "
+        "bools and strings"
     )
 
 

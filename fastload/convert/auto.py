@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConvertError
+from ..io.inputs import Inputs, expand_braces, is_pattern
 from . import imagefolder, jsonl, parquet, tokens, webdataset
 from .base import Source
 from .images import IMAGE_SUFFIXES
@@ -32,13 +34,23 @@ _SUFFIXES = {
 _SCAN_LIMIT = 10_000
 
 
-def open_source(src: str, source: str = "auto", *, shard_size: int, **options: Any) -> Source:
-    """The source named ``source`` (or detected, for ``"auto"``) reading ``src``.
+def open_source(
+    src: str | os.PathLike | Inputs,
+    source: str = "auto",
+    *,
+    shard_size: int,
+    storage_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> Source:
+    """The source named ``source`` (or detected, for ``"auto"``) reading ``src``: a path, an
+    fsspec URL, a glob or a brace pattern, reached with ``storage_options``.
 
     ``options`` are the source's own keyword arguments (``seq_len``, ``dtype``, ``overlap``,
-    ``decode_check``, ``infer_lines``); one the chosen source does not take is an error.
+    ``decode_check``, ``infer_lines``, ``split``, ``image_columns``); one the chosen source
+    does not take is an error.
     """
-    name = detect_source(src) if source == "auto" else source
+    inputs = src if isinstance(src, Inputs) else Inputs(src, storage_options)
+    name = detect_source(inputs) if source == "auto" else source
     if name not in SOURCES:
         raise ConvertError(f"unknown source {source!r}; choose one of auto, {', '.join(SOURCES)}")
     cls = SOURCES[name]
@@ -54,33 +66,49 @@ def open_source(src: str, source: str = "auto", *, shard_size: int, **options: A
             f"source {name!r} does not take {', '.join(unknown)}; it takes "
             f"{', '.join(takes) or 'no options'}"
         )
-    return cls(src, shard_size=shard_size, **given)
+    return cls(inputs, shard_size=shard_size, **given)
 
 
-def detect_source(src: str) -> str:
+def detect_source(src: str | os.PathLike | Inputs) -> str:
     """The source that fits ``src``, or ConvertError when none or several do."""
-    if "{" in src and not os.path.exists(src):
-        return "webdataset"  # a brace pattern of tar shards
-    if os.path.isfile(src):
-        kind = _kind_of(src)
-        if kind is None:
+    inputs = src if isinstance(src, Inputs) else Inputs(src)
+    kind = inputs.kind()
+    if kind == "missing":
+        raise ConvertError(f"{inputs.src}: no such file or directory")
+    if kind == "file":
+        found = _kind_of(inputs.src)
+        if found is None:
             raise ConvertError(
-                f"{src}: cannot tell the input format from the file name; pass "
+                f"{inputs.src}: cannot tell the input format from the file name; pass "
                 f"--from {{{','.join(SOURCES)}}}"
             )
-        return kind
-    if not os.path.isdir(src):
-        raise ConvertError(f"{src}: no such file or directory")
-    kinds = _kinds_in(src)
+        return found
+    if kind == "pattern":
+        # The names a brace pattern spells say what they are; a glob's matches are listed.
+        names = expand_braces(inputs.src)
+        if any(is_pattern(n) for n in names):
+            names = [f.path for f in inputs.matches(inputs.src)]
+        if not names:
+            raise ConvertError(f"{inputs.src}: no file matches this pattern")
+        kinds = {_kind_of(n) for n in names[:_SCAN_LIMIT]}
+        if len(kinds) != 1 or None in kinds:
+            raise ConvertError(
+                f"{inputs.src}: the files it names are not all of one known kind "
+                f"(e.g. {names[0]}); pass --from {{{','.join(SOURCES)}}}"
+            )
+        return kinds.pop()  # type: ignore[return-value]
+    kinds = _kinds_in(inputs)
+    if kinds == {"parquet", "imagefolder"}:
+        return "parquet"  # a table and the images its rows name by path (Hugging Face's way)
     if len(kinds) == 1:
         return kinds.pop()
     if not kinds:
         raise ConvertError(
-            f"{src}: found no input this command converts (image class folders, "
+            f"{inputs.src}: found no input this command converts (image class folders, "
             f"{', '.join(s for v in _SUFFIXES.values() for s in v)})"
         )
     raise ConvertError(
-        f"{src}: ambiguous input, it holds {' and '.join(sorted(kinds))} data; "
+        f"{inputs.src}: ambiguous input, it holds {' and '.join(sorted(kinds))} data; "
         "pass --from to choose, or point at a narrower path"
     )
 
@@ -93,21 +121,27 @@ def _kind_of(path: str) -> str | None:
     return None
 
 
-def _kinds_in(root: str) -> set[str]:
+def _kinds_in(inputs: Inputs) -> set[str]:
     """The kinds of input under a directory (images count only inside class subfolders)."""
     kinds: set[str] = set()
-    walk = ((d, f) for d, dirs, files in _walk_visible(root) for f in files)
-    for dirpath, name in itertools.islice(walk, _SCAN_LIMIT):
-        kind = _kind_of(name)
-        if kind is None and name.lower().endswith(IMAGE_SUFFIXES) and dirpath != root:
+    for f in itertools.islice(_files_in(inputs), _SCAN_LIMIT):
+        kind = _kind_of(f)
+        parts = inputs.relative(f, inputs.src)
+        if kind is None and f.lower().endswith(IMAGE_SUFFIXES) and len(parts) > 1:
             kind = "imagefolder"
         if kind:
             kinds.add(kind)
     return kinds
 
 
-def _walk_visible(root: str):
-    """os.walk without hidden files and folders, in sorted order."""
-    for dirpath, dirs, files in os.walk(root):
+def _files_in(inputs: Inputs) -> Iterator[str]:
+    """The non-hidden files under SRC: walked lazily where local (a huge folder is only
+    sampled), listed where remote."""
+    if not inputs.local:
+        yield from (f.path for f in inputs.walk(inputs.src))
+        return
+    for dirpath, dirs, files in os.walk(inputs.src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        yield dirpath, dirs, sorted(f for f in files if not f.startswith("."))
+        for f in sorted(files):
+            if not f.startswith("."):
+                yield os.path.join(dirpath, f)

@@ -8,7 +8,9 @@ A source turns one kind of input into records of one :class:`~fastload.format.sc
   however many workers run;
 - :meth:`Source.read` yields the records of one task, in order. A bad input record is *yielded*
   as a :class:`~fastload.errors.SourceRecordError` (not raised), so the runner can either fail
-  or skip it and carry on with the next record.
+  or skip it and carry on with the next record. Between records it may yield :class:`Consumed`
+  markers, the task's input bytes read so far, which move the progress bar while a task runs
+  (without them it moves when the task ends).
 
 Sources and tasks are plain picklable objects: they are sent to worker processes.
 """
@@ -23,21 +25,34 @@ from typing import Any, TypeVar, Union
 
 from ..errors import ConvertError, SchemaError, SourceRecordError
 from ..format.schema import Field, Schema
+from ..io.inputs import InputFile, Inputs
 
 __all__ = [
     "Record",
     "ReadItem",
+    "Consumed",
     "Task",
     "Source",
     "pack",
     "balanced_target",
     "list_files",
+    "as_inputs",
     "check_field_name",
 ]
 
 Record = dict[str, Any]
-#: What :meth:`Source.read` yields: a record, or the error of one bad input record.
-ReadItem = Union[Record, SourceRecordError]
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """Yielded by :meth:`Source.read` between records: ``bytes`` more input bytes of the task
+    have been read (in the units of :attr:`Task.input_bytes`)."""
+
+    bytes: int
+
+
+#: What :meth:`Source.read` yields: a record, the error of one bad input record, or progress.
+ReadItem = Union[Record, SourceRecordError, Consumed]
 T = TypeVar("T")
 
 
@@ -87,6 +102,16 @@ class Source(ABC):
         """Facts worth printing before and after the convert (class names, dropped tokens)."""
         return []
 
+    def classes(self) -> dict[str, list[str]] | None:
+        """The class names of label fields (``{field: names}``, index = label), kept in the
+        manifest; None when the input names none."""
+        return None
+
+    def features(self) -> dict[str, Any] | None:
+        """The input's own types of its columns (JSON-able, as Hugging Face features are),
+        kept in the manifest; None when the input has none to tell."""
+        return None
+
 
 def pack(items: Sequence[T], sizes: Sequence[int], target: int) -> list[list[T]]:
     """Split ``items`` into consecutive groups of about ``target`` total size each.
@@ -117,29 +142,20 @@ def balanced_target(total: int, target: int) -> int:
     return max(1, -(-total // groups))
 
 
-def list_files(src: str, suffixes: Iterable[str], *, what: str) -> list[str]:
-    """``src`` itself if it is a file, else every file under the directory ``src`` whose name
-    ends with one of ``suffixes`` (case-insensitive), sorted by relative path.
+def as_inputs(src: str | os.PathLike | Inputs) -> Inputs:
+    """``src`` as :class:`~fastload.io.inputs.Inputs` (a path or URL: with no storage
+    options)."""
+    return src if isinstance(src, Inputs) else Inputs(src)
 
-    Hidden files and folders (names starting with '.') are ignored. Raises ConvertError if
-    nothing matches.
-    """
-    suffixes = tuple(s.lower() for s in suffixes)
-    if os.path.isfile(src):
-        return [src]
-    if not os.path.isdir(src):
-        raise ConvertError(f"{src}: no such file or directory")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(suffixes)
-        ]
-    if not found:
-        raise ConvertError(f"{src}: no {what} files ({', '.join(suffixes)}) found")
-    return sorted(found, key=lambda p: os.path.relpath(p, src).split(os.sep))
+
+def list_files(
+    src: str | os.PathLike | Inputs, suffixes: Iterable[str], *, what: str
+) -> list[InputFile]:
+    """``src`` itself if it is a file; every file under the directory ``src`` whose name
+    ends with one of ``suffixes`` (case-insensitive), sorted by relative path; or the files a
+    glob or brace pattern names. Hidden files and folders (names starting with '.') are
+    ignored. Raises ConvertError if nothing matches."""
+    return as_inputs(src).files(tuple(suffixes), what=what)
 
 
 def check_field_name(name: str, where: str) -> str:

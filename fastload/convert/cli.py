@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -25,13 +24,17 @@ Convert a dataset into fastload's sharded, compressed, checksummed format.
 
 Input kinds (--from, or detected from SRC):
   imagefolder  SRC/<class>/<image>; fields image, label (class index), filename
-  parquet      .parquet/.arrow/.feather file or directory; one field per column
-  jsonl        .jsonl(.gz) file or directory; schema inferred from the first lines
-  webdataset   .tar file, directory, or brace pattern; one field per extension, plus key
-  tokens       .bin (needs --dtype) or .npy token file; --seq-len tokens per sample
+  parquet      .parquet/.arrow/.feather files, Hugging Face datasets (Parquet, or folders
+               of datasets.save_to_disk); one field per column, Image columns as images,
+               ClassLabel names kept
+  jsonl        .jsonl(.gz) files; schema inferred from the first lines
+  webdataset   .tar files; one field per extension, plus key
+  tokens       .bin (needs --dtype) or .npy token files; --seq-len tokens per sample
 
-DST is a local path or an fsspec URL (s3://, gs://, ...). The output is identical for any
---workers, or with --ray (the tasks on a Ray cluster: every node must reach SRC and DST).
+SRC is a file, a directory, a glob (train-*.parquet) or a brace pattern (shard-{000..099}.tar),
+local or at an fsspec URL (s3://, gs://, hf://, ...); DST a local path or an fsspec URL. The
+output is identical for any --workers, or with --ray (the tasks on a Ray cluster: every node
+must reach SRC and DST).
 Nothing counts as written until the manifest appears, last; an interrupted convert is
 cleaned up by the next one to the same DST.
 """
@@ -41,9 +44,11 @@ examples:
   fastload convert imagenet/train out/imagenet-train --workers 8
   fastload convert data.parquet s3://bucket/ds --storage-options '{"anon": false}'
   fastload convert logs/ out/logs --from jsonl --skip-bad
+  fastload convert ./saved_by_datasets out/hf --split train
   fastload convert 'shards-{000..099}.tar' out/wds
   fastload convert tokens.bin out/lm --dtype uint16 --seq-len 2048 --overlap
-  fastload convert s3://raw/laion s3://bucket/laion --from webdataset --ray
+  fastload convert 's3://raw/train-*.parquet' s3://bucket/ds --src-storage-options '{"anon": true}'
+  fastload convert 'gs://bucket/wds/shard-{000..099}.tar' out/wds --from webdataset --ray
 """
 
 
@@ -63,7 +68,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="input file, directory or tar brace pattern")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="input file, directory, glob or brace pattern; a path or fsspec URL",
+    )
     p.add_argument("dst", metavar="DST", help="output directory or fsspec URL")
     p.add_argument(
         "--from",
@@ -96,7 +105,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--storage-options",
         metavar="JSON",
         type=_json_object,
-        help="fsspec options for DST, as a JSON object",
+        help="fsspec options for SRC and DST, as a JSON object",
+    )
+    out.add_argument(
+        "--src-storage-options",
+        metavar="JSON",
+        type=_json_object,
+        help="fsspec options for SRC alone (then --storage-options is DST's alone)",
     )
     run_group = p.add_argument_group("running")
     run_group.add_argument(
@@ -104,7 +119,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="worker processes (default: min(4, CPU count))",
+        help="worker processes (default: min(4, CPU count), as convert())",
     )
     run_group.add_argument(
         "--ray",
@@ -128,7 +143,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the result as one JSON object instead of a summary",
     )
-    src = p.add_argument_group("source options")
+    _add_source_options(p.add_argument_group("source options"))
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_source_options(src: Any) -> None:
+    """The options one kind of input takes (``--from``)."""
     src.add_argument(
         "--decode-check",
         action="store_true",
@@ -151,14 +172,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="tokens: samples of seq-len+1 tokens, sharing one with the next",
     )
     src.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="parquet: the split to convert of a folder of several (train, validation, test, "
+        "...): a datasets.DatasetDict folder, or data files named by split",
+    )
+    src.add_argument(
+        "--image-columns",
+        default=None,
+        metavar="A,B",
+        help="parquet: exactly these columns hold images ('' for none); default: Hugging "
+        "Face Image features, and binary columns whose sampled values are all JPEG/PNG/WebP",
+    )
+    src.add_argument(
         "--infer-lines",
         type=int,
         default=None,
         metavar="N",
         help="jsonl: lines to infer the schema from (default: 1000)",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,13 +199,12 @@ def run(args: argparse.Namespace) -> int:
     from .runner import convert
 
     _setup_logging()
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     try:
         result = convert(
             args.src,
             args.dst,
             source=args.source,
-            workers=workers,
+            workers=args.workers,
             shard_size=args.shard_size,
             block_size=args.block_size,
             compression=args.compression,
@@ -180,12 +212,15 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
             storage_options=args.storage_options,
+            src_storage_options=args.src_storage_options,
             progress=not args.no_progress,
             decode_check=args.decode_check,
             seq_len=args.seq_len,
             dtype=args.dtype,
             overlap=args.overlap,
             infer_lines=args.infer_lines,
+            split=args.split,
+            image_columns=args.image_columns,
             ray=args.ray,
         )
     except FastloadError as e:

@@ -74,7 +74,7 @@ def run_on_ray(
                     results[index] = value
                     for example in value.skip_examples:
                         on_event("skip", example)
-                    on_event("records", (value.records, value.skipped))
+                    on_event("progress", (value.records, value.skipped, value.input_bytes))
                     on_event("done", value)
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C or SIGTERM: a cluster started here is stopped, its workers with it (a

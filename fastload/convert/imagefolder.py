@@ -7,6 +7,9 @@ directly under root.
 
 Symlinks are followed only while they stay inside root; one that leads outside is a bad record
 (an error, or skipped under ``skip_bad``), never read.
+
+root may be a URL (``s3://bucket/train``): its "subfolders" are the prefixes the object store
+lists under it, and a task's images are fetched concurrently.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
-from .base import ReadItem, Source, Task, pack
+from ..io.inputs import Inputs
+from .base import Consumed, ReadItem, Source, Task, as_inputs, pack
 from .images import IMAGE_SUFFIXES, image_problem
 
 __all__ = ["ImageFolderSource", "ImageFile", "ImageFolderTask", "find_classes"]
 
 SCHEMA = Schema({"image": "image", "label": "int64", "filename": "str"})
+_FETCH_AT_ONCE = 64  # remote images fetched concurrently
 
 
 @dataclass(frozen=True)
@@ -52,20 +58,28 @@ class ImageFolderSource(Source):
 
     name = "imagefolder"
 
-    def __init__(self, root: str, *, shard_size: int, decode_check: bool = False) -> None:
-        if not os.path.isdir(root):
-            raise ConvertError(f"{root}: not a directory (imagefolder expects root/<class>/<file>)")
-        self.root = os.path.abspath(root)
+    def __init__(
+        self, root: str | os.PathLike | Inputs, *, shard_size: int, decode_check: bool = False
+    ) -> None:
+        self.inputs = as_inputs(root)
+        if self.inputs.kind() != "dir":
+            raise ConvertError(
+                f"{self.inputs.src}: not a directory (imagefolder expects root/<class>/<file>)"
+            )
+        self.root = self.inputs.src
         self.shard_size = shard_size
         self.decode_check = decode_check
-        self.classes = find_classes(self.root)
+        self.class_names = find_classes(self.root, self.inputs)
         self._n_images: int | None = None
 
     def schema(self) -> Schema:
         return SCHEMA
 
     def tasks(self) -> list[Task]:
-        files = list_images(self.root, self.classes)
+        if self.inputs.local:
+            files = list_images(self.root, self.class_names)
+        else:
+            files = _list_remote_images(self.inputs, self.class_names)
         if not files:
             raise ConvertError(
                 f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders "
@@ -76,34 +90,50 @@ class ImageFolderSource(Source):
         return [ImageFolderTask(sum(f.size for f in g), self.root, tuple(g)) for g in groups]
 
     def read(self, task: ImageFolderTask) -> Iterator[ReadItem]:
-        for f in task.files:
-            where = os.path.join(self.root, *f.path.split("/"))
-            if f.problem:
-                yield SourceRecordError(f"{where}: {f.problem}")
-                continue
-            try:
-                with open(where, "rb") as fh:
-                    data = fh.read()
-            except OSError as e:
-                yield SourceRecordError(f"{where}: cannot be read ({e.strerror or e})")
-                continue
-            problem = image_problem(data, decode=self.decode_check)
-            if problem:
-                yield SourceRecordError(f"{where}: {problem}")
-                continue
-            yield {"image": data, "label": f.label, "filename": f.path}
+        step = 1 if self.inputs.local else _FETCH_AT_ONCE
+        for start in range(0, len(task.files), step):
+            files = task.files[start : start + step]
+            paths = [self._path(f) for f in files]
+            readable = [p for f, p in zip(files, paths) if not f.problem]
+            contents = iter(self.inputs.cat_many(readable))
+            for f, where in zip(files, paths):
+                yield self._record(f, where, None if f.problem else next(contents))
+                yield Consumed(f.size)
+
+    def _path(self, f: ImageFile) -> str:
+        return self.inputs.join(self.root, *f.path.split("/"))
+
+    def _record(self, f: ImageFile, where: str, data: bytes | Exception | None) -> ReadItem:
+        if f.problem or data is None:
+            return SourceRecordError(f"{where}: {f.problem}")
+        if isinstance(data, Exception):
+            why = getattr(data, "strerror", None) or data
+            return SourceRecordError(f"{where}: cannot be read ({why})")
+        problem = image_problem(data, decode=self.decode_check)
+        if problem:
+            return SourceRecordError(f"{where}: {problem}")
+        return {"image": data, "label": f.label, "filename": f.path}
+
+    def classes(self) -> dict[str, list[str]]:
+        return {"label": list(self.class_names)}
+
+    def features(self) -> dict[str, Any]:
+        return {
+            "image": {"_type": "Image"},
+            "label": {"_type": "ClassLabel", "names": list(self.class_names)},
+            "filename": {"_type": "Value", "dtype": "string"},
+        }
 
     def notes(self) -> list[str]:
-        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.classes[:50]))
-        more = f", ... ({len(self.classes)} in all)" if len(self.classes) > 50 else ""
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names[:50]))
+        more = f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 50 else ""
         count = f"{self._n_images} images in " if self._n_images is not None else ""
-        return [f"imagefolder: {count}{len(self.classes)} classes (label=name): {shown}{more}"]
+        return [f"imagefolder: {count}{len(self.class_names)} classes (label=name): {shown}{more}"]
 
 
-def find_classes(root: str) -> list[str]:
+def find_classes(root: str, inputs: Inputs | None = None) -> list[str]:
     """The sorted names of root's (non-hidden) subfolders, as torchvision's ImageFolder finds."""
-    with os.scandir(root) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    classes = (inputs or Inputs(root)).subdirs(root)
     if not classes:
         raise ConvertError(f"{root}: no class subfolders (imagefolder expects root/<class>/<file>)")
     return classes
@@ -115,6 +145,17 @@ def list_images(root: str, classes: list[str]) -> list[ImageFile]:
     files: list[ImageFile] = []
     for label, name in enumerate(classes):
         _walk(root, real_root, name, label, files, active=set())
+    return files
+
+
+def _list_remote_images(inputs: Inputs, classes: list[str]) -> list[ImageFile]:
+    """Every image under the class prefixes of a remote root, sorted as locally."""
+    files: list[ImageFile] = []
+    for label, name in enumerate(classes):
+        for f in inputs.walk(inputs.join(inputs.src, name)):
+            if f.path.lower().endswith(IMAGE_SUFFIXES):
+                rel = "/".join([name, *inputs.relative(f.path, inputs.join(inputs.src, name))])
+                files.append(ImageFile(rel, label, f.size))
     return files
 
 

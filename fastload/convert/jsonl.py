@@ -9,7 +9,8 @@ keys were first seen.
 
 A later line that does not fit (invalid JSON, not an object, a missing or unknown key, a value
 of the wrong type) is a bad record naming the file and line number. Plain files are split into
-tasks at line boundaries; a gzipped file is one task.
+tasks at line boundaries; a gzipped file is one task. Files may be remote (any fsspec URL): a
+task then reads its byte range of the file, in large ranged GETs.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
-from .base import ReadItem, Source, Task, check_field_name, list_files, pack
+from ..io.inputs import Inputs
+from .base import Consumed, ReadItem, Source, Task, as_inputs, check_field_name, list_files, pack
 
 __all__ = ["JsonlSource", "JsonlPiece", "JsonlTask", "infer_schema", "SUFFIXES"]
 
 SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_REPORT_BYTES = 1 << 20  # progress is reported every this many bytes read
+_PROBE_BYTES = 64 << 10
 # The list kinds (_json_type) a value of each inferred array type may be.
 _LISTS = {"int64[?]": {"list[]", "list[int]"}, "float64[?]": {"list[]", "list[int]", "list[num]"}}
 _LIST_NAMES = {
@@ -73,12 +77,17 @@ class JsonlSource(Source):
 
     name = "jsonl"
 
-    def __init__(self, src: str, *, shard_size: int, infer_lines: int = 1000) -> None:
+    def __init__(
+        self, src: str | os.PathLike | Inputs, *, shard_size: int, infer_lines: int = 1000
+    ) -> None:
         if infer_lines < 1:
             raise ConvertError(f"infer_lines must be at least 1, got {infer_lines}")
         self.shard_size = shard_size
-        self.files = list_files(src, SUFFIXES, what="JSON Lines")
-        self._schema, self.optional = infer_schema(self.files, infer_lines)
+        self.inputs = as_inputs(src)
+        listed = list_files(self.inputs, SUFFIXES, what="JSON Lines")
+        self.files = [f.path for f in listed]
+        self._sizes = {f.path: f.size for f in listed}
+        self._schema, self.optional = infer_schema(self.files, infer_lines, self._open)
         # Each typed field's allowed Python types; json fields accept any value.
         self._checks = [
             (f.name, f.spec, _ALLOWED[f.spec]) for f in self._schema if f.spec in _ALLOWED
@@ -91,7 +100,11 @@ class JsonlSource(Source):
         return self._schema
 
     def tasks(self) -> list[Task]:
-        pieces = [p for path in self.files for p in split_lines(path, self.shard_size)]
+        pieces = [
+            p
+            for path in self.files
+            for p in split_lines(path, self.shard_size, self._open, self._sizes[path])
+        ]
         groups = pack(pieces, [p.size for p in pieces], self.shard_size)
         return [JsonlTask(sum(p.size for p in g), tuple(g)) for g in groups]
 
@@ -99,15 +112,29 @@ class JsonlSource(Source):
         for piece in task.pieces:
             yield from self._read_piece(piece)
 
+    def _open(self, path: str, buffer_size: int | None = None) -> IO[bytes]:
+        """``path`` (uncompressed if it ends in .gz), through the inputs' filesystem."""
+        kwargs = {} if buffer_size is None else {"buffer_size": buffer_size}
+        raw: IO[bytes] = self.inputs.open(path, size=self._sizes.get(path), **kwargs)
+        if path.lower().endswith(".gz"):
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return raw
+
     def _read_piece(self, piece: JsonlPiece) -> Iterator[ReadItem]:
         first_line: int | None = None  # counted only when an error needs it
-        with _open(piece.path) as f:
+        raw = self.inputs.open(piece.path, size=self._sizes.get(piece.path))
+        gz = piece.path.lower().endswith(".gz")
+        with raw, gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw as f:
             f.seek(piece.start)
-            pos = piece.start
+            pos = reported = piece.start
             for i, line in enumerate(f):
                 if piece.stop >= 0 and pos >= piece.stop:
                     break
                 pos += len(line)
+                read = raw.tell() if gz else pos  # bytes of the file, compressed or not
+                if read - reported >= _REPORT_BYTES:
+                    yield Consumed(read - reported)
+                    reported = read
                 if not line.strip():
                     continue
                 record, problem = self._parse(line)
@@ -115,7 +142,7 @@ class JsonlSource(Source):
                     yield record
                     continue
                 if first_line is None:
-                    first_line = _count_lines(piece.path, piece.start) + 1
+                    first_line = _count_lines(self._open(piece.path), piece.start) + 1
                 yield SourceRecordError(f"{piece.path} line {first_line + i}: {problem}")
 
     def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -164,13 +191,17 @@ class JsonlSource(Source):
         )
 
 
-def infer_schema(files: list[str], n_lines: int) -> tuple[Schema, frozenset[str]]:
-    """The schema of the first ``n_lines`` parseable object lines, and its optional keys."""
+def infer_schema(
+    files: list[str], n_lines: int, opener: Callable[[str], IO[bytes]] | None = None
+) -> tuple[Schema, frozenset[str]]:
+    """The schema of the first ``n_lines`` parseable object lines, and its optional keys
+    (``opener(path)`` opens a file, uncompressed; default: local files)."""
+    opener = opener or _open
     kinds: dict[str, set[str]] = {}  # key -> JSON types seen, keys in first-seen order
     counts: dict[str, int] = {}
     seen = 0
     for path in files:
-        with _open(path) as f:
+        with opener(path) as f:
             for line in f:
                 if seen >= n_lines:
                     break
@@ -234,12 +265,20 @@ def _list_type(value: list) -> str:
     return "list[num]" if types <= {int, float} else "list"
 
 
-def split_lines(path: str, target: int) -> list[JsonlPiece]:
-    """A file cut into pieces of about ``target`` bytes at line starts (gzip: one piece)."""
-    size = os.path.getsize(path)
+def split_lines(
+    path: str,
+    target: int,
+    opener: Callable[..., IO[bytes]] | None = None,
+    size: int | None = None,
+) -> list[JsonlPiece]:
+    """A file cut into pieces of about ``target`` bytes at line starts (gzip: one piece).
+    ``opener(path, buffer_size)`` opens it (default: a local file)."""
+    size = os.path.getsize(path) if size is None else size
     if path.lower().endswith(".gz"):
         return [JsonlPiece(path, 0, -1, size)] if size else []
-    with open(path, "rb") as f:
+    # Each cut reads from a target offset to the end of its line: small reads, not 4 MiB.
+    f = opener(path, _PROBE_BYTES) if opener else open(path, "rb")
+    with f:
         cuts = [0]
         while cuts[-1] + target < size:
             f.seek(cuts[-1] + target - 1)
@@ -250,10 +289,10 @@ def split_lines(path: str, target: int) -> list[JsonlPiece]:
     return [JsonlPiece(path, a, b, b - a) for a, b in zip(cuts, cuts[1:])]
 
 
-def _count_lines(path: str, end: int) -> int:
-    """The number of newlines in the first ``end`` bytes of a file."""
+def _count_lines(f: IO[bytes], end: int) -> int:
+    """The number of newlines in the first ``end`` bytes of an open file (closed after)."""
     n, left = 0, end
-    with open(path, "rb") as f:
+    with f:
         while left > 0:
             chunk = f.read(min(left, 16 << 20))
             if not chunk:

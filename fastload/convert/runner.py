@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, FastloadError
 from ..format.codec import BlockCompressor
 from ..format.schema import Schema
+from ..io.fs import is_process_local, open_fs
+from ..io.inputs import Inputs
 from ..utils import format_size, parse_size
 from ..writer import DEFAULT_BLOCK_SIZE, DEFAULT_SHARD_SIZE, merge_parts, prepare_destination
 from .auto import open_source
@@ -30,7 +32,7 @@ from .progress import Progress
 from .threads import run_in_threads
 from .worker import TaskResult, WriteOptions, run_task
 
-__all__ = ["convert", "ConvertResult"]
+__all__ = ["convert", "ConvertResult", "default_workers"]
 
 log = logging.getLogger("fastload.convert")
 _MAX_EXAMPLES = 5
@@ -47,6 +49,7 @@ class ConvertResult:
     skip_examples: tuple[str, ...]  # a few reasons records were skipped
     shards: int
     tasks: int
+    workers: int  # processes or threads the tasks ran on (0: on a Ray cluster)
     input_bytes: int
     output_bytes: int
     seconds: float
@@ -67,7 +70,7 @@ class ConvertResult:
             f"at {self.dst}",
             f"input {format_size(self.input_bytes)} -> output {format_size(self.output_bytes)} "
             f"in {self.seconds:.1f} s ({self.records_per_second:,.0f} records/s, "
-            f"{self.input_bytes_per_second / 1e6:,.1f} MB/s of input)",
+            f"{format_size(self.input_bytes_per_second)}/s of input)",
         ]
         if self.skipped:
             lines.append(f"skipped {self.skipped:,} bad record(s), e.g.:")
@@ -80,7 +83,7 @@ def convert(
     dst: str | os.PathLike,
     *,
     source: str = "auto",
-    workers: int = 1,
+    workers: int | None = None,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
     block_size: int | str = DEFAULT_BLOCK_SIZE,
     compression: str = "zstd",
@@ -88,16 +91,24 @@ def convert(
     overwrite: bool = False,
     skip_bad: bool = False,
     storage_options: dict[str, Any] | None = None,
+    src_storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     ray: bool | str = False,
     **source_options: Any,
 ) -> ConvertResult:
-    """Convert ``src`` into a fastload dataset at ``dst`` (a path or fsspec URL).
+    """Convert ``src`` into a fastload dataset at ``dst``.
+
+    ``src`` is a path or fsspec URL (``s3://``, ``gs://``, ``hf://``, ...) of a file or a
+    directory, or a glob or brace pattern of files (``s3://b/train-*.parquet``,
+    ``gs://b/shard-{000..099}.tar``); ``dst`` a path or fsspec URL. ``storage_options`` are
+    the fsspec options of both, unless ``src_storage_options`` gives SRC its own.
 
     ``source`` is ``"auto"`` or one of imagefolder, parquet, jsonl, webdataset, tokens;
     ``source_options`` go to it (``seq_len``, ``dtype``, ``overlap`` for tokens;
-    ``decode_check`` for images; ``infer_lines`` for jsonl). Input is split into tasks of
-    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process), or
+    ``decode_check`` for images; ``infer_lines`` for jsonl; ``split`` and ``image_columns``
+    for Parquet/Arrow and Hugging Face datasets). Input is split into tasks of
+    about ``shard_size`` input bytes, run on ``workers`` processes (1: in this process; None,
+    the default: :func:`default_workers`, as ``fastload convert`` without ``--workers``), or
     with ``ray`` as tasks of a Ray cluster (``True``: the one ``ray.init()`` finds or starts;
     a string: its address), whose nodes must all reach ``src`` and ``dst`` (see cluster.py).
 
@@ -108,23 +119,30 @@ def convert(
     start = time.monotonic()
     src, dst = os.fspath(src), os.fspath(dst)
     opts = _write_options(dst, shard_size, block_size, compression, level, storage_options)
-    if not isinstance(workers, int) or workers < 1:
+    if workers is None:
+        workers = default_workers()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConvertError(f"workers must be a positive integer, got {workers!r}")
     _check_not_nested(src, dst)
-    reader = open_source(src, source, shard_size=opts.shard_size, **source_options)
-    schema = reader.schema()
-    tasks = reader.tasks()
-    if not tasks:
-        raise ConvertError(f"{src}: no records to convert")
-    notes = tuple(reader.notes())
-    for note in notes:
-        log.info("%s", note)
-    prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
+    inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)
+    reader, schema, tasks, notes = _plan(inputs, source, opts.shard_size, source_options)
+    local_only = _process_local(dst, storage_options) or _process_local(src, inputs.storage_options)
+    if ray and local_only:
+        raise ConvertError(f"{src} -> {dst}: a Ray cluster cannot reach this process's memory")
+    workers = 0 if ray else min(workers, len(tasks))
+    with _about_destination(dst):
+        prepare_destination(dst, overwrite=overwrite, storage_options=storage_options)
     try:
-        results = _run(
-            reader, schema, tasks, opts, skip_bad, min(workers, len(tasks)), progress, ray
-        )
-        manifest = merge_parts(dst, len(tasks), storage_options=storage_options)
+        threads = reader.threads_suffice or local_only
+        results = _run(reader, schema, tasks, opts, skip_bad, workers, threads, progress, ray)
+        with _about_destination(dst):
+            manifest = merge_parts(
+                dst,
+                len(tasks),
+                storage_options=storage_options,
+                classes=reader.classes(),
+                features=reader.features(),
+            )
     except BaseException:
         # No manifest was written; remove the parts' shards so the failure leaves no clutter.
         with contextlib.suppress(Exception):
@@ -139,11 +157,33 @@ def convert(
         skip_examples=tuple(e for r in results for e in r.skip_examples)[:_MAX_EXAMPLES],
         shards=len(manifest.shards),
         tasks=len(tasks),
+        workers=workers,
         input_bytes=sum(t.input_bytes for t in tasks),
         output_bytes=manifest.bytes,
         seconds=time.monotonic() - start,
         notes=notes,
     )
+
+
+def _plan(
+    inputs: Inputs, source: str, shard_size: int, options: dict[str, Any]
+) -> tuple[Source, Schema, list[Task], tuple[str, ...]]:
+    """The source of ``inputs``, its schema, its tasks and its notes (logged here)."""
+    reader = open_source(inputs, source, shard_size=shard_size, **options)
+    schema = reader.schema()
+    tasks = reader.tasks()
+    if not tasks:
+        raise ConvertError(f"{inputs.src}: no records to convert")
+    notes = tuple(reader.notes())
+    for note in notes:
+        log.info("%s", note)
+    return reader, schema, tasks, notes
+
+
+def default_workers() -> int:
+    """The worker processes a convert uses unless told: one per CPU, at most 4 (past that, a
+    convert is usually bound by the disk or the network, not by its CPUs)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _write_options(
@@ -167,6 +207,26 @@ def _write_options(
     return opts
 
 
+@contextlib.contextmanager
+def _about_destination(dst: str) -> Iterator[None]:
+    """A failure inside that is not already one of fastload's (an endpoint that does not
+    answer, credentials refused) becomes a one-line ConvertError naming DST, not a client
+    library's traceback."""
+    try:
+        yield
+    except FastloadError:
+        raise
+    except Exception as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise ConvertError(f"destination {dst}: {type(e).__name__}: {text}") from e
+
+
+def _process_local(url: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether ``url`` is on a filesystem that only this process sees (``memory://``): its
+    tasks then run on threads, which share it."""
+    return "://" in url and is_process_local(open_fs(url, storage_options)[0])
+
+
 def _check_not_nested(src: str, dst: str) -> None:
     """Refuse a local DST inside a SRC directory: the output would become part of the input
     (for an image folder, a new class that shifts every label)."""
@@ -187,10 +247,12 @@ def _run(
     opts: WriteOptions,
     skip_bad: bool,
     workers: int,
+    threads: bool,
     progress: bool,
     ray: bool | str,
 ) -> list[TaskResult]:
-    """Every task's result, in task order, from this process, worker processes or Ray."""
+    """Every task's result, in task order, from this process, worker processes (``threads``:
+    threads of this process) or Ray."""
     bar = Progress(sum(t.input_bytes for t in tasks), len(tasks), enabled=progress)
     with _sigterm_raises(), bar.active():
         if ray:
@@ -198,7 +260,7 @@ def _run(
 
             return run_on_ray(reader, schema, tasks, opts, skip_bad, bar.on_event, ray)
         if workers > 1:
-            run = run_in_threads if reader.threads_suffice else run_in_processes
+            run = run_in_threads if threads else run_in_processes
             return run(reader, schema, tasks, opts, skip_bad, workers, bar.on_event)
         results = []
         for i, task in enumerate(tasks):

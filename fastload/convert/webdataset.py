@@ -1,6 +1,8 @@
 """WebDataset tar shards: members grouped into samples by key, one field per extension.
 
-Input is a tar file, a directory of them, or a brace pattern such as ``shards-{000..009}.tar``.
+Input is a tar file, a directory of them, a glob, or a brace pattern such as
+``shards-{000..009}.tar``, local or at any fsspec URL (``gs://bucket/shards-{000..099}.tar``;
+a remote tar is streamed in large ranged GETs).
 As in WebDataset, a member's key is its path up to the first '.' of its base name, and the rest
 (lower-cased) is its extension: ``a/0001.seg.png`` is key ``a/0001``, extension ``seg.png``.
 
@@ -16,6 +18,7 @@ back after other keys (interleaved samples) and a sample whose fields differ fro
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -27,7 +30,8 @@ from typing import Any
 
 from ..errors import ConvertError, SourceRecordError
 from ..format.schema import Schema
-from .base import ReadItem, Source, Task, check_field_name, list_files
+from ..io.inputs import Inputs, expand_braces
+from .base import Consumed, ReadItem, Source, Task, as_inputs, check_field_name, list_files
 from .images import image_problem
 
 __all__ = ["WebDatasetSource", "TarTask", "tar_samples", "expand_braces", "SUFFIXES"]
@@ -37,7 +41,6 @@ _IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
 _INT_EXTS = {"cls", "cls2", "index"}
 _TEXT_EXTS = {"txt", "text"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-_BRACE_RE = re.compile(r"\{([^{}]*)\}")
 _INTERLEAVED = (
     "its key appears again after other keys (interleaved samples); group each "
     "sample's members together"
@@ -46,7 +49,7 @@ _INTERLEAVED = (
 
 @dataclass(frozen=True)
 class TarTask(Task):
-    path: str
+    path: str  # input_bytes is the tar's size
 
     def describe(self) -> str:
         return self.path
@@ -65,20 +68,36 @@ class WebDatasetSource(Source):
 
     name = "webdataset"
 
-    def __init__(self, src: str, *, shard_size: int, decode_check: bool = False) -> None:
-        self.files = tar_files(src)
+    def __init__(
+        self, src: str | os.PathLike | Inputs, *, shard_size: int, decode_check: bool = False
+    ) -> None:
+        self.inputs = as_inputs(src)
+        self._sizes = {f.path: f.size for f in tar_files(self.inputs)}
+        self.files = list(self._sizes)
         self.decode_check = decode_check
-        self.exts = _first_sample_exts(self.files)
+        self.exts = _first_sample_exts(self.files, self._open)
         self._schema = Schema({"key": "str", **{e: _ext_type(e) for e in self.exts}})
 
     def schema(self) -> Schema:
         return self._schema
 
     def tasks(self) -> list[Task]:
-        return [TarTask(os.path.getsize(p), p) for p in self.files]
+        return [TarTask(self._sizes[p], p) for p in self.files]
+
+    def _open(self, path: str):
+        return self.inputs.open(path, size=self._sizes[path])
 
     def read(self, task: TarTask) -> Iterator[ReadItem]:
-        for sample in tar_samples(task.path):
+        with self._open(task.path) as raw:
+            reported = 0
+            for item in self._read(task, raw):
+                yield item
+                if raw.tell() > reported:  # bytes of the tar (compressed or not) read
+                    yield Consumed(raw.tell() - reported)
+                    reported = raw.tell()
+
+    def _read(self, task: TarTask, raw) -> Iterator[ReadItem]:
+        for sample in tar_samples(task.path, raw):
             if isinstance(sample, SourceRecordError):
                 yield sample
                 continue
@@ -145,10 +164,12 @@ def _ext_type(ext: str) -> str:
     return "str" if kind in _TEXT_EXTS else "bytes"
 
 
-def _first_sample_exts(files: list[str]) -> list[str]:
+def _first_sample_exts(files: list[str], opener) -> list[str]:
     """The sorted extensions of the first well-formed sample: the schema's fields."""
     for path in files:
-        for sample in tar_samples(path):
+        with opener(path) as f:
+            samples = list(itertools.islice(_good_samples(path, f), 1))
+        for sample in samples:
             if isinstance(sample, _Sample) and not sample.problem:
                 exts = sorted(sample.members)
                 if "key" in exts:
@@ -160,8 +181,15 @@ def _first_sample_exts(files: list[str]) -> list[str]:
     raise ConvertError(f"{files[0]}: no well-formed samples found in the input tars")
 
 
-def tar_samples(path: str) -> Iterator[_Sample | SourceRecordError]:
+def _good_samples(path: str, fileobj) -> Iterator[_Sample]:
+    for sample in tar_samples(path, fileobj):
+        if isinstance(sample, _Sample) and not sample.problem:
+            yield sample
+
+
+def tar_samples(path: str, fileobj=None) -> Iterator[_Sample | SourceRecordError]:
     """The samples of one tar in stream order; unsafe members and broken grouping are errors.
+    ``fileobj`` is the tar, open (default: the local file ``path``; ``path`` names it).
 
     Nothing is ever extracted: member bytes are read into memory only.
     """
@@ -169,7 +197,7 @@ def tar_samples(path: str) -> Iterator[_Sample | SourceRecordError]:
     sample: _Sample | None = None
     last = "(start of file)"
     try:
-        with tarfile.open(path, mode="r|*") as tf:
+        with tarfile.open(path, mode="r|*", fileobj=fileobj) as tf:
             for member in tf:
                 if member.isdir():
                     continue
@@ -229,30 +257,7 @@ def _unsafe(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def tar_files(src: str) -> list[str]:
-    """The tar files named by ``src``: a file, a directory, or a brace pattern."""
-    if "{" in src:
-        files = expand_braces(src)
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise ConvertError(
-                f"{src}: {len(missing)} of {len(files)} files do not exist, e.g. {missing[0]}"
-            )
-        return files
+def tar_files(src: str | os.PathLike | Inputs):
+    """The tar files named by ``src``: a file, a directory, a glob or a brace pattern (as
+    :class:`~fastload.io.inputs.InputFile` s)."""
     return list_files(src, SUFFIXES, what="tar")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar``; ``{x,y}`` lists alternatives."""
-    m = _BRACE_RE.search(pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") else 0
-        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [p for opt in options for p in expand_braces(head + opt + tail)]

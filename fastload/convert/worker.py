@@ -19,7 +19,7 @@ from .. import errors
 from ..errors import ConvertError, FastloadError, SchemaError, SourceRecordError
 from ..format.schema import Schema
 from ..writer import Writer
-from .base import Source, Task
+from .base import Consumed, Source, Task
 
 __all__ = [
     "WriteOptions",
@@ -30,8 +30,9 @@ __all__ = [
     "error_from_payload",
 ]
 
-#: ``report(kind, value)``: ("records", (written, skipped)) now and then, ("skip", message) for
-#: the first skipped records of a task, ("done", TaskResult) at the end.
+#: ``report(kind, value)``: ("progress", (records, skipped, input bytes)) increments now and
+#: then (the bytes of a task add up to its ``input_bytes`` by its end), ("skip", message) for the
+#: first skipped records of a task, ("done", TaskResult) at the end.
 Report = Callable[[str, Any], None]
 _REPORT_SECONDS = 0.2  # how often progress is reported
 _SKIP_MESSAGES_PER_TASK = 10  # skip reasons sent to the main process; the rest are counted
@@ -98,37 +99,58 @@ def run_task(
 
 
 class _Ticker:
-    """Reports ("records", (written, skipped)) increments, at most every _REPORT_SECONDS."""
+    """Reports ("progress", (records, skipped, bytes)) increments, at most every
+    _REPORT_SECONDS. The bytes never pass the task's ``input_bytes``, and :meth:`finish` sends
+    what is left of them, so the bar ends each task exactly where the task's size says."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, input_bytes: int) -> None:
         self._report = report
-        self._sent = (0, 0)
+        self._total = input_bytes
+        self.records = self.skipped = self.bytes = 0
+        self._sent = (0, 0, 0)
         self._next = time.monotonic() + _REPORT_SECONDS
 
-    def tick(self, written: int, skipped: int) -> None:
+    def consumed(self, n: int) -> None:
+        self.bytes = min(self._total, self.bytes + max(0, n))
+
+    def tick(self) -> None:
         if time.monotonic() >= self._next:
-            self.flush(written, skipped)
+            self.flush()
 
-    def flush(self, written: int, skipped: int) -> None:
-        self._report("records", (written - self._sent[0], skipped - self._sent[1]))
-        self._sent = (written, skipped)
+    def flush(self) -> None:
+        now = (self.records, self.skipped, self.bytes)
+        if now != self._sent:
+            sent = self._sent
+            self._report("progress", (now[0] - sent[0], now[1] - sent[1], now[2] - sent[2]))
+            self._sent = now
         self._next = time.monotonic() + _REPORT_SECONDS
+
+    def finish(self) -> None:
+        self.bytes = self._total
+        self.flush()
 
 
 def _copy_columns(columns, writer: Writer, result: TaskResult, report: Report) -> None:
-    ticker = _Ticker(report)
+    ticker = _Ticker(report, result.input_bytes)
     for chunk in columns:
         writer.write_columns(chunk)
-        ticker.tick(writer.records_written, 0)
+        ticker.records = writer.records_written
+        ticker.consumed(sum(getattr(v, "nbytes", 0) for v in chunk.values()))
+        ticker.tick()
     result.records = writer.records_written
-    ticker.flush(result.records, 0)
+    ticker.finish()
 
 
 def _copy_records(
     source: Source, task: Task, writer: Writer, skip_bad: bool, result: TaskResult, report: Report
 ) -> None:
-    ticker = _Ticker(report)
-    for n, item in enumerate(source.read(task)):
+    ticker = _Ticker(report, task.input_bytes)
+    n = 0  # records and bad records so far: the position in the task, for messages
+    for item in source.read(task):
+        if isinstance(item, Consumed):
+            ticker.consumed(item.bytes)
+            ticker.tick()
+            continue
         if not isinstance(item, SourceRecordError):
             try:
                 writer.write(item)
@@ -139,9 +161,12 @@ def _copy_records(
             if not skip_bad:
                 raise item
             _skip(item, result, report)
+        n += 1
         if n % 64 == 0:
-            ticker.tick(result.records, result.skipped)
-    ticker.flush(result.records, result.skipped)
+            ticker.records, ticker.skipped = result.records, result.skipped
+            ticker.tick()
+    ticker.records, ticker.skipped = result.records, result.skipped
+    ticker.finish()
 
 
 def _skip(error: SourceRecordError, result: TaskResult, report: Report) -> None:
@@ -165,7 +190,7 @@ def worker_main(
 ) -> None:
     """A worker process: run tasks from the ``tasks`` queue until a None, posting events.
 
-    Events on ``results``: ("records", ...), ("skip", ...), ("done", TaskResult) and
+    Events on ``results``: ("progress", ...), ("skip", ...), ("done", TaskResult) and
     ("error", (index, payload)). ``current[slot]`` holds the index of the task being run
     (shared memory, so it is up to date even if this process is killed without warning).
     The main process decides what to do on Ctrl-C, so SIGINT is ignored here; if the main

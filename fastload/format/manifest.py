@@ -67,10 +67,17 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class Manifest:
+    """``classes`` (optional): the class names of label fields, ``{field: [name, ...]}`` with
+    a label's value its name's index; ``features`` (optional): the source's own types of its
+    columns as recorded at convert time (Hugging Face features, or what the source had),
+    ``{column: JSON}``. Neither changes how records read; both are covered by the checksum."""
+
     schema: Schema
     shards: tuple[ShardInfo, ...]
     options: dict[str, Any]  # how the shards were written (compression, level, sizes)
     version: int = FORMAT_VERSION
+    classes: dict[str, list[str]] | None = None
+    features: dict[str, Any] | None = None
 
     @property
     def records(self) -> int:
@@ -98,6 +105,10 @@ class Manifest:
             "options": self.options,
             "shards": [s.to_json() for s in self.shards],
         }
+        if self.classes is not None:
+            doc["classes"] = self.classes
+        if self.features is not None:
+            doc["features"] = self.features
         if self.version >= CHECKSUMMED_SINCE:
             doc = {"format": "fastload", "version": self.version, CHECKSUM_KEY: "", **doc}
             doc[CHECKSUM_KEY] = content_checksum(doc)
@@ -163,7 +174,11 @@ class Manifest:
         options = doc.get("options", {})
         if not isinstance(options, dict):
             raise ManifestError(f'{where}: "options" must be an object')
-        manifest = cls(schema, parsed, options, version)
+        classes = _parse_classes(doc.get("classes"), schema, where)
+        features = doc.get("features")
+        if features is not None and not isinstance(features, dict):
+            raise ManifestError(f'{where}: "features" must be an object')
+        manifest = cls(schema, parsed, options, version, classes, features)
         if doc.get("records") != manifest.records:
             raise ManifestError(
                 f'{where}: "records" is {doc.get("records")!r} but the shards '
@@ -217,6 +232,20 @@ def _checksum_matches(doc: dict[str, Any], where: str) -> bool | None:
         return content_checksum(doc) == stated
     except (ValueError, RecursionError):  # a number too large for a float: not ours
         return False
+
+
+def _parse_classes(value: Any, schema: Schema, where: str) -> dict[str, list[str]] | None:
+    """``classes``: absent (None), or names (strings) per field of the schema."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ManifestError(f'{where}: "classes" must be an object of field: [names]')
+    for name, names in value.items():
+        if name not in schema:
+            raise ManifestError(f'{where}: "classes" names {name!r}, which is not a field')
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ManifestError(f'{where}: "classes" of {name!r} must be a list of strings')
+    return value
 
 
 def _parse_shard(entry: Any, i: int, where: str) -> ShardInfo:

@@ -25,6 +25,7 @@ __all__ = [
     "child_session",
     "join",
     "is_local",
+    "is_process_local",
     "atomic_write",
     "remove_quietly",
 ]
@@ -81,6 +82,13 @@ def child_session(fs) -> Any:
 
 def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
+
+
+def is_process_local(fs) -> bool:
+    """Whether ``fs``'s files live inside this process only (fsspec's ``memory://``): another
+    process, a worker or a Ray node, would see an empty filesystem of its own."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "memory" in protocols
 
 
 def join(fs, root: str, name: str) -> str:

@@ -48,6 +48,30 @@ class Dataset(ShardSet):
     file the user can read).
     """
 
+    # -- what the source called its classes and columns ------------------------------------
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names, a label's value indexing them (as torchvision's
+        ``ImageFolder.classes``): those of the field ``label``, else of the first field that
+        has names; None when the dataset names none (``manifest.classes`` has every field's)."""
+        named = self.manifest.classes
+        if not named:
+            return None
+        field = "label" if "label" in named else next(f for f in self.schema.names if f in named)
+        return list(named[field])
+
+    @property
+    def class_to_idx(self) -> dict[str, int] | None:
+        """``{class name: label}``, as torchvision's ``ImageFolder.class_to_idx``."""
+        classes = self.classes
+        return None if classes is None else {name: i for i, name in enumerate(classes)}
+
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """The source's types of its columns as recorded at convert time (Hugging Face
+        features: ``{"label": {"_type": "ClassLabel", "names": [...]}, ...}``), or None."""
+        return self.manifest.features
+
     # -- records --------------------------------------------------------------------------
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard, record within shard)`` of a dataset index (negative counts from the end)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -55,7 +56,13 @@ def test_convert_prints_a_summary(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "converted 6 records (imagefolder)" in done.stdout
-    assert "records/s" in done.stdout and "MB/s of input" in done.stdout
+    # Sizes in one unit system (KiB, MiB: format_size's), in the summary and the progress.
+    size = r"[\d.]+ (?:B|KiB|MiB)"
+    assert re.search(
+        rf"input {size} -> output {size} in .* records/s, {size}/s of input", done.stdout
+    )
+    assert re.search(rf"convert 100%: {size} of {size}, {size}/s", done.stderr), done.stderr
+    assert "\r" not in done.stderr  # stderr is a pipe here: plain lines, no redrawn frames
     assert "0=cat, 1=dog, 2=eel" in done.stderr
     assert len(fastload.Dataset(tmp_path / "out")) == 6
 

@@ -46,7 +46,7 @@ EXPECTED_SCHEMA = {
     "flag": "bool",
     "name": "str",
     "blob": "bytes",
-    "image": "bytes",
+    "image": "image",  # binary whose sampled values are all JPEGs
     "vec": "float32[3]",
     "grid": "int16[2,2]",
     "var": "int32[?]",
@@ -60,7 +60,7 @@ def check_row(r: dict, i: int) -> None:
     assert r["idx"] == i and r["small"] == i % 100 and r["flag"] == (i % 2 == 0)
     assert r["f32"] == pytest.approx(i / 4)
     assert r["name"] == f"row-{i}" and r["blob"] == bytes([i % 256]) * (i % 5)
-    assert r["image"] == jpeg_bytes(i)
+    assert r["image"].data == jpeg_bytes(i) and r["image"].format == "jpeg"
     assert r["vec"].tolist() == [i, i + 1, i + 2] and r["vec"].dtype == np.float32
     assert r["grid"].tolist() == [[i, 0], [0, i]]
     assert r["var"].tolist() == list(range(i % 4)) and r["var"].dtype == np.int32

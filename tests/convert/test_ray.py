@@ -180,9 +180,9 @@ def test_ctrl_c_or_sigterm_stops_it_and_leaves_nothing(tmp_path, sig, status):
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", n=50)
     code = (
-        "import fastload.convert, sys\n"
+        "import fastload, sys\n"
         "try:\n"
-        f"    fastload.convert.convert({str(src)!r}, {str(tmp_path / 'out')!r}, "
+        f"    fastload.convert({str(src)!r}, {str(tmp_path / 'out')!r}, "
         "ray='127.0.0.1:9', progress=False)\n"
         "except fastload.errors.ConvertError as e:\n"
         "    print('ConvertError:', e)\n"

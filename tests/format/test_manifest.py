@@ -96,11 +96,11 @@ def test_members_added_later_are_covered_once_sealed(ds_copy):
     """A newer writer's members (the class names of a labelled dataset, say) are checksummed
     like the rest: sealed, they read; changed afterwards, they are refused."""
     m = manifest_of(ds_copy)
-    m["classes"] = ["cat", "dog"]
+    m["classes"] = {"i": ["cat", "dog"]}
     write_manifest(ds_copy, m)
     with fastload.Dataset(ds_copy) as ds:
         assert len(ds) == N
-    m["classes"] = ["cat", "dgo"]
+    m["classes"] = {"i": ["cat", "dgo"]}
     write_manifest(ds_copy, m, seal=False)
     with pytest.raises(ManifestError, match="does not match its checksum"):
         fastload.Dataset(ds_copy)
