@@ -20,6 +20,12 @@ import numpy as np
 import numpy.typing as npt
 from _typeshed import ReadableBuffer, WriteableBuffer
 
+# Buffers the core reads and writes. Numpy arrays are named beside the buffer protocol because
+# numpy's stubs declare their ``__buffer__`` only for Python >= 3.12, while they are buffers on
+# every Python fastload supports.
+_Buffer = ReadableBuffer | npt.NDArray[Any]
+_OutBuffer = WriteableBuffer | npt.NDArray[Any]
+
 class _Array(Protocol):
     """An array the finishing functions take: a torch tensor or a numpy array (anything that
     exports DLPack)."""
@@ -29,11 +35,11 @@ class _Array(Protocol):
 core_has_cuda: bool
 """True when the CUDA part was compiled into this module."""
 
-def xxh64(data: ReadableBuffer, seed: int = 0) -> int:
+def xxh64(data: _Buffer, seed: int = 0) -> int:
     """XXH64 of ``data``; equal to ``xxhash.xxh64_intdigest(data, seed)``."""
 
 def xxh64_slices(
-    data: ReadableBuffer,
+    data: _Buffer,
     offsets: npt.NDArray[np.uint64],
     lengths: npt.NDArray[np.uint64],
     seed: int = 0,
@@ -44,7 +50,7 @@ def xxh64_slices(
     """
 
 def check_slices(
-    data: ReadableBuffer,
+    data: _Buffer,
     offsets: npt.NDArray[np.uint64],
     lengths: npt.NDArray[np.uint64],
     expected: npt.NDArray[np.uint32],
@@ -57,11 +63,11 @@ def check_slices(
     """
 
 def gather(
-    sources: Sequence[ReadableBuffer],
+    sources: Sequence[_Buffer],
     source_index: npt.NDArray[np.uint32],
     offsets: npt.NDArray[np.uint64],
     lengths: npt.NDArray[np.uint64],
-    out: WriteableBuffer,
+    out: _OutBuffer,
     out_offsets: npt.NDArray[np.uint64],
 ) -> None:
     """Copy ``sources[source_index[i]][offsets[i] : +lengths[i]]`` to ``out[out_offsets[i] :
@@ -72,10 +78,10 @@ def gather(
     """
 
 def gather_fixed(
-    source: ReadableBuffer,
+    source: _Buffer,
     offsets: npt.NDArray[np.uint64],
     size: int,
-    out: WriteableBuffer,
+    out: _OutBuffer,
 ) -> None:
     """Copy ``size`` bytes from ``source[offsets[i]:]`` to ``out[i * size :]`` for each i.
 
@@ -84,7 +90,7 @@ def gather_fixed(
     """
 
 def gather_records(
-    sources: Sequence[ReadableBuffer],
+    sources: Sequence[_Buffer],
     source: npt.NDArray[np.uint32],
     offset: npt.NDArray[np.uint64],
     length: npt.NDArray[np.uint64],
@@ -93,7 +99,7 @@ def gather_records(
     verify: bool,
     field_at: npt.NDArray[np.uint64],
     field_size: npt.NDArray[np.uint64],
-    outs: Sequence[WriteableBuffer],
+    outs: Sequence[_OutBuffer],
 ) -> int:
     """A batch of fixed-size fields straight from whole records, in one call.
 

@@ -23,7 +23,7 @@ STUB = ROOT / "fastload" / "_core.pyi"
 HOW_TO_FIX = (
     "See what the module has with `python -m nanobind.stubgen -m fastload._core -o "
     "/tmp/_core.pyi` and bring the new or changed declarations into fastload/_core.pyi, keeping "
-    "its buffer types (ReadableBuffer / WriteableBuffer), npt.NDArray[np.<dtype>] for arrays "
+    "its buffer types (_Buffer / _OutBuffer), npt.NDArray[np.<dtype>] for arrays "
     "and docstrings that state each function's contract (CONTRIBUTING.md: 'The stub of the "
     "compiled core')."
 )
