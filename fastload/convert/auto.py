@@ -6,7 +6,7 @@ import inspect
 import itertools
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ConvertError
 from ..io.inputs import Inputs, expand_braces, is_pattern
@@ -14,9 +14,17 @@ from . import imagefolder, jsonl, parquet, tokens, webdataset
 from .base import Source
 from .images import IMAGE_SUFFIXES
 
-__all__ = ["SOURCES", "detect_source", "open_source"]
+__all__ = ["SOURCES", "SourceClass", "detect_source", "open_source"]
 
-SOURCES: dict[str, type[Source]] = {
+
+class SourceClass(Protocol):
+    """How a source chosen by name is made: from its input and the shard size, with options
+    of its own by keyword (``open_source`` passes only those its ``__init__`` takes)."""
+
+    def __call__(self, src: Inputs, /, *, shard_size: int) -> Source: ...
+
+
+SOURCES: dict[str, SourceClass] = {
     "imagefolder": imagefolder.ImageFolderSource,
     "parquet": parquet.ParquetSource,
     "jsonl": jsonl.JsonlSource,
@@ -91,12 +99,13 @@ def detect_source(src: str | os.PathLike | Inputs) -> str:
         if not names:
             raise ConvertError(f"{inputs.src}: no file matches this pattern")
         kinds = {_kind_of(n) for n in names[:_SCAN_LIMIT]}
-        if len(kinds) != 1 or None in kinds:
+        only = kinds.pop() if len(kinds) == 1 else None
+        if only is None:
             raise ConvertError(
                 f"{inputs.src}: the files it names are not all of one known kind "
                 f"(e.g. {names[0]}); pass --from {{{','.join(SOURCES)}}}"
             )
-        return kinds.pop()  # type: ignore[return-value]
+        return only
     kinds = _kinds_in(inputs)
     if kinds == {"parquet", "imagefolder"}:
         return "parquet"  # a table and the images its rows name by path (Hugging Face's way)

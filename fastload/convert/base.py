@@ -21,7 +21,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union
 
 from ..errors import ConvertError, SchemaError, SourceRecordError
 from ..format.schema import Field, Schema
@@ -71,8 +71,13 @@ class Task:
         return repr(self)
 
 
-class Source(ABC):
-    """One kind of convert input (see the module docstring for the contract)."""
+#: The task type of a source: a source reads only the tasks it made.
+TaskT = TypeVar("TaskT", bound=Task)
+
+
+class Source(ABC, Generic[TaskT]):
+    """One kind of convert input (see the module docstring for the contract), reading tasks
+    of type ``TaskT``."""
 
     #: The name ``--from`` selects this source by.
     name: str = ""
@@ -85,14 +90,14 @@ class Source(ABC):
         """The schema of every record; fixed before any task runs."""
 
     @abstractmethod
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[TaskT]:
         """The input split deterministically into tasks, in output order."""
 
     @abstractmethod
-    def read(self, task: Task) -> Iterator[ReadItem]:
+    def read(self, task: TaskT) -> Iterator[ReadItem]:
         """The records of ``task`` in order; a bad input record is yielded as an error."""
 
-    def read_columns(self, task: Task) -> Iterator[dict[str, Any]] | None:
+    def read_columns(self, task: TaskT) -> Iterator[dict[str, Any]] | None:
         """Optionally, ``task``'s records as columns (``{field: array (n, ...)}``, in order),
         for sources of fixed-size fields (tokens): the Writer then encodes and checksums them
         in bulk, with no Python per record. None (the default) means: use :meth:`read`."""

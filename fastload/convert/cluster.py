@@ -149,13 +149,16 @@ def _cluster(address: str | bool) -> Iterator[Any]:
         raise ConvertError("convert on Ray needs Ray: pip install 'fastload[ray]'") from None
     started = False
     if not ray.is_initialized():
-        kwargs = {} if address is True else {"address": address}
         if isinstance(address, str):
             _check_reachable(address)
         main = threading.current_thread() is threading.main_thread()
         on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
-            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            ray.init(
+                address=address if isinstance(address, str) else None,  # None: find or start
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         except Exception as e:
             raise ConvertError(f"could not join a Ray cluster at {address!r}: {e}") from e
         finally:

@@ -53,7 +53,7 @@ class ImageFolderTask(Task):
         )
 
 
-class ImageFolderSource(Source):
+class ImageFolderSource(Source[ImageFolderTask]):
     """Images in class subfolders; see the module docstring."""
 
     name = "imagefolder"
@@ -75,7 +75,7 @@ class ImageFolderSource(Source):
     def schema(self) -> Schema:
         return SCHEMA
 
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[ImageFolderTask]:
         if self.inputs.local:
             files = list_images(self.root, self.class_names)
         else:

@@ -72,7 +72,7 @@ class JsonlTask(Task):
         return f"{p.path} from byte {p.start}{more}"
 
 
-class JsonlSource(Source):
+class JsonlSource(Source[JsonlTask]):
     """JSON Lines files; see the module docstring."""
 
     name = "jsonl"
@@ -99,7 +99,7 @@ class JsonlSource(Source):
     def schema(self) -> Schema:
         return self._schema
 
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[JsonlTask]:
         pieces = [
             p
             for path in self.files
@@ -117,7 +117,8 @@ class JsonlSource(Source):
         kwargs = {} if buffer_size is None else {"buffer_size": buffer_size}
         raw: IO[bytes] = self.inputs.open(path, size=self._sizes.get(path), **kwargs)
         if path.lower().endswith(".gz"):
-            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+            # typeshed's io classes (GzipFile here) are not typing.IO, though they are files
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # pyright: ignore[reportReturnType]
         return raw
 
     def _read_piece(self, piece: JsonlPiece) -> Iterator[ReadItem]:
@@ -138,7 +139,7 @@ class JsonlSource(Source):
                 if not line.strip():
                     continue
                 record, problem = self._parse(line)
-                if problem is None:
+                if record is not None:
                     yield record
                     continue
                 if first_line is None:
@@ -153,13 +154,14 @@ class JsonlSource(Source):
             return None, f"invalid JSON ({e})"
         if type(obj) is not dict:
             return None, f"not a JSON object but {type(obj).__name__}"
-        if obj.keys() != self._keys:
-            problem = self._key_problem(obj)
+        record: dict[str, Any] = obj
+        if record.keys() != self._keys:
+            problem = self._key_problem(record)
             if problem:
                 return None, problem
-            obj = {k: obj.get(k) for k in self._schema.names}  # optional keys -> null
+            record = {k: record.get(k) for k in self._schema.names}  # optional keys -> null
         for name, spec, allowed in self._checks:
-            value = obj[name]
+            value = record[name]
             if type(value) not in allowed:
                 return None, (
                     f"key {name!r} is {_describe(value)}, but the schema (inferred "
@@ -168,14 +170,14 @@ class JsonlSource(Source):
             if spec == "int64" and not _INT64[0] <= value <= _INT64[1]:
                 return None, f"key {name!r}: {value} does not fit in int64"
         for name, spec, dtype in self._arrays:
-            value = obj[name]
+            value = record[name]
             if _json_type(value) not in _LISTS[spec]:
                 return None, (
                     f"key {name!r} is {_describe(value)}, but the schema (inferred "
                     f"from the first lines) says {spec}"
                 )
-            obj[name] = np.array(value, dtype)
-        return obj, None
+            record[name] = np.array(value, dtype)
+        return record, None
 
     def _key_problem(self, obj: dict[str, Any]) -> str | None:
         unknown = [k for k in obj if k not in self._schema]
@@ -303,4 +305,7 @@ def _count_lines(f: IO[bytes], end: int) -> int:
 
 
 def _open(path: str) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+    if path.lower().endswith(".gz"):
+        # typeshed's io classes (GzipFile here) are not typing.IO, though they are files
+        return gzip.open(path, "rb")  # pyright: ignore[reportReturnType]
+    return open(path, "rb")

@@ -70,7 +70,7 @@ class ParquetTask(Task):
         return f"{a.path} from row {a.first_row} to {b.path} row {last}"
 
 
-class ParquetSource(Source):
+class ParquetSource(Source[ParquetTask]):
     """Parquet / Arrow IPC tables; see the module docstring.
 
     ``split``: the split to convert of a folder of several (``"train"``; ``"val"`` and
@@ -134,7 +134,7 @@ class ParquetSource(Source):
                 notes.append(f"parquet: column {c.name!r}: {len(c.names)} classes: {shown}{more}")
         return notes
 
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[ParquetTask]:
         pieces = [p for d in self._described for p in self._pieces(d)]
         groups = pack(pieces, [p.size for p in pieces], self.shard_size)
         return [ParquetTask(sum(p.size for p in g), _merge(g)) for g in groups]

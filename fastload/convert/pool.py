@@ -68,14 +68,15 @@ def run_in_processes(
         next_check = time.monotonic() + _POLL_SECONDS
         while len(results) < len(tasks):
             try:
-                kind, value = events.get(timeout=_POLL_SECONDS)
+                event: tuple[str, Any] | None = events.get(timeout=_POLL_SECONDS)
             except queue.Empty:
-                kind = value = None
-            if kind is None or time.monotonic() >= next_check:
-                _check_workers(procs, current, tasks, idle=kind is None)
+                event = None
+            if event is None or time.monotonic() >= next_check:
+                _check_workers(procs, current, tasks, idle=event is None)
                 next_check = time.monotonic() + _POLL_SECONDS
-            if kind is None:
+            if event is None:
                 continue
+            kind, value = event
             if kind == "done":
                 results[value.index] = value
                 on_event(kind, value)

@@ -44,7 +44,7 @@ class TokensTask(Task):
         return f"{self.path} samples {self.start}..{self.stop - 1}"
 
 
-class TokensSource(Source):
+class TokensSource(Source[TokensTask]):
     """Fixed-length token samples; see the module docstring."""
 
     name = "tokens"
@@ -93,9 +93,9 @@ class TokensSource(Source):
         n = self.n_tokens[path] - (1 if self.overlap else 0)
         return max(0, n // self.seq_len)
 
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[TokensTask]:
         sample_bytes = self.sample_len * self.dtype.itemsize
-        tasks: list[Task] = []
+        tasks: list[TokensTask] = []
         for path in self.files:
             n = self._n_samples(path)
             per_task = max(1, balanced_target(n * sample_bytes, self.shard_size) // sample_bytes)

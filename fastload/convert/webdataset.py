@@ -63,7 +63,7 @@ class _Sample:
     problem: str | None = None
 
 
-class WebDatasetSource(Source):
+class WebDatasetSource(Source[TarTask]):
     """WebDataset tars; see the module docstring."""
 
     name = "webdataset"
@@ -81,7 +81,7 @@ class WebDatasetSource(Source):
     def schema(self) -> Schema:
         return self._schema
 
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[TarTask]:
         return [TarTask(self._sizes[p], p) for p in self.files]
 
     def _open(self, path: str):
@@ -204,7 +204,7 @@ def tar_samples(path: str, fileobj=None) -> Iterator[_Sample | SourceRecordError
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 key, ext = _split(name)
                 problem = _unsafe(member)
-                if problem is None and key is None:
+                if problem is None and not key:
                     continue  # no extension: not part of any sample (as in WebDataset)
                 if sample is not None and key != sample.key:
                     yield sample
@@ -224,7 +224,10 @@ def tar_samples(path: str, fileobj=None) -> Iterator[_Sample | SourceRecordError
                 if ext in sample.members:
                     sample.problem = f"has two members with extension {ext!r} ({name!r})"
                 else:
-                    sample.members[ext] = tf.extractfile(member).read()
+                    data = tf.extractfile(member)
+                    if data is None:  # never: _unsafe let only regular files through
+                        raise tarfile.ReadError(f"member {name!r} has no data")
+                    sample.members[ext] = data.read()
                 last = name
         if sample is not None:
             yield sample
@@ -234,12 +237,12 @@ def tar_samples(path: str, fileobj=None) -> Iterator[_Sample | SourceRecordError
         )
 
 
-def _split(name: str) -> tuple[str | None, str]:
-    """``(key, extension)`` by WebDataset's rule, or ``(None, "")`` for a name without one."""
+def _split(name: str) -> tuple[str, str]:
+    """``(key, extension)`` by WebDataset's rule, or ``("", "")`` for a name without one."""
     directory, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
     if not dot or not stem:
-        return None, ""
+        return "", ""
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 

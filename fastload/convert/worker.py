@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -229,6 +230,6 @@ def error_from_payload(payload: tuple[str, str, str]) -> FastloadError:
     if not (isinstance(cls, type) and issubclass(cls, FastloadError)):
         cls, message = ConvertError, f"{name}: {message}"
     error = cls(message)
-    if hasattr(error, "add_note"):  # Python 3.11+
+    if sys.version_info >= (3, 11):
         error.add_note(f"in a convert worker process:\n{trace.rstrip()}")
     return error
