@@ -119,7 +119,8 @@ def atomic_write(fs, path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
     # nothing behind under the final name. Aborting is done by not closing normally.
     f = fs.open(path, "wb")
     try:
-        yield _NamedUpload(f, fs.unstrip_protocol(path))
+        # a proxy: all but write() is the fsspec file's own, reached through __getattr__
+        yield _NamedUpload(f, fs.unstrip_protocol(path))  # pyright: ignore[reportReturnType]
     except BaseException:
         with contextlib.suppress(Exception):
             if hasattr(f, "discard"):

@@ -299,8 +299,9 @@ class Inputs:
             size = self.size(path)
         raw = _RangeReader(self, path, size)
         if buffer_size <= 0:
-            return raw  # type: ignore[return-value]
-        return io.BufferedReader(raw, buffer_size=buffer_size)  # type: ignore[return-value]
+            # typeshed's io classes (RawIOBase here) are not typing.IO, though they are files
+            return raw  # pyright: ignore[reportReturnType]
+        return io.BufferedReader(raw, buffer_size=buffer_size)
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``path`` (the end must not pass the file's)."""

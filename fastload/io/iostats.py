@@ -33,8 +33,8 @@ class IOStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(FIELDS, 0)
-        self._seen = dict.fromkeys(FIELDS, 0)
+        self._values: dict[str, float] = dict.fromkeys(FIELDS, 0)
+        self._seen: dict[str, float] = dict.fromkeys(FIELDS, 0)
         self._moved = False  # anything added since the last delta()
 
     def add(self, name: str, amount: float = 1) -> None:

@@ -44,7 +44,9 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
     as soon as this returns."""
     if length <= 0:
         raise ValueError(f"cannot map {length} bytes")
-    if _mmap is None:  # pragma: no cover - the portable map, which keeps a descriptor
+    if (
+        _mmap is None or _munmap is None
+    ):  # pragma: no cover - the portable map, which keeps a descriptor
         return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset))
     address = _mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
     if address is None or address == _FAILED:

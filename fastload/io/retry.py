@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -44,8 +45,11 @@ class RetryPolicy:
     cap_s: float = 5.0
     budget_s: float = 60.0
 
-    def delay(self, attempt: int, rng: random.Random = random._inst) -> float:  # type: ignore
-        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2**attempt)))
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The wait before try ``attempt + 1``, drawn from ``rng`` (default: the ``random``
+        module's generator)."""
+        uniform = random.uniform if rng is None else rng.uniform
+        return uniform(0.0, min(self.cap_s, self.base_s * (2**attempt)))
 
 
 _TRANSIENT_NAMES = (
@@ -79,7 +83,7 @@ _TRANSIENT_ERRNOS = {
 }
 
 
-def _chain(e: BaseException):
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))

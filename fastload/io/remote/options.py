@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..cache import DEFAULT_CACHE_LIMIT
 from ..retry import RetryPolicy
@@ -17,7 +17,7 @@ __all__ = ["RemoteOptions", "read_fs_options"]
 class RemoteOptions:
     """How remote shards are read (``Dataset(..., cache_dir=, cache_limit=, ...)``)."""
 
-    cache_dir: str | None = None  # None: the default directory; False: no disk cache
+    cache_dir: str | Literal[False] | None = None  # None: the default directory; False: none
     cache_limit: int | str = DEFAULT_CACHE_LIMIT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 8  # ranged GETs in flight per process

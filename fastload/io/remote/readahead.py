@@ -114,7 +114,7 @@ class ReadAhead:
         cache = source.store.cache
         return (
             cache is not None
-            and DENSE * len(self._wanted) >= len(source.blocks)
+            and DENSE * len(self._wanted) >= len(source.table)
             and DENSE * source.size <= cache.limit
         )
 
@@ -127,7 +127,7 @@ class ReadAhead:
         store = source.store
         maps, uid = store.maps, source.uid
         limit = store.options.max_request
-        n = len(source.blocks)
+        n = len(source.table)
         runs: list[list[int]] = []
         with self._lock:
             while self._fill_at < n and not self._closed and store.start_fill():
@@ -172,7 +172,7 @@ class ReadAhead:
         the bytes/s of 1 MiB GETs), and the gaps are read soon anyway. Gap blocks go to the
         cache like any read-ahead."""
         source = self.source
-        sizes = source.blocks["stored_size"]
+        sizes = source.table["stored_size"]
         limit = source.store.options.max_request // 2
         out = [todo[0]]
         for b in todo[1:]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...format.checksum import hash64
 from ...format.manifest import ShardInfo
+from ..cache import BlockCache
 from ..iostats import STATS
 from .readahead import ReadAhead
 from .store import RemoteStore
@@ -35,8 +36,9 @@ class RemoteSource:
         self.size = int(info.bytes)
         self.hash = info.hash
         self._tail_start = max(0, self.size - store.options.tail_bytes)
-        self._regions: dict[int, bytes | memoryview] = {}  # header, tail: start -> bytes
-        self._fresh: list[int] = []  # regions fetched (not from the cache)
+        # header, tail: start -> bytes (or their fetch under way, and whether it fetched)
+        self._regions: dict[int, bytes | memoryview | Future[tuple[bytes | memoryview, bool]]] = {}
+        self._fresh: dict[int, bytes | memoryview] = {}  # regions fetched (not from the cache)
         self.from_cache = False
         #: The shard's block table (``attach``, once the shard reader validated it).
         self.blocks: np.ndarray | None = None
@@ -84,7 +86,7 @@ class RemoteSource:
         return True
 
     # -- the ByteSource protocol ------------------------------------------------------------
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | memoryview:
         from ...errors import ShardFormatError
 
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -93,7 +95,7 @@ class RemoteSource:
                 f"past the end of the {self.size}-byte file"
             )
         b = self._block_at.get(offset)
-        if b is not None and int(self.blocks["stored_size"][b]) == length:
+        if b is not None and int(self.table["stored_size"][b]) == length:
             return self.block(b)
         if offset >= self._tail_start:  # trailer, index; all of a small shard
             tail = self._region(self._tail_start, self.size)
@@ -119,7 +121,7 @@ class RemoteSource:
             return got
         data, fresh = got
         if fresh:
-            self._fresh.append(start)
+            self._fresh[start] = data
         else:
             self.from_cache = True
         self._regions[start] = data
@@ -151,32 +153,38 @@ class RemoteSource:
         self._block_at = {int(o): i for i, o in enumerate(blocks["offset"])}
         cache = self.store.cache
         if cache is not None:  # validated now: worth keeping for the next process
-            for start in self._fresh:
-                data = self._regions[start]
+            for start, data in self._fresh.items():
                 cache.put(self.name, self.hash, self.size, start, bytes(data))
-                self._cache_blocks_in(start, data)
+                self._cache_blocks_in(cache, start, data)
         self._regions.clear()
         self._fresh.clear()
 
-    def _cache_blocks_in(self, start: int, data: bytes | memoryview) -> None:
+    def _cache_blocks_in(self, cache: BlockCache, start: int, data: bytes | memoryview) -> None:
         """Cache the blocks lying wholly inside fetched bytes ``data`` (at ``start``): the
         tail fetched at open holds the last blocks, and all of a small shard's."""
-        offsets, sizes = self.blocks["offset"], self.blocks["stored_size"]
+        offsets, sizes = self.table["offset"], self.table["stored_size"]
         inside = np.flatnonzero((offsets >= start) & (offsets + sizes <= start + len(data)))
         view = memoryview(data)
         for b in inside.tolist():
             offset, length, checksum = self.entry(b)
             piece = bytes(view[offset - start : offset - start + length])
             if hash64(piece) == checksum:
-                self.store.cache.put(self.name, self.hash, self.size, offset, piece, ahead=True)
+                cache.put(self.name, self.hash, self.size, offset, piece, ahead=True)
 
     def close(self) -> None:
         self.readahead.close()
 
+    @property
+    def table(self) -> np.ndarray:
+        """The block table :meth:`attach` gave; asked for only once it did."""
+        if self.blocks is None:
+            raise RuntimeError(f"{self.name}: its block table is not known yet")
+        return self.blocks
+
     # -- blocks ---------------------------------------------------------------------------
     def entry(self, b: int) -> tuple[int, int, int]:
         """Block ``b``'s offset in the shard, stored size and checksum."""
-        e = self.blocks[b]
+        e = self.table[b]
         return int(e["offset"]), int(e["stored_size"]), int(e["checksum"])
 
     def checked(self, b: int) -> bool:
@@ -200,7 +208,7 @@ class RemoteSource:
         self._last = b
         fut = self.readahead.take(b)
         if sequential and self.store.options.readahead_blocks:
-            n = len(self.blocks)
+            n = len(self.table)
             self.prefetch(range(b + 1, min(n, b + 1 + self.store.options.readahead_blocks)))
         if fut is not None:
             start = time.perf_counter()
@@ -293,7 +301,7 @@ class RemoteSource:
                 cache.release(claim)
         return out
 
-    def _download(self, run: list[int], ahead: bool) -> dict[int, bytes]:
+    def _download(self, run: list[int], ahead: bool) -> dict[int, bytes | memoryview]:
         """Fetch consecutive blocks with one ranged GET; check each block's checksum (a block
         that fails is fetched once more on its own, then handed over unchecked, for the shard
         reader to report); store the good ones in the cache."""
@@ -301,7 +309,7 @@ class RemoteSource:
         last_off, last_len, _ = self.entry(run[-1])
         data = self.store.get_range(self.path, self.name, first, last_off + last_len)
         view = memoryview(data)
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | memoryview] = {}
         cache = self.store.cache
         for b in run:
             offset, length, checksum = self.entry(b)

@@ -28,6 +28,11 @@ def _protocol(fs) -> str:
     return p[0] if isinstance(p, (tuple, list)) else p
 
 
+def _drop_queued(pool: ThreadPoolExecutor | None) -> None:
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 class RemoteStore:
     """Ranged reads of one dataset's objects, with retries, the cache and a fetch pool."""
 
@@ -37,7 +42,8 @@ class RemoteStore:
         and a thread, each worker, each epoch). ``parent``: in a forked child, the parent's
         store, whose cache (paths and a limit; its locks are taken per call) and mapped,
         checked blocks (read-only maps of files) this one keeps."""
-        self._fs = None
+        # An fsspec filesystem, used duck-typed (s3fs's own calls where it is one).
+        self._fs: Any = None
         self._open_fs: Callable[[], Any] | None = None
         if isinstance(fs, fsspec.AbstractFileSystem):
             self._use(fs)
@@ -72,10 +78,10 @@ class RemoteStore:
         self.filling = 0  # background GETs of shards read densely (ReadAhead's dense fill)
 
     @property
-    def fs(self):
+    def fs(self) -> Any:
         if self._fs is None:
             with self._lock:
-                if self._fs is None:
+                if self._fs is None and self._open_fs is not None:
                     self._use(self._open_fs())
         return self._fs
 
@@ -130,7 +136,7 @@ class RemoteStore:
                 if register is not None:
                     ref = weakref.ref(self._pool)
                     with contextlib.suppress(RuntimeError):  # already shutting down
-                        register(lambda: ref() and ref().shutdown(wait=False, cancel_futures=True))
+                        register(lambda: _drop_queued(ref()))
             return self._pool
 
     def close(self) -> None:
