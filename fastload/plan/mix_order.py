@@ -174,18 +174,19 @@ class MixOrder:
             out = np.empty_like(local)
             for g, ((d, p), key) in enumerate(zip(pairs, keys)):
                 mine = group == g
-                out[mine] = self._block_order(d, p, key)[local[mine]]
+                out[mine] = self._block_order(self._blocks[d], d, p, key)[local[mine]]
             return out
         sizes = np.asarray([self.sizes[d] for d, _ in pairs], dtype=np.int64)
         return permute_grouped(sizes, keys, group, local)
 
-    def _block_order(self, d: int, p: int, key: int) -> BlockShuffle:
-        """Pass ``p`` over dataset ``d`` in block order, keyed by its (dataset, pass) key."""
+    def _block_order(self, blocks: np.ndarray, d: int, p: int, key: int) -> BlockShuffle:
+        """Pass ``p`` over dataset ``d`` (of block sizes ``blocks``) in block order, keyed by
+        its (dataset, pass) key."""
         order = self._passes.get((d, p))
         if order is None:
             if len(self._passes) >= 2 * len(self.sizes) + 8:
                 self._passes.pop(next(iter(self._passes)))  # the oldest
-            order = self._passes[d, p] = BlockShuffle(self._blocks[d], key, 0, window=self.window)
+            order = self._passes[d, p] = BlockShuffle(blocks, key, 0, window=self.window)
         return order
 
     def __repr__(self) -> str:

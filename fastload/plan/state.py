@@ -112,7 +112,7 @@ class EpochPlan:
 
     def batch(self, j: int) -> IntArray:
         """Dataset indices (int64) of this rank's j-th batch from ``start``."""
-        return self.order[self.positions(j)]
+        return np.asarray(self.order[self.positions(j)])
 
     def __iter__(self) -> Iterator[IntArray]:
         return self.batches()
