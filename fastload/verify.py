@@ -30,7 +30,7 @@ def verify_dataset(
     path: str,
     *,
     storage_options: dict[str, Any] | None = None,
-    on_shard: Callable[[int], None] | None = None,
+    on_shard: Callable[[int], object] | None = None,
     max_problems: int = 100,
     deep: bool = False,
     follow_symlinks: bool = False,

@@ -82,7 +82,8 @@ class Writer:
             "shard_size": self.shard_size,
         }
         self._shards: list[ShardInfo] = []
-        self._file_ctx = None
+        # The open shard's file (nothing to finish while no shard is open) and writer.
+        self._file_ctx: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         self._shard: ShardWriter | None = None
         self._closed = False
         self.records_written = 0
@@ -94,12 +95,11 @@ class Writer:
         if self._closed:
             raise ValueError("write() on a closed Writer")
         data = self._layout.encode(record)
-        if self._shard is None:
-            self._open_shard()
-        self._shard.add(data)
+        shard = self._shard if self._shard is not None else self._open_shard()
+        shard.add(data)
         self.records_written += 1
-        if self._shard.bytes_written + self._shard.pending_bytes >= self.shard_size:
-            self._close_shard()
+        if shard.bytes_written + shard.pending_bytes >= self.shard_size:
+            self._close_shard(shard)
 
     def write_columns(self, columns: Mapping[str, Any]) -> None:
         """Append many records given as columns (``{field: array of shape (n, ...)}``).
@@ -117,33 +117,33 @@ class Writer:
         # (a misaligned piece would top up record by record, every time).
         start = 0
         while start < len(rows):
-            if self._shard is None:
-                self._open_shard()
-            piece = rows[start : start + self._shard.records_fitting(rows.shape[1])]
-            self._shard.add_many(piece)
+            shard = self._shard if self._shard is not None else self._open_shard()
+            piece = rows[start : start + shard.records_fitting(rows.shape[1])]
+            shard.add_many(piece)
             self.records_written += len(piece)
             start += len(piece)
-            if self._shard.bytes_written >= self.shard_size:
-                self._close_shard()
+            if shard.bytes_written >= self.shard_size:
+                self._close_shard(shard)
 
     def _shard_name(self, i: int) -> str:
         if self.part is None:
             return f"shard-{i:05d}{SHARD_SUFFIX}"
         return f"shard-{self.part:05d}-{i:04d}{SHARD_SUFFIX}"
 
-    def _open_shard(self) -> None:
+    def _open_shard(self) -> ShardWriter:
         name = self._shard_name(len(self._shards))
-        self._file_ctx = atomic_write(self.fs, join(self.fs, self.root, name))
-        self._shard = ShardWriter(
-            self._file_ctx.__enter__(),
+        file_ctx = self._file_ctx = atomic_write(self.fs, join(self.fs, self.root, name))
+        shard = self._shard = ShardWriter(
+            file_ctx.__enter__(),
             self._compressor,
             self.block_size,
             schema_hash=self.schema.fingerprint,
         )
         self._shard_path = name
+        return shard
 
-    def _close_shard(self) -> None:
-        summary = self._shard.finish()
+    def _close_shard(self, shard: ShardWriter) -> None:
+        summary = shard.finish()
         self._file_ctx.__exit__(None, None, None)
         self._shards.append(
             ShardInfo(
@@ -156,7 +156,7 @@ class Writer:
             )
         )
         self.bytes_written += summary["bytes"]
-        self._shard = self._file_ctx = None
+        self._shard, self._file_ctx = None, contextlib.nullcontext()
 
     # -- finishing ------------------------------------------------------------------------
     def close(self) -> Manifest:
@@ -164,7 +164,7 @@ class Writer:
         if self._closed:
             raise ValueError("Writer is already closed")
         if self._shard is not None:
-            self._close_shard()
+            self._close_shard(self._shard)
         self._closed = True
         manifest = Manifest(
             self.schema,
@@ -183,10 +183,9 @@ class Writer:
 
     def abort(self) -> None:
         """Stop without writing a manifest; the shard being written is discarded."""
-        if self._file_ctx is not None:
-            with contextlib.suppress(Exception):
-                self._file_ctx.__exit__(ConvertError, ConvertError("aborted"), None)
-        self._shard = self._file_ctx = None
+        with contextlib.suppress(Exception):
+            self._file_ctx.__exit__(ConvertError, ConvertError("aborted"), None)
+        self._shard, self._file_ctx = None, contextlib.nullcontext()
         self._closed = True
 
     def __enter__(self) -> Writer:
@@ -223,7 +222,8 @@ def merge_parts(
     """
     fs, root = open_fs(dst, storage_options)
     shards: list[ShardInfo] = []
-    schema = options = None
+    schema: Schema | None = None
+    options: dict[str, Any] = {}  # part 0's, as every part's
     for k in range(n_parts):
         path = _part_path(fs, root, k)
         try:

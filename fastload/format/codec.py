@@ -44,18 +44,19 @@ class BlockCompressor:
 
     def compress(self, raw: bytes | bytearray | memoryview) -> tuple[int, bytes | memoryview]:
         """``(codec id, stored bytes)`` for one block."""
-        if self._zstd is not None and len(raw) > 0 and self._worth_trying(raw):
+        if self._zstd is not None and len(raw) > 0 and _worth_trying(self._zstd, raw):
             packed = self._zstd.compress(raw)
             if len(packed) <= len(raw) * (1 - _MIN_SAVING):
                 return CODEC_ZSTD, packed
         return CODEC_NONE, memoryview(raw)
 
-    def _worth_trying(self, raw: bytes | bytearray | memoryview) -> bool:
-        if len(raw) <= 4 * _SAMPLE_SIZE:
-            return True
-        start = (len(raw) - _SAMPLE_SIZE) // 2
-        sample = memoryview(raw).cast("B")[start : start + _SAMPLE_SIZE]
-        return len(self._zstd.compress(sample)) <= _SAMPLE_SIZE * (1 - _MIN_SAVING)
+
+def _worth_trying(zstd: zstandard.ZstdCompressor, raw: bytes | bytearray | memoryview) -> bool:
+    if len(raw) <= 4 * _SAMPLE_SIZE:
+        return True
+    start = (len(raw) - _SAMPLE_SIZE) // 2
+    sample = memoryview(raw).cast("B")[start : start + _SAMPLE_SIZE]
+    return len(zstd.compress(sample)) <= _SAMPLE_SIZE * (1 - _MIN_SAVING)
 
 
 # A ZstdDecompressor must not be used by two threads at once (python-zstandard releases the GIL

@@ -41,7 +41,7 @@ class ImageInfo:
 class EncodedImage:
     """An image field's value: the encoded bytes as stored, with their format and size."""
 
-    data: bytes  # a memoryview where a reader asked for no copy (Dataset.read_into)
+    data: bytes | memoryview  # a memoryview where a reader asked for no copy (Dataset.read_into)
     format: str
     height: int
     width: int

@@ -206,7 +206,7 @@ def _column_field(f: Field) -> Field:
 def _alignment(dtype: np.dtype) -> int:
     base = dtype.base if dtype.subdtype else dtype
     if base.fields:
-        return max(_alignment(base.fields[n][0]) for n in base.names)
+        return max(_alignment(entry[0]) for entry in base.fields.values())
     return max(1, min(base.itemsize, 8))
 
 
@@ -239,12 +239,11 @@ def _fixed_value(f: Field, value: Any) -> Any:
         try:
             with np.errstate(over="ignore"):
                 stored = dtype.type(value)
-            fits = not math.isfinite(float(value)) or bool(np.isfinite(stored))
+            if not math.isfinite(float(value)) or bool(np.isfinite(stored)):
+                return stored
         except OverflowError:
-            fits = False
-        if not fits:
-            raise SchemaError(f"field {f.name!r}: {value!r} does not fit in {dtype}")
-        return stored
+            pass  # an int too large for any float
+        raise SchemaError(f"field {f.name!r}: {value!r} does not fit in {dtype}")
     return _checked_array(f, value)
 
 

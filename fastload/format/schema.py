@@ -156,8 +156,10 @@ class Schema:
         if isinstance(fields, Schema):
             items = list(fields.fields)
         elif isinstance(fields, Mapping):
+            # Entries are checked at run time (a name or a type that is no string, a Field
+            # named otherwise: SchemaError), which the static types cannot express.
             items = [
-                f if isinstance(f, Field) and f.name == name else Field.parse(name, f)
+                f if isinstance(f, Field) and f.name == name else Field.parse(name, f)  # pyright: ignore[reportArgumentType]
                 for name, f in fields.items()
             ]
         else:
