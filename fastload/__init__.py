@@ -34,8 +34,9 @@ from .format.schema import Field, Schema
 from .read import Dataset, Mix
 from .writer import Writer, merge_parts
 
-if TYPE_CHECKING:  # what a call of fastload.convert(...) is, for type checkers
+if TYPE_CHECKING:  # what a call of fastload.convert(...) is, and the lazy names, for type checkers
     from .convert import convert
+    from .loader import DataLoader, ImageDecode, Packed, PackRows, Pad, SkipBadSamples
 else:
     from . import convert
 
