@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DataLoader": "loader",
     "ImageDecode": "loader",
+    "TokenDecode": "loader",
     "SkipBadSamples": "loader",
     "Pad": "loader",
     "Packed": "loader",
@@ -72,6 +73,7 @@ __all__ = [
     "Dataset",
     "DataLoader",
     "ImageDecode",
+    "TokenDecode",
     "SkipBadSamples",
     "Pad",
     "Packed",

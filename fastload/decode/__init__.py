@@ -14,7 +14,8 @@ Modules: ``params`` (crop parameters), ``decoders`` (encoded bytes to pixels), `
 ``scratch`` (per-thread buffers), ``finish`` (uint8 images to normalized float/bf16 NCHW,
 token rows to int64 with the next-token shift, on the CPU or a CUDA device); ``dali`` and
 ``nvimgcodec``: the same crops decoded by NVIDIA DALI or nvImageCodec instead (on the GPU, or
-their CPU backends; imported only when used).
+their CPU backends; imported only when used), from the ``encoded`` batches the loader's
+workers send them.
 """
 
 from .batch import decode_batch_into, draw_batch_params, image_rngs, warm_up

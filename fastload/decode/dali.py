@@ -4,7 +4,8 @@ is CUDA (DALI's "mixed" decoder, nvJPEG), on DALI's CPU backend otherwise.
 ``DataLoader(decode={"image": ImageDecode(224, train=True, backend="dali")})``. The workers
 read a batch's encoded images and draw its crops and flips exactly as for the CPU decoder
 (the same seed gives the same boxes, so the two backends differ only in resampling); they send
-the bytes end to end with those parameters, a :class:`DaliBatch`. The consumer feeds it to a
+the bytes end to end with those parameters, an :class:`~fastload.decode.encoded.EncodedBatch`.
+The consumer feeds it to a
 DALI pipeline (external_source, decoders.image_slice, resize, flip, transpose) one batch
 ahead of the batch it hands out, so the next batch decodes while the training step runs.
 
@@ -20,100 +21,14 @@ only when such a loader first decodes.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .batch import draw_batch_params, image_rngs
+from .encoded import BadImagesError, EncodedBatch
 from .errors import DecodeError
-from .params import DEFAULT_RATIO, DEFAULT_SCALE
 
-__all__ = ["DaliBatch", "DaliDecoder", "dali_batch", "import_dali"]
-
-
-@dataclass
-class DaliBatch:
-    """A batch's encoded images for DALI: their bytes end to end (``data``, image ``i`` at
-    ``offsets[i]:offsets[i + 1]``; an empty one for a record that was skipped; None while
-    they are in the batch's slab, until the consumer points ``data`` there), each image's
-    crop box in pixels (``anchors`` x, y and ``shapes`` width, height; fractional for the
-    eval crop), its flip, and its dataset record (for errors)."""
-
-    data: bytes | np.ndarray | None
-    offsets: np.ndarray
-    anchors: np.ndarray
-    shapes: np.ndarray
-    flips: np.ndarray
-    records: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def images(self) -> list[np.ndarray]:
-        """Each image's bytes as a uint8 array (views of ``data``)."""
-        whole = np.frombuffer(self.data, np.uint8) if isinstance(self.data, bytes) else self.data
-        return [whole[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
-
-    def __getitem__(self, rows: np.ndarray) -> DaliBatch:
-        """The rows ``rows`` (an index array), in that order."""
-        rows = np.asarray(rows, np.int64)
-        parts = self.images()
-        kept = [parts[i] for i in rows.tolist()]
-        offsets = np.zeros(len(kept) + 1, np.int64)
-        np.cumsum([len(p) for p in kept], out=offsets[1:])
-        data = b"".join(kept)  # (arrays are buffers: one copy, not two)
-        return DaliBatch(
-            data,
-            offsets,
-            self.anchors[rows],
-            self.shapes[rows],
-            self.flips[rows],
-            self.records[rows],
-        )
-
-
-def dali_batch(
-    images: Sequence,
-    spec,
-    rng_seed: tuple,
-    positions: range,
-    records: np.ndarray,
-    into: np.ndarray | None = None,
-    *,
-    scale: tuple[float, float] = DEFAULT_SCALE,
-    ratio: tuple[float, float] = DEFAULT_RATIO,
-) -> DaliBatch:
-    """The :class:`DaliBatch` of ``images`` (EncodedImage values, None for a skipped record)
-    at ``positions`` in their batch: crops and flips drawn as the CPU decoder draws them from
-    ``rng_seed`` (the batch's seed words and the field's number), with RandomResizedCrop's
-    ``scale`` and ``ratio``. The bytes are written end to end into ``into`` (uint8, the slab's
-    area for them) when they fit, else joined."""
-    n = len(images)
-    anchors = np.zeros((n, 2), np.float32)
-    shapes = np.ones((n, 2), np.float32)
-    flips = np.zeros(n, np.int32)
-    heights = [im.height if im is not None else 1 for im in images]
-    widths = [im.width if im is not None else 1 for im in images]
-    rngs = image_rngs(rng_seed, positions) if spec.train else None
-    params = draw_batch_params(
-        heights, widths, spec.hw, train=spec.train, rngs=rngs, scale=scale, ratio=ratio
-    )
-    for i, (crop, flip) in enumerate(params):
-        anchors[i] = crop.left, crop.top
-        shapes[i] = crop.width, crop.height
-        flips[i] = flip
-    parts = [memoryview(im.data) if im is not None else memoryview(b"") for im in images]
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum([p.nbytes for p in parts], out=offsets[1:])
-    if into is not None and offsets[-1] <= len(into):
-        for part, a, b in zip(parts, offsets[:-1].tolist(), offsets[1:].tolist()):
-            into[a:b] = np.frombuffer(part, np.uint8)
-        data = None
-    else:
-        data = b"".join(parts)  # one copy
-    return DaliBatch(data, offsets, anchors, shapes, flips, np.asarray(records, np.int64))
+__all__ = ["DaliDecoder", "import_dali"]
 
 
 def import_dali():
@@ -133,8 +48,8 @@ def import_dali():
 
 
 class DaliDecoder:
-    """One image field's DALI pipeline: :meth:`submit` a :class:`DaliBatch`, then
-    :meth:`collect` its pixels as a torch uint8 tensor ``(n, *spec.shape)`` on ``device``
+    """One image field's DALI pipeline: :meth:`submit` a :class:`EncodedBatch`, then
+    :meth:`collect` its pixels as a torch uint8 tensor ``(n, *spec.pixel_shape)`` on ``device``
     (CUDA: decoded on that GPU; else on the CPU), owned by torch (DALI's output buffers are
     reused by its next batch, so they are copied out)."""
 
@@ -151,7 +66,7 @@ class DaliDecoder:
             else os.cpu_count() or 1,
         )
         self._pipe = None
-        self._fed: DaliBatch | None = None
+        self._fed: EncodedBatch | None = None
         self._stream = None  # CUDA: the stream the pixels are copied out on
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -205,13 +120,13 @@ class DaliDecoder:
                     antialias=True,
                     interp_type=types.INTERP_LINEAR,
                 )
-            if spec.layout == "CHW":
+            if spec.pixel_layout == "CHW":
                 images = fn.transpose(images, perm=[2, 0, 1])
             pipe.set_outputs(images)
         pipe.build()
         return pipe
 
-    def _feed(self, pipe, batch: DaliBatch) -> None:
+    def _feed(self, pipe, batch: EncodedBatch) -> None:
         pipe.feed_input("data", batch.images())
         if self.spec.train:
             pipe.feed_input("anchor", batch.anchors)
@@ -222,7 +137,7 @@ class DaliDecoder:
             pipe.feed_input("roi_start", start)
             pipe.feed_input("roi_end", start + batch.shapes[:, ::-1])
 
-    def submit(self, batch: DaliBatch) -> None:
+    def submit(self, batch: EncodedBatch) -> None:
         """Start decoding ``batch`` (in DALI's threads or on the GPU); one at a time."""
         assert self._fed is None, "collect() the batch submitted before"
         self._fed = batch
@@ -240,7 +155,7 @@ class DaliDecoder:
             raise
 
     def collect(self, empty: Callable[[tuple], Any] | None = None):
-        """The pixels of the batch submitted last. Raises :class:`DaliBatchError` listing its
+        """The pixels of the batch submitted last. Raises :class:`BadImagesError` listing its
         bad images (row, DecodeError) when DALI cannot decode some of them; the pipeline is
         ready for the next batch either way. ``empty(shape)``: a uint8 CPU tensor to copy
         them into (default: a new one); not used for the GPU."""
@@ -248,12 +163,12 @@ class DaliDecoder:
 
         batch, self._fed = self._fed, None
         if len(batch) == 0:
-            return torch.empty((0, *self.spec.shape), dtype=torch.uint8, device=self.device)
+            return torch.empty((0, *self.spec.pixel_shape), dtype=torch.uint8, device=self.device)
         try:
             return self._copy_out(empty)
         except RuntimeError as e:
             self._pipe = None  # DALI: "Current pipeline object is no longer valid"
-            raise DaliBatchError(self._find_bad(batch, e)) from e
+            raise BadImagesError(self._find_bad(batch, e)) from e
         except BaseException:
             # Ctrl-C while waiting: this batch's outputs may still come, and would be taken
             # for the next batch's; a new pipeline starts clean.
@@ -282,17 +197,20 @@ class DaliDecoder:
             return pixels
         # On a stream of its own, waited for here: the copy is done before DALI may reuse
         # its output buffer for the next batch, and the training step's stream is not waited.
+        # The pixels are allocated for that stream too (memory the allocator last gave to
+        # another stream may still be read there); whoever uses them on another stream
+        # records it (the loader's delivery does).
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         (out,) = self._pipe.outputs(cuda_stream=self._stream)
         tensor = out.as_tensor()
-        pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device=self.device)
         with torch.cuda.stream(self._stream):
+            pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device=self.device)
             feed_ndarray(tensor, pixels, cuda_stream=self._stream)
         self._stream.synchronize()
         return pixels
 
-    def _find_bad(self, batch: DaliBatch, error: BaseException) -> list:
+    def _find_bad(self, batch: EncodedBatch, error: BaseException) -> list:
         """The rows of ``batch`` DALI cannot decode, each with its DecodeError, found by
         decoding them one at a time (a new pipeline after each failure). If every image
         decodes on its own, the batch's failure is DALI's: a DecodeError for row 0 naming the
@@ -325,15 +243,6 @@ class DaliDecoder:
                 f"{_dali_reason(error)}"
             ) from error
         return bad
-
-
-class DaliBatchError(Exception):
-    """Raised by :meth:`DaliDecoder.collect`: the batch's images that do not decode, as
-    ``(row, DecodeError)`` in row order."""
-
-    def __init__(self, bad: list) -> None:
-        self.bad = bad
-        super().__init__(f"{len(bad)} image(s) of the batch do not decode")
 
 
 def _dali_reason(error: BaseException) -> str:

@@ -248,3 +248,115 @@ def _write(x: torch.Tensor, out: torch.Tensor, layout: str) -> None:
     """(3, H, W) float pixels rounded into uint8 ``out`` (HWC or CHW)."""
     x = x.round_().clamp_(0, 255)
     out.copy_(x.permute(1, 2, 0) if layout == "HWC" else x)
+
+
+class NvImageCodecStage:
+    """One image field's nvImageCodec decode in the loader's training process, one batch
+    ahead: :meth:`submit` an :class:`~fastload.decode.encoded.EncodedBatch` (the crops and
+    flips its workers drew) and it is decoded on a thread of its own (on a CUDA ``device``:
+    on a stream of its own, which that thread waits for); :meth:`collect` its uint8 pixels
+    ``(n, *spec.pixel_shape)``. ``empty(shape)``: a CPU uint8 tensor to decode into (the
+    loader's reused buffers), else a new one. Raises
+    :class:`~fastload.decode.encoded.BadImagesError` from collect() listing every image of
+    the batch that does not decode."""
+
+    def __init__(self, name: str, spec, device: torch.device | None = None, empty=None) -> None:
+        self.name = name
+        self.spec = spec
+        self.device = device if device is not None and device.type == "cuda" else None
+        self._empty = empty
+        self._decoder: NvImageCodecDecoder | None = None
+        self._stream = None
+        self._threads = None
+        self._pending = None
+
+    def submit(self, batch) -> None:
+        """Start decoding ``batch``; one at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pending is not None:
+            raise RuntimeError("collect() the batch submitted before")
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(1, thread_name_prefix="fastload-nvimgcodec")
+        self._pending = self._threads.submit(self._decode, batch)
+
+    def collect(self, empty=None) -> torch.Tensor:
+        """The pixels of the batch submitted last (``empty`` is not used: see __init__)."""
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+    def discard(self) -> None:
+        """Drop the batch submitted last, if any (waits for its decode to end)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        self.discard()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+
+    # -- on the decode thread ---------------------------------------------------------------
+    def _decode(self, batch) -> torch.Tensor:
+        shape = (len(batch), *self.spec.pixel_shape)
+        if self.device is None:
+            out = self._empty(shape) if self._empty is not None else None
+            if out is None:
+                out = torch.empty(shape, dtype=torch.uint8)
+            self._decode_rows(batch, out, None)
+            return out
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            out = torch.empty(shape, dtype=torch.uint8, device=self.device)  # for this stream
+            self._decode_rows(batch, out, self._stream)
+        self._stream.synchronize()  # the pixels are there when collect() returns them
+        return out
+
+    def _decode_rows(self, batch, out: torch.Tensor, stream) -> None:
+        """Decode every row of ``batch`` into ``out``; a row whose image does not decode is
+        left as zeros and listed; BadImagesError at the end if there were any."""
+        from .encoded import BadImagesError
+
+        if self._decoder is None:
+            self._decoder = NvImageCodecDecoder(device=self.device or "cpu")
+        spec, images, start, bad = self.spec, batch.images(), 0, []
+        params = batch.params() if spec.train else None
+        n = len(batch)
+        while start < n:
+            rows = slice(start, n)
+            try:
+                self._decoder.decode_batch(
+                    images[rows],
+                    batch.heights[rows].tolist(),
+                    batch.widths[rows].tolist(),
+                    size=spec.hw,
+                    train=spec.train,
+                    layout=spec.pixel_layout,
+                    params=params[rows] if params is not None else None,
+                    out=out[rows],
+                    stream=stream,
+                )
+                break
+            except DecodeError as e:
+                if e.index is None:
+                    raise
+                i = start + e.index
+                out[i] = 0
+                bad.append(
+                    (
+                        i,
+                        DecodeError(
+                            f"field {self.name!r} of dataset record {int(batch.records[i])}: "
+                            f"{e.reason}",
+                            i,
+                        ),
+                    )
+                )
+                start = i + 1
+        if bad:
+            raise BadImagesError(bad)

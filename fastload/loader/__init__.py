@@ -3,7 +3,7 @@
 from ..errors import LoaderTimeoutError, WorkerDiedError
 from .badsamples import SkipBadSamples
 from .dataloader import DataLoader
-from .layout import ImageDecode
+from .layout import ImageDecode, TokenDecode
 from .variable import Packed, PackRows, Pad
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "Packed",
     "PackRows",
     "SkipBadSamples",
+    "TokenDecode",
     "WorkerDiedError",
 ]

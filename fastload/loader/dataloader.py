@@ -30,7 +30,8 @@ from .delivery import Delivery
 from .device import CopiesInFlight, move, pinning_wanted, register_slabs
 from .feed import MessageSizer, WorkerFeed, drain, filled_here
 from .fill import probe_transform
-from .layout import BatchLayout, ImageDecode
+from .finishing import Finishing
+from .layout import BatchLayout, ImageDecode, TokenDecode
 from .options import WORKER_TYPES, check_fast_options, device_of, encoded_room, fast_capable
 from .planned_order import PlanBatchSampler, Planner, refuse_samplers, wants_plan
 from .pool import WorkerPool
@@ -50,8 +51,11 @@ class DataLoader:
     Arguments up to ``in_order`` have torch's meaning. fastload adds, keyword-only:
 
     - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
-      fixed-size uint8 pixels in the workers, or by NVIDIA DALI in this process
-      (``backend="dali"``: on the GPU with ``device="cuda"``; see fastload/decode/dali.py);
+      fixed-size pixels in the workers, or by NVIDIA DALI or nvImageCodec in this process
+      (``backend="dali"`` / ``"nvimgcodec"``: on the GPU with ``device="cuda"``), uint8 or
+      normalized float/bf16 (``dtype=``, ``normalize=``; imagedecode.py); and
+      ``{field: TokenDecode(...)}``, token rows widened (and shifted into targets);
+      finished on the GPU after the copy with ``device="cuda"`` (finishing.py);
     - ``transform``: ``fn(sample) -> dict``, run on each sample in the workers after it is
       read and decoded; arrays, tensors and numbers it returns are stacked into batch tensors
       (same shape and dtype for every sample), anything else comes as lists (transform.py);
@@ -98,7 +102,7 @@ class DataLoader:
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
-        decode: Mapping[str, ImageDecode] | None = None,
+        decode: Mapping[str, ImageDecode | TokenDecode] | None = None,
         transform: Callable[[dict], Any] | None = None,
         variable: Mapping[str, VariableSpec] | None = None,
         worker_type: str = "process",
@@ -190,7 +194,7 @@ class DataLoader:
     def _set_up_fast_path(
         self,
         batch_size: int,
-        decode: Mapping[str, ImageDecode] | None,
+        decode: Mapping[str, ImageDecode | TokenDecode] | None,
         transform: Callable[[dict], Any] | None,
         variable: Mapping[str, VariableSpec] | None,
         pin_memory: bool,
@@ -216,11 +220,7 @@ class DataLoader:
         if self.device is not None:
             self._copies = CopiesInFlight()
         self._make_buffers(size or 1)
-        self._dali: Any = None  # dalistage.DaliStage, made at the first iteration
-        if self.layout.dali:
-            from ..decode.dali import import_dali
-
-            import_dali()  # not installed: say so now, not at the first batch
+        self._dali: Any = None  # decodestage.DecodeStage, made at the first iteration
 
     def _make_buffers(self, size: int) -> None:
         """The batch layout, the way workers split the work, and the slab pool for batches
@@ -233,6 +233,7 @@ class DataLoader:
             self._outputs,
             self._variable,
             encoded_bytes=encoded_room(self.dataset, self._decode),
+            gpu=self.device is not None and self.device.type == "cuda",
         )
         self._per_message = MessageSizer.most(self.layout.slab_size)
         workers = self.num_workers
@@ -260,6 +261,7 @@ class DataLoader:
             collated=self._collated,
             device=self.device,
             copies=self._copies,
+            finishing=Finishing(self.layout, on_new_pool=register_slabs if self._pinned else None),
         )
 
     @property
@@ -413,22 +415,23 @@ class DataLoader:
             yield batch
 
     def _staged(self, batches: Iterator[Any]) -> Iterator[dict]:
-        """``batches`` through the consumer's DALI stage, where image fields are DALI's
-        (delivery then leaves each batch unfinished: see :meth:`Delivery.finish`)."""
-        if not self.layout.dali:
+        """``batches`` through the consumer's decode stage, where image fields are DALI's or
+        nvImageCodec's (delivery then leaves each batch unfinished: see
+        :meth:`Delivery.finish`)."""
+        if not self.layout.staged:
             return batches
         if self._dali is None:
-            from .dalistage import DaliStage
+            from .decodestage import DecodeStage
 
-            self._dali = DaliStage(
-                self.layout.dali, self.layout.batch_size, self.device, self._budget, self._stats
+            self._dali = DecodeStage(
+                self.layout.staged, self.layout.batch_size, self.device, self._budget, self._stats
             )
         return self._finished(self._dali.run(batches))
 
     def _finished(self, decoded: Iterator[tuple[int, dict]]) -> Iterator[dict]:
         for number, batch in decoded:
             delivery = self._delivery  # (new buffers come with a new one)
-            delivery.handed = number  # DALI ran a batch ahead: this is the one handed out
+            delivery.handed = number  # the stage ran a batch ahead: this is the one handed out
             yield delivery.finish(batch)
 
     def _fast_batches(self, base_seed: int) -> Iterator[dict]:

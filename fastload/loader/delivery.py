@@ -1,6 +1,7 @@
 """A filled slab handed to the user as a batch: tensors over the slab (no copy) plus the listed
 fields, bad samples dropped under a skip budget, variable-length fields made into tensors,
-and the batch moved to the loader's device. See slabs.py for the slab's lifetime."""
+images and tokens finished (finishing.py: on the GPU after the copy, else on the CPU), and
+the batch moved to the loader's device. See slabs.py for the slab's lifetime."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from ..format.schema import Schema
 from .badsamples import BadSampleBudget
 from .device import CopiesInFlight, to_device
+from .finishing import Finishing
 from .layout import BatchLayout
 from .messages import BatchResult
 from .slabs import SlabPool
@@ -26,8 +28,8 @@ __all__ = ["Delivery"]
 class Delivery:
     """Hands out the batches of one slab pool. ``collated``: the variable-length fields the
     consumer makes into tensors (variable.py); ``copies``: batches being copied to the GPU
-    (kept by the loader across new buffers); ``handed``: the iteration's number of the
-    batch handed out last."""
+    (kept by the loader across new buffers); ``finishing``: what the consumer finishes
+    (finishing.py); ``handed``: the iteration's number of the batch handed out last."""
 
     def __init__(
         self,
@@ -40,55 +42,63 @@ class Delivery:
         collated: Mapping[str, VariableSpec],
         device: torch.device | None,
         copies: CopiesInFlight | None,
+        finishing: Finishing | None = None,
     ) -> None:
         self.layout, self.slabs, self.stats = layout, slabs, stats
         self.budget, self.schema, self.collated = budget, schema, collated
         self.device, self.copies = device, copies
+        self.finishing = finishing if finishing else None
         self.handed = 0
 
     def deliver(self, result: BatchResult) -> Any:
         """The batch of a filled slab, as tensors over the slab (no copy) plus listed
-        fields. With DALI image fields: an :class:`Unpacked` batch for the DALI stage
-        instead (finished by :meth:`finish` once DALI decoded it)."""
+        fields. With staged image fields (DALI, nvImageCodec): an :class:`Unpacked` batch for
+        the decode stage instead (finished by :meth:`finish` once decoded)."""
         start = time.perf_counter()
         layout = self.layout
         lease = self.slabs.lease(result.slab)
         self.handed = result.batch
         read, bad = result.samples, result.bad or []
-        for name, area in layout.encoded.items():  # a DALI field's images in the slab
+        for name, area in layout.encoded.items():  # a staged field's images in the slab
             images = result.listed[name]
             if images.data is None:
                 images.data = layout.views(lease, read)[area].reshape(-1)
         kept = None
         if self.budget is not None:
-            kept = self._skip_bad(result, lease, count=not layout.dali)
+            kept = self._skip_bad(result, lease, count=not layout.staged)
         views = layout.views(lease, result.samples)
         batch: dict[str, Any] = {}
         for name in layout.names:
             if name in views:
-                batch[name] = torch.from_numpy(views[name])
-            else:
+                batch[name] = layout.tensor(name, views[name])
+            elif name not in layout.targets:  # (those, finishing adds)
                 batch[name] = result.listed[name]
         del views, lease  # the batch's tensors now own the slab
         self.stats.stage_seconds["collate"] += time.perf_counter() - start
         self.stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
-        if layout.dali:
-            from .dalistage import Unpacked
+        if layout.staged:
+            from .decodestage import Unpacked
 
             rows = kept if kept is not None else np.arange(read)
             return Unpacked(batch, result.batch, read, list(bad), rows)
         return self.finish(batch)
 
     def finish(self, batch: dict) -> dict:
-        """A batch's variable-length fields made into tensors, and the batch moved to the
-        loader's device."""
+        """A batch's variable-length fields made into tensors, its images and tokens
+        finished, and the batch moved to the loader's device (finishing after the copy, on
+        the copy stream, for a CUDA device; before it, on the CPU, otherwise)."""
         if self.collated:
             start = time.perf_counter()
             batch = collate_variable(batch, self.collated, self.schema)
             self.stats.stage_seconds["collate"] += time.perf_counter() - start
+        gpu = self.device is not None and self.device.type == "cuda"
+        if self.finishing is not None and not gpu:
+            start = time.perf_counter()
+            batch = self.finishing.on_cpu(batch)
+            self.stats.stage_seconds["decode"] += time.perf_counter() - start
         if self.device is not None:
             start = time.perf_counter()
-            batch = to_device(batch, self.device, self.copies)
+            batch = to_device(batch, self.device, self.copies, self.finishing if gpu else None)
             self.stats.stage_seconds["transfer"] += time.perf_counter() - start
         return batch
 
@@ -103,7 +113,7 @@ class Delivery:
             return np.arange(n)
         dropped = {row for row, _ in result.bad}
         keep = np.array([i for i in range(n) if i not in dropped], np.int64)
-        areas = set(self.layout.encoded.values())  # not rows: their DaliBatch takes its own
+        areas = set(self.layout.encoded.values())  # not rows: their EncodedBatch takes its own
         for name, v in self.layout.views(slab, n).items():
             if name not in areas:
                 v[: len(keep)] = v[keep]

@@ -4,10 +4,24 @@ Slabs are pinned by registering their memory with CUDA (no copy into a pinned bu
 host-to-device copy is a DMA straight from the slab. An arena is unregistered when it is
 freed (a loader closed or its pool replaced): memory unmapped while still registered stays
 page-locked, and a later arena mapped at the same address could not be registered.
+
+A batch goes to the GPU on the loader's copy stream, a side stream, so the copy overlaps the
+training step queued on the current stream: the tensors' bytes are copied (uint8 pixels and
+uint16 tokens as they are in the slab), the finishing kernels run on that same stream right
+after (finishing.py), and an event recorded after them is what the current stream waits for
+before anything the training loop queues next; the host batch, and so its slab, is kept
+(CopiesInFlight) until that event has completed, so a slab is never refilled under a copy.
+
+Worker processes never touch CUDA: they are forked (the default start method) from a process
+whose CUDA context may be initialised, which is safe only as long as the child makes no CUDA
+call at all. Only this module and finishing.py (run in the training process) do; the workers
+fill slabs through numpy and the compiled core's CPU loops. A registered arena's finalizer
+unregisters it only in the process that registered it.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections import deque
@@ -15,9 +29,17 @@ from collections.abc import Mapping
 
 import torch
 
+from .finishing import Finishing
 from .slabs import SlabPool
 
-__all__ = ["pinning_wanted", "register_slabs", "to_device", "move", "CopiesInFlight"]
+__all__ = [
+    "pinning_wanted",
+    "register_slabs",
+    "to_device",
+    "copy_stream",
+    "move",
+    "CopiesInFlight",
+]
 
 
 def pinning_wanted(pin_memory: bool, device: torch.device | None) -> bool:
@@ -50,14 +72,16 @@ def register_slabs(pool: SlabPool) -> None:
             )
         # Runs as the arena's last reference goes (every batch view of it is gone), before
         # its memory is released; not at exit, when CUDA may be torn down already.
-        weakref.finalize(arena, _unregister, cudart, ptr).atexit = False
+        weakref.finalize(arena, _unregister, cudart, ptr, os.getpid()).atexit = False
 
     for arena in pool.arenas:
         register(arena)
     pool.on_new_arena = register
 
 
-def _unregister(cudart, ptr: int) -> None:
+def _unregister(cudart, ptr: int, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked worker dropping its copy of the arena: CUDA is not its to call
     try:
         cudart.cudaHostUnregister(ptr)
     except Exception:
@@ -106,26 +130,59 @@ class CopiesInFlight:
             event.synchronize()
 
 
-def to_device(batch: dict, device: torch.device, in_flight: CopiesInFlight) -> dict:
-    """Copy a batch's tensors to ``device`` on a side stream, without waiting for the copy:
-    the current stream waits for its event before anything queued after this call runs, and
-    ``in_flight`` keeps the source batch (its slab) until the copy is done."""
+def to_device(
+    batch: dict,
+    device: torch.device,
+    in_flight: CopiesInFlight,
+    finishing: Finishing | None = None,
+) -> dict:
+    """Copy a batch's tensors to ``device`` on the copy stream and queue ``finishing``'s
+    kernels after the copy on that stream, without waiting for either: the current stream
+    waits for their event before anything queued after this call runs, and ``in_flight``
+    keeps the source batch (its slab) until they are done. Tensors already on the device
+    (pixels a GPU decoder made) are finished there as they are."""
     if device.type != "cuda":
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    stream = _streams.get(device)
-    if stream is None:
-        stream = _streams[device] = torch.cuda.Stream(device)
+    stream = copy_stream(device)
     current = torch.cuda.current_stream(device)
     with torch.cuda.stream(stream):  # not after the work queued on current: it overlaps it
-        out = {
-            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()
-        }
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                v.record_stream(stream)  # read on this stream too
+                out[k] = v
+            elif isinstance(v, torch.Tensor):
+                out[k] = _copy(v, device)
+            else:
+                out[k] = v
+        if finishing:
+            out = finishing.on_gpu(out, stream)
         copied = torch.cuda.Event()
         copied.record(stream)
     current.wait_event(copied)
     for v in out.values():
         if isinstance(v, torch.Tensor):
-            v.record_stream(current)  # made on the side stream, used on the current one
+            v.record_stream(current)  # made on the copy stream, used on the current one
     in_flight.add(copied, batch)
     return out
+
+
+def copy_stream(device: torch.device):
+    """The loader's side stream on ``device`` for copies to it (one per device and process)."""
+    stream = _streams.get(device)
+    if stream is None:
+        stream = _streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
+# Unsigned types beyond uint8 have few CUDA ops in torch; a copy of their bits as the signed
+# type of the same size is the same bytes.
+_SAME_BITS = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+
+
+def _copy(v: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``v`` copied to ``device`` without waiting (a DMA from registered or pinned memory)."""
+    bits = _SAME_BITS.get(v.dtype)
+    if bits is None:
+        return v.to(device, non_blocking=True)
+    return v.view(bits).to(device, non_blocking=True).view(v.dtype)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from ..errors import CorruptRecordError
 from ..read.contract import BatchGather, Readable
@@ -70,12 +71,12 @@ def fill_batch(
         mine, views = indices[lo:hi], {name: v[lo:hi] for name, v in views.items()}
     bad: list[tuple[int, str]] = []
     fast = _raw_gather(dataset, layout)
-    if fast is None or not fast.gather(mine, views):
+    out = layout.gather_views(views)
+    if fast is None or not fast.gather(mine, out):
         # Images to decode here are read as views (decoded below, never sent anywhere), and
-        # so are those for DALI (copied end to end into one bytes below).
-        views_of = (*layout.decode, *layout.dali)
+        # so are staged ones (copied end to end into one bytes below).
+        views_of = (*layout.decode, *layout.staged)
         extra = {"image_views": views_of} if views_of else {}
-        out = {name: views[name] for name in layout.gathered}
         try:
             listed = dataset.read_into(mine, out=out, **extra)
         except CorruptRecordError:
@@ -92,14 +93,16 @@ def fill_batch(
         for name in layout.ragged:
             listed[name] = Ragged.of(listed[name], empty_value(layout.schema, name))
     read_done = time.perf_counter()
-    if layout.dali:
-        _for_dali(layout, listed, views, rng_seed, range(lo, hi), np.asarray(mine))
+    if layout.staged:
+        _for_staged(layout, listed, views, rng_seed, range(lo, hi), np.asarray(mine))
     if layout.decode:
         bad += _decoded(layout, listed, views, rng_seed, range(lo, hi), mine, skip_bad)
+    for name, rows in layout.rows.items():
+        _finish_tokens(layout, name, views[rows], views)
     done = time.perf_counter()
     areas = set(layout.encoded.values())  # counted by what the images took of them
     nbytes = sum(v.nbytes for k, v in views.items() if k not in areas) + sum(
-        int(listed[name].offsets[-1]) for name in layout.dali
+        int(listed[name].offsets[-1]) for name in layout.staged
     )
     timings = BatchTimings(
         read=read_done - start,
@@ -114,7 +117,26 @@ def fill_batch(
     return listed, timings
 
 
-def _for_dali(
+def _finish_tokens(
+    layout: BatchLayout, name: str, rows: np.ndarray, views: dict, at: Any = slice(None)
+) -> None:
+    """Token field ``name``'s ``rows`` finished into its slot (and its targets') at rows
+    ``at`` of ``views``."""
+    spec = layout.tokens[name]
+    if not isinstance(at, slice):  # rows scattered in the batch: finished, then put there
+        done = spec.finish(rows)
+        for key, value in zip(_token_keys(spec, name), done if spec.shift else (done,)):
+            views[key][at] = value.numpy()
+        return
+    out = tuple(torch.from_numpy(views[key][at]) for key in _token_keys(spec, name))
+    spec.finish(rows, out=out if spec.shift else out[0])
+
+
+def _token_keys(spec, name: str) -> tuple[str, ...]:
+    return (name, spec.targets_name(name)) if spec.shift else (name,)
+
+
+def _for_staged(
     layout: BatchLayout,
     listed: dict,
     views: dict,
@@ -122,14 +144,17 @@ def _for_dali(
     rows: range,
     records: np.ndarray,
 ) -> None:
-    """Each DALI field's encoded images as a DaliBatch (in the slab's area for them where
-    they fit), with the crops DALI is to take: ``rows`` of the batch, dataset ``records``."""
-    from ..decode.dali import dali_batch
+    """Each staged field's encoded images as an EncodedBatch (in the slab's area for them
+    where they fit), with the crops its decoder is to take: ``rows`` of the batch, dataset
+    ``records``."""
+    from ..decode.encoded import encoded_batch
 
-    for name, spec in layout.dali.items():
+    for name, spec in layout.staged.items():
         area = views[layout.encoded[name]].reshape(-1) if layout.encoded else None
         seed = (*rng_seed, layout.seeds[name])
-        listed[name] = dali_batch(listed[name], spec, seed, rows, records, into=area)
+        listed[name] = encoded_batch(
+            listed[name], spec, seed, rows, records, into=area, scale=spec.scale, ratio=spec.ratio
+        )
 
 
 def _decoded(
@@ -142,8 +167,10 @@ def _decoded(
     skip_bad: bool,
 ) -> list[tuple[int, str]]:
     """Decode each image field's images (taken out of ``listed``) into its slab view: rows
-    ``rows`` of the batch, dataset ``records``. Returns the rows whose image did not decode
-    (``skip_bad``; else the first one raises, naming its field and record)."""
+    ``rows`` of the batch, dataset ``records``; a field the workers finish is decoded into
+    scratch pixels a few rows at a time and finished from there into the slab. Returns the
+    rows whose image did not decode (``skip_bad``; else the first one raises, naming its
+    field and record)."""
     from ..decode import draw_batch_params, image_rngs
 
     bad = []
@@ -154,24 +181,55 @@ def _decoded(
         params = None
         if spec.train:
             rngs = image_rngs((*rng_seed, layout.seeds[name]), rows)
-            params = draw_batch_params(heights, widths, spec.hw, train=True, rngs=rngs)
+            params = draw_batch_params(
+                heights,
+                widths,
+                spec.hw,
+                train=True,
+                rngs=rngs,
+                scale=spec.scale,
+                ratio=spec.ratio,
+            )
+        finished = name in layout.finished_in_workers
+        out = layout.tensor(name, views[name]) if finished else views[name]
+        step = _FINISH_ROWS if finished else len(images)  # else each run in one go
         for a, b in _runs([im is not None for im in images]):
-            for i, e in _decode(
-                images[a:b],
-                heights[a:b],
-                widths[a:b],
-                views[name][a:b],
-                params[a:b] if params is not None else None,
-                spec,
-                skip_bad,
-            ):
-                where = f"field {name!r} of dataset record {int(records[a + i])}"
-                if not skip_bad:
-                    if hasattr(e, "add_note"):
-                        e.add_note(where)
-                    raise e
-                bad.append((rows.start + a + i, f"{where}: {e.reason}"))
+            for lo in range(a, b, step):
+                hi = min(b, lo + step)
+                target = _pixels(spec, hi - lo) if finished else out[lo:hi]
+                for i, e in _decode(
+                    images[lo:hi],
+                    heights[lo:hi],
+                    widths[lo:hi],
+                    target,
+                    params[lo:hi] if params is not None else None,
+                    spec,
+                    skip_bad,
+                ):
+                    where = f"field {name!r} of dataset record {int(records[lo + i])}"
+                    if not skip_bad:
+                        if hasattr(e, "add_note"):
+                            e.add_note(where)
+                        raise e
+                    bad.append((rows.start + lo + i, f"{where}: {e.reason}"))
+                if finished:
+                    spec.finish(target, out=out[lo:hi])
     return bad
+
+
+# Rows a worker decodes into scratch pixels before finishing them into the slab: a few MB of
+# pixels (16 images of 224x224), still in the CPU's caches when the finishing pass reads them.
+_FINISH_ROWS = 16
+
+
+def _pixels(spec: ImageDecode, n: int) -> np.ndarray:
+    """This thread's scratch uint8 pixels for ``n`` images of ``spec`` (reused)."""
+    shape = (n, *spec.pixel_shape)
+    size = int(np.prod(shape))
+    buf = getattr(_local, "pixels", None)
+    if buf is None or len(buf) < size:
+        buf = _local.pixels = np.empty(size, np.uint8)
+    return buf[:size].reshape(shape)
 
 
 def _add_io(dataset: Readable, timings: BatchTimings) -> None:
@@ -212,8 +270,8 @@ def fill_block_share(
     if len(rows):
         mine = indices[rows]
         out = {
-            name: np.empty((len(rows), *views[name].shape[1:]), views[name].dtype)
-            for name in layout.gathered
+            name: np.empty((len(rows), *view.shape[1:]), view.dtype)
+            for name, view in layout.gather_views(views).items()
         }
         fast = _raw_gather(dataset, layout)
         try:
@@ -229,8 +287,10 @@ def fill_block_share(
             fill_padded(listed.pop(name), padded, lengths, spec, mine, name)
             out[name], out[f"{name}_lengths"] = padded, lengths
         for name, values in out.items():
-            views[name][rows] = values
+            views[layout.rows.get(name, name)][rows] = values
             nbytes += values.nbytes
+        for name in layout.rows:
+            _finish_tokens(layout, name, out[name], views, rows)
     timings = BatchTimings(
         read=time.perf_counter() - start,
         decode=0.0,
@@ -373,7 +433,7 @@ def _decode(
                 widths[part],
                 out[part],
                 train=spec.train,
-                layout=spec.layout,
+                layout=spec.pixel_layout,
                 params=params[part] if params is not None else None,
             )
             return
@@ -403,6 +463,6 @@ def _raw_gather(dataset: Readable, layout: BatchLayout) -> BatchGather | None:
 def _new_gather(dataset: Readable, layout: BatchLayout) -> BatchGather | None:
     """The dataset's one-call gather of the layout's fields, where every field of the batch
     is gathered (nothing listed, decoded or padded, which read_into does)."""
-    if layout.decode or layout.listed or layout.padded or not layout.slots:
+    if layout.decode or layout.listed or layout.padded or not layout.gathered:
         return None
-    return dataset.fast_gather(tuple(slot.name for slot in layout.slots))
+    return dataset.fast_gather(layout.gathered)

@@ -5,6 +5,12 @@ sample, so a batch of ``batch_size`` records has a fixed byte layout: each such 
 ``(n, *shape)`` array at a 64-byte aligned offset of the slab. Workers gather or decode straight
 into those arrays; the main process turns them into tensors without copying. Other fields
 (bytes, str, json, variable-shape arrays, images without a decoder) travel as Python lists.
+
+Finishing (``ImageDecode(dtype=float)``, ``TokenDecode``) decides what a slot holds: what the
+workers finish is stored finished (float32, float16, or bfloat16 as its bits in uint16; token
+rows as int64/int32 inputs and targets, gathered into a slot of their own first); what is
+finished after the slab (on the GPU, or by the training process) stays uint8 pixels and
+uint16/uint32 token rows (see finishing.py).
 """
 
 from __future__ import annotations
@@ -14,68 +20,53 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from ..decode.finish import TokenDecode
 from ..format.schema import Schema
+from .imagedecode import ImageDecode
 from .variable import Pad
 
-__all__ = ["BatchLayout", "Slot", "ImageDecode"]
+__all__ = [
+    "BatchLayout",
+    "Slot",
+    "ImageDecode",
+    "TokenDecode",
+    "IMAGES_FINISHED_IN_WORKERS",
+    "TOKENS_FINISHED_IN_WORKERS",
+]
 
 _ALIGN = 64  # a cache line: no two fields share one, and SIMD loads stay aligned
 
+# Where batches that stay on the CPU are finished (with a CUDA device it is always the GPU):
+# by the workers into the slab (True), or by the training process into buffers of its own.
+# Both ways are kept and tested, and benchmarks/finish_place.py measures one against the
+# other, since the answer depends on the machine. What it found on a shared 2-core machine
+# (to measure again on a quiet one):
+#
+# - images (batches of 256 at 224x224 into bfloat16): the pass costs the same CPU time either
+#   way (~25 ms a batch) and the rates were alike within the noise; in the workers it is
+#   spread over all of them and reads pixels the decoder has just written, and the training
+#   process, whose thread also drives the training step, keeps that time.
+# - tokens (batches of 16 rows of 2049 into int64 inputs and targets): the training
+#   process's pass (~0.1 ms a batch) cost less CPU in all than the workers' (which write 8x
+#   the bytes into shared memory, and whose result messages wait for it) and gave the higher
+#   rate in each run; the slab keeps the uint16 rows.
+IMAGES_FINISHED_IN_WORKERS = True
+TOKENS_FINISHED_IN_WORKERS = False
 
-@dataclass(frozen=True)
-class ImageDecode:
-    """Decode an image field into fixed-size uint8 pixels inside the workers.
-
-    ``train=True``: RandomResizedCrop(size) + random horizontal flip, as torchvision's
-    standard ImageNet training transform; ``train=False``: resize + center crop. ``layout``
-    is ``"HWC"`` (channels last) or ``"CHW"``.
-
-    ``backend="dali"``: decoded by NVIDIA DALI in the main process instead, on the GPU when
-    the loader has ``device="cuda"`` (its batches then arrive there), on DALI's CPU backend
-    otherwise, with ``dali_threads`` threads (default: the CPUs, at most 8); the workers only
-    read the encoded bytes and draw the same crops (see fastload/decode/dali.py).
-    """
-
-    size: int | tuple[int, int] = 224
-    train: bool = True
-    layout: str = "HWC"
-    backend: str = "cpu"
-    dali_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("HWC", "CHW"):
-            raise ValueError(f"layout must be 'HWC' or 'CHW', got {self.layout!r}")
-        if self.backend not in ("cpu", "dali"):
-            raise ValueError(f"backend must be 'cpu' or 'dali', got {self.backend!r}")
-        if self.dali_threads is not None and (
-            self.backend != "dali"
-            or not isinstance(self.dali_threads, int)
-            or self.dali_threads < 1
-        ):
-            raise ValueError(
-                f"dali_threads must be a positive int, with backend='dali'; got "
-                f"{self.dali_threads!r}"
-            )
-        if not self.train and self.hw[0] != self.hw[1]:
-            raise ValueError(f"the eval center crop is square; size {self.size!r} is not")
-        h, w = self.hw
-        if h <= 0 or w <= 0:
-            raise ValueError(f"size must be positive, got {self.size!r}")
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        h, w = self.hw
-        return (h, w, 3) if self.layout == "HWC" else (3, h, w)
+# numpy has no bfloat16: such a slot is its bits as uint16, viewed as bfloat16 by torch
+_STORAGE = {
+    torch.float32: np.dtype(np.float32),
+    torch.float16: np.dtype(np.float16),
+    torch.bfloat16: np.dtype(np.uint16),
+}
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One field's array in the slab: ``(n, *shape)`` of ``dtype`` at ``offset``."""
+    """One field's array in the slab: ``(n, *shape)`` of ``dtype`` at ``offset``;
+    ``torch_dtype``: what its tensor is viewed as where numpy has no such type (bfloat16)."""
 
     name: str
     dtype: np.dtype
@@ -83,42 +74,61 @@ class Slot:
     offset: int
 
     sample_bytes: int  # bytes of one sample's value
+    torch_dtype: torch.dtype | None = None
 
 
 class BatchLayout:
     """The slab layout of batches of up to ``batch_size`` records of ``schema``; with a
     ``transform`` (see transform.py), of its ``outputs`` instead, and ``input`` is the
     layout the records are read into first. ``encoded_bytes``: room per sample for each
-    DALI image field's encoded bytes, which the workers put in the slab (one area of
-    ``batch_size * encoded_bytes``, its images end to end) rather than in their message."""
+    staged image field's encoded bytes, which the workers put in the slab (one area of
+    ``batch_size * encoded_bytes``, its images end to end) rather than in their message.
+    ``gpu``: the batches go to a CUDA device, where they are finished."""
 
     def __init__(
         self,
         schema: Schema,
         batch_size: int,
-        decode: Mapping[str, ImageDecode] | None = None,
+        decode: Mapping[str, ImageDecode | TokenDecode] | None = None,
         transform: Callable[[dict], Any] | None = None,
         outputs: tuple = (),
         variable: Mapping[str, Any] | None = None,
         encoded_bytes: int = 0,
+        gpu: bool = False,
     ) -> None:
         decode = dict(decode or {})
         for name, spec in decode.items():
-            if name not in schema or schema[name].kind != "image":
-                raise ValueError(
-                    f"decode: {name!r} is not an image field of the dataset "
-                    f"(fields: {schema.to_dict()})"
-                )
-            if not isinstance(spec, ImageDecode):
-                raise TypeError(f"decode[{name!r}] must be an ImageDecode, got {spec!r}")
+            check_decode_spec(schema, name, spec)
         self.schema = schema
         self.batch_size = batch_size
-        #: Image fields decoded in the workers, and those decoded by DALI in the consumer
-        #: (read and sent as a DaliBatch each); ``seeds``: each one's number in the batch's
-        #: augmentation seed (its place in ``decode`` as given, whichever backend).
-        self.decode = {name: spec for name, spec in decode.items() if spec.backend == "cpu"}
-        self.dali = {name: spec for name, spec in decode.items() if spec.backend == "dali"}
-        self.seeds = {name: f for f, name in enumerate(decode)}
+        images = {n: s for n, s in decode.items() if isinstance(s, ImageDecode)}
+        #: Image fields decoded in the workers, and those decoded in the consumer (``staged``:
+        #: by DALI or nvImageCodec, read and sent as an EncodedBatch each; ``dali`` is the
+        #: same dict); ``seeds``: each one's number in the batch's augmentation seed (its place
+        #: in ``decode`` as given, whichever backend).
+        self.decode = {name: spec for name, spec in images.items() if spec.backend == "cpu"}
+        self.staged = {name: spec for name, spec in images.items() if spec.backend != "cpu"}
+        self.seeds = {name: f for f, name in enumerate(images)}  # (token specs draw none)
+        #: Token fields to finish (``TokenDecode``), and each shifted one's targets (a batch
+        #: key of its own, right after the field's).
+        self.tokens = {n: s for n, s in decode.items() if isinstance(s, TokenDecode)}
+        self.targets = {
+            spec.targets_name(name): name for name, spec in self.tokens.items() if spec.shift
+        }
+        #: Fields the workers finish into the slab: images (the others stay uint8 there), and
+        #: token fields, whose rows are gathered into a slot of their own first (``rows``; not
+        #: a key of the batch). With a GPU the consumer finishes them there instead.
+        self.finished_in_workers = {
+            name
+            for name, spec in self.decode.items()
+            if spec.finished and not gpu and IMAGES_FINISHED_IN_WORKERS
+        }
+        self.rows = (  # (a transform's outputs are its own: no tokens to finish then)
+            {name: f"{name}:rows" for name in self.tokens}
+            if not gpu and transform is None and TOKENS_FINISHED_IN_WORKERS
+            else {}
+        )
+        self.finished_in_workers |= set(self.rows)
         decode = self.decode
         self.transform = transform
         self.outputs = tuple(outputs)
@@ -132,10 +142,10 @@ class BatchLayout:
         }
         #: The other variable-length fields with a spec: sent as a Ragged (variable.py).
         self.ragged = tuple(name for name in (variable or {}) if name not in self.padded)
-        #: Per DALI field, the slot its encoded images are written to, end to end (not a key
-        #: of the batch).
+        #: Per staged field, the slot its encoded images are written to, end to end (not a
+        #: key of the batch).
         self.encoded = (
-            {name: f"{name}:encoded" for name in self.dali}
+            {name: f"{name}:encoded" for name in self.staged}
             if encoded_bytes and transform is None
             else {}
         )
@@ -148,15 +158,22 @@ class BatchLayout:
         self.names = tuple(names)
         slots, offset = [], 0
         for name, dtype, shape in fixed:
+            torch_dtype = None
+            if isinstance(dtype, torch.dtype):  # an image finished in the workers
+                dtype, torch_dtype = _STORAGE[dtype], dtype
             sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            slots.append(Slot(name, dtype, shape, offset, sample_bytes))
+            slots.append(Slot(name, dtype, shape, offset, sample_bytes, torch_dtype))
             offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
         self.slots: tuple[Slot, ...] = tuple(slots)
-        #: Fields that are gathered straight into the slab (fixed-size ones).
+        self._torch_dtypes = {s.name: s.torch_dtype for s in slots if s.torch_dtype is not None}
+        #: Fields that are gathered straight into the slab (fixed-size ones): field names,
+        #: each into its own slot or, for a token field finished in the workers, its ``rows``.
         padding = {
             *self.padded,
             *(f"{name}_lengths" for name in self.padded),
             *self.encoded.values(),
+            *self.rows.values(),
+            *(t for t, name in self.targets.items() if name in self.rows),
         }
         self.gathered = (
             tuple(s.name for s in slots if s.name not in decode and s.name not in padding)
@@ -164,7 +181,9 @@ class BatchLayout:
             else ()
         )
         #: Fields that travel as lists.
-        self.listed = tuple(n for n in self.names if n not in {s.name for s in slots})
+        self.listed = tuple(
+            n for n in self.names if n not in {s.name for s in slots} and n not in self.targets
+        )
         self.slab_size = max(offset, _ALIGN)
 
     def _record_slots(self, encoded_bytes: int) -> tuple[list[tuple], list[str]]:
@@ -178,7 +197,7 @@ class BatchLayout:
             if f.kind in ("scalar", "ndarray") and f.is_fixed
         ]
         fixed += [
-            (f.name, np.dtype(np.uint8), decode[f.name].shape) for f in schema if f.name in decode
+            (f.name, *self._image_slot(f.name, decode[f.name])) for f in schema if f.name in decode
         ]
         fixed += [
             (name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
@@ -193,13 +212,81 @@ class BatchLayout:
                 [f[0] for f in fixed].index(name) + 1,
                 (f"{name}_lengths", np.dtype(np.int64), ()),
             )
+        for name, spec in self.tokens.items():  # finished here: in its slot, targets after it
+            if name in self.rows:
+                at = [f[0] for f in fixed].index(name)
+                width = (spec.out_length(schema[name].shape[0]),)
+                out = np.dtype(str(spec.dtype).replace("torch.", ""))
+                fixed[at] = (name, out, width)
+                if spec.shift:
+                    fixed.insert(at + 1, (spec.targets_name(name), out, width))
+            if spec.shift:
+                names.insert(names.index(name) + 1, spec.targets_name(name))
         fixed += [(slot, np.dtype(np.uint8), (encoded_bytes,)) for slot in self.encoded.values()]
+        fixed += [
+            (slot, schema[name].np_dtype, tuple(schema[name].shape))
+            for name, slot in self.rows.items()
+        ]
         return fixed, names
 
+    def _image_slot(self, name: str, spec: ImageDecode) -> tuple:
+        """``(dtype, shape)`` of an image field's slot: finished (a torch dtype) where the
+        workers finish it, else its uint8 pixels."""
+        if name in self.finished_in_workers:
+            return spec.dtype, spec.shape
+        return np.dtype(np.uint8), spec.pixel_shape
+
+    @property
+    def dali(self) -> dict:
+        """The staged image fields (decoded in the consumer; the name predates nvImageCodec)."""
+        return self.staged
+
     def views(self, slab: np.ndarray, n: int) -> dict[str, np.ndarray]:
-        """The arrays of a batch of ``n`` records inside ``slab`` (a uint8 array)."""
+        """The arrays of a batch of ``n`` records inside ``slab`` (a uint8 array); a
+        bfloat16 field's as uint16 (see :meth:`tensors`)."""
         out = {}
         for s in self.slots:
             size = n * s.sample_bytes
             out[s.name] = slab[s.offset : s.offset + size].view(s.dtype).reshape((n, *s.shape))
         return out
+
+    def gather_views(self, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays the gathered fields are read into, by field name (from :meth:`views`)."""
+        return {name: views[self.rows.get(name, name)] for name in self.gathered}
+
+    def tensor(self, name: str, view: np.ndarray) -> torch.Tensor:
+        """Field ``name``'s view (from :meth:`views`) as a tensor of its type, no copy."""
+        t = torch.from_numpy(view)
+        torch_dtype = self._torch_dtypes.get(name)
+        return t.view(torch_dtype) if torch_dtype is not None else t
+
+
+def check_decode_spec(schema: Schema, name: str, spec: Any) -> None:
+    """``decode[name]``: an ImageDecode of an image field, or a TokenDecode of a fixed-length
+    row of uint16/uint32 tokens; else a ValueError (TypeError for another kind of spec)."""
+    if name not in schema:
+        raise ValueError(f"decode: the dataset has no field {name!r} (fields: {schema.to_dict()})")
+    field = schema[name]
+    if isinstance(spec, ImageDecode):
+        if field.kind != "image":
+            raise ValueError(
+                f"decode: {name!r} is not an image field of the dataset "
+                f"(fields: {schema.to_dict()})"
+            )
+    elif isinstance(spec, TokenDecode):
+        shape = tuple(field.shape or ())
+        if field.kind != "ndarray" or not field.is_fixed or len(shape) != 1:
+            raise ValueError(
+                f"decode: TokenDecode needs a fixed-length row of tokens (uint16[L] or "
+                f"uint32[L]); field {name!r} is {field.spec}"
+            )
+        try:
+            spec.check_tokens(field.np_dtype)
+            spec.out_length(shape[0])
+        except ValueError as e:
+            raise ValueError(f"decode[{name!r}]: {e}") from None
+    else:
+        raise TypeError(
+            f"decode[{name!r}] must be an ImageDecode (image fields) or a TokenDecode (token "
+            f"rows), got {spec!r}"
+        )

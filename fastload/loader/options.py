@@ -1,5 +1,7 @@
 """Which datasets and arguments take the DataLoader's fast path, and the checks of the options
-that only it has (``decode=``, ``transform=``, ``variable=``, ``bad_samples="skip"``)."""
+that only it has (``decode=``, ``transform=``, ``variable=``, ``bad_samples="skip"``). Each
+``decode=`` spec checks its own arguments as it is made (ImageDecode, TokenDecode), and
+against the dataset's fields when the loader lays out its batches (layout.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from ..read.contract import Readable
 from ..read.dataset import Dataset
 from ..read.mix import Mix
 from .badsamples import SkipBadSamples
-from .layout import ImageDecode
+from .layout import ImageDecode, TokenDecode
 from .variable import VariableSpec
 
 __all__ = ["WORKER_TYPES", "fast_capable", "check_fast_options", "encoded_room", "device_of"]
@@ -27,7 +29,7 @@ def fast_capable(dataset: Any) -> bool:
 
 def check_fast_options(
     fast: bool,
-    decode: Mapping[str, ImageDecode] | None,
+    decode: Mapping[str, ImageDecode | TokenDecode] | None,
     transform: Callable[[dict], Any] | None,
     variable: Mapping[str, VariableSpec] | None,
     policy: SkipBadSamples | None,
@@ -42,13 +44,23 @@ def check_fast_options(
             "collate_fn; with another dataset, transform in its "
             "__getitem__, as with torch's DataLoader"
         )
+    specs = dict(decode or {})
+    if transform is not None and any(getattr(s, "backend", "cpu") != "cpu" for s in specs.values()):
+        raise ValueError(
+            "transform= and ImageDecode(backend='dali' or 'nvimgcodec') cannot be combined: "
+            "the transform runs in the workers, before DALI or nvImageCodec decodes"
+        )
     if transform is not None and any(
-        getattr(s, "backend", "cpu") == "dali" for s in (decode or {}).values()
+        isinstance(s, TokenDecode) or getattr(s, "finished", False) for s in specs.values()
     ):
         raise ValueError(
-            "transform= and ImageDecode(backend='dali') cannot be combined: "
-            "the transform runs in the workers, before DALI decodes"
+            "transform= cannot be combined with ImageDecode(dtype=<a float type>) or "
+            "TokenDecode: the transform's outputs are its own (normalize in it, or decode to "
+            "uint8 and let the loader finish without a transform)"
         )
+    both = sorted(set(specs) & set(variable or {}))
+    if both:
+        raise ValueError(f"field {both[0]!r} is in both decode= and variable=: give it one")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable, got {type(transform).__name__}")
     if variable and not fast:
@@ -79,10 +91,10 @@ def device_of(device: str | torch.device | None) -> torch.device | None:
 
 
 def encoded_room(dataset: Readable, decode: Mapping[str, ImageDecode] | None) -> int:
-    """Bytes per sample a batch slab keeps for each DALI image field's encoded images
-    (0: none is DALI's): twice a record's mean size, so nearly every batch fits (one that
-    does not sends its images in the worker's message instead)."""
-    if not any(spec.backend == "dali" for spec in (decode or {}).values()):
+    """Bytes per sample a batch slab keeps for each staged image field's encoded images (0:
+    none is DALI's or nvImageCodec's): twice a record's mean size, so nearly every batch fits
+    (one that does not sends its images in the worker's message instead)."""
+    if not any(getattr(spec, "backend", "cpu") != "cpu" for spec in (decode or {}).values()):
         return 0
     parts = dataset.storage()
     records = sum(s.records for s in parts)

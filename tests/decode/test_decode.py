@@ -317,10 +317,10 @@ def test_params_per_image_generators_and_explicit(jpeg_rgb, jpeg_big):
 
 def test_batch_scale_and_ratio(jpeg_rgb, jpeg_big):
     """decode_batch_into(scale=, ratio=) decodes the crops draw_batch_params draws with them;
-    dali_batch draws the same boxes for DALI."""
+    encoded_batch draws the same boxes for DALI and nvImageCodec."""
     from types import SimpleNamespace
 
-    from fastload.decode.dali import dali_batch
+    from fastload.decode.encoded import encoded_batch
     from fastload.format.imageinfo import EncodedImage
 
     images = [jpeg_rgb, jpeg_big, jpeg_rgb]
@@ -342,7 +342,7 @@ def test_batch_scale_and_ratio(jpeg_rgb, jpeg_big):
 
     encoded = [EncodedImage(d, "jpeg", h, w) for d, h, w in zip(images, hs, ws, strict=True)]
     spec = SimpleNamespace(hw=(20, 20), train=True)
-    batch = dali_batch(encoded, spec, (7, 1), range(3), np.arange(3), **kw)
+    batch = encoded_batch(encoded, spec, (7, 1), range(3), np.arange(3), **kw)
     drawn = draw_batch_params(hs, ws, (20, 20), train=True, rngs=image_rngs((7, 1), range(3)), **kw)
     for i, (crop, flip) in enumerate(drawn):
         assert tuple(batch.anchors[i]) == (crop.left, crop.top)

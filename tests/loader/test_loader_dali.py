@@ -17,41 +17,10 @@ import torch
 import fastload
 from fastload.decode import DecodeError
 
+from .imagetools import BAD, BATCH, SIZE, N, assert_normalized, check_rows, jpeg, write
 from .loadertools import damage
 
 pytestmark = [pytest.mark.dali, pytest.mark.timeout(180)]
-
-N = 70
-BATCH = 16
-SIZE = 32
-BAD = 37
-
-
-def jpeg(i: int) -> bytes:
-    """A smooth picture (resampling differs little between decoders) whose left and right
-    differ (a flip shows), its blue channel the record's own: (37 * i) % 256."""
-    from PIL import Image
-
-    h, w = 60 + 7 * (i % 5), 80 + 11 * (i % 4)
-    y, x = np.mgrid[0:h, 0:w]
-    pixels = np.stack([x * 255 // w, y * 255 // h, np.full((h, w), blue(i))], -1)
-    f = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(f, "JPEG", quality=95)
-    return f.getvalue()
-
-
-def blue(i: int) -> int:
-    return (37 * i) % 256
-
-
-def write(path, bad: int | None = None, compression: str = "zstd"):
-    with fastload.Writer(
-        path, {"image": "image", "label": "int64", "name": "str"}, compression=compression
-    ) as w:
-        for i in range(N):
-            data = jpeg(i)
-            w.write({"image": data[:300] if i == bad else data, "label": i, "name": f"n{i}"})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,25 +37,13 @@ def epoch(path, backend="dali", train=True, layout="HWC", **kw) -> list[dict]:
     kw.setdefault("num_workers", 2)
     kw.setdefault("batch_size", BATCH)
     spec = fastload.ImageDecode(SIZE, train=train, layout=layout, backend=backend)
+    kw.setdefault("decode", {"image": spec})
     with fastload.Dataset(path) as ds:
-        loader = fastload.DataLoader(ds, decode={"image": spec}, **kw)
+        loader = fastload.DataLoader(ds, **kw)
         return [
             {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
             for b in loader
         ]
-
-
-def check_rows(batches: list[dict], layout: str = "HWC") -> list[int]:
-    """Each row's pixels are its label's picture (blue channel) and its name its label's."""
-    labels = []
-    for b in batches:
-        image = b["image"].float()
-        blues = image[..., 2] if layout == "HWC" else image[:, 2]
-        for row, label in enumerate(b["label"].tolist()):
-            assert abs(blues[row].mean().item() - blue(label)) < 3, (row, label)
-            assert b["name"][row] == f"n{label}"
-            labels.append(label)
-    return labels
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -108,20 +65,48 @@ def test_dali_gives_the_cpu_decoders_crops_and_flips(images, train, layout):
     assert sorted(check_rows(dali, layout)) == list(range(N))
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_normalize_and_dtype_finish_dalis_pixels(images, train, layout, dtype):
+    """DALI decodes uint8 pixels; the loader's finishing pass (the CPU one here) makes them
+    the normalized dtype asked for: DALI's own uint8 batches, normalized by numpy."""
+    plain = epoch(images, "dali", train, layout, seed=4, shuffle=True)
+    spec = fastload.ImageDecode(
+        SIZE, train=train, layout=layout, backend="dali", normalize="imagenet", dtype=dtype
+    )
+    got = epoch(images, seed=4, shuffle=True, decode={"image": spec})
+    assert len(got) == len(plain) == -(-N // BATCH)
+    for a, b in zip(plain, got):
+        assert torch.equal(a["label"], b["label"]) and a["name"] == b["name"]
+        assert b["image"].dtype == dtype and b["image"].shape[1:] == spec.shape
+        assert_normalized(b["image"], a["image"], layout)
+
+
+def test_finished_dali_batches_skip_bad_images(with_bad):
+    spec = fastload.ImageDecode(SIZE, backend="dali", normalize="imagenet", dtype=torch.float16)
+    plain = epoch(with_bad, seed=2, bad_samples="skip", layout="CHW")
+    got = epoch(with_bad, seed=2, bad_samples="skip", decode={"image": spec})
+    assert [b["label"].tolist() for b in got] == [b["label"].tolist() for b in plain]
+    assert sum(len(b["label"]) for b in got) == N - 1
+    for a, b in zip(plain, got):
+        assert_normalized(b["image"], a["image"], "CHW")
+
+
 def test_encoded_images_go_in_the_slab_unless_they_do_not_fit(tmp_path):
     """Workers put a batch's encoded images end to end in the slab (room: twice a record's
     mean size each); a batch with more bytes than that sends them in its message. Both
     decode to the CPU decoder's crops. Record 20 here is ~40 times the others."""
-    from fastload.decode.dali import dali_batch
+    from fastload.decode.encoded import encoded_batch
     from fastload.format.imageinfo import EncodedImage
 
     images = [EncodedImage(jpeg(i), "jpeg", 60, 80) for i in range(3)]
     total = sum(len(im.data) for im in images)
     spec = fastload.ImageDecode(SIZE, train=False, backend="dali")
     room = np.zeros(total, np.uint8)
-    fits = dali_batch(images, spec, (0,), range(3), np.arange(3), into=room)
+    fits = encoded_batch(images, spec, (0,), range(3), np.arange(3), into=room)
     assert fits.data is None and room.tobytes() == b"".join(im.data for im in images)
-    spills = dali_batch(images, spec, (0,), range(3), np.arange(3), into=room[:-1])
+    spills = encoded_batch(images, spec, (0,), range(3), np.arange(3), into=room[:-1])
     assert spills.data == room.tobytes()
 
     from PIL import Image
@@ -419,7 +404,7 @@ def test_an_interrupt_while_decoding_leaves_the_next_epoch_right(images, after):
 
 
 def test_argument_errors(images):
-    with pytest.raises(ValueError, match="backend must be 'cpu' or 'dali'"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         fastload.ImageDecode(SIZE, backend="gpu")
     with pytest.raises(ValueError, match="dali_threads"):
         fastload.ImageDecode(SIZE, dali_threads=2)
@@ -459,3 +444,34 @@ def test_dali_on_the_gpu_gives_the_cpu_decoders_crops(images):
         assert torch.equal(a["label"], b["label"].cpu())
         diff = (a["image"].float() - b["image"].cpu().float()).abs()
         assert diff.mean() < 1.5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_dali_on_the_gpu_finished_as_the_cpu_finishes_its_pixels(images, layout):
+    """DALI's mixed decoder, then the finishing kernel on the loader's copy stream: its
+    uint8 batches, normalized on the CPU, are its bf16 batches."""
+    plain = epoch(images, seed=4, shuffle=True, layout=layout, device="cuda")
+    spec = fastload.ImageDecode(
+        SIZE, backend="dali", layout=layout, normalize="imagenet", dtype=torch.bfloat16
+    )
+    got = epoch(images, seed=4, shuffle=True, decode={"image": spec}, device="cuda")
+    torch.cuda.synchronize()
+    assert len(got) == len(plain) == -(-N // BATCH)
+    for a, b in zip(plain, got):
+        assert b["image"].is_cuda and b["image"].dtype == torch.bfloat16
+        assert torch.equal(a["label"], b["label"])
+        assert_normalized(b["image"].cpu(), a["image"].cpu(), layout)
+
+
+@pytest.mark.cuda
+def test_dali_on_the_gpu_eval_and_skip(with_bad):
+    spec = fastload.ImageDecode(SIZE, train=False, backend="dali", dtype=torch.float16)
+    got = epoch(with_bad, seed=2, bad_samples="skip", decode={"image": spec}, device="cuda")
+    labels = torch.cat([b["label"].cpu() for b in got]).tolist()
+    assert sorted(labels) == [i for i in range(N) if i != BAD]
+    cpu = epoch(with_bad, "cpu", train=False, layout="CHW", seed=2, bad_samples="skip")
+    for a, b in zip(cpu, got, strict=True):
+        assert torch.equal(a["label"], b["label"].cpu())
+        diff = (a["image"].float() / 255 - b["image"].cpu().float()).abs()
+        assert diff.mean() < 0.01  # x / 255 in [0, 1]; resampling differs a little

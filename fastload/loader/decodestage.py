@@ -1,7 +1,9 @@
-"""The consumer's DALI stage: image fields of ``ImageDecode(backend="dali")`` arrive from the
-workers as :class:`~fastload.decode.dali.DaliBatch` (encoded bytes and crops) and leave as
-pixel tensors, decoded by DALI one batch ahead of the batch handed out (the next batch
-decodes in DALI's threads, or on the GPU, while the training step runs).
+"""The consumer's decode stage: image fields of ``ImageDecode(backend="dali")`` and
+``ImageDecode(backend="nvimgcodec")`` arrive from the workers as
+:class:`~fastload.decode.encoded.EncodedBatch` (encoded bytes and crops) and leave as uint8
+pixel tensors, decoded one batch ahead of the batch handed out (the next batch decodes in
+DALI's or nvImageCodec's threads, or on the GPU, while the training step runs). Finishing
+them (``dtype=``, ``normalize=``) is delivery's, as for pixels from the workers.
 
 Bad images: under ``bad_samples="raise"`` the first one raises :class:`DecodeError` naming
 its field and dataset record. Under a skip budget they are dropped from their batch (every
@@ -19,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..decode.dali import DaliBatchError, DaliDecoder
+from ..decode.encoded import BadImagesError
 from .badsamples import BadSampleBudget
 from .slabs import SlabPool
 from .stats import LoaderStats
 
-__all__ = ["Unpacked", "DaliStage"]
+__all__ = ["Unpacked", "DecodeStage"]
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Unpacked:
     kept: np.ndarray
 
 
-class DaliStage:
-    """The DALI decoders of a loader's image fields (kept across epochs)."""
+class DecodeStage:
+    """The decoders (DALI's, nvImageCodec's) of a loader's staged image fields (kept across
+    epochs)."""
 
     def __init__(
         self,
@@ -51,25 +54,25 @@ class DaliStage:
         budget: BadSampleBudget | None,
         stats: LoaderStats,
     ) -> None:
-        self.decoders = {
-            name: DaliDecoder(name, spec, batch_size, device) for name, spec in specs.items()
-        }
         # CPU pixels go into buffers used again once their batch is garbage (as slabs are):
         # a new 38 MB tensor per batch of 256 cost ~5 ms of page faults.
         self.buffers = (
             {
-                name: SlabPool(batch_size * int(np.prod(spec.shape)), 2, shared=False)
+                name: SlabPool(batch_size * int(np.prod(spec.pixel_shape)), 2, shared=False)
                 for name, spec in specs.items()
             }
             if device is None or device.type != "cuda"
             else {}
         )
+        self.decoders = {
+            name: self._decoder(name, spec, batch_size, device) for name, spec in specs.items()
+        }
         self.budget = budget
         self.stats = stats
 
     def run(self, batches: Iterator[Unpacked]) -> Iterator[tuple[int, dict]]:
-        """``(number, batch)`` with every DALI field decoded, in the order of ``batches``;
-        each batch is submitted to DALI as soon as the one before it is collected."""
+        """``(number, batch)`` with every staged field decoded, in the order of ``batches``;
+        each batch is submitted to the decoders as soon as the one before it is collected."""
         held: Unpacked | None = None
         try:
             for item in batches:
@@ -96,7 +99,7 @@ class DaliStage:
         for name, decoder in self.decoders.items():  # every one, so that none stays busy
             try:
                 pixels[name] = decoder.collect(self._empty(name))
-            except DaliBatchError as e:
+            except BadImagesError as e:
                 bad += [(row, str(err)) for row, err in e.bad]
                 failed[name] = e
         if failed and self.budget is None:
@@ -139,13 +142,25 @@ class DaliStage:
 
         return empty
 
+    def _decoder(self, name: str, spec, batch_size: int, device):
+        if spec.backend == "dali":
+            from ..decode.dali import DaliDecoder
+
+            return DaliDecoder(name, spec, batch_size, device)
+        from ..decode.nvimgcodec import NvImageCodecStage
+
+        return NvImageCodecStage(name, spec, device, empty=self._empty(name))
+
     def close(self) -> None:
         for decoder in self.decoders.values():
-            decoder.discard()
+            if hasattr(decoder, "close"):
+                decoder.close()
+            else:
+                decoder.discard()
 
 
 def take_rows(value: Any, rows: np.ndarray) -> Any:
-    """``value`` (a batch field: tensor, list, Ragged, DaliBatch, array) at ``rows``."""
+    """``value`` (a batch field: tensor, list, Ragged, EncodedBatch, array) at ``rows``."""
     if isinstance(value, torch.Tensor):
         return value[torch.from_numpy(rows).to(value.device)]
     if isinstance(value, list):
