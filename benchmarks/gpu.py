@@ -16,10 +16,12 @@ Every figure is a ratio of two things timed here, now, on the same data:
              DALI's own readers.file pipeline when DALI is installed (target >= 0.9x)
   loader     fastload.DataLoader(decode={"image": ImageDecode(224, train=True,
              normalize="imagenet", dtype=torch.bfloat16)}, device="cuda") vs torch's
-             DataLoader with torchvision.transforms.v2 and pin_memory=True (target >= 1.5x),
-             each one's data stall under a training step that sleeps for 1.25x its own batch
-             time (80% load), and the GPU memory the loader holds; these rows need the
-             loader's GPU finishing (the loader-integration phase) and say so until it exists
+             DataLoader with torchvision.transforms.v2 and pin_memory=True (target >= 1.5x);
+             the same loader decoding on the GPU (backend="nvimgcodec", and "dali") vs
+             decoding on the CPU (target >= 2x); backend="dali" vs DALI's own readers.file
+             pipeline (target >= 0.9x); each one's data stall under a training step that
+             sleeps for 1.25x its own batch time (80% load); the GPU memory each holds
+             (see _gpu_loaders.py)
 
     python benchmarks/gpu.py [--out FILE] [--quick] [--dry-run]
 
@@ -45,7 +47,6 @@ import sys
 import tempfile
 import time
 import traceback
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -53,7 +54,9 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+sys.path.insert(0, HERE)
 
+import _gpu_loaders  # noqa: E402
 import torch  # noqa: E402
 
 import fastload  # noqa: E402
@@ -437,16 +440,15 @@ def bench_dali(report, device, images, hs, ws, cpu_rate, baseline, repeat) -> No
         for name in ("DALI inside fastload", "DALI readers.file pipeline"):
             report.skip("decode", name, "nvidia-dali is not installed")
         return
-    from fastload.decode.dali import DaliDecoder, dali_batch
+    from fastload.decode.dali import DaliDecoder
+    from fastload.decode.encoded import encoded_batch
     from fastload.format.imageinfo import EncodedImage
 
     n = len(images)
     where = "mixed, GPU" if device.type == "cuda" else "CPU backend"
-    spec = SimpleNamespace(
-        train=True, hw=(SIZE, SIZE), layout="HWC", dali_threads=None, shape=(SIZE, SIZE, 3)
-    )
+    spec = fastload.ImageDecode(SIZE, train=True, backend="dali")
     encoded = [EncodedImage(d, "jpeg", h, w) for d, h, w in zip(images, hs, ws)]
-    batch = dali_batch(encoded, spec, (SEED, 0), range(n), np.arange(n))
+    batch = encoded_batch(encoded, spec, (SEED, 0), range(n), np.arange(n))
     decoder = DaliDecoder("image", spec, n, device if device.type == "cuda" else None)
 
     def inside():
@@ -532,151 +534,17 @@ def loader_integration() -> str | None:
 
 
 def bench_loader(report: Report, device: torch.device, n: int, batch: int, steps: int) -> None:
-    names = (
-        "images/s to the GPU, normalized bf16",
-        "data stall at 80% load",
-        "GPU memory held by the loader",
-    )
+    """Whole loaders to the GPU (see _gpu_loaders.py): ``n`` records, made of at most 1024
+    distinct JPEGs (their decode costs what photos' do; making more would take minutes)."""
     why = loader_integration()
-    if why is None and device.type != "cuda":
-        why = "needs a CUDA GPU"
     if why is not None:
-        for name in names:
+        for name in _gpu_loaders.ROWS:
             report.skip("loader", name, why)
         return
-    images, hs, ws = photo_jpegs(n, seed=SEED + 1)
-    with tempfile.TemporaryDirectory() as root:
-        path = os.path.join(root, "images")
-        with fastload.Writer(path, {"image": "image", "label": "int64"}) as w:
-            for i, data in enumerate(images):
-                w.write({"image": data, "label": i % 1000})
-        workers = max(1, cpu_count() - 1)
-        spec = fastload.ImageDecode(SIZE, train=True, normalize="imagenet", dtype=torch.bfloat16)
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        ours_loader = fastload.DataLoader(
-            fastload.Dataset(path),
-            batch_size=batch,
-            shuffle=True,
-            seed=0,
-            num_workers=workers,
-            decode={"image": spec},
-            device="cuda",
-            drop_last=True,
-        )
-        try:
-            ours = loader_rates(ours_loader, steps, "image")
-            held = torch.cuda.max_memory_allocated(device) - before
-        finally:
-            close(ours_loader)
-        theirs_loader = torch_loader(images, batch, workers)
-        try:
-            theirs = loader_rates(theirs_loader, steps, "image")
-        finally:
-            close(theirs_loader)
-    report.add(
-        "loader",
-        f"images/s to the GPU, bf16 NCHW, {workers} workers",
-        "images/s",
-        ours["rate"] * batch,
-        theirs["rate"] * batch,
-        "torch DataLoader + transforms.v2, pin_memory=True",
-        ">= 1.5x",
-    )
-    report.add(
-        "loader",
-        "data stall at 80% load (lower is better)",
-        "% of time",
-        ours["stall"] * 100,
-        theirs["stall"] * 100,
-        "torch DataLoader, same load",
-    )
-    report.add(
-        "loader", "GPU memory held by the loader (peak, MiB)", "MiB", held / 2**20, None, "-"
-    )
-
-
-def close(loader) -> None:
-    """Stops a loader's workers now (fastload's close(); torch's persistent workers go with
-    their iterator)."""
-    if hasattr(loader, "close"):
-        loader.close()
-    elif getattr(loader, "_iterator", None) is not None:
-        loader._iterator._shutdown_workers()
-
-
-def torch_loader(images: list[bytes], batch: int, workers: int):
-    """torch's DataLoader the usual way: torchvision decode + transforms.v2 in the workers,
-    pin_memory=True; the batch then goes to the GPU as bf16."""
-    import torchvision.transforms.v2 as T
-    from torchvision.io import decode_jpeg
-
-    transform = T.Compose(
-        [
-            T.RandomResizedCrop(SIZE, antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-    class Images(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            x = decode_jpeg(torch.frombuffer(bytearray(images[i]), dtype=torch.uint8))
-            return {"image": transform(x), "label": i % 1000}
-
-    return torch.utils.data.DataLoader(
-        Images(),
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=True,
-        drop_last=True,
-        persistent_workers=True,
-    )
-
-
-def loader_rates(loader, steps: int, key: str) -> dict:
-    """Batches/s over ``steps`` batches (after one), then the share of time spent waiting for
-    data under a step that sleeps 1.25x the mean batch time."""
-
-    def to_gpu(b):
-        x = b[key]
-        if not x.is_cuda:
-            x = x.to("cuda", non_blocking=True).to(torch.bfloat16)
-        return x
-
-    it = iter(loader)
-    to_gpu(next(it))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    got = 0
-    for b in it:
-        to_gpu(b)
-        got += 1
-        if got == steps:
-            break
-    torch.cuda.synchronize()
-    rate = got / (time.perf_counter() - t0)
-    step = 1.25 / rate
-    waited, t0 = 0.0, time.perf_counter()
-    it, done = iter(loader), 0
-    while done < steps:
-        w0 = time.perf_counter()
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        to_gpu(b)
-        waited += time.perf_counter() - w0
-        time.sleep(step)
-        done += 1
-    return {"rate": rate, "stall": waited / (time.perf_counter() - t0)}
+    distinct, _, _ = photo_jpegs(min(n, 1024), seed=SEED + 1)
+    images = [distinct[i % len(distinct)] for i in range(n)]
+    workers = max(1, cpu_count() - 1)
+    _gpu_loaders.run_loaders(report, device, images, batch, steps, workers)
 
 
 # ------------------------------------------------------------------------------ main
@@ -712,7 +580,7 @@ def main() -> int:
         (
             "loader",
             lambda: bench_loader(
-                report, device, 512 if small else 4096, 64 if small else 256, 4 if small else 12
+                report, device, 256 if dry else 4096, 32 if dry else 256, 4 if dry else 12
             ),
         ),
     ]

@@ -49,8 +49,9 @@
 #
 # --dry-run: everything that needs no GPU, to check this script where there is none (CI runs
 # it): arguments, wheels, the build (CUDA compiled if nvcc is here, for sm_90 unless
-# FASTLOAD_CUDA_ARCH says otherwise), the C++ tests, the CPU tests of the finishing ops and the
-# nvImageCodec backend, the collection of every CUDA test, and gpu.py --dry-run.
+# FASTLOAD_CUDA_ARCH says otherwise), the C++ tests, the CPU tests of the finishing ops, of the
+# loader's finishing and of the nvImageCodec backend, the collection of every CUDA test, and
+# gpu.py --dry-run (its loader rows included, on the CPU).
 #
 # Environment: PYTHON (default python3), FASTLOAD_CUDA_ARCH (overrides the detected arch),
 # FASTLOAD_CHECK_BUDGET (seconds for the whole check, default 470; steps past it are not run).
@@ -235,6 +236,7 @@ if [ $BUILT = 1 ] && [ $DRY = 0 ]; then
 elif [ $BUILT = 1 ]; then
   run_step pytest-cpu 240 "${PYTEST[@]}" --junitxml="$OUTDIR/pytest-cpu.xml" \
     tests/decode/test_finish.py tests/decode/test_nvimgcodec.py tests/decode/test_params.py \
+    tests/loader/test_loader_finish.py tests/loader/test_loader_nvimgcodec.py \
     || FAILED=1
   # Every CUDA test collects (imports) and skips cleanly without a GPU.
   run_step pytest-cuda 240 "${PYTEST[@]}" -m cuda --junitxml="$OUTDIR/pytest-cuda.xml" tests \
