@@ -175,6 +175,10 @@ class DaliDecoder:
             self._pipe = None
             raise
 
+    def close(self) -> None:
+        """Drop what the pipeline holds (the loader is closed; a new batch builds it again)."""
+        self.discard()
+
     def discard(self) -> None:
         """Drop the batch submitted last, if any, uncollected (a loop that stopped early)."""
         batch, self._fed = self._fed, None

@@ -51,7 +51,7 @@ TOKEN_DTYPES = (torch.int64, torch.int32)
 _LAYOUTS_IN = ("HWC", "CHW")
 _LAYOUTS_OUT = ("CHW", "channels_last")
 
-Normalize = Union[str, tuple, None]
+Normalize = Union[str, Sequence, None]  # "imagenet", (mean, std) or None
 Stream = Union["torch.cuda.Stream", int, None]
 
 

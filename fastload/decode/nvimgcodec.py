@@ -283,6 +283,8 @@ class NvImageCodecStage:
     def collect(self, empty=None) -> torch.Tensor:
         """The pixels of the batch submitted last (``empty`` is not used: see __init__)."""
         pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("collect() without a batch submitted")
         return pending.result()
 
     def discard(self) -> None:

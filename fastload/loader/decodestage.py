@@ -137,7 +137,7 @@ class DecodeStage:
             size = int(np.prod(shape))
             if size > pool.slab_size:  # (a batch larger than the loader's buffers)
                 return torch.empty(shape, dtype=torch.uint8)
-            lease = pool.lease(pool.acquire(grow=True))
+            lease = pool.lease(_grown(pool))
             return torch.from_numpy(lease[:size].reshape(shape))
 
         return empty
@@ -153,10 +153,15 @@ class DecodeStage:
 
     def close(self) -> None:
         for decoder in self.decoders.values():
-            if hasattr(decoder, "close"):
-                decoder.close()
-            else:
-                decoder.discard()
+            decoder.close()
+
+
+def _grown(pool: SlabPool) -> int:
+    """A free buffer of ``pool``, a new one if none is free."""
+    slab = pool.acquire(grow=True)
+    if slab is None:  # (acquire grows the pool rather than give none)
+        raise RuntimeError("the buffer pool gave no buffer")
+    return slab
 
 
 def take_rows(value: Any, rows: np.ndarray) -> Any:

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CorruptRecordError
 from ..read.contract import BatchGather, Readable
-from .layout import BatchLayout, ImageDecode
+from .layout import BatchLayout, ImageDecode, TokenDecode
 from .transform import probe_outputs, sample_at, transform_rows
 from .variable import Ragged, empty_value, fill_padded
 
@@ -125,7 +125,8 @@ def _finish_tokens(
     spec = layout.tokens[name]
     if not isinstance(at, slice):  # rows scattered in the batch: finished, then put there
         done = spec.finish(rows)
-        for key, value in zip(_token_keys(spec, name), done if spec.shift else (done,)):
+        parts = done if isinstance(done, tuple) else (done,)
+        for key, value in zip(_token_keys(spec, name), parts):
             views[key][at] = value.numpy()
         return
     out = tuple(torch.from_numpy(views[key][at]) for key in _token_keys(spec, name))
@@ -190,13 +191,12 @@ def _decoded(
                 scale=spec.scale,
                 ratio=spec.ratio,
             )
-        finished = name in layout.finished_in_workers
-        out = layout.tensor(name, views[name]) if finished else views[name]
-        step = _FINISH_ROWS if finished else len(images)  # else each run in one go
+        finished = layout.tensor(name, views[name]) if name in layout.finished_in_workers else None
+        step = _FINISH_ROWS if finished is not None else len(images)  # else each run at once
         for a, b in _runs([im is not None for im in images]):
             for lo in range(a, b, step):
                 hi = min(b, lo + step)
-                target = _pixels(spec, hi - lo) if finished else out[lo:hi]
+                target = _pixels(spec, hi - lo) if finished is not None else views[name][lo:hi]
                 for i, e in _decode(
                     images[lo:hi],
                     heights[lo:hi],
@@ -212,8 +212,8 @@ def _decoded(
                             e.add_note(where)
                         raise e
                     bad.append((rows.start + lo + i, f"{where}: {e.reason}"))
-                if finished:
-                    spec.finish(target, out=out[lo:hi])
+                if finished is not None:
+                    spec.finish(target, out=finished[lo:hi])
     return bad
 
 
@@ -345,7 +345,7 @@ def _fill_transformed(
 
 def probe_transform(
     dataset: Readable,
-    decode: Mapping[str, ImageDecode] | None,
+    decode: Mapping[str, ImageDecode | TokenDecode] | None,
     transform: Callable[[dict], Any],
 ) -> tuple:
     """The fields ``transform`` returns, from the dataset's first record read as a worker

@@ -123,5 +123,8 @@ class Finishing:
                 self.on_new_pool(pool)
         if size > pool.slab_size:
             return torch.empty(shape, dtype=dtype)
-        lease = pool.lease(pool.acquire(grow=True))
+        slab = pool.acquire(grow=True)
+        if slab is None:  # (acquire grows the pool rather than give none)
+            raise RuntimeError("the buffer pool gave no buffer")
+        lease = pool.lease(slab)
         return torch.from_numpy(lease[:size]).view(dtype).view(shape)

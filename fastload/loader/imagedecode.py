@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-from ..decode.finish import IMAGE_DTYPES, finish_images, resolve_normalize
+from ..decode.finish import IMAGE_DTYPES, Normalize, finish_images, resolve_normalize
 from ..decode.params import DEFAULT_RATIO, DEFAULT_SCALE, check_scale_ratio
 
 __all__ = ["ImageDecode", "BACKENDS", "LAYOUTS", "DTYPES"]
@@ -24,8 +24,6 @@ __all__ = ["ImageDecode", "BACKENDS", "LAYOUTS", "DTYPES"]
 BACKENDS = ("cpu", "dali", "nvimgcodec")
 LAYOUTS = ("HWC", "CHW")
 DTYPES = (torch.uint8, *IMAGE_DTYPES)
-
-Normalize = Union[str, Sequence, None]
 
 
 @dataclass(frozen=True, init=False)
@@ -162,7 +160,9 @@ class ImageDecode:
 
 
 def _checked_size(size: Any, train: bool) -> int | tuple:
-    if isinstance(size, int) and not isinstance(size, bool):
+    if isinstance(size, bool):
+        raise ValueError(f"size must be an int or an (height, width) pair, got {size!r}")
+    if isinstance(size, int):
         if size <= 0:
             raise ValueError(f"size must be positive, got {size!r}")
         return size

@@ -215,7 +215,7 @@ class BatchLayout:
         for name, spec in self.tokens.items():  # finished here: in its slot, targets after it
             if name in self.rows:
                 at = [f[0] for f in fixed].index(name)
-                width = (spec.out_length(schema[name].shape[0]),)
+                width = (spec.out_length(_row_length(schema, name)),)
                 out = np.dtype(str(spec.dtype).replace("torch.", ""))
                 fixed[at] = (name, out, width)
                 if spec.shift:
@@ -224,7 +224,7 @@ class BatchLayout:
                 names.insert(names.index(name) + 1, spec.targets_name(name))
         fixed += [(slot, np.dtype(np.uint8), (encoded_bytes,)) for slot in self.encoded.values()]
         fixed += [
-            (slot, schema[name].np_dtype, tuple(schema[name].shape))
+            (slot, schema[name].np_dtype, (_row_length(schema, name),))
             for name, slot in self.rows.items()
         ]
         return fixed, names
@@ -252,13 +252,20 @@ class BatchLayout:
 
     def gather_views(self, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The arrays the gathered fields are read into, by field name (from :meth:`views`)."""
-        return {name: views[self.rows.get(name, name)] for name in self.gathered}
+        return {
+            name: views[self.rows[name] if name in self.rows else name] for name in self.gathered
+        }
 
     def tensor(self, name: str, view: np.ndarray) -> torch.Tensor:
         """Field ``name``'s view (from :meth:`views`) as a tensor of its type, no copy."""
         t = torch.from_numpy(view)
         torch_dtype = self._torch_dtypes.get(name)
         return t.view(torch_dtype) if torch_dtype is not None else t
+
+
+def _row_length(schema: Schema, name: str) -> int:
+    """The length of a fixed one-dimensional field's rows."""
+    return int((schema[name].shape or (0,))[0] or 0)
 
 
 def check_decode_spec(schema: Schema, name: str, spec: Any) -> None:
@@ -282,7 +289,7 @@ def check_decode_spec(schema: Schema, name: str, spec: Any) -> None:
             )
         try:
             spec.check_tokens(field.np_dtype)
-            spec.out_length(shape[0])
+            spec.out_length(_row_length(schema, name))
         except ValueError as e:
             raise ValueError(f"decode[{name!r}]: {e}") from None
     else:

@@ -90,7 +90,7 @@ def device_of(device: str | torch.device | None) -> torch.device | None:
     return out
 
 
-def encoded_room(dataset: Readable, decode: Mapping[str, ImageDecode] | None) -> int:
+def encoded_room(dataset: Readable, decode: Mapping[str, ImageDecode | TokenDecode] | None) -> int:
     """Bytes per sample a batch slab keeps for each staged image field's encoded images (0:
     none is DALI's or nvImageCodec's): twice a record's mean size, so nearly every batch fits
     (one that does not sends its images in the worker's message instead)."""
