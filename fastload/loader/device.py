@@ -168,7 +168,10 @@ def to_device(
 
 
 def copy_stream(device: torch.device):
-    """The loader's side stream on ``device`` for copies to it (one per device and process)."""
+    """The loader's side stream on ``device`` for copies to it (one per device and process;
+    ``cuda`` is the current device)."""
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     stream = _streams.get(device)
     if stream is None:
         stream = _streams[device] = torch.cuda.Stream(device)
