@@ -49,9 +49,10 @@ _ALIGN = 64  # a cache line: no two fields share one, and SIMD loads stay aligne
 #   spread over all of them and reads pixels the decoder has just written, and the training
 #   process, whose thread also drives the training step, keeps that time.
 # - tokens (batches of 16 rows of 2049 into int64 inputs and targets): the training
-#   process's pass (~0.1 ms a batch) cost less CPU in all than the workers' (which write 8x
-#   the bytes into shared memory, and whose result messages wait for it) and gave the higher
-#   rate in each run; the slab keeps the uint16 rows.
+#   process's pass (~0.1 ms a batch) cost no more CPU in all than the workers' and the rates
+#   were alike within the noise; in the training process the slab keeps the uint16 rows, an
+#   eighth of the shared memory of two int64 copies (batches of 512 rows of 8192 tokens: 8 MiB
+#   a slab instead of 72 MiB, times the slabs in flight).
 IMAGES_FINISHED_IN_WORKERS = True
 TOKENS_FINISHED_IN_WORKERS = False
 
