@@ -36,7 +36,15 @@ from .writer import Writer, merge_parts
 
 if TYPE_CHECKING:  # what a call of fastload.convert(...) is, and the lazy names, for type checkers
     from .convert import convert
-    from .loader import DataLoader, ImageDecode, Packed, PackRows, Pad, SkipBadSamples
+    from .loader import (
+        DataLoader,
+        ImageDecode,
+        Packed,
+        PackRows,
+        Pad,
+        SkipBadSamples,
+        TokenDecode,
+    )
 else:
     from . import convert
 

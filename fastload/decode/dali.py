@@ -37,7 +37,7 @@ def import_dali():
     try:
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
-        from nvidia.dali import Pipeline
+        from nvidia.dali.pipeline import Pipeline
     except ImportError as e:
         raise ImportError(
             "ImageDecode(backend='dali') needs NVIDIA DALI: pip install "
@@ -74,7 +74,7 @@ class DaliDecoder:
         fn, types, Pipeline = import_dali()
         spec, h, w = self.spec, *self.spec.hw
         device_id = None
-        if self.gpu:
+        if self.gpu and self.device is not None:
             device_id = (
                 self.device.index
                 if self.device.index is not None
@@ -162,6 +162,8 @@ class DaliDecoder:
         import torch
 
         batch, self._fed = self._fed, None
+        if batch is None:
+            raise RuntimeError("collect() without a batch submitted")
         if len(batch) == 0:
             return torch.empty((0, *self.spec.pixel_shape), dtype=torch.uint8, device=self.device)
         try:
@@ -190,10 +192,14 @@ class DaliDecoder:
 
     def _copy_out(self, empty: Callable[[tuple], Any] | None):
         import torch
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        pipe = self._pipe
+        if pipe is None:
+            raise RuntimeError("DALI's pipeline is gone before its outputs were taken")
+        from nvidia.dali.plugin.pytorch.torch_utils import feed_ndarray
 
         if not self.gpu:
-            (out,) = self._pipe.outputs()
+            (out,) = pipe.outputs()
             tensor = out.as_tensor()
             shape = tuple(tensor.shape())
             pixels = empty(shape) if empty is not None else torch.empty(shape, dtype=torch.uint8)
@@ -206,7 +212,7 @@ class DaliDecoder:
         # records it (the loader's delivery does).
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
-        (out,) = self._pipe.outputs(cuda_stream=self._stream)
+        (out,) = pipe.outputs(cuda_stream=self._stream)
         tensor = out.as_tensor()
         with torch.cuda.stream(self._stream):
             pixels = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device=self.device)

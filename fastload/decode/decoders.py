@@ -191,7 +191,8 @@ def _pillow_rows_works() -> bool:
                 )
                 src = np.asarray(
                     Image.fromarray(src).resize(
-                        (83, 61), getattr(Image, "Resampling", Image).BICUBIC
+                        (83, 61),
+                        getattr(Image, "Resampling", Image).BICUBIC,  # pyright: ignore[reportAttributeAccessIssue]
                     )
                 )
                 f = io.BytesIO()
@@ -212,7 +213,7 @@ def _pillow_rows_works() -> bool:
                 _pillow_rows_ok = ok
             except Exception:
                 _pillow_rows_ok = False
-    return _pillow_rows_ok
+    return bool(_pillow_rows_ok)
 
 
 def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int, width: int) -> Decoded:
@@ -248,8 +249,11 @@ def _decode_simplejpeg(
     data: Buffer, scale: int, rows_needed: int, height: int, width: int
 ) -> Decoded:
     sj = _simplejpeg
+    if sj is None:  # not installed: the backend is not chosen then, but Pillow copes anyway
+        return decode_any(data, scale, height, width)
     try:
-        h, w, colorspace, _ = sj.decode_jpeg_header(data)
+        header = sj.decode_jpeg_header(data)
+        h, w, colorspace = int(header[0]), int(header[1]), header[2]
     except Exception:
         return decode_any(data, scale, height, width)  # Pillow says what is wrong, or copes
     _check_size(h, w, height, width)

@@ -39,6 +39,8 @@ class EncodedBatch:
 
     def images(self) -> list[np.ndarray]:
         """Each image's bytes as a uint8 array (views of ``data``)."""
+        if self.data is None:
+            raise RuntimeError("the batch's images are still in its slab")
         whole = np.frombuffer(self.data, np.uint8) if isinstance(self.data, bytes) else self.data
         return [whole[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 

@@ -36,8 +36,8 @@ from PIL import Image
 from .scratch import scratch
 
 # Pillow >= 9.1 has the enums; the plain constants work everywhere (pillow >= 9 is required).
-_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
-_FLIP = getattr(Image, "Transpose", Image).FLIP_LEFT_RIGHT
+_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # pyright: ignore[reportAttributeAccessIssue]
+_FLIP = getattr(Image, "Transpose", Image).FLIP_LEFT_RIGHT  # pyright: ignore[reportAttributeAccessIssue]
 
 __all__ = [
     "resize_into",
@@ -106,7 +106,7 @@ def _torch_resize_into(src: np.ndarray, box: Box, out: np.ndarray, layout: str, 
 def _aa_private(x, size, target) -> None:
     import torch
 
-    torch._C._nn._upsample_bilinear2d_aa(x, list(size), False, None, None, out=target)  # type: ignore[call-arg]
+    torch._C._nn._upsample_bilinear2d_aa(x, list(size), False, None, None, out=target)  # type: ignore[call-arg]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _aa_public(x, size, target) -> None:
