@@ -59,23 +59,26 @@ class Delivery:
         lease = self.slabs.lease(result.slab)
         self.handed = result.batch
         read, bad = result.samples, result.bad or []
+        listed = result.listed or {}
         for name, area in layout.encoded.items():  # a staged field's images in the slab
-            images = result.listed[name]
+            images = listed[name]
             if images.data is None:
                 images.data = layout.views(lease, read)[area].reshape(-1)
         kept = None
         if self.budget is not None:
             kept = self._skip_bad(result, lease, count=not layout.staged)
         views = layout.views(lease, result.samples)
+        listed = result.listed or {}  # (skipping bad rows replaced it)
         batch: dict[str, Any] = {}
         for name in layout.names:
             if name in views:
                 batch[name] = layout.tensor(name, views[name])
             elif name not in layout.targets:  # (those, finishing adds)
-                batch[name] = result.listed[name]
+                batch[name] = listed[name]
         del views, lease  # the batch's tensors now own the slab
         self.stats.stage_seconds["collate"] += time.perf_counter() - start
-        self.stats.add_batch(result.samples, result.timings.get("bytes", 0), result.timings)
+        timings = result.timings or {}
+        self.stats.add_batch(result.samples, timings.get("bytes", 0), timings)
         if layout.staged:
             from .decodestage import Unpacked
 
@@ -107,7 +110,7 @@ class Delivery:
         fields lose them, and (``count``) the budget counts them (raising once it is spent).
         Returns the rows kept."""
         n = result.samples
-        if count:
+        if count and self.budget is not None:
             self.budget.add(n, result.bad or ())  # (on an error the lease frees the slab)
         if not result.bad:
             return np.arange(n)
@@ -119,7 +122,7 @@ class Delivery:
                 v[: len(keep)] = v[keep]
         result.listed = {
             name: ([values[i] for i in keep] if isinstance(values, list) else values[keep])
-            for name, values in result.listed.items()
+            for name, values in (result.listed or {}).items()
         }
         result.samples = len(keep)
         self.stats.skipped += len(dropped)

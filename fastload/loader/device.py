@@ -62,6 +62,8 @@ def register_slabs(pool: SlabPool) -> None:
     """Page-lock every arena of ``pool`` (and any it grows later) with cudaHostRegister,
     until the arena is freed."""
     cudart = torch.cuda.cudart()
+    if cudart is None:  # (only without CUDA, where no slab is pinned)
+        raise RuntimeError("cannot pin the slabs: torch has no CUDA runtime")
 
     def register(arena: torch.Tensor) -> None:
         ptr = arena.data_ptr()
@@ -99,7 +101,7 @@ def move(obj, device: torch.device):
     if isinstance(obj, Mapping):
         moved = {k: move(v, device) for k, v in obj.items()}
         try:
-            return type(obj)(moved)
+            return type(obj)(moved)  # pyright: ignore[reportCallIssue]
         except TypeError:
             return moved
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
@@ -133,7 +135,7 @@ class CopiesInFlight:
 def to_device(
     batch: dict,
     device: torch.device,
-    in_flight: CopiesInFlight,
+    in_flight: CopiesInFlight | None,
     finishing: Finishing | None = None,
 ) -> dict:
     """Copy a batch's tensors to ``device`` on the copy stream and queue ``finishing``'s
@@ -143,6 +145,8 @@ def to_device(
     (pixels a GPU decoder made) are finished there as they are."""
     if device.type != "cuda":
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if in_flight is None:
+        raise ValueError("a copy to a CUDA device needs a CopiesInFlight to keep its source")
     stream = copy_stream(device)
     current = torch.cuda.current_stream(device)
     with torch.cuda.stream(stream):  # not after the work queued on current: it overlaps it

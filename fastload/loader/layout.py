@@ -25,7 +25,7 @@ import torch
 from ..decode.finish import TokenDecode
 from ..format.schema import Schema
 from .imagedecode import ImageDecode
-from .variable import Pad
+from .variable import Pad, row_shape
 
 __all__ = [
     "BatchLayout",
@@ -201,7 +201,7 @@ class BatchLayout:
             (f.name, *self._image_slot(f.name, decode[f.name])) for f in schema if f.name in decode
         ]
         fixed += [
-            (name, schema[name].np_dtype, (spec.length, *schema[name].shape[1:]))
+            (name, schema[name].np_dtype, (spec.length, *row_shape(schema, name)))
             for name, spec in self.padded.items()
         ]
         order = {f.name: i for i, f in enumerate(schema)}

@@ -31,7 +31,12 @@ def eager_batches(batch_sampler: Any) -> Iterator[Any]:
     plain = type(sampler) is SequentialSampler or (
         type(sampler) is RandomSampler and not sampler.replacement
     )
-    if type(batch_sampler) is not BatchSampler or not plain or len(sampler) > MAX_EAGER_ORDER:
+    if (
+        type(batch_sampler) is not BatchSampler
+        or sampler is None
+        or not plain
+        or len(sampler) > MAX_EAGER_ORDER
+    ):
         yield from batch_sampler
         return
     order = np.fromiter(iter(sampler), np.int64)

@@ -105,7 +105,7 @@ class SlabPool:
     def lease(self, index: int) -> np.ndarray:
         """The bytes of slab ``index`` as a fresh array that returns the slab to the pool
         when it, and so every view of it handed to the consumer, is garbage."""
-        view = np.frombuffer(memoryview(self.arrays[index]), dtype=np.uint8)
+        view = np.frombuffer(memoryview(self.arrays[index]), dtype=np.uint8)  # pyright: ignore[reportArgumentType]
         # Views of ``view`` keep it (not the slab array) as their base, so it dies with the
         # last tensor of the batch; torch.from_numpy keeps its array alive the same way. A
         # plain weak reference with a callback (weakref.finalize costs ~2 us more a batch).
@@ -178,7 +178,8 @@ class SlabMap:
             self.arenas.append(None)
         if arena is not None:
             self.arenas[place[0]] = arena
-        self.places.extend([None] * (slab + 1 - len(self.places)))
+        unknown: list = [None] * (slab + 1 - len(self.places))  # slabs not learnt yet
+        self.places.extend(unknown)
         self.places[slab] = place
 
     def __getitem__(self, slab: int) -> np.ndarray:

@@ -111,8 +111,9 @@ def transform_rows(
         try:
             result = _checked_mapping(fn(sample_at(inputs, listed, names, k)), record)
         except Exception as e:
-            if hasattr(e, "add_note"):
-                e.add_note(f"in transform= of dataset record {record}")
+            add_note = getattr(e, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"in transform= of dataset record {record}")
             raise
         for f in outputs:
             if f.name not in result:

@@ -40,6 +40,7 @@ __all__ = [
     "VariableSpec",
     "Ragged",
     "check_variable",
+    "row_shape",
     "fill_padded",
     "collate_variable",
     "empty_value",
@@ -101,7 +102,7 @@ def check_variable(schema: Schema, variable: Mapping[str, Any] | None) -> dict[s
                 f"variable: {name!r} is not a field of the dataset (fields: {schema.to_dict()})"
             )
         field = schema[name]
-        shape = field.shape or ()
+        shape = tuple(field.shape or ())
         if (
             field.kind != "ndarray"
             or field.is_fixed
@@ -195,10 +196,15 @@ def fill_padded(
         lengths[i] = n
 
 
+def row_shape(schema: Schema, name: str) -> tuple[int, ...]:
+    """The shape of one element of variable-length field ``name`` (its shape after the
+    variable first dimension, all fixed: :func:`check_variable` checked that)."""
+    return tuple(int(d) for d in (schema[name].shape or ())[1:] if d is not None)
+
+
 def empty_value(schema: Schema, name: str) -> np.ndarray:
     """A 0-length value of variable-length field ``name`` (a skipped row's)."""
-    field = schema[name]
-    return np.zeros((0, *field.shape[1:]), field.np_dtype)
+    return np.zeros((0, *row_shape(schema, name)), schema[name].np_dtype)
 
 
 def collate_variable(
@@ -220,10 +226,11 @@ def collate_variable(
         flat, lengths, offsets = value.values, value.lengths, value.offsets()
         if isinstance(spec, Pad):
             rows, width = len(lengths), int(lengths.max(initial=0))
-            padded = np.full((rows, width, *field.shape[1:]), spec.value, field.np_dtype)
+            inner = row_shape(schema, name)
+            padded = np.full((rows, width, *inner), spec.value, field.np_dtype)
             # each value's place in the padded rows: row * width + position in its row
             at = np.repeat(np.arange(rows) * width - offsets[:-1], lengths) + np.arange(len(flat))
-            padded.reshape(rows * width, *field.shape[1:])[at] = flat
+            padded.reshape(rows * width, *inner)[at] = flat
             out[name], out[extra_name(name, spec)] = (
                 torch.from_numpy(padded),
                 torch.from_numpy(lengths),

@@ -32,11 +32,10 @@ def read_manifest(fs, root: str, shown: str, store: RemoteStore | None = None) -
     options ask for that."""
     path = join(fs, root, MANIFEST_NAME)
     read = functools.partial(_manifest_bytes, fs, root, shown, path, store)
+    cache = store.cache if store is not None else None
     options = store.options if store is not None else None
-    if options is not None and options.share_manifest and store.cache is not None:
-        data = read_shared(
-            read, display_name(fs, path), store.cache.dir, wait_s=options.manifest_wait_s
-        )
+    if options is not None and options.share_manifest and cache is not None:
+        data = read_shared(read, display_name(fs, path), cache.dir, wait_s=options.manifest_wait_s)
     else:
         data = read()
     return Manifest.from_bytes(data, display_name(fs, path))
