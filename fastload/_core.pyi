@@ -114,6 +114,84 @@ def gather_records(
     Raises ValueError for a table entry outside its source or an out too small for the rows.
     """
 
+class RecordMap:
+    """Where the records of a dataset lie, read from its shards' index bytes in place.
+
+    Dataset record i is record ``i - starts[s]`` of shard s, for ``starts[s] <= i <
+    starts[s + 1]``; the blocks of shard s are numbered dataset-wide from ``block_base[s]``.
+    Shards are added as they are opened; nothing per record is copied (a shard's tables are
+    held, as buffers, for as long as the map lives). Safe to read from several threads while
+    shards are added.
+    """
+
+    def __init__(self, starts: npt.NDArray[np.int64], block_base: npt.NDArray[np.int64]) -> None:
+        """``starts`` and ``block_base``: int64 arrays of n_shards + 1 entries, non-decreasing
+        from 0. Raises ValueError otherwise."""
+
+    def add(
+        self,
+        shard: int,
+        blocks: ReadableBuffer,
+        records: ReadableBuffer,
+        n_blocks: int,
+        n_records: int,
+        record_size: int | None,
+    ) -> None:
+        """Add shard ``shard``: ``blocks``, its block table's bytes (48 per block);
+        ``records``, its record table's bytes: 16 per record, or, with ``record_size`` (the
+        fixed layout), the records' checksums (4 bytes each).
+
+        Raises ValueError when the bytes do not hold the counts, the counts are not the
+        shard's in the map, the shard was added already, or (fixed layout) the blocks do
+        not hold the records as that layout lays them out.
+        """
+
+    def added(self, shard: int) -> bool:
+        """Whether shard ``shard`` was added."""
+
+    def block_numbers(self, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The dataset-wide block number of each of dataset records ``indices`` (int64), or
+        -1 where it is not known here (out of range, its shard not added)."""
+
+    def places(
+        self, indices: npt.NDArray[np.int64], in_blocks: bool
+    ) -> tuple[
+        int,
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint32],
+    ]:
+        """Where dataset records ``indices`` lie: ``(stop, sources, offsets, lengths,
+        checksums)``, as :meth:`gather` would read them (``in_blocks``: sources are
+        dataset-wide block numbers and offsets in their raw bytes; else shard numbers and
+        offsets in their files, raw blocks only). ``stop`` is -1, or the first row that
+        cannot be placed (index out of range, its shard not added, a compressed block's
+        record in a file); that row and the ones after it are zero."""
+
+    def gather(
+        self,
+        sources: Sequence[ReadableBuffer | None],
+        indices: npt.NDArray[np.int64],
+        verify: bool,
+        field_at: npt.NDArray[np.uint64],
+        field_size: npt.NDArray[np.uint64],
+        outs: Sequence[WriteableBuffer],
+        in_blocks: bool,
+    ) -> int:
+        """``gather_records`` of dataset records ``indices``, placed from the shards' tables.
+
+        ``in_blocks`` False: ``sources[s]`` is shard s's whole file, and only records of
+        blocks stored raw are read; True: ``sources[g]`` is the raw bytes of the dataset's
+        block g. Only the sources the batch reads are acquired.
+
+        Returns -1, or the first row that cannot be read this way (index out of range, its
+        shard not added, a compressed block's record from a file, shorter than a field,
+        failed checksum; earlier rows may be copied). Raises ValueError for a record outside
+        its source or an out too small for the rows, TypeError for a source that is not a
+        buffer (a block not at hand, say).
+        """
+
 def permute(n: int, key: int, positions: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """``P(positions[i])`` for the bijection P of [0, n) keyed by ``key`` (a uint64).
 

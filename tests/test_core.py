@@ -659,3 +659,111 @@ def test_gather_records_acquires_only_the_sources_it_reads():
     assert gather_records(mixed, table, rows, [(0, 24)])[0] == -1
     with pytest.raises(TypeError, match=f"sources\\[{unused}\\]"):
         gather_records(mixed, table, [len(src) - 1], [(0, 24)])
+
+
+# --------------------------------------------------------------------------- RecordMap
+
+
+def record_map_dataset(tmp_path, schema, record, n=300):
+    """A dataset of raw blocks over several shards, opened; its RecordMap (every shard added)."""
+    import fastload
+
+    with fastload.Writer(
+        tmp_path / "ds", schema, block_size=256, shard_size=2048, compression="none"
+    ) as w:
+        for i in range(n):
+            w.write(record(i))
+    ds = fastload.Dataset(tmp_path / "ds")
+    readers = [ds.shard_reader(s) for s in range(len(ds.shards))]
+    base = np.cumsum([0] + [len(r.blocks) for r in readers], dtype=np.int64)
+    m = _core.RecordMap(np.asarray(ds.record_starts, np.int64), base)
+    for s, r in enumerate(readers):
+        ix = r.index
+        m.add(s, ix.block_bytes, ix.table, len(r.blocks), len(r), ix.record_size)
+    return ds, readers, base, m
+
+
+FIXED = ({"i": "int64", "v": "uint16[5]"}, lambda i: {"i": i, "v": np.arange(5) + i})
+ENTRIES = ({"i": "int64", "s": "str"}, lambda i: {"i": i, "s": "x" * (i % 7)})
+
+
+@pytest.mark.parametrize("kind", [FIXED, ENTRIES], ids=["fixed", "entries"])
+def test_record_map_gathers_what_the_dataset_reads(tmp_path, kind):
+    ds, readers, base, m = record_map_dataset(tmp_path, *kind)
+    assert len(readers) > 2 and readers[0].index.record_size == (20 if kind is FIXED else None)
+    idx = np.random.default_rng(0).integers(0, len(ds), 64)
+    files = [r.source.buffer for r in readers]
+    out = bytearray(64 * 8)
+    assert m.gather(files, idx, True, u64([0]), u64([8]), [out], False) == -1
+    assert np.frombuffer(out, np.int64).tolist() == idx.tolist()
+    # the same rows from the blocks' own bytes, sources numbered by block
+    blocks = [bytes(r.block(b)) for r in readers for b in range(len(r.blocks))]
+    out2 = bytearray(64 * 8)
+    assert m.gather(blocks, idx, True, u64([0]), u64([8]), [out2], True) == -1
+    assert out2 == out
+    stop, src, off, length, checksum = m.places(idx, True)
+    want = [readers[s].index.entries()[r] for s, r in map(ds.locate, idx.tolist())]
+    assert stop == -1 and length.tolist() == [int(e["length"]) for e in want]
+    assert checksum.tolist() == [int(e["checksum"]) for e in want]
+    shard = np.searchsorted(ds.record_starts, idx, side="right") - 1
+    assert (src - base[shard]).tolist() == [int(e["block"]) for e in want]
+    assert off.tolist() == [int(e["offset"]) for e in want]
+    assert m.block_numbers(idx).tolist() == src.tolist()
+
+
+def test_record_map_places_only_the_shards_added(tmp_path):
+    ds, readers, base, full = record_map_dataset(tmp_path, *FIXED)
+    m = _core.RecordMap(np.asarray(ds.record_starts, np.int64), base)
+    ix = readers[1].index
+    m.add(1, ix.block_bytes, ix.table, len(readers[1].blocks), len(readers[1]), ix.record_size)
+    assert [m.added(s) for s in range(3)] == [False, True, False]
+    first = int(ds.record_starts[1])
+    idx = np.array([first, first - 1, len(ds), -1, first + 3], np.int64)
+    assert m.block_numbers(idx).tolist() == [base[1], -1, -1, -1, base[1]]
+    assert m.places(idx, True)[0] == 1
+    files = [None, readers[1].source.buffer, None]  # only the sources read are acquired
+    out = bytearray(16)
+    assert m.gather(files, idx[[0, 4]], True, u64([0]), u64([8]), [out], False) == -1
+    assert np.frombuffer(out, np.int64).tolist() == [first, first + 3]
+    assert m.gather(files, idx[[0, 1]], True, u64([0]), u64([8]), [out], False) == 1
+    with pytest.raises(TypeError, match=r"sources\[1\]"):
+        m.gather([None] * 3, idx[[0]], True, u64([0]), u64([8]), [out], False)
+
+
+def test_record_map_checks_every_record_it_reads(tmp_path):
+    ds, readers, _, m = record_map_dataset(tmp_path, *FIXED)
+    files = [bytearray(r.source.buffer) for r in readers]
+    stop, src, off, _, _ = m.places(np.array([7], np.int64), False)
+    files[int(src[0])][int(off[0]) + 3] ^= 1
+    out = bytearray(3 * 8)
+    idx = np.array([2, 7, 9], np.int64)
+    assert m.gather(files, idx, True, u64([0]), u64([8]), [out], False) == 1
+    assert m.gather(files, idx, False, u64([0]), u64([8]), [out], False) == -1
+
+
+def test_record_map_refuses_what_its_tables_cannot_hold(tmp_path):
+    ds, readers, base, _ = record_map_dataset(tmp_path, *FIXED)
+    starts = np.asarray(ds.record_starts, np.int64)
+    r = readers[0]
+    ix, nb, n = r.index, len(r.blocks), len(r)
+    for bad_starts, bad_base in ((starts[::-1].copy(), base), (starts, base[:-1].copy())):
+        with pytest.raises(ValueError):
+            _core.RecordMap(bad_starts, bad_base)
+    m = _core.RecordMap(starts, base)
+    with pytest.raises(ValueError, match="do not fit"):
+        m.add(0, ix.block_bytes[:-1], ix.table, nb, n, ix.record_size)
+    with pytest.raises(ValueError, match="do not fit"):
+        m.add(0, ix.block_bytes, ix.table[:-1], nb, n, ix.record_size)
+    other = next(s for s, o in enumerate(readers) if len(o) != n)
+    with pytest.raises(ValueError, match="the dataset expects"):
+        m.add(other, ix.block_bytes, ix.table, nb, n, ix.record_size)  # shard 0's tables
+    with pytest.raises(ValueError, match="cannot hold"):
+        m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size + 1)
+    with pytest.raises(ValueError, match="out of range"):
+        m.add(len(readers), ix.block_bytes, ix.table, nb, n, ix.record_size)
+    m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size)
+    with pytest.raises(ValueError, match="added already"):
+        m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size)
+    with pytest.raises(TypeError):
+        m.block_numbers(np.array([0], np.int32))  # exactly int64
+    ds.close()

@@ -144,9 +144,29 @@ def compare(stub_source: str, module_source: str) -> list[str]:
                 s_type, m_type = canonical(s.annotation), canonical(m.annotation)
                 if not compatible(s_type, m_type):
                     problems.append(f"{name}: {s_type} in the stub, {m_type} in the module")
-            elif ast.dump(s) != ast.dump(m):  # a class: the module has none yet
-                problems.append(f"{name}: the class differs from the generated one")
+            elif isinstance(s, ast.ClassDef) and isinstance(m, ast.ClassDef):
+                problems += compare_class(name, s, m)
+            elif ast.dump(s) != ast.dump(m):
+                problems.append(f"{name}: differs from the generated one")
     return sorted(problems)
+
+
+def compare_class(name: str, stub: ast.ClassDef, module: ast.ClassDef) -> list[str]:
+    """A class's methods (``__init__`` and the public ones), each as a function."""
+
+    def methods(node: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+        return {
+            f.name: f
+            for f in node.body
+            if isinstance(f, ast.FunctionDef) and (f.name == "__init__" or f.name[0] != "_")
+        }
+
+    ours, theirs = methods(stub), methods(module)
+    problems = [f"{name}.{n}: in the module, missing from the stub" for n in theirs.keys() - ours]
+    problems += [f"{name}.{n}: in the stub, not in the module" for n in ours.keys() - theirs]
+    for n in ours.keys() & theirs.keys():
+        problems += compare_function(f"{name}.{n}", ours[n], theirs[n])
+    return problems
 
 
 # ----------------------------------------------------------------------------- the real stub
@@ -197,6 +217,14 @@ def permute(n: int, positions: Annotated[ArrayLike, dict(dtype='uint64', shape=(
     ) -> Annotated[NDArray[numpy.uint64], dict(shape=(None,))]: ...
 
 has_cuda: bool = True
+
+class Table:
+    """Records."""
+
+    def __init__(self, starts: Annotated[NDArray[numpy.int64], dict(shape=(None,), order='C',
+        device='cpu', writable=False)]) -> None: ...
+
+    def add(self, blocks: object, size: int | None) -> None: ...
 '''
 
 CURATED = '''
@@ -216,6 +244,13 @@ def gather(
 ) -> None: ...
 def permute(n: int, positions: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]: ...
 def _helper() -> None: ...
+
+class Table:
+    """A dataset's records."""
+
+    def __init__(self, starts: npt.NDArray[np.int64]) -> None: ...
+    def add(self, blocks: ReadableBuffer, size: int | None) -> None: ...
+    def _private(self) -> None: ...
 '''
 
 
@@ -261,6 +296,25 @@ DRIFTS = [
     (
         ("-> npt.NDArray[np.uint64]", "-> list[int]"),
         ["permute: returns list[int] in the stub, ndarray[uint64] in the module"],
+    ),
+    (
+        ("def add(self", "def put(self"),
+        [
+            "Table.add: in the module, missing from the stub",
+            "Table.put: in the stub, not in the module",
+        ],
+    ),
+    (
+        ("size: int | None", "size: int"),
+        ["Table.add(size): int in the stub, int | None in the module"],
+    ),
+    (
+        ("starts: npt.NDArray[np.int64]", "starts: npt.NDArray[np.uint64]"),
+        ["Table.__init__(starts): ndarray[uint64] in the stub, ndarray[int64] in the module"],
+    ),
+    (
+        ("class Table:", "class Tables:"),
+        ["Table: in the module, missing from the stub", "Tables: in the stub, not in the module"],
     ),
 ]
 

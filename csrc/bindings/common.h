@@ -91,6 +91,7 @@ inline void check_same_length(const char* name, size_t n_name, const char* ref, 
 
 void register_hash(nb::module_& m);
 void register_gather(nb::module_& m);
+void register_records(nb::module_& m);
 void register_cuda(nb::module_& m);
 void register_plan(nb::module_& m);
 void register_finish(nb::module_& m);

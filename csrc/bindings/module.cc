@@ -17,6 +17,7 @@ NB_MODULE(_core, m) {
       "(>= 64 KiB of bytes or >= 1024 items) run with the GIL released.";
   fastload::bind::register_hash(m);
   fastload::bind::register_gather(m);
+  fastload::bind::register_records(m);
   fastload::bind::register_cuda(m);
   fastload::bind::register_plan(m);
   fastload::bind::register_finish(m);

@@ -29,6 +29,15 @@ struct RecordTable {
   size_t n;
 };
 
+// Where a row of a batch lies: sources[source][offset : +length], whose xxh64's low 32 bits
+// are checksum.
+struct Place {
+  uint64_t source;
+  uint64_t offset;
+  uint64_t length;
+  uint32_t checksum;
+};
+
 // One batch of fixed-size fields, straight from whole records: for row i (record idx[i]) and
 // field f, out[f][i*field_size[f] : +field_size[f]] = the record's bytes
 // [field_at[f] : +field_size[f]]. With `verify`, each record's checksum is checked just before
@@ -40,5 +49,11 @@ struct RecordTable {
 int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTable& table,
                        const int64_t* idx, size_t n, bool verify, const uint64_t* field_at,
                        const uint64_t* field_size, const MutByteSpan* out, size_t n_fields);
+
+// gather_records of rows already placed (row i is places[i]): the same checks, copies and
+// result, for a caller that found the records another way (records.h: from shards' indexes).
+int64_t gather_placed(const ByteSpan* sources, size_t n_sources, const Place* places, size_t n,
+                      bool verify, const uint64_t* field_at, const uint64_t* field_size,
+                      const MutByteSpan* out, size_t n_fields);
 
 }  // namespace fastload
