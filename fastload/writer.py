@@ -138,6 +138,8 @@ class Writer:
             self._compressor,
             self.block_size,
             schema_hash=self.schema.fingerprint,
+            # a schema of fixed-size fields only: the compact index (docs/format.md)
+            record_size=None if self._layout.var_fields else self._layout.header_size,
         )
         self._shard_path = name
         return shard

@@ -54,7 +54,7 @@ def test_blocks_hold_about_block_size_raw_bytes(tmp_path):
         r = ds.shard_reader(0)
         sizes = r.blocks["raw_size"].tolist()
         assert all(s <= 1000 for s in sizes) and max(sizes) > 900
-        assert r.records["offset"].tolist()[:3] == [0, 104, 208]
+        assert r.index.entries()["offset"].tolist()[:3] == [0, 104, 208]
 
 
 @pytest.mark.parametrize(

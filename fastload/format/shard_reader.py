@@ -13,22 +13,23 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import _core
 from ..errors import CorruptRecordError, ShardChecksumError, ShardFormatError
 from .checksum import first_bad_record, format_hash, hash64, record_checksum
 from .codec import BlockCodecError, decompress_block
 from .decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
 from .manifest import ShardInfo
 from .record import RecordLayout
-from .shard_index import misfit_record, table_problems
+from .shard_index import block_problems
+from .shard_records import ShardRecords, shard_records
 from .spec import (
-    BLOCK_DTYPE,
     CODEC_NONE,
     HEADER_DTYPE,
     HEADER_SIZE,
+    KNOWN_FLAGS,
     MAGIC,
     MAX_BLOCK_RAW_SIZE,
     MIN_SHARD_SIZE,
-    RECORD_DTYPE,
     SUPPORTED_VERSIONS,
     TRAILER_DTYPE,
     TRAILER_SIZE,
@@ -54,6 +55,9 @@ class ByteSource(Protocol):
     # Optional: True when the source reads (and caches) whole blocks, so a record of a raw
     # block is sliced from its block rather than read on its own (remote sources).
     # whole_blocks: bool
+    # Optional: release(offset, length): this process need not keep those bytes (read through
+    # ``buffer``) resident: a mapped file's pages leave the process's memory and come back
+    # from the page cache when touched again. Called on the index once it is checked.
 
     def read(self, offset: int, length: int) -> bytes | memoryview:
         """Exactly ``length`` bytes at ``offset`` (raises if the file is shorter)."""
@@ -125,7 +129,8 @@ class ShardReader:
         reserved = bytes(header["reserved"])
         if version == 1:  # the schema's fingerprint came with version 2: reserved before
             reserved = int(header["schema_hash"]).to_bytes(8, "little") + reserved
-        self._check_unused(int(header["flags"]), reserved, "header")
+        flags = int(header["flags"])
+        self._check_unused(flags, reserved, "header", version)
         if expected is not None and size != expected.bytes:
             raise ShardChecksumError(
                 f"{self.name}: file is {size} bytes but the manifest says "
@@ -143,14 +148,20 @@ class ShardReader:
                 f"the header says format version {int(header['version'])} and the trailer "
                 f"{int(trailer['version'])}: the shard is corrupt"
             )
-        self._check_unused(int(trailer["flags"]), b"", "trailer")
-        self._read_index(trailer, size)
+        if int(trailer["flags"]) != flags:
+            raise self._fail(
+                f"the header has flags {flags:#x} and the trailer {int(trailer['flags']):#x}: "
+                "the shard is corrupt"
+            )
+        self._read_index(trailer, size, flags)
         if expected is not None:
             self._check_expected(expected)
-        if layout is not None:
-            if version >= 2:
-                self._check_schema(int(header["schema_hash"]), layout)
-            self._check_lengths(layout)
+        if layout is not None and version >= 2:
+            self._check_schema(int(header["schema_hash"]), layout)
+        self._check_lengths(layout)
+        release = getattr(self.source, "release", None)
+        if release is not None:  # checked: from now on only the pages of records read
+            release(int(trailer["index_offset"]), int(trailer["index_size"]))
 
     def _check_version(self, version: int, where: str) -> None:
         if version not in SUPPORTED_VERSIONS:
@@ -159,17 +170,18 @@ class ShardReader:
                 f"fastload (supports {list(SUPPORTED_VERSIONS)}); upgrade fastload"
             )
 
-    def _check_unused(self, flags: int, reserved: bytes, where: str) -> None:
-        # No version defines flags: a set bit is a feature this reader cannot honour (or a
-        # damaged byte), so it is refused rather than ignored.
-        if flags or any(reserved):
+    def _check_unused(self, flags: int, reserved: bytes, where: str, version: int) -> None:
+        # A flag this reader does not know is a feature it cannot honour (or a damaged byte),
+        # so it is refused rather than ignored; version 1 had no flags at all.
+        unknown = flags & ~(KNOWN_FLAGS if version >= 2 else 0)
+        if unknown or any(reserved):
             raise self._fail(
                 f"the {where} has flags {flags:#x} and reserved bytes "
                 f"{reserved.hex() or '-'} where its format version writes zeros: the "
                 "shard is corrupt or needs a newer fastload"
             )
 
-    def _read_index(self, trailer: np.void, size: int) -> None:
+    def _read_index(self, trailer: np.void, size: int, flags: int) -> None:
         offset, length = int(trailer["index_offset"]), int(trailer["index_size"])
         n_blocks, n_records = int(trailer["n_blocks"]), int(trailer["n_records"])
         index_end = size - TRAILER_SIZE
@@ -178,42 +190,44 @@ class ShardReader:
                 f"index claims {length} bytes at offset {offset}, but the file has "
                 f"{size} bytes (index must end at {index_end})"
             )
-        if length != index_size(n_blocks, n_records):
+        if length != index_size(n_blocks, n_records, flags):
             raise self._fail(
                 f"index is {length} bytes, which does not hold {n_blocks} blocks and "
                 f"{n_records} records; the trailer is corrupt"
             )
-        raw = bytes(self.source.read(offset, length))  # a copy: the map may be closed first
-        self.index_hash = hash64(raw)
+        # Read where it lies: a mapped shard's index stays in the page cache's pages (shared
+        # by every process), not copied into each process (views keep the map alive).
+        index = self.source.read(offset, length)
+        self.index_hash = hash64(index)
         if self.index_hash != int(trailer["index_hash"]):
             raise self._fail(
                 f"index (bytes {offset}..{offset + length}) failed its checksum; "
                 "the shard is corrupt"
             )
-        split = n_blocks * BLOCK_DTYPE.itemsize
-        self.blocks = np.frombuffer(raw, BLOCK_DTYPE, count=n_blocks)
-        self.records = np.frombuffer(raw, RECORD_DTYPE, count=n_records, offset=split)
         self.data_end = offset
-        self._check_tables()
-        # Per-record arrays the batched path (locate) would otherwise rebuild every batch.
-        self._lengths = self.records["length"].astype(np.uint64)
-        self.shortest = int(self._lengths.min()) if len(self._lengths) else 0  # record bytes
-        self._checksums = np.ascontiguousarray(self.records["checksum"])
+        self.index: ShardRecords = shard_records(index, n_blocks, n_records, flags)
+        self.blocks = self.index.blocks
+        problems = block_problems(self.blocks, self.data_end) + self.index.problems()
+        if problems:
+            raise self._fail("index is inconsistent: " + "; ".join(problems))
         raw = self.blocks["codec"] == CODEC_NONE
         self._raw = raw.tolist()  # per block: stored bytes are the raw bytes
         self._all_raw = bool(raw.all())
-        # Where each record starts in the file, when every block is stored raw: a batch of
-        # them is then one fancy-index away from a gather out of the memory map.
-        self._starts = (
-            self.blocks["offset"][self.records["block"]] + self.records["offset"]
-            if self._all_raw
-            else None
-        )
+        self._block_at = np.ascontiguousarray(self.blocks["offset"])  # (per block: small)
+        self._map = self._record_map()
 
-    def _check_tables(self) -> None:
-        problems = table_problems(self.blocks, self.records, self.data_end)
-        if problems:
-            raise self._fail("index is inconsistent: " + "; ".join(problems))
+    def _record_map(self) -> _core.RecordMap:
+        """The compiled core's view of the tables (checked): a batch's places in one call."""
+        n = np.array([0, len(self.index)], np.int64)
+        record_map = _core.RecordMap(n, np.array([0, len(self.blocks)], np.int64))
+        index = self.index
+        try:
+            record_map.add(
+                0, index.block_bytes, index.table, len(self.blocks), len(index), index.record_size
+            )
+        except ValueError as e:  # the core checks on its own (what the reader let through)
+            raise self._fail(f"index is inconsistent: {e}") from None
+        return record_map
 
     def _check_expected(self, expected: ShardInfo) -> None:
         if format_hash(self.index_hash) != expected.hash:
@@ -221,9 +235,9 @@ class ShardReader:
                 f"{self.name}: shard hash is {format_hash(self.index_hash)} but the manifest "
                 f"says {expected.hash}: the shard was replaced or corrupted; re-create it"
             )
-        if len(self.records) != expected.records or len(self.blocks) != expected.blocks:
+        if len(self.index) != expected.records or len(self.blocks) != expected.blocks:
             raise self._fail(
-                f"has {len(self.records)} records in {len(self.blocks)} blocks, the "
+                f"has {len(self.index)} records in {len(self.blocks)} blocks, the "
                 f"manifest says {expected.records} in {expected.blocks}"
             )
 
@@ -236,14 +250,19 @@ class ShardReader:
                 "the shard belongs to another dataset, or its header is damaged"
             )
 
-    def _check_lengths(self, layout: RecordLayout) -> None:
-        misfit = misfit_record(self._lengths, layout)
+    def _check_lengths(self, layout: RecordLayout | None) -> None:
+        misfit = self.index.check_lengths(layout)
         if misfit is not None:
             raise self.corrupt_record(*misfit)
 
+    @property
+    def shortest(self) -> int:
+        """The bytes of the shortest record (0 for an empty shard)."""
+        return self.index.shortest
+
     # -- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.index)
 
     def block(self, b: int) -> bytes | memoryview:
         """The raw (decompressed) bytes of block ``b``, checked against its checksum."""
@@ -295,7 +314,7 @@ class ShardReader:
         limit = BLOCK_SIZE_FACTOR * self.block_size
         entry = self.blocks[b]
         if int(entry["n_records"]) == 1:
-            limit = max(limit, int(self.records[int(entry["first_record"])]["length"]))
+            limit = max(limit, self.index.length(int(entry["first_record"])))
         return min(limit, MAX_BLOCK_RAW_SIZE)
 
     def _too_large(self, b: int) -> str | None:
@@ -335,9 +354,8 @@ class ShardReader:
 
     def corrupt_record(self, r: int, why: str) -> CorruptRecordError:
         """The error for record ``r`` (also used by callers that decode it)."""
-        entry = self.records[r]
-        b = int(entry["block"])
-        where = int(self.blocks[b]["offset"]) + int(entry["offset"])
+        b, offset, _, _ = self.index.place(r)
+        where = int(self.blocks[b]["offset"]) + offset
         in_block = "" if self.blocks[b]["codec"] == CODEC_NONE else " before decompression"
         return CorruptRecordError(
             f"{self.name}: record {r} (block {b}, byte offset {where}{in_block}) {why}"
@@ -345,10 +363,9 @@ class ShardReader:
 
     def record(self, r: int) -> bytes | memoryview:
         """The bytes of record ``r`` (a zero-copy slice when the shard is mapped)."""
-        entry = self.records[r]
-        b, offset, length = int(entry["block"]), int(entry["offset"]), int(entry["length"])
+        b, offset, length, checksum = self.index.place(r)
         view = self._raw_record(b, offset, length)
-        if self.verify and record_checksum(view) != int(entry["checksum"]):
+        if self.verify and record_checksum(view) != checksum:
             raise self.corrupt_record(
                 r, "failed its checksum; the shard is corrupt: re-create or re-download it"
             )
@@ -372,20 +389,23 @@ class ShardReader:
         record already checked (by its own checksum, or its whole block's).
         """
         mapped = self.source.buffer
-        if mapped is not None and self._all_raw:  # the common case for local, raw shards
-            offsets, lengths = self._starts[rs], self._lengths[rs]
+        in_file = mapped is not None and self._all_raw  # the common case: local, raw shards
+        stop, blocks, offsets, lengths, checksums = self._map.places(
+            np.ascontiguousarray(rs, np.int64), not in_file
+        )
+        if stop >= 0:
+            raise IndexError(
+                f"{self.name}: record {rs[stop]} is out of range ({len(self)} records)"
+            )
+        if in_file:  # offsets in the file
             if self.verify:
-                bad = first_bad_record(mapped, offsets, lengths, self._checksums[rs])
+                bad = first_bad_record(mapped, offsets, lengths, checksums)
                 if bad >= 0:
                     raise self.corrupt_record(
                         int(rs[bad]),
                         "failed its checksum; the shard is corrupt: re-create or re-download it",
                     )
             return [mapped], np.zeros(len(rs), np.uint32), offsets, lengths
-        entries = self.records[rs]
-        blocks = entries["block"]
-        lengths = entries["length"].astype(np.uint64)
-        offsets = entries["offset"].astype(np.uint64)
         source_index = np.zeros(len(rs), np.uint32)
         buffers: list = []
         in_blocks = np.ones(len(rs), bool)  # records read out of whole (checked) blocks
@@ -393,13 +413,11 @@ class ShardReader:
             raw_mapped = self.blocks["codec"][blocks] == CODEC_NONE
             if raw_mapped.any():  # sliced straight out of the map, as in the fast path
                 buffers.append(mapped)
-                offsets[raw_mapped] += self.blocks["offset"][blocks[raw_mapped]]
+                offsets[raw_mapped] += self._block_at[blocks[raw_mapped]]
                 in_blocks = ~raw_mapped
                 if self.verify:
                     mine = np.flatnonzero(raw_mapped)
-                    bad = first_bad_record(
-                        mapped, offsets[mine], lengths[mine], entries["checksum"][mine]
-                    )
+                    bad = first_bad_record(mapped, offsets[mine], lengths[mine], checksums[mine])
                     if bad >= 0:
                         raise self.corrupt_record(
                             int(rs[mine[bad]]),
@@ -419,6 +437,10 @@ class ShardReader:
                 view = resident(b) if resident is not None and self._raw[b] else None
                 buffers.append(view if view is not None else self.block(b))
         return buffers, source_index, offsets, lengths
+
+    def blocks_of(self, rs: np.ndarray) -> np.ndarray:
+        """The block (in this shard) of each of records ``rs`` (int64; -1 out of range)."""
+        return self._map.block_numbers(np.ascontiguousarray(rs, np.int64))
 
     def problems(
         self, check: Callable[[memoryview], str | None] | None = None
@@ -442,18 +464,20 @@ class ShardReader:
             except BlockCodecError as e:
                 yield self._corrupt_block(b, f"could not be decoded ({e})")
                 continue
-            first, n = int(entry["first_record"]), int(entry["n_records"])
+            first, offsets, lengths, checksums = self.index.in_block(b)
             failed = set()
-            start, recs = first, self.records[first : first + n]
-            while len(recs):
-                bad = first_bad_record(raw, recs["offset"], recs["length"], recs["checksum"])
+            done = 0
+            while done < len(offsets):
+                bad = first_bad_record(
+                    raw, offsets[done:], lengths[done:], np.asarray(checksums[done:])
+                )
                 if bad < 0:
                     break
-                failed.add(start + bad)
-                yield self.corrupt_record(start + bad, "failed its checksum")
-                start, recs = start + bad + 1, recs[bad + 1 :]
+                failed.add(first + done + bad)
+                yield self.corrupt_record(first + done + bad, "failed its checksum")
+                done += bad + 1
             if check is not None:
-                yield from self._unreadable(memoryview(raw), first, n, failed, check)
+                yield from self._unreadable(memoryview(raw), first, len(offsets), failed, check)
 
     def _unreadable(
         self,
@@ -467,7 +491,7 @@ class ShardReader:
         for r in range(first, first + n):
             if r in skip:
                 continue
-            at, length = int(self.records[r]["offset"]), int(self.records[r]["length"])
+            _, at, length, _ = self.index.place(r)
             why = check(raw[at : at + length])
             if why is not None:
                 yield self.corrupt_record(r, f"can never be read: {why}")
@@ -476,7 +500,8 @@ class ShardReader:
         self._cache.clear()
         if self._own_decoded:
             self._decoded.clear()
-        self.blocks = self.blocks[:0]
-        self.records = self.records[:0]
-        self._lengths = self._checksums = self._lengths[:0]
-        self._all_raw, self._starts, self._raw = False, None, []
+        # The views of the index let go of it (a mapped shard is unmapped once none is left).
+        self.index = shard_records(b"", 0, 0, 0)
+        self.blocks = self.index.blocks
+        self._all_raw, self._raw, self._block_at = False, [], self._block_at[:0]
+        self._map = self._record_map()

@@ -10,12 +10,15 @@ from .checksum import hash64, record_checksum, record_checksums
 from .codec import BlockCompressor
 from .spec import (
     BLOCK_DTYPE,
+    CHECKSUM_DTYPE,
+    FLAG_FIXED_SIZE,
     FORMAT_VERSION,
     HEADER_DTYPE,
     MAGIC,
     MAX_BLOCK_RAW_SIZE,
     RECORD_ALIGN,
     RECORD_DTYPE,
+    RECORD_SIZE_DTYPE,
     TRAILER_DTYPE,
 )
 
@@ -34,12 +37,25 @@ class ShardWriter:
     """
 
     def __init__(
-        self, out: BinaryIO, compressor: BlockCompressor, block_size: int, *, schema_hash: int
+        self,
+        out: BinaryIO,
+        compressor: BlockCompressor,
+        block_size: int,
+        *,
+        schema_hash: int,
+        record_size: int | None = None,
     ) -> None:
         """``schema_hash``: the fingerprint of the records' schema (``Schema.fingerprint``),
-        recorded in the header for readers to check against the manifest's schema."""
+        recorded in the header for readers to check against the manifest's schema.
+        ``record_size``: the one size of every record, for a schema of fixed-size fields only
+        (``RecordLayout.header_size``); the shard is then written in the fixed layout (4 bytes
+        of index per record: docs/format.md), and a record of another size is refused."""
         if block_size <= 0 or block_size > MAX_BLOCK_RAW_SIZE:
             raise ValueError(f"block_size must be in 1..{MAX_BLOCK_RAW_SIZE}, got {block_size}")
+        if record_size is not None and not 0 <= record_size <= MAX_BLOCK_RAW_SIZE:
+            raise ValueError(f"record_size must be in 0..{MAX_BLOCK_RAW_SIZE}, got {record_size}")
+        self._record_size = record_size
+        self._flags = 0 if record_size is None else FLAG_FIXED_SIZE
         self._out = out
         self._compressor = compressor
         self._block_size = block_size
@@ -54,6 +70,7 @@ class ShardWriter:
         header["magic"] = MAGIC
         header["version"] = FORMAT_VERSION
         header["schema_hash"] = schema_hash
+        header["flags"] = self._flags
         self._write(header.tobytes())
 
     @property
@@ -81,6 +98,7 @@ class ShardWriter:
         size = len(record)
         if size > MAX_BLOCK_RAW_SIZE:
             raise ValueError(f"record of {size} bytes exceeds the {MAX_BLOCK_RAW_SIZE} limit")
+        self._check_size(size)
         if not self._fits(size):
             self._flush_block()
         self._block += bytes(-len(self._block) % RECORD_ALIGN)
@@ -88,6 +106,13 @@ class ShardWriter:
         self._block += record
         if len(self._block) >= self._block_size:
             self._flush_block()
+
+    def _check_size(self, size: int) -> None:
+        if self._record_size is not None and size != self._record_size:
+            raise ValueError(
+                f"record of {size} bytes in a shard of {self._record_size}-byte records (its "
+                "schema's fixed size): the record was not encoded with this shard's schema"
+            )
 
     def records_per_block(self, size: int) -> int:
         """How many records of ``size`` bytes fill one block (what :meth:`add` would put)."""
@@ -112,6 +137,7 @@ class ShardWriter:
         checksummed in bulk, with no Python per record (token files are millions of records).
         """
         n, size = rows.shape
+        self._check_size(size)
         i = 0
         while i < n and self._block_records:  # top up the open block first, as add() would
             if not self._fits(size):
@@ -175,7 +201,8 @@ class ShardWriter:
         """Write the last block, the index and the trailer; return the manifest entry."""
         self._flush_block()
         records = np.concatenate(self._records) if self._records else np.zeros(0, RECORD_DTYPE)
-        index = np.array(self._blocks, dtype=BLOCK_DTYPE).tobytes() + records.tobytes()
+        blocks = np.array(self._blocks, dtype=BLOCK_DTYPE)
+        index = blocks.tobytes() + self._record_table(blocks, records)
         index_offset = self.bytes_written
         index_hash = hash64(index)
         trailer = np.zeros((), TRAILER_DTYPE)
@@ -185,6 +212,7 @@ class ShardWriter:
         trailer["n_records"] = len(records)
         trailer["index_hash"] = index_hash
         trailer["version"] = FORMAT_VERSION
+        trailer["flags"] = self._flags
         trailer["magic"] = MAGIC
         self._write(index)
         self._write(trailer.tobytes())
@@ -195,6 +223,20 @@ class ShardWriter:
             raw_bytes=self.raw_bytes,
             hash=index_hash,
         )
+
+    def _record_table(self, blocks: np.ndarray, records: np.ndarray) -> bytes:
+        """The record table's bytes: an entry per record, or in the fixed layout the record
+        size and a checksum per record (where each record lies follows from the blocks)."""
+        if not self._flags & FLAG_FIXED_SIZE:
+            return records.tobytes()
+        # Equal records are cut into blocks of equal counts (add and add_many cut alike),
+        # which is what lets a reader compute their places: say so rather than write a shard
+        # that reads wrong.
+        counts = blocks["n_records"]
+        if len(counts) and ((counts[:-1] != counts[0]).any() or counts[-1] > counts[0]):
+            raise RuntimeError(f"fixed-size records cut into blocks of {counts.tolist()} records")
+        size = np.array(self._record_size, RECORD_SIZE_DTYPE).tobytes()
+        return size + records["checksum"].astype(CHECKSUM_DTYPE).tobytes()
 
 
 def _round_up(n: int, k: int) -> int:

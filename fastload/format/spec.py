@@ -4,8 +4,13 @@ A shard file is::
 
     header  (HEADER_DTYPE, 32 bytes)
     block 0, block 1, ...            each compressed alone (or stored raw)
-    index   = block table (n_blocks x BLOCK_DTYPE) + record table (n_records x RECORD_DTYPE)
+    index   = block table (n_blocks x BLOCK_DTYPE) + record table
     trailer (TRAILER_DTYPE, 56 bytes, at the very end)
+
+The record table is ``n_records x RECORD_DTYPE``, or, in a shard whose flags hold
+``FLAG_FIXED_SIZE`` (version 2), the records' one size (RECORD_SIZE_DTYPE) followed by
+``n_records x CHECKSUM_DTYPE``: each record's block, offset and length follow from the block
+table (see ``fixed_place`` in shard_records.py).
 
 All integers are little-endian. docs/format.md is the prose version of this module; if the
 two disagree, this module is right and the document is a bug.
@@ -70,6 +75,17 @@ RECORD_DTYPE = np.dtype(
         ("checksum", "<u4"),  # low 32 bits of xxh64 of the record's bytes
     ]
 )
+# The fixed layout's record table: the one record size, then a checksum per record.
+RECORD_SIZE_DTYPE = np.dtype("<u8")
+CHECKSUM_DTYPE = np.dtype("<u4")  # low 32 bits of xxh64 of the record's bytes
+
+# Header and trailer flags (both carry the same). A reader refuses a bit it does not know, a
+# header and trailer that disagree, and any flag in a version-1 shard (it had none).
+# FLAG_FIXED_SIZE (version 2): every record of the shard has one size, and the record table
+# holds only their checksums: a record costs 4 bytes of index instead of 16, and a reader
+# computes where it lies instead of keeping a table per record.
+FLAG_FIXED_SIZE = 1
+KNOWN_FLAGS = FLAG_FIXED_SIZE
 
 HEADER_SIZE = HEADER_DTYPE.itemsize
 TRAILER_SIZE = TRAILER_DTYPE.itemsize
@@ -89,6 +105,11 @@ assert HEADER_SIZE == 32 and TRAILER_SIZE == 56
 assert BLOCK_DTYPE.itemsize == 48 and RECORD_DTYPE.itemsize == 16
 
 
-def index_size(n_blocks: int, n_records: int) -> int:
-    """The byte size of an index holding ``n_blocks`` blocks and ``n_records`` records."""
-    return n_blocks * BLOCK_DTYPE.itemsize + n_records * RECORD_DTYPE.itemsize
+def index_size(n_blocks: int, n_records: int, flags: int = 0) -> int:
+    """The byte size of an index holding ``n_blocks`` blocks and ``n_records`` records, in
+    the layout ``flags`` say."""
+    if flags & FLAG_FIXED_SIZE:
+        records = RECORD_SIZE_DTYPE.itemsize + n_records * CHECKSUM_DTYPE.itemsize
+    else:
+        records = n_records * RECORD_DTYPE.itemsize
+    return n_blocks * BLOCK_DTYPE.itemsize + records

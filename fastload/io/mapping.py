@@ -7,6 +7,10 @@ dataset of a few hundred local shards in each of several workers, or one process
 cache, reached the common limit of 1024 open files and failed with EMFILE. These maps are made
 with mmap(2) itself, so the caller closes the descriptor at once; the pages are unmapped when
 the last view of them is garbage (never while a view, or an array over one, is alive).
+
+``release`` lets a process's page-table entries for part of a map go (the pages stay in the
+page cache, shared, and come back on the next touch): a shard's index is read whole once, to
+check it, and after that only the entries of the records read are needed in each process.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import mmap
 import os
 import weakref
 
-__all__ = ["map_readonly"]
+import numpy as np
+
+__all__ = ["map_readonly", "release"]
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
-    _mmap, _munmap = _libc.mmap, _libc.munmap
+    _mmap, _munmap, _madvise = _libc.mmap, _libc.munmap, _libc.madvise
     _mmap.restype = ctypes.c_void_p
     _mmap.argtypes = [
         ctypes.c_void_p,
@@ -32,10 +38,16 @@ try:
     ]
     _munmap.restype = ctypes.c_int
     _munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _madvise.restype = ctypes.c_int
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 except (OSError, AttributeError):  # pragma: no cover - no C library to call (not POSIX)
-    _mmap = _munmap = None
+    _mmap = _munmap = _madvise = None
 
 _FAILED = ctypes.c_void_p(-1).value  # MAP_FAILED
+_PAGE = mmap.PAGESIZE
+# The maps made here, by address: release() touches nothing else (MADV_DONTNEED on private
+# memory would discard its contents; on these shared read-only file maps it loses nothing).
+_MAPS: dict[int, int] = {}
 
 
 def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
@@ -53,8 +65,30 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of {length} bytes failed: {os.strerror(err)}")
     pages = (ctypes.c_char * length).from_address(address)
-    unmap = weakref.finalize(pages, _munmap, address, length)  # when every view is gone
+    _MAPS[address] = length
+    unmap = weakref.finalize(pages, _unmap, address, length)  # when every view is gone
     # Not at interpreter exit, while a daemon thread might still read it: the process's
     # end unmaps everything anyway.
     unmap.atexit = False
     return memoryview(pages).cast("B").toreadonly()
+
+
+def _unmap(address: int, length: int) -> None:
+    _MAPS.pop(address, None)
+    _munmap(address, length)
+
+
+def release(mapped: memoryview, offset: int, length: int) -> bool:
+    """This process no longer needs ``mapped[offset : offset + length]`` resident, where
+    ``mapped`` is a whole map from :func:`map_readonly`: the whole pages inside that range
+    leave the process's memory (MADV_DONTNEED) and come back from the page cache, unchanged,
+    when touched again. Returns whether anything was released (False for a buffer that is
+    not such a map, or where the call is not available)."""
+    if _madvise is None or not hasattr(mmap, "MADV_DONTNEED") or length <= 0:
+        return False
+    base = np.frombuffer(mapped, np.uint8).ctypes.data if len(mapped) else 0
+    if _MAPS.get(base) != len(mapped) or offset < 0 or offset + length > len(mapped):
+        return False
+    start = -(-(base + offset) // _PAGE) * _PAGE  # whole pages only
+    end = (base + offset + length) // _PAGE * _PAGE
+    return end > start and _madvise(start, end - start, mmap.MADV_DONTNEED) == 0

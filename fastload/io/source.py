@@ -7,7 +7,7 @@ import stat
 
 from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
-from .mapping import map_readonly
+from .mapping import map_readonly, release
 
 __all__ = ["MappedSource", "FileSource", "open_byte_source"]
 
@@ -46,6 +46,13 @@ class MappedSource:
                 f"past the end of the {self.size}-byte file"
             )
         return self.buffer[offset : offset + length]
+
+    def release(self, offset: int, length: int) -> None:
+        """This process need not keep bytes ``[offset, offset + length)`` resident (the
+        shard's index, once checked): its pages leave the process's memory and come back
+        from the page cache when touched again."""
+        if self.buffer is not None:
+            release(self.buffer, offset, length)
 
     def close(self) -> None:
         # Unmapped once no slice of it is left (a caller may still hold records).

@@ -1,11 +1,12 @@
 """Where each record of a dataset lies, for the shards open in this process: per-batch work
-(read-ahead hints, block numbers, the one-call gather of blocks at hand) then needs no Python
-per shard."""
+(read-ahead hints, block numbers, the one-call gathers) then needs no Python per shard, and
+nothing per record is kept: the compiled core reads the shards' own index bytes in place."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from ..format.shard_reader import ShardReader
 from ..format.spec import CODEC_NONE
 
@@ -13,59 +14,42 @@ __all__ = ["BlockTable"]
 
 
 class BlockTable:
-    """Per record of the dataset: ``block_of`` (its block in its shard; -1: not open),
-    ``offset`` (in the block), and ``gather_of``: a number per block of the dataset, -1 where
-    the shard is not open or its records cannot be gathered straight (records shorter than
-    their fixed part). Per block ``g``: ``entries[g]`` = ``(key in RemoteStore.maps, or None
-    for a local dataset; shard reader; block in its shard; stored raw)``.
+    """The records of the shards open in this process (``map``, a ``_core.RecordMap`` over
+    their index bytes: a mapped shard's are the page cache's own pages, shared by every
+    process), and what holds each block of the dataset (:meth:`entry`).
 
     ``starts``: the dataset index of each shard's first record (and the total at the end);
-    ``base``: the dataset-wide number of each shard's first block (and the total);
-    ``record_bytes``: the fixed part of every record."""
+    ``base``: the dataset-wide number of each shard's first block (and the total)."""
 
-    def __init__(
-        self, starts: np.ndarray, base: np.ndarray, record_bytes: int, remote: bool
-    ) -> None:
-        n = int(starts[-1])
-        self.starts, self.base = starts, base
-        self.record_bytes, self.remote = record_bytes, remote
-        self.block_of = np.full(n, -1, np.int32)
-        self.offset = np.zeros(n, np.uint32)
-        self.gather_of = np.full(n, -1, np.int32)
-        self.entries: list = [None] * int(base[-1])
+    def __init__(self, starts: np.ndarray, base: np.ndarray, remote: bool) -> None:
+        self.starts, self.base, self.remote = starts, base, remote
+        self.map = _core.RecordMap(
+            np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(base, np.int64)
+        )
+        self._readers: list[ShardReader | None] = [None] * (len(starts) - 1)
         self.shards_added = 0
-        self._rows: tuple | None = None  # gather_rows, until the next shard is added
 
     def add(self, s: int, reader: ShardReader) -> None:
-        """Shard ``s`` is open: its records' places."""
+        """Shard ``s`` is open: its records are placed from now on."""
+        index = reader.index
+        self.map.add(
+            s, index.block_bytes, index.table, len(reader.blocks), len(reader), index.record_size
+        )
+        self._readers[s] = reader
         self.shards_added += 1
-        self._rows = None
-        a, b = self.starts[s], self.starts[s + 1]
-        blocks = reader.records["block"]
-        self.offset[a:b] = reader.records["offset"]
-        self.block_of[a:b] = blocks  # last: -1 until the row is whole
-        if reader.shortest >= self.record_bytes:
-            base = int(self.base[s])
-            uid = reader.source.uid if self.remote else None
-            raw = (reader.blocks["codec"] == CODEC_NONE).tolist()
-            self.entries[base : base + len(reader.blocks)] = [
-                ((uid, g) if uid is not None else None, reader, g, raw[g])
-                for g in range(len(reader.blocks))
-            ]
-            self.gather_of[a:b] = blocks + base
 
-    def gather_rows(self) -> tuple:
-        """Per record, as ``_core.gather_records`` takes them: its block's number (-1, not
-        gatherable, is out of range as uint32), its offset in the block, the bytes it is
-        known to have (its fixed part) and a checksum (unused: blocks at hand were checked
-        whole). Made again only after a shard was added."""
-        rows = self._rows
-        if rows is None:
-            n = len(self.gather_of)
-            rows = self._rows = (
-                self.gather_of.view(np.uint32),
-                self.offset.astype(np.uint64),
-                np.full(n, self.record_bytes, np.uint64),
-                np.zeros(n, np.uint32),
-            )
-        return rows
+    def block_numbers(self, idx: np.ndarray) -> np.ndarray:
+        """The dataset-wide block number of each of records ``idx`` (int64), -1 where its
+        shard is not open here (or the index is out of range)."""
+        return self.map.block_numbers(np.ascontiguousarray(idx, np.int64))
+
+    def entry(self, g: int) -> tuple:
+        """Block ``g`` of the dataset (its shard open): ``(key in RemoteStore.maps, or None
+        for a local dataset; shard reader; block in its shard; stored raw)``."""
+        s = int(np.searchsorted(self.base, g, side="right")) - 1  # past empty shards
+        reader = self._readers[s]
+        if reader is None:
+            raise KeyError(f"block {g}: its shard {s} is not open here")
+        b = g - int(self.base[s])
+        key = (reader.source.uid, b) if self.remote else None
+        return key, reader, b, bool(reader.blocks["codec"][b] == CODEC_NONE)

@@ -157,19 +157,13 @@ class Dataset(ShardSet):
         idx = np.where(idx < 0, idx + n, idx)[ok]
         if not len(idx):
             return out
-        shard_of = np.searchsorted(self.record_starts, idx, side="right") - 1
-        table = self.block_table(local=True)
-        if table is not None:
-            blocks = table.block_of[idx]
-            if int(blocks.min()) >= 0:  # every shard open: the common case, once running
-                out[ok] = table.base[shard_of] + blocks
-                return out
-        base = self.block_base()
-        found = np.empty(len(idx), np.int64)
-        for s in sorted(set(shard_of.tolist())):
-            mine = np.flatnonzero(shard_of == s)
-            records = self.shard_reader(s).records["block"]
-            found[mine] = base[s] + records[idx[mine] - self.record_starts[s]]
+        table = self.block_table()
+        found = table.block_numbers(idx)
+        if int(found.min()) < 0:  # shards not open yet: open them (their indexes only)
+            shard_of = np.searchsorted(self.record_starts, idx[found < 0], side="right") - 1
+            for s in sorted(set(shard_of.tolist())):
+                self.shard_reader(s)
+            found = table.block_numbers(idx)
         out[ok] = found
         return out
 

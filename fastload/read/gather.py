@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _core
 from ..errors import CorruptRecordError
 from ..format.record import RecordLayout
 from ..format.spec import CODEC_NONE
@@ -29,7 +28,7 @@ __all__ = ["Fields", "RawGather", "ResidentGather"]
 
 
 class Fields:
-    """Fixed-size fields as :func:`_core.gather_records` takes them: ``names``, each one's
+    """Fixed-size fields as ``_core.RecordMap.gather`` takes them: ``names``, each one's
     ``offsets`` in a record and ``sizes`` in bytes, and ``record_bytes``, the fixed part every
     record has (a shorter one is read_into's to report)."""
 
@@ -56,12 +55,21 @@ class Fields:
         sizes = [places[name][0].itemsize for name in names]
         return cls(names, offsets, sizes, layout.header_size)
 
-    def gather(self, sources: list, rows: tuple, idx: np.ndarray, verify: bool, views: dict) -> int:
-        """gather_records of records ``idx`` into ``views``; ``rows`` = (source, offset,
-        length, checksum) per record. Returns a negative number when every record was
+    def gather(
+        self,
+        table: BlockTable,
+        sources: list,
+        idx: np.ndarray,
+        verify: bool,
+        views: dict,
+        *,
+        in_blocks: bool,
+    ) -> int:
+        """Records ``idx`` gathered into ``views``, placed by ``table`` in ``sources`` (see
+        ``_core.RecordMap.gather``). Returns a negative number when every record was
         gathered, else the position of the first that was not."""
         outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        return _core.gather_records(sources, *rows, idx, verify, self.at, self.size, outs)
+        return table.map.gather(sources, idx, verify, self.at, self.size, outs, in_blocks)
 
 
 class RawGather:
@@ -70,28 +78,23 @@ class RawGather:
     Small batches (16 token rows, say) spent ~100 us in read_into's per-shard bookkeeping,
     twice the copy.
 
-    It keeps flat per-record arrays (buffer, offset, length, checksum: 24 bytes a record), so
-    it is used only up to ``MAX_RECORDS`` records. Each record's checksum is checked on every
-    read, as read_into does. Read-only once built: threads share one."""
+    Records are placed by the dataset's :class:`BlockTable` from the shards' mapped indexes:
+    nothing per record is kept here (a flat table of 24 bytes a record, in every process, was
+    the largest part of a loader worker's memory on datasets of many small records). Each
+    record's checksum is checked on every read, as read_into does. Read-only once built:
+    threads share one."""
 
-    MAX_RECORDS = 1 << 22
-
-    def __init__(self, readers: list[ShardReader], fields: Fields, n: int) -> None:
-        self.n, self.fields = n, fields
+    def __init__(self, readers: list[ShardReader], table: BlockTable, fields: Fields) -> None:
+        self.n, self.fields, self.table = int(table.starts[-1]), fields, table
         self.buffers = [r.source.buffer for r in readers]
         self.verify = any(r.verify for r in readers)
-        counts = [len(r) for r in readers]
-        self.src = np.repeat(np.arange(len(readers), dtype=np.uint32), counts)
-        self.offsets = np.concatenate([_record_starts(r) for r in readers]).astype(np.uint64)
-        self.lengths = np.concatenate([r.records["length"] for r in readers]).astype(np.uint64)
-        self.checksums = np.concatenate([r.records["checksum"] for r in readers]).astype(np.uint32)
 
     @classmethod
     def build(cls, dataset: Dataset, names: Sequence[str]) -> RawGather | None:
         """The RawGather of fields ``names`` of ``dataset``, or None where it does not apply
         (a remote or compressed dataset, a field not at a fixed place, a short record)."""
         fields = Fields.of(dataset.record_layout, names)
-        if fields is None or dataset.remote or len(dataset) > cls.MAX_RECORDS:
+        if fields is None or dataset.remote:
             return None
         try:
             readers = [dataset.shard_reader(s) for s in range(len(dataset.shards))]
@@ -99,7 +102,7 @@ class RawGather:
                 return None
             if any(len(r) and r.shortest < fields.record_bytes for r in readers):
                 return None  # read_into says which record is short
-            return cls(readers, fields, len(dataset))
+            return cls(readers, dataset.block_table(), fields)
         except Exception:  # anything unexpected: the general path (and its errors)
             return None
 
@@ -109,8 +112,8 @@ class RawGather:
         idx = _index_array(indices, self.n)
         if idx is None:
             return False
-        rows = (self.src, self.offsets, self.lengths, self.checksums)
-        return self.fields.gather(self.buffers, rows, idx, self.verify, views) < 0
+        fields, table = self.fields, self.table
+        return fields.gather(table, self.buffers, idx, self.verify, views, in_blocks=False) < 0
 
 
 class ResidentGather:
@@ -137,21 +140,18 @@ class ResidentGather:
         self.dataset, self.n, self.fields = dataset, len(dataset), fields
         self._version: int | None = None  # the dataset's, when the rows and _held were made
         self._table: BlockTable | None = None
-        self._rows: tuple = ()  # per record: block, offset, length, checksum
         self._held: list = []  # block -> its bytes at hand, or None
 
     @classmethod
     def build(cls, dataset: Dataset, names: Sequence[str]) -> ResidentGather | None:
         """The ResidentGather of fields ``names`` of ``dataset``, or None where it does not
-        apply (a local raw dataset: RawGather's; a dataset too large for a block table)."""
+        apply (a local raw dataset: RawGather's)."""
         fields = Fields.of(dataset.record_layout, names)
         if fields is None:
             return None
         if not dataset.remote and dataset.manifest.bytes >= sum(
             s.raw_bytes for s in dataset.shards
         ):  # local and raw: RawGather's
-            return None
-        if dataset.block_table(local=True) is None:
             return None
         return cls(dataset, fields)
 
@@ -162,18 +162,18 @@ class ResidentGather:
         if idx is None:
             return False
         if version != self._version:
-            table = self.dataset.block_table(local=True)
-            if table is None:
-                return False
-            # -1 (not gatherable) as uint32 is out of range: the core call says so
-            self._table, self._rows = table, table.gather_rows()
-            self._held = [None] * len(table.entries)
+            self._table = table = self.dataset.block_table()
+            self._held = [None] * int(table.base[-1])
             self._version = version
         try:
-            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
-        except (TypeError, ValueError):
-            pass  # a block not held yet (None), or a shard not gatherable (-1: out of range)
+            return self._gather(idx, views)
+        except TypeError:
+            pass  # a block not held yet (None)
         return self._gather_looked_up(idx, views)
+
+    def _gather(self, idx: np.ndarray, views: dict) -> bool:
+        # Unchecked here: every block held was checked whole (its checksum) when it was read.
+        return self.fields.gather(self._table, self._held, idx, False, views, in_blocks=True) < 0
 
     def _gather_looked_up(self, idx: np.ndarray, views: dict) -> bool:
         """The batch with each of its blocks looked up first: mapped ones and those in the
@@ -182,12 +182,12 @@ class ResidentGather:
         table = self._table
         if _plain_indices(idx, self.n) is None:
             return False  # negative or out of range: read_into's
-        blocks = table.gather_of[idx]
+        blocks = table.block_numbers(idx)
         if int(blocks.min()) < 0:
-            return False  # a shard not open here yet, or not gatherable
+            return False  # a shard not open here yet
         found, lent = {}, []
         for g in set(blocks.tolist()):
-            key, reader, b, raw = table.entries[g]
+            key, reader, b, raw = table.entry(g)
             if raw:
                 if key is None:
                     return False  # a local raw block: read_into checks its records
@@ -212,7 +212,7 @@ class ResidentGather:
         for g, view in found.items():
             self._held[g] = view
         try:
-            return self.fields.gather(self._held, self._rows, idx, False, views) < 0
+            return self._gather(idx, views)
         finally:
             for g in lent:
                 self._held[g] = None
@@ -221,11 +221,6 @@ class ResidentGather:
 def _all_raw(reader: ShardReader) -> bool:
     """Whether every block of the shard is stored uncompressed."""
     return bool((reader.blocks["codec"] == CODEC_NONE).all())
-
-
-def _record_starts(reader: ShardReader) -> np.ndarray:
-    """Where each record of a shard of raw blocks starts in the file."""
-    return reader.blocks["offset"][reader.records["block"]] + reader.records["offset"]
 
 
 def _index_array(indices: Any, n: int) -> np.ndarray | None:

@@ -42,7 +42,7 @@ def fetch_records(
         resident = source.resident
         todo = [
             b
-            for b in dict.fromkeys(reader.records["block"][records].tolist())
+            for b in dict.fromkeys(reader.blocks_of(records).tolist())
             if held(b) is None and resident(b) is None
         ]
         if todo:

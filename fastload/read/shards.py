@@ -31,12 +31,10 @@ from .opening import display_name, protocol_of, read_manifest
 from .readahead import fetch_blocks, fetch_records, groups_by_shard, open_together
 from .records import as_indices
 
-__all__ = ["ShardSet", "MAX_BLOCK_TABLE", "WARM_SHARDS", "OPEN_AHEAD"]
+__all__ = ["ShardSet", "WARM_SHARDS", "OPEN_AHEAD"]
 
 _Self = TypeVar("_Self", bound="ShardSet")
 
-MAX_BLOCK_TABLE = 1 << 22  # records (12 bytes each) up to which a remote dataset keeps
-# each record's block and offset in it (see ShardSet.block_table)
 WARM_SHARDS = 256  # shards ShardSet.prepare_workers looks at in the cache (file lookups)
 OPEN_AHEAD = 64  # a remote dataset of at most this many shards opens them all for workers
 
@@ -158,14 +156,13 @@ class ShardSet:
         path = join(self.fs, self.root, info.path)
         return RemoteSource(self._store_(), path, display_name(self.fs, path), info)
 
-    def block_table(self, local: bool = False) -> BlockTable | None:
-        """Remote (or any, with ``local``), up to ``MAX_BLOCK_TABLE`` records: where each
-        record lies (see :class:`BlockTable`), kept as shards open and dropped on close and
-        fork. Per-batch work (read-ahead hints, the one-call gather of blocks at hand, block
+    def block_table(self) -> BlockTable:
+        """Where each record lies (see :class:`BlockTable`; read from the open shards'
+        indexes in place: it costs nothing per record), kept as shards open and dropped on
+        close and fork. Per-batch work (read-ahead hints, the one-call gathers, block
         numbers) then needs no per-shard numpy work."""
-        if self._table is None and (self.remote or local) and len(self) <= MAX_BLOCK_TABLE:
-            base, header = self.block_base(), self._layout.header_size
-            self._table = BlockTable(self._starts, base, header, self.remote)
+        if self._table is None:
+            self._table = BlockTable(self._starts, self.block_base(), self.remote)
             for s, reader in enumerate(self._readers):
                 if reader is not None:
                     self._table.add(s, reader)
@@ -352,10 +349,10 @@ class ShardSet:
         idx = np.where(idx < 0, idx + n, idx)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         table = self.block_table()
-        if table is not None:
-            blocks = table.block_of[idx]
-            if int(blocks.min()) >= 0:  # every shard open: the common case, once running
-                return fetch_blocks(self._readers, shard_of.tolist(), blocks.tolist())
+        blocks = table.block_numbers(idx)
+        if int(blocks.min()) >= 0:  # every shard open: the common case, once running
+            in_shard = blocks - table.base[shard_of]
+            return fetch_blocks(self._readers, shard_of.tolist(), in_shard.tolist())
         return self.prefetch_records(groups_by_shard(idx, shard_of, self._starts))
 
     def _all_mapped(self) -> bool:
@@ -365,11 +362,7 @@ class ShardSet:
         if store is None or not store.maps:
             return False
         table = self.block_table()
-        return (
-            table is not None
-            and table.shards_added == len(self._readers)
-            and len(store.maps) >= int(table.base[-1])
-        )
+        return table.shards_added == len(self._readers) and len(store.maps) >= int(table.base[-1])
 
     def prefetch_records(self, groups: list[tuple[int, np.ndarray]]) -> int:
         """:meth:`prefetch` of ``(shard, records in it)`` pairs, in the order given. It runs

@@ -29,6 +29,7 @@ BLOCK = struct.Struct("<QQQQIB3sQ")  # offset, stored_size, raw_size, first_reco
 RECORD = struct.Struct("<IIII")  # block, offset, length, checksum
 assert (HEADER.size, TRAILER.size, BLOCK.size, RECORD.size) == (32, 56, 48, 16)
 CODEC_NONE, CODEC_ZSTD = 0, 1
+FIXED_SIZE = 1  # the flag of the fixed layout: record size (u64), then a u32 checksum each
 
 # --------------------------------------------------------------------------- test data
 
@@ -185,7 +186,18 @@ def parse_shard(data: bytes) -> dict[str, Any]:
         )
     roff = off + trailer["n_blocks"] * BLOCK.size
     records = []
-    for k in range(trailer["n_records"]):
+    record_size = None
+    if flags & FIXED_SIZE:  # places computed as docs/format.md says, checksums read
+        (record_size,) = struct.unpack_from("<Q", data, roff)
+        stride = -(-record_size // 8) * 8
+        sums = struct.unpack_from(f"<{trailer['n_records']}I", data, roff + 8)
+        per_block = blocks[0]["n_records"] if blocks else 1
+        for k, checksum in enumerate(sums):
+            block, at = divmod(k, per_block)
+            records.append(
+                {"block": block, "offset": at * stride, "length": record_size, "checksum": checksum}
+            )
+    for k in range(0 if flags & FIXED_SIZE else trailer["n_records"]):
         v = RECORD.unpack_from(data, roff + k * RECORD.size)
         records.append(dict(zip(("block", "offset", "length", "checksum"), v)))
     stored = [data[b["offset"] : b["offset"] + b["stored_size"]] for b in blocks]
@@ -198,6 +210,7 @@ def parse_shard(data: bytes) -> dict[str, Any]:
         "trailer": trailer,
         "blocks": blocks,
         "records": records,
+        "record_size": record_size,
         "stored": stored,
     }
 
@@ -218,14 +231,23 @@ def build_shard(
     trailer: dict | None = None,
     header_version: int | None = None,
     fix_offsets: bool = True,
+    flags: int = 0,
+    record_size: int | None = None,
 ) -> bytes:
     """Lay out a shard from its parts, computing block offsets, the index and its hash.
 
-    ``trailer`` overrides trailer fields after they are computed (to forge bad ones).
+    ``flags``: the header's and trailer's; with ``FIXED_SIZE``, the record table is
+    ``record_size`` (default: the first record's length) and the records' checksums (their
+    other fields are not written). ``trailer`` overrides trailer fields after they are
+    computed (to forge bad ones).
     """
     out = bytearray(
         HEADER.pack(
-            MAGIC, version if header_version is None else header_version, 0, schema_hash, bytes(8)
+            MAGIC,
+            version if header_version is None else header_version,
+            flags,
+            schema_hash,
+            bytes(8),
         )
     )
     blocks = [dict(b) for b in blocks]
@@ -246,9 +268,15 @@ def build_shard(
         )
         for b in blocks
     )
-    index += b"".join(
-        RECORD.pack(r["block"], r["offset"], r["length"], r["checksum"]) for r in records
-    )
+    if flags & FIXED_SIZE:
+        if record_size is None:
+            record_size = records[0]["length"] if records else 0
+        index += struct.pack("<Q", record_size)
+        index += b"".join(struct.pack("<I", r["checksum"]) for r in records)
+    else:
+        index += b"".join(
+            RECORD.pack(r["block"], r["offset"], r["length"], r["checksum"]) for r in records
+        )
     t = {
         "index_offset": len(out),
         "index_size": len(index),
@@ -256,7 +284,7 @@ def build_shard(
         "n_records": len(records),
         "index_hash": hash64(index),
         "version": version,
-        "flags": 0,
+        "flags": flags,
         "magic": MAGIC,
     }
     t.update(trailer or {})
@@ -288,6 +316,9 @@ def reseal(parsed: dict, *, recompress: bool = True, **kw) -> bytes:
             r["checksum"] = hash64(raw[r["offset"] : r["offset"] + r["length"]]) & 0xFFFFFFFF
     kw.setdefault("version", parsed["version"])
     kw.setdefault("schema_hash", parsed["schema_hash"])
+    # version 1 had no flags: a fixed-size shard resealed as version 1 gets an entry per record
+    kw.setdefault("flags", parsed["flags"] if kw["version"] >= 2 else 0)
+    kw.setdefault("record_size", parsed.get("record_size"))
     return build_shard(stored, blocks, records, **kw)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tracemalloc
@@ -22,6 +23,7 @@ from fastload import (
     MissingShardError,
     ShardChecksumError,
     ShardFormatError,
+    _core,
 )
 from fastload.format.manifest import ShardInfo
 from fastload.format.record import RecordLayout
@@ -31,6 +33,7 @@ from fastload.verify import verify_dataset
 from .formattools import (
     CODEC_NONE,
     CODEC_ZSTD,
+    FIXED_SIZE,
     TRAILER,
     MemSource,
     all_files,
@@ -89,6 +92,47 @@ def small(small_ds_path):
     ds.close()
 
 
+# The same faults in a shard of the fixed layout (fixed-size records: a checksum per record,
+# places computed from the block table): 32-byte records, three to a block of 100 bytes.
+FIXED_SCHEMA = {"i": "int32", "v": "uint8[24]", "x": "float32"}
+
+
+def fixed_record(i: int) -> dict:
+    v = index_bytes(i, 24) if i % 6 < 3 else bytes([65 + i]) * 24  # raw and zstd blocks
+    return {"i": i, "v": np.frombuffer(v, np.uint8), "x": i / 4}
+
+
+FIXED_ORIGINALS = [fixed_record(i) for i in range(N)]
+
+
+@pytest.fixture(scope="module")
+def fixed_small(tmp_path_factory):
+    """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
+    fixed-size records in 5 blocks, raw and zstd."""
+    path = tmp_path_factory.mktemp("fixed") / "ds"
+    with fastload.Writer(path, FIXED_SCHEMA, block_size=100) as w:
+        for rec in FIXED_ORIGINALS:
+            w.write(rec)
+    ds = fastload.Dataset(path)
+    info = ds.shards[0]
+    data = (path / info.path).read_bytes()
+    p = parse_shard(data)
+    assert p["flags"] == FIXED_SIZE and p["record_size"] == 32
+    assert {b["codec"] for b in p["blocks"]} == {CODEC_NONE, CODEC_ZSTD} and len(p["blocks"]) == 5
+    yield ds, data, info, p
+    ds.close()
+
+
+@pytest.fixture(params=["entries", "fixed"])
+def any_small(request):
+    """``small`` or ``fixed_small``: the checks every layout gets."""
+    return request.getfixturevalue("small" if request.param == "entries" else "fixed_small")
+
+
+def originals_of(ds: fastload.Dataset) -> list[dict]:
+    return FIXED_ORIGINALS if "v" in ds.schema else ORIGINALS
+
+
 def shard_path(root: Path, s: int = 0) -> Path:
     return root / json.loads((root / "manifest.json").read_text())["shards"][s]["path"]
 
@@ -118,15 +162,19 @@ def read_through(ds: fastload.Dataset, data: bytes, info, mapped: bool):
         with_reader(ds, data, info, mapped)
     except FastloadError as e:
         return "open", e
+    originals = originals_of(ds)
     try:
         for i in range(N):
-            assert_record(ds[i], ORIGINALS[i], i)
+            assert_record(ds[i], originals[i], i)
         order = [N - 1, 0, 5, 5, -2, 3, 9, 1]
         batch = ds.get_batch(order)
-        for k in SCHEMA:
-            assert [np.asarray(v).item() if k == "i" else v for v in batch[k]] == [
-                ORIGINALS[i][k] for i in order
-            ], k
+        for k, want in originals[0].items():
+            if isinstance(want, np.ndarray) or k == "x":
+                got = np.asarray(batch[k])
+                assert np.array_equal(got, np.stack([originals[i][k] for i in order])), k
+            else:
+                got = [np.asarray(v).item() if k == "i" else v for v in batch[k]]
+                assert got == [originals[i][k] for i in order], k
     except FastloadError as e:
         return "read", e
     return "ok", None
@@ -247,8 +295,8 @@ class SpySource(MemSource):
         return super().read(offset, length)
 
 
-def test_a6_flipped_index_byte_fails_the_index_checksum_before_any_record_is_read(small):
-    _, data, info, p = small
+def test_a6_flipped_index_byte_fails_the_index_checksum_before_any_record_is_read(any_small):
+    _, data, info, p = any_small
     start = p["trailer"]["index_offset"]
     for pos in range(start, len(data) - 56, 7):
         bad = bytearray(data)
@@ -290,12 +338,12 @@ def byte_classes(data: bytes, p: dict) -> dict[int, tuple]:
 
 
 @pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "ranged"])
-def test_every_byte_flip_is_detected_or_harmless(small, mapped):
+def test_every_byte_flip_is_detected_or_harmless(any_small, mapped):
     """Flip each byte of a shard (every bit, and all bits); reading everything must either give
     exactly the original records or raise a FastloadError that names the shard and the damaged
     block and record. Only the padding between records may be flipped without an error on read --
     and `fastload verify` still reports it."""
-    ds, data, info, p = small
+    ds, data, info, p = any_small
     classes = byte_classes(data, p)
     undetected = []
     masks = [1 << bit for bit in range(8)] + [0xFF] if mapped else [0xFF]
@@ -341,8 +389,8 @@ def test_every_byte_flip_is_detected_or_harmless(small, mapped):
     assert len({pos for pos, _ in undetected}) <= 20 + 4 + 7 * N
 
 
-def test_every_index_and_trailer_flip_is_detected_without_a_manifest(small):
-    ds, data, _, p = small
+def test_every_index_and_trailer_flip_is_detected_without_a_manifest(any_small):
+    ds, data, _, p = any_small
     for pos in range(p["trailer"]["index_offset"], len(data)):
         if len(data) - 12 <= pos < len(data) - 8:
             continue  # trailer flags
@@ -352,8 +400,8 @@ def test_every_index_and_trailer_flip_is_detected_without_a_manifest(small):
         assert stage == "open" and str(err).startswith(NAME), (pos, stage)
 
 
-def test_every_truncation_and_extension_is_detected(small):
-    ds, data, info, _ = small
+def test_every_truncation_and_extension_is_detected(any_small):
+    ds, data, info, _ = any_small
     for cut in range(len(data)):
         for expected in (info, None):
             with pytest.raises(ShardFormatError) as e:
@@ -387,10 +435,10 @@ def forged(p: dict, edit) -> bytes:
     return reseal(q)
 
 
-def test_resealed_copy_is_identical(small):
+def test_resealed_copy_is_identical(any_small):
     """The forging helper reproduces the writer's bytes exactly (so forged shards differ only
     where a test edits them)."""
-    _, data, _, p = small
+    _, data, _, p = any_small
     assert reseal(p) == data
 
 
@@ -448,6 +496,120 @@ def test_blocks_outside_the_data_area_are_rejected(small, where):
     bad = build_shard(p["stored"], blocks, p["records"], fix_offsets=False)
     with pytest.raises(ShardFormatError, match="block 4 (lies outside|overlaps)"):
         ShardReader(MemSource(bad, NAME))
+
+
+def forged_fixed(p: dict, edit, **kw) -> bytes:
+    """The fixed-layout shard ``p`` with ``edit(blocks, parsed)`` applied and every checksum
+    recomputed (``parsed["record_size"]`` is the table's record size)."""
+    q = {**p, "blocks": [dict(b) for b in p["blocks"]], "records": [dict(r) for r in p["records"]]}
+    edit(q["blocks"], q)
+    return reseal(q, **kw)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda b, q: b[1].update(n_records=2), "blocks hold 13 records, index has 14"),
+        (
+            lambda b, q: (b[1].update(n_records=2), b[4].update(n_records=3)),
+            "block 1 holds 2 records; a shard of fixed-size records has 3 in every block but "
+            "the last, and 1 to 3 in that",
+        ),
+        (
+            lambda b, q: (b[3].update(n_records=1), b[4].update(n_records=4)),
+            "block 3 holds 1 records",
+        ),
+        (lambda b, q: b[0].update(n_records=0), "blocks hold 11 records"),
+        (lambda b, q: b[2].update(first_record=7), "block 2 says its first record is 7"),
+        (
+            lambda b, q: b[1].update(raw_size=b[1]["raw_size"] + 8),
+            r"block 1 has 104 raw bytes, but 3 records of 32 bytes take 96",
+        ),
+        (lambda b, q: q.update(record_size=33), "block 0 has 96 raw bytes, but 3 records of 33"),
+        (lambda b, q: q.update(record_size=2**40), r"records of 1099511627776 bytes \(limit"),
+        (lambda b, q: q.update(record_size=2**64 - 1), "records of 18446744073709551615 bytes"),
+    ],
+)
+def test_inconsistent_fixed_index_is_rejected_at_open(fixed_small, edit, match):
+    """A shard of the fixed layout (checksums recomputed) whose blocks do not hold its records
+    as the layout lays them out is refused at open, naming the block; in the core too."""
+    _, _, _, p = fixed_small
+    bad = forged_fixed(p, edit)
+    with pytest.raises(ShardFormatError, match=rf"^{NAME}: index is inconsistent: .*{match}"):
+        ShardReader(MemSource(bad, NAME))
+
+
+def test_the_core_refuses_a_fixed_index_the_reader_would(fixed_small):
+    """The compiled core reads the same tables in place and checks them its own way: a shard
+    whose blocks do not hold its records is refused when it is added, not read wrong."""
+    _, data, _, p = fixed_small
+    bad = parse_shard(
+        forged_fixed(p, lambda b, q: (b[1].update(n_records=2), b[4].update(n_records=3)))
+    )
+    index = data[p["trailer"]["index_offset"] : -56]  # the original's, then the forged one's
+    bad_data = reseal(bad)
+    bad_index = bad_data[bad["trailer"]["index_offset"] : -56]
+    for idx, ok in ((index, True), (bad_index, False)):
+        m = _core.RecordMap(np.array([0, N], np.int64), np.array([0, 5], np.int64))
+        blocks, table = idx[: 5 * 48], idx[5 * 48 + 8 :]
+        if ok:
+            m.add(0, blocks, table, 5, N, 32)
+            assert m.block_numbers(np.arange(N, dtype=np.int64)).tolist() == [
+                r // 3 for r in range(N)
+            ]
+        else:
+            with pytest.raises(ValueError, match="block 1 holds records 3 \\+ 2"):
+                m.add(0, blocks, table, 5, N, 32)
+
+
+@pytest.mark.parametrize(
+    "header, trailer, version, match",
+    [
+        (FIXED_SIZE, 0, 2, "the header has flags 0x1 and the trailer 0x0"),
+        (0, FIXED_SIZE, 2, "the header has flags 0x0 and the trailer 0x1"),
+        (FIXED_SIZE | 4, FIXED_SIZE | 4, 2, "the header has flags 0x5 and reserved bytes"),
+        (1 << 31, 1 << 31, 2, "the header has flags 0x80000000 and reserved bytes"),
+        (FIXED_SIZE, FIXED_SIZE, 1, "the header has flags 0x1 and reserved bytes"),
+    ],
+)
+def test_flags_the_reader_cannot_honour_are_refused(fixed_small, header, trailer, version, match):
+    """The layout flag is in the header and the trailer: they must agree, a bit this reader
+    does not know is refused, and version 1 had no flags."""
+    _, data, info, p = fixed_small
+    good = reseal(p, version=version, schema_hash=p["schema_hash"] if version == 2 else 0)
+    bad = bytearray(good)
+    bad[12:16] = struct.pack("<I", header)
+    bad[-12:-8] = struct.pack("<I", trailer)
+    for expected in (info, None):
+        with pytest.raises(ShardFormatError, match=f"^{NAME}: {re.escape(match)}"):
+            ShardReader(MemSource(bytes(bad), NAME), expected=expected)
+
+
+@pytest.mark.parametrize("layout", ["entries", "fixed"])
+def test_a_layout_flag_that_does_not_match_the_index_is_refused(small, fixed_small, layout):
+    """The flag set on a shard with an entry per record, or cleared on a fixed one (in both
+    header and trailer): the index is not the size the flag says, so the shard does not open,
+    whatever the counts."""
+    _, data, _, _ = small if layout == "entries" else fixed_small
+    bad = bytearray(data)
+    flags = FIXED_SIZE if layout == "entries" else 0
+    bad[12:16] = bad[-12:-8] = struct.pack("<I", flags)
+    with pytest.raises(ShardFormatError, match=f"^{NAME}: index is .* bytes, which does not hold"):
+        ShardReader(MemSource(bytes(bad), NAME))
+
+
+def test_a_fixed_shard_of_version_1_reads_with_an_entry_per_record(fixed_small, tmp_path):
+    """What a version-1 writer made of fixed-size records (no flags, an entry per record)
+    reads as before, record for record."""
+    ds, _, info, p = fixed_small
+    old = reseal(p, version=1, schema_hash=0)
+    assert parse_shard(old)["flags"] == 0 and len(old) > len(reseal(p))  # 16 bytes a record
+    reader = ShardReader(MemSource(old, NAME), layout=RecordLayout(ds.schema))
+    assert reader.index.record_size is None
+    for r in range(N):
+        assert_record(
+            RecordLayout(ds.schema).decode(memoryview(reader.record(r))), FIXED_ORIGINALS[r]
+        )
 
 
 def zstd_block_index(p: dict) -> int:

@@ -1,6 +1,8 @@
 """How large a compressed block may decompress (docs/reliability.md A11, F10): by default 4 x the
 dataset's block size, or a lone record's size; a block claiming more -- 1 GiB in a dataset of
-8 KiB blocks -- is refused before anything is allocated for it, by reads and by verify."""
+8 KiB blocks -- is refused before anything is allocated for it, by reads and by verify. In a
+shard of fixed-size records a block's raw size is exactly what its records take, so a block
+claiming more is refused when the shard opens."""
 
 from __future__ import annotations
 
@@ -33,6 +35,19 @@ def forge_raw_size(root: Path, block: int, raw_size: int) -> None:
     replace_shard(root, 0, reseal(p))
 
 
+def write_var_rows(path: Path, n: int) -> np.ndarray:
+    """Blocks as write_compressed_rows's (zstd, eight 1 KiB records in 8 KiB blocks), in the
+    layout of an entry per record: the schema has a variable-size field (empty here), so only
+    the limit bounds what a block may claim. Returns the token rows (510 each)."""
+    rows = (np.arange(n * 510, dtype=np.uint64) * 2654435761 % 1000).astype(np.uint16)
+    rows = rows.reshape(n, 510)
+    schema = {"tokens": "uint16[510]", "pad": "bytes"}  # 1020 + a var end: 1 KiB records
+    with fastload.Writer(path, schema, block_size=8192, compression="zstd") as w:
+        for row in rows:
+            w.write({"tokens": row, "pad": b""})
+    return rows
+
+
 def peak_while(fn) -> int:
     tracemalloc.start()
     try:
@@ -45,7 +60,7 @@ def peak_while(fn) -> int:
 @pytest.mark.parametrize("block", [0, 3])
 def test_a_block_claiming_a_gibibyte_is_refused_by_default(tmp_path, block):
     root = tmp_path / "z"
-    rows = write_compressed_rows(root, 64)  # 8 KiB blocks of eight 1 KiB rows
+    rows = write_var_rows(root, 64)  # 8 KiB blocks of eight 1 KiB rows
     forge_raw_size(root, block, GIB)
     first = 8 * block
     with fastload.Dataset(root) as ds:
@@ -70,7 +85,7 @@ def test_a_block_claiming_a_gibibyte_is_refused_by_default(tmp_path, block):
 
 def test_an_explicit_limit_replaces_the_default(tmp_path):
     root = tmp_path / "z"
-    write_compressed_rows(root, 64)
+    write_var_rows(root, 64)
     forge_raw_size(root, 0, 40_000)  # past 4 x 8 KiB; the frame itself holds 8 KiB
     with fastload.Dataset(root) as ds:
         with pytest.raises(ShardFormatError, match="more than 32,768 "):
@@ -78,6 +93,28 @@ def test_an_explicit_limit_replaces_the_default(tmp_path):
     with fastload.Dataset(root, max_block_bytes="64KiB") as ds:  # let through: the frame's
         with pytest.raises(fastload.CorruptRecordError, match="zstd frame declares 8192"):
             ds[0]  # own size is checked next
+
+
+@pytest.mark.parametrize("block", [0, 3, 7])
+def test_a_fixed_size_block_claiming_more_than_its_records_is_refused_at_open(tmp_path, block):
+    root = tmp_path / "z"
+    write_compressed_rows(root, 64)  # fixed-size records: 8 KiB blocks of eight 1 KiB rows
+    forge_raw_size(root, block, GIB)
+    with fastload.Dataset(root) as ds:
+
+        def read():
+            with pytest.raises(ShardFormatError) as e:
+                ds[63 - 8 * block]  # any record: the shard does not open
+            msg = str(e.value)
+            assert msg.startswith(str(shard_file(root)))
+            assert (
+                f"block {block} has 1073741824 raw bytes, but 8 records of 1024 bytes take 8192"
+                in msg
+            )
+
+        assert peak_while(read) < 4 << 20
+    report = verify_dataset(str(root))
+    assert not report.ok and f"block {block} has 1073741824 raw bytes" in report.problems[0]
 
 
 def test_a_lone_large_record_reads_by_default(tmp_path):

@@ -73,7 +73,7 @@ def test_a_compressed_dataset_read_at_random_decompresses_each_block_once(tmp_pa
     blocks = sum(s.blocks for s in ds.shards)
     assert ds.manifest.bytes < 0.9 * sum(s.raw_bytes for s in ds.shards)  # it compressed
     order = np.random.default_rng(0).permutation(len(ds))
-    block_of = ds.shard_reader(0).records["block"]
+    block_of = ds.shard_reader(0).index.entries()["block"]
     lookups = 0  # a batch looks each of its blocks up once
     for k in range(0, len(order), 16):
         batch = ds.get_batch(order[k : k + 16])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from fastload.format.record import RecordLayout
 from fastload.format.shard_reader import ShardReader
 
 from .formattools import (
+    FIXED_SIZE,
     MemSource,
     assert_record,
     build_shard,
@@ -47,13 +49,38 @@ def fuzz_record(i: int) -> dict:
     return rec
 
 
-class Case:
-    """A one-shard dataset of index records, its shard bytes, and a second, different shard."""
+# The fixed layout (a schema of fixed-size fields: a checksum per record, places computed):
+# 140-byte records, two to a block, some random (raw blocks), some repetitive (zstd blocks).
+FIXED_SCHEMA = {"i": "int64", "f": "uint16[3]", "x": "float32", "v": "uint8[120]"}
 
-    def __init__(self, root: Path) -> None:
+
+def fixed_fuzz_record(i: int) -> dict:
+    v = index_bytes(i, 120) if i % 8 < 4 else bytes([i % 256]) * 120
+    return {
+        "i": i,
+        "f": np.array([i, 7 * i, 3], np.uint16),
+        "x": i / 8,  # exactly a float32
+        "v": np.frombuffer(v, np.uint8),
+    }
+
+
+class Case:
+    """A one-shard dataset of index records, its shard bytes, and a second, different shard;
+    ``fixed``: of fixed-size records (the fixed layout)."""
+
+    def __init__(self, root: Path, fixed: bool = False) -> None:
         self.dir = root
+        self.fixed = fixed
+        schema, record, block_size = (
+            (FIXED_SCHEMA, fixed_fuzz_record, 300) if fixed else (None, fuzz_record, 400)
+        )
         path = write_index_dataset(
-            self.dir / "a", N, block_size=400, shard_size=1 << 20, record=fuzz_record
+            self.dir / "a",
+            N,
+            schema=schema,
+            block_size=block_size,
+            shard_size=1 << 20,
+            record=record,
         )
         self.ds = fastload.Dataset(path)
         self.info = self.ds.shards[0]
@@ -63,19 +90,21 @@ class Case:
         other = write_index_dataset(
             self.dir / "b",
             N,
+            schema=schema,
             block_size=300,
             shard_size=1 << 20,
-            record=lambda i: fuzz_record(i + 1000),
+            record=lambda i: record(i + 1000),
         )
         self.other = (other / "shard-00000.fls").read_bytes()
-        self.originals = [fuzz_record(i) for i in range(N)]
+        self.originals = [record(i) for i in range(N)]
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    c = Case(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture(scope="module", params=["entries", "fixed"])
+def case(tmp_path_factory, request):
+    c = Case(tmp_path_factory.mktemp("fuzz"), fixed=request.param == "fixed")
     assert len(c.ds.shards) == 1 and len(c.parsed["blocks"]) >= 4
     assert len({b["codec"] for b in c.parsed["blocks"]}) == 2  # raw and zstd blocks
+    assert (c.parsed["record_size"] is not None) == c.fixed  # the layout asked for
     yield c
     c.ds.close()
 
@@ -116,7 +145,10 @@ def exercise(
         for i in range(N):
             assert_record(got[i], case.originals[i], i)
         assert cols["i"].tolist() == [case.originals[i]["i"] for i in batch]
-        assert cols["b"] == [case.originals[i]["b"] for i in batch]
+        if case.fixed:
+            assert np.array_equal(cols["v"], np.stack([case.originals[i]["v"] for i in batch]))
+        else:
+            assert cols["b"] == [case.originals[i]["b"] for i in batch]
         assert all("block" in p for p in map(str, problems))  # only padding can be off
     return "ok"
 
@@ -142,7 +174,9 @@ def test_random_bytes(case, data):
     st.integers(0, 2**20),
 )
 def test_random_bytes_between_valid_header_and_trailer(case, head, body, n, size):
-    """Plausible-looking files: the right magic and version at both ends, random inside."""
+    """Plausible-looking files: the right magic and version at both ends (and, for the fixed
+    layout, its flag in both), random inside."""
+    version, flags = (2, FIXED_SIZE) if case.fixed else (1, 0)
     t = struct.pack(
         "<QQQQQII8s",
         32 + len(body) - min(size, len(body)),
@@ -150,11 +184,11 @@ def test_random_bytes_between_valid_header_and_trailer(case, head, body, n, size
         n % 7,
         n % 50,
         n,
-        1,
-        0,
+        version,
+        flags,
         b"FASTLOAD",
     )
-    data = b"FASTLOAD" + struct.pack("<II", 1, 0) + bytes(16) + body + t
+    data = b"FASTLOAD" + struct.pack("<II", version, flags) + bytes(16) + body + t
     for expected in (True, False):
         exercise(case, data, expected=expected, exact=False)
 
@@ -242,8 +276,9 @@ def forgeries(draw, case: Case):
         "raw": list(case.raws),
     }
     fix_offsets = True
+    kinds = ["raw", "raw", "record", "block"] + (["record-size"] if case.fixed else ["var-end"])
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["raw", "raw", "var-end", "record", "block"]))
+        kind = draw(st.sampled_from(kinds))
         if kind == "raw":  # change bytes inside a block's raw content
             k = draw(st.integers(0, len(p["raw"]) - 1))
             raw = bytearray(p["raw"][k])
@@ -260,10 +295,14 @@ def forgeries(draw, case: Case):
             value = draw(st.sampled_from(INTERESTING[:12]) | st.integers(0, 300))
             raw[at : at + 4] = min(value, 2**32 - 1).to_bytes(4, "little")
             p["raw"][rec["block"]] = bytes(raw)
-        else:  # a table entry
+        elif kind == "record-size":  # the fixed layout's one size
+            value = draw(st.sampled_from(INTERESTING) | st.integers(0, 100))
+            p["record_size"] = clamp("record_size", value)
+        else:  # a table entry (the fixed layout stores only each record's checksum)
             table = p["records"] if kind == "record" else p["blocks"]
             e = draw(st.integers(0, len(table) - 1))
-            field = draw(st.sampled_from([f for f in table[e] if f != "pad"]))
+            stored = ["checksum"] if kind == "record" and case.fixed else table[e]
+            field = draw(st.sampled_from([f for f in stored if f != "pad"]))
             if kind == "block" and field in ("offset", "stored_size"):
                 fix_offsets = False
             orig = table[e][field]
@@ -276,7 +315,16 @@ def forge(p: dict, fix_offsets: bool) -> bytes:
     if fix_offsets:
         return reseal(p)  # every checksum recomputed over the edited content
     # edited block offsets/sizes: lay out the original blocks, let the index point elsewhere
-    return build_shard(p["stored"], p["blocks"], p["records"], fix_offsets=False)
+    return build_shard(
+        p["stored"],
+        p["blocks"],
+        p["records"],
+        fix_offsets=False,
+        version=p["version"],
+        schema_hash=p["schema_hash"],
+        flags=p["flags"],
+        record_size=p["record_size"],
+    )
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=SLOW_OK)

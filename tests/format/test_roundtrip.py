@@ -214,7 +214,9 @@ def test_empty_ish_record(tmp_path):
             assert rec["z"].shape == (0,) and rec["z"].dtype == np.int8
         batch = ds.get_batch([2, 0])
         assert batch["b"] == [b"", b""] and batch["z"].shape == (2, 0)
-        assert int(ds.shard_reader(0).records["length"].max()) == 20  # 3 var ends + v's shape
+        assert (
+            int(ds.shard_reader(0).index.entries()["length"].max()) == 20
+        )  # 3 var ends + v's shape
 
 
 def test_record_larger_than_block_gets_a_block_of_its_own(tmp_path):
@@ -227,9 +229,9 @@ def test_record_larger_than_block_gets_a_block_of_its_own(tmp_path):
             assert ds[i] == {"i": i, "b": index_bytes(i, n)}
         r = ds.shard_reader(0)
         for big in (2, 4, 5):
-            b = int(r.records["block"][big])
-            assert int(r.blocks["n_records"][b]) == 1 and int(r.records["offset"][big]) == 0
-            assert int(r.blocks["raw_size"][b]) == int(r.records["length"][big])
+            b = int(r.index.entries()["block"][big])
+            assert int(r.blocks["n_records"][b]) == 1 and int(r.index.entries()["offset"][big]) == 0
+            assert int(r.blocks["raw_size"][b]) == int(r.index.entries()["length"][big])
         assert ds.get_batch([5, 0, 4])["b"] == [
             index_bytes(5, 9001),
             index_bytes(0, 10),
@@ -245,7 +247,7 @@ def test_blocks_are_raw_when_compression_does_not_pay(tmp_path):
     with fastload.Dataset(tmp_path / "ds") as ds:
         r = ds.shard_reader(0)
         for rec_i in range(40):
-            codec = int(r.blocks["codec"][r.records["block"][rec_i]])
+            codec = int(r.blocks["codec"][r.index.entries()["block"][rec_i]])
             assert codec == (CODEC_NONE if rec_i < 20 else CODEC_ZSTD), rec_i
         raw = r.blocks[r.blocks["codec"] == CODEC_NONE]
         assert (raw["stored_size"] == raw["raw_size"]).all()

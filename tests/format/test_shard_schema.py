@@ -20,6 +20,7 @@ from fastload.format.manifest import UncheckedManifestWarning
 
 from .formattools import (
     CODEC_ZSTD,
+    FIXED_SIZE,
     assert_record,
     parse_shard,
     replace_shard,
@@ -101,17 +102,36 @@ def test_a_version_1_manifest_with_a_shortened_shape_is_caught_by_the_record_siz
 @pytest.mark.parametrize("grow", [8, 1])
 def test_a_record_longer_than_its_fixed_size_is_refused(tmp_path, grow):
     """A forged shard (checksums recomputed) whose record 2 claims more bytes than its schema's
-    fixed size: refused when the shard opens, naming shard and record, not read short."""
+    fixed size: refused when the shard opens, naming shard and record, not read short. (An
+    entry per record, as version-2 shards were first written: the fixed layout has one size.)"""
     root = write(tmp_path / "ds", {"i": "int64"}, [{"i": k} for k in range(5)])
     p = parse_shard(shard_file(root).read_bytes())
     p["records"][2]["length"] += grow  # still inside its block
-    replace_shard(root, 0, reseal(p))
+    replace_shard(root, 0, reseal(p, flags=0))
     with fastload.Dataset(root) as ds:
         with pytest.raises(CorruptRecordError) as e:
             ds[0]
     msg = str(e.value)
     assert msg.startswith(f"{shard_file(root)}: record 2 (block 0, byte offset")
     assert f"is {8 + grow} bytes, but records of the manifest's schema are exactly 8" in msg
+
+
+@pytest.mark.parametrize("size", [16, 4, 0])
+def test_a_fixed_size_shard_of_another_record_size_is_refused(tmp_path, size):
+    """A shard of the fixed layout whose records are not its manifest schema's size (forged:
+    fingerprint and checksums recomputed to match): refused at open, naming record 0."""
+    root = write(tmp_path / "ds", {"i": "int64"}, [{"i": k} for k in range(5)])
+    schema = {"v": f"uint8[{size}]"}
+    other = write(tmp_path / "other", schema, [{"v": np.full(size, k, np.uint8)} for k in range(5)])
+    p = parse_shard(shard_file(other).read_bytes())
+    assert p["flags"] == FIXED_SIZE and p["record_size"] == size
+    replace_shard(root, 0, reseal(p, schema_hash=schema_hash({"i": "int64"})))
+    with fastload.Dataset(root) as ds:
+        with pytest.raises(CorruptRecordError) as e:
+            ds[3]
+    msg = str(e.value)
+    assert msg.startswith(f"{shard_file(root)}: record 0 (block 0, byte offset 32)")
+    assert f"is {size} bytes, but records of the manifest's schema are exactly 8" in msg
 
 
 def test_a_record_shorter_than_its_fixed_part_is_refused_at_open(tmp_path):

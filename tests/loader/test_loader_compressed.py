@@ -129,7 +129,7 @@ def test_block_numbers_name_each_records_block(compressed, tmp_path):
     ds = fastload.Dataset(path)
     base = np.cumsum([0] + [s.blocks for s in ds.shards])
     want = np.concatenate(
-        [base[s] + ds.shard_reader(s).records["block"] for s in range(len(ds.shards))]
+        [base[s] + ds.shard_reader(s).index.entries()["block"] for s in range(len(ds.shards))]
     )
     idx = np.random.default_rng(0).permutation(len(ds))
     for fresh in (fastload.Dataset(path), ds):  # no shard open yet; every shard open

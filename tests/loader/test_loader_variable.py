@@ -139,7 +139,7 @@ def test_skipped_records_leave_padded_rows_in_order(ds_path, tmp_path):
     shutil.copytree(ds_path, bad)
     ds = fastload.Dataset(bad)
     reader = ds.shard_reader(0)
-    rec = reader.records[5]
+    rec = reader.index.entries()[5]
     at = int(reader.blocks[int(rec["block"])]["offset"]) + int(rec["offset"]) + 10
     shard = bad / ds.manifest.shards[0].path
     data = bytearray(shard.read_bytes())

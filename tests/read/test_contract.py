@@ -100,7 +100,7 @@ def test_version_goes_up_when_held_views_may_be_stale(zstd_path):
         seen.append(ds.version)
         return seen[-1] > seen[-2]
 
-    ds.block_table(local=True)
+    ds.block_table()
     ds.read_into(np.arange(10))  # a shard opened
     assert moved()
     ds.read_into(np.arange(10))  # nothing new: the same views hold
