@@ -1,6 +1,7 @@
-"""Write a golden fastload dataset of the current format version to tests/format/data/v<N>/.
+"""Write the golden fastload datasets of the current format version to tests/format/data/v<N>/
+(and data/v2-fixed/, version 2's fixed layout of the record table).
 
-    python tests/format/make_golden.py            # refuses if it exists
+    python tests/format/make_golden.py            # writes only those that do not exist
     python tests/format/make_golden.py --force    # only if the files were never released
 
 The files are committed and test_golden.py reads them with the current code, so a change that
@@ -99,6 +100,39 @@ def v2_record(i: int) -> dict:
     return rec
 
 
+# Version 2's fixed layout (a schema of fixed-size fields only: a checksum per record, places
+# computed from the block table), in data/v2-fixed/: 1,076-byte records (1,080 apart), three
+# to a block, blocks alternately of incompressible bytes (raw) and repetitive ones (zstd),
+# shards of three blocks, and a last block of two records.
+V2_FIXED_DIR = HERE / "data" / "v2-fixed"
+V2_FIXED_SCHEMA = {
+    "i": "int64",
+    "u8": "uint8",
+    "f32": "float32",
+    "flag": "bool",
+    "vec": "float64[3]",
+    "pair": "uint16[2]",
+    "toks": "uint16[5]",
+    "noise": "uint8[1024]",
+}
+V2_FIXED_OPTIONS = {"block_size": 3300, "shard_size": 9000, "compression": "zstd", "level": 3}
+V2_FIXED_RECORDS = 20
+
+
+def v2_fixed_record(i: int) -> dict:
+    noise = v1_blob(2 * (i + 492))[:1024] if (i // 3) % 2 == 0 else bytes([i]) * 1024
+    return {
+        "i": i * 1_000_003 - 5,
+        "u8": (i * 37) % 256,
+        "f32": i / 4 - 1.5,
+        "flag": i % 3 == 1,
+        "vec": np.array([i, -0.5 * i, 2.0**i], np.float64),
+        "pair": np.array([i, 65535 - i], np.uint16),
+        "toks": np.arange(5, dtype=np.uint16) * 1000 + i,
+        "noise": np.frombuffer(noise, np.uint8),
+    }
+
+
 def write_v2(dst: Path) -> None:
     import fastload
 
@@ -108,23 +142,35 @@ def write_v2(dst: Path) -> None:
             w.write(v2_record(i))
 
 
+def write_v2_fixed(dst: Path) -> None:
+    import fastload
+
+    with fastload.Writer(dst, V2_FIXED_SCHEMA, **V2_FIXED_OPTIONS) as w:
+        for i in range(V2_FIXED_RECORDS):
+            w.write(v2_fixed_record(i))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="replace existing golden files")
-    parser.add_argument("--out", type=Path, default=V2_DIR, help="where to write (for trying)")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "data", help="where to write v2/ and v2-fixed/"
+    )
     args = parser.parse_args(argv)
-    if args.out.exists():
-        if not args.force:
-            print(
-                f"{args.out} exists; golden files are never regenerated (see the docstring)",
-                file=sys.stderr,
-            )
-            return 1
-        shutil.rmtree(args.out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_v2(args.out)
-    for p in sorted(args.out.iterdir()):
-        print(f"{p.name}  {hashlib.sha256(p.read_bytes()).hexdigest()}")
+    targets = {args.out / V2_DIR.name: write_v2, args.out / V2_FIXED_DIR.name: write_v2_fixed}
+    for dst, write in targets.items():
+        if dst.exists():
+            if not args.force:
+                print(
+                    f"{dst} exists; golden files are never regenerated (see the docstring)",
+                    file=sys.stderr,
+                )
+                continue
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write(dst)
+        for p in sorted(dst.iterdir()):
+            print(f"{dst.name}/{p.name}  {hashlib.sha256(p.read_bytes()).hexdigest()}")
     return 0
 
 
