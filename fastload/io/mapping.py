@@ -75,7 +75,8 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
 
 def _unmap(address: int, length: int) -> None:
     _MAPS.pop(address, None)
-    _munmap(address, length)
+    if _munmap is not None:  # (always, where a map was made)
+        _munmap(address, length)
 
 
 def release(mapped: memoryview, offset: int, length: int) -> bool:
