@@ -307,13 +307,16 @@ class Dali:
 # ---------------------------------------------------------------- measuring
 
 
-def step(seconds: float, kind: str) -> None:
-    """A fake training step. "busy" holds a core, as the issue's CPU-bound step does; "sleep"
-    leaves the CPU to the loader, as a step that waits on a GPU does (it sleeps, then spins
-    the last 0.2 ms, since sleep() overshoots by ~0.1 ms)."""
+SPIN_S = 2e-4  # the end of a step spun, not slept: sleep() overshoots by ~0.1 ms here
+
+
+def step(seconds: float) -> None:
+    """A fake training step that waits on a GPU: the CPU thread sleeps, leaving the cores to
+    the loader, and spins only the last SPIN_S so that sleep's overshoot does not stretch the
+    step (which would lower the load asked of the loader)."""
     end = time.perf_counter() + seconds
-    if kind == "sleep" and seconds > 2e-4:
-        time.sleep(seconds - 2e-4)
+    if seconds > SPIN_S:
+        time.sleep(seconds - SPIN_S)
     while time.perf_counter() < end:
         pass
 
@@ -338,18 +341,22 @@ def describe(batch) -> dict:
     return {str(k): f"{tuple(v.shape)} {v.dtype}" for k, v in items if hasattr(v, "shape")}
 
 
-def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str = "busy") -> tuple:
-    """Draw up to ``wanted`` batches (starting new epochs as needed) or stop after ``seconds``,
-    with a fake step of ``step_s`` before each. Returns (iterator, arrival times, sizes,
-    seconds spent inside next())."""
+def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, wrap: bool = True) -> tuple:
+    """Draw up to ``wanted`` batches or stop after ``seconds``, with a fake step of
+    ``step_s`` before each. At the end of an epoch: ``wrap`` starts the next one (its
+    start-up counts), else stops. Returns (iterator or None, arrival times, sizes, seconds
+    spent inside next())."""
     times, sizes, waited = [], [], 0.0
     stop = time.perf_counter() + seconds
     while len(times) < wanted and time.perf_counter() < stop:
-        step(step_s, kind)
+        if step_s:
+            step(step_s)
         start = time.perf_counter()
         try:
             batch = next(it)
-        except StopIteration:  # the epoch ended: the next one's start-up counts too
+        except StopIteration:
+            if not wrap:
+                return None, times, sizes, waited
             it = iter(loader)
             batch = next(it)
         now = time.perf_counter()
@@ -360,74 +367,105 @@ def draw(loader, it, wanted: int, seconds: float, step_s: float = 0.0, kind: str
     return it, times, sizes, waited
 
 
-def measure(
-    build,
-    batches: int,
-    stall_batches: int,
-    seconds: float,
-    stall_seconds: float,
-    step_factor: float,
-    fixed_step: float = 0.0,
-) -> dict:
-    """The protocol, the same for every contender:
+def rate(times: list[float], sizes: list[int]) -> dict:
+    """samples/s over the batches after the first WARM (with 2 workers the first two arrive
+    together), timed from the arrival of batch WARM."""
+    if len(times) <= WARM:
+        raise RuntimeError(f"only {len(times)} batches: too few to measure")
+    span = times[-1] - times[WARM - 1]
+    return {
+        "samples_per_s": sum(sizes[WARM:]) / span,
+        "seconds": span,
+        "batches": len(times),
+        "mean_batch_s": span / (len(times) - WARM),
+    }
 
-    1. time to first batch: from building the dataset and loader to the first batch (imports
-       are done before the clock);
-    2. steady samples/s over the rest of ``batches`` (or ``seconds``), leaving out the first
-       WARM batches;
-    3. per step kind (busy, sleep), a fresh iteration in which a fake step of ``step_factor``
-       x the mean time per batch consumes each batch; stall = time inside next() / the pass's
-       time (its first batch, a start-up, left out);
-    4. with ``fixed_step``: one more such pass, the step sleeping ``fixed_step`` seconds
-       whatever the contender's own rate (loader.py gives every token contender the step at
-       which torch's DataLoader runs at 80% load)."""
+
+def first_batch(build) -> tuple:
+    """(loader, its iterator, seconds from building the loader to its first batch, the
+    first batch's size and description). Imports are done before."""
     start = time.perf_counter()
     loader = build()
     it = iter(loader)
     first = next(it)
+    return loader, it, time.perf_counter() - start, batch_size_of(first), describe(first)
+
+
+def measure(
+    build,
+    *,
+    epoch0_seconds: float,
+    batches: int,
+    seconds: float,
+    stall_batches: int,
+    stall_seconds: float,
+    step_factor: float,
+    min_step: float,
+    fixed_step: float = 0.0,
+) -> dict:
+    """The protocol, the same for every contender; ``phases`` holds each phase's
+    [start, end] in time.perf_counter() (CLOCK_MONOTONIC: loader.py's memory samples are
+    placed on the same clock):
+
+    1. first: from building the dataset and loader to the first batch (imports done before);
+    2. epoch0: the rest of that first epoch (at most ``epoch0_seconds``): samples/s of the
+       first epoch, whatever caches the loader fills on it empty (the page cache warm);
+    3. steady: a new iteration (epoch 1 on), up to ``batches`` batches or ``seconds``:
+       samples/s of the later epochs;
+    4. stall: a new iteration in which a step sleeping T consumes each batch, T =
+       max(``min_step``, ``step_factor`` x the steady time per batch), i.e. the loader is
+       asked for 80% of its own steady rate unless that is under ``min_step`` a batch;
+       stall = time inside next() / the pass's time (its first batch left out); load = the
+       rate the pass reached / the steady rate;
+    5. fixed (with ``fixed_step``): the same with T = ``fixed_step`` for every contender."""
+    phases = {}
+    t0 = time.perf_counter()
+    loader, it, first_s, first_size, shape = first_batch(build)
+    phases["first"] = [t0, time.perf_counter()]
+    result = {"first_batch_s": first_s, "batch": shape}
     first_at = time.perf_counter()
-    result = {"first_batch_s": first_at - start, "batch": describe(first)}
-    first_size = batch_size_of(first)
-    del first
     cpu0 = time.thread_time()
-    it, times, sizes, _ = draw(loader, it, batches - 1, seconds)
+    end, times, sizes, _ = draw(loader, it, 1 << 62, epoch0_seconds, wrap=False)
+    epoch0_cpu = time.thread_time() - cpu0
+    phases["epoch0"] = [first_at, time.perf_counter()]
+    result["epoch0"] = {
+        **rate([first_at, *times], [first_size, *sizes]),
+        "complete": end is None,  # else it was cut at epoch0_seconds
+        "main_cpu_us": 1e6 * epoch0_cpu / max(1, len(times)),
+    }
+    del it, end
+    begin = time.perf_counter()
+    it = iter(loader)
+    cpu0 = time.thread_time()
+    it, times, sizes, _ = draw(loader, it, batches, seconds)
     main_cpu = time.thread_time() - cpu0
-    times, sizes = [first_at, *times], [first_size, *sizes]
-    if len(times) <= WARM:
-        raise RuntimeError(f"only {len(times)} batches in {seconds} s: too few to measure")
-    # The clock starts when batch WARM arrives and counts the batches after it.
-    steady_s = times[-1] - times[WARM - 1]
-    per_batch = steady_s / (len(times) - WARM)
+    phases["steady"] = [begin, time.perf_counter()]
+    steady = rate(times, sizes)
     result.update(
-        samples_per_s=sum(sizes[WARM:]) / steady_s,
-        steady_s=steady_s,
-        batches=len(times),
-        mean_batch_s=per_batch,
-        samples=sum(sizes),
-        last_batch_s=times[-1] - start,
-        step_s=step_factor * per_batch,
+        samples_per_s=steady["samples_per_s"],
+        steady=steady,
         # the consumer thread's CPU per batch (the loader's own work in the main
         # process: receiving, collating, handing out); threads of DALI not included
-        main_cpu_us=1e6 * main_cpu / max(1, len(times) - 1),
+        main_cpu_us=1e6 * main_cpu / max(1, len(times)),
     )
-    passes = (
-        [("busy", "busy", step_factor * per_batch), ("sleep", "sleep", step_factor * per_batch)]
-        if stall_batches
-        else []
-    )
-    if stall_batches and fixed_step:
-        passes.append(("fixed", "sleep", fixed_step))
-    for name, kind, step_s in passes:
+    passes = []
+    if stall_batches:
+        passes.append(("stall", max(min_step, step_factor * steady["mean_batch_s"])))
+        if fixed_step:
+            passes.append(("fixed", max(min_step, fixed_step)))
+    for name, step_s in passes:
         del it  # ends the epoch in flight (torch-style loaders stop their workers)
         it = iter(loader)
         next(it)
         begin = time.perf_counter()
         # stall_batches counts the first batch, as ``batches`` does: a pass of one epoch ends
         # with it (drawing one more started the next epoch, workers and all, inside the pass)
-        it, _, sizes, waited = draw(loader, it, stall_batches - 1, stall_seconds, step_s, kind)
+        it, _, sizes, waited = draw(loader, it, stall_batches - 1, stall_seconds, step_s)
         total = time.perf_counter() - begin
+        phases[name] = [begin, time.perf_counter()]
         result[f"stall_{name}"] = {
             "pct": 100 * waited / total,
+            "load_pct": 100 * len(sizes) / total * steady["mean_batch_s"],
             "batches": len(sizes),
             "seconds": total,
             "step_s": step_s,
@@ -440,7 +478,45 @@ def measure(
             "mb": len(loader._slabs) * loader._slabs.slab_size / 1e6,
         }
     del it
+    result["phases"] = phases
     return result
+
+
+def measure_pass(build, *, batches: int, seconds: float) -> dict:
+    """remote.py's protocol: the first batch, then one pass of up to ``batches`` batches
+    (or ``seconds``) from that same iteration, starting new epochs as needed: samples/s
+    after the first WARM batches, and the whole pass (``samples``, ``last_batch_s``)."""
+    t0 = time.perf_counter()
+    loader, it, first_s, first_size, shape = first_batch(build)
+    first_at = time.perf_counter()
+    cpu0 = time.thread_time()
+    it, times, sizes, _ = draw(loader, it, batches - 1, seconds)
+    main_cpu = time.thread_time() - cpu0
+    times, sizes = [first_at, *times], [first_size, *sizes]
+    steady = rate(times, sizes)
+    result = {
+        "first_batch_s": first_s,
+        "batch": shape,
+        "samples_per_s": steady["samples_per_s"],
+        "steady": steady,
+        "samples": sum(sizes),
+        "last_batch_s": times[-1] - t0,
+        "main_cpu_us": 1e6 * main_cpu / max(1, len(times) - 1),
+        "phases": {"first": [t0, first_at], "steady": [first_at, time.perf_counter()]},
+    }
+    if hasattr(loader, "stats"):
+        result["loader_stats"] = loader.stats()
+    del it
+    return result
+
+
+def measure_first(build) -> dict:
+    """Time to first batch alone (loader.py drops the data's pages first for a cold one)."""
+    t0 = time.perf_counter()
+    loader, it, first_s, _, shape = first_batch(build)
+    out = {"first_batch_s": first_s, "batch": shape, "phases": {"first": [t0, time.perf_counter()]}}
+    del it, loader
+    return out
 
 
 def pil_limit(root: str, epochs: int, draft: bool = False) -> dict:
@@ -608,6 +684,16 @@ def main() -> None:
     p.add_argument("kind_or_src", help="run: a contender; writers: the source")
     p.add_argument("data", help="run: its data; writers: the destination")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--protocol",
+        choices=["epochs", "pass", "first"],
+        default="epochs",
+        help="epochs: loader.py's (see measure); pass: remote.py's one pass (measure_pass); "
+        "first: the time to the first batch alone",
+    )
+    p.add_argument(
+        "--epoch0-seconds", type=float, default=60, help="the first epoch: at most this long"
+    )
     p.add_argument("--batches", type=int, default=1000, help="batches in the steady pass")
     p.add_argument("--stall-batches", type=int, default=500, help="batches in the stall pass")
     p.add_argument("--seconds", type=float, default=10, help="steady pass: at most this long")
@@ -616,7 +702,10 @@ def main() -> None:
         "--step-factor",
         type=float,
         default=1.25,
-        help="fake step, as a multiple of the measured time per batch",
+        help="the stall pass's step, as a multiple of the steady time per batch",
+    )
+    p.add_argument(
+        "--min-step", type=float, default=1e-3, help="the shortest step (seconds; default 1 ms)"
     )
     p.add_argument(
         "--fixed-step",
@@ -644,15 +733,22 @@ def main() -> None:
         def build():
             return BUILDERS[a.kind_or_src](a.data, a.batch)
 
-        result = measure(
-            build,
-            a.batches,
-            a.stall_batches,
-            a.seconds,
-            a.stall_seconds,
-            a.step_factor,
-            a.fixed_step,
-        )
+        if a.protocol == "first":
+            result = measure_first(build)
+        elif a.protocol == "pass":
+            result = measure_pass(build, batches=a.batches, seconds=a.seconds)
+        else:
+            result = measure(
+                build,
+                epoch0_seconds=a.epoch0_seconds,
+                batches=a.batches,
+                seconds=a.seconds,
+                stall_batches=a.stall_batches,
+                stall_seconds=a.stall_seconds,
+                step_factor=a.step_factor,
+                min_step=a.min_step,
+                fixed_step=a.fixed_step,
+            )
     elif a.what == "write-wds":
         result = write_wds(a.kind_or_src, a.data, a.shards)
     elif a.what == "write-mds-tokens":

@@ -1,17 +1,25 @@
 """How fast does fastload's DataLoader feed a training loop, next to torch's DataLoader and peers?
 
 Same data, same batch size, num_workers=2, on this machine. Tokens: samples of 2049 uint16
-tokens, batch 16, shuffled: torch DataLoader over a numpy memmap, MosaicML Streaming (MDS),
-LitData, fastload, and a bare single-process memmap gather (the practical limit). Images:
-~110 KB JPEGs, RandomResizedCrop(224) + flip, batch 256: torch DataLoader + PIL, WebDataset,
-Streaming, DALI's CPU pipeline, fastload, and 2 processes of plain PIL (the practical limit).
-Per contender: steady samples/s, time to first batch, peak memory of its process tree, and the
-data stall under a fake training step at 80% of its own top rate. All data is generated here,
-deterministically, and cached in benchmarks/.data/ (the inputs are shared with convert.py).
+tokens, batch 16, shuffle=True (a global order), from a token file at least 4x larger than
+a process's default block cache, so a compressed copy cannot simply be kept decompressed:
+torch DataLoader over a numpy memmap of the raw file, fastload with convert's defaults (zstd)
+and with `--compression none`, MosaicML Streaming (MDS), LitData, and a bare single-process
+memmap gather (the practical limit). Images: ~110 KB JPEGs, RandomResizedCrop(224) + flip,
+batch 256: torch DataLoader + PIL, WebDataset, Streaming, DALI's CPU pipeline, fastload, and 2
+processes of plain PIL (the practical limit). Per contender: samples/s of the first epoch and
+of the later ones (page cache warm), time to first batch (warm and cold page cache), PSS,
+RSS and private memory of its process tree, and the data stall under a step that sleeps, as
+one waiting on a GPU does, at 80% of the contender's own rate. Scale: a dataset of >= 20M
+16-byte records in 5 shards: bytes on disk per record and each process's private memory
+after random reads over every shard. All data is generated here, deterministically, and
+cached in benchmarks/.data/ (the inputs are shared with convert.py).
 
-    python benchmarks/loader.py [--only tokens|images] [--quick] [--skip-streaming] [--repeat N]
+    python benchmarks/loader.py [--only tokens|images|scale] [--quick] [--skip-streaming]
+                                [--repeat N] [--contenders SUBSTRING ...]
 
-Results: benchmarks/results/loader.json (--quick: benchmarks/.data/loader-quick.json).
+Results: benchmarks/results/loader.json (--only: that suite's part of it, the others kept;
+--quick or --contenders: benchmarks/.data/loader-partial.json).
 """
 
 from __future__ import annotations
@@ -26,35 +34,32 @@ import signal
 import statistics
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 
+import _loadreport
+import _procmem
 import convert  # data generators, cache markers and Streaming's venv, shared with convert.py
 
 HERE, DATA = convert.HERE, convert.DATA
 OUT = os.path.join(DATA, "loader")  # converted copies of the inputs, one per format
 RESULTS = os.path.join(HERE, "results", "loader.json")
+PARTIAL = os.path.join(DATA, "loader-partial.json")
 RUNNER = os.path.join(HERE, "_loaders.py")
+SCALE = os.path.join(HERE, "_scale.py")
 SEQ = 2049
 WORKERS = 2
-STEP_FACTOR = (
-    1.25  # fake step = 1.25 x mean batch time: the loader is asked for 80% of its top rate
-)
+STEP_FACTOR = 1.25  # the step: 1.25 x the steady time per batch, so 80% of the top rate
+MIN_STEP = 1e-3  # ... but never under 1 ms: no real training step is shorter
 MB = 1e6
+# 300M tokens: 600 MB, 146,412 rows, 4.5x the 128 MiB a process keeps decompressed by default
+TOKENS = 300_000_000
+SCALE_RECORDS = 20_000_000  # 16-byte records (8 uint16 tokens), in SCALE_SHARDS shards
+SCALE_SHARDS = 5
 
 # fastload's conversions, as the issue spells them (zstd is convert's default); the second
 # token copy is uncompressed, which fastload reads on its batched raw path.
 FASTLOAD_TOKENS = ["--from", "tokens", "--seq-len", str(SEQ), "--dtype", "uint16"]
 FASTLOAD_IMAGES = ["--from", "imagefolder"]
-
-TARGETS = {  # from the issue
-    "tokens": "samples/s >= 10x torch DataLoader and >= 0.3x the bare gather; stall < 5% at 80% "
-    "load; first batch < 0.5 s; peak memory <= torch DataLoader's",
-    "images": "samples/s >= 1.1x torch+PIL and >= 0.95x the two-core PIL limit, ahead of every "
-    "other CPU contender (DALI CPU included); stall < 2%; first batch < 0.5 s; "
-    "peak memory <= torch DataLoader's",
-}
 
 
 # ---------------------------------------------------------------- data
@@ -89,7 +94,7 @@ def fastload_mtime() -> float:
             os.path.getmtime(os.path.join(d, f))
             for d, _, files in os.walk(root)
             for f in files
-            if f.endswith(".py") and "loader" not in d
+            if f.endswith(".py") and "loader" not in d and "read" not in d
         ),
         default=0.0,
     )
@@ -114,15 +119,27 @@ def runner(python: str, *args: str) -> list[str]:
     return [python, RUNNER, *args]
 
 
+def prefix_file(dst: str, src: str, size: int) -> None:
+    """The first ``size`` bytes of ``src`` as a file of their own, ``dst``."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while size:
+            chunk = fin.read(min(size, 1 << 24))
+            if not chunk:
+                raise ValueError(f"{src} holds fewer than the bytes asked for")
+            fout.write(chunk)
+            size -= len(chunk)
+
+
 # ---------------------------------------------------------------- contenders
 
 
 def contender(
     name, kind, data, python=sys.executable, role=None, stall=True, error=None, judge=False
 ):
-    """One row: ``kind`` is _loaders.py's name for it, ``role`` 'torch' or 'limit' for the
-    rows others are compared to; ``error`` says why it cannot run (its data did not build);
-    ``judge``: the row the issue's targets are checked on (fastload as the issue spells it)."""
+    """One row: ``kind`` is _loaders.py's name for it; ``role``: 'torch', 'limit' or 'raw'
+    for the rows others are compared to (``raw``: fastload on the uncompressed copy, to
+    which the compressed row is compared); ``error`` says why it cannot run (its data did not
+    build); ``judge``: a row the issue's targets are checked on."""
     return {
         "name": name,
         "kind": kind,
@@ -136,7 +153,7 @@ def contender(
 
 
 def token_contenders(tokens: str, streaming: str | None, why: str) -> list[dict]:
-    n = os.path.basename(tokens).split(".")[0]  # tokens-50000000
+    n = os.path.basename(tokens).split(".")[0]  # tokens-300000000
     fl, fl_raw = os.path.join(OUT, f"fastload-{n}"), os.path.join(OUT, f"fastload-{n}-raw")
     fresh = fastload_mtime()
     raw_error = built(
@@ -144,18 +161,23 @@ def token_contenders(tokens: str, streaming: str | None, why: str) -> list[dict]
     )
     rows = [
         contender("torch DataLoader, memmap", "torch-tokens", tokens, role="torch"),
-        # Token data is converted uncompressed for random access (a zstd block must be
-        # decompressed whole for each 4 KB sample drawn from it): the row the targets judge.
-        contender("fastload DataLoader", "fastload-tokens", fl_raw, error=raw_error, judge=True),
+        # As the issue's new user does it: convert's defaults (zstd), shuffle=True, seed=0.
         contender(
-            "fastload, seed= (planned order)", "fastload-planned-tokens", fl_raw, error=raw_error
-        ),
-        contender(
-            "fastload, zstd (convert default)",
-            "fastload-tokens",
+            "fastload, convert defaults (zstd)",
+            "fastload-planned-tokens",
             fl,
             error=built(fl, fastload_convert(tokens, fl, FASTLOAD_TOKENS), fresh),
+            judge=True,
         ),
+        contender(
+            "fastload, --compression none",
+            "fastload-planned-tokens",
+            fl_raw,
+            error=raw_error,
+            role="raw",
+            judge=True,
+        ),
+        contender("fastload, none, torch's order", "fastload-tokens", fl_raw, error=raw_error),
     ]
     mds = os.path.join(OUT, f"mds-{n}")
     rows.append(
@@ -175,10 +197,14 @@ def token_contenders(tokens: str, streaming: str | None, why: str) -> list[dict]
             "LitData, TokensLoader",
             "litdata-tokens",
             lit,
-            error=built(lit, runner(sys.executable, "write-litdata-tokens", tokens, lit)),
+            error=(
+                built(lit, runner(sys.executable, "write-litdata-tokens", tokens, lit))
+                if importlib.util.find_spec("litdata")
+                else "litdata is not installed"
+            ),
         )
     )
-    # Its stall passes too: the floor the 80% protocol sets (its next() is the whole gather).
+    # Its stall passes too: the floor the protocol sets (its next() is the whole gather).
     rows.append(contender("bare memmap gather", "gather-tokens", tokens, role="limit"))
     return rows
 
@@ -186,15 +212,10 @@ def token_contenders(tokens: str, streaming: str | None, why: str) -> list[dict]
 def image_contenders(images: str, streaming: str | None, why: str) -> list[dict]:
     n = os.path.basename(images)  # images-3000
     fl, wds, mds = (os.path.join(OUT, f"{k}-{n}") for k in ("fastload", "wds", "mds"))
+    fl_error = built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime())
     rows = [
         contender("torch DataLoader + PIL", "torch-images", images, role="torch"),
-        contender(
-            "fastload DataLoader",
-            "fastload-images",
-            fl,
-            error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime()),
-            judge=True,
-        ),
+        contender("fastload DataLoader", "fastload-images", fl, error=fl_error, judge=True),
         contender(
             "WebDataset",
             "wds-images",
@@ -223,12 +244,7 @@ def image_contenders(images: str, streaming: str | None, why: str) -> list[dict]
         )
     )
     rows.append(
-        contender(
-            "fastload, decode by DALI (CPU)",
-            "fastload-dali-images",
-            fl,
-            error=built(fl, fastload_convert(images, fl, FASTLOAD_IMAGES), fastload_mtime()),
-        )
+        contender("fastload, decode by DALI (CPU)", "fastload-dali-images", fl, error=fl_error)
     )
     rows.append(contender("DALI CPU", "dali-images", images))
     rows.append(contender("DALI CPU, fused decode+crop", "dali-fused-images", images))
@@ -246,82 +262,6 @@ def image_contenders(images: str, streaming: str | None, why: str) -> list[dict]
 
 
 # ---------------------------------------------------------------- measuring one run
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (threads can fork too: every task's children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except OSError:  # it exited meanwhile
-            pass
-    return out
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def pss(pid: int) -> tuple[int, int]:
-    """(PSS, the part of it that is anonymous or shared memory): the second leaves out
-    file-backed pages (mapped data files, shared libraries), page cache the kernel can drop."""
-    total = held = 0
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                total = int(line.split()[1]) * 1024
-            elif line.startswith(("Pss_Anon:", "Pss_Shmem:")):
-                held += int(line.split()[1]) * 1024
-    return total, held
-
-
-class TreeMemory(threading.Thread):
-    """Peak memory of a process tree: summed RSS every 50 ms and summed PSS (shared pages
-    counted once) every 250 ms. PSS costs ~2.5 ms per process to read; reading it every
-    50 ms would take ~15% of a core from the contender on this 2-core machine."""
-
-    def __init__(self, pid: int, interval: float = 0.05, pss_every: int = 5):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.pss_every = pid, interval, pss_every
-        self.peak_rss = self.peak_pss = self.peak_held = self.peak_procs = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        tick = 0
-        while not self.halt.wait(self.interval if tick else 0):
-            pids = tree(self.pid)
-            self.peak_procs = max(self.peak_procs, len(pids))
-            self.peak_rss = max(self.peak_rss, self.total(rss, pids))
-            if tick % self.pss_every == 0:
-                total = held = 0
-                for p in pids:
-                    try:
-                        t, h = pss(p)
-                    except OSError:
-                        continue
-                    total, held = total + t, held + h
-                self.peak_pss, self.peak_held = max(self.peak_pss, total), max(self.peak_held, held)
-            tick += 1
-
-    @staticmethod
-    def total(read, pids: list[int]) -> int:
-        size = 0
-        for p in pids:
-            try:
-                size += read(p)
-            except OSError:
-                pass
-        return size
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join()
 
 
 def busy_cpu_s() -> float:
@@ -342,30 +282,52 @@ def wait_for_quiet(max_wait: float) -> float:
             return time.perf_counter() - start
 
 
-def warm_cache(path: str) -> None:
-    """Read the contender's data once, so every run starts from the same warm page cache."""
-    paths = (
-        [path]
-        if os.path.isfile(path)
-        else [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
-    )
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(1 << 24):
-                pass
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
-def run_once(spec: dict, opts: list[str], timeout: float, quiet_wait: float) -> dict:
-    """One fresh process of one contender: what it printed, plus its tree's peak memory and
-    how much CPU others used meanwhile. Never raises."""
-    waited = wait_for_quiet(quiet_wait)
-    warm_cache(spec["data"])
+def memory_fields(memory: _procmem.TreeMemory, phases: dict) -> dict:
+    """Peak memory over the whole run, and steady memory: the median over the samples taken
+    in the later epochs (the steady and stall passes), with the breakdown per process of the
+    sample with the highest PSS there (MB)."""
+    out = {}
+    peak = memory.peak()
+    for k in ("pss", "rss", "private", "held"):
+        out[f"peak_{k}_mb"] = peak.get(k, 0) / MB
+    out["processes"] = peak.get("procs", 0)
+    later = [phases[p] for p in ("steady", "stall", "fixed") if p in phases]
+    if later:
+        steady = memory.between(min(s for s, _ in later), max(e for _, e in later))
+        if steady:
+            for k in ("pss", "rss", "private", "held"):
+                out[f"steady_{k}_mb"] = steady[k] / MB
+            out["steady_samples"] = steady["samples"]
+            out["per_process_mb"] = [
+                {k: round(v / MB, 1) for k, v in p.items()} for p in steady["per_process"]
+            ]
+    return out
+
+
+def run_once(
+    spec: dict, opts: list[str], timeout: float, quiet_wait: float, cold: bool = False
+) -> dict:
+    """One fresh process of one contender: what it printed, its tree's memory, and how much
+    CPU others used meanwhile. ``cold``: the time to the first batch alone, after the
+    kernel dropped the data's pages from its page cache. Never raises."""
+    waited = 0.0 if cold else wait_for_quiet(quiet_wait)
+    if cold:
+        _procmem.drop_page_cache(spec["data"])
+        opts = [*opts, "--protocol", "first"]
+    else:
+        _procmem.warm_page_cache(spec["data"])
     cmd = runner(spec["python"], "run", spec["kind"], spec["data"], *opts)
     cpu0, kids0, self0 = (
         busy_cpu_s(),
         resource.getrusage(resource.RUSAGE_CHILDREN),
         resource.getrusage(resource.RUSAGE_SELF),
     )
+    load0 = load_average()
     start = time.perf_counter()
     # Its own session, so a timeout can end its whole tree (and only it).
     proc = subprocess.Popen(
@@ -376,7 +338,7 @@ def run_once(spec: dict, opts: list[str], timeout: float, quiet_wait: float) -> 
         cwd=HERE,
         start_new_session=True,
     )
-    memory = TreeMemory(proc.pid)
+    memory = _procmem.TreeMemory(proc.pid)
     memory.start()
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -397,64 +359,53 @@ def run_once(spec: dict, opts: list[str], timeout: float, quiet_wait: float) -> 
     own = cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu(kids0)
     mine = cpu(resource.getrusage(resource.RUSAGE_SELF)) - cpu(self0)
     others = max(0.0, busy_cpu_s() - cpu0 - own - mine)
+    result = json.loads(out.strip().splitlines()[-1])
     return {
-        **json.loads(out.strip().splitlines()[-1]),
+        **result,
+        **memory_fields(memory, result.get("phases", {})),
         "wall_s": wall,
         "cpu_s": own,
-        "peak_pss_mb": memory.peak_pss / MB,
-        "peak_rss_mb": memory.peak_rss / MB,
-        "peak_held_mb": memory.peak_held / MB,
-        "processes": memory.peak_procs,
         "quiet_wait_s": waited,
         "others_pct": 100 * others / (wall * os.cpu_count()),
+        "load_average": [load0, load_average()],
     }
 
 
 def import_footprint(spec: dict) -> float:
     """Peak PSS (MB) of a process that only imports the contender's libraries: the part of
-    its peak memory that is its environment (Streaming's venv has a CUDA build of torch)."""
+    its memory that is its environment (Streaming's venv has a CUDA build of torch)."""
     proc = subprocess.Popen(
         runner(spec["python"], "imports", spec["kind"], "-"),
         cwd=HERE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    memory = TreeMemory(proc.pid)
+    memory = _procmem.TreeMemory(proc.pid)
     memory.start()
     proc.wait()
     memory.stop()
-    return memory.peak_pss / MB
+    return memory.peak().get("pss", 0) / MB
 
 
 # ---------------------------------------------------------------- a suite
 
 
 def pass_options(suite: str, samples: int, batch: int, quick: bool) -> list[str]:
-    """Tokens: one epoch per pass, capped in time. Images: one epoch (~12 batches of 256) for
-    the steady pass, 8 batches for each stall pass (~3 s each)."""
+    """Tokens: the first epoch (at most 60 s), then one more epoch for the steady rate (at
+    most 6 s), then each stall pass (at most 4 s). Images: one epoch (~12 batches of 256)
+    each for the first epoch and the steady rate, 8 batches for each stall pass."""
     epoch = -(-samples // batch)
     if suite == "tokens":
-        steady, stall, secs, stall_secs = epoch, epoch, (2 if quick else 4), (1 if quick else 2)
+        first, secs, stall, stall_secs = (10, 2, epoch, 1.5) if quick else (60, 6, epoch, 4)
     else:
-        steady, stall, secs, stall_secs = (
-            epoch,
-            min(epoch, 8),
-            (10 if quick else 20),
-            (3 if quick else 6),
+        first, secs, stall, stall_secs = (
+            (10, 10, min(epoch, 8), 3) if quick else (20, 20, min(epoch, 8), 6)
         )
     return [
-        "--batch",
-        str(batch),
-        "--batches",
-        str(steady),
-        "--stall-batches",
-        str(stall),
-        "--seconds",
-        str(secs),
-        "--stall-seconds",
-        str(stall_secs),
-        "--step-factor",
-        str(STEP_FACTOR),
+        *("--batch", str(batch), "--epoch0-seconds", str(first)),
+        *("--batches", str(epoch), "--seconds", str(secs)),
+        *("--stall-batches", str(stall), "--stall-seconds", str(stall_secs)),
+        *("--step-factor", str(STEP_FACTOR), "--min-step", str(MIN_STEP)),
     ]
 
 
@@ -463,10 +414,12 @@ def run_suite(
 ) -> list[dict]:
     """Runs interleave (every contender once, then again), so a noisy minute on this shared
     machine spreads over all rows instead of sinking one; a run during which other processes
-    used over --max-others % of the CPU is run again once, and the quieter one kept.
+    used over --max-others % of the CPU is run again once, and the quieter one kept. Each
+    run is preceded by a cold one: the time to the first batch with the data's pages dropped
+    from the page cache.
 
     ``torch_step``: the contenders after torch's DataLoader (the first row) also measure their
-    stall under the step at which torch's run of the same round was at 80% load."""
+    stall under the step torch's run of the same round slept (80% of torch's rate)."""
     runs = {s["name"]: [] for s in specs}
     for r in range(a.repeat):
         fixed: list[str] = []
@@ -475,6 +428,7 @@ def run_suite(
                 continue
             no_stall = [] if s["stall"] else ["--stall-batches", "0"]  # the last one counts
             extra = no_stall + (fixed if s["stall"] else [])
+            cold = run_once(s, opts, a.timeout, 0, cold=True) if s["stall"] else {}
             res = run_once(s, opts + extra, a.timeout, a.quiet_wait)
             if res.get("others_pct", 0) > a.max_others:
                 print(
@@ -485,9 +439,13 @@ def run_suite(
                 again = run_once(s, opts + extra, a.timeout, a.quiet_wait)
                 if "error" in again or again["others_pct"] < res["others_pct"]:
                     res = again
+            if "first_batch_s" in cold:
+                res["cold_first_batch_s"] = cold["first_batch_s"]
+            elif "error" in cold:
+                res["cold_error"] = cold["error"]
             runs[s["name"]].append(res)
-            if torch_step and s["role"] == "torch" and "step_s" in res:
-                fixed = ["--fixed-step", f"{res['step_s']:.6g}"]
+            if torch_step and s["role"] == "torch" and "stall_stall" in res:
+                fixed = ["--fixed-step", f"{res['stall_stall']['step_s']:.6g}"]
             what = (
                 f"failed: {res['error']}"
                 if "error" in res
@@ -495,16 +453,36 @@ def run_suite(
             )
             print(f"  [{r + 1}/{a.repeat}] {s['name']}: {what}", flush=True)
     rows = [summarize(s, runs[s["name"]], a.max_others) for s in specs]
-    for s, row in zip(specs, rows):
+    for s, row in zip(specs, rows, strict=True):
         if "error" not in row:
             row["imports_mb"] = import_footprint(s)
             row["net_mb"] = row["peak_pss_mb"] - row["imports_mb"]
     return rows
 
 
+MEDIANS = [  # summarize's medians: (row key, how to get it from a run)
+    ("samples_per_s", lambda r: r["samples_per_s"]),
+    ("epoch0_samples_per_s", lambda r: r["epoch0"]["samples_per_s"]),
+    ("first_batch_s", lambda r: r["first_batch_s"]),
+    ("cold_first_batch_s", lambda r: r["cold_first_batch_s"]),
+    ("main_cpu_us", lambda r: r["main_cpu_us"]),
+    ("stall_pct", lambda r: r["stall_stall"]["pct"]),
+    ("stall_load_pct", lambda r: r["stall_stall"]["load_pct"]),
+    ("stall_step_ms", lambda r: 1e3 * r["stall_stall"]["step_s"]),
+    ("stall_fixed_pct", lambda r: r["stall_fixed"]["pct"]),
+    ("stall_fixed_load_pct", lambda r: r["stall_fixed"]["load_pct"]),
+    ("stall_fixed_step_ms", lambda r: 1e3 * r["stall_fixed"]["step_s"]),
+    *(
+        (f"{when}_{k}_mb", lambda r, key=f"{when}_{k}_mb": r[key])
+        for when in ("peak", "steady")
+        for k in ("pss", "rss", "private", "held")
+    ),
+]
+
+
 def summarize(spec: dict, runs: list[dict], max_others: float) -> dict:
     """Each measure's median over the runs that worked, the quiet ones if any (range: min-max
-    of samples/s over those)."""
+    of samples/s over those); a measure some of those runs lack is left out."""
     row = {k: spec[k] for k in ("name", "kind", "role", "judge")}
     row["data"] = os.path.relpath(spec["data"], HERE)
     done = [r for r in runs if "error" not in r]
@@ -516,31 +494,26 @@ def summarize(spec: dict, runs: list[dict], max_others: float) -> dict:
         if spec["kind"].startswith("fastload"):
             why = f"not available ({why})"
         return {**row, "error": why, "runs": runs}
-
-    def med(get):
-        return statistics.median(get(r) for r in ok)
-
+    for key, get in MEDIANS:
+        try:
+            values = [get(r) for r in ok]
+        except (KeyError, TypeError):
+            continue
+        if None not in values:
+            row[key] = statistics.median(values)
     rates = [r["samples_per_s"] for r in ok]
     row.update(
-        samples_per_s=med(lambda r: r["samples_per_s"]),
         range=f"{min(rates):.0f}-{max(rates):.0f}",
-        peak_pss_mb=med(lambda r: r["peak_pss_mb"]),
-        peak_held_mb=med(lambda r: r["peak_held_mb"]),
-        peak_rss_mb=med(lambda r: r["peak_rss_mb"]),
         others_pct=max(r["others_pct"] for r in ok),
+        load_average=max(max(r.get("load_average", [0])) for r in ok),
         runs_used=f"{len(ok)}/{len(runs)}",
         failed_runs=len(runs) - len(done),
         batch=ok[0]["batch"],
         versions=ok[0]["versions"],
         runs=runs,
     )
-    if ok[0]["first_batch_s"] is not None:
-        row["first_batch_s"] = med(lambda r: r["first_batch_s"])
-    if ok[0].get("main_cpu_us") is not None:
-        row["main_cpu_us"] = med(lambda r: r["main_cpu_us"])
-    for kind in ("busy", "sleep", "fixed"):
-        if all(f"stall_{kind}" in r for r in ok):
-            row[f"stall_{kind}_pct"] = med(lambda r, kind=kind: r[f"stall_{kind}"]["pct"])
+    if all("epoch0" in r for r in ok):
+        row["epoch0_complete"] = all(r["epoch0"]["complete"] for r in ok)
     if spec["kind"].startswith("streaming"):  # it ran from its own venv: say so in the row
         row["name"] += f" (venv, torch {row['versions'].get('torch', '?')})"
     if "loader_stats" in ok[0]:
@@ -550,326 +523,104 @@ def summarize(spec: dict, runs: list[dict], max_others: float) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     """x torch / x limit: samples/s against the torch DataLoader and practical-limit rows;
-    mem x torch: peak PSS against torch DataLoader's."""
+    x raw (a compressed fastload row): against fastload on the uncompressed copy, the
+    first epoch and the later ones apart; pss x torch (and private x torch): steady
+    memory against torch DataLoader's."""
     ref = {r["role"]: r for r in rows if r["role"] and "error" not in r}
     for r in rows:
         if "error" in r:
             continue
         if "torch" in ref:
-            r["x_torch"] = r["samples_per_s"] / ref["torch"]["samples_per_s"]
-            r["mem_x_torch"] = r["peak_held_mb"] / ref["torch"]["peak_held_mb"]
-            r["pss_x_torch"] = r["peak_pss_mb"] / ref["torch"]["peak_pss_mb"]
+            t = ref["torch"]
+            r["x_torch"] = r["samples_per_s"] / t["samples_per_s"]
+            for k in ("pss", "private", "held"):
+                if f"steady_{k}_mb" in r and t.get(f"steady_{k}_mb"):
+                    r[f"{k}_x_torch"] = r[f"steady_{k}_mb"] / t[f"steady_{k}_mb"]
+                if t.get(f"peak_{k}_mb"):
+                    r[f"peak_{k}_x_torch"] = r[f"peak_{k}_mb"] / t[f"peak_{k}_mb"]
         if "limit" in ref:
             r["x_limit"] = r["samples_per_s"] / ref["limit"]["samples_per_s"]
+        raw = ref.get("raw")
+        if raw and r["kind"].startswith("fastload") and r is not raw:
+            r["x_raw"] = r["samples_per_s"] / raw["samples_per_s"]
+            if "epoch0_samples_per_s" in r and "epoch0_samples_per_s" in raw:
+                r["epoch0_x_raw"] = r["epoch0_samples_per_s"] / raw["epoch0_samples_per_s"]
 
 
-# ---------------------------------------------------------------- report
-
-COLUMNS = [
-    ("samples/s", "samples_per_s", ".0f", 10),
-    ("range", "range", "s", 14),
-    ("x torch", "x_torch", ".2f", 8),
-    ("x limit", "x_limit", ".3f", 8),
-    ("1st s", "first_batch_s", ".2f", 7),
-    ("main us/b", "main_cpu_us", ".1f", 10),
-    ("stall busy", "stall_busy_pct", ".1f", 11),
-    ("stall sleep", "stall_sleep_pct", ".1f", 12),
-    ("@torch step", "stall_fixed_pct", ".1f", 12),
-    ("peak MB", "peak_pss_mb", ".0f", 8),
-    ("held MB", "peak_held_mb", ".0f", 8),
-    ("mem x torch", "mem_x_torch", ".2f", 12),
-    ("others", "others_pct", ".0f", 7),
-    ("runs", "runs_used", "s", 5),
-]
-NAME = 34
+# ---------------------------------------------------------------- the scale row
 
 
-def table(title: str, rows: list[dict]) -> str:
-    lines = [f"{title:<{NAME}}" + "".join(f"{h:>{w}}" for h, _, _, w in COLUMNS)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['name']:<{NAME}}{r['error'][:110]}")
-            continue
-        cells = [format(r[k], f) if k in r else "-" for _, k, f, _ in COLUMNS]
-        lines.append(
-            f"{r['name'][: NAME - 1]:<{NAME}}"
-            + "".join(f"{c:>{w}}" for c, (_, _, _, w) in zip(cells, COLUMNS))
-        )
-    return "\n".join(lines)
-
-
-def verdicts(suite: str, rows: list[dict]) -> list[str]:
-    """Each fastload row against the issue's targets (met or not, with the number)."""
-    others = [
-        r
-        for r in rows
-        if "error" not in r and not r["kind"].startswith("fastload") and r["role"] is None
-    ]
-    out = []
-    for r in rows:
-        if not r.get("judge"):
-            continue
-        if "error" in r:
-            out.append(f"{r['name']}: not available")
-            continue
-        stall = 5 if suite == "tokens" else 2
-        checks = [
-            ("x torch", r.get("x_torch"), 10 if suite == "tokens" else 1.1, ">="),
-            ("x limit", r.get("x_limit"), 0.3 if suite == "tokens" else 0.95, ">="),
-            ("stall sleep %", r.get("stall_sleep_pct"), stall, "<"),
-            ("stall busy %", r.get("stall_busy_pct"), stall, "<"),
-            ("1st batch s", r.get("first_batch_s"), 0.5, "<"),
-            ("mem x torch", r.get("mem_x_torch"), 1.0, "<="),
-        ]
-        if suite == "tokens":
-            checks.append(("main us/batch", r.get("main_cpu_us"), 20, "<="))
-        parts = []
-        for label, value, goal, op in checks:
-            if value is None:
-                parts.append(f"{label} ? ({op} {goal})")
-                continue
-            met = {">=": value >= goal, "<": value < goal, "<=": value <= goal}[op]
-            parts.append(f"{label} {value:.3g} ({op} {goal}: {'yes' if met else 'NO'})")
-        if suite == "tokens":
-            ref = {o["role"]: o for o in rows if o.get("role") and "error" not in o}
-            if "stall_fixed_pct" in r and "torch" in ref:
-                parts.append(
-                    f"(not a target) stall at torch's step {r['stall_fixed_pct']:.2g}% "
-                    f"against torch's {ref['torch'].get('stall_sleep_pct', 0):.2g}%"
-                )
-            if "stall_sleep_pct" in ref.get("limit", {}):
-                parts.append(
-                    f"(the bare gather's own stall at its 80%: "
-                    f"{ref['limit']['stall_sleep_pct']:.2g}%)"
-                )
-        if suite == "images":
-            best = max(others, key=lambda o: o["samples_per_s"], default=None)
-            if best:
-                met = r["samples_per_s"] > best["samples_per_s"]
-                parts.append(f"ahead of {best['name']}: {'yes' if met else 'NO'}")
-        out.append(f"{r['name']}: " + "; ".join(parts))
-    return out
-
-
-def legend(results: dict, path: str) -> list[tuple[str, str]]:
-    """(label, text) lines under the tables."""
-    a, d = results["args"], results["data"]
-    ver = results.get("versions", {})
-    sver = results.get("streaming_versions")
-    main_env = ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python")
-    venv = (
-        ", ".join(f"{k} {v}" for k, v in sver.items() if k != "python")
-        if sver
-        else results["streaming"]
+def scale_data(tokens: str, records: int) -> tuple[str, str | None]:
+    """A dataset of ``records`` 16-byte records (8 uint16 tokens) in SCALE_SHARDS shards,
+    converted with convert's defaults from the first bytes of the token file."""
+    src = os.path.join(DATA, f"scale-{records}.bin")
+    size = records * 16
+    if os.path.getsize(tokens) < size:
+        return src, f"the token file holds fewer than {records:,} records of 16 bytes"
+    convert.cached(src, False, prefix_file, tokens, size)
+    dst = os.path.join(OUT, f"fastload-scale-{records}")
+    shard_size = -(-size // SCALE_SHARDS) + 4096  # input bytes per shard: 5 shards
+    args = ["--from", "tokens", "--seq-len", "8", "--dtype", "uint16"]
+    return dst, built(
+        dst, fastload_convert(src, dst, [*args, "--shard-size", str(shard_size)]), fastload_mtime()
     )
-    shards = 10
-    out = []
-    if "tokens" in results:
-        out.append(
-            (
-                "tokens",
-                f"{d['token_samples']:,} samples of {SEQ} uint16 tokens "
-                f"({d['token_mb']:.0f} MB), batch {d['token_batch']}, shuffled.",
-            )
-        )
-    if "images" in results:
-        out.append(
-            (
-                "images",
-                f"{d['images']} JPEGs ({d['image_kb']:.0f} KB avg), "
-                f"RandomResizedCrop(224) + horizontal flip, batch {d['image_batch']}.",
-            )
-        )
-    out += [
-        (
-            "",
-            f"num_workers=2 everywhere (DALI: num_threads=2); {os.cpu_count()} cores. Median "
-            f"of {a['repeat']} runs, each a fresh process; runs of different contenders "
-            "interleave.",
-        ),
-        (
-            "samples/s",
-            "steady state: the batches after the first 2 (with 2 workers the first "
-            "two arrive together), over their time. A pass is one epoch (tokens: at "
-            "most 4 s). range: slowest-fastest run.",
-        ),
-        (
-            "x torch",
-            "samples/s / torch DataLoader's. x limit: / the practical limit's (bare "
-            "memmap gather; two-core PIL limit).",
-        ),
-        (
-            "1st s",
-            "time to first batch: from building the dataset and loader (imports done "
-            "before: torch, the contender's library, and Pillow for every row that "
-            "decodes with it) to the first batch.",
-        ),
-        (
-            "stall",
-            f"a fresh pass in which a fake step of {STEP_FACTOR} x the contender's own "
-            "mean batch time (80% of its top rate) consumes each batch: time inside "
-            "next() / pass time, its first batch left out. busy: the step spins on a "
-            "core, the issue's definition; on 2 cores that core is taken from the "
-            "workers, so any loader that needs both cores stalls. sleep: the step sleeps, "
-            "as a step that waits on a GPU does (a step under 0.2 ms spins: the token "
-            "rows' steps do, so their two stall columns measure the same thing). The "
-            "targets are checked on sleep, the training loop the issue has in mind "
-            "(a GPU step; ~30% for torch's tokens, as the issue measured). Time inside "
-            "next() includes the loader's own work in the consumer (main us/b), so at a "
-            "top rate of T per batch a stall < 5% needs that work under ~0.066 T. DALI's "
-            "pipeline is not restarted. The bare gather is measured the same way: its "
-            "next() is the whole gather, so its stall is the floor this protocol sets "
-            "for a loop that does its work in the consumer.",
-        ),
-        (
-            "@torch step",
-            "tokens: one more such pass, the step sleeping as long as torch's "
-            "DataLoader's step at 80% load in the same round (1.25x torch's own "
-            "time per batch; stall_fixed.step_s in the JSON): every "
-            "loader under the same training step, the question of a user who "
-            "switches loaders. Not a target of the issue; shown next to it.",
-        ),
-        (
-            "main us/b",
-            "CPU time of the consumer thread per batch during the steady pass "
-            "(time.thread_time): what the loader costs the training process. DALI's "
-            "own threads are not in it.",
-        ),
-        (
-            "peak MB",
-            "peak summed PSS (/proc/PID/smaps_rollup: shared pages counted once) of "
-            "the contender's process tree, sampled every 250 ms (RSS every 50 ms: in "
-            "the JSON). held MB: the anonymous and shared-memory part of it (Pss_Anon "
-            "+ Pss_Shmem), i.e. without file-backed pages: shared libraries and "
-            "memory-mapped data files are page cache the kernel can drop, and a "
-            "loader that mmaps its shards (fastload, Streaming, LitData) would "
-            "otherwise be charged for the page cache a loader that read()s its files "
-            "also fills but is not charged for. mem x torch: held MB against torch "
-            "DataLoader's (PSS ratio in the JSON: pss_x_torch). JSON net_mb: peak MB "
-            "less that of one process that only imports the contender's libraries "
-            "(the Streaming venv's torch is a CUDA build: ~535 MB against ~166).",
-        ),
-        (
-            "others",
-            "% of the machine's CPU used by other processes (tests, other benchmarks) "
-            "during a run, max over the runs used. Before each run we wait up to "
-            f"{a['quiet_wait']:.0f} s for them to use < 0.25 core; a run with others > "
-            f"{a['max_others']:.0f}% is run again once and the quieter one kept. runs: "
-            f"runs used / runs: only runs with others <= {a['max_others']:.0f}% are used "
-            "when there are any.",
-        ),
-        (
-            "torch",
-            "torch.utils.data.DataLoader(shuffle=True, num_workers=2), default collate. "
-            "Tokens: map-style Dataset over np.memmap returning "
-            "torch.from_numpy(np.array(row)). Images: ImageFolder-like; PIL open + "
-            "convert RGB, torchvision's RandomResizedCrop parameters, crop + resize "
-            "BILINEAR, flip, uint8 CHW tensor as PILToTensor.",
-        ),
-        (
-            "fastload",
-            "fastload.DataLoader(fastload.Dataset(path), batch_size, shuffle=True, "
-            "num_workers=2, generator=seeded) as a drop-in (torch's RandomSampler "
-            "order); images with decode={'image': ImageDecode(size=224, train=True)}, "
-            "batches (B, 224, 224, 3) uint8. Data: tokens converted with "
-            "`--compression none` (random access; the row the targets judge), images "
-            "with convert's defaults. 'seed=': the same with fastload's own planned "
-            "order (seed=0). 'zstd': tokens as convert writes them by default. "
-            "'decode by DALI': ImageDecode(..., backend='dali'): the 2 workers read "
-            "the JPEG bytes and draw the crops, DALI's CPU backend (2 threads) "
-            "decodes them in the main process, a batch ahead (not judged: DALI is "
-            "meant for the GPU; on 2 cores it shares them with the workers).",
-        ),
-        (
-            "Streaming",
-            "StreamingDataset(local=MDS dir, batch_size, shuffle=True) + torch "
-            f"DataLoader. MDS: 64 MB shards, uncompressed; tokens ndarray:uint16:"
-            f"{SEQ}; images a 'bytes' column, PIL-decoded in __getitem__, then the "
-            f"torch transform. Ran from its own venv: {venv}.",
-        ),
-        (
-            "LitData",
-            "litdata.optimize with TokensLoader (chunks of 8192 samples); "
-            f"StreamingDataset(item_loader=TokensLoader(block_size={SEQ}), shuffle="
-            "True) + StreamingDataLoader.",
-        ),
-        (
-            "WebDataset",
-            f"{shards} tar shards (ShardWriter), split over the 2 workers; "
-            f"WebDataset(urls, shardshuffle={shards}).shuffle(1000).decode('pil')"
-            f".map(torch transform).batched({d['image_batch']}) + WebLoader("
-            "batch_size=None, num_workers=2).",
-        ),
-        (
-            "DALI CPU",
-            "readers.file(random_shuffle=True) -> decoders.image(device='cpu') -> "
-            "random_resized_crop(224) -> flip(coin_flip); device_id=None, "
-            "num_threads=2; DALIGenericIterator (it copies each output into a torch "
-            "tensor). fused: decoders.image_random_crop (decodes only the crop) + "
-            "resize, DALI's own ImageNet recipe.",
-        ),
-        (
-            "limits",
-            f"bare gather: one process, shuffled order, np.take of 16 rows of the "
-            f"memmap into one preallocated (16, {SEQ}) array. Two-core PIL limit: 2 "
-            "processes, each PIL decode + crop + resize + flip of every other image, "
-            "no loader, no batching; images / (last end - first start). It decodes every "
-            "pixel, as torchvision does. 'scaled decode': the same with Image.draft, "
-            "decoding at the smallest DCT scale that keeps the crop >= 224 px (as "
-            "fastload's ImageDecode does): the limit for a loader that decodes less.",
-        ),
-        ("versions", f"main env: {main_env}."),
-        ("targets", f"tokens: {TARGETS['tokens']}. images: {TARGETS['images']}."),
-    ]
-    for suite in ("tokens", "images"):
-        out += [("", f"{suite}: {line}") for line in verdicts(suite, results.get(suite, []))]
-        for r in results.get(suite, []):
-            if r.get("loader_stats"):
-                s = r["loader_stats"][0]
-                out.append(
-                    (
-                        "",
-                        f"{suite}: {r['name']}: stats() of its first run: "
-                        + ", ".join(
-                            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in s.items()
-                            if not isinstance(v, dict)
-                        ),
-                    )
-                )
-    out.append(("results", os.path.relpath(path)))
-    return out
 
 
-def report(results: dict, path: str) -> None:
-    for suite in ("tokens", "images"):
-        if suite in results:
-            print(f"\n{table(suite, results[suite])}")
-    print()
-    for label, text in legend(results, path):
-        print(textwrap.fill(text, 100, initial_indent=f"{label:<11}", subsequent_indent=" " * 11))
+def run_scale(data: str, error: str | None, a: argparse.Namespace) -> dict:
+    """The scale row: _scale.py in a fresh process, the page cache warm."""
+    row = {"name": "fastload, 16-byte records", "data": os.path.relpath(data, HERE)}
+    if error:
+        return {**row, "error": error}
+    _procmem.warm_page_cache(data)
+    batches = 300 if a.quick else 3000
+    load0 = load_average()
+    proc = subprocess.run(
+        [sys.executable, SCALE, data, "--batches", str(batches), "--workers", str(WORKERS)],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        timeout=a.timeout * 3,
+    )
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["?"]
+        return {**row, "error": lines[-1], "stderr_tail": lines[-15:]}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**row, **res, "load_average": [load0, load_average()]}
 
 
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--only", choices=["tokens", "images"], help="run one suite")
+    p.add_argument("--only", choices=["tokens", "images", "scale"], help="run one suite")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke test: 5M tokens, 300 images "
-        "(batch 64), 1 run, short passes; results go to .data/, not results/",
+        help="smoke test: 5M tokens, 300 images (batch 64), 500k records for the scale row, 1 "
+        "run, short passes; results go to .data/, not results/",
+    )
+    p.add_argument(
+        "--contenders",
+        nargs="+",
+        metavar="SUBSTRING",
+        help="run only the rows whose name contains one of these (torch's row always runs); "
+        "results go to .data/, not results/",
     )
     p.add_argument("--skip-streaming", action="store_true", help="do not run Streaming")
     p.add_argument(
         "--repeat", type=int, default=3, help="runs per contender (default 3; 1 with --quick)"
     )
     p.add_argument("--images", type=int, default=3000, help="JPEGs (default 3000)")
-    p.add_argument("--tokens", type=int, default=50_000_000, help="uint16 tokens (default 50M)")
+    p.add_argument("--tokens", type=int, default=TOKENS, help=f"uint16 tokens (default {TOKENS:,})")
+    p.add_argument(
+        "--scale-records",
+        type=int,
+        default=SCALE_RECORDS,
+        help=f"records of the scale row (default {SCALE_RECORDS:,})",
+    )
     p.add_argument("--timeout", type=float, default=180, help="seconds per run (default 180)")
     p.add_argument(
         "--quiet-wait",
@@ -885,11 +636,23 @@ def main() -> None:
         help="rerun (once) a run during which others used over this %% of the CPU (default 25)",
     )
     a = p.parse_args()
-    image_batch = 256
+    a.image_batch = 256
     if a.quick:
-        a.images, a.tokens, a.repeat, image_batch = 300, 5_000_000, 1, 64
+        a.images, a.tokens, a.repeat, a.image_batch = 300, 5_000_000, 1, 64
+        a.scale_records = 500_000
         a.quiet_wait = min(a.quiet_wait, 5)
-    suites = [a.only] if a.only else ["tokens", "images"]
+    return a
+
+
+def chosen(specs: list[dict], wanted: list[str] | None) -> list[dict]:
+    if not wanted:
+        return specs
+    return [s for s in specs if s["role"] == "torch" or any(w in s["name"] for w in wanted)]
+
+
+def main() -> None:
+    a = arguments()
+    suites = [a.only] if a.only else ["tokens", "images", "scale"]
     os.makedirs(OUT, exist_ok=True)
 
     print("data:", flush=True)
@@ -905,33 +668,42 @@ def main() -> None:
     if streaming is None:
         print(f"  Streaming not run: {why}")
     token_samples = os.path.getsize(tokens) // 2 // SEQ
-    n_bytes = convert.tree_bytes(images)
     results = {
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_at_start": load_average(),
         },
         "args": vars(a),
         "streaming": why,
+        "protocol": {"step_factor": STEP_FACTOR, "min_step_s": MIN_STEP, "workers": WORKERS},
         "data": {
             "token_samples": token_samples,
             "token_mb": os.path.getsize(tokens) / MB,
             "token_batch": 16,
             "images": a.images,
-            "image_batch": image_batch,
-            "image_kb": n_bytes / a.images / 1e3,
+            "image_batch": a.image_batch,
+            "image_kb": convert.tree_bytes(images) / a.images / 1e3,
         },
     }
     plans = {
         "tokens": lambda: (token_contenders(tokens, streaming, why), token_samples, 16),
-        "images": lambda: (image_contenders(images, streaming, why), a.images, image_batch),
+        "images": lambda: (image_contenders(images, streaming, why), a.images, a.image_batch),
     }
     for suite in suites:
-        specs, samples, batch = plans[suite]()
         print(f"{suite}:", flush=True)
+        if suite == "scale":
+            row = run_scale(*scale_data(tokens, a.scale_records), a)
+            print(f"  {row['name']}: {row.get('error') or 'done'}", flush=True)
+            results["scale"] = [row]
+            continue
+        specs, samples, batch = plans[suite]()
         rows = run_suite(
-            specs, pass_options(suite, samples, batch, a.quick), a, torch_step=suite == "tokens"
+            chosen(specs, a.contenders),
+            pass_options(suite, samples, batch, a.quick),
+            a,
+            torch_step=suite == "tokens",
         )
         add_ratios(rows)
         results[suite] = rows
@@ -940,8 +712,14 @@ def main() -> None:
             key = "streaming_versions" if "mosaicml-streaming" in v else "versions"
             if v and key not in results:
                 results[key] = {k: x for k, x in v.items() if k not in ("python_version",) and x}
-    path = os.path.join(DATA, "loader-quick.json") if a.quick else RESULTS
-    report(results, path)
+    results["machine"]["load_average_at_end"] = load_average()
+    path = PARTIAL if a.quick or a.contenders else RESULTS
+    if a.only and path == RESULTS and os.path.exists(path):
+        # one suite re-run: the others stay as they were (each row carries its own runs)
+        with open(path) as f:
+            results = {**json.load(f), **{k: v for k, v in results.items() if k != "args"}}
+        results.setdefault("suite_args", {})[a.only] = vars(a)
+    _loadreport.report(results, path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=str)

@@ -888,7 +888,7 @@ def main() -> None:
         for suite in suites:
             d = results["data"][suite]
             epoch = -(-d["samples"] // d["batch"])
-            common = ["--batch", str(d["batch"]), "--stall-batches", "0"]
+            common = ["--batch", str(d["batch"]), "--protocol", "pass"]
             one = common + ["--batches", str(epoch), "--seconds", str(a.timeout)]
             more = common + ["--batches", str(epoch * 1000), "--seconds", str(a.warm_seconds)]
             opts = {
