@@ -523,7 +523,7 @@ def summarize(spec: dict, runs: list[dict], max_others: float) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     """x torch / x limit: samples/s against the torch DataLoader and practical-limit rows;
-    x raw (a compressed fastload row): against fastload on the uncompressed copy, the
+    x raw (fastload on other data): against fastload on the uncompressed copy, the
     first epoch and the later ones apart; pss x torch (and private x torch): steady
     memory against torch DataLoader's."""
     ref = {r["role"]: r for r in rows if r["role"] and "error" not in r}
@@ -541,7 +541,7 @@ def add_ratios(rows: list[dict]) -> None:
         if "limit" in ref:
             r["x_limit"] = r["samples_per_s"] / ref["limit"]["samples_per_s"]
         raw = ref.get("raw")
-        if raw and r["kind"].startswith("fastload") and r is not raw:
+        if raw and r["kind"].startswith("fastload") and r["data"] != raw["data"]:
             r["x_raw"] = r["samples_per_s"] / raw["samples_per_s"]
             if "epoch0_samples_per_s" in r and "epoch0_samples_per_s" in raw:
                 r["epoch0_x_raw"] = r["epoch0_samples_per_s"] / raw["epoch0_samples_per_s"]
