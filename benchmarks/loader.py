@@ -606,7 +606,8 @@ def arguments() -> argparse.Namespace:
         "--contenders",
         nargs="+",
         metavar="SUBSTRING",
-        help="run only the rows whose name contains one of these (torch's row always runs); "
+        help="run only the rows whose name contains one of these (torch's and fastload's "
+        "uncompressed rows always run); "
         "results go to .data/, not results/",
     )
     p.add_argument("--skip-streaming", action="store_true", help="do not run Streaming")
@@ -647,7 +648,10 @@ def arguments() -> argparse.Namespace:
 def chosen(specs: list[dict], wanted: list[str] | None) -> list[dict]:
     if not wanted:
         return specs
-    return [s for s in specs if s["role"] == "torch" or any(w in s["name"] for w in wanted)]
+    # the rows the others are compared to always run
+    return [
+        s for s in specs if s["role"] in ("torch", "raw") or any(w in s["name"] for w in wanted)
+    ]
 
 
 def main() -> None:
