@@ -573,15 +573,21 @@ IMPORTS = {  # by the kind's first word
     "gather": ["torch"],
     "streaming": ["torch", "streaming", "PIL.Image"],
     "litdata": ["torch", "litdata"],
-    "fastload": ["torch", "fastload"],
+    # fastload imports its loader lazily, on first use of DataLoader: before the clock too
+    "fastload": ["torch", "fastload", "fastload.loader"],
     "wds": ["torch", "webdataset", "PIL.Image"],
     "dali": ["torch", "nvidia.dali", "nvidia.dali.plugin.pytorch"],
     "pil": ["PIL.Image"],
 }
 S3_IMPORTS = {"fastload": ["s3fs"], "streaming": ["boto3"]}  # its S3 client, for s3:// data
 KIND_IMPORTS = {
-    "fastload-images": ["PIL.Image"],  # decodes with Pillow, as the PIL rows do
-    "fastload-dali-images": ["nvidia.dali", "nvidia.dali.plugin.pytorch"],
+    "fastload-images": ["PIL.Image", "fastload.decode"],  # decodes with Pillow, as PIL rows do
+    "fastload-dali-images": [
+        "nvidia.dali",
+        "nvidia.dali.plugin.pytorch",
+        "fastload.decode",
+        "fastload.decode.dali",
+    ],
 }
 
 
