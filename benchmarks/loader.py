@@ -44,6 +44,7 @@ HERE, DATA = convert.HERE, convert.DATA
 OUT = os.path.join(DATA, "loader")  # converted copies of the inputs, one per format
 RESULTS = os.path.join(HERE, "results", "loader.json")
 PARTIAL = os.path.join(DATA, "loader-partial.json")
+CACHE = os.path.join(OUT, "cache")  # fastload's block cache in its runs, emptied before each
 RUNNER = os.path.join(HERE, "_loaders.py")
 SCALE = os.path.join(HERE, "_scale.py")
 SEQ = 2049
@@ -310,12 +311,23 @@ def memory_fields(memory: _procmem.TreeMemory, phases: dict) -> dict:
 
 
 def run_once(
-    spec: dict, opts: list[str], timeout: float, quiet_wait: float, cold: bool = False
+    spec: dict,
+    opts: list[str],
+    timeout: float,
+    quiet_wait: float,
+    cold: bool = False,
+    fresh_cache: bool = False,
 ) -> dict:
     """One fresh process of one contender: what it printed, its tree's memory, and how much
     CPU others used meanwhile. ``cold``: the time to the first batch alone, after the
-    kernel dropped the data's pages from its page cache. Never raises."""
+    kernel dropped the data's pages from its page cache. ``fresh_cache``: fastload's block
+    cache (where it keeps decompressed copies of compressed blocks) is a directory emptied
+    before the run, so that every run starts with nothing decompressed. Never raises."""
     waited = 0.0 if cold else wait_for_quiet(quiet_wait)
+    env = None
+    if fresh_cache:
+        convert.remove(CACHE)
+        env = {**os.environ, "FASTLOAD_CACHE_DIR": CACHE}
     if cold:
         _procmem.drop_page_cache(spec["data"])
         opts = [*opts, "--protocol", "first"]
@@ -337,6 +349,7 @@ def run_once(
         text=True,
         cwd=HERE,
         start_new_session=True,
+        env=env,
     )
     memory = _procmem.TreeMemory(proc.pid)
     memory.start()
@@ -428,15 +441,16 @@ def run_suite(
                 continue
             no_stall = [] if s["stall"] else ["--stall-batches", "0"]  # the last one counts
             extra = no_stall + (fixed if s["stall"] else [])
-            cold = run_once(s, opts, a.timeout, 0, cold=True) if s["stall"] else {}
-            res = run_once(s, opts + extra, a.timeout, a.quiet_wait)
+            fresh = s["kind"].startswith("fastload")
+            cold = run_once(s, opts, a.timeout, 0, True, fresh) if s["stall"] else {}
+            res = run_once(s, opts + extra, a.timeout, a.quiet_wait, fresh_cache=fresh)
             if res.get("others_pct", 0) > a.max_others:
                 print(
                     f"  [{r + 1}/{a.repeat}] {s['name']}: others used "
                     f"{res['others_pct']:.0f}% of the CPU, once more",
                     flush=True,
                 )
-                again = run_once(s, opts + extra, a.timeout, a.quiet_wait)
+                again = run_once(s, opts + extra, a.timeout, a.quiet_wait, fresh_cache=fresh)
                 if "error" in again or again["others_pct"] < res["others_pct"]:
                     res = again
             if "first_batch_s" in cold:
