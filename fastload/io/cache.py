@@ -166,10 +166,14 @@ class BlockCache:
             return None
 
     def _write_usage(self, value: int) -> None:
-        tmp = f"{self._usage_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(max(0, value)))
-        os.replace(tmp, self._usage_path)
+        """Written in place, always 20 digits, under the lock (a new file and a rename per
+        block cost ~0.2 ms of each ~1 ms insert). A count a crash left wrong is repaired by
+        the next eviction scan, which recounts the files (see _make_room)."""
+        fd = os.open(self._usage_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, f"{max(0, value):020d}".encode(), 0)
+        finally:
+            os.close(fd)
 
     def _scan(self) -> tuple[int, list[tuple[float, int, str]]]:
         """(bytes of block files, [(mtime, size, path)] of every block file)."""
@@ -344,27 +348,30 @@ class BlockCache:
     ) -> bool:
         """Store verified bytes (the caller checked them). ``ahead``: fetched before use.
 
-        The room check, the write and the rename happen under the lock, so the files never
-        exceed the limit, whatever the number of writers; the count is raised before the
-        rename, so a crash in between over-counts (repaired by the next eviction scan) and
-        never lets the cache grow past its limit."""
+        The bytes go to a temporary file first (outside the cache's count, at most one block
+        per writer); the room check and the rename happen under the lock, so the block files
+        never exceed the limit, whatever the number of writers; the count is raised before
+        the rename, so a crash in between over-counts (repaired by the next eviction scan)
+        and never lets the cache grow past its limit."""
         d = self._dir(url, content_hash, size)
         final = os.path.join(d, f"{offset}-{len(data)}.blk")
         if len(data) > self.limit or os.path.exists(final):
             return False
         tmp = os.path.join(self._tmp, f"{os.getpid()}-{uuid.uuid4().hex}.part")
         try:
+            # Written before the lock is taken (writers do not wait for each other's writes);
+            # counted, and renamed into place, under it.
+            with open(tmp, "wb") as f:
+                f.write(data)
+            if ahead:
+                t = time.time() + AHEAD_SECONDS
+                os.utime(tmp, (t, t))
             with self._locked():
                 if os.path.exists(final):
                     return False  # another process stored it first
                 usage = self._make_room(len(data))
                 if usage is None:
                     return False
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                if ahead:
-                    t = time.time() + AHEAD_SECONDS
-                    os.utime(tmp, (t, t))
                 os.makedirs(d, exist_ok=True)
                 self._write_usage(usage)
                 os.replace(tmp, final)
