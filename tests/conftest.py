@@ -1,5 +1,6 @@
-"""Shared test setup: ``cuda`` tests skip cleanly without a GPU, and a local Ray cluster on
-loopback, for convert on Ray. The markers are declared in pyproject.toml."""
+"""Shared test setup: ``cuda`` tests skip cleanly without a GPU, the block cache's default
+directory is the session's own, and a local Ray cluster on loopback, for convert on Ray. The
+markers are declared in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
     for item in gpu_tests:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir_of_the_session(tmp_path_factory: pytest.TempPathFactory):
+    """Compressed datasets keep decompressed copies of their blocks in the block cache's
+    default directory: the suite's go to a directory of its own, not the user's cache (a test
+    that cares passes cache_dir=)."""
+    old = os.environ.get("FASTLOAD_CACHE_DIR")
+    os.environ["FASTLOAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastload-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTLOAD_CACHE_DIR", None)
+    else:
+        os.environ["FASTLOAD_CACHE_DIR"] = old
 
 
 def _listening() -> set[tuple[str, str]]:

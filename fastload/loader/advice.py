@@ -71,7 +71,7 @@ def _warn_if_rereading(dataset: Any, processes: int = 1) -> None:
     out keep (``block_cache`` each): say so, once, with the ways out."""
     for s in _compressed(dataset):
         raw, limit = s.raw_bytes, s.block_cache * processes
-        if raw <= limit:
+        if raw <= limit or s.copied:
             continue
         per_block = s.records / max(1, s.blocks)
         ways = [
@@ -79,6 +79,11 @@ def _warn_if_rereading(dataset: Any, processes: int = 1) -> None:
             "a dataset converted with --compression none (nothing to decompress)",
             "a larger block_cache",
         ]
+        if s.copy_limit:  # copies are kept, but they do not all fit
+            ways.append(
+                f"a cache_limit of at least {format_size(raw)} (now {format_size(s.copy_limit)}: "
+                "each block decompressed once, then read from its copy on local disk)"
+            )
         warnings.warn(
             f"fastload.DataLoader: {s.name} is read in a random order from "
             f"compressed blocks ({format_size(raw)} decompressed, more than "
@@ -104,7 +109,7 @@ def _warn_if_windows_overflow(mix: Mix, window: int, processes: int = 1) -> None
     for s in _compressed(mix):
         raw, limit = s.raw_bytes, s.block_cache * processes
         need = min(raw, 2 * window * raw / max(1, s.blocks))
-        if need <= limit:
+        if need <= limit or s.copied:
             continue
         warnings.warn(
             f"fastload.DataLoader: {s.name} is read in block order from compressed "

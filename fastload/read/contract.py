@@ -29,12 +29,21 @@ class Storage:
     raw_bytes: int  # the records' bytes once decompressed
     blocks: int
     block_cache: int  # bytes of decompressed blocks each process keeps (Dataset(block_cache=))
+    # bytes of decompressed copies of compressed blocks the local block cache may hold for all
+    # processes (Dataset(cache_limit=)); 0 where blocks are not copied (remote, cache_dir=False)
+    copy_limit: int = 0
 
     @property
     def compressed(self) -> bool:
         """Whether most blocks are compressed: compression that saved under 10% left most of
         them raw (JPEG, say), and raw blocks are mapped, never decompressed."""
         return self.stored_bytes < 0.9 * self.raw_bytes
+
+    @property
+    def copied(self) -> bool:
+        """Whether its compressed blocks are decompressed once and kept as copies on local
+        disk that every process maps (``fastload.read.copies``), the whole dataset fitting."""
+        return self.compressed and 0 < self.raw_bytes <= self.copy_limit
 
 
 class BatchGather(Protocol):
@@ -109,7 +118,8 @@ class Readable(Protocol):
 
     def prepare_workers(self) -> int:
         """Called before the loader forks its workers, which start with what this does
-        (remote: shards opened, cached blocks mapped and checked) instead of each doing it
+        (remote: shards opened, cached blocks mapped and checked; local and compressed: the
+        decompressed copies of its blocks mapped and checked) instead of each doing it
         again. Returns the blocks made ready. Only a head start: the loader ignores its
         errors (each worker opens what it needs, and says why not)."""
         ...

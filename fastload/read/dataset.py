@@ -34,10 +34,17 @@ class Dataset(ShardSet):
     of records about to be read; ``ds.io_stats()`` counts requests, retries, bytes and cache
     hits. ``remote_options`` (a :class:`fastload.io.remote.RemoteOptions`) tunes the rest.
 
-    Compressed blocks are decompressed whole; each process keeps up to ``block_cache`` bytes
-    of them (default 128 MiB; ``"1GB"``, or 0 for none), least recently used dropped first. A
-    compressed dataset read at random (a shuffled epoch) is decompressed once per process when
-    its decompressed size fits, else about once per record read: see ``shuffle="block"``.
+    Compressed blocks are decompressed whole. A local dataset's are decompressed once: the
+    decompressed bytes are written to the same block cache (``cache_dir``, within
+    ``cache_limit`` for everything it holds) and every process, in every epoch, maps that copy
+    (checked against the records' checksums when mapped) instead of decompressing the block
+    again, so a compressed dataset read at random reads like an uncompressed one from its
+    second epoch while its copies fit. Without the cache (``cache_dir=False``, a remote
+    dataset, or a block the cache has no room for), each process keeps up to ``block_cache``
+    bytes of decompressed blocks in memory (default 128 MiB; ``"1GB"``, or 0 for none), least
+    recently used dropped first; a dataset read at random is then decompressed once per
+    process when its decompressed size fits, else about once per record read: see
+    ``shuffle="block"``.
     ``max_block_bytes``: a compressed block declaring a larger decompressed size is refused
     before any memory is allocated for it. By default: 4 x the dataset's block size (its
     writer's ``block_size``), or for a block holding one record, that record's size if

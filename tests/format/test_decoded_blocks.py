@@ -86,15 +86,17 @@ def test_a_compressed_dataset_read_at_random_decompresses_each_block_once(tmp_pa
 
 
 def test_a_small_block_cache_stays_within_its_bytes_and_reads_the_same(tmp_path):
+    """Without decompressed copies on disk (cache_dir=False), blocks stay in memory."""
     rows = write_compressed_rows(tmp_path / "z", 600)
-    ds = fastload.Dataset(tmp_path / "z", block_cache="20KiB")  # two blocks of ~8 KiB
+    # two blocks of ~8 KiB
+    ds = fastload.Dataset(tmp_path / "z", block_cache="20KiB", cache_dir=False)
     order = np.random.default_rng(1).permutation(len(ds))
     for i in order[:200].tolist():
         np.testing.assert_array_equal(ds[i]["tokens"], rows[i])
         assert ds._decoded.bytes <= 20 * 1024
     assert 0 < len(ds._decoded) <= 2
     assert ds._decoded.misses > 100  # random reads over 75 blocks mostly miss two
-    none = fastload.Dataset(tmp_path / "z", block_cache=0)
+    none = fastload.Dataset(tmp_path / "z", block_cache=0, cache_dir=False)
     for i in order[:20].tolist():
         np.testing.assert_array_equal(none[i]["tokens"], rows[i])
     assert len(none._decoded) == 0 and none._decoded.misses == 20
@@ -184,9 +186,51 @@ def test_when_the_thread_making_a_block_fails_the_others_make_it_themselves():
 def test_thread_workers_decompress_each_block_once(tmp_path):
     write_compressed_rows(tmp_path / "z", 480)  # 60 blocks of 8 rows
     for shuffle in (False, True, "block"):
-        ds = fastload.Dataset(tmp_path / "z")
+        ds = fastload.Dataset(tmp_path / "z", cache_dir=False)
         loader = fastload.DataLoader(
             ds, batch_size=4, shuffle=shuffle, seed=0, num_workers=2, worker_type="thread"
         )
         assert sum(len(b["tokens"]) for b in loader) == 480
         assert loader.stats()["decompressed_blocks"] == 60, shuffle
+
+
+class _Store:
+    """A CopyStore in memory: what DecodedBlocks asks of one."""
+
+    def __init__(self, room: bool = True) -> None:
+        self.copies: dict = {}
+        self.room = room
+
+    def get(self, key):
+        return self.copies.get(key)
+
+    def put(self, key, raw):
+        if not self.room:
+            return None
+        self.copies[key] = memoryview(bytes(raw))
+        return self.copies[key]
+
+
+def test_with_a_copy_store_a_block_is_made_once_and_then_mapped():
+    store = _Store()
+    made = []
+    first = DecodedBlocks(limit=1 << 20, mapped=2)
+    first.attach(store)
+    for key in "abc":
+        assert bytes(first.get_or_make(key, lambda k=key: made.append(k) or k.encode())) == (
+            key.encode()
+        )
+    assert made == ["a", "b", "c"] and first.bytes == 0  # nothing held in memory
+    assert first.dropped == 1 and first.peek("a") is None  # 2 kept mapped: a let go
+    other = DecodedBlocks(limit=1 << 20)  # another process, the same store
+    other.attach(store)
+    assert bytes(other.get_or_make("a", lambda: made.append("again") or b"?")) == b"a"
+    assert made == ["a", "b", "c"] and other.copies_mapped == 1 and other.misses == 0
+    assert other.take_decompressed() == 0 and first.take_decompressed() == 3
+
+
+def test_a_block_the_store_cannot_take_stays_in_memory():
+    cache = DecodedBlocks(limit=1 << 20)
+    cache.attach(_Store(room=False))
+    assert cache.get_or_make("a", lambda: b"x" * 10) == b"x" * 10
+    assert cache.bytes == 10 and cache.peek("a") == b"x" * 10

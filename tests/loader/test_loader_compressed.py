@@ -1,8 +1,11 @@
-"""Shuffled loading from compressed blocks: each process decompresses a block once while the
-dataset fits its block_cache, and the loader says so when it does not."""
+"""Shuffled loading from compressed blocks kept in memory (decompressed copies on disk turned
+off, ``cache_dir=False``: test_loader_copies.py has those): each process decompresses a block
+once while the dataset fits its block_cache, workers share the blocks out when it does not,
+and the loader says so."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -11,6 +14,8 @@ import torch
 
 import fastload
 from tests.format.formattools import write_compressed_rows
+
+Dataset = functools.partial(fastload.Dataset, cache_dir=False)  # blocks kept in memory only
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,7 @@ def compressed(tmp_path_factory):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_shuffled_epochs_read_the_right_rows(compressed, num_workers):
     path, rows = compressed
-    ds = fastload.Dataset(path, block_cache="64KiB")  # 8 of its 60 blocks
+    ds = Dataset(path, block_cache="64KiB")  # 8 of its 60 blocks
     loader = fastload.DataLoader(
         ds,
         batch_size=16,
@@ -47,7 +52,7 @@ def test_shuffled_epochs_read_the_right_rows(compressed, num_workers):
 
 def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compressed):
     path, _ = compressed
-    small = fastload.Dataset(path, block_cache="64KiB")
+    small = Dataset(path, block_cache="64KiB")
     for kwargs in ({"shuffle": True}, {"shuffle": True, "seed": 0}, {"shuffle": "global"}):
         with pytest.warns(
             UserWarning,
@@ -64,12 +69,12 @@ def test_random_order_over_a_dataset_larger_than_its_block_cache_warns(compresse
         fastload.DataLoader(
             fastload.Mix([small, small]), batch_size=8, shuffle="block", block_window=4
         )
-        fastload.DataLoader(fastload.Dataset(path), batch_size=8, shuffle=True)  # it fits
+        fastload.DataLoader(Dataset(path), batch_size=8, shuffle=True)  # it fits
 
 
 def test_a_mix_in_block_order_warns_when_two_windows_do_not_fit_the_cache(compressed):
     path, _ = compressed  # blocks of 8 KiB decompressed
-    small = fastload.Dataset(path, block_cache="64KiB")
+    small = Dataset(path, block_cache="64KiB")
     with pytest.raises(UserWarning, match=r"block order .*\(2 windows of 16\).*block_window"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -90,9 +95,7 @@ def test_no_warning_for_raw_blocks(tmp_path):
             w.write({"tokens": row})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fastload.DataLoader(
-            fastload.Dataset(tmp_path / "r", block_cache=0), batch_size=8, shuffle=True
-        )
+        fastload.DataLoader(Dataset(tmp_path / "r", block_cache=0), batch_size=8, shuffle=True)
 
 
 def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
@@ -102,7 +105,7 @@ def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
     rows = [write_compressed_rows(tmp_path / k, 480) for k in "ab"]
 
     def epoch(shuffle) -> tuple[int, int, list]:
-        parts = [fastload.Dataset(tmp_path / k, block_cache="128KiB") for k in "ab"]
+        parts = [Dataset(tmp_path / k, block_cache="128KiB") for k in "ab"]
         mix = fastload.Mix(parts, stratum=64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the global order's warning: the point here
@@ -126,13 +129,13 @@ def test_a_mix_in_block_order_decompresses_each_block_about_once(tmp_path):
 
 def test_block_numbers_name_each_records_block(compressed, tmp_path):
     path, _ = compressed
-    ds = fastload.Dataset(path)
+    ds = Dataset(path)
     base = np.cumsum([0] + [s.blocks for s in ds.shards])
     want = np.concatenate(
         [base[s] + ds.shard_reader(s).index.entries()["block"] for s in range(len(ds.shards))]
     )
     idx = np.random.default_rng(0).permutation(len(ds))
-    for fresh in (fastload.Dataset(path), ds):  # no shard open yet; every shard open
+    for fresh in (Dataset(path), ds):  # no shard open yet; every shard open
         np.testing.assert_array_equal(fresh.block_numbers(idx), want[idx])
     np.testing.assert_array_equal(
         ds.block_numbers([-1, len(ds), -len(ds) - 1, 0]), [want[-1], -1, -1, want[0]]
@@ -148,7 +151,7 @@ def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compres
     from fastload.loader.layout import BatchLayout
 
     path, rows = compressed
-    workers = [fastload.Dataset(path) for _ in range(parts)]
+    workers = [Dataset(path) for _ in range(parts)]
     layout = BatchLayout(workers[0].schema, 16)
     for indices in np.array_split(np.random.default_rng(1).permutation(len(rows)), 30):
         shared = np.zeros(layout.slab_size, np.uint8)
@@ -158,7 +161,7 @@ def test_block_shares_fill_every_row_once_and_decompress_each_block_once(compres
         ]
         assert sum(filled) == len(indices)
         whole = np.zeros(layout.slab_size, np.uint8)
-        fill_batch(fastload.Dataset(path), layout, whole, indices, (0, 0))
+        fill_batch(Dataset(path), layout, whole, indices, (0, 0))
         assert shared.tobytes() == whole.tobytes()
         np.testing.assert_array_equal(layout.views(shared, len(indices))["tokens"], rows[indices])
     blocks = sum(s.blocks for s in workers[0].shards)
@@ -176,10 +179,10 @@ def test_workers_share_out_a_compressed_dataset_block_by_block(
     whole run (whole batches had every worker decompress most records' blocks again each
     epoch), and the batches are those of one process."""
     path, rows = compressed  # 60 blocks of 8 KiB decompressed
-    blocks = sum(s.blocks for s in fastload.Dataset(path).shards)
+    blocks = sum(s.blocks for s in Dataset(path).shards)
 
     def run(workers: int) -> tuple[list, dict, bool]:
-        ds = fastload.Dataset(path, block_cache="320KiB")  # 40 of the 60 blocks
+        ds = Dataset(path, block_cache="320KiB")  # 40 of the 60 blocks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one process's cache is too small: the point
             loader = fastload.DataLoader(
@@ -217,7 +220,7 @@ def test_workers_share_out_the_blocks_of_a_mix(tmp_path, shuffle):
     rows = [write_compressed_rows(tmp_path / k, n) for k, n in (("a", 480), ("b", 160))]
 
     def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
-        mix = fastload.Mix([fastload.Dataset(tmp_path / k) for k in "ab"], stratum=64)
+        mix = fastload.Mix([Dataset(tmp_path / k) for k in "ab"], stratum=64)
         loader = fastload.DataLoader(
             mix, batch_size=16, shuffle=shuffle, seed=1, num_workers=workers, block_window=2
         )
@@ -233,7 +236,7 @@ def test_workers_share_out_the_blocks_of_a_mix(tmp_path, shuffle):
 
 def test_mix_block_numbers_follow_its_datasets(compressed):
     path, _ = compressed
-    a, b = fastload.Dataset(path), fastload.Dataset(path)
+    a, b = Dataset(path), Dataset(path)
     mix = fastload.Mix([a, b])
     n, blocks = len(a), sum(s.blocks for s in a.shards)
     idx = np.array([0, n - 1, n, 2 * n - 1, -1, 2 * n])
@@ -245,8 +248,8 @@ def test_mix_block_numbers_follow_its_datasets(compressed):
 
 def test_which_loaders_share_out_blocks(compressed, tmp_path):
     path, _ = compressed
-    ds = fastload.Dataset(path)  # 480 KiB decompressed: fits its 128 MiB block cache
-    small = fastload.Dataset(path, block_cache="64KiB")
+    ds = Dataset(path)  # 480 KiB decompressed: fits its 128 MiB block cache
+    small = Dataset(path, block_cache="64KiB")
 
     def shares(dataset, **kwargs) -> bool:
         with warnings.catch_warnings():
@@ -267,25 +270,25 @@ def test_which_loaders_share_out_blocks(compressed, tmp_path):
     ) as w:  # random tokens: left raw
         for row in rows:
             w.write({"tokens": row})
-    assert not shares(fastload.Dataset(tmp_path / "raw"), num_workers=2)
+    assert not shares(Dataset(tmp_path / "raw"), num_workers=2)
 
 
 def test_decompressed_blocks_are_counted(compressed):
     path, _ = compressed
-    ds = fastload.Dataset(path)
+    ds = Dataset(path)
     blocks = sum(s.blocks for s in ds.shards)
     loader = fastload.DataLoader(ds, batch_size=16)
     for _ in range(2):
         list(loader)
     assert loader.stats()["decompressed_blocks"] == blocks  # kept: the 2nd epoch is free
-    tiny = fastload.DataLoader(fastload.Dataset(path, block_cache=0), batch_size=16)
+    tiny = fastload.DataLoader(Dataset(path, block_cache=0), batch_size=16)
     list(tiny)
     assert tiny.stats()["decompressed_blocks"] == 30 * 2  # 2 batches a block, none kept
 
 
 def test_a_warning_counts_the_block_caches_of_workers_that_share_blocks_out(compressed):
     path, _ = compressed  # 480 KiB decompressed
-    ds = fastload.Dataset(path, block_cache="192KiB")
+    ds = Dataset(path, block_cache="192KiB")
     with pytest.warns(UserWarning, match=r"more than the 192.0 KiB each process keeps"):
         fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2, worker_type="thread")
     with pytest.warns(UserWarning, match=r"more than the 384.0 KiB 2 worker processes keep"):
@@ -309,7 +312,7 @@ def test_a_corrupt_block_read_by_shared_out_workers_raises_naming_it(compressed,
     block = parse_shard(bytes(data))["blocks"][12]  # records 96..103
     data[block["offset"] + block["stored_size"] // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    loader = fastload.DataLoader(fastload.Dataset(bad), batch_size=16, num_workers=2)
+    loader = fastload.DataLoader(Dataset(bad), batch_size=16, num_workers=2)
     assert loader._by_block
     for _ in range(2):  # and the loader still works for another epoch, to the same point
         delivered = []
@@ -327,7 +330,7 @@ def test_resuming_mid_epoch_with_shared_out_blocks(compressed, in_order):
 
     def loader(workers: int = 2) -> fastload.DataLoader:
         return fastload.DataLoader(
-            fastload.Dataset(path),
+            Dataset(path),
             batch_size=16,
             shuffle=True,
             seed=5,
@@ -370,13 +373,13 @@ def test_workers_share_out_compressed_text_blocks(tmp_path, variable):
                     "ids": np.arange(n, dtype=np.int64) + i,
                 }
             )
-    ds = fastload.Dataset(tmp_path / "t")
+    ds = Dataset(tmp_path / "t")
     blocks = sum(s.blocks for s in ds.shards)
     assert blocks > 10 and ds.manifest.bytes < 0.5 * sum(s.raw_bytes for s in ds.shards)
 
     def epoch(workers: int) -> tuple[list, fastload.DataLoader]:
         loader = fastload.DataLoader(
-            fastload.Dataset(tmp_path / "t"),
+            Dataset(tmp_path / "t"),
             batch_size=16,
             shuffle=True,
             seed=2,
@@ -407,7 +410,7 @@ def test_a_record_too_long_for_its_pad_raises_from_a_shared_out_batch(tmp_path):
         for i in range(200):
             w.write({"ids": np.zeros(i % 12, np.int64)})  # zstd packs zeros
     loader = fastload.DataLoader(
-        fastload.Dataset(tmp_path / "p"),
+        Dataset(tmp_path / "p"),
         batch_size=16,
         num_workers=2,
         variable={"ids": fastload.Pad(10)},

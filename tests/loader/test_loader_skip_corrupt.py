@@ -114,18 +114,20 @@ def test_a_corrupt_compressed_block_skips_its_records(intact, tmp_path):
     assert got == [i for i in range(N) if i not in lost]
 
 
-def test_a_corrupt_block_shared_out_by_block_skips_its_records(tmp_path):
-    """Workers that share batches out by block (a compressed token dataset): the rows of
-    the one bad block are dropped, counted, and every other row is where one process puts
-    it."""
+@pytest.mark.parametrize("copies", [False, True])
+def test_a_corrupt_block_of_a_token_dataset_skips_its_records(tmp_path, copies):
+    """Workers that share batches out by block (a compressed token dataset, its blocks kept
+    in memory), or that read whole batches from decompressed copies on disk: the rows of the
+    one bad block are dropped, counted, and every other row is where one process puts it."""
     from tests.format.formattools import write_compressed_rows
 
     rows = write_compressed_rows(tmp_path / "zstd", 480)  # 60 blocks of 8 rows
     bad = damage(tmp_path / "zstd", tmp_path / "bad", records=(100,), whole_block=True)
+    cache_dir = tmp_path / "cache" if copies else False
 
     def epoch(workers: int) -> tuple[np.ndarray, fastload.DataLoader]:
         loader = fastload.DataLoader(
-            fastload.Dataset(bad),
+            fastload.Dataset(bad, cache_dir=cache_dir),
             batch_size=16,
             shuffle=True,
             seed=2,
@@ -136,7 +138,7 @@ def test_a_corrupt_block_shared_out_by_block_skips_its_records(tmp_path):
 
     alone, _ = epoch(0)
     got, loader = epoch(2)
-    assert loader._by_block
+    assert loader._by_block != copies
     np.testing.assert_array_equal(got, alone)
     lost = Counter(map(bytes, rows)) - Counter(map(bytes, got))
     assert lost == Counter(map(bytes, rows[96:104]))  # record 100's block

@@ -66,23 +66,30 @@ def datasets(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "data,cache,decode,workers,worker_type,persistent,batch,want",
+    "data,cache,copies,decode,workers,worker_type,persistent,batch,want",
     [
-        ("none", None, "cpu", 2, "process", False, 32, SHARED_IMAGES),
-        ("none", None, "cpu", 2, "process", False, 31, WHOLE_BATCHES),  # shares under 16
-        ("none", None, "cpu", 1, "process", False, 256, WHOLE_BATCHES),
-        ("none", None, "dali", 2, "process", False, 256, WHOLE_BATCHES),
-        ("zstd", None, None, 2, "process", False, 16, SHARED_BLOCKS),
-        ("zstd", None, None, 2, "process", True, 16, WHOLE_BATCHES),  # fits one block cache
-        ("zstd", "1KiB", None, 2, "process", True, 16, SHARED_BLOCKS),  # outgrows it
-        ("zstd", None, None, 2, "thread", False, 16, WHOLE_BATCHES),  # one cache already
-        ("none", None, None, 2, "process", False, 16, WHOLE_BATCHES),  # nothing to decompress
+        ("none", None, None, "cpu", 2, "process", False, 32, SHARED_IMAGES),
+        ("none", None, None, "cpu", 2, "process", False, 31, WHOLE_BATCHES),  # shares under 16
+        ("none", None, None, "cpu", 1, "process", False, 256, WHOLE_BATCHES),
+        ("none", None, None, "dali", 2, "process", False, 256, WHOLE_BATCHES),
+        ("zstd", None, None, None, 2, "process", False, 16, SHARED_BLOCKS),
+        ("zstd", None, None, None, 2, "process", True, 16, WHOLE_BATCHES),  # fits one cache
+        ("zstd", "1KiB", None, None, 2, "process", True, 16, SHARED_BLOCKS),  # outgrows it
+        ("zstd", None, None, None, 2, "thread", False, 16, WHOLE_BATCHES),  # one cache already
+        ("none", None, None, None, 2, "process", False, 16, WHOLE_BATCHES),  # nothing to do
+        ("zstd", "1KiB", "1GB", None, 2, "process", False, 16, WHOLE_BATCHES),  # copies fit
+        ("zstd", "1KiB", "4KiB", None, 2, "process", True, 16, SHARED_BLOCKS),  # they do not
     ],
 )
 def test_the_strategy_is_chosen_in_one_place(
-    datasets, data, cache, decode, workers, worker_type, persistent, batch, want
+    datasets, tmp_path, data, cache, copies, decode, workers, worker_type, persistent, batch, want
 ):
-    ds = fastload.Dataset(datasets[data], **({"block_cache": cache} if cache else {}))
+    """(copies: the cache_limit of decompressed copies on disk; None: no copies)"""
+    kwargs = {"block_cache": cache} if cache else {}
+    kwargs["cache_dir"] = tmp_path / "cache" if copies else False
+    if copies:
+        kwargs["cache_limit"] = copies
+    ds = fastload.Dataset(datasets[data], **kwargs)
     schema = ds.schema
     specs = {}
     if decode is not None:  # a layout with an image field (its schema only: nothing is read)

@@ -93,7 +93,8 @@ def test_block_sizes_and_numbers_agree(raw_path, zstd_path):
 
 
 def test_version_goes_up_when_held_views_may_be_stale(zstd_path):
-    ds = fastload.Dataset(zstd_path, block_cache="12KiB")  # a few blocks at a time
+    # a few blocks at a time, in memory (no copies on disk, which are not let go this way)
+    ds = fastload.Dataset(zstd_path, block_cache="12KiB", cache_dir=False)
     seen = [ds.version]
 
     def moved() -> bool:

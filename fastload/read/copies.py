@@ -1,0 +1,119 @@
+"""Decompressed copies of a local dataset's compressed blocks, kept in the local block cache.
+
+A compressed block read at random costs its whole decompression for each record drawn from it
+(a 1 MiB block of token rows: ~1-3 ms for a 4 KB row), in every process, every epoch. A
+process's memory holds few such blocks (``Dataset(block_cache=)``, 128 MiB), and real datasets
+are many times larger. So each block is decompressed once, by whichever loader worker or
+process first needs it, and its decompressed bytes are written to the local block cache
+(:class:`fastload.io.cache.BlockCache`: ``cache_dir``, at most ``cache_limit`` bytes for all
+datasets, safe across processes, written whole and renamed, least recently used evicted
+first). Every later read, in any process and any epoch, maps that copy: the page cache's pages,
+shared, at the speed of an uncompressed dataset.
+
+Checksums: a copy is checked when a process maps it, against the record checksums the shard's
+index holds (each record's checksum is over its raw bytes, so the decompressed copy is checked
+as the records themselves are); a copy that fails is deleted and the block decompressed again
+from the shard, whose stored bytes are checked against their own checksum first. A copy just
+written from bytes checked that way is not checked again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from ..format.checksum import first_bad_record
+from ..io.cache import BlockCache, default_cache_dir
+from ..io.iostats import STATS
+
+if TYPE_CHECKING:
+    from .shards import ShardSet
+
+__all__ = ["DecompressedCopies", "COPY_SUFFIX"]
+
+COPY_SUFFIX = "#decompressed"  # the cache's name for a shard's copies: its path and this
+
+
+class DecompressedCopies:
+    """The :class:`fastload.format.decoded.CopyStore` of one local dataset: blocks keyed
+    ``(shard, block)`` as its :class:`ShardSet` numbers them, stored in the block cache under
+    the shard's path and content hash (a shard rewritten in place never reads old copies).
+    The cache is opened on first use; where it cannot be (the default directory unusable),
+    there are no copies, with a warning, and blocks stay in memory as before."""
+
+    def __init__(self, shards: ShardSet, cache_dir: str | None, limit: int | str) -> None:
+        self.shards = shards
+        self._cache_dir, self._limit = cache_dir, limit
+        self._cache: BlockCache | None = None
+        self._failed = False
+
+    @property
+    def cache(self) -> BlockCache | None:
+        if self._cache is None and not self._failed:
+            try:
+                self._cache = BlockCache(self._cache_dir or default_cache_dir(), self._limit)
+            except OSError as e:
+                if self._cache_dir:
+                    raise  # the directory asked for is unusable: say so
+                self._failed = True
+                warnings.warn(
+                    f"fastload: compressed blocks are not kept decompressed on disk (the "
+                    f"default cache directory is not usable: {e}); pass cache_dir= or set "
+                    "FASTLOAD_CACHE_DIR",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self._cache
+
+    def _where(self, key: Hashable) -> tuple:
+        """(url, content hash, size, block, raw size) of a block's copy in the cache."""
+        s, b = key  # type: ignore[misc]
+        info = self.shards.shards[s]
+        reader = self.shards.shard_reader(s)  # open already: its block is being read
+        url = self.shards.shard_path(s) + COPY_SUFFIX
+        return url, info.hash, info.raw_bytes, b, int(reader.blocks[b]["raw_size"])
+
+    def get(self, key: Hashable) -> memoryview | None:
+        cache = self.cache
+        if cache is None:
+            return None
+        url, content, size, b, length = self._where(key)
+        view = cache.get(url, content, size, b, length, None)
+        if view is None:
+            return None
+        if self._intact(key, view):
+            return view
+        STATS.add("cache_corrupt")
+        cache.discard(url, content, size, b, length)
+        return None
+
+    def put(self, key: Hashable, raw) -> memoryview | None:
+        cache = self.cache
+        if cache is None:
+            return None
+        url, content, size, b, length = self._where(key)
+        if len(raw) != length:
+            return None  # (the reader raises for such a block before it gets here)
+        stored = cache.put(url, content, size, b, raw)
+        # Stored now, or by another process first (checked then: not ours to trust), or not
+        # at all (no room): map what is there.
+        view = cache.get(url, content, size, b, length, None)
+        if view is None or stored or self._intact(key, view):
+            return view
+        STATS.add("cache_corrupt")
+        cache.discard(url, content, size, b, length)
+        return None
+
+    def _intact(self, key: Hashable, view: memoryview) -> bool:
+        """Whether every record of the block checks out in ``view`` (one pass over it)."""
+        s, b = key  # type: ignore[misc]
+        reader = self.shards.shard_reader(s)
+        if not reader.verify:
+            return True
+        block = reader.blocks[b]
+        first, n = int(block["first_record"]), int(block["n_records"])
+        records = reader.records[first : first + n]
+        if n and int((records["offset"] + records["length"]).max()) > len(view):
+            return False
+        return first_bad_record(view, records["offset"], records["length"], records["checksum"]) < 0
