@@ -11,6 +11,7 @@ the last view of them is garbage (never while a view, or an array over one, is a
 ``release`` lets a process's page-table entries for part of a map go (the pages stay in the
 page cache, shared, and come back on the next touch): a shard's index is read whole once, to
 check it, and after that only the entries of the records read are needed in each process.
+``release_pages`` does the same for a slice of a map (a decoded image's bytes, say).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import weakref
 
 import numpy as np
 
-__all__ = ["map_readonly", "release"]
+__all__ = ["map_readonly", "release", "release_pages", "FAULT_AROUND"]
+
+FAULT_AROUND = 64 << 10  # what a read fault of a file map maps around it (Linux's default)
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -93,3 +96,30 @@ def release(mapped: memoryview, offset: int, length: int) -> bool:
     start = -(-(base + offset) // _PAGE) * _PAGE  # whole pages only
     end = (base + offset + length) // _PAGE * _PAGE
     return end > start and _madvise(start, end - start, mmap.MADV_DONTNEED) == 0
+
+
+def release_pages(view: memoryview, around: int = 0) -> int:
+    """Drop this process's page-table entries for the pages of ``view``, a slice of a map
+    that :func:`map_readonly` made (anything else is left alone: on memory that is not a
+    shared file mapping, MADV_DONTNEED would zero it), and for ``around`` bytes on each side
+    of it within the map. The pages stay in the page cache, shared, and the next access maps
+    them again (a minor fault, no I/O); meanwhile they are no longer counted in this
+    process's RSS or PSS. A loader worker decoding a dataset's images at random touches
+    each page about once an epoch, so its maps would otherwise come to hold the whole
+    dataset, where a read() into a buffer holds none of it. ``around``: a read fault maps
+    the pages around it too (fault-around, 64 KiB), pages of the neighbouring records.
+    Returns the bytes released."""
+    base = getattr(view, "obj", None)
+    if _madvise is None or not hasattr(mmap, "MADV_DONTNEED") or not len(view):
+        return 0
+    if not isinstance(base, ctypes.Array):
+        return 0
+    low = ctypes.addressof(base)
+    if _MAPS.get(low) != len(base):
+        return 0
+    start = low if len(view) == len(base) else int(np.frombuffer(view, np.uint8).ctypes.data)
+    first = max(low, (start - around) // _PAGE * _PAGE)  # the map starts on a page
+    end = min(low + len(base), -(-(start + len(view) + around) // _PAGE) * _PAGE)
+    if end <= first or _madvise(first, end - first, mmap.MADV_DONTNEED) != 0:
+        return 0
+    return end - first

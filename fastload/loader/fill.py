@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CorruptRecordError
 from ..read.contract import BatchGather, Readable
+from ..read.records import release_views
 from .layout import BatchLayout, ImageDecode, TokenDecode
 from .transform import probe_outputs, sample_at, transform_rows
 from .variable import Ragged, empty_value, fill_padded
@@ -214,6 +215,7 @@ def _decoded(
                     bad.append((rows.start + lo + i, f"{where}: {e.reason}"))
                 if finished is not None:
                     spec.finish(target, out=finished[lo:hi])
+        release_views(im.data for im in images if im is not None)  # decoded: not needed
     return bad
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..format.checksum import first_bad_record
 from ..io.cache import BlockCache, default_cache_dir
 from ..io.iostats import STATS
+from ..io.mapping import release_pages
 
 if TYPE_CHECKING:
     from .shards import ShardSet
@@ -83,6 +84,7 @@ class DecompressedCopies:
         if view is None:
             return None
         if self._intact(key, view):
+            release_pages(view)  # checked: its pages are mapped again as records are read
             return view
         STATS.add("cache_corrupt")
         cache.discard(url, content, size, b, length)

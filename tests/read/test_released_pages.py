@@ -1,0 +1,85 @@
+"""Pages a process maps to read a dataset are let go once read (fastload.io.mapping
+release_pages): its RSS stops growing with what it has read, the data reads the same, and
+memory that is not a mapped file is never touched."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fastload.io.mapping import map_readonly, release_pages
+
+
+def resident(view: memoryview) -> int:
+    """Pages of ``view`` this process has mapped, from /proc/self/smaps (its Rss line)."""
+    start = int(np.frombuffer(view, np.uint8).ctypes.data)
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo = int(head.split("-")[0], 16)
+                inside = lo <= start < int(head.split("-")[1], 16)
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("the mapping is not in smaps")
+
+
+def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "f"
+    data.tofile(path)
+    fd = os.open(path, os.O_RDONLY)
+    view = map_readonly(fd, len(data))
+    os.close(fd)
+    pages = np.frombuffer(view, np.uint8)
+    assert int(pages[::4096].sum()) == int(data[::4096].sum())  # every page read
+    assert resident(view) >= len(data) - 4096
+    assert release_pages(view[10 : 4 << 20]) == (4 << 20) - 4096  # whole pages inside only
+    assert resident(view) <= (4 << 20) + 4096
+    assert release_pages(view) == len(data)
+    assert resident(view) == 0
+    np.testing.assert_array_equal(pages, data)  # mapped again as read, unchanged
+
+
+def test_memory_that_is_not_a_file_map_is_left_alone():
+    buf = bytearray(b"x" * (64 << 10))
+    assert release_pages(memoryview(buf)) == 0 and bytes(buf[:4]) == b"xxxx"
+    arr = np.ones(1 << 20, np.uint8)
+    assert release_pages(memoryview(arr)) == 0 and int(arr.sum()) == 1 << 20
+
+
+def test_a_loader_worker_lets_go_of_the_images_it_decoded(tmp_path):
+    import io
+
+    from PIL import Image
+
+    import fastload
+
+    def jpeg(i: int) -> bytes:
+        pixels = np.random.default_rng(i).integers(0, 256, (160, 200, 3), dtype=np.uint8)
+        f = io.BytesIO()
+        Image.fromarray(pixels).save(f, "JPEG", quality=95)
+        return f.getvalue()
+
+    images = [jpeg(i) for i in range(40)]
+    assert min(map(len, images)) > 8 * 4096  # each spans whole pages to let go
+    with fastload.Writer(tmp_path / "img", {"image": "image", "label": "int64"}) as w:
+        for i, data in enumerate(images):
+            w.write({"image": data, "label": i})
+    ds = fastload.Dataset(tmp_path / "img")
+    loader = fastload.DataLoader(  # threads: the dataset's maps are this process's
+        ds,
+        batch_size=8,
+        shuffle=True,
+        seed=0,
+        num_workers=2,
+        worker_type="thread",
+        decode={"image": fastload.ImageDecode(32, train=True)},
+    )
+    assert sum(len(b["label"]) for b in loader) == 40
+    shard = ds.shard_reader(0).source.buffer
+    # the pages at the ends of each image (shared with its neighbours) and the index remain
+    held = resident(shard)
+    assert held <= 40 * 2 * 4096 + 16 * 4096 and held < sum(map(len, images)) // 2
