@@ -36,8 +36,9 @@ def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
     pages = np.frombuffer(view, np.uint8)
     assert int(pages[::4096].sum()) == int(data[::4096].sum())  # every page read
     assert resident(view) >= len(data) - 4096
-    assert release_pages(view[10 : 4 << 20]) == (4 << 20) - 4096  # whole pages inside only
-    assert resident(view) <= (4 << 20) + 4096
+    assert release_pages(view[10 : 4 << 20]) == 4 << 20  # its pages, partial ones too
+    assert resident(view) == len(data) - (4 << 20)
+    assert release_pages(view[8 << 19 : 5 << 20], around=5000) == (1 << 20) + 2 * 8192
     assert release_pages(view) == len(data)
     assert resident(view) == 0
     np.testing.assert_array_equal(pages, data)  # mapped again as read, unchanged
@@ -80,6 +81,4 @@ def test_a_loader_worker_lets_go_of_the_images_it_decoded(tmp_path):
     )
     assert sum(len(b["label"]) for b in loader) == 40
     shard = ds.shard_reader(0).source.buffer
-    # the pages at the ends of each image (shared with its neighbours) and the index remain
-    held = resident(shard)
-    assert held <= 40 * 2 * 4096 + 16 * 4096 and held < sum(map(len, images)) // 2
+    assert resident(shard) <= 32 * 4096  # of ~1.5 MB (its header and index remain)
