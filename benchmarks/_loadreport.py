@@ -72,12 +72,23 @@ def scale_lines(rows: list[dict]) -> list[str]:
             f"{r['disk_bytes_per_record']:.2f} bytes on disk per record"
             + (f" ({index:.2f} of them index)" if index is not None else "")
             + f"; private MB: after imports {r['imports_private_mb']:.0f}, after opening "
-            f"{r['open_private_mb']:.0f}, after one ds[i] per shard {r['read_private_mb']:.0f}; "
-            f"during {r['pass_batches']} random batches: training process "
-            f"{r['pass_main_private_mb']:.0f}, workers {workers} (block cache budget "
+            f"{r['open_private_mb']:.0f}, after one ds[i] per shard {r['read_private_mb']:.0f}"
+            f"{anon(r, 'read')}; during {r['pass_batches']} random batches: training process "
+            f"{r['pass_main_private_mb']:.0f}{anon(r, 'pass_main')}, workers {workers}"
+            f"{anon(r, 'pass_worker')} (block cache budget "
             f"{r['block_cache_budget_mb']:.0f} MB a process)"
         )
     return out
+
+
+def anon(row: dict, what: str) -> str:
+    """' (anonymous N)' for the scale row's measure ``what``, where the run reported it."""
+    value = row.get(f"{what}_anonymous_mb")
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " (anonymous " + ", ".join(f"{v:.0f}" for v in value) + ")"
+    return f" (anonymous {value:.0f})"
 
 
 def check(label: str, value, goal: float, op: str) -> str:

@@ -24,6 +24,7 @@ FIELDS = {  # smaps_rollup line -> our name
     "Pss_Shmem:": "pss_shmem",
     "Private_Clean:": "private_clean",
     "Private_Dirty:": "private_dirty",
+    "Anonymous:": "anonymous",
 }
 
 
@@ -44,9 +45,9 @@ def tree(pid: int) -> list[int]:
 
 def rollup(pid: int) -> dict[str, int]:
     """One process's memory in bytes: rss, pss, pss_anon, pss_file, pss_shmem, private
-    (Private_Clean + Private_Dirty) and held (Pss_Anon + Pss_Shmem: PSS without the
-    file-backed pages, which are page cache the kernel can drop). Raises OSError if the
-    process is gone."""
+    (Private_Clean + Private_Dirty), anonymous (its anonymous pages: private memory that is
+    not a mapped file's, which is page cache the kernel can drop) and held (Pss_Anon +
+    Pss_Shmem: PSS without the file-backed pages). Raises OSError if the process is gone."""
     out = dict.fromkeys(FIELDS.values(), 0)
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:

@@ -3,9 +3,10 @@
     python _scale.py DATASET [--batch 16] [--batches 3000] [--workers 2]
 
 Prints one JSON line: records, shards and bytes on disk per record; the private memory
-(Private_Clean + Private_Dirty, from /proc/PID/smaps_rollup) of this process after its
-imports, after opening the dataset and after one ``ds[i]`` in each shard; then the highest
-private memory of each process of a loader pass (``shuffle=True, seed=0``: records from every
+(Private_Clean + Private_Dirty, from /proc/PID/smaps_rollup; and its anonymous part, without
+pages of mapped files, which the page cache can drop) of this process after its imports,
+after opening the dataset and after one ``ds[i]`` in each shard; then the highest private
+memory of each process of a loader pass (``shuffle=True, seed=0``: records from every
 shard, in random order) of ``--batches`` batches, the training process and each worker apart.
 The block cache's budget is printed beside them: what a process may hold by design.
 """
@@ -47,8 +48,8 @@ class PeakPrivate(threading.Thread):
         return self.peak
 
 
-def private_mb() -> float:
-    return _procmem.rollup(os.getpid())["private"] / MB
+def private_mb(kind: str = "private") -> float:
+    return _procmem.rollup(os.getpid())[kind] / MB
 
 
 def disk_bytes(path: str) -> int:
@@ -86,7 +87,7 @@ def main() -> None:
     import fastload
     from fastload.format.decoded import DEFAULT_DECODED_LIMIT
 
-    out = {"imports_private_mb": private_mb()}
+    out = {"imports_private_mb": private_mb(), "imports_anonymous_mb": private_mb("anonymous")}
     t = time.perf_counter()
     ds = fastload.Dataset(a.data)
     out["open_s"] = time.perf_counter() - t
@@ -103,6 +104,7 @@ def main() -> None:
         ds[int(rng.integers(starts[s], starts[s + 1]))]
     out["one_read_per_shard_s"] = time.perf_counter() - t
     out["read_private_mb"] = private_mb()
+    out["read_anonymous_mb"] = private_mb("anonymous")
     del ds
 
     watch = PeakPrivate()
@@ -125,8 +127,11 @@ def main() -> None:
     peaks = watch.stop()
     me = os.getpid()
     out["pass_batches"] = drawn
-    out["pass_main_private_mb"] = peaks.pop(me)["private"] / MB
+    main = peaks.pop(me)
+    out["pass_main_private_mb"] = main["private"] / MB
+    out["pass_main_anonymous_mb"] = main["anonymous"] / MB
     out["pass_worker_private_mb"] = sorted(m["private"] / MB for m in peaks.values())
+    out["pass_worker_anonymous_mb"] = sorted(m["anonymous"] / MB for m in peaks.values())
     out["block_cache_budget_mb"] = DEFAULT_DECODED_LIMIT / MB
     out["versions"] = {"fastload": fastload.__version__}
     print(json.dumps(out))

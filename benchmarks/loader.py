@@ -588,12 +588,14 @@ def run_scale(data: str, error: str | None, a: argparse.Namespace) -> dict:
     _procmem.warm_page_cache(data)
     batches = 300 if a.quick else 3000
     load0 = load_average()
+    convert.remove(CACHE)  # decompressed copies of its blocks: from none, as any run
     proc = subprocess.run(
         [sys.executable, SCALE, data, "--batches", str(batches), "--workers", str(WORKERS)],
         capture_output=True,
         text=True,
         cwd=HERE,
         timeout=a.timeout * 3,
+        env={**os.environ, "FASTLOAD_CACHE_DIR": CACHE},
     )
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["?"]
