@@ -25,7 +25,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Union
 
 __all__ = ["DecodedBlocks", "CopyStore", "DEFAULT_DECODED_LIMIT", "DEFAULT_MAPPED_COPIES"]
 
@@ -35,7 +35,7 @@ DEFAULT_DECODED_LIMIT = 128 << 20
 #: 65,530 maps a process, beside the shards' and the remote cache's).
 DEFAULT_MAPPED_COPIES = 4096
 
-Block = bytes | memoryview
+Block = Union[bytes, memoryview]  # (a module-level alias: evaluated on Python 3.9 too)
 
 
 class CopyStore(Protocol):

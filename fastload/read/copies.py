@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..format.checksum import first_bad_record
 from ..io.cache import BlockCache, default_cache_dir
@@ -69,7 +69,7 @@ class DecompressedCopies:
 
     def _where(self, key: Hashable) -> tuple:
         """(url, content hash, size, block, raw size) of a block's copy in the cache."""
-        s, b = key  # type: ignore[misc]
+        s, b = cast("tuple[int, int]", key)
         info = self.shards.shards[s]
         reader = self.shards.shard_reader(s)  # open already: its block is being read
         url = self.shards.shard_path(s) + COPY_SUFFIX
@@ -109,7 +109,7 @@ class DecompressedCopies:
 
     def _intact(self, key: Hashable, view: memoryview) -> bool:
         """Whether every record of the block checks out in ``view`` (one pass over it)."""
-        s, b = key  # type: ignore[misc]
+        s, b = cast("tuple[int, int]", key)
         reader = self.shards.shard_reader(s)
         if not reader.verify:
             return True
