@@ -207,3 +207,37 @@ def test_a_shard_rewritten_in_place_does_not_read_old_copies(tmp_path):
     np.testing.assert_array_equal(
         fastload.Dataset(path, cache_dir=cache).get_batch(np.arange(64))["tokens"], new
     )
+
+
+_DIE_AT_RENAME = """
+import os, sys, numpy as np, fastload, fastload.io.cache as c
+real = os.replace
+def dying(src, dst):
+    if dst.endswith(".blk"):
+        os._exit(9)  # written to its temporary file, not renamed into place yet
+    return real(src, dst)
+c.os.replace = dying
+fastload.Dataset(sys.argv[1], cache_dir=sys.argv[2], block_cache=0).get_batch(np.arange(480))
+"""
+
+
+def test_a_crash_while_writing_a_copy_leaves_no_partial_copy(compressed, tmp_path):
+    from fastload.io.cache import LAYOUT
+
+    path, rows = compressed
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIE_AT_RENAME, str(path), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    assert copies_in(cache) == []  # nothing under a name a reader would map
+    assert len(list((cache / LAYOUT / "tmp").glob("*.part"))) == 1
+    ds = fastload.Dataset(path, cache_dir=cache, block_cache=0)
+    before = ds.io_stats()["cache_corrupt"]
+    np.testing.assert_array_equal(ds.get_batch(np.arange(480))["tokens"], rows)
+    assert list((cache / LAYOUT / "tmp").glob("*.part")) == []  # the dead one's, removed
+    assert len(copies_in(cache)) == 60
+    assert ds.io_stats()["cache_corrupt"] == before
