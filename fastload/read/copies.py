@@ -113,9 +113,7 @@ class DecompressedCopies:
         reader = self.shards.shard_reader(s)
         if not reader.verify:
             return True
-        block = reader.blocks[b]
-        first, n = int(block["first_record"]), int(block["n_records"])
-        records = reader.records[first : first + n]
-        if n and int((records["offset"] + records["length"]).max()) > len(view):
+        _, offsets, lengths, checksums = reader.index.in_block(b)
+        if len(offsets) and int((offsets + lengths).max()) > len(view):
             return False
-        return first_bad_record(view, records["offset"], records["length"], records["checksum"]) < 0
+        return first_bad_record(view, offsets, lengths, checksums) < 0
