@@ -332,7 +332,8 @@ def test_uint32_tokens_and_a_compressed_dataset_shared_out_by_block(tmp_path, pl
     the rows of its blocks, scattered in the batch); those rows are finished all the same."""
     path = token_dataset(tmp_path / "wide", dtype="uint32", n=300, compression="zstd")
     spec = fastload.TokenDecode()
-    with fastload.Dataset(path) as ds:
+    # No decompressed copies on disk: with them, workers read whole batches instead.
+    with fastload.Dataset(path, cache_dir=False) as ds:
         loader = fastload.DataLoader(
             ds, batch_size=32, shuffle=True, seed=2, num_workers=2, decode={"tokens": spec}
         )
