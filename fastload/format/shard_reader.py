@@ -63,6 +63,10 @@ class ByteSource(Protocol):
         """Exactly ``length`` bytes at ``offset`` (raises if the file is shorter)."""
         ...
 
+    def close(self) -> None:
+        """Let go of the file (a closed source is not read again)."""
+        ...
+
 
 class ShardReader:
     """Random access to the records of one shard."""

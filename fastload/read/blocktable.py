@@ -9,6 +9,7 @@ import numpy as np
 from .. import _core
 from ..format.shard_reader import ShardReader
 from ..format.spec import CODEC_NONE
+from .readahead import remote_source
 
 __all__ = ["BlockTable"]
 
@@ -51,5 +52,5 @@ class BlockTable:
         if reader is None:
             raise KeyError(f"block {g}: its shard {s} is not open here")
         b = g - int(self.base[s])
-        key = (reader.source.uid, b) if self.remote else None
+        key = (remote_source(reader).uid, b) if self.remote else None
         return key, reader, b, bool(reader.blocks["codec"][b] == CODEC_NONE)

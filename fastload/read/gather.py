@@ -50,7 +50,7 @@ class Fields:
             for name in names
         ):
             return None
-        places = layout.header_dtype.fields
+        places = layout.header_dtype.fields or {}  # (a record's fixed part: a struct)
         offsets = [places[name][1] for name in names]
         sizes = [places[name][0].itemsize for name in names]
         return cls(names, offsets, sizes, layout.header_size)
@@ -161,25 +161,25 @@ class ResidentGather:
         idx = _index_array(indices, self.n)
         if idx is None:
             return False
-        if version != self._version:
+        table = self._table
+        if version != self._version or table is None:
             self._table = table = self.dataset.block_table()
             self._held = [None] * int(table.base[-1])
             self._version = version
         try:
-            return self._gather(idx, views)
+            return self._gather(table, idx, views)
         except TypeError:
             pass  # a block not held yet (None)
-        return self._gather_looked_up(idx, views)
+        return self._gather_looked_up(table, idx, views)
 
-    def _gather(self, idx: np.ndarray, views: dict) -> bool:
+    def _gather(self, table: BlockTable, idx: np.ndarray, views: dict) -> bool:
         # Unchecked here: every block held was checked whole (its checksum) when it was read.
-        return self.fields.gather(self._table, self._held, idx, False, views, in_blocks=True) < 0
+        return self.fields.gather(table, self._held, idx, False, views, in_blocks=True) < 0
 
-    def _gather_looked_up(self, idx: np.ndarray, views: dict) -> bool:
+    def _gather_looked_up(self, table: BlockTable, idx: np.ndarray, views: dict) -> bool:
         """The batch with each of its blocks looked up first: mapped ones and those in the
         block cache are held for the next batches, blocks the shard reader holds (or
         decompressed past the cache's limit) only for this one."""
-        table = self._table
         if _plain_indices(idx, self.n) is None:
             return False  # negative or out of range: read_into's
         blocks = table.block_numbers(idx)
@@ -212,7 +212,7 @@ class ResidentGather:
         for g, view in found.items():
             self._held[g] = view
         try:
-            return self._gather(idx, views)
+            return self._gather(table, idx, views)
         finally:
             for g in lent:
                 self._held[g] = None

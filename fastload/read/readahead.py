@@ -10,8 +10,23 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..format.shard_reader import ShardReader
+from ..io.remote import RemoteSource
 
-__all__ = ["fetch_blocks", "fetch_records", "open_together", "groups_by_shard"]
+__all__ = [
+    "fetch_blocks",
+    "fetch_records",
+    "open_together",
+    "groups_by_shard",
+    "remote_source",
+]
+
+
+def remote_source(reader: ShardReader) -> RemoteSource:
+    """The remote source of ``reader``'s shard (read-ahead is for remote datasets only)."""
+    source = reader.source
+    if not isinstance(source, RemoteSource):
+        raise TypeError(f"{source.name}: read-ahead needs a remote shard")
+    return source
 
 
 def fetch_blocks(
@@ -19,14 +34,14 @@ def fetch_blocks(
 ) -> int:
     """Start fetching blocks ``(shards[i], blocks[i])`` of open shards, in order, each once
     (hints repeat them), except those at hand. Returns how many were scheduled."""
-    todo: dict[int, dict[int, None]] = {}
+    todo: dict[int, tuple[ShardReader, dict[int, None]]] = {}
     for s, b in dict.fromkeys(zip(shards, blocks)):
         reader = readers[s]
         if reader is None:  # closed meanwhile: it reopens when read
             continue
-        if reader.held(b) is None and reader.source.resident(b) is None:
-            todo.setdefault(s, {})[b] = None
-    return sum(readers[s].source.prefetch(list(bs)) for s, bs in todo.items())
+        if reader.held(b) is None and remote_source(reader).resident(b) is None:
+            todo.setdefault(s, (reader, {}))[1][b] = None
+    return sum(remote_source(reader).prefetch(list(bs)) for reader, bs in todo.values())
 
 
 def fetch_records(
@@ -37,7 +52,7 @@ def fetch_records(
     scheduled = 0
     for s, records in groups:
         reader = open_reader(s)
-        source = reader.source
+        source = remote_source(reader)
         held = reader.held  # blocks the reader holds (decompressed) need no fetch
         resident = source.resident
         todo = [

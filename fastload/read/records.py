@@ -55,7 +55,7 @@ def read_spans(
         _check_out(schema[name], array, n)
     result: dict[str, Any] = {}
     for name, array in out.items():
-        _, offset = layout.header_dtype.fields[name][:2]
+        _, offset = (layout.header_dtype.fields or {})[name][:2]
         size = array.dtype.itemsize * (array.size // max(n, 1))
         _core.gather(
             spans.buffers,
@@ -107,7 +107,9 @@ def _gather_var(
     data = np.empty(int(copied.sum()), np.uint8)
     _core.gather(buffers, np.repeat(src, k), src_off, copied, data, dst)
     views = (
-        [memoryview(data)] + [_byte_view(b) for b in buffers] if as_views else [memoryview(data)]
+        [memoryview(data)] + [_byte_view(b) for b in buffers]  # pyright: ignore[reportArgumentType]
+        if as_views
+        else [memoryview(data)]  # pyright: ignore[reportArgumentType]
     )
     columns: dict[str, list] = {}
     for j, f in enumerate(layout.var_fields):

@@ -9,10 +9,10 @@ import copy
 import functools
 import os
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-import fsspec
 import numpy as np
+from fsspec.utils import get_protocol
 
 from ..errors import FastloadError
 from ..format.decoded import DEFAULT_DECODED_LIMIT, DecodedBlocks
@@ -30,7 +30,13 @@ from .blocktable import BlockTable
 from .contract import Storage
 from .copies import DecompressedCopies
 from .opening import display_name, protocol_of, read_manifest
-from .readahead import fetch_blocks, fetch_records, groups_by_shard, open_together
+from .readahead import (
+    fetch_blocks,
+    fetch_records,
+    groups_by_shard,
+    open_together,
+    remote_source,
+)
 from .records import as_indices
 
 __all__ = ["ShardSet", "WARM_SHARDS", "OPEN_AHEAD"]
@@ -54,7 +60,7 @@ class ShardSet:
         *,
         storage_options: dict[str, Any] | None = None,
         verify: bool = True,
-        cache_dir: str | os.PathLike | bool | None = None,
+        cache_dir: str | os.PathLike | Literal[False] | None = None,
         cache_limit: int | str | None = None,
         remote_options: RemoteOptions | None = None,
         block_cache: int | str = DEFAULT_DECODED_LIMIT,
@@ -67,7 +73,7 @@ class ShardSet:
         self.max_block_bytes = None if max_block_bytes is None else parse_size(max_block_bytes)
         self.storage_options = storage_options
         self.verify = verify
-        protocol = fsspec.utils.get_protocol(self.path)
+        protocol = get_protocol(self.path)
         local = protocol in ("file", "local")
         self._fs_options = storage_options if local else read_fs_options(protocol, storage_options)
         self._fs, self.root = open_fs(self.path, self._fs_options)
@@ -117,8 +123,9 @@ class ShardSet:
         if reader is None:
             info = self.manifest.shards[s]
             path = join(self.fs, self.root, info.path)
-            if self.remote:
-                source = self._remote_source(s)
+            remote = self._remote_source(s) if self.remote else None
+            if remote is not None:
+                source = remote
             else:
                 root = None if self.follow_symlinks else self.root
                 name = display_name(self.fs, path)
@@ -127,12 +134,12 @@ class ShardSet:
                 try:
                     reader = self._reader(source, info, s)
                 except FastloadError:
-                    if not (self.remote and source.from_cache):
+                    if remote is None or not remote.from_cache:
                         raise
-                    source.forget_cached()  # a bad cached header or index: fetch it anew
+                    remote.forget_cached()  # a bad cached header or index: fetch it anew
                     reader = self._reader(source, info, s)
-                if self.remote:
-                    source.attach(reader.blocks)
+                if remote is not None:
+                    remote.attach(reader.blocks)
             except BaseException:
                 source.close()
                 raise
@@ -296,7 +303,7 @@ class ShardSet:
         )
         for reader in self._readers:
             if reader is not None:
-                reader.source.adopt(store)
+                remote_source(reader).adopt(store)
 
     def prepare_workers(self) -> int:
         """Remote: what the loader does before it forks its workers, which then start with
@@ -333,7 +340,7 @@ class ShardSet:
             for b in range(len(reader.blocks)):
                 if mapped >= room:
                     break
-                mapped += reader.source.map_cached(b)
+                mapped += remote_source(reader).map_cached(b)
         return mapped
 
     def _map_copies(self) -> int:
