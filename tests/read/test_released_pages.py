@@ -81,4 +81,7 @@ def test_a_loader_worker_lets_go_of_the_images_it_decoded(tmp_path):
     )
     assert sum(len(b["label"]) for b in loader) == 40
     shard = ds.shard_reader(0).source.buffer
-    assert resident(shard) <= 32 * 4096  # of ~1.5 MB (its header and index remain)
+    # Without the release every page of the ~1.5 MB shard stays mapped. With it, what remains
+    # is its header and index and, depending on how the threads interleave, the pages a read
+    # of the labels (or a neighbour's fault-around) mapped after the images' last release.
+    assert resident(shard) <= len(shard) // 4, (resident(shard), len(shard))
