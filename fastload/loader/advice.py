@@ -32,7 +32,7 @@ def warn_about_block_cache(
         or isinstance(sampler, torch.utils.data.RandomSampler)
     ):
         _warn_if_rereading(dataset, processes)
-    elif planner is not None and planner.mix_blocks is not None:
+    elif planner is not None and planner.mix_blocks is not None and planner.window is not None:
         _warn_if_windows_overflow(dataset, planner.window, processes)
 
 

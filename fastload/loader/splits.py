@@ -215,7 +215,7 @@ class SharedBlocks(Split):
         """The listed fields of a batch of ``n`` rows whose shares hold the rows ``r.rows``."""
         out: dict[str, Any] = {}
         for r in shares:
-            if r.rows is None:
+            if r.rows is None or r.listed is None:
                 continue
             for name, values in r.listed.items():
                 if isinstance(values, np.ndarray):
