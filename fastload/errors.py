@@ -106,9 +106,20 @@ class PlanStateError(FastloadError, ValueError):
     """A saved plan state does not belong to this dataset or is corrupted."""
 
 
-class WorkerDiedError(FastloadError, RuntimeError):
-    """A loader worker exited without reporting an error (killed, crashed, out of memory)."""
+class _BatchesError(FastloadError, RuntimeError):
+    """A loader failure that concerns some batches: ``batches`` maps each batch's number in
+    its epoch to its dataset indices (None where unknown), as the message names them."""
+
+    def __init__(self, message: str, batches: dict | None = None) -> None:
+        super().__init__(message)
+        self.batches = dict(batches or {})
 
 
-class LoaderTimeoutError(FastloadError, RuntimeError):
-    """No batch arrived within the DataLoader's ``timeout``."""
+class WorkerDiedError(_BatchesError):
+    """A loader worker exited without reporting an error (killed, crashed, out of memory);
+    the message names the batches it was loading and their dataset indices."""
+
+
+class LoaderTimeoutError(_BatchesError):
+    """No batch arrived within the DataLoader's ``timeout``; the message names the batch
+    waited for and its dataset indices."""

@@ -1,54 +1,82 @@
-"""``fastload.DataLoader``: torch's DataLoader arguments, fastload's speed.
+"""``fastload.DataLoader``: a subclass of torch's DataLoader, with fastload's speed.
 
-With a :class:`fastload.Dataset` (and no custom ``collate_fn``) batches come from the fast
-path: workers gather fixed-size fields straight into shared-memory slabs with the compiled
-core and decode images in place; the consumer receives tensors that *are* the slab (no copy,
-no pickling of sample bytes). Any other dataset, or a custom ``collate_fn``, runs on torch's own
-DataLoader with the same arguments, so it yields exactly what torch would.
+torch's ``DataLoader.__init__`` checks the arguments (its errors, in its order) and sets the
+attributes (``dataset``, ``batch_size``, ``sampler``, ``batch_sampler``, ``collate_fn``,
+``num_workers``, ...), which hold what the loader really uses; it also refuses setting
+``batch_size``, ``sampler`` and the like once built. What differs is iteration
+(iteration.py):
 
-Batches of the fast path are dicts: fixed-size fields and decoded images as tensors of shape
-``(n, ...)``, other fields as lists. See :mod:`fastload.loader.slabs` for the lifetime rule.
-The fast path's parts: the split of work among workers (splits.py), the consumer's side of
-the workers (feed.py), a filled slab handed out as a batch (delivery.py).
+- with a :class:`fastload.Dataset` (and no custom ``collate_fn``) batches come from the fast
+  path (fastpath.py): workers gather fixed-size fields straight into shared-memory slabs
+  with the compiled core and decode images in place; the consumer receives tensors that
+  *are* the slab (no copy, no pickling of sample bytes);
+- any other dataset, or a custom ``collate_fn``, runs on torch's own iterators
+  (general.py), so it yields exactly what torch would.
+
+Either way the loader keeps its position (planned_order.py with ``seed=``, torch_order.py
+without) for ``state_dict()``. fastload's own arguments are attributes of the same names,
+so a framework that rebuilds a loader from its ``__init__`` signature and attributes (as
+Lightning does to put in a DistributedSampler) gets the same loader back.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable
+import dataclasses
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, TypeVar
 
-import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import IterableDataset, Sampler
+from torch.utils.data._utils.collate import default_collate, default_convert
 
-from ..errors import LoaderTimeoutError, WorkerDiedError
+from ..errors import PlanStateError
 from .advice import warn_about_block_cache, warn_if_unsplit
 from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
-from .delivery import Delivery
-from .device import CopiesInFlight, move, pinning_wanted, register_slabs
-from .feed import MessageSizer, WorkerFeed, drain, filled_here
-from .fill import probe_transform
-from .finishing import Finishing
-from .layout import BatchLayout, ImageDecode, TokenDecode
-from .options import WORKER_TYPES, check_fast_options, device_of, encoded_room, fast_capable
-from .planned_order import PlanBatchSampler, Planner, refuse_samplers, wants_plan
-from .pool import WorkerPool
-from .sampling import batch_len, checked, declared_batch_size, eager_batches
-from .slabs import SlabPool
-from .splits import SHARED_BLOCKS, choose_split
+from .fastpath import FastPath, Settings
+from .general import check_workers, stateful_dataset, worker_part
+from .iteration import LoaderIterator, Loading
+from .layout import ImageDecode, TokenDecode
+from .options import WORKER_TYPES, check_fast_options, device_of, fast_capable
+from .planned_order import (
+    PlanBatchSampler,
+    Planner,
+    PlanSampler,
+    given_plan,
+    refuse_samplers,
+    wants_plan,
+)
+from .splits import SHARED_BLOCKS
 from .stats import LoaderStats
-from .variable import Pad, VariableSpec, check_variable
-from .worker import WorkerSetup
+from .torch_order import TorchOrder, validate_torch_state
+from .variable import VariableSpec
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "OWN_ARGUMENTS"]
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+#: fastload's own arguments of ``DataLoader.__init__``: each is kept as the attribute of
+#: the same name (a framework rebuilding the loader passes them back).
+OWN_ARGUMENTS = (
+    "snapshot_every_n_steps",
+    "decode",
+    "transform",
+    "variable",
+    "worker_type",
+    "device",
+    "seed",
+    "rank",
+    "world_size",
+    "block_window",
+    "bad_samples",
+)
 
 
-class DataLoader:
-    """A drop-in replacement for ``torch.utils.data.DataLoader``.
+class DataLoader(torch.utils.data.DataLoader[_T_co]):
+    """A drop-in replacement for ``torch.utils.data.DataLoader``: a subclass of it.
 
-    Arguments up to ``in_order`` have torch's meaning. fastload adds, keyword-only:
+    Arguments up to ``in_order`` have torch's meaning; ``snapshot_every_n_steps`` has
+    torchdata's StatefulDataLoader's. fastload adds, keyword-only:
 
     - ``decode``: ``{field: ImageDecode(...)}``, image fields to decode (and augment) into
       fixed-size pixels in the workers, or by NVIDIA DALI or nvImageCodec in this process
@@ -76,10 +104,11 @@ class DataLoader:
     **Planned order.** With ``seed=``, ``shuffle="global"`` / ``"block"``, ``rank=`` /
     ``world_size=`` or a :class:`fastload.Mix`, the loader plans its own order (seed defaults to
     0): deterministic from (seed, epoch) whatever the worker count or type, split into equal
-    batch counts per DDP rank, with ``set_epoch``, ``state_dict`` and ``load_state_dict``
-    (exact resumption, also with another world size or worker count). It then refuses
-    ``sampler``, ``batch_sampler`` and ``generator``. Without those arguments the order is
-    torch's own (same batches as torch's DataLoader) and ``state_dict`` raises.
+    batch counts per DDP rank, resumable with another world size or worker count. Its
+    ``sampler`` is that plan (a DistributedSampler: this rank's share) and it refuses other
+    ``sampler``, ``batch_sampler`` and ``generator`` arguments. Without those arguments the
+    order is torch's own (same batches as torch's DataLoader), resumable as torchdata's
+    StatefulDataLoader resumes it (torch_order.py).
     """
 
     def __init__(
@@ -102,6 +131,7 @@ class DataLoader:
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
+        snapshot_every_n_steps: int | None = 1,
         decode: Mapping[str, ImageDecode | TokenDecode] | None = None,
         transform: Callable[[dict], Any] | None = None,
         variable: Mapping[str, VariableSpec] | None = None,
@@ -113,12 +143,14 @@ class DataLoader:
         block_window: int = 16,
         bad_samples: str | SkipBadSamples = "raise",
     ) -> None:
+        own = {name: value for name, value in locals().items() if name in OWN_ARGUMENTS}
         if worker_type not in WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {WORKER_TYPES}, got {worker_type!r}")
-        self._planner: Planner | None = None
-        if wants_plan(dataset, shuffle, seed, rank, world_size):
+        _check_snapshot_every(snapshot_every_n_steps)
+        planner = given_plan(sampler, batch_sampler)
+        if planner is None and wants_plan(dataset, shuffle, seed, rank, world_size):
             refuse_samplers(sampler=sampler, batch_sampler=batch_sampler, generator=generator)
-            self._planner = Planner(
+            planner = Planner(
                 dataset,
                 batch_size=batch_size,
                 drop_last=drop_last,
@@ -128,16 +160,11 @@ class DataLoader:
                 world_size=world_size,
                 block_window=block_window,
             )
-            # torch's DataLoader still checks the other arguments and, off the fast path,
-            # loads the planned batches.
-            batch_sampler = PlanBatchSampler(
-                self._planner, as_lists=not (fast_capable(dataset) and collate_fn is None)
-            )
-            shuffle = None
-            user_batch_size, batch_size, user_drop_last, drop_last = batch_size, 1, drop_last, False
-        # torch's own DataLoader checks the arguments (its errors, in its order) and builds the
-        # samplers; off the fast path it also does the loading.
-        self._torch = torch.utils.data.DataLoader(
+            # torch cuts the plan's share into batches as it cuts any sampler's order
+            sampler, shuffle = PlanSampler(planner), None
+        elif planner is not None:
+            shuffle = None  # (the plan decides it)
+        super().__init__(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -156,149 +183,111 @@ class DataLoader:
             pin_memory_device=pin_memory_device,
             in_order=in_order,
         )
-        if self._planner is None and sampler is None and batch_sampler is None:
-            warn_if_unsplit(dataset)
-        self.dataset = dataset
-        self.batch_size = self._torch.batch_size
-        self.drop_last = self._torch.drop_last
-        if self._planner is not None:
-            self.batch_size, self.drop_last = user_batch_size, user_drop_last
-            batch_size = user_batch_size
-        self.num_workers = num_workers
-        self.prefetch_factor = self._torch.prefetch_factor
-        self.pin_memory = pin_memory
-        self.timeout = timeout
-        self.worker_init_fn = worker_init_fn
-        self.multiprocessing_context = self._torch.multiprocessing_context  # a context object
-        self.generator = generator
-        self.persistent_workers = persistent_workers
-        self.in_order = in_order
-        self.worker_type = worker_type
+        for name, value in own.items():
+            setattr(self, name, value)
         self.device = device_of(device)
-        self._stats = LoaderStats()
+        self._planner = planner
+        if planner is None and sampler is None and batch_sampler is None:
+            warn_if_unsplit(dataset)
+        self._given_collate = self.collate_fn  # the fast path's is torch's default's
         policy = policy_of(bad_samples)
         self._budget = BadSampleBudget(policy) if policy is not None else None
-        self._pool: WorkerPool | None = None
-        self._copies: Any = None  # device.CopiesInFlight: host batches being copied to a GPU
-        self._persistent_seed: int | None = None  # persistent workers' base seed
-        self._delivery: Delivery | None = None
-        self.fast = fast_capable(dataset) and collate_fn is None and batch_size is not None
+        self._stats = LoaderStats()
+        self.fast = (
+            fast_capable(dataset)
+            and (collate_fn is None or collate_fn in (default_collate, default_convert))
+            and self._auto_collation
+        )
         check_fast_options(self.fast, decode, transform, variable, policy)
-        self.batch_sampler = self._torch.batch_sampler
-        self.sampler = self._torch.sampler
+        self._order: TorchOrder | None = None
+        torch_index = torch.utils.data.DataLoader._index_sampler.fget(self)  # type: ignore[attr-defined]
+        if planner is not None:
+            given = batch_sampler is not None and not isinstance(batch_sampler, PlanBatchSampler)
+            index = batch_sampler if given else PlanBatchSampler(planner, as_lists=not self.fast)
+        else:
+            self._order = TorchOrder(torch_index, iterable=isinstance(dataset, IterableDataset))
+            index = self._order.index
+        fast = None
         if self.fast:
-            self._set_up_fast_path(batch_size, decode, transform, variable, pin_memory)
-        processes = num_workers if self.fast and self._split is SHARED_BLOCKS else 1
-        warn_about_block_cache(self.dataset, self._planner, self.sampler, processes)
-
-    def _set_up_fast_path(
-        self,
-        batch_size: int,
-        decode: Mapping[str, ImageDecode | TokenDecode] | None,
-        transform: Callable[[dict], Any] | None,
-        variable: Mapping[str, VariableSpec] | None,
-        pin_memory: bool,
-    ) -> None:
-        if self.num_workers > 0 and not self.prefetch_factor:
-            # torch accepts it here and fails on iteration; here it would wait forever
-            raise ValueError("prefetch_factor must be at least 1 with num_workers > 0")
-        # A batch_sampler that declares no batch_size is sized from each epoch's own pass over
-        # it (iterating it here would draw from its random state: not torch's order then).
-        size = batch_size if self._planner is not None else declared_batch_size(self.batch_sampler)
-        self._sized_per_epoch = size is None
-        self._decode = decode
-        self._transform = transform
-        self._variable = check_variable(self.dataset.schema, variable)
-        # made by the consumer from the lists the workers send (all but a fixed-length Pad)
-        self._collated = {
-            name: spec
-            for name, spec in self._variable.items()
-            if not (isinstance(spec, Pad) and spec.length is not None)
-        }
-        self._outputs = probe_transform(self.dataset, decode, transform) if transform else ()
-        self._pinned = pinning_wanted(pin_memory, self.device)
-        if self.device is not None:
-            self._copies = CopiesInFlight()
-        self._make_buffers(size or 1)
-        self._dali: Any = None  # decodestage.DecodeStage, made at the first iteration
-
-    def _make_buffers(self, size: int) -> None:
-        """The batch layout, the way workers split the work, and the slab pool for batches
-        of up to ``size`` samples."""
-        self.layout = BatchLayout(
-            self.dataset.schema,
-            size,
-            self._decode,
-            self._transform,
-            self._outputs,
-            self._variable,
-            encoded_bytes=encoded_room(self.dataset, self._decode),
-            gpu=self.device is not None and self.device.type == "cuda",
-        )
-        self._per_message = MessageSizer.most(self.layout.slab_size)
-        workers = self.num_workers
-        self._split = choose_split(
-            self.dataset,
-            self.layout,
-            workers=workers,
-            worker_type=self.worker_type,
-            persistent=self.persistent_workers,
-            batch_size=size,
-        )
-        slabs = self._split.slab_count(workers, self.prefetch_factor, self._per_message)
-        self._slabs = SlabPool(
-            self.layout.slab_size, slabs, shared=workers > 0 and self.worker_type == "process"
-        )
-        self._slabs.headroom = 8 + 2 * workers
-        if self._pinned:
-            register_slabs(self._slabs)
-        self._delivery = Delivery(
-            self.layout,
-            self._slabs,
-            self._stats,
-            budget=self._budget,
-            schema=self.dataset.schema,
-            collated=self._collated,
+            fast = FastPath(
+                dataset,
+                batch_size=planner.batch_size if planner is not None else None,
+                batch_sampler=self.batch_sampler,
+                planned=planner is not None and isinstance(index, PlanBatchSampler),
+                decode=decode,
+                transform=transform,
+                variable=variable,
+                settings=self._settings(),
+                device=self.device,
+                budget=self._budget,
+                stats=self._stats,
+            )
+        self._loading = Loading(
+            dataset=dataset,
+            iterable=isinstance(dataset, IterableDataset),
+            auto_collation=self._auto_collation,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            planner=planner,
+            order=self._order,
+            index_sampler=index,
+            fast=fast,
+            stats=self._stats,
             device=self.device,
-            copies=self._copies,
-            finishing=Finishing(self.layout, on_new_pool=register_slabs if self._pinned else None),
+            snapshot_every=snapshot_every_n_steps or 0,
         )
-
-    @property
-    def _by_block(self) -> bool:
-        """Whether worker processes share each batch out by storage block (splits.py)."""
-        return getattr(self, "_split", None) is SHARED_BLOCKS
-
-    def _shares(self, n: int) -> int:
-        """Workers that share a batch of ``n`` records (splits.py)."""
-        return self._split.shares(n, self.num_workers)
+        self._live: LoaderIterator | None = None  # persistent workers' iterator
+        self._iterators: weakref.WeakSet = weakref.WeakSet()
+        processes = num_workers if fast is not None and fast.split is SHARED_BLOCKS else 1
+        warn_about_block_cache(dataset, planner, self.sampler, processes)
 
     # -- torch's DataLoader surface -------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._torch) if not self.fast else len(self.batch_sampler)
+    @property
+    def _index_sampler(self) -> Any:
+        # What the iterators draw batches of indices from: the plan's batches, or torch's
+        # samplers through torch_order.IndexOrder (which saves and replays their order).
+        return self._loading.index_sampler
 
-    def __iter__(self) -> Iterator[Any]:
-        if self._planner is not None:
-            cursor = self._planner.begin()
-            batches = (
-                iter(self._torch)
-                if not self.fast
-                else self._staged(self._fast_batches(cursor.aug_seed))
-            )
-            # in_order=False: which batch came is the one delivery handed out last
-            number = (lambda: self._delivery.handed) if self.fast and not self.in_order else None
-            return self._timed(self._planner.track(cursor, batches, number))
-        if not self.fast:
-            return self._timed(iter(self._torch))
-        # As in torch, the workers' base seed is drawn from the generator when the iterator is
-        # made, but only once for persistent workers (torch draws it when they start).
-        if self.persistent_workers and self._persistent_seed is not None:
-            base_seed = self._persistent_seed
+    def __len__(self) -> int:
+        return self._loading.length()
+
+    def __iter__(self) -> LoaderIterator:  # type: ignore[override]
+        settings = self._settings()
+        loading = self._loading
+        if loading.fast is not None and self.collate_fn is not self._given_collate:
+            # collate_fn set anew since: torch's iterators run it (the general path)
+            index = loading.index_sampler
+            if isinstance(index, PlanBatchSampler):
+                index = PlanBatchSampler(index.planner, as_lists=True)
+            loading = dataclasses.replace(loading, fast=None, index_sampler=index)
+        if self.persistent_workers and self.num_workers > 0:
+            live = self._live
+            if live is None or live.broken or live._loading is not loading:
+                live = self._live = LoaderIterator(loading, settings)
+            else:
+                live.restart(settings)
         else:
-            base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-            if self.persistent_workers:
-                self._persistent_seed = base_seed
-        return self._timed(self._staged(self._fast_batches(base_seed)))
+            live = LoaderIterator(loading, settings)
+        self._iterators.add(live)
+        return live
+
+    def _settings(self) -> Settings:
+        """The settings an iteration starting now runs with (torch reads them then)."""
+        return Settings(
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor,
+            timeout=self.timeout,
+            in_order=self.in_order,
+            persistent_workers=self.persistent_workers,
+            worker_init_fn=self.worker_init_fn,
+            multiprocessing_context=self.multiprocessing_context,
+            generator=self.generator,
+            pin_memory=self.pin_memory,
+            worker_type=self.worker_type,
+            collate_fn=self.collate_fn,
+            pin_memory_device=self.pin_memory_device,
+            len_called=self._IterableDataset_len_called,
+        )
 
     def stats(self) -> dict:
         """Throughput (samples/s, MB/s), the fraction of wall time the consumer waited for
@@ -310,7 +299,7 @@ class DataLoader:
             out["plan"] = self._planner.info()
         return out
 
-    # -- the planned order (seed, DDP, resumption; see planned_order.py) ---------------------
+    # -- epochs and resumption ----------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """The epoch of the next iteration (its order; a loaded state of another epoch is
         dropped). Without a planned order, passed on to a sampler that has ``set_epoch``
@@ -324,32 +313,89 @@ class DataLoader:
                 return
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the epoch stands: the global position in its plan (batches handed out on
-        every rank; prefetched ones do not count), the seed, the order and the dataset's
-        fingerprint. Plain ints and strings (JSON-safe); the same on every rank in lockstep.
-        With ``in_order=False`` (fast path), a rank that had batches past that position
-        lists them (``ahead``): its state is its own, to load on that rank with the same
-        world and batch size."""
-        planner = self._need_plan("state_dict")
+        """Where the loader stands: JSON-safe (where a sampler's or dataset's own state is),
+        counting the batches handed to the training loop, never prefetched ones.
+
+        Planned order: the global position in the epoch's plan (the same on every rank in
+        lockstep), the seed, the order and the dataset's fingerprint; with
+        ``in_order=False`` (fast path) a rank that had batches past that position lists
+        them (``ahead``): its state is its own, to load on that rank with the same world
+        and batch size. torch's order: see torch_order.py."""
+        if self._planner is not None:
+            if not self.in_order and not self.fast and self.num_workers > 0:
+                raise ValueError(_UNORDERED)
+            state = self._planner.state_dict()
+            if self._budget is not None:
+                state["bad_samples"] = self._budget.state(self._planner.topology()[0])
+            return state
+        return self._torch_state()
+
+    def _torch_state(self) -> dict[str, Any]:
+        order = self._order
         if not self.in_order and not self.fast and self.num_workers > 0:
-            raise ValueError(
-                "state_dict() with in_order=False needs the fast path (a "
-                "fastload.Dataset, no collate_fn): torch's loader, which runs "
-                "the others, does not say which batch it handed out"
-            )
-        state = planner.state_dict()
+            raise ValueError(_UNORDERED)
+        if order.pending is not None:
+            return order.state_dict(self.generator)
+        state = order.state_dict(self.generator)
+        state["num_workers"] = self.num_workers
+        record, dataset = order.current, self.dataset
+        iterable = isinstance(dataset, IterableDataset)
+        running = record is not None and not record.finished and (record.started or iterable)
+        if iterable and running:
+            state["iterable"] = worker_part(record, self.num_workers, iterable=True)
+        if stateful_dataset(dataset):
+            part: dict[str, Any] = {"num_workers": self.num_workers}
+            if running and self.num_workers > 0 and not iterable:
+                part.update(worker_part(record, self.num_workers, iterable=False))
+            else:
+                part["main"] = dataset.state_dict()
+            state["dataset"] = part
         if self._budget is not None:
-            state["bad_samples"] = self._budget.state(planner.topology()[0])
+            state["bad_samples"] = self._budget.state(0)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state`` at the next iteration: nothing repeated, nothing skipped,
-        whatever the world size, worker count or worker type now. PlanStateError when it was
-        saved for another dataset or with another seed / shuffle."""
-        planner = self._need_plan("load_state_dict")
-        planner.load_state_dict(state)
+        """Continue from ``state`` at the next iteration: nothing repeated, nothing skipped.
+        A planned order resumes with any world size, worker count or worker type; torch's
+        order with any worker count, but a per-worker state (an IterableDataset's, a
+        dataset's own) only with the worker count that saved it. PlanStateError when the
+        state was saved for another dataset, order or settings, or is corrupted (naming
+        the field)."""
+        saved_order = state.get("order") if isinstance(state, Mapping) else None
+        if self._planner is not None:
+            if saved_order is not None:
+                raise PlanStateError(
+                    f"this state was saved by a loader in torch's order (no seed=), this "
+                    f"loader plans its own (seed={self._planner.seed}): build the loader as "
+                    "the run that saved it was built"
+                )
+            self._planner.load_state_dict(state)
+            if self._budget is not None:
+                self._budget.restore_state(state, *self._planner.topology())
+                self._stats.skipped = self._budget.skipped
+            return
+        if isinstance(state, Mapping) and saved_order is None and "seed" in state:
+            raise PlanStateError(
+                "this state was saved by a loader with a planned order (seed=, shuffle="
+                "'global'/'block', rank=, world_size= or a Mix); this loader follows "
+                "torch's order: build the loader as the run that saved it was built"
+            )
+        order = self._order
+        checked = validate_torch_state(state)
+        if checked.get("iterable") is not None:
+            check_workers(checked["iterable"], self.num_workers, "iterable")
+        dataset_part = checked.get("dataset")
+        if dataset_part is not None:
+            if not stateful_dataset(self.dataset):
+                raise PlanStateError(
+                    "loader state mismatch: it holds the state of a dataset with a state of "
+                    "its own (state_dict/load_state_dict); this loader's dataset has none"
+                )
+            if "workers" in dataset_part:
+                check_workers(dataset_part, self.num_workers, "dataset")
+        order.load_state_dict(checked)
         if self._budget is not None:
-            self._budget.restore_state(state, *planner.topology())
+            self._budget.restore_state(checked, 0, 1)
             self._stats.skipped = self._budget.skipped
 
     @property
@@ -362,153 +408,70 @@ class DataLoader:
         """Samples no rank serves this epoch (``drop_last`` with a tail)."""
         return self._planner.info()["dropped"] if self._planner is not None else 0
 
-    def _need_plan(self, what: str) -> Planner:
-        if self._planner is None:
-            raise ValueError(
-                f"{what}() needs the loader's planned order: pass seed= (and no "
-                "sampler, batch_sampler or generator). Torch's samplers draw from "
-                "a generator whose position cannot be saved exactly."
-            )
-        return self._planner
-
     def close(self) -> None:
-        """Stop the workers now (also done at the end of each epoch unless persistent)."""
-        if self._pool is not None:
-            self._close_pool(self._pool)
-        self._persistent_seed = None
-        if getattr(self, "_dali", None) is not None:
-            self._dali.close()
-        if self._copies is not None:
-            self._copies.wait()
+        """Stop the workers now (persistent ones, and those of iterations left unfinished)."""
+        for it in list(self._iterators):
+            it.close()
+        self._live = None
+        if self._loading.fast is not None:
+            self._loading.fast.close()
 
-    def _close_pool(self, pool: WorkerPool) -> None:
-        if pool.shutdown():
-            # Every worker has stopped: the slabs it still had (a break, an error) are free.
-            for slab in pool.forget_out():
-                self._slabs.release(slab)
-        if self._pool is pool:
-            self._pool = None
+    # -- Accelerate: a planned loader is split among the processes already ----------------
+    @property
+    def _is_accelerate_prepared(self) -> bool:
+        # Accelerate's prepare() rebuilds any other DataLoader around a sampler that gives
+        # each process its share: a planned loader's batches are this rank's share already,
+        # and rebuilt it would be split a second time (and lose the fast path).
+        return self._planner is not None or self.__dict__.get("_accelerate_flag", False)
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    @_is_accelerate_prepared.setter
+    def _is_accelerate_prepared(self, value: bool) -> None:
+        self.__dict__["_accelerate_flag"] = bool(value)
 
-    # -- iteration ------------------------------------------------------------------------
-    def _timed(self, batches: Iterator[Any]) -> Iterator[Any]:
-        """Counts the time the consumer spends waiting inside next()."""
-        stats = self._stats
-        stats.start()
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            stats.wait_seconds += time.perf_counter() - start
-            if not self.fast:
-                # without automatic batching (batch_size=None) each item is one sample
-                stats.add_batch(batch_len(batch) if self.batch_sampler is not None else 1, 0, {})
-                if self.device is not None:
-                    batch = self._to_device(batch)
-            yield batch
+    @property
+    def layout(self) -> Any:
+        """The fast path's batch layout (layout.BatchLayout): where each field of a batch
+        lives in a slab; None on the general path."""
+        return self._loading.fast.layout if self._loading.fast is not None else None
 
-    def _staged(self, batches: Iterator[Any]) -> Iterator[dict]:
-        """``batches`` through the consumer's decode stage, where image fields are DALI's or
-        nvImageCodec's (delivery then leaves each batch unfinished: see
-        :meth:`Delivery.finish`)."""
-        if not self.layout.staged:
-            return batches
-        if self._dali is None:
-            from .decodestage import DecodeStage
+    # -- internals some tests look at ---------------------------------------------------------
+    @property
+    def _slabs(self) -> Any:
+        return self._loading.fast.slabs
 
-            self._dali = DecodeStage(
-                self.layout.staged, self.layout.batch_size, self.device, self._budget, self._stats
-            )
-        return self._finished(self._dali.run(batches))
+    @property
+    def _by_block(self) -> bool:
+        return self._loading.fast is not None and self._loading.fast.by_block
 
-    def _finished(self, decoded: Iterator[tuple[int, dict]]) -> Iterator[dict]:
-        for number, batch in decoded:
-            delivery = self._delivery  # (new buffers come with a new one)
-            delivery.handed = number  # the stage ran a batch ahead: this is the one handed out
-            yield delivery.finish(batch)
+    def _shares(self, n: int) -> int:
+        return self._loading.fast.shares(n, self.num_workers)
 
-    def _fast_batches(self, base_seed: int) -> Iterator[dict]:
-        plan, rng_seed = self._plan(), functools.partial(self._rng_seed, base_seed)
-        if self.num_workers == 0:
-            skip_bad, deliver = self._budget is not None, self._delivery.deliver
-            yield from filled_here(
-                self.dataset, self.layout, self._slabs, plan, rng_seed, skip_bad, deliver
-            )
-            return
-        if not self.persistent_workers:
-            pool = self._start_pool(base_seed)  # each iterator has its own workers, as in torch
-        else:
-            pool = self._pool or self._start_pool(base_seed)
-            try:
-                drain(pool, self._slabs, self.timeout)
-            except (WorkerDiedError, LoaderTimeoutError):
-                self._close_pool(pool)
-                pool = self._start_pool(base_seed)
-        feed = WorkerFeed(
-            pool,
-            self._slabs,
-            self._split,
-            prefetch_factor=self.prefetch_factor,
-            per_message=self._per_message,
-            in_order=self.in_order,
-            timeout=self.timeout,
-            rng_seed=rng_seed,
-        )
-        try:
-            yield from feed.batches(plan, self._delivery.deliver)
-        finally:
-            if not self.persistent_workers or pool.broken:
-                self._close_pool(pool)
+    @property
+    def _per_message(self) -> int:
+        return self._loading.fast.per_message
 
-    def _plan(self) -> Iterator[np.ndarray]:
-        """The epoch's batches of dataset indices, each no larger than a slab holds. A
-        batch_sampler without a batch_size is listed whole first (the epoch's one pass over
-        it, as torch makes), and the buffers grow to its largest batch."""
-        if not self._sized_per_epoch:
-            return checked(eager_batches(self.batch_sampler), self.layout.batch_size)
-        batches = [np.asarray(batch, dtype=np.int64) for batch in self.batch_sampler]
-        largest = max((len(b) for b in batches), default=1)
-        if largest > self.layout.batch_size:
-            self._grow_buffers(largest)
-        return iter(batches)
+    @property
+    def _dali(self) -> Any:
+        return self._loading.fast.dali
 
-    def _grow_buffers(self, size: int) -> None:
-        """New buffers for batches of ``size``; workers of the old ones stop (persistent ones
-        restart at the next epoch's start). Tensors of batches handed out keep their slabs."""
-        if self._pool is not None:
-            self._close_pool(self._pool)
-        self._make_buffers(size)
+    @property
+    def _pool(self) -> Any:
+        """The worker pool of the live (or latest) iteration on the fast path."""
+        for it in [self._live, *self._iterators]:
+            if it is not None and it._workers.pool is not None:
+                return it._workers.pool
+        return None
 
-    def _start_pool(self, base_seed: int) -> WorkerPool:
-        setup = WorkerSetup(
-            self.dataset,
-            self.layout,
-            self.worker_init_fn,
-            self.num_workers,
-            base_seed,
-            skip_bad=self._budget is not None,
-        )
-        self._pool = WorkerPool(
-            setup, self._slabs, worker_type=self.worker_type, context=self.multiprocessing_context
-        )
-        return self._pool
 
-    def _rng_seed(self, base_seed: int, j: int) -> tuple:
-        """Augmentation seed of the iteration's j-th batch (planned: by its epoch position)."""
-        if self._planner is not None and self._planner.current is not None:
-            return self._planner.current.rng_seed(j)
-        return (base_seed, j)
+_UNORDERED = (
+    "state_dict() with in_order=False needs the fast path (a fastload.Dataset, no "
+    "collate_fn): torch's loader, which runs the others, does not say which batch it "
+    "handed out"
+)
 
-    def _to_device(self, batch: Any) -> Any:
-        """A batch of torch's path (any structure) moved to the loader's device."""
-        start = time.perf_counter()
-        out = move(batch, self.device)
-        self._stats.stage_seconds["transfer"] += time.perf_counter() - start
-        return out
+
+def _check_snapshot_every(n: Any) -> None:
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"snapshot_every_n_steps must be an int >= 1 or None, got {n!r}")

@@ -23,6 +23,7 @@ import torch
 
 from ..decode.encoded import BadImagesError
 from .badsamples import BadSampleBudget
+from .messages import Failed
 from .slabs import SlabPool
 from .stats import LoaderStats
 
@@ -69,25 +70,46 @@ class DecodeStage:
         }
         self.budget = budget
         self.stats = stats
+        self._running: object | None = None  # the iteration that has the decoders
 
-    def run(self, batches: Iterator[Unpacked]) -> Iterator[tuple[int, dict]]:
-        """``(number, batch)`` with every staged field decoded, in the order of ``batches``;
-        each batch is submitted to the decoders as soon as the one before it is collected."""
+    def run(self, batches: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        """``(number, batch)`` with every staged field decoded, in the order of ``batches``
+        (``(number, Unpacked)``); each batch is submitted to the decoders as soon as the one
+        before it is collected. A batch that failed (``Failed``), before the decoders or in
+        them, is handed on in its place."""
+        self.close()  # what an iteration left behind uncollected (it raised, and was let go)
+        token = self._running = object()
         held: Unpacked | None = None
         try:
-            for item in batches:
-                done = self._collect(held) if held is not None else None
+            for number, item in batches:
+                if isinstance(item, Failed):
+                    if held is not None:
+                        done, held = held, None
+                        yield self._collected(done)
+                    yield number, item
+                    continue
+                done = held
+                held = None
+                collected = self._collected(done) if done is not None else None
                 held = item  # (from here on, a failure discards it)
                 self._submit(item)
-                if done is not None:
-                    yield done
+                if collected is not None:
+                    yield collected
             if held is not None:
                 item, held = held, None
-                yield self._collect(item)
+                yield self._collected(item)
         finally:
-            if held is not None:  # a break or an error: nothing may stay in a pipeline
+            # A break or an error: nothing may stay in a pipeline. (Not if another iteration
+            # has the decoders now: this one was let go, and is only being collected.)
+            if held is not None and self._running is token:
                 for decoder in self.decoders.values():
                     decoder.discard()
+
+    def _collected(self, item: Unpacked) -> tuple[int, Any]:
+        try:
+            return self._collect(item)
+        except Exception as e:
+            return item.number, Failed(e)
 
     def _submit(self, item: Unpacked) -> None:
         for name, decoder in self.decoders.items():

@@ -12,7 +12,7 @@ import numpy as np
 from ..read.contract import Readable
 from .fill import fill_batch
 from .layout import BatchLayout
-from .messages import BatchResult, BatchTask
+from .messages import BatchResult, BatchTask, Failed
 from .pool import WorkerPool
 from .sampling import hinting
 from .slabs import SlabPool
@@ -80,8 +80,11 @@ class WorkerFeed:
 
     def batches(
         self, plan: Iterator[np.ndarray], deliver: Callable[[BatchResult], Any]
-    ) -> Iterator[Any]:
-        """``deliver(result)`` of each batch of ``plan``, in order (or as they come)."""
+    ) -> Iterator[tuple[int, Any]]:
+        """``(j, deliver(result))`` for each batch j of ``plan``, in order (or as they come);
+        ``(j, Failed(error))`` for a batch whose filling or delivery raised (the iteration
+        goes on). A worker that died or went silent ends it (WorkerDiedError,
+        LoaderTimeoutError naming the batches it had)."""
         pool, slabs, split, in_order = self.pool, self.slabs, self.split, self.in_order
         limit = self.prefetch_factor
         pending = pool.pending  # messages in flight, per worker
@@ -110,10 +113,11 @@ class WorkerFeed:
                 if next_batch == sent and exhausted:
                     return
                 while (next_batch if in_order else next(iter(ready), None)) not in ready:
-                    worker, results = pool.get(self.timeout)
+                    awaited = next_batch if in_order else None
+                    worker, results = pool.get(self.timeout, awaited)
                     pending[worker] -= 1
                     for r in results:
-                        back = pool.returned(r.slab)
+                        back = pool.returned(r.slab, worker, r.batch)
                         if r.batch < 0:  # its last word (worker_init_fn failed...): it is gone
                             pool.broken = True
                             r.error.reraise()
@@ -128,8 +132,14 @@ class WorkerFeed:
                 next_batch += 1
                 if result.error is not None:
                     slabs.release(result.slab)
-                    result.error.reraise()
-                yield deliver(result)
+                    yield result.batch, Failed(result.error.exception())
+                    continue
+                try:
+                    batch = deliver(result)
+                except Exception as e:  # (its lease has freed the slab)
+                    yield result.batch, Failed(e)
+                    continue
+                yield result.batch, batch
         finally:
             for r in ready.values():  # filled but never delivered (an error, or a break)
                 slabs.release(r.slab)
@@ -166,7 +176,7 @@ def drain(pool: WorkerPool, slabs: SlabPool, timeout: float) -> None:
         worker, results = pool.get(timeout)
         pool.pending[worker] -= 1
         for r in results:
-            if r.slab >= 0 and pool.returned(r.slab):
+            if r.slab >= 0 and pool.returned(r.slab, worker, r.batch):
                 slabs.release(r.slab)
 
 
@@ -178,17 +188,27 @@ def filled_here(
     rng_seed: Callable[[int], tuple],
     skip_bad: bool,
     deliver: Callable[[BatchResult], Any],
-) -> Iterator[Any]:
-    """``deliver(result)`` of each batch of ``plan``, filled in this process (no workers),
-    with read-ahead hints for a remote dataset."""
+) -> Iterator[tuple[int, Any]]:
+    """``(j, deliver(result))`` for each batch j of ``plan``, filled in this process (no
+    workers), with read-ahead hints for a remote dataset; ``(j, Failed(error))`` for a batch
+    that raised (the iteration goes on, as torch's does)."""
     for j, indices in enumerate(hinting(dataset, plan)):
         slab = slabs.acquire(grow=True)
         try:
             listed, timings = fill_batch(
                 dataset, layout, slabs.arrays[slab], indices, rng_seed(j), skip_bad=skip_bad
             )
+        except Exception as e:
+            slabs.release(slab)
+            yield j, Failed(e)
+            continue
         except BaseException:
             slabs.release(slab)
             raise
         bad = timings.pop("bad", None)
-        yield deliver(BatchResult(j, slab, len(indices), listed, timings, bad=bad))
+        try:
+            batch = deliver(BatchResult(j, slab, len(indices), listed, timings, bad=bad))
+        except Exception as e:
+            yield j, Failed(e)
+            continue
+        yield j, batch

@@ -97,7 +97,7 @@ def fill_batch(
     if layout.staged:
         _for_staged(layout, listed, views, rng_seed, range(lo, hi), np.asarray(mine))
     if layout.decode:
-        bad += _decoded(layout, listed, views, rng_seed, range(lo, hi), mine, skip_bad)
+        bad += _decoded(dataset, layout, listed, views, rng_seed, range(lo, hi), mine, skip_bad)
     for name, rows in layout.rows.items():
         _finish_tokens(layout, name, views[rows], views)
     done = time.perf_counter()
@@ -160,6 +160,7 @@ def _for_staged(
 
 
 def _decoded(
+    dataset: Readable,
     layout: BatchLayout,
     listed: dict,
     views: dict,
@@ -172,8 +173,8 @@ def _decoded(
     ``rows`` of the batch, dataset ``records``; a field the workers finish is decoded into
     scratch pixels a few rows at a time and finished from there into the slab. Returns the
     rows whose image did not decode (``skip_bad``; else the first one raises, naming its
-    field and record)."""
-    from ..decode import draw_batch_params, image_rngs
+    field, record and shard)."""
+    from ..decode import DecodeError, draw_batch_params, image_rngs
 
     bad = []
     for name, spec in layout.decode.items():
@@ -207,11 +208,11 @@ def _decoded(
                     spec,
                     skip_bad,
                 ):
-                    where = f"field {name!r} of dataset record {int(records[lo + i])}"
+                    where = f"field {name!r} of {_record_name(dataset, int(records[lo + i]))}"
                     if not skip_bad:
-                        if hasattr(e, "add_note"):
-                            e.add_note(where)
-                        raise e
+                        named = DecodeError(f"{where}: {e.reason}")
+                        named.index = e.index
+                        raise named from e
                     bad.append((rows.start + lo + i, f"{where}: {e.reason}"))
                 if finished is not None:
                     spec.finish(target, out=finished[lo:hi])
@@ -232,6 +233,14 @@ def _pixels(spec: ImageDecode, n: int) -> np.ndarray:
     if buf is None or len(buf) < size:
         buf = _local.pixels = np.empty(size, np.uint8)
     return buf[:size].reshape(shape)
+
+
+def _record_name(dataset: Readable, index: int) -> str:
+    """A record as messages name it (its shard where the dataset says)."""
+    try:
+        return dataset.describe_record(index)
+    except Exception:
+        return f"dataset record {index}"
 
 
 def _add_io(dataset: Readable, timings: BatchTimings) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "BatchTask",
     "BatchResult",
     "WorkerError",
+    "Failed",
     "WHOLE",
     "encode_tasks",
     "encode_results",
@@ -74,6 +75,15 @@ class BatchResult:
     rows: np.ndarray | None = None  # a share by block with listed fields: its rows
 
 
+@dataclass
+class Failed:
+    """A batch that failed, handed on in its place (not a message between processes): the
+    loader's iterator raises ``error`` from that batch's ``next()``, and the next ``next()``
+    returns the batch after it, as torch's DataLoader does."""
+
+    error: BaseException
+
+
 TASKS = b"FLt3"
 RESULTS = b"FLr2"
 _U64 = (1 << 64) - 1
@@ -100,19 +110,22 @@ class WorkerError:
             type(e).__name__, type(e).__module__, str(e), trace, worker_id, os.getpid(), where
         )
 
-    def reraise(self) -> None:
-        """Raise it in the consumer: the same class where it can be rebuilt from a message,
-        else RuntimeError, with the worker's traceback in the message (as torch does)."""
+    def exception(self) -> Exception:
+        """The exception to raise in the consumer: the same class where it can be rebuilt
+        from a message, else RuntimeError, with the worker's traceback in the message (as
+        torch does)."""
         text = (
             f"Caught {self.type_name} in fastload worker {self.worker_id} (pid {self.pid}) "
             f"{self.where}.\nOriginal {self.traceback}"
         )
         cls = _exception_class(self.module, self.type_name)
         try:
-            error = cls(text)
+            return cls(text)
         except Exception:
-            error = RuntimeError(text)
-        raise error
+            return RuntimeError(text)
+
+    def reraise(self) -> None:
+        raise self.exception()
 
 
 def _exception_class(module: str, name: str) -> type:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from torch.utils.data import IterableDataset
+from torch.utils.data import DistributedSampler, IterableDataset
 
 from ..plan import EpochPlan, Partition, PlanStateError, current_topology
 from ..plan.block_shuffle import DEFAULT_WINDOW, layout_digest
@@ -28,7 +28,15 @@ from ..plan.state import STATE_VERSION, validate_state
 from ..read.dataset import Dataset
 from ..read.mix import Mix, fingerprint_of
 
-__all__ = ["Planner", "PlanBatchSampler", "SHUFFLE_MODES", "wants_plan", "refuse_samplers"]
+__all__ = [
+    "Planner",
+    "PlanBatchSampler",
+    "PlanSampler",
+    "SHUFFLE_MODES",
+    "wants_plan",
+    "refuse_samplers",
+    "given_plan",
+]
 
 SHUFFLE_MODES = ("global", "block")
 
@@ -231,8 +239,18 @@ class Planner:
     def begin(self) -> Cursor:
         """The next iteration's cursor (consumes a loaded state that matches its epoch)."""
         epoch = self._next_epoch
-        plan, skip = self.epoch_plan(epoch), self._skip(epoch)
+        self.current = self._cursor(epoch)
         self._resume = None
+        self._next_epoch = epoch + 1
+        return self.current
+
+    def peek(self) -> Cursor:
+        """The running iteration's cursor, else the one the next iteration would begin
+        with (nothing changes)."""
+        cur = self.current
+        return cur if cur is not None and not cur.done else self._cursor(self._next_epoch)
+
+    def _cursor(self, epoch: int) -> Cursor:
         order = (
             None
             if self.mix is None
@@ -240,26 +258,25 @@ class Planner:
                 self.seed, epoch, self.shuffle, self.mix_blocks, self.window or DEFAULT_WINDOW
             )
         )
-        self.current = Cursor(
-            plan, order, aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT), skip=skip
+        return Cursor(
+            self.epoch_plan(epoch),
+            order,
+            aug_seed=derive_key(self.seed, epoch, STREAM_AUGMENT),
+            skip=self._skip(epoch),
         )
-        self._next_epoch = epoch + 1
-        return self.current
 
-    def track(
-        self, cursor: Cursor, batches: Iterator[Any], number: Callable[[], int] | None = None
-    ) -> Iterator[Any]:
-        """``batches``, counting each one as consumed as it is handed on. ``number()``: the
-        iteration's number of the batch just yielded, when they come out of order."""
-        if number is None and not cursor.skip:  # in order, nothing to skip: the common case
-            for batch in batches:
-                cursor.delivered += 1
-                yield batch
-        else:
-            for i, batch in enumerate(batches):
-                cursor.handed_out(cursor.plan_batch(number() if number is not None else i))
-                yield batch
-        cursor.done = True
+    def epoch_batches(self) -> int:
+        """This rank's batches in a whole epoch (``len(loader)``, as torch's: a resumed
+        epoch has fewer left)."""
+        rank, world = self.topology()
+        return Partition(self.n, self.batch_size, world, self.drop_last).num_batches
+
+    def epoch_samples(self) -> int:
+        """This rank's samples in a whole epoch (padding included, the dropped tail not)."""
+        rank, world = self.topology()
+        part = Partition(self.n, self.batch_size, world, self.drop_last)
+        last = part.last_batch_size if part.num_batches > part.full_steps else 0
+        return part.full_steps * self.batch_size + last
 
     def num_batches(self) -> int:
         """Batches of the running iteration, else of the next one (from a loaded position)."""
@@ -412,6 +429,78 @@ class PlanBatchSampler:
 
     def __len__(self) -> int:
         return self.planner.num_batches()
+
+
+class PlanSampler(DistributedSampler):
+    """The planned order as a torch sampler: this rank's share of the epoch's order, in
+    order (``loader.sampler`` of a planned loader; ``loader.batch_sampler`` cuts it into
+    the loader's batches). A DistributedSampler because it is one: every rank reads its own
+    share, so a framework that gives a loader a DistributedSampler (Lightning) sees that it
+    has one, and ``set_epoch`` reaches the plan. Iterating it changes nothing: it lists the
+    running iteration's share, else the next one's."""
+
+    def __init__(self, planner: Planner) -> None:  # (DistributedSampler's asks torch.distributed)
+        self.planner = planner
+        self.dataset = planner.dataset
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return self.planner.topology()[1]
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.planner.topology()[0]
+
+    @property
+    def epoch(self) -> int:  # type: ignore[override]
+        return self.planner.info()["epoch"]
+
+    @property
+    def shuffle(self) -> bool:  # type: ignore[override]
+        return self.planner.shuffle
+
+    @property
+    def seed(self) -> int:  # type: ignore[override]
+        return int(self.planner.seed)
+
+    @property
+    def drop_last(self) -> bool:  # type: ignore[override]
+        return self.planner.drop_last
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        return self.planner.epoch_samples()
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        return self.num_samples * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.planner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        planner = self.planner
+        cursor = planner.peek()
+        for j in range(cursor.plan.num_batches):
+            if j not in cursor.skip:
+                yield from cursor.indices(j, planner.mix).tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def given_plan(sampler: Any, batch_sampler: Any) -> Planner | None:
+    """The plan of a planned loader handed back to a new one: its PlanSampler as the
+    sampler, or inside the batch sampler (a framework rebuilding the loader, as Lightning
+    does to record the indices of predictions)."""
+    for candidate in (
+        sampler,
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "_batch_sampler", None), "sampler", None),
+    ):
+        if isinstance(candidate, PlanSampler):
+            return candidate.planner
+    return None
 
 
 def _block_sizes(dataset: Any) -> np.ndarray:

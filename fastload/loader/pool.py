@@ -21,9 +21,9 @@ from ..errors import LoaderTimeoutError, WorkerDiedError
 from ..read.contract import Readable
 from .messages import BatchResult, BatchTask, decode, encode_tasks
 from .slabs import SlabMap, SlabPool, out_of_descriptors
-from .worker import POLL_SECONDS, WorkerSetup, worker_loop
+from .worker import POLL_SECONDS, WorkerSetup, short_indices, worker_loop
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "describe_batches"]
 
 
 _POLL = 0.5
@@ -81,6 +81,9 @@ class WorkerPool:
         #: workers): messages in flight per worker, slabs out with the workers, and whether
         #: the pool is broken (a worker died, hung or failed to start) and must not be reused.
         self.pending = [0] * self.num_workers
+        #: The batches each worker was sent and has not answered (batch -> dataset indices),
+        #: named when it dies or goes silent.
+        self.loading: list[dict[int, Any]] = [{} for _ in range(self.num_workers)]
         self.out: set[int] = set()
         self._shares_out: dict[int, int] = {}  # slab -> shares still out, when several
         self.broken = False
@@ -126,6 +129,7 @@ class WorkerPool:
         :meth:`returned` says they are back."""
         for task in tasks:
             self.out.add(task.slab)
+            self.loading[worker][task.batch] = task.indices
             if task.parts > 1 and task.part == 0:  # its shares are submitted one after another
                 self._shares_out[task.slab] = task.parts
             if self.is_process and task.slab not in self.slabs_known[worker]:
@@ -141,9 +145,11 @@ class WorkerPool:
         except OSError:
             pass  # the worker is gone: get() says how, after any message it left behind
 
-    def returned(self, slab: int) -> bool:
-        """A result for ``slab`` came back: whether the slab is now back from every worker
-        (the last share of a batch filled by several)."""
+    def returned(self, slab: int, worker: int = -1, batch: int = -1) -> bool:
+        """A result for ``slab`` (batch ``batch``) came back from ``worker``: whether the slab
+        is now back from every worker (the last share of a batch filled by several)."""
+        if worker >= 0:
+            self.loading[worker].pop(batch, None)
         left = self._shares_out.pop(slab, 1) - 1
         if left > 0:
             self._shares_out[slab] = left
@@ -155,12 +161,15 @@ class WorkerPool:
         """The slabs that were out (every worker has stopped: they are free again)."""
         out, self.out = self.out, set()
         self._shares_out.clear()
+        for loading in self.loading:
+            loading.clear()
         return out
 
-    def get(self, timeout: float) -> tuple[int, list[BatchResult]]:
+    def get(self, timeout: float, awaited: int | None = None) -> tuple[int, list[BatchResult]]:
         """``(worker, the results of one message)`` from any worker. Raises WorkerDiedError if
         a worker died, LoaderTimeoutError after ``timeout`` seconds without a result (0: wait
-        forever)."""
+        forever); both name the batches concerned (``awaited``: the one the consumer waits
+        for) and their dataset indices."""
         deadline = time.monotonic() + timeout if timeout > 0 else None
         while True:
             wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
@@ -185,17 +194,38 @@ class WorkerPool:
                 raise
             if deadline is not None and time.monotonic() >= deadline:
                 self.broken = True
-                raise LoaderTimeoutError(
-                    f"DataLoader timed out after {timeout} seconds "
-                    "waiting for a batch from its workers"
-                )
+                raise self._timed_out(timeout, awaited)
+
+    def _timed_out(self, timeout: float, awaited: int | None) -> LoaderTimeoutError:
+        held = [i for i, loading in enumerate(self.loading) if awaited in loading]
+        batches = {awaited: self._indices_of(awaited)} if awaited is not None else {}
+        whose = ""
+        if held:
+            who = self.workers[held[0]]
+            pid = f" (pid {who.pid})" if self.is_process else ""
+            whose = f" from fastload worker {held[0]}{pid}"
+        what = f" {describe_batches(batches)}" if batches else " a batch"
+        return LoaderTimeoutError(
+            f"DataLoader timed out after {timeout} seconds waiting for{what}{whose}",
+            batches=batches,
+        )
+
+    def _indices_of(self, batch: int | None) -> Any:
+        for loading in self.loading:
+            if batch in loading:
+                return loading[batch]
+        return None
 
     def check_alive(self) -> None:
         if not self.is_process:
             dead = [i for i, w in enumerate(self.workers) if not w.is_alive()]
             if dead:
                 self.broken = True
-                raise WorkerDiedError(f"fastload worker thread {dead[0]} exited unexpectedly")
+                batches = dict(self.loading[dead[0]])
+                raise WorkerDiedError(
+                    f"fastload worker thread {dead[0]} exited unexpectedly{_while(batches)}",
+                    batches=batches,
+                )
             return
         for i, w in enumerate(self.workers):
             code = w.exitcode
@@ -207,7 +237,11 @@ class WorkerPool:
                     else f"exited with status {code}"
                 )
                 hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-                raise WorkerDiedError(f"fastload worker {i} (pid {w.pid}) {how} unexpectedly{hint}")
+                batches = dict(self.loading[i])
+                raise WorkerDiedError(
+                    f"fastload worker {i} (pid {w.pid}) {how} unexpectedly{hint}{_while(batches)}",
+                    batches=batches,
+                )
 
     def shutdown(self) -> bool:
         """Stop every worker and reap it; safe to call twice. Returns whether every worker
@@ -235,6 +269,20 @@ class WorkerPool:
         for c in self.conns:
             c.close()
         return not any(w.is_alive() for w in self.workers)
+
+
+def describe_batches(batches: dict[int, Any]) -> str:
+    """``batch 3 (dataset indices [6, 7])``, for a few batches."""
+    shown = [
+        f"batch {b} (dataset indices {short_indices(i)})" if i is not None else f"batch {b}"
+        for b, i in sorted(batches.items())[:4]
+    ]
+    more = f" and {len(batches) - 4} more" if len(batches) > 4 else ""
+    return ", ".join(shown) + more
+
+
+def _while(batches: dict[int, Any]) -> str:
+    return f" while loading {describe_batches(batches)}" if batches else ""
 
 
 def _prepare_workers(dataset: Readable) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import signal
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -26,12 +25,13 @@ import numpy as np
 from ..read.contract import Readable
 from ..read.dataset import Dataset
 from ..read.mix import Mix
+from .exits import reset_inherited_handlers
 from .layout import BatchLayout
 from .messages import BatchResult, BatchTask, WorkerError, decode, encode_results
 from .slabs import SlabMap, out_of_descriptors
 from .splits import split_of
 
-__all__ = ["WorkerSetup", "worker_loop"]
+__all__ = ["WorkerSetup", "worker_loop", "short_indices"]
 
 POLL_SECONDS = 1.0
 
@@ -63,7 +63,9 @@ def worker_loop(
     for conn in inherited:
         conn.close()
     if is_process:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
+        # Handlers inherited from the main process (a SIGTERM handler that swallows the
+        # signal would keep this worker alive at exit: exits.py); Ctrl-C is the consumer's.
+        reset_inherited_handlers(ignore_interrupt=True)
         import torch
 
         torch.set_num_threads(1)  # two workers on two cores must not fight over threads
@@ -223,7 +225,7 @@ def _run(setup: WorkerSetup, worker_id: int, slabs: SlabMap, task: BatchTask) ->
         split = split_of(task.split)
         return split.fill(setup.dataset, setup.layout, slabs[task.slab], task, setup.skip_bad)
     except Exception as e:
-        where = f"while loading batch {task.batch} (dataset indices {_short(task.indices)})"
+        where = f"while loading batch {task.batch} (dataset indices {short_indices(task.indices)})"
         return BatchResult(
             task.batch,
             task.slab,
@@ -240,6 +242,8 @@ def _send(conn, results: list) -> None:
         pass  # the consumer is gone; the next recv ends this worker
 
 
-def _short(indices: np.ndarray) -> str:
+def short_indices(indices) -> str:
+    """``[3, 9, 4, ...]``: the first indices of a batch, for messages."""
+    indices = np.asarray(indices).reshape(-1)
     head = ", ".join(str(int(i)) for i in indices[:8])
     return f"[{head}{', ...' if len(indices) > 8 else ''}]"

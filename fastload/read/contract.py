@@ -94,6 +94,11 @@ class Readable(Protocol):
         record for a bad one (``CorruptRecordError``), IndexError for an index out of range."""
         ...
 
+    def describe_record(self, index: int) -> str:
+        """Record ``index`` as error messages name it: its shard (path or URL) and its place
+        there."""
+        ...
+
     def fast_gather(self, names: tuple[str, ...]) -> BatchGather | None:
         """A one-call gather of the fixed-size fields ``names`` for the calling thread to keep
         and reuse (not to share with other threads), or None where there is none (it pays

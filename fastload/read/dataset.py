@@ -9,8 +9,10 @@ from typing import Any, overload
 import numpy as np
 
 from ..format.record import RecordDecodeError
+from ..io.fs import join
 from .contract import BatchGather
 from .gather import RawGather, ResidentGather
+from .opening import display_name
 from .records import Spans, as_indices, read_spans
 from .shards import ShardSet
 
@@ -91,6 +93,12 @@ class Dataset(ShardSet):
         starts = self.record_starts
         s = int(np.searchsorted(starts, i, side="right")) - 1
         return s, i - int(starts[s])
+
+    def describe_record(self, index: int) -> str:
+        """Record ``index`` as messages name it: its shard and its place there."""
+        s, r = self.locate(index)
+        path = display_name(self.fs, join(self.fs, self.root, self.manifest.shards[s].path))
+        return f"dataset record {int(index)} (record {r} of shard {path})"
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...

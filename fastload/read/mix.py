@@ -110,6 +110,13 @@ class Mix:
         d, i = self.locate(int(index))
         return self.datasets[d][i]
 
+    def describe_record(self, index: int) -> str:
+        """Record ``index`` of the concatenation as messages name it."""
+        d, i = self.locate(int(index))
+        inner = self.datasets[d]
+        where = inner.describe_record(i) if hasattr(inner, "describe_record") else f"record {i}"
+        return f"mix record {int(index)}: {where} of dataset {d}"
+
     def block_numbers(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """:meth:`fastload.Dataset.block_numbers` over the concatenation: the datasets' blocks
         numbered one dataset after another (-1 for an index out of range)."""

@@ -23,6 +23,7 @@ import pytest
 import fastload
 from fastload.errors import CorruptRecordError
 from fastload.loader import LoaderTimeoutError, WorkerDiedError
+from fastload.loader.fastpath import Workers
 from tests.childenv import child_env
 from tests.format.formattools import parse_shard
 
@@ -301,19 +302,19 @@ def _leave_by(how: str, loader) -> None:
     "how,method",
     [("end", "fork"), ("break", "fork"), ("del", "fork"), ("raise", "fork"), ("break", "spawn")],
 )
-def test_c7_leaving_an_epoch_reaps_workers(ds_paths, how, method, no_leaks):
+def test_c7_leaving_an_epoch_reaps_workers(ds_paths, how, method, no_leaks, monkeypatch):
     ds = SlowDataset(ds_paths["none"], delay=0.002)
     loader = fastload.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=method)
     shm = shm_listing()
     pids: list[int] = []
-    orig = loader._start_pool
+    orig = Workers.ready
 
-    def spy(seed):
-        pool = orig(seed)
-        pids.extend(w.pid for w in pool.workers)
+    def spy(self, *args):
+        pool = orig(self, *args)
+        pids.extend(w.pid for w in pool.workers if w.pid not in pids)
         return pool
 
-    loader._start_pool = spy
+    monkeypatch.setattr(Workers, "ready", spy)
     _leave_by(how, loader)
     gc.collect()
     assert len(pids) == 2
