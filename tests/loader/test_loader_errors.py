@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import fastload
 from fastload.errors import CorruptRecordError
@@ -194,10 +195,17 @@ def test_c3_killed_worker_is_reported(ds_paths, method, persistent, no_leaks):
     assert time.monotonic() - start < 5
     text = str(info.value)
     assert "worker 1" in text and str(victim.pid) in text and "SIGKILL" in text
+    # the batches it had, by number and dataset indices (batch j holds records 2j, 2j + 1)
+    assert info.value.batches and all(
+        list(indices) == [2 * j, 2 * j + 1] for j, indices in info.value.batches.items()
+    )
+    j = min(info.value.batches)
+    assert f"while loading batch {j} (dataset indices [{2 * j}, {2 * j + 1}])" in text
+    assert next(it, None) is None  # the iteration is over
     del it
-    if persistent:  # a broken pool is not reused: the next epoch starts afresh
-        assert [check_batch(b) for b in loader][-1] == [98, 99]
-        loader.close()
+    # the loader is not: a new iteration starts afresh (persistent workers too)
+    assert [check_batch(b) for b in loader][-1] == [98, 99]
+    loader.close()
 
 
 # ----------------------------------------------------------------------- C4: crash in native code
@@ -233,6 +241,8 @@ def test_c4_a_worker_crashing_in_native_code_is_reported(ds_paths, persistent, n
     assert re.search(
         r"fastload worker [01] \(pid \d+\) was killed by signal 11 \(SIGSEGV\)", str(info.value)
     ), str(info.value)
+    assert "batch 3 (dataset indices [6, 7])" in str(info.value)  # the batch that crashed it
+    assert list(info.value.batches[3]) == [6, 7]
     loader.close()
 
 
@@ -255,11 +265,16 @@ def test_c5_hung_worker_times_out(ds_paths, how, persistent, no_leaks):
         persistent_workers=persistent,
     )
     start = time.monotonic()
-    with pytest.raises(LoaderTimeoutError, match="timed out after 1 seconds"):
+    with pytest.raises(LoaderTimeoutError, match="timed out after 1 seconds") as info:
         for b in loader:
             check_batch(b)
     assert time.monotonic() - start < 5
     assert isinstance(LoaderTimeoutError("x"), RuntimeError)  # what torch raises
+    # the batch waited for, and the worker that had it (read: batch 2 holds record 10)
+    j = 0 if how == "init" else 2
+    want = f"waiting for batch {j} (dataset indices [{4 * j}, {4 * j + 1}, {4 * j + 2}, "
+    assert want in str(info.value) and "from fastload worker 0 (pid" in str(info.value)
+    assert list(info.value.batches[j]) == list(range(4 * j, 4 * j + 4))
     loader.close()
 
 
@@ -416,3 +431,59 @@ def test_c6_killing_the_main_process_leaves_no_orphans(
         child.wait()
     assert wait_gone(pids, 5) == []
     assert shm_listing() <= shm
+
+
+# ------------------------------------------------- C3, C5 on the general path (torch's iterators)
+
+
+class KillsItsWorker(torch.utils.data.Dataset):
+    """i -> i; reading ``kill_on`` the first time (a marker file says it was) kills the
+    worker process that reads it (SIGKILL, as the OOM killer would)."""
+
+    def __init__(self, n: int, kill_on: int, marker: str, sleep_on: int = -1) -> None:
+        self.n, self.kill_on, self.marker, self.sleep_on = n, kill_on, marker, sleep_on
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if i == self.kill_on and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if i == self.sleep_on and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            time.sleep(30)
+        return i
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_c3_general_path_worker_death_names_the_batch_and_the_loader_goes_on(
+    tmp_path, persistent, no_leaks
+):
+    ds = KillsItsWorker(20, kill_on=7, marker=str(tmp_path / "killed"))
+    loader = fastload.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=persistent)
+    seen = []
+    with pytest.raises(WorkerDiedError) as info:
+        for b in loader:
+            seen.append(b.tolist())
+    assert seen == [[2 * j, 2 * j + 1] for j in range(len(seen))]
+    ((j, indices),) = info.value.batches.items()
+    assert j == len(seen) and indices == [2 * j, 2 * j + 1]  # the batch next() waited for
+    assert f"while loading batch {j} (dataset indices [{2 * j}, {2 * j + 1}])" in str(info.value)
+    assert "exited unexpectedly" in str(info.value)  # torch's own words, kept
+    assert [b.tolist() for b in loader] == [[2 * j, 2 * j + 1] for j in range(10)]
+    loader.close()
+
+
+def test_c5_general_path_timeout_names_the_batch(tmp_path, no_leaks):
+    ds = KillsItsWorker(20, kill_on=-1, sleep_on=9, marker=str(tmp_path / "slept"))
+    loader = fastload.DataLoader(ds, batch_size=2, num_workers=2, timeout=1)
+    with pytest.raises(LoaderTimeoutError) as info:
+        for _ in loader:
+            pass
+    assert "timed out after 1 seconds waiting for batch 4 (dataset indices [8, 9])" in str(
+        info.value
+    )
+    assert info.value.batches == {4: [8, 9]}
+    assert len(list(loader)) == 10  # a new iteration: new workers
+    loader.close()
