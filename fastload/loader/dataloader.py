@@ -336,7 +336,8 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             raise ValueError(_UNORDERED)
         if order.pending is not None:
             return order.state_dict(self.generator)
-        state = order.state_dict(self.generator)
+        live = self._live is not None and not self._live.broken
+        state = order.state_dict(self.generator, seed_draw=not (self.persistent_workers and live))
         state["num_workers"] = self.num_workers
         record, dataset = order.current, self.dataset
         iterable = isinstance(dataset, IterableDataset)

@@ -95,11 +95,18 @@ class CountedIterable(IterableDataset):
         self.inner = inner
         self.side: WorkerSide | None = None
         self.items = 0
+        self.ended = False
         self.iterator: Any = None
 
     def __iter__(self) -> Iterator[Any]:
         side = self.side
         saved = side.take_resume() if side is not None else None
+        if side is not None:
+            side.batches = 0
+        self.ended = bool(saved and saved.get("ended"))
+        if self.ended:  # its items had all been taken: nothing to load, nothing to give
+            self.items = int(saved["items"])
+            return _Counting(self)
         source = (saved or {}).get("source")
         if source == "dataset":
             self.inner.load_state_dict(saved["state"])
@@ -113,8 +120,6 @@ class CountedIterable(IterableDataset):
             except StopIteration:
                 break
             self.items += 1
-        if side is not None:
-            side.batches = 0
         return _Counting(self)
 
     def state(self) -> tuple[str | None, Any]:
@@ -136,8 +141,15 @@ class _Counting:
         return self
 
     def __next__(self) -> Any:
-        item = next(self.source.iterator)
-        self.source.items += 1
+        source = self.source
+        if source.ended:
+            raise StopIteration
+        try:
+            item = next(source.iterator)
+        except StopIteration:
+            source.ended = True
+            raise
+        source.items += 1
         return item
 
 
@@ -224,6 +236,8 @@ class WorkerSide:
         if self.counted is not None:
             self.batches += 1
             meta["items"] = self.counted.items
+            if self.counted.ended:
+                meta["ended"] = True
             if self.every <= 1 or self.batches % self.every == 0:
                 source, state = self.counted.state()
                 if source is not None:
@@ -240,6 +254,8 @@ def note(record: EpochRecord, meta: dict) -> None:
     known = dict(record.workers.get(worker) or {})
     if "items" in meta:
         known["items"] = meta["items"]
+        if meta.get("ended"):
+            known["ended"] = True
         if "source" in meta:
             known.update(source=meta["source"], state=meta["state"], at_state=meta["at_state"])
     elif "state" in meta:
@@ -368,6 +384,8 @@ def worker_part(record: EpochRecord, num_workers: int, *, iterable: bool) -> dic
         for w in range(max(1, num_workers)):
             known = latest.get(w) or {}
             entry = {"items": int(known.get("items", 0))}
+            if known.get("ended"):
+                entry["ended"] = True
             if "source" in known:
                 entry.update(
                     source=known["source"], state=known["state"], at_state=known["at_state"]

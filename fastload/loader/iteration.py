@@ -218,10 +218,8 @@ class LoaderIterator:
             close_at_exit(self)
         if record is not None:
             record.base_seed = self._base_seed = getattr(self._torch_it, "_base_seed", None)
-            if resume is not None and not resume["finished"]:
-                loading.order.settle(settings.generator)
-                if resume.get("base_seed") is not None:
-                    record.base_seed = resume["base_seed"]
+            if resume is not None and resume.get("base_seed") is not None:
+                record.base_seed = resume["base_seed"]
         return self._torch_it
 
     def _make_view(self, record: EpochRecord | None, resume: Any) -> TorchView:

@@ -284,6 +284,8 @@ class IndexOrder:
         mid_epoch = resume is not None and not resume.state["finished"] and saved is not None
         restore = rng.restored(saved) if mid_epoch else contextlib.nullcontext()
         skip, ahead = record.skip, set(record.ahead)
+        if mid_epoch:
+            self.order.settle()  # (torch's iterator may have drawn its base seed meanwhile)
         with restore:
             record.rng = saved if mid_epoch else rng.capture()
             record.sampler_epoch = rng.sampler_epoch()
@@ -322,17 +324,22 @@ class TorchOrder:
         self.current: EpochRecord | None = None
         self.pending: Resume | None = None
         self.iterations = 0
+        self.generator: torch.Generator | None = None  # the loader's, of the last iteration
 
     def begin(self, generator: torch.Generator | None, draw_seed: bool = True) -> EpochRecord:
         """A new iteration's record (taking a loaded state). Its base seed is drawn from
         ``generator`` as torch's iterator draws it (``draw_seed``; persistent workers keep
         the first), or, when resuming mid-epoch, the saved one."""
         resume, self.pending = self.pending, None
+        self.generator = generator
+        if resume is not None and resume.state["finished"] and self.rng.kind == "global":
+            resume = _from_global(resume, generator)
         record = EpochRecord(self.iterations, resume)
         self.iterations += 1
         state = resume.state if resume is not None else None
-        if state is not None and state.get("generator") is not None and generator is not None:
-            generator.set_state(decode_state(state["generator"], "generator"))
+        saved_generator = state and (state.get("generator") or state.get("generator_before"))
+        if saved_generator and generator is not None:
+            generator.set_state(decode_state(saved_generator, "generator"))
         if state is not None and state["finished"] and state["sampler"] is not None:
             # between epochs: the sampler's own state (or generator) as it was then
             with self.rng.restored(state["sampler"]):
@@ -349,18 +356,22 @@ class TorchOrder:
         self.current = record
         return record
 
-    def settle(self, generator: torch.Generator | None) -> None:
-        """After torch's iterator drew its base seed for a resumed epoch: the loader's
-        generator as it was after that draw in the saved run."""
-        record = self.current
+    def settle(self) -> None:
+        """At a resumed epoch's first draw (torch's iterator drew its base seed from the
+        loader's generator before it): that generator as it was after that draw in the
+        saved run."""
+        record, generator = self.current, self.generator
         resume = record.resume if record is not None else None
         if resume is not None and generator is not None and resume.state.get("generator"):
             generator.set_state(decode_state(resume.state["generator"], "generator"))
 
     # -- state ------------------------------------------------------------------------------
-    def state_dict(self, generator: torch.Generator | None) -> dict[str, Any]:
+    def state_dict(
+        self, generator: torch.Generator | None, seed_draw: bool = True
+    ) -> dict[str, Any]:
         """The position (the module doc), JSON-safe where the sampler's and datasets' own
-        states are."""
+        states are. ``seed_draw``: whether the next iteration draws its workers' base seed
+        (persistent workers keep theirs)."""
         if self.pending is not None:
             return copy.deepcopy(self.pending.state)
         record = self.current
@@ -374,11 +385,12 @@ class TorchOrder:
             # between iterations (or one not started): the next draws from the state now
             state.update(
                 consumed=0,
-                finished=record is not None and record.finished,
-                sampler=None if self.rng.kind == "global" else self.rng.capture(),
+                finished=True,  # (or not begun: the next iteration starts afresh either way)
+                sampler=self.rng.capture(),
                 sampler_epoch=self.rng.sampler_epoch(),
                 base_seed=None,
                 generator=encode_state(generator.get_state()) if generator is not None else None,
+                seed_draw=seed_draw,
             )
             return state
         progress = record.progress
@@ -411,6 +423,30 @@ class TorchOrder:
         self.current = None
 
 
+def _from_global(resume: Resume, generator: torch.Generator | None) -> Resume:
+    """A state saved between iterations, for a sampler that draws from torch's global
+    generator, as the state of the next iteration before its first batch: the draws it makes
+    from the saved state (its base seed first, where it draws it from that generator), made
+    in a fork of the generator (the program's own is left alone)."""
+    state = dict(resume.state)
+    saved = decode_state(state["sampler"]["state"], "sampler")
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(saved)
+        seed = None
+        if generator is None and state.get("seed_draw", True):
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        first_draw = encode_state(torch.get_rng_state())
+    state.update(
+        finished=False,
+        consumed=0,
+        sampler={"kind": "global", "state": first_draw},
+        base_seed=seed,
+        generator=None,  # (the loader's generator as it was before the iteration drew)
+        generator_before=state.get("generator"),
+    )
+    return Resume(state)
+
+
 def _length(sampler: Any) -> int | None:
     try:
         return len(sampler)
@@ -427,6 +463,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 }
 _OPTIONAL: dict[str, tuple[type, ...]] = {
     "batches": (int,),
+    "seed_draw": (bool,),
     "sampler_epoch": (int,),
     "base_seed": (int,),
     "generator": (str,),
