@@ -21,9 +21,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import TooManyBadSamplesError
+from ..errors import PlanStateError, TooManyBadSamplesError
 
-__all__ = ["SkipBadSamples", "BadSampleBudget", "policy_of"]
+__all__ = ["SkipBadSamples", "BadSampleBudget", "policy_of", "check_counts"]
 
 LOG_SECONDS = 10.0
 log = logging.getLogger("fastload")
@@ -115,6 +115,7 @@ class BadSampleBudget:
         """Continue from the counts a loader state holds if it was saved by this rank of a
         world of this size (another rank's are not ours), else from zero."""
         saved = state.get("bad_samples")
+        check_counts(saved)
         mine = (
             isinstance(saved, Mapping)
             and saved.get("rank") == rank
@@ -124,3 +125,27 @@ class BadSampleBudget:
 
     def _so_far(self) -> str:
         return f"{self.skipped} of {self.seen} samples skipped so far; last: {self.last}"
+
+
+def check_counts(saved: object) -> None:
+    """A state's ``bad_samples`` part (None, or what :meth:`BadSampleBudget.state` made);
+    PlanStateError naming the field otherwise."""
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping):
+        raise PlanStateError(
+            f"loader state is corrupted: field 'bad_samples' should be a mapping, got "
+            f"{type(saved).__name__}"
+        )
+    for key in ("rank", "seen", "skipped"):
+        value = saved.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise PlanStateError(
+                f"loader state is corrupted: field 'bad_samples.{key}' should be an int >= 0, "
+                f"got {value!r}"
+            )
+    if saved["skipped"] > saved["seen"]:
+        raise PlanStateError(
+            f"loader state is corrupted: field 'bad_samples.skipped' = {saved['skipped']} is "
+            f"more than the {saved['seen']} samples seen"
+        )

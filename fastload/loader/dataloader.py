@@ -32,7 +32,7 @@ from torch.utils.data._utils.collate import default_collate, default_convert
 
 from ..errors import PlanStateError
 from .advice import warn_about_block_cache, warn_if_unsplit
-from .badsamples import BadSampleBudget, SkipBadSamples, policy_of
+from .badsamples import BadSampleBudget, SkipBadSamples, check_counts, policy_of
 from .fastpath import FastPath, Settings
 from .general import check_workers, stateful_dataset, worker_part
 from .iteration import LoaderIterator, Loading
@@ -363,6 +363,8 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         state was saved for another dataset, order or settings, or is corrupted (naming
         the field)."""
         saved_order = state.get("order") if isinstance(state, Mapping) else None
+        if isinstance(state, Mapping):
+            check_counts(state.get("bad_samples"))  # (before anything is loaded)
         if self._planner is not None:
             if saved_order is not None:
                 raise PlanStateError(

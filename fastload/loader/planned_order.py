@@ -24,7 +24,7 @@ from torch.utils.data import DistributedSampler, IterableDataset
 from ..plan import EpochPlan, Partition, PlanStateError, current_topology
 from ..plan.block_shuffle import DEFAULT_WINDOW, layout_digest
 from ..plan.permutation import STREAM_AUGMENT, derive_key
-from ..plan.state import STATE_VERSION, validate_state
+from ..plan.state import STATE_VERSION, check_int_field, validate_state
 from ..read.dataset import Dataset
 from ..read.mix import Mix, fingerprint_of
 
@@ -344,6 +344,7 @@ class Planner:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         validate_state(state)  # version and field types first: the checks below read them
+        _check_loader_fields(state)
         self._check_setting("mode", state["mode"], self.mode)  # the plan's shape depends on it
         # The plan layer checks n, the fingerprint, the block layout and the position.
         # (A Mix's plan is over its positions, in block mode too; its fingerprint names every
@@ -403,6 +404,19 @@ class Planner:
                 f"{key}={mine!r}. Build the loader with the settings of the run that saved it "
                 "(seed, shuffle, block_window) to continue its epoch."
             )
+
+
+def _check_loader_fields(state: Mapping[str, Any]) -> None:
+    """The fields a loader adds to a plan state (for readers, and to resume out-of-order
+    batches): None, or ints in range; PlanStateError naming the field."""
+    for key, low in (("world_size", 1), ("batch_size", 1), ("rank", 0)):
+        if state.get(key) is not None:
+            check_int_field(key, state[key], low)
+    rank, world = state.get("rank"), state.get("world_size")
+    if rank is not None and world is not None and rank >= world:
+        raise PlanStateError(
+            f"plan state is corrupted: field 'rank' = {rank} is not a rank of world_size {world}"
+        )
 
 
 class PlanBatchSampler:

@@ -9,6 +9,7 @@ serves every remaining sample exactly once (see partition.py for padding and dro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from .partition import Partition
 from .permutation import IntArray, Order, Permutation
 from .topology import current_topology
 
-__all__ = ["STATE_VERSION", "EpochPlan", "PlanStateError", "validate_state"]
+__all__ = ["STATE_VERSION", "EpochPlan", "PlanStateError", "validate_state", "check_int_field"]
 
 STATE_VERSION = 1
 _MODES = ("global", "block")
@@ -232,9 +233,15 @@ def validate_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
     return _validated(state)
 
 
+def check_int_field(key: str, value: Any, low: int, high: int = 2**63 - 1) -> None:
+    """PlanStateError naming ``key`` unless ``value`` is an int in [low, high] (for the fields
+    a loader adds to a plan state)."""
+    _in_range(key, value, low, high)
+
+
 def _validated(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``state`` after checking it is a plan state of this version with fields of the right
-    types; PlanStateError naming the field otherwise."""
+    """``state`` after checking it is a plan state of this version, field by field (type
+    and range); PlanStateError naming the field otherwise."""
     if not isinstance(state, Mapping):
         raise PlanStateError(f"plan state must be a mapping, got {type(state).__name__}")
     for key, kind in _FIELDS.items():
@@ -242,21 +249,53 @@ def _validated(state: Mapping[str, Any]) -> Mapping[str, Any]:
         ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
             raise PlanStateError(
-                f"plan state is corrupted: field {key!r} should be {kind.__name__}, got {value!r}"
+                f"plan state is corrupted: field {key!r} should be {kind.__name__}, got "
+                f"{_shown(value)}"
             )
     if state["version"] != STATE_VERSION:
         raise PlanStateError(
             f"plan state version {state['version']} is not supported "
             f"(this fastload reads version {STATE_VERSION})"
         )
-    if state["mode"] not in _MODES or state["consumed"] < 0 or state["epoch"] < 0:
+    if state["mode"] not in _MODES:
         raise PlanStateError(
-            f"plan state is corrupted: mode={state['mode']!r}, "
-            f"consumed={state['consumed']}, epoch={state['epoch']}"
+            f"plan state is corrupted: field 'mode' should be one of {_MODES}, got "
+            f"mode={state['mode']!r}"
         )
-    block_fields_ok = isinstance(state.get("window"), int) and isinstance(state.get("layout"), str)
-    if state["mode"] == "block" and not block_fields_ok:
+    for key in ("consumed", "n", "epoch"):
+        _in_range(key, state[key], 0, _MAX_INT)
+    _in_range("seed", state["seed"], -(2**63), 2**64 - 1)
+    if not state["fingerprint"].isprintable() or len(state["fingerprint"]) > 256:
+        raise PlanStateError(
+            f"plan state is corrupted: field 'fingerprint' = {_shown(state['fingerprint'])}"
+        )
+    window, layout = state.get("window"), state.get("layout")
+    if window is not None:
+        _in_range("window", window, 1, _MAX_INT)
+    if layout is not None and not (isinstance(layout, str) and _HEX16.fullmatch(layout)):
+        raise PlanStateError(
+            f"plan state is corrupted: field 'layout' should be a block layout's digest (16 hex "
+            f"digits) or None, got {_shown(layout)}"
+        )
+    if state["mode"] == "block" and (window is None or layout is None):
         raise PlanStateError(
             "plan state is corrupted: a block-mode state needs an int 'window' and a str 'layout'"
         )
     return state
+
+
+_MAX_INT = 2**63 - 1
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _in_range(key: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PlanStateError(
+            f"plan state is corrupted: field {key!r} should be an int in [{low}, {high}], got "
+            f"{_shown(value)}"
+        )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -240,6 +240,45 @@ def test_state_from_another_dataset_or_settings_is_refused(ids, index_paths):
     loader.load_state_dict(state)  # a refused state changed nothing
 
 
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"window": "x"}, "window"),
+        ({"window": 0}, "window"),
+        ({"layout": 123}, "layout"),
+        ({"layout": "../etc"}, "layout"),
+        ({"world_size": "2"}, "world_size"),
+        ({"world_size": 0}, "world_size"),
+        ({"batch_size": -4}, "batch_size"),
+        ({"batch_size": [8]}, "batch_size"),
+        ({"epoch": 10**30}, "epoch"),
+        ({"consumed": 10**30}, "consumed"),
+        ({"seed": 2**70}, "seed"),
+        ({"n": -1}, "n"),
+        ({"rank": 7, "world_size": 2}, "rank"),
+        ({"fingerprint": "x" * 1000}, "fingerprint"),
+        ({"ahead": [0]}, "ahead"),
+        ({"bad_samples": {"rank": 0, "seen": 1, "skipped": 5}}, "bad_samples.skipped"),
+        ({"bad_samples": {"rank": "0", "seen": 1, "skipped": 0}}, "bad_samples.rank"),
+        ({"bad_samples": [1]}, "bad_samples"),
+    ],
+)
+def test_a_bad_planned_state_is_refused_naming_the_field(ids, change, field):
+    loader = fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=1)
+    run(loader, limit=2)
+    state = json.loads(json.dumps(loader.state_dict()))
+    with pytest.raises(PlanStateError, match=field):
+        fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=1).load_state_dict(
+            {**state, **change}
+        )
+    block = fastload.DataLoader(ids, batch_size=8, shuffle="block", seed=1)
+    saved = block.state_dict()
+    for bad in ({"window": None}, {"layout": None}, {"layout": "0" * 15}):
+        with pytest.raises(PlanStateError, match="window|layout"):
+            block.load_state_dict({**saved, **bad})
+    block.load_state_dict(saved)  # a refused state changed nothing
+
+
 def test_torch_equivalent_path_refuses_a_planned_state_and_conflicts(ids):
     plain = fastload.DataLoader(ids, batch_size=8, shuffle=True)
     planned = fastload.DataLoader(ids, batch_size=8, shuffle=True, seed=1)
