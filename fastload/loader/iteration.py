@@ -227,7 +227,7 @@ class LoaderIterator:
         dataset, init, collate = loading.dataset, settings.worker_init_fn, settings.collate_fn
         workers = settings.num_workers
         map_state = stateful_dataset(dataset) and not loading.iterable and record is not None
-        if map_state and workers == 0 and resume and resume.get("dataset"):
+        if map_state and workers == 0 and resume and "main" in (resume.get("dataset") or {}):
             dataset.load_state_dict(resume["dataset"]["main"])
         if loading.iterable or workers > 0:
             saved = (resume or {}).get("iterable" if loading.iterable else "dataset")

@@ -284,7 +284,7 @@ class IndexOrder:
         mid_epoch = resume is not None and not resume.state["finished"] and saved is not None
         restore = rng.restored(saved) if mid_epoch else contextlib.nullcontext()
         skip, ahead = record.skip, set(record.ahead)
-        if mid_epoch:
+        if resume is not None:
             self.order.settle()  # (torch's iterator may have drawn its base seed meanwhile)
         with restore:
             record.rng = saved if mid_epoch else rng.capture()
@@ -332,6 +332,8 @@ class TorchOrder:
         the first), or, when resuming mid-epoch, the saved one."""
         resume, self.pending = self.pending, None
         self.generator = generator
+        if resume is not None and self._handed_all(resume.state):
+            resume = self._replayed(resume, generator)
         if resume is not None and resume.state["finished"] and self.rng.kind == "global":
             resume = _from_global(resume, generator)
         record = EpochRecord(self.iterations, resume)
@@ -356,14 +358,56 @@ class TorchOrder:
         self.current = record
         return record
 
+    def _handed_all(self, state: Mapping[str, Any]) -> bool:
+        """A state saved once the epoch's last batch was out, before the next() that ends
+        the iteration (Lightning saves then)."""
+        length = _length(self.index.inner)
+        return (
+            not state["finished"]
+            and not self.iterable
+            and state["sampler"] is not None
+            and length is not None
+            and state["consumed"] >= length
+        )
+
+    def _replayed(self, resume: Resume, generator: torch.Generator | None) -> Resume:
+        """That state as the state between that epoch and the next: the epoch's draws made
+        again, to its end (a sampler draws more as it ends: torch's RandomSampler does), so
+        the next epoch draws as the saved run's did."""
+        state = dict(resume.state)
+        if state.get("generator") and generator is not None:
+            generator.set_state(decode_state(state["generator"], "generator"))
+        with self.rng.restored(state["sampler"]):
+            for _ in self.index.inner:
+                pass
+            end = self.rng.capture()
+        state.update(
+            finished=True,
+            consumed=0,
+            sampler=end,
+            base_seed=None,
+            generator=encode_state(generator.get_state()) if generator is not None else None,
+        )
+        state.pop("ahead", None)
+        part = state.get("dataset")
+        if part is not None and "workers" in part:
+            # the next epoch's workers start from the main process's copy of the dataset,
+            # not from where this epoch's workers ended
+            state["dataset"] = {"num_workers": part["num_workers"]}
+        return Resume(state)
+
     def settle(self) -> None:
         """At a resumed epoch's first draw (torch's iterator drew its base seed from the
         loader's generator before it): that generator as it was after that draw in the
-        saved run."""
+        saved run; or, for a state saved between epochs by persistent workers (the next
+        epoch draws no base seed: they keep theirs), as it was saved."""
         record, generator = self.current, self.generator
         resume = record.resume if record is not None else None
-        if resume is not None and generator is not None and resume.state.get("generator"):
-            generator.set_state(decode_state(resume.state["generator"], "generator"))
+        if resume is None or generator is None or not resume.state.get("generator"):
+            return
+        state = resume.state
+        if not state["finished"] or state.get("seed_draw") is False:
+            generator.set_state(decode_state(state["generator"], "generator"))
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(
@@ -401,6 +445,7 @@ class TorchOrder:
             sampler_epoch=record.sampler_epoch,
             base_seed=record.base_seed,
             generator=record.generator,
+            seed_draw=seed_draw,  # (for the next epoch, should this state be at its end)
         )
         if progress.ahead:
             state["ahead"] = sorted(s - progress.delivered for s in progress.ahead)

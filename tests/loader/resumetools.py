@@ -34,6 +34,14 @@ def epoch_of(loader, limit: int | None = None) -> list:
     return out
 
 
+def _resumes_the_next_epoch(make, workers: int, state: dict, rng, following: list) -> None:
+    loader = make(workers)
+    loader.load_state_dict(state)
+    torch.set_rng_state(rng)
+    assert epoch_of(loader) == following, "the epoch after a state saved once it ended"
+    loader.close()
+
+
 def check_resume(
     make: Callable[[int], Any],
     *,
@@ -61,9 +69,15 @@ def check_resume(
         epoch_of(first)
     it = iter(first)
     head = [as_plain(next(it)) for _ in range(at)]
-    if at == len(full):
-        assert next(it, None) is None
     state = json.loads(json.dumps(first.state_dict()))  # JSON-safe, and still resumable
+    if at == len(full):
+        # the epoch's last batch is out: a state saved once next() said it is over resumes
+        # at the next epoch, and so does one saved before that next() (Lightning saves
+        # then) where the loader knows the epoch's length
+        assert next(it, None) is None
+        ended = json.loads(json.dumps(first.state_dict()))
+        assert ended["finished"] and (state["finished"] or state["consumed"] == at)
+        _resumes_the_next_epoch(make, workers[1], ended, after_state, following)
     del it
     assert head == full[:at]
 
@@ -71,6 +85,10 @@ def check_resume(
     second = make(workers[1])
     second.load_state_dict(state)
     if at == len(full):
+        if state.get("iterable") is not None and not state["finished"]:
+            # an IterableDataset's end is known only from the next() that finds it: the
+            # state saved before resumes the rest of that epoch (nothing), then the next
+            assert epoch_of(second) == [], "the rest of an iterable epoch saved at its end"
         torch.set_rng_state(after_state)  # (what the program had then: its own to restore)
         assert epoch_of(second) == following, "the epoch after a state saved at an epoch's end"
     else:

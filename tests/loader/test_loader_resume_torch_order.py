@@ -175,18 +175,27 @@ def test_a_state_from_a_later_epoch_resumes_that_epoch(ds1):
     check_resume(make, at=5, workers=(2, 0), epochs_before=2)
 
 
-def test_persistent_workers_resume(ds1):
+@pytest.mark.parametrize("at", [4, "end"])
+@pytest.mark.parametrize("generator", [True, False], ids=["generator", "global"])
+@pytest.mark.parametrize("dataset", ["fast", "general"])
+def test_persistent_workers_resume(ds1, dataset, generator, at):
+    # without a generator, the next epoch's order is drawn from torch's global generator,
+    # which persistent workers leave alone between epochs (no new base seed is drawn)
+    ds = ds1 if dataset == "fast" else Plain(40)
+
     def make(num_workers: int):
         return fastload.DataLoader(
-            ds1,
+            ds,
             batch_size=8,
             shuffle=True,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(2),
+            generator=torch.Generator().manual_seed(2) if generator else None,
         )
 
-    check_resume(make, at=4, workers=(2, 2), epochs_before=1)
+    length = len(make(0))
+    at = length if at == "end" else at
+    check_resume(make, at=at, workers=(2, 2), epochs_before=1, seed=global_seed)
 
 
 # ------------------------------------------------------------------------- IterableDatasets
