@@ -346,8 +346,11 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             state["iterable"] = worker_part(record, self.num_workers, iterable=True)
         if stateful_dataset(dataset):
             part: dict[str, Any] = {"num_workers": self.num_workers}
+            carried = self._live.worker_states() if live and self._live is not None else {}
             if running and self.num_workers > 0 and not iterable:
                 part.update(worker_part(record, self.num_workers, iterable=False))
+            elif carried and self.num_workers > 0:  # persistent workers go on from theirs
+                part["workers"] = carried
             else:
                 part["main"] = dataset.state_dict()
             state["dataset"] = part

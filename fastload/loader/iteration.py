@@ -211,16 +211,44 @@ class LoaderIterator:
                 record.base_seed = self._base_seed
             return self._torch_it
         self._close_torch()
-        self._view = self._make_view(record, resume)
+        carried = None if resume is not None else self._carried(record)
+        self._view = self._make_view(record, resume or carried)
+        if carried is not None and record is not None:
+            # (the saved run's persistent workers drew no new base seed: undone at the
+            # epoch's first draw, which torch's iterator makes as it starts)
+            generator = settings.generator
+            record.rewind = torch.get_rng_state() if generator is None else generator.get_state()
         self._torch_it = torch_iterator(self._view)
         self._torch_fresh = bool(per_worker)
         if settings.num_workers > 0:
             close_at_exit(self)
-        if record is not None:
+        if record is not None and carried is not None:
+            record.base_seed = self._base_seed
+        elif record is not None:
             record.base_seed = self._base_seed = getattr(self._torch_it, "_base_seed", None)
             if resume is not None and resume.get("base_seed") is not None:
                 record.base_seed = resume["base_seed"]
         return self._torch_it
+
+    def worker_states(self) -> dict[str, Any]:
+        """Per worker, the state of its copy of a dataset with a state of its own at the end
+        of the last epoch (what persistent workers go on from)."""
+        if self._loading.iterable:
+            return {}
+        return {str(w): known["state"] for w, known in self._known.items() if "state" in known}
+
+    def _carried(self, record: EpochRecord | None) -> dict[str, Any] | None:
+        """After a resumed epoch (its workers, which played the saved run's, stopped with
+        it), what new persistent workers of a dataset with a state of its own start from:
+        where those ended, as the saved run's persistent workers go on."""
+        loading, settings = self._loading, self._settings
+        if record is None or loading.iterable or not settings.persistent_workers:
+            return None
+        states = self.worker_states()
+        if not states:
+            return None
+        workers = {"num_workers": settings.num_workers, "workers": states}
+        return {"consumed": 0, "finished": True, "dataset": workers}
 
     def _make_view(self, record: EpochRecord | None, resume: Any) -> TorchView:
         loading, settings = self._loading, self._settings

@@ -224,6 +224,9 @@ class EpochRecord:
     last_worker: int | None = None
     initial: dict[int, Any] = field(default_factory=dict)  # what each worker started from
     rotation: int = 0  # the worker whose batch came first (a resumed IterableDataset's)
+    #: the loader's generator (torch's global one without) to put back at the first draw:
+    #: new workers drew a base seed from it that the saved run's persistent ones did not
+    rewind: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.resume is not None:
@@ -284,7 +287,7 @@ class IndexOrder:
         mid_epoch = resume is not None and not resume.state["finished"] and saved is not None
         restore = rng.restored(saved) if mid_epoch else contextlib.nullcontext()
         skip, ahead = record.skip, set(record.ahead)
-        if resume is not None:
+        if resume is not None or record.rewind is not None:
             self.order.settle()  # (torch's iterator may have drawn its base seed meanwhile)
         with restore:
             record.rng = saved if mid_epoch else rng.capture()
@@ -390,9 +393,9 @@ class TorchOrder:
         )
         state.pop("ahead", None)
         part = state.get("dataset")
-        if part is not None and "workers" in part:
+        if part is not None and "workers" in part and state.get("seed_draw") is not False:
             # the next epoch's workers start from the main process's copy of the dataset,
-            # not from where this epoch's workers ended
+            # not from where this epoch's workers ended (persistent workers go on from it)
             state["dataset"] = {"num_workers": part["num_workers"]}
         return Resume(state)
 
@@ -402,6 +405,12 @@ class TorchOrder:
         saved run; or, for a state saved between epochs by persistent workers (the next
         epoch draws no base seed: they keep theirs), as it was saved."""
         record, generator = self.current, self.generator
+        if record is not None and record.rewind is not None:
+            if generator is None:
+                torch.set_rng_state(record.rewind)
+            else:
+                generator.set_state(record.rewind)
+            return
         resume = record.resume if record is not None else None
         if resume is None or generator is None or not resume.state.get("generator"):
             return

@@ -335,6 +335,27 @@ def test_map_style_datasets_with_their_own_state_resume(workers, at):
     check_resume(make, at=length if at == "end" else at, workers=(workers, workers))
 
 
+@pytest.mark.parametrize("at", [0, 4, "end"])
+@pytest.mark.parametrize("generator", [True, False], ids=["generator", "global"])
+def test_persistent_workers_of_a_dataset_with_its_own_state_resume(at, generator):
+    """Persistent workers keep their copies' states from epoch to epoch: the epochs after a
+    resumed one go on from them too (and draw no new base seed from the generator)."""
+
+    def make(num_workers: int):
+        return fastload.DataLoader(
+            Counting(),
+            batch_size=3,
+            shuffle=True,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(5) if generator else None,
+        )
+
+    length = len(make(0))
+    at = length if at == "end" else at
+    check_resume(make, at=at, workers=(2, 2), epochs_before=1, seed=global_seed)
+
+
 def test_a_dataset_state_resumes_only_with_its_worker_count():
     loader = fastload.DataLoader(Counting(), batch_size=3, num_workers=2)
     it = iter(loader)
