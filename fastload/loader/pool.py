@@ -7,7 +7,9 @@ that no worker died: a worker killed by a signal is reported in about a second, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import multiprocessing.connection as mpc
 import select
 import signal
@@ -53,8 +55,9 @@ class WorkerPool:
         self.conns = [mine for mine, _ in pipes]
         self.workers = self._make_workers(setup, slabs, ctx, pipes)
         try:
-            for w in self.workers:
-                w.start()
+            with _no_collection_in_forked_children(self.is_process and ctx.get_start_method()):
+                for w in self.workers:
+                    w.start()
         except BaseException as e:
             # Those started get EOF on their pipe and exit; none is left waiting.
             for c in (c for pair in pipes for c in pair):
@@ -306,6 +309,23 @@ class OwnSlabs:
 
     def __getitem__(self, slab: int):
         return self._arrays[slab]
+
+
+@contextlib.contextmanager
+def _no_collection_in_forked_children(start_method: Any):
+    """Forked workers must never collect this process's garbage: its finalizers would run in
+    a child that has none of this process's threads (a DALI pipeline left in a reference
+    cycle by an earlier loader joins its threads when collected: a worker died of SIGSEGV).
+    Frozen before the fork, the objects there are permanent in the children; this process
+    takes its own back at once."""
+    if start_method != "fork":
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _context(context: Any):
