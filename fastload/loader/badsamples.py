@@ -101,7 +101,7 @@ class BadSampleBudget:
         """Samples seen and skipped so far (for state_dict)."""
         return {"seen": self.seen, "skipped": self.skipped}
 
-    def restore(self, counts: dict | None) -> None:
+    def restore(self, counts: Mapping | None) -> None:
         """Continue from ``counts`` (from :meth:`counts`), or from zero when None."""
         self.seen = int(counts["seen"]) if counts else 0
         self.skipped = int(counts["skipped"]) if counts else 0

@@ -111,6 +111,19 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
     StatefulDataLoader resumes it (torch_order.py).
     """
 
+    # fastload's own arguments, attributes as torch's are (set in __init__)
+    snapshot_every_n_steps: int | None
+    decode: Mapping[str, ImageDecode | TokenDecode] | None
+    transform: Callable[[dict], Any] | None
+    variable: Mapping[str, VariableSpec] | None
+    worker_type: str
+    device: torch.device | None
+    seed: int | None
+    rank: int | None
+    world_size: int | None
+    block_window: int
+    bad_samples: str | SkipBadSamples
+
     def __init__(
         self,
         dataset: Any,
@@ -167,7 +180,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         super().__init__(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=None if isinstance(shuffle, str) else shuffle,  # (a str made a plan)
             sampler=sampler,
             batch_sampler=batch_sampler,
             num_workers=num_workers,
@@ -200,7 +213,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         )
         check_fast_options(self.fast, decode, transform, variable, policy)
         self._order: TorchOrder | None = None
-        torch_index = torch.utils.data.DataLoader._index_sampler.fget(self)  # type: ignore[attr-defined]
+        torch_index = torch.utils.data.DataLoader._index_sampler.fget(self)  # pyright: ignore[reportOptionalCall]
         if planner is not None:
             given = batch_sampler is not None and not isinstance(batch_sampler, PlanBatchSampler)
             index = batch_sampler if given else PlanBatchSampler(planner, as_lists=not self.fast)
@@ -251,7 +264,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
     def __len__(self) -> int:
         return self._loading.length()
 
-    def __iter__(self) -> LoaderIterator:  # type: ignore[override]
+    def __iter__(self) -> LoaderIterator:  # pyright: ignore[reportIncompatibleMethodOverride]
         settings = self._settings()
         loading = self._loading
         if loading.fast is not None and self.collate_fn is not self._given_collate:
@@ -308,8 +321,9 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             self._planner.set_epoch(epoch)
             return
         for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
                 return
 
     def state_dict(self) -> dict[str, Any]:
@@ -331,7 +345,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         return self._torch_state()
 
     def _torch_state(self) -> dict[str, Any]:
-        order = self._order
+        order = self._torch_order()
         if not self.in_order and not self.fast and self.num_workers > 0:
             raise ValueError(_UNORDERED)
         if order.pending is not None:
@@ -342,17 +356,17 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         record, dataset = order.current, self.dataset
         iterable = isinstance(dataset, IterableDataset)
         running = record is not None and not record.finished and (record.started or iterable)
-        if iterable and running:
+        if iterable and running and record is not None:
             state["iterable"] = worker_part(record, self.num_workers, iterable=True)
         if stateful_dataset(dataset):
             part: dict[str, Any] = {"num_workers": self.num_workers}
             carried = self._live.worker_states() if live and self._live is not None else {}
-            if running and self.num_workers > 0 and not iterable:
+            if running and record is not None and self.num_workers > 0 and not iterable:
                 part.update(worker_part(record, self.num_workers, iterable=False))
             elif carried and self.num_workers > 0:  # persistent workers go on from theirs
                 part["workers"] = carried
             else:
-                part["main"] = dataset.state_dict()
+                part["main"] = dataset.state_dict()  # pyright: ignore[reportAttributeAccessIssue]
             state["dataset"] = part
         if self._budget is not None:
             state["bad_samples"] = self._budget.state(0)
@@ -386,7 +400,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
                 "'global'/'block', rank=, world_size= or a Mix); this loader follows "
                 "torch's order: build the loader as the run that saved it was built"
             )
-        order = self._order
+        order = self._torch_order()
         checked = validate_torch_state(state)
         if checked.get("iterable") is not None:
             check_workers(checked["iterable"], self.num_workers, "iterable")
@@ -441,24 +455,38 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         return self._loading.fast.layout if self._loading.fast is not None else None
 
     # -- internals some tests look at ---------------------------------------------------------
+    def _torch_order(self) -> TorchOrder:
+        if self._order is None:  # (a planned loader's state is its plan's)
+            raise RuntimeError("this loader follows a planned order, not torch's")
+        return self._order
+
+    def _fast_path(self) -> FastPath:
+        if self._loading.fast is None:
+            raise AttributeError("this loader runs on the general path")
+        return self._loading.fast
+
     @property
     def _slabs(self) -> Any:
-        return self._loading.fast.slabs
+        return self._fast_path().slabs
+
+    @property
+    def _split(self) -> Any:
+        return self._fast_path().split
 
     @property
     def _by_block(self) -> bool:
         return self._loading.fast is not None and self._loading.fast.by_block
 
     def _shares(self, n: int) -> int:
-        return self._loading.fast.shares(n, self.num_workers)
+        return self._fast_path().shares(n, self.num_workers)
 
     @property
     def _per_message(self) -> int:
-        return self._loading.fast.per_message
+        return self._fast_path().per_message
 
     @property
     def _dali(self) -> Any:
-        return self._loading.fast.dali
+        return self._fast_path().dali
 
     @property
     def _pool(self) -> Any:

@@ -90,7 +90,11 @@ class FastPath:
         self.sized_per_epoch = size is None
         self.decode = decode
         self.transform = transform
-        self.variable = check_variable(dataset.schema, variable)
+        schema = dataset.schema
+        if schema is None:  # (fast_capable() refuses such datasets first)
+            raise ValueError("the fast path reads datasets of one schema")
+        self.schema = schema
+        self.variable = check_variable(schema, variable)
         # made by the consumer from the lists the workers send (all but a fixed-length Pad)
         self.collated = {
             name: spec
@@ -109,7 +113,7 @@ class FastPath:
         """The batch layout, the way workers split the work, and the slab pool for batches
         of up to ``size`` samples, for ``settings``' workers."""
         self.layout = BatchLayout(
-            self.dataset.schema,
+            self.schema,
             size,
             self.decode,
             self.transform,
@@ -142,7 +146,7 @@ class FastPath:
             self.slabs,
             self.stats,
             budget=self.budget,
-            schema=self.dataset.schema,
+            schema=self.schema,
             collated=self.collated,
             device=self.device,
             copies=self.copies,

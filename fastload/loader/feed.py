@@ -120,7 +120,9 @@ class WorkerFeed:
                         back = pool.returned(r.slab, worker, r.batch)
                         if r.batch < 0:  # its last word (worker_init_fn failed...): it is gone
                             pool.broken = True
-                            r.error.reraise()
+                            if r.error is not None:
+                                r.error.reraise()
+                            raise RuntimeError(f"fastload worker {worker} ended without a word")
                         if r.parts > 1:
                             shares.setdefault(r.batch, []).append(r)
                             if not back:

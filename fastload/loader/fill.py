@@ -330,6 +330,9 @@ def _fill_transformed(
     part: tuple[int, int],
     skip_bad: bool,
 ) -> tuple[dict[str, Any], BatchTimings]:
+    transform = layout.transform
+    if transform is None:  # (only a layout with a transform comes here)
+        raise ValueError("a batch to transform needs a layout with a transform")
     n = len(indices)
     lo, hi = share_rows(n, *part)
     scratch = _scratch(layout.input.slab_size)
@@ -340,7 +343,7 @@ def _fill_transformed(
     out = {name: v[lo:hi] for name, v in out.items()}
     skipped = {row for row, _ in timings.get("bad", ())}
     lists = transform_rows(
-        layout.transform,
+        transform,
         layout.outputs,
         inputs,
         listed,
@@ -361,9 +364,10 @@ def probe_transform(
 ) -> tuple:
     """The fields ``transform`` returns, from the dataset's first record read as a worker
     reads it (transform.probe_outputs); none for an empty dataset."""
-    if len(dataset) == 0:
+    schema = dataset.schema
+    if len(dataset) == 0 or schema is None:  # (no schema: the general path runs transform)
         return ()
-    layout = BatchLayout(dataset.schema, 1, decode)
+    layout = BatchLayout(schema, 1, decode)
     slab = np.zeros(layout.slab_size, np.uint8)
     listed, _ = fill_batch(dataset, layout, slab, np.zeros(1, np.int64), (0, 0))
     sample = sample_at(layout.views(slab, 1), listed, layout.names, 0)

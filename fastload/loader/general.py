@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ def stateful_dataset(dataset: Any) -> bool:
 class TorchView:
     """What torch's iterator classes read of a DataLoader, with the general path's parts."""
 
+    num_workers: int
+
     def __init__(self, **attributes: Any) -> None:
         self.__dict__.update(attributes)
 
@@ -66,9 +68,10 @@ def torch_iterator(view: TorchView) -> Any:
         _SingleProcessDataLoaderIter,
     )
 
+    loader = cast(Any, view)  # a DataLoader as far as torch's iterators look
     if view.num_workers == 0:
-        return _SingleProcessDataLoaderIter(view)
-    return _MultiProcessingDataLoaderIter(view)
+        return _SingleProcessDataLoaderIter(loader)
+    return _MultiProcessingDataLoaderIter(loader)
 
 
 class Tagged:
@@ -100,14 +103,14 @@ class CountedIterable(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         side = self.side
-        saved = side.take_resume() if side is not None else None
+        saved = (side.take_resume() if side is not None else None) or {}
         if side is not None:
             side.batches = 0
         self.ended = bool(saved and saved.get("ended"))
         if self.ended:  # its items had all been taken: nothing to load, nothing to give
             self.items = int(saved["items"])
             return _Counting(self)
-        source = (saved or {}).get("source")
+        source = saved.get("source")
         if source == "dataset":
             self.inner.load_state_dict(saved["state"])
         self.iterator = iter(self.inner)

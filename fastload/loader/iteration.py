@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -143,30 +143,41 @@ class LoaderIterator:
         loading, settings = self._loading, self._settings
         cursor = loading.planner.begin() if loading.planner is not None else None
         if loading.fast is not None:
-            return self._fast_epoch(cursor)
+            return self._fast_epoch(loading.fast, cursor)
         record = (
-            loading.order.begin(settings.generator, draw_seed=False) if cursor is None else None
+            self._order().begin(settings.generator, draw_seed=False) if cursor is None else None
         )
         return _TorchEpoch(self, cursor, record)
 
-    def _fast_epoch(self, cursor: Cursor | None) -> _FastEpoch:
+    def _order(self) -> TorchOrder:
+        order = self._loading.order
+        if order is None:  # (only a loader without a plan iterates in torch's order)
+            raise RuntimeError("a loader with a planned order has no torch order")
+        return order
+
+    def _fast_epoch(self, fast: FastPath, cursor: Cursor | None) -> _FastEpoch:
         loading, settings = self._loading, self._settings
-        fast = loading.fast
         fast.fit(settings, self._workers)
+        rng_seed: Callable[[int], tuple]
         if cursor is not None:
             batches = iter(loading.index_sampler)
             base_seed, rng_seed = cursor.aug_seed, cursor.rng_seed
             record = None
         else:
+            order = self._order()
             keep = settings.persistent_workers and self._base_seed is not None
-            record = loading.order.begin(settings.generator, draw_seed=not keep)
+            record = order.begin(settings.generator, draw_seed=not keep)
             if record.base_seed is None or (keep and record.resume is None):
                 record.base_seed = self._base_seed
+            if record.base_seed is None:  # (drawn unless kept, and kept only once drawn)
+                raise RuntimeError("an epoch in torch's order began without a base seed")
             base_seed = self._base_seed = int(record.base_seed)
-            batches = loading.order.index.batches(eager=True)
+            batches = order.index.batches(eager=True)
 
-            def rng_seed(j: int, record: EpochRecord = record) -> tuple:
+            def record_seed(j: int, record: EpochRecord = record) -> tuple:
                 return (base_seed, record.epoch_step(j))
+
+            rng_seed = record_seed
 
         epoch = fast.epoch(batches, settings, self._workers, base_seed, rng_seed)
         return _FastEpoch(epoch, cursor, record)
@@ -257,6 +268,8 @@ class LoaderIterator:
         map_state = stateful_dataset(dataset) and not loading.iterable and record is not None
         if map_state and workers == 0 and resume and "main" in (resume.get("dataset") or {}):
             dataset.load_state_dict(resume["dataset"]["main"])
+        if collate is None:  # (torch's DataLoader always has one)
+            raise ValueError("the general path needs a collate_fn")
         if loading.iterable or workers > 0:
             saved = (resume or {}).get("iterable" if loading.iterable else "dataset")
             consumed = int(resume["consumed"]) if resume and not resume["finished"] else 0
@@ -326,14 +339,14 @@ class _FastEpoch:
     def handed_out(self, j: int) -> None:
         if self.cursor is not None:
             self.cursor.handed_out(self.cursor.plan_batch(j))
-        else:
+        elif self.record is not None:
             self.record.handed_out(self.record.epoch_step(j))
 
     def end(self, finished: bool) -> None:
         if finished:
             if self.cursor is not None:
                 self.cursor.done = True
-            else:
+            elif self.record is not None:
                 self.record.finished = True
         self.close()
 

@@ -49,13 +49,14 @@ class WorkerPool:
         # no feeder threads, and the consumer can wait on all of them and on the workers'
         # exit sentinels at once, so a dead worker is noticed the moment it dies.
         ctx = _context(context) if self.is_process else None
-        if self.is_process and ctx.get_start_method() == "fork":
+        start_method = ctx.get_start_method() if ctx is not None else None
+        if start_method == "fork":
             _prepare_workers(setup.dataset)
         pipes = [mpc.Pipe(duplex=True) for _ in range(self.num_workers)]
         self.conns = [mine for mine, _ in pipes]
         self.workers = self._make_workers(setup, slabs, ctx, pipes)
         try:
-            with _no_collection_in_forked_children(self.is_process and ctx.get_start_method()):
+            with _no_collection_in_forked_children(start_method):
                 for w in self.workers:
                     w.start()
         except BaseException as e:
@@ -189,9 +190,10 @@ class WorkerPool:
                 self.check_alive()
             except WorkerDiedError:
                 # What a worker sent before it went (worker_init_fn's error) comes first.
-                for ready in mpc.wait(self.conns, 0):
+                waiting = mpc.wait(self.conns, 0)
+                for conn in (c for c in self.conns if c in waiting):
                     try:
-                        return self._by_conn[ready], decode(ready.recv_bytes())
+                        return self._by_conn[conn], decode(conn.recv_bytes())
                     except (EOFError, OSError):
                         pass
                 raise

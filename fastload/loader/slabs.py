@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import Callable
+from typing import Callable, Literal, overload
 
 import numpy as np
 import torch
@@ -82,6 +82,10 @@ class SlabPool:
     def __len__(self) -> int:
         return len(self.arrays)
 
+    @overload
+    def acquire(self, grow: Literal[True]) -> int: ...
+    @overload
+    def acquire(self, grow: bool) -> int | None: ...
     def acquire(self, grow: bool) -> int | None:
         """A free slab's index; a new slab if none is free and ``grow``; else None."""
         with self._lock:

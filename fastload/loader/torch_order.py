@@ -106,7 +106,7 @@ class SamplerRng:
             )
             self.kind, self.owner = ("generator", gen) if gen is not None else ("global", None)
         # DistributedSampler and the like: their epoch picks the order
-        self.epochs = next(
+        self.epochs: Any = next(
             (
                 s
                 for s in (index_sampler, inner)
@@ -285,7 +285,9 @@ class IndexOrder:
         resume = record.resume
         saved = resume.state["sampler"] if resume is not None else None
         mid_epoch = resume is not None and not resume.state["finished"] and saved is not None
-        restore = rng.restored(saved) if mid_epoch else contextlib.nullcontext()
+        restore = (
+            rng.restored(saved) if mid_epoch and saved is not None else contextlib.nullcontext()
+        )
         skip, ahead = record.skip, set(record.ahead)
         if resume is not None or record.rewind is not None:
             self.order.settle()  # (torch's iterator may have drawn its base seed meanwhile)
@@ -342,7 +344,9 @@ class TorchOrder:
         record = EpochRecord(self.iterations, resume)
         self.iterations += 1
         state = resume.state if resume is not None else None
-        saved_generator = state and (state.get("generator") or state.get("generator_before"))
+        saved_generator = (
+            (state.get("generator") or state.get("generator_before")) if state else None
+        )
         if saved_generator and generator is not None:
             generator.set_state(decode_state(saved_generator, "generator"))
         if state is not None and state["finished"] and state["sampler"] is not None:
@@ -350,7 +354,7 @@ class TorchOrder:
             with self.rng.restored(state["sampler"]):
                 pass
         mid_epoch = state is not None and not state["finished"]
-        if mid_epoch and state.get("base_seed") is not None:
+        if mid_epoch and state is not None and state.get("base_seed") is not None:
             record.base_seed = int(state["base_seed"])
         elif draw_seed:
             record.base_seed = int(

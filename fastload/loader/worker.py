@@ -17,6 +17,7 @@ import gc
 import os
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,7 +56,7 @@ def worker_loop(
     tasks,
     results,
     is_process: bool,
-    inherited: list = (),
+    inherited: Sequence = (),
 ) -> None:
     """Serve tasks from the connection ``tasks`` (lists of BatchTask, or None to stop) and
     send a list of BatchResults for each on ``results`` (the same duplex pipe, in practice).
@@ -136,7 +137,10 @@ def _seed_like_torch(setup: WorkerSetup, worker_id: int) -> None:
     base = setup.seed % 2**64
     seed = (base + worker_id) % 2**64
     torch_worker._worker_info = torch_worker.WorkerInfo(
-        id=worker_id, num_workers=setup.num_workers, seed=seed, dataset=setup.dataset
+        id=worker_id,
+        num_workers=setup.num_workers,
+        seed=seed,
+        dataset=setup.dataset,  # pyright: ignore[reportArgumentType] (torch annotates any object)
     )
     if not _runs_user_code(setup):
         return
