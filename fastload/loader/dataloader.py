@@ -38,14 +38,8 @@ from .general import check_workers, stateful_dataset, worker_part
 from .iteration import LoaderIterator, Loading
 from .layout import ImageDecode, TokenDecode
 from .options import WORKER_TYPES, check_fast_options, device_of, fast_capable
-from .planned_order import (
-    PlanBatchSampler,
-    Planner,
-    PlanSampler,
-    given_plan,
-    refuse_samplers,
-    wants_plan,
-)
+from .plan_samplers import PlanBatchSampler, PlanSampler, given_plan
+from .planned_order import Planner, refuse_samplers, wants_plan
 from .splits import SHARED_BLOCKS
 from .stats import LoaderStats
 from .torch_order import TorchOrder, validate_torch_state
