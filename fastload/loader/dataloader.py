@@ -192,12 +192,25 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
         )
         for name, value in own.items():
             setattr(self, name, value)
-        self.device = device_of(device)
+        self._set_up(planner, sampler, batch_sampler, collate_fn, num_workers)
+
+    def _set_up(
+        self,
+        planner: Planner | None,
+        sampler: Any,
+        batch_sampler: Any,
+        collate_fn: Callable | None,
+        num_workers: int,
+    ) -> None:
+        """After torch's own set-up: the order (planned, or torch's made resumable), the
+        fast path where the dataset and options allow it, and what the iterations share."""
+        dataset: Any = self.dataset  # (a fastload dataset, or any torch one)
+        self.device = device_of(self.device)
         self._planner = planner
         if planner is None and sampler is None and batch_sampler is None:
             warn_if_unsplit(dataset)
         self._given_collate = self.collate_fn  # the fast path's is torch's default's
-        policy = policy_of(bad_samples)
+        policy = policy_of(self.bad_samples)
         self._budget = BadSampleBudget(policy) if policy is not None else None
         self._stats = LoaderStats()
         self.fast = (
@@ -205,7 +218,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             and (collate_fn is None or collate_fn in (default_collate, default_convert))
             and self._auto_collation
         )
-        check_fast_options(self.fast, decode, transform, variable, policy)
+        check_fast_options(self.fast, self.decode, self.transform, self.variable, policy)
         self._order: TorchOrder | None = None
         torch_index = torch.utils.data.DataLoader._index_sampler.fget(self)  # pyright: ignore[reportOptionalCall]
         if planner is not None:
@@ -221,9 +234,9 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
                 batch_size=planner.batch_size if planner is not None else None,
                 batch_sampler=self.batch_sampler,
                 planned=planner is not None and isinstance(index, PlanBatchSampler),
-                decode=decode,
-                transform=transform,
-                variable=variable,
+                decode=self.decode,
+                transform=self.transform,
+                variable=self.variable,
                 settings=self._settings(),
                 device=self.device,
                 budget=self._budget,
@@ -241,7 +254,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             fast=fast,
             stats=self._stats,
             device=self.device,
-            snapshot_every=snapshot_every_n_steps or 0,
+            snapshot_every=self.snapshot_every_n_steps or 0,
         )
         self._live: LoaderIterator | None = None  # persistent workers' iterator
         self._iterators: weakref.WeakSet = weakref.WeakSet()
