@@ -157,16 +157,14 @@ class BatchLayout:
             names = [o.name for o in self.outputs]
         #: The batch's keys, in order.
         self.names = tuple(names)
-        slots, offset = [], 0
-        for name, dtype, shape in fixed:
-            torch_dtype = None
-            if isinstance(dtype, torch.dtype):  # an image finished in the workers
-                dtype, torch_dtype = _STORAGE[dtype], dtype
-            sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            slots.append(Slot(name, dtype, shape, offset, sample_bytes, torch_dtype))
-            offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
+        slots, offset = _placed(fixed, batch_size)
         self.slots: tuple[Slot, ...] = tuple(slots)
         self._torch_dtypes = {s.name: s.torch_dtype for s in slots if s.torch_dtype is not None}
+        self._route(slots, decode, transform)
+        self.slab_size = max(offset, _ALIGN)
+
+    def _route(self, slots: list[Slot], decode: Mapping[str, Any], transform: Any) -> None:
+        """Which fields are gathered straight into the slab, and which travel as lists."""
         #: Fields that are gathered straight into the slab (fixed-size ones): field names,
         #: each into its own slot or, for a token field finished in the workers, its ``rows``.
         padding = {
@@ -185,7 +183,6 @@ class BatchLayout:
         self.listed = tuple(
             n for n in self.names if n not in {s.name for s in slots} and n not in self.targets
         )
-        self.slab_size = max(offset, _ALIGN)
 
     def _record_slots(self, encoded_bytes: int) -> tuple[list[tuple], list[str]]:
         """``(name, dtype, shape)`` of the fixed-size fields, decoded images and padded
@@ -298,3 +295,17 @@ def check_decode_spec(schema: Schema, name: str, spec: Any) -> None:
             f"decode[{name!r}] must be an ImageDecode (image fields) or a TokenDecode (token "
             f"rows), got {spec!r}"
         )
+
+
+def _placed(fixed: list[tuple], batch_size: int) -> tuple[list[Slot], int]:
+    """Slots for ``(name, dtype, shape)`` of one sample each, laid out one after another for
+    ``batch_size`` samples, each aligned; and the bytes they take."""
+    slots, offset = [], 0
+    for name, dtype, shape in fixed:
+        torch_dtype = None
+        if isinstance(dtype, torch.dtype):  # an image finished in the workers
+            dtype, torch_dtype = _STORAGE[dtype], dtype
+        sample_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        slots.append(Slot(name, dtype, shape, offset, sample_bytes, torch_dtype))
+        offset += -(-batch_size * sample_bytes // _ALIGN) * _ALIGN
+    return slots, offset
