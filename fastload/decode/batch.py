@@ -203,9 +203,9 @@ def warm_up() -> None:
 
         from PIL import Image
 
-        from .decoders import _pillow_rows_works
+        from .decoders import pillow_rows_works
 
-        _pillow_rows_works()
+        pillow_rows_works()
         f = io.BytesIO()
         Image.new("RGB", (64, 48), (90, 120, 150)).save(f, "JPEG")
         out = np.empty((1, 16, 16, 3), np.uint8)

@@ -36,6 +36,7 @@ from .scratch import scratch
 
 __all__ = [
     "Decoded",
+    "pillow_rows_works",
     "JPEG_BACKENDS",
     "available_jpeg_backends",
     "default_jpeg_backend",
@@ -175,8 +176,9 @@ _selftest_lock = threading.Lock()
 _pillow_rows_ok: bool | None = None
 
 
-def _pillow_rows_works() -> bool:
-    """Check the private-API decoder once against Pillow's public draft() path."""
+def pillow_rows_works() -> bool:
+    """Whether decoding only the rows needed (through Pillow's private API) gives the same
+    pixels as its public draft() path; checked once, at the first call."""
     global _pillow_rows_ok
     if _pillow_rows_ok is not None:
         return _pillow_rows_ok
@@ -217,7 +219,7 @@ def _pillow_rows_works() -> bool:
 
 
 def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int, width: int) -> Decoded:
-    if not _pillow_rows_works():
+    if not pillow_rows_works():
         return _decode_pillow_draft(data, scale, rows_needed, height, width)
 
     def size_ok(h: int, w: int) -> bool:

@@ -282,7 +282,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
             loading = dataclasses.replace(loading, fast=None, index_sampler=index)
         if self.persistent_workers and self.num_workers > 0:
             live = self._live
-            if live is None or live.broken or live._loading is not loading:
+            if live is None or live.broken or live.loading is not loading:
                 live = self._live = LoaderIterator(loading, settings)
             else:
                 live.restart(settings)
@@ -499,8 +499,8 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
     def _pool(self) -> Any:
         """The worker pool of the live (or latest) iteration on the fast path."""
         for it in [self._live, *self._iterators]:
-            if it is not None and it._workers.pool is not None:
-                return it._workers.pool
+            if it is not None and it.pool is not None:
+                return it.pool
         return None
 
 

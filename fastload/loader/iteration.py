@@ -105,6 +105,16 @@ class LoaderIterator:
     def __len__(self) -> int:
         return self._loading.length()
 
+    @property
+    def loading(self) -> Loading:
+        """What this iterator loads (the loader's, or the general path's copy of it)."""
+        return self._loading
+
+    @property
+    def pool(self) -> Any:
+        """The fast path's worker pool, while there is one."""
+        return self._workers.pool
+
     def __getstate__(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot be pickled")
 
@@ -359,7 +369,7 @@ class _TorchEpoch:
 
     def __init__(self, owner: LoaderIterator, cursor: Cursor | None, record: Any) -> None:
         self.cursor, self.record = cursor, record
-        loading = owner._loading
+        loading = owner.loading
         self.stats, self.device = loading.stats, loading.device
         self.auto_collation = loading.auto_collation
         self.it = owner.torch_iterator(record)
