@@ -337,14 +337,12 @@ class LoaderIterator:
                 shutdown()
 
 
-class _FastEpoch:
-    """One epoch of the fast path: ``(j, batch or Failed)`` from fastpath.py."""
+class _Epoch:
+    """What both paths' epochs record: the batches handed out, and the epoch's end, in the
+    planned order's cursor or in torch's order's record."""
 
-    def __init__(self, batches: Any, cursor: Cursor | None, record: EpochRecord | None) -> None:
-        self.batches, self.cursor, self.record = batches, cursor, record
-
-    def next(self) -> tuple[int, Any]:
-        return next(self.batches)
+    cursor: Cursor | None
+    record: EpochRecord | None
 
     def handed_out(self, j: int) -> None:
         if self.cursor is not None:
@@ -361,13 +359,28 @@ class _FastEpoch:
         self.close()
 
     def close(self) -> None:
+        pass
+
+
+class _FastEpoch(_Epoch):
+    """One epoch of the fast path: ``(j, batch or Failed)`` from fastpath.py."""
+
+    def __init__(self, batches: Any, cursor: Cursor | None, record: EpochRecord | None) -> None:
+        self.batches, self.cursor, self.record = batches, cursor, record
+
+    def next(self) -> tuple[int, Any]:
+        return next(self.batches)
+
+    def close(self) -> None:
         self.batches.close()  # (a generator: its cleanup runs now, not when it is collected)
 
 
-class _TorchEpoch:
+class _TorchEpoch(_Epoch):
     """One epoch of the general path: torch's iterator, its batches numbered in order."""
 
-    def __init__(self, owner: LoaderIterator, cursor: Cursor | None, record: Any) -> None:
+    def __init__(
+        self, owner: LoaderIterator, cursor: Cursor | None, record: EpochRecord | None
+    ) -> None:
         self.cursor, self.record = cursor, record
         loading = owner.loading
         self.stats, self.device = loading.stats, loading.device
@@ -402,19 +415,3 @@ class _TorchEpoch:
             out = move(out, self.device)
             self.stats.stage_seconds["transfer"] += time.perf_counter() - start
         return i, out
-
-    def handed_out(self, j: int) -> None:
-        if self.cursor is not None:
-            self.cursor.handed_out(self.cursor.plan_batch(j))
-        elif self.record is not None:
-            self.record.handed_out(self.record.epoch_step(j))
-
-    def end(self, finished: bool) -> None:
-        if finished:
-            if self.cursor is not None:
-                self.cursor.done = True
-            elif self.record is not None:
-                self.record.finished = True
-
-    def close(self) -> None:
-        pass
