@@ -15,10 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,7 +23,7 @@ import pytest
 import torch
 
 import fastload
-from tests.childenv import child_env
+from tests.childenv import run_python
 
 pytest.importorskip("lightning")
 
@@ -95,21 +91,8 @@ def fit(tmp: Path, name: str, **cfg) -> list[list[int]]:
     """One Lightning run in a fresh interpreter; the batches it trained on, in order."""
     log = tmp / f"{name}.jsonl"
     cfg = {"seed": 0, "epochs": 1, "max_steps": -1, "log": str(log), **cfg}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _RUN, json.dumps(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        start_new_session=True,
-    )
-    try:
-        out, err = child.communicate(timeout=DEADLINE)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        out, err = child.communicate()
-        pytest.fail(f"the Lightning run {name} did not end within {DEADLINE} s\n{err[-4000:]}")
-    assert child.returncode == 0 and "fitted" in out, err[-4000:]
+    code, out, err = run_python(_RUN, json.dumps(cfg), DEADLINE, f"the Lightning run {name}")
+    assert code == 0 and "fitted" in out, err[-4000:]
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 

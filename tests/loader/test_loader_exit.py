@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 
 import fastload
 from fastload.errors import WorkerDiedError
-from tests.childenv import child_env
+from tests.childenv import run_python
 
 from .loadertools import alive, check_batch, wait_gone
 
@@ -95,22 +93,9 @@ def run_script(cfg: dict) -> tuple[list[int], list[str]]:
     """Run the script with ``cfg``; the pids of its worker processes and its output lines,
     once it ended by itself within the deadline (a hang fails the test, its processes
     killed)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SCRIPT, json.dumps(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        start_new_session=True,
-    )
-    try:
-        out, err = child.communicate(timeout=DEADLINE)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        out, err = child.communicate()
-        pytest.fail(f"the script did not end within {DEADLINE} s: {cfg}\n{err[-3000:]}")
+    code, out, err = run_python(_SCRIPT, json.dumps(cfg), DEADLINE, f"the script {cfg}")
     lines = out.splitlines()
-    assert child.returncode == 0, err[-3000:]
+    assert code == 0, err[-3000:]
     pids = json.loads(lines[0])
     assert wait_gone(pids, 5) == [], f"workers left behind: {cfg}"
     assert len(pids) == cfg.get("workers", 2) or cfg["case"] == "thread"
@@ -206,11 +191,11 @@ def test_workers_do_not_run_the_handlers_they_inherit(ds_paths, tmp_path, path_k
 
             victim = multiprocessing.active_children()[0].pid
         os.kill(victim, signal.SIGTERM)
-        # (torch's iterators learn of it by SIGCHLD, raising wherever the main thread is:
-        # here, in the loop)
+        # (torch's iterators learn of it by SIGCHLD, raising wherever the main thread is: a
+        # loop that does nothing else is inside next(), which names the death as fastload's)
         with pytest.raises(WorkerDiedError, match="SIGTERM|exited unexpectedly"):
             for _ in it:
-                time.sleep(0.01)
+                pass
         assert wait_gone([victim], 10) == []
         assert not any(tmp_path.iterdir())  # no process ran the handler
         assert not alive(victim)
