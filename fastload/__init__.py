@@ -9,7 +9,6 @@ package is callable, and its modules stay importable (``fastload.convert.parquet
 
 from typing import TYPE_CHECKING
 
-from .convert import ConvertResult
 from .errors import (
     ConvertError,
     CorruptRecordError,
@@ -35,7 +34,7 @@ from .read import Dataset, Mix
 from .writer import Writer, merge_parts
 
 if TYPE_CHECKING:  # what a call of fastload.convert(...) is, and the lazy names, for type checkers
-    from .convert import convert
+    from .convert import ConvertResult, convert
     from .loader import (
         DataLoader,
         ImageDecode,
@@ -45,14 +44,15 @@ if TYPE_CHECKING:  # what a call of fastload.convert(...) is, and the lazy names
         SkipBadSamples,
         TokenDecode,
     )
-else:
-    from . import convert
-
 __version__ = "0.1.0"
 
 # The loader pulls in torch (seconds to import); `fastload convert`, `inspect` and `verify`, and
-# their worker processes, never need it, so it is imported on first use.
+# their worker processes, never need it, so it is imported on first use. The convert package
+# pulls in pyarrow (~25 MB in every process, and a training process's loader workers inherit
+# it), which reading and loading never need: imported on first use too.
 _LAZY = {
+    "convert": "",
+    "ConvertResult": "convert",
     "DataLoader": "loader",
     "ImageDecode": "loader",
     "TokenDecode": "loader",
@@ -67,7 +67,10 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module = _LAZY[name]
+        if not module:  # a subpackage itself (fastload.convert is callable)
+            return importlib.import_module(f".{name}", __name__)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
