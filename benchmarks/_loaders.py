@@ -458,13 +458,18 @@ def measure(
         it = iter(loader)
         next(it)
         begin = time.perf_counter()
+        own0, all0 = time.thread_time(), time.process_time()
         # stall_batches counts the first batch, as ``batches`` does: a pass of one epoch ends
         # with it (drawing one more started the next epoch, workers and all, inside the pass)
         it, _, sizes, waited = draw(loader, it, stall_batches - 1, stall_seconds, step_s)
         total = time.perf_counter() - begin
+        # CPU of the training process's other threads (a loader's own, DALI's) per batch:
+        # work a loader does during the step rather than inside next()
+        others = (time.process_time() - all0) - (time.thread_time() - own0)
         phases[name] = [begin, time.perf_counter()]
         result[f"stall_{name}"] = {
             "pct": 100 * waited / total,
+            "other_threads_cpu_us": 1e6 * others / max(1, len(sizes)),
             "load_pct": 100 * len(sizes) / total * steady["mean_batch_s"],
             "batches": len(sizes),
             "seconds": total,

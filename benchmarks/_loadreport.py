@@ -33,6 +33,7 @@ COLUMNS = [  # (header, key, format, width)
     ("T ms", "stall_step_ms", ".2f", 8),
     ("stall", "stall_pct", ".1f", 6),
     ("load", "stall_load_pct", ".0f", 5),
+    ("thr us/b", "stall_threads_cpu_us", ".1f", 9),
     ("@torch T", "stall_fixed_pct", ".1f", 9),
     ("PSS MB", "steady_pss_mb", ".0f", 7),
     ("PSS x t", "pss_x_torch", ".2f", 8),
@@ -240,7 +241,9 @@ def legend(results: dict, path: str) -> list[tuple[str, str]]:
             "inside next() / the pass's time, its first batch left out. load: the rate the "
             "pass reached / the steady rate (80% unless T was raised to its floor, or the "
             "loader stalled). Time inside next() includes the loader's own work in the "
-            "consumer (main us/b).",
+            "consumer (main us/b), unless the loader does it on a thread of its own during "
+            "the step: thr us/b is the CPU of the training process's threads other than the "
+            "consumer's (a loader's, DALI's) per batch during that pass.",
         ),
         (
             "@torch T",

@@ -482,6 +482,7 @@ MEDIANS = [  # summarize's medians: (row key, how to get it from a run)
     ("main_cpu_us", lambda r: r["main_cpu_us"]),
     ("stall_pct", lambda r: r["stall_stall"]["pct"]),
     ("stall_load_pct", lambda r: r["stall_stall"]["load_pct"]),
+    ("stall_threads_cpu_us", lambda r: r["stall_stall"]["other_threads_cpu_us"]),
     ("stall_step_ms", lambda r: 1e3 * r["stall_stall"]["step_s"]),
     ("stall_fixed_pct", lambda r: r["stall_fixed"]["pct"]),
     ("stall_fixed_load_pct", lambda r: r["stall_fixed"]["load_pct"]),

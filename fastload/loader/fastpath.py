@@ -20,6 +20,7 @@ import torch
 
 from ..errors import LoaderTimeoutError, WorkerDiedError
 from ..read.contract import Readable
+from .ahead import Ahead, extra_slabs
 from .badsamples import BadSampleBudget
 from .delivery import Delivery
 from .device import CopiesInFlight, pinning_wanted, register_slabs
@@ -133,6 +134,7 @@ class FastPath:
             batch_size=size,
         )
         slabs = self.split.slab_count(workers, settings.prefetch_factor or 0, self.per_message)
+        slabs += extra_slabs(self.reads_ahead(settings))
         self.slabs = SlabPool(
             self.layout.slab_size,
             slabs,
@@ -153,6 +155,19 @@ class FastPath:
             finishing=Finishing(self.layout, on_new_pool=register_slabs if self.pinned else None),
         )
         self.made_for = self._key(settings)
+
+    def reads_ahead(self, settings: Settings) -> bool:
+        """Whether a thread of the training process receives the batches from the workers
+        ahead of the consumer (ahead.py): for small batches (several to a message: the
+        consumer's ~30 us a batch is a share of a short step), on the CPU (a CUDA device's
+        copies are ordered on the consumer's stream) and without a decode stage (DALI's
+        pipelines are fed from the thread that made them)."""
+        return (
+            settings.num_workers > 0
+            and self.per_message > 1
+            and not self.layout.staged
+            and (self.device is None or self.device.type == "cpu")
+        )
 
     @staticmethod
     def _key(settings: Settings) -> tuple:
@@ -175,8 +190,13 @@ class FastPath:
         rng_seed: Callable[[int], tuple],
     ) -> Iterator[tuple[int, Any]]:
         """The epoch's batches (module doc): ``index_batches`` are its batches of dataset
-        indices, ``rng_seed(j)`` seeds the augmentations of its j-th."""
-        batches = self._fast_batches(index_batches, settings, workers, base_seed, rng_seed)
+        indices, ``rng_seed(j)`` seeds the augmentations of its j-th. The workers start
+        here, in the consumer's thread, before any thread reads the batches."""
+        plan = self._plan(index_batches, workers)
+        pool = workers.ready(self, settings, base_seed) if settings.num_workers else None
+        batches = self._fast_batches(plan, settings, workers, pool, rng_seed)
+        if pool is not None and self.reads_ahead(settings):
+            return Ahead(batches, pool.interrupt, pool.clear_interrupt)
         if not self.layout.staged:
             return batches
         if self.dali is None:
@@ -199,20 +219,18 @@ class FastPath:
 
     def _fast_batches(
         self,
-        index_batches: Iterator[Any],
+        plan: Iterator[np.ndarray],
         settings: Settings,
         workers: Workers,
-        base_seed: int,
+        pool: WorkerPool | None,
         rng_seed: Callable[[int], tuple],
     ) -> Iterator[tuple[int, Any]]:
-        plan = self._plan(index_batches, workers)
-        if settings.num_workers == 0:
+        if pool is None:
             skip_bad, deliver = self.budget is not None, self.delivery.deliver
             yield from filled_here(
                 self.dataset, self.layout, self.slabs, plan, rng_seed, skip_bad, deliver
             )
             return
-        pool = workers.ready(self, settings, base_seed)
         feed = WorkerFeed(
             pool,
             self.slabs,

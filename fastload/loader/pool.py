@@ -11,10 +11,12 @@ import contextlib
 import errno
 import gc
 import multiprocessing.connection as mpc
+import os
 import select
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import torch.multiprocessing as tmp
@@ -25,10 +27,15 @@ from .messages import BatchResult, BatchTask, decode, encode_tasks
 from .slabs import SlabMap, SlabPool, out_of_descriptors
 from .worker import POLL_SECONDS, WorkerSetup, short_indices, worker_loop
 
-__all__ = ["WorkerPool", "describe_batches"]
+__all__ = ["WorkerPool", "Interrupted", "describe_batches"]
 
 
 _POLL = 0.5
+
+
+class Interrupted(Exception):
+    """:meth:`WorkerPool.get` was interrupted from another thread (:meth:`WorkerPool.interrupt`):
+    the thread that reads the batches is being stopped."""
 
 
 class WorkerPool:
@@ -79,6 +86,14 @@ class WorkerPool:
         self._poller = select.poll()
         for fd in [*self._conn_of_fd, *(w.sentinel for w in self.workers if self.is_process)]:
             self._poller.register(fd, select.POLLIN)
+        # Another thread wakes get() through this pipe (interrupt()): the thread that reads
+        # the batches ahead of the consumer (ahead.py) is stopped without waiting for a result.
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._interrupted = False
         self.closed = False
         self.seed = setup.seed
         #: The consumer's bookkeeping, kept here so that it outlives one epoch (persistent
@@ -176,10 +191,16 @@ class WorkerPool:
         for) and their dataset indices."""
         deadline = time.monotonic() + timeout if timeout > 0 else None
         while True:
+            if self._interrupted:
+                self._interrupted = False
+                raise Interrupted
             wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
             # One poll object for the pool's life (mpc.wait builds a selector per call: ~15 us,
             # a good part of the consumer's time per small batch).
             for fd, _ in self._poller.poll(wait * 1000):
+                if fd == self._wake_r:
+                    self._drain_wake()
+                    continue
                 conn = self._conn_of_fd.get(fd)
                 if conn is not None:
                     try:
@@ -200,6 +221,27 @@ class WorkerPool:
             if deadline is not None and time.monotonic() >= deadline:
                 self.broken = True
                 raise self._timed_out(timeout, awaited)
+
+    def interrupt(self) -> None:
+        """Have :meth:`get`, running (or next called) in another thread, raise
+        :class:`Interrupted` at once."""
+        self._interrupted = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending already) or closed (the pool is gone)
+
+    def clear_interrupt(self) -> None:
+        """Forget an interrupt that :meth:`get` did not see (its thread stopped elsewhere)."""
+        self._interrupted = False
+        self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass  # empty
 
     def _timed_out(self, timeout: float, awaited: int | None) -> LoaderTimeoutError:
         held = [i for i, loading in enumerate(self.loading) if awaited in loading]
@@ -274,6 +316,14 @@ class WorkerPool:
         for c in self.conns:
             c.close()
         return not any(w.is_alive() for w in self.workers)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def describe_batches(batches: dict[int, Any]) -> str:
