@@ -82,6 +82,9 @@ class Ahead:
         if self._left is not None:
             away = time.perf_counter() - self._left
             self._away += _SMOOTHING * (away - self._away)
+        ahead = self.reading_ahead
+        if ahead and self._thread is None:
+            self._start()
         box = self._box
         with box.lock:
             box.away = False
@@ -89,33 +92,35 @@ class Ahead:
                 box.changed.wait(0.5)
                 if box.producing and not self._thread_alive():
                     raise RuntimeError("fastload's batch thread ended without a word")
-            taken = box.items.popleft() if box.items else None
-        if taken is None:
-            item = next(self._batches)  # here: nothing was readied (StopIteration ends it)
-        else:
-            kind, item = taken
-            if kind == _END:
-                raise StopIteration
-            if kind == _ERROR:
-                raise item
-        if self.reading_ahead:
-            self._send_away()
+            kind, item = box.items.popleft() if box.items else (None, None)
+            if kind == _ITEM and ahead:
+                self._send_away()  # (the thread takes the GIL once this thread waits)
+        if kind is None:
+            item = next(self._batches)  # nothing was readied: here (StopIteration ends it)
+            if ahead:
+                with box.lock:
+                    self._send_away()
+        elif kind == _END:
+            raise StopIteration
+        elif kind == _ERROR:
+            raise item
         self._left = time.perf_counter()
         return item
 
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=_read_while_away,
+            args=(self._batches, self._box),
+            name="fastload-batches",
+            daemon=True,  # (close() stops it; at exit it must not hold the process)
+        )
+        self._thread.start()
+
     def _send_away(self) -> None:
-        """The consumer leaves for its step: the thread may receive the next batches."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=_read_while_away,
-                args=(self._batches, self._box),
-                name="fastload-batches",
-                daemon=True,  # (close() stops it; at exit it must not hold the process)
-            )
-            self._thread.start()
-        with self._box.lock:
-            self._box.away = True
-            self._box.changed.notify_all()
+        """The consumer leaves for its step: the thread may receive the next batches (the
+        box's lock held)."""
+        self._box.away = True
+        self._box.changed.notify()  # the thread: the consumer is not waiting
 
     def _thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
