@@ -138,8 +138,8 @@ class ShardSet:
                         raise
                     remote.forget_cached()  # a bad cached header or index: fetch it anew
                     reader = self._reader(source, info, s)
-                if remote is not None:
-                    remote.attach(reader.blocks)
+                if remote is not None and remote.attach(reader.blocks):
+                    reader = self._reopened(remote, reader, info, s)
             except BaseException:
                 source.close()
                 raise
@@ -147,6 +147,20 @@ class ShardSet:
             if self._table is not None:
                 self._table.add(s, reader)
         return reader
+
+    def _reopened(
+        self, remote: RemoteSource, reader: ShardReader, info: ShardInfo, s: int
+    ) -> ShardReader:
+        """Shard ``s``'s reader opened again from the cache, where its fetched index is now:
+        read in place (mapped) rather than from the fetched copy, which this process would
+        otherwise hold as long as the shard is open. ``reader`` if that fails."""
+        try:
+            again = self._reader(remote, info, s)
+        except FastloadError:
+            remote.forget_cached()
+            again = reader
+        remote.attach(again.blocks)
+        return again
 
     def _reader(self, source: Any, info: ShardInfo, s: int) -> ShardReader:
         if self._decoded.store is None and not self.remote:

@@ -1011,3 +1011,58 @@ def test_a_block_corrupt_at_the_source_is_skipped_under_skip(workers, s3_server,
             seen += b["i"].tolist()
         assert sorted(seen) == sorted(set(range(120)) - lost)
         assert loader.stats()["skipped_samples"] == len(lost) > 0
+
+
+@pytest.fixture(scope="module")
+def s3_big_index(s3_server, tmp_path_factory) -> str:
+    """One shard of 20,000 small records: its index (~80 KB) is far larger than the 1 KiB tail
+    read at open."""
+    path = tmp_path_factory.mktemp("bigindex") / "ds"
+    with fastload.Writer(path, {"i": "int64"}, compression="none") as w:
+        for i in range(20_000):
+            w.write({"i": i})
+    return upload(s3_server, path)
+
+
+def mapped_files() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if len(line.split()) >= 6}
+
+
+def test_an_index_larger_than_the_tail_is_read_where_it_lies(s3_server, s3_big_index, tmp_path):
+    """A process does not keep a copy of an index it fetched: once checked, the index goes to
+    the cache and the shard is read from there, mapped (shared by every process); a later
+    process maps it without fetching it; a damaged cached copy is fetched anew."""
+    from fastload.format.spec import TRAILER_SIZE
+
+    def opened() -> fastload.Dataset:
+        return fastload.Dataset(
+            s3_big_index,
+            storage_options=s3_server.storage_options,
+            cache_dir=tmp_path / "cache",
+            remote_options=SMALL_TAIL,
+        )
+
+    ds = opened()
+    assert [ds[i]["i"] for i in (0, 12_345, 19_999)] == [0, 12_345, 19_999]
+    reader = ds.shard_reader(0)
+    length = int(ds.shards[0].bytes) - TRAILER_SIZE - reader.data_end
+    assert length > 50_000  # the index, far past the 1 KiB tail
+    name = f"{reader.data_end}-{length}.blk"
+    cached = [p for p in (tmp_path / "cache").rglob(name)]
+    assert len(cached) == 1
+    assert str(cached[0]) in mapped_files()  # read where it lies, in the cache
+    ds.close()
+
+    again = opened()
+    assert again[7]["i"] == 7
+    assert str(cached[0]) in mapped_files()
+    again.close()
+
+    # A damaged copy (the same size): checked at open, deleted, fetched and stored anew.
+    good = cached[0].read_bytes()
+    cached[0].write_bytes(b"\0" * len(good))
+    third = opened()
+    assert [third[i]["i"] for i in (3, 19_998)] == [3, 19_998]
+    assert cached[0].read_bytes() == good
+    third.close()

@@ -107,6 +107,10 @@ class RemoteSource:
                     self._fetch_region, self._tail_start, self.size
                 )
             return self._region(0, HEADER_BYTES)
+        if self.blocks is None:
+            # The index, larger than the tail: a region of its own in the cache, so that
+            # every process maps it (attach() stores it) rather than holding a copy.
+            return self._region(offset, offset + length)
         return self.store.get_range(self.path, self.name, offset, offset + length)
 
     def _region(self, start: int, end: int) -> bytes | memoryview:
@@ -146,18 +150,27 @@ class RemoteSource:
         self._fresh.clear()
         self.from_cache = False
 
-    def attach(self, blocks: np.ndarray) -> None:
-        """Learn the block table (validated by the shard reader); the tail is no longer
-        needed."""
+    def attach(self, blocks: np.ndarray) -> bool:
+        """Learn the block table (validated by the shard reader); the regions read at open
+        are no longer needed. Returns whether an index larger than the tail was fetched and
+        is in the cache now: the shard reader is better opened again, from the cache, to
+        read it where it lies (mapped, shared by every process) than to keep its copy; this
+        source then reads as before ``attach`` until it is attached again."""
         self.blocks = blocks
         self._block_at = {int(o): i for i, o in enumerate(blocks["offset"])}
         cache = self.store.cache
+        index_cached = False
         if cache is not None:  # validated now: worth keeping for the next process
             for start, data in self._fresh.items():
                 cache.put(self.name, self.hash, self.size, start, bytes(data))
+                if start not in (0, self._tail_start):  # (stored now, or by another process)
+                    index_cached |= cache.has(self.name, self.hash, self.size, start, len(data))
                 self._cache_blocks_in(cache, start, data)
         self._regions.clear()
         self._fresh.clear()
+        if index_cached:  # to be read again: as before attach() (its index a region)
+            self.blocks, self._block_at = None, {}
+        return index_cached
 
     def _cache_blocks_in(self, cache: BlockCache, start: int, data: bytes | memoryview) -> None:
         """Cache the blocks lying wholly inside fetched bytes ``data`` (at ``start``): the
