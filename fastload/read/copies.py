@@ -14,7 +14,14 @@ Checksums: a copy is checked when a process maps it, against the record checksum
 index holds (each record's checksum is over its raw bytes, so the decompressed copy is checked
 as the records themselves are); a copy that fails is deleted and the block decompressed again
 from the shard, whose stored bytes are checked against their own checksum first. A copy just
-written from bytes checked that way is not checked again.
+written from bytes checked that way is not checked again: its writer maps the file it wrote
+(:meth:`BlockCache.put_mapped`), and only a copy found there already, stored by another
+process first, is checked before it is used.
+
+Two processes may decompress the same block at the same moment: nothing coordinates them.
+Workers reading a shuffled first epoch meet a fresh block together only early on, and make
+well under 1% of the blocks twice; a claim per block (a lock file created, taken and removed
+for every block) would cost more than the decompressions it saves.
 """
 
 from __future__ import annotations
