@@ -160,10 +160,15 @@ class BlockCache:
 
     def _read_usage(self) -> int | None:
         try:
-            with open(self._usage_path) as f:
-                return int(f.read().strip() or "x")
-        except (FileNotFoundError, ValueError):
+            fd = os.open(self._usage_path, os.O_RDONLY)
+        except FileNotFoundError:
             return None
+        try:
+            return int(os.pread(fd, 64, 0).strip() or b"x")
+        except ValueError:
+            return None
+        finally:
+            os.close(fd)
 
     def _write_usage(self, value: int) -> None:
         """Written in place, always 20 digits, under the lock (a new file and a rename per
@@ -353,35 +358,67 @@ class BlockCache:
         never exceed the limit, whatever the number of writers; the count is raised before
         the rename, so a crash in between over-counts (repaired by the next eviction scan)
         and never lets the cache grow past its limit."""
+        return self._store(url, content_hash, size, offset, data, ahead=ahead) is not None
+
+    def put_mapped(
+        self, url: str, content_hash: str, size: int, offset: int, data: bytes | memoryview
+    ) -> memoryview | None:
+        """:meth:`put`, returning the stored copy mapped read-only, as :meth:`get` would (not
+        checked again: the caller made it from checked bytes); None where this call did not
+        store it (already there, written by someone else: :meth:`get` and check it; no room).
+
+        The map is made from the temporary file before its rename, so the writer does not
+        open, stat and map the file again (~0.05 ms a 1 MiB block, a tenth of storing it)."""
+        return self._store(url, content_hash, size, offset, data, ahead=False, keep_map=True)
+
+    def _store(
+        self,
+        url: str,
+        content_hash: str,
+        size: int,
+        offset: int,
+        data: bytes | memoryview,
+        *,
+        ahead: bool,
+        keep_map: bool = False,
+    ) -> memoryview | bool | None:
+        """What :meth:`put` and :meth:`put_mapped` share: None if not stored, else the map
+        (``keep_map``) or True."""
         d = self._dir(url, content_hash, size)
-        final = os.path.join(d, f"{offset}-{len(data)}.blk")
-        if len(data) > self.limit or os.path.exists(final):
-            return False
+        length = len(data)
+        final = os.path.join(d, f"{offset}-{length}.blk")
+        if length > self.limit or length <= 0 or os.path.exists(final):
+            return None
         tmp = os.path.join(self._tmp, f"{os.getpid()}-{uuid.uuid4().hex}.part")
+        stored: memoryview | bool | None = None
         try:
             # Written before the lock is taken (writers do not wait for each other's writes);
             # counted, and renamed into place, under it.
-            with open(tmp, "wb") as f:
-                f.write(data)
+            view = _write_file(tmp, data, keep_map)
             if ahead:
                 t = time.time() + AHEAD_SECONDS
                 os.utime(tmp, (t, t))
             with self._locked():
                 if os.path.exists(final):
-                    return False  # another process stored it first
-                usage = self._make_room(len(data))
+                    return None  # another process stored it first
+                usage = self._make_room(length)
                 if usage is None:
-                    return False
-                os.makedirs(d, exist_ok=True)
+                    return None
                 self._write_usage(usage)
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except FileNotFoundError:  # its directory emptied and removed (clear())
+                    os.makedirs(d, exist_ok=True)
+                    os.replace(tmp, final)
+            stored = view if view is not None else True
         except OSError:
-            return False
+            return None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        STATS.add("cache_bytes_written", len(data))
-        return True
+            if stored is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+        STATS.add("cache_bytes_written", length)
+        return stored
 
     def discard(self, url: str, content_hash: str, size: int, offset: int, length: int) -> None:
         """Delete one cached copy (found bad by its user)."""
@@ -466,6 +503,20 @@ class BlockCache:
                                 _close_lock(fd)
         self._known_dirs.clear()
         return freed
+
+
+def _write_file(path: str, data: bytes | memoryview, keep_map: bool) -> memoryview | None:
+    """Writes ``data`` to a new file at ``path``; returns it mapped read-only if ``keep_map``
+    (from the same descriptor: no second open)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        return map_readonly(fd, len(view)) if keep_map else None
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,7 +14,14 @@ Checksums: a copy is checked when a process maps it, against the record checksum
 index holds (each record's checksum is over its raw bytes, so the decompressed copy is checked
 as the records themselves are); a copy that fails is deleted and the block decompressed again
 from the shard, whose stored bytes are checked against their own checksum first. A copy just
-written from bytes checked that way is not checked again.
+written from bytes checked that way is not checked again: its writer maps the file it wrote
+(:meth:`BlockCache.put_mapped`), and only a copy found there already, stored by another
+process first, is checked before it is used.
+
+Two processes may decompress the same block at the same moment: nothing coordinates them.
+Workers reading a shuffled first epoch meet a fresh block together only early on, and make
+well under 1% of the blocks twice; a claim per block (a lock file created, taken and removed
+for every block) would cost more than the decompressions it saves.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class DecompressedCopies:
         self._cache_dir, self._limit = cache_dir, limit
         self._cache: BlockCache | None = None
         self._failed = False
+        self._shard_names: dict[int, tuple[str, str, int]] = {}
 
     @property
     def cache(self) -> BlockCache | None:
@@ -70,10 +78,13 @@ class DecompressedCopies:
     def _where(self, key: Hashable) -> tuple:
         """(url, content hash, size, block, raw size) of a block's copy in the cache."""
         s, b = cast("tuple[int, int]", key)
-        info = self.shards.shards[s]
+        shard = self._shard_names.get(s)
+        if shard is None:  # (joining the path cost ~40 us a block, twice per block)
+            info = self.shards.shards[s]
+            url = self.shards.shard_path(s) + COPY_SUFFIX
+            shard = self._shard_names[s] = (url, info.hash, info.raw_bytes)
         reader = self.shards.shard_reader(s)  # open already: its block is being read
-        url = self.shards.shard_path(s) + COPY_SUFFIX
-        return url, info.hash, info.raw_bytes, b, int(reader.blocks[b]["raw_size"])
+        return (*shard, b, int(reader.blocks[b]["raw_size"]))
 
     def get(self, key: Hashable) -> memoryview | None:
         cache = self.cache
@@ -97,11 +108,13 @@ class DecompressedCopies:
         url, content, size, b, length = self._where(key)
         if len(raw) != length:
             return None  # (the reader raises for such a block before it gets here)
-        stored = cache.put(url, content, size, b, raw)
-        # Stored now, or by another process first (checked then: not ours to trust), or not
-        # at all (no room): map what is there.
+        view = cache.put_mapped(url, content, size, b, raw)
+        if view is not None:
+            return view  # written here from checked bytes: not checked again
+        # Stored by another process first (checked then: not ours to trust), or not at all
+        # (no room): map what is there.
         view = cache.get(url, content, size, b, length, None)
-        if view is None or stored or self._intact(key, view):
+        if view is None or self._intact(key, view):
             return view
         STATS.add("cache_corrupt")
         cache.discard(url, content, size, b, length)

@@ -152,6 +152,36 @@ def test_a_damaged_copy_is_found_and_made_again(compressed, tmp_path):
     assert all(p.read_bytes() != bytes(data) for p in copies_in(cache))  # replaced
 
 
+def test_a_damaged_copy_another_process_stored_first_is_not_trusted(compressed, tmp_path):
+    """A process that decompressed a block and finds it stored already (by another process,
+    between its own look and its write) checks that copy before it maps it: a bad one is
+    deleted, and the block it decompressed is used instead."""
+    from fastload.read.copies import DecompressedCopies
+
+    path, rows = compressed
+    cache = tmp_path / "cache"
+    fastload.Dataset(path, cache_dir=cache).get_batch(np.arange(480))  # every block copied
+    ds = fastload.Dataset(path, cache_dir=cache, block_cache=0)
+    reader = ds.shard_reader(0)
+    store = DecompressedCopies(ds, str(cache), "1GB")
+    good = store.get((0, 3))
+    assert good is not None and bytes(good) == bytes(reader.block(3))
+    made = bytes(good)  # what this process decompressed, from the checked shard
+    copies = copies_in(cache)
+    victim = next(p for p in copies if p.read_bytes() == made)
+    damaged = bytearray(made)
+    damaged[len(damaged) // 2] ^= 0x10
+    planted = tmp_path / "planted"  # a new file renamed in: copies are never written in place
+    planted.write_bytes(bytes(damaged))
+    planted.replace(victim)
+    before = ds.io_stats()["cache_corrupt"]
+    assert store.put((0, 3), made) is None  # not mapped: the caller keeps its own bytes
+    assert ds.io_stats()["cache_corrupt"] == before + 1 and not victim.exists()
+    view = store.put((0, 3), made)  # stored anew, by this process: handed out unchecked
+    assert view is not None and bytes(view) == made and victim.read_bytes() == made
+    np.testing.assert_array_equal(ds.get_batch(np.arange(480))["tokens"], rows)
+
+
 def test_a_damaged_shard_still_raises_naming_its_block(compressed, tmp_path):
     import shutil
 

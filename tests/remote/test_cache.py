@@ -123,6 +123,28 @@ def test_corrupt_or_short_copy_is_dropped(tmp_path):
     assert get(cache, 0, data) is None and not path.exists()
 
 
+def test_put_mapped_hands_its_writer_the_copy_it_stored(tmp_path):
+    """The writer of a copy gets it mapped from the file it wrote (no second open); a block
+    stored already, or one without room, is not stored again and no map is handed out (the
+    caller then reads, and checks, what is there)."""
+    cache = BlockCache(tmp_path, limit=10_000)
+    data = os.urandom(3000)
+    view = cache.put_mapped("s3://b/ds/s.fls", "xxh64:0", 1 << 30, 0, data)
+    assert isinstance(view, memoryview) and view.readonly and view == data
+    (path,) = blk_files(tmp_path)
+    assert path.read_bytes() == data and cache.usage() == 3000
+    other = BlockCache(tmp_path, limit=10_000)  # another process's view of the directory
+    assert other.put_mapped("s3://b/ds/s.fls", "xxh64:0", 1 << 30, 0, os.urandom(3000)) is None
+    assert path.read_bytes() == data  # the first copy stands
+    assert cache.put_mapped("s3://b/ds/s.fls", "xxh64:0", 1 << 30, 3000, os.urandom(20_000)) is None
+    assert blk_files(tmp_path) == [path]
+    assert list((tmp_path / LAYOUT / "tmp").iterdir()) == []  # no temporary file left behind
+    other.clear()  # its directory goes while `cache` still knows it
+    assert view == data  # the map outlives its file
+    again = cache.put_mapped("s3://b/ds/s.fls", "xxh64:0", 1 << 30, 6000, data)
+    assert again == data and len(blk_files(tmp_path)) == 1 and cache.usage() == 3000
+
+
 def test_clear_deletes_only_cache_files(tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("mine")
