@@ -51,7 +51,7 @@ class Writer:
         *,
         shard_size: int | str = DEFAULT_SHARD_SIZE,
         block_size: int | str = DEFAULT_BLOCK_SIZE,
-        compression: str = "zstd",
+        compression: str = "auto",
         level: int = 3,
         storage_options: dict[str, Any] | None = None,
         part: int | None = None,

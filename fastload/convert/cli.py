@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from ..errors import FastloadError
+from ..format.codec import COMPRESSIONS
 from .auto import SOURCES
 from .tokens import BIN_DTYPES
 
@@ -94,7 +95,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SIZE",
         help="bytes per compressed block inside a shard (default: 1MiB, as convert() and Writer)",
     )
-    out.add_argument("--compression", default="zstd", choices=["zstd", "none"])
+    out.add_argument(
+        "--compression",
+        default="auto",
+        choices=list(COMPRESSIONS),
+        help="auto (default): zstd for the blocks it at least halves, the rest raw (nearly "
+        "random data, token ids, reads faster raw); zstd: wherever it saves 5%%; none",
+    )
     out.add_argument(
         "--level", type=int, default=3, metavar="N", help="zstd level, -7..22 (default: 3)"
     )

@@ -86,7 +86,7 @@ def convert(
     workers: int | None = None,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
     block_size: int | str = DEFAULT_BLOCK_SIZE,
-    compression: str = "zstd",
+    compression: str = "auto",
     level: int = 3,
     overwrite: bool = False,
     skip_bad: bool = False,

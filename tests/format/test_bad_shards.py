@@ -68,7 +68,7 @@ ORIGINALS = [small_record(i) for i in range(N)]
 def small_ds_path(tmp_path_factory) -> Path:
     """A one-shard dataset of N records in 9 small blocks, raw and zstd."""
     path = tmp_path_factory.mktemp("small") / "ds"
-    with fastload.Writer(path, SCHEMA, block_size=100) as w:
+    with fastload.Writer(path, SCHEMA, block_size=100, compression="zstd") as w:
         for rec in ORIGINALS:
             w.write(rec)
     return path
@@ -110,7 +110,7 @@ def fixed_small(tmp_path_factory):
     """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
     fixed-size records in 5 blocks, raw and zstd."""
     path = tmp_path_factory.mktemp("fixed") / "ds"
-    with fastload.Writer(path, FIXED_SCHEMA, block_size=100) as w:
+    with fastload.Writer(path, FIXED_SCHEMA, block_size=100, compression="zstd") as w:
         for rec in FIXED_ORIGINALS:
             w.write(rec)
     ds = fastload.Dataset(path)

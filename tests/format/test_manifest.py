@@ -35,7 +35,7 @@ ORIGINALS = [record(i) for i in range(N)]
 def small_path(tmp_path_factory) -> Path:
     """Two shards of three records: a small manifest (~600 bytes) with every kind of member."""
     path = tmp_path_factory.mktemp("manifest") / "ds"
-    with fastload.Writer(path, SCHEMA, shard_size=300, block_size=256) as w:
+    with fastload.Writer(path, SCHEMA, shard_size=300, block_size=256, compression="zstd") as w:
         for rec in ORIGINALS:
             w.write(rec)
     return path

@@ -269,7 +269,7 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
     assert manifest["records"] == 60 == sum(s["records"] for s in manifest["shards"])
     assert manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
     assert manifest["options"] == {
-        "compression": "zstd",
+        "compression": "auto",
         "level": 3,
         "block_size": 200,
         "shard_size": 1500,
