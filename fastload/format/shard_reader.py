@@ -291,12 +291,7 @@ class ShardReader:
             too_large = self._too_large(b)
             if too_large is not None:
                 raise self._fail(too_large)
-        buffer = self.source.buffer
-        stored = (
-            buffer[offset : offset + stored_size]
-            if buffer is not None
-            else self.source.read(offset, stored_size)
-        )
+        stored = self.source.read(offset, stored_size)  # (a mapped source notes the read)
         checked = getattr(self.source, "checked", None)  # a source that checks blocks itself
         if (
             self.verify

@@ -12,6 +12,17 @@ the last view of them is garbage (never while a view, or an array over one, is a
 page cache, shared, and come back on the next touch): a shard's index is read whole once, to
 check it, and after that only the entries of the records read are needed in each process.
 ``release_pages`` does the same for a slice of a map (a decoded image's bytes, say).
+
+``note_read`` bounds what a process keeps mapped of its data however much of it it reads.
+Pages a process touches through a shared file map stay mapped in it (counted in its RSS, PSS
+and, while no other process maps them, its private memory) until the map goes: a process
+reading records at random across a dataset larger than memory came to map every page it had
+touched, hundreds of MB per process after a few thousand reads. Every read of mapped data
+(a record, a batch's gather, a compressed block) is noted with its size, once per call; once
+the data a process maps has grown past its budget (``FASTLOAD_MAPPED_BUDGET``, default 64 MiB)
+since the last release, it releases every page of every map made here (one madvise call per
+map): the pages stay in the page cache, shared, and the next touch maps them again (a minor
+fault, no I/O).
 """
 
 from __future__ import annotations
@@ -19,13 +30,30 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 import weakref
 
 import numpy as np
 
-__all__ = ["map_readonly", "release", "release_pages", "FAULT_AROUND"]
+from ..utils import parse_size
+
+__all__ = [
+    "map_readonly",
+    "release",
+    "release_pages",
+    "note_read",
+    "release_all",
+    "mapped_budget",
+    "set_mapped_budget",
+    "release_count",
+    "FAULT_AROUND",
+    "DEFAULT_MAPPED_BUDGET",
+]
 
 FAULT_AROUND = 64 << 10  # what a read fault of a file map maps around it (Linux's default)
+#: Bytes of mapped data a process reads (as :func:`note_read` counts them) before it lets the
+#: pages of its maps go: at most about this much of its data stays mapped in it.
+DEFAULT_MAPPED_BUDGET = 64 << 20
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -51,6 +79,10 @@ _PAGE = mmap.PAGESIZE
 # The maps made here, by address: release() touches nothing else (MADV_DONTNEED on private
 # memory would discard its contents; on these shared read-only file maps it loses nothing).
 _MAPS: dict[int, int] = {}
+# Held while release_all() walks _MAPS, and by _unmap: no map is unmapped (and its addresses
+# reused by other memory) between the walk reading its address and its madvise.
+_LOCK = threading.RLock()
+_MAPS_CHANGED = [0]  # counts changes to _MAPS
 
 
 def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
@@ -68,7 +100,9 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of {length} bytes failed: {os.strerror(err)}")
     pages = (ctypes.c_char * length).from_address(address)
-    _MAPS[address] = length
+    with _LOCK:
+        _MAPS[address] = length
+        _MAPS_CHANGED[0] += 1
     unmap = weakref.finalize(pages, _unmap, address, length)  # when every view is gone
     # Not at interpreter exit, while a daemon thread might still read it: the process's
     # end unmaps everything anyway.
@@ -77,9 +111,15 @@ def map_readonly(fd: int, length: int, offset: int = 0) -> memoryview:
 
 
 def _unmap(address: int, length: int) -> None:
-    _MAPS.pop(address, None)
-    if _munmap is not None:  # (always, where a map was made)
-        _munmap(address, length)
+    with _LOCK:
+        _MAPS.pop(address, None)
+        _MAPS_CHANGED[0] += 1
+        if _SWEEP.thread == threading.get_ident():
+            # The thread walking the maps let the last view go (a collection in the walk):
+            # the walk may still hold this address, so it unmaps it itself when done.
+            _SWEEP.deferred.append((address, length))
+        elif _munmap is not None:  # (always, where a map was made)
+            _munmap(address, length)
 
 
 def release(mapped: memoryview, offset: int, length: int) -> bool:
@@ -123,3 +163,142 @@ def release_pages(view: memoryview, around: int = 0) -> int:
     if end <= first or _madvise(first, end - first, mmap.MADV_DONTNEED) != 0:
         return 0
     return end - first
+
+
+class _Sweep:
+    """This process's accounting of the data it reads through maps."""
+
+    def __init__(self) -> None:
+        self.budget = _budget_from_environment()
+        self.noted = 0  # bytes noted since the last look at what is mapped
+        self.baseline: int | None = None  # file pages mapped just after the last release
+        self.thread: int | None = None  # the thread in release_all(), if any
+        self.deferred: list[tuple[int, int]] = []  # maps let go during it
+        self.releases = 0
+        self.runs: list[tuple[int, int]] = []  # _runs(_MAPS), as _MAPS was at change runs_of
+        self.runs_of = -1
+
+
+def _budget_from_environment() -> int | None:
+    raw = os.environ.get("FASTLOAD_MAPPED_BUDGET", "").strip()
+    if not raw:
+        return DEFAULT_MAPPED_BUDGET
+    if raw.lower() == "none":
+        return None
+    try:
+        return parse_size(raw)
+    except ValueError as e:
+        raise ValueError(f"environment variable FASTLOAD_MAPPED_BUDGET: {e}") from None
+
+
+_SWEEP = _Sweep()
+
+
+def _after_fork() -> None:
+    # A child maps none of its parent's data pages (fork copies no page-table entries of
+    # shared file maps), and no thread of the parent is there to finish a release.
+    global _LOCK
+    _LOCK = threading.RLock()
+    _SWEEP.noted, _SWEEP.baseline, _SWEEP.thread, _SWEEP.deferred = 0, None, None, []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def mapped_budget() -> int | None:
+    """This process's budget of mapped data in bytes (None: unbounded)."""
+    return _SWEEP.budget
+
+
+def release_count() -> int:
+    """How many times this process let its maps' pages go for its budget."""
+    return _SWEEP.releases
+
+
+def set_mapped_budget(budget: int | str | None) -> None:
+    """Set this process's budget of mapped data (see :func:`note_read`): bytes, a size such
+    as ``"256MB"``, or None for no bound. Processes started later read theirs from
+    ``FASTLOAD_MAPPED_BUDGET`` (forked ones inherit this one's)."""
+    _SWEEP.budget = None if budget is None else parse_size(budget)
+    _SWEEP.noted, _SWEEP.baseline = 0, None
+
+
+def note_read(records: int, nbytes: int) -> None:
+    """``records`` records (or blocks) of ``nbytes`` bytes in all were just read, through
+    maps made here or not. Called once per read call (a batch), never per record: ~0.2 us.
+
+    Each read counts its bytes and a fault-around (what a fault maps beside it); every
+    eighth of the budget so counted, this process's mapped file pages are looked at
+    (``/proc/self/statm``, ~10 us), and past the budget beyond what was mapped just after
+    the last release (the libraries' pages, mostly), every page of every map made here goes
+    (:func:`release_all`). Looked at rather than estimated: a fault maps more than its
+    fault-around where the page cache holds large folios (~250 KB per random read of a
+    small record on Linux 6.x with ext4), and a read of pages already mapped maps nothing."""
+    sweep = _SWEEP
+    sweep.noted += nbytes + records * FAULT_AROUND  # (a lost update between threads: harmless)
+    budget = sweep.budget
+    if budget is None or sweep.noted < budget >> 4:
+        return
+    sweep.noted = 0
+    mapped = _file_pages()
+    if mapped is None:  # no /proc: released by the count alone
+        if sweep.baseline is None or sweep.baseline > budget:
+            sweep.baseline = 0
+            release_all()
+        else:
+            sweep.baseline += budget >> 4
+        return
+    if sweep.baseline is None or mapped - sweep.baseline > budget:
+        release_all()
+        sweep.baseline = _file_pages()
+
+
+def _file_pages() -> int | None:
+    """Bytes of file (and shared memory) pages this process maps, or None where unknown."""
+    try:
+        with open("/proc/self/statm", "rb", buffering=0) as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_all() -> int:
+    """Let every page of every map made here go from this process (see :func:`release`):
+    one madvise call per run of maps that follow one another in memory (maps are placed one
+    after another: a process's hundreds of decompressed copies make a few runs; a call costs
+    ~1-2 us, more with pages to let go). Safe while other threads read the maps (a page
+    released under a reader is mapped again by its next touch). Returns the calls made."""
+    if _madvise is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return 0
+    with _LOCK:
+        sweep = _SWEEP
+        if sweep.thread is not None:  # (this thread, re-entered from a finalizer)
+            return 0
+        sweep.thread = threading.get_ident()
+        try:
+            if sweep.runs_of != _MAPS_CHANGED[0]:  # (maps come and go far less often)
+                sweep.runs, sweep.runs_of = _runs(_MAPS), _MAPS_CHANGED[0]
+            runs = sweep.runs
+            for address, length in runs:
+                _madvise(address, length, mmap.MADV_DONTNEED)
+            sweep.releases += 1
+            return len(runs)
+        finally:
+            sweep.thread = None
+            deferred, sweep.deferred = sweep.deferred, []
+            for address, length in deferred:
+                _munmap(address, length)  # pyright: ignore[reportOptionalCall]
+
+
+def _runs(maps: dict[int, int]) -> list[tuple[int, int]]:
+    """``maps`` (address -> length) as runs of maps that adjoin: a run holds nothing but
+    these maps (no gap where other memory could lie), so one madvise covers it."""
+    runs: list[list[int]] = []
+    for address in sorted(maps):
+        length = -(-maps[address] // _PAGE) * _PAGE  # a map ends on a page boundary
+        if runs and runs[-1][0] + runs[-1][1] == address:
+            runs[-1][1] += length
+        else:
+            runs.append([address, length])
+    return [(a, n) for a, n in runs]

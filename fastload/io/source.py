@@ -7,14 +7,16 @@ import stat
 
 from ..errors import MissingShardError, ShardFormatError
 from .fs import is_local
-from .mapping import map_readonly, release
+from .mapping import map_readonly, note_read, release
 
 __all__ = ["MappedSource", "FileSource", "open_byte_source"]
 
 
 class MappedSource:
     """A local file mapped into memory: records are zero-copy slices of the map (which
-    holds no open file: see mapping.py)."""
+    holds no open file: see mapping.py). Reads through :meth:`read` count against the
+    process's budget of mapped data (:func:`fastload.io.mapping.note_read`); a reader
+    slicing ``buffer`` itself notes what it reads."""
 
     def __init__(self, path: str, name: str | None = None, *, root: str | None = None) -> None:
         """``root``: the dataset's directory; given, a shard whose real path lies outside it
@@ -45,6 +47,7 @@ class MappedSource:
                 f"{self.name}: read of {length} bytes at offset {offset} is "
                 f"past the end of the {self.size}-byte file"
             )
+        note_read(1, length)  # its pages stay mapped here: within this process's budget
         return self.buffer[offset : offset + length]
 
     def release(self, offset: int, length: int) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..format.record import RecordDecodeError
 from ..io.fs import join
+from ..io.mapping import note_read
 from .contract import BatchGather
 from .gather import RawGather, ResidentGather
 from .opening import display_name
@@ -112,10 +113,13 @@ class Dataset(ShardSet):
 
     def _decode(self, s: int, r: int) -> dict[str, Any]:
         reader = self.shard_reader(s)
+        view = memoryview(reader.record(r))
         try:
-            return self.record_layout.decode(memoryview(reader.record(r)))
+            return self.record_layout.decode(view)
         except RecordDecodeError as e:
             raise reader.corrupt_record(r, f"is malformed: {e}") from None
+        finally:
+            note_read(1, view.nbytes)  # the pages it mapped (a shard's, a copy's): in budget
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for s, info in enumerate(self.manifest.shards):

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import CorruptRecordError
 from ..format.record import RecordLayout
 from ..format.spec import CODEC_NONE
+from ..io.mapping import note_read
 
 if TYPE_CHECKING:
     from ..format.shard_reader import ShardReader
@@ -69,7 +70,9 @@ class Fields:
         ``_core.RecordMap.gather``). Returns a negative number when every record was
         gathered, else the position of the first that was not."""
         outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        return table.map.gather(sources, idx, verify, self.at, self.size, outs, in_blocks)
+        stop = table.map.gather(sources, idx, verify, self.at, self.size, outs, in_blocks)
+        note_read(len(idx), len(idx) * self.record_bytes)  # the pages it mapped: in budget
+        return stop
 
 
 class RawGather:

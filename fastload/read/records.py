@@ -14,7 +14,7 @@ from .. import _core
 from ..errors import CorruptRecordError
 from ..format.record import RecordDecodeError, RecordLayout
 from ..format.schema import Field
-from ..io.mapping import FAULT_AROUND, release_pages
+from ..io.mapping import FAULT_AROUND, note_read, release_pages
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -80,6 +80,7 @@ def read_spans(
             result[f.name] = np.ascontiguousarray(headers[f.name])
         if layout.var_fields:
             result.update(_gather_var(layout, spans, headers, image_views))
+    note_read(n, int(spans.lengths.sum()))  # the pages the batch mapped: within the budget
     return {name: result[name] for name in schema.names if name in result}
 
 
