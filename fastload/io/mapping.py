@@ -19,10 +19,10 @@ and, while no other process maps them, its private memory) until the map goes: a
 reading records at random across a dataset larger than memory came to map every page it had
 touched, hundreds of MB per process after a few thousand reads. Every read of mapped data
 (a record, a batch's gather, a compressed block) is noted with its size, once per call; once
-the data a process maps has grown past its budget (``FASTLOAD_MAPPED_BUDGET``, default 64 MiB)
+the data a process maps has grown past its budget (``FASTLOAD_MAPPED_BUDGET``, default 256 MiB)
 since the last release, it releases every page of every map made here (one madvise call per
-map): the pages stay in the page cache, shared, and the next touch maps them again (a minor
-fault, no I/O).
+run of adjoining maps): the pages stay in the page cache, shared, and the next touch maps them
+again (a minor fault, no I/O).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ __all__ = [
 FAULT_AROUND = 64 << 10  # what a read fault of a file map maps around it (Linux's default)
 #: Bytes of mapped data a process reads (as :func:`note_read` counts them) before it lets the
 #: pages of its maps go: at most about this much of its data stays mapped in it.
-DEFAULT_MAPPED_BUDGET = 64 << 20
+DEFAULT_MAPPED_BUDGET = 256 << 20
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -172,6 +172,7 @@ class _Sweep:
         self.budget = _budget_from_environment()
         self.noted = 0  # bytes noted since the last look at what is mapped
         self.baseline: int | None = None  # file pages mapped just after the last release
+        self.estimated = 0  # where they cannot be looked at: bytes noted since then
         self.thread: int | None = None  # the thread in release_all(), if any
         self.deferred: list[tuple[int, int]] = []  # maps let go during it
         self.releases = 0
@@ -229,12 +230,13 @@ def note_read(records: int, nbytes: int) -> None:
     maps made here or not. Called once per read call (a batch), never per record: ~0.2 us.
 
     Each read counts its bytes and a fault-around (what a fault maps beside it); every
-    eighth of the budget so counted, this process's mapped file pages are looked at
+    sixteenth of the budget so counted, this process's mapped file pages are looked at
     (``/proc/self/statm``, ~10 us), and past the budget beyond what was mapped just after
     the last release (the libraries' pages, mostly), every page of every map made here goes
-    (:func:`release_all`). Looked at rather than estimated: a fault maps more than its
-    fault-around where the page cache holds large folios (~250 KB per random read of a
-    small record on Linux 6.x with ext4), and a read of pages already mapped maps nothing."""
+    (:func:`release_all`). Called after the read, so that a batch larger than the budget
+    is let go at once. Looked at rather than estimated: a fault may map a whole large folio
+    of the page cache, more than its fault-around, and a read of pages already mapped maps
+    nothing."""
     sweep = _SWEEP
     sweep.noted += nbytes + records * FAULT_AROUND  # (a lost update between threads: harmless)
     budget = sweep.budget
@@ -242,12 +244,11 @@ def note_read(records: int, nbytes: int) -> None:
         return
     sweep.noted = 0
     mapped = _file_pages()
-    if mapped is None:  # no /proc: released by the count alone
-        if sweep.baseline is None or sweep.baseline > budget:
-            sweep.baseline = 0
+    if mapped is None:  # no /proc: what was noted stands for what was mapped
+        sweep.estimated += budget >> 4
+        if sweep.estimated > budget:
+            sweep.estimated = 0
             release_all()
-        else:
-            sweep.baseline += budget >> 4
         return
     if sweep.baseline is None or mapped - sweep.baseline > budget:
         release_all()

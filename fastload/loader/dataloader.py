@@ -103,6 +103,11 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
     ``sampler``, ``batch_sampler`` and ``generator`` arguments. Without those arguments the
     order is torch's own (same batches as torch's DataLoader), resumable as torchdata's
     StatefulDataLoader resumes it (torch_order.py).
+
+    **Memory.** Workers read records where they lie in mapped shards and decompressed copies
+    (the page cache's pages, shared), and each keeps at most about ``FASTLOAD_MAPPED_BUDGET``
+    of them mapped (default 256 MiB; see :class:`fastload.Dataset`), so a worker's memory does
+    not grow with the epochs it has read; batches live in shared-memory slabs.
     """
 
     # fastload's own arguments, attributes as torch's are (set in __init__)

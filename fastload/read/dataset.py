@@ -53,6 +53,16 @@ class Dataset(ShardSet):
     writer's ``block_size``), or for a block holding one record, that record's size if
     larger (a record larger than the block size gets a block of its own).
 
+    Records are read where they lie in memory maps (local shards, decompressed copies, cached
+    remote blocks): the page cache's pages, shared by every process. Pages a process has read
+    stay mapped in it, counted in its RSS, PSS and private memory, so each process keeps at
+    most about ``FASTLOAD_MAPPED_BUDGET`` bytes of them mapped (an environment variable,
+    default 256 MiB; ``none`` for no bound; :func:`fastload.io.mapping.set_mapped_budget`):
+    past it, it lets its mappings go (the pages stay in the page cache) and maps again only
+    what it reads next. Its memory then does not grow with how much of the dataset it has
+    read; what it costs is a page fault for each read of a page let go (reads at random over
+    more data than the budget: about one per record).
+
     A local shard that is a symbolic link to a file outside the dataset's directory is refused
     unless ``follow_symlinks=True`` (a dataset from elsewhere must not make fastload open any
     file the user can read).
