@@ -7,6 +7,7 @@ what a process maps is the whole process's."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import pytest
 import fastload
 from fastload.io import mapping
 from tests.childenv import run_python
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
 
 RECORDS, WIDTH = 12_000, 4000  # ~48 MB of records: a dozen budgets
 BUDGET = 4 << 20
@@ -94,6 +97,7 @@ def run_reader(path: str, tmp_path, budget, *, batch: int, reads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "zstd"])
 @pytest.mark.parametrize("batch", [1, 64])
 def test_random_reads_keep_mapped_data_within_the_budget(tmp_path, compression, batch):
@@ -140,6 +144,7 @@ print(json.dumps({"peak": peak, "records": len(seen), "distinct": len(set(seen.t
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "zstd"])
 def test_loader_workers_keep_mapped_data_within_the_budget(tmp_path, compression):
     path = write(tmp_path / "ds", compression)
