@@ -369,7 +369,8 @@ class BlockCache:
 
         The map is made from the temporary file before its rename, so the writer does not
         open, stat and map the file again (~0.05 ms a 1 MiB block, a tenth of storing it)."""
-        return self._store(url, content_hash, size, offset, data, ahead=False, keep_map=True)
+        stored = self._store(url, content_hash, size, offset, data, ahead=False, keep_map=True)
+        return stored if isinstance(stored, memoryview) else None
 
     def _store(
         self,

@@ -86,24 +86,29 @@ class Ahead:
         if ahead and self._thread is None:
             self._start()
         box = self._box
+        taken: tuple[int, Any] | None = None
         with box.lock:
             box.away = False
             while not box.items and box.producing:
                 box.changed.wait(0.5)
                 if box.producing and not self._thread_alive():
                     raise RuntimeError("fastload's batch thread ended without a word")
-            kind, item = box.items.popleft() if box.items else (None, None)
-            if kind == _ITEM and ahead:
-                self._send_away()  # (the thread takes the GIL once this thread waits)
-        if kind is None:
+            if box.items:
+                taken = box.items.popleft()
+                if taken[0] == _ITEM and ahead:
+                    self._send_away()  # (the thread takes the GIL once this thread waits)
+        if taken is None:
             item = next(self._batches)  # nothing was readied: here (StopIteration ends it)
             if ahead:
                 with box.lock:
                     self._send_away()
-        elif kind == _END:
-            raise StopIteration
-        elif kind == _ERROR:
-            raise item
+        else:
+            kind, value = taken
+            if kind == _END:
+                raise StopIteration
+            if kind == _ERROR:
+                raise value
+            item = value
         self._left = time.perf_counter()
         return item
 
@@ -156,7 +161,7 @@ class _Box:
     def __init__(self, depth: int) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self.items: deque = deque()
+        self.items: deque[tuple[int, Any]] = deque()
         self.depth = depth
         self.away = False  # the consumer is in its step: the thread may receive batches
         self.producing = False  # the thread is advancing the iterator
