@@ -106,7 +106,7 @@ class DataLoader(torch.utils.data.DataLoader[_T_co]):
 
     **Memory.** Workers read records where they lie in mapped shards and decompressed copies
     (the page cache's pages, shared), and each keeps at most about ``FASTLOAD_MAPPED_BUDGET``
-    of them mapped (default 64 MiB; see :class:`fastload.Dataset`), so a worker's memory does
+    of them mapped (default 256 MiB; see :class:`fastload.Dataset`), so a worker's memory does
     not grow with the epochs it has read; batches live in shared-memory slabs.
     """
 

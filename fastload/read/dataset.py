@@ -57,7 +57,7 @@ class Dataset(ShardSet):
     remote blocks): the page cache's pages, shared by every process. Pages a process has read
     stay mapped in it, counted in its RSS, PSS and private memory, so each process keeps at
     most about ``FASTLOAD_MAPPED_BUDGET`` bytes of them mapped (an environment variable,
-    default 64 MiB; ``none`` for no bound; :func:`fastload.io.mapping.set_mapped_budget`):
+    default 256 MiB; ``none`` for no bound; :func:`fastload.io.mapping.set_mapped_budget`):
     past it, it lets its mappings go (the pages stay in the page cache) and maps again only
     what it reads next. Its memory then does not grow with how much of the dataset it has
     read; what it costs is a page fault for each read of a page let go (reads at random over
