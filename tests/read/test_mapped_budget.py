@@ -158,7 +158,9 @@ def test_loader_workers_keep_mapped_data_within_the_budget(tmp_path, compression
         return got
 
     bounded = run(BUDGET)
-    assert bounded["peak"] <= BUDGET + SLACK, bounded
+    # A worker is sampled at any moment, also between a batch's gather, which maps its 32
+    # rows (a fault maps 64 KiB or more around each), and the release that follows it.
+    assert bounded["peak"] <= BUDGET + SLACK + 32 * (256 << 10), bounded
     unbounded = run(None)
     assert unbounded["peak"] > 2 * (BUDGET + SLACK), unbounded
 
