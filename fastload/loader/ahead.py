@@ -147,9 +147,7 @@ class Ahead:
             thread.join(_JOIN_SECONDS)
             if thread.is_alive():
                 return  # stuck beyond an interrupt: the iterator is its (the workers close)
-        self._clear_interrupt()
-        with box.lock:
-            box.items.clear()
+        self._clear_interrupt()  # (the thread appends nothing once it sees stop)
         close = getattr(self._batches, "close", None)
         if close is not None:
             close()
