@@ -192,6 +192,26 @@ class RecordMap:
         buffer (a block not at hand, say).
         """
 
+    def read(
+        self,
+        fds: npt.NDArray[np.int32],
+        indices: npt.NDArray[np.int64],
+        verify: bool,
+        field_at: npt.NDArray[np.uint64],
+        field_size: npt.NDArray[np.uint64],
+        outs: Sequence[WriteableBuffer],
+    ) -> int:
+        """:meth:`gather` of records of raw blocks, read from the shards' files with pread
+        instead of from maps: ``fds[s]`` (int32) is an open descriptor of shard s's file, or
+        -1. Reads of neighbouring records (an unshuffled batch) are joined into one. The GIL
+        is released.
+
+        Returns -1, or the first row not read (index out of range, its shard not added or
+        its file not open, a compressed block's record, the file ending before the record,
+        a read error, shorter than a field, failed checksum; earlier rows are read). Raises
+        ValueError for a shard outside ``fds`` or an out too small for the rows.
+        """
+
 def permute(n: int, key: int, positions: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """``P(positions[i])`` for the bijection P of [0, n) keyed by ``key`` (a uint64).
 

@@ -5,6 +5,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../core/file_read.h"
 #include "../core/records.h"
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/tuple.h>
@@ -127,6 +128,29 @@ class PyRecordMap {
                          field_size.data(), out_spans.data(), n_fields);
   }
 
+  // gather of records of raw blocks read from the shards' open files (fds[s] for shard s, -1
+  // where not open) with pread instead of from maps.
+  int64_t read(Array<int32_t> fds, Array<int64_t> indices, bool verify, Array<uint64_t> field_at,
+               Array<uint64_t> field_size, nb::sequence outs) const {
+    const size_t n = indices.shape(0), n_fields = field_at.shape(0);
+    check_same_length("field_size", field_size.shape(0), "field_at", n_fields);
+    check_same_length("outs", nb::len(outs), "field_at", n_fields);
+    std::vector<Place> places(n);
+    const int64_t stop =
+        place_rows(map_, indices.data(), n, PlaceIn::kShardFiles, places.data());
+    if (stop >= 0) return stop;
+    std::deque<Buffer> out_held;
+    std::vector<MutByteSpan> out_spans;
+    for (size_t f = 0; f < n_fields; ++f) {
+      const std::string what = "outs[" + std::to_string(f) + "]";
+      out_spans.push_back(out_held.emplace_back(outs[f], true, what.c_str()).mut_span());
+    }
+    // Always without the GIL: a read may wait on the disk.
+    nb::gil_scoped_release nogil;
+    return read_placed(fds.data(), fds.shape(0), places.data(), n, verify, field_at.data(),
+                       field_size.data(), out_spans.data(), n_fields);
+  }
+
  private:
   RecordMap map_;
   std::vector<std::unique_ptr<Buffer>> held_;
@@ -177,7 +201,18 @@ void register_records(nb::module_& m) {
            "shard not added, a compressed block's record from a file, shorter than a field,\n"
            "failed checksum; earlier rows may be copied). Raises ValueError for a record outside\n"
            "its source or an out too small for the rows, TypeError for a source that is not a\n"
-           "buffer (a block not at hand, say).");
+           "buffer (a block not at hand, say).")
+      .def("read", &PyRecordMap::read, nb::arg("fds").noconvert(), nb::arg("indices").noconvert(),
+           nb::arg("verify"), nb::arg("field_at").noconvert(), nb::arg("field_size").noconvert(),
+           nb::arg("outs"),
+           ":meth:`gather` of records of raw blocks, read from the shards' files with pread\n"
+           "instead of from maps: ``fds[s]`` (int32) is an open descriptor of shard s's file, or\n"
+           "-1. Reads of neighbouring records (an unshuffled batch) are joined into one. The GIL\n"
+           "is released.\n\n"
+           "Returns -1, or the first row not read (index out of range, its shard not added or\n"
+           "its file not open, a compressed block's record, the file ending before the record,\n"
+           "a read error, shorter than a field, failed checksum; earlier rows are read). Raises\n"
+           "ValueError for a shard outside ``fds`` or an out too small for the rows.");
 }
 
 }  // namespace fastload::bind

@@ -70,6 +70,17 @@ void gather_fixed(ByteSpan source, const uint64_t* offsets, size_t n, uint64_t s
   }
 }
 
+void check_out_rows(const uint64_t* field_size, const MutByteSpan* out, size_t n_fields,
+                    size_t n) {
+  for (size_t f = 0; f < n_fields; ++f) {
+    if (n != 0 && field_size[f] > out[f].size / n) {  // n * size > out.size, without overflow
+      throw BoundsError("out[" + std::to_string(f) + "] holds " + std::to_string(out[f].size) +
+                        " bytes, too small for " + std::to_string(n) + " rows of " +
+                        std::to_string(field_size[f]));
+    }
+  }
+}
+
 int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTable& table,
                        const int64_t* idx, size_t n, bool verify, const uint64_t* field_at,
                        const uint64_t* field_size, const MutByteSpan* out, size_t n_fields) {
@@ -86,13 +97,7 @@ int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTa
 int64_t gather_placed(const ByteSpan* sources, size_t n_sources, const Place* places, size_t n,
                       bool verify, const uint64_t* field_at, const uint64_t* field_size,
                       const MutByteSpan* out, size_t n_fields) {
-  for (size_t f = 0; f < n_fields; ++f) {
-    if (n != 0 && field_size[f] > out[f].size / n) {  // n * size > out.size, without overflow
-      throw BoundsError("out[" + std::to_string(f) + "] holds " + std::to_string(out[f].size) +
-                        " bytes, too small for " + std::to_string(n) + " rows of " +
-                        std::to_string(field_size[f]));
-    }
-  }
+  check_out_rows(field_size, out, n_fields, n);
   for (size_t i = 0; i < n; ++i) {
     const Place& p = places[i];
     if (p.source >= n_sources) {

@@ -50,6 +50,9 @@ int64_t gather_records(const ByteSpan* sources, size_t n_sources, const RecordTa
                        const int64_t* idx, size_t n, bool verify, const uint64_t* field_at,
                        const uint64_t* field_size, const MutByteSpan* out, size_t n_fields);
 
+// Throws BoundsError when out[f] cannot hold n rows of field_size[f] bytes, for some f.
+void check_out_rows(const uint64_t* field_size, const MutByteSpan* out, size_t n_fields, size_t n);
+
 // gather_records of rows already placed (row i is places[i]): the same checks, copies and
 // result, for a caller that found the records another way (records.h: from shards' indexes).
 int64_t gather_placed(const ByteSpan* sources, size_t n_sources, const Place* places, size_t n,

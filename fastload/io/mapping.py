@@ -54,8 +54,9 @@ FAULT_AROUND = 64 << 10  # what a read fault of a file map maps around it (Linux
 #: Bytes of mapped data a process reads (as :func:`note_read` counts them) before it lets the
 #: pages of its maps go: at most about this much of its data stays mapped in it. Random reads
 #: over more data than the budget fault about once a record (each fault maps 64 KiB or more
-#: around a 4 KB token row): a loader bound by its CPU read 600 MB of token rows at 0.53x its
-#: unbounded rate with 64 MiB, 0.59x with 256 MiB (and datasets up to the budget pay nothing).
+#: around a 4 KB token row): a loader bound by its CPU read 600 MB of token rows through maps at
+#: 0.53x its unbounded rate with 64 MiB, 0.59x with 256 MiB (datasets up to the budget pay
+#: nothing). The loader's gathers of such data now read with pread instead (fastload.io.files).
 DEFAULT_MAPPED_BUDGET = 256 << 20
 
 try:

@@ -37,6 +37,8 @@ class MappedSource:
             if not stat.S_ISREG(info.st_mode):
                 raise ShardFormatError(f"{self.name}: is not a regular file, so not a shard")
             self.size = info.st_size
+            self.path = path
+            self.identity = (info.st_dev, info.st_ino)  # the file mapped, should its path change
             self.buffer: memoryview | None = map_readonly(fd, self.size) if self.size else None
         finally:
             os.close(fd)
