@@ -6,14 +6,16 @@ read faults again. A pread copies a record out of the page cache in one system c
 nothing: measured on random 4 KB token rows over 600 MB, ~1 us a row against ~7 us for a
 faulting map read (and ~0.4 us for a map read that does not fault).
 
-Descriptors count against the process's limit of open files (often 1024), so a dataset of
-more shards than :func:`files_allowed` keeps its maps. They are closed when the
-:class:`OpenFiles` holding them is garbage, never while a read through them may be running.
+Descriptors count against the process's limit of open files (often 1024): all the
+:class:`OpenFiles` of a process hold at most a quarter of it together, and a dataset whose
+shards would take more keeps its maps. They are closed when the :class:`OpenFiles` holding
+them is garbage, never while a read through them may be running.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -27,45 +29,67 @@ except ImportError:  # pragma: no cover - not POSIX
     resource = None  # type: ignore[assignment]
 
 
+_lock = threading.Lock()
+_held = 0  # descriptors the OpenFiles of this process hold
+
+
 def files_allowed() -> int:
-    """How many files a reader may keep open: a quarter of the process's limit, the rest left
-    to everything else it opens (sockets, pipes, a loader's shared memory); 0 without
-    pread."""
+    """How many more files readers may open: a quarter of the process's limit, the rest left
+    to everything else it opens (sockets, pipes, a loader's shared memory), less those open
+    already; 0 without pread."""
     if resource is None or not hasattr(os, "pread"):
         return 0
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 1 << 20 if soft == resource.RLIM_INFINITY else max(0, soft // 4)
+    share = 1 << 20 if soft == resource.RLIM_INFINITY else soft // 4
+    return max(0, share - _held)
 
 
 def _close_all(fds: np.ndarray) -> None:
+    global _held
+    closed = 0
     for fd in fds.tolist():
         if fd >= 0:
+            closed += 1
             try:
                 os.close(fd)
             except OSError:
                 pass
+    fds[:] = -1  # (never read through a closed number: another file may take it)
+    with _lock:
+        _held -= closed
 
 
 class OpenFiles:
     """Read-only descriptors of ``paths`` (``fds``, int32, one per path), each checked to be
     the file ``identities`` says (``(st_dev, st_ino)``, as the caller mapped it): a path
-    replaced since opens as -1, and its reads go the caller's other way."""
+    replaced since, or one past what :func:`files_allowed` leaves, opens as -1, and its reads
+    go the caller's other way."""
 
     def __init__(self, paths: Sequence[str], identities: Sequence[tuple[int, int]]) -> None:
+        global _held
         if len(paths) != len(identities):
             raise ValueError(f"{len(paths)} paths but {len(identities)} identities")
         self.fds = np.full(len(paths), -1, np.int32)
+        with _lock:
+            n = min(len(paths), files_allowed())
+            _held += n  # given back as they close, or below for those not opened
         self._finalizer = weakref.finalize(self, _close_all, self.fds)
-        for i, (path, identity) in enumerate(zip(paths, identities)):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
-            info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) != tuple(identity):
-                os.close(fd)
-                continue
-            self.fds[i] = fd
+        unused = n
+        try:
+            for i in range(n):
+                try:
+                    fd = os.open(paths[i], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                info = os.fstat(fd)
+                if (info.st_dev, info.st_ino) != tuple(identities[i]):
+                    os.close(fd)
+                    continue
+                self.fds[i] = fd
+                unused -= 1
+        finally:
+            with _lock:
+                _held -= unused
 
     @property
     def complete(self) -> bool:

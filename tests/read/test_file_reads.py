@@ -139,19 +139,23 @@ def test_open_files_refuse_a_path_that_is_not_the_file_named(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"a"), b.write_bytes(b"b")
     ident = [(st.st_dev, st.st_ino) for st in (os.stat(a), os.stat(b))]
+    allowed = files_allowed()
     files = OpenFiles([str(a), str(b), str(tmp_path / "gone")], [ident[0], ident[0], ident[1]])
     assert files.fds[0] >= 0 and files.fds[1] == -1 and files.fds[2] == -1 and not files.complete
     assert os.pread(int(files.fds[0]), 1, 0) == b"a"
+    assert files_allowed() == allowed - 1  # one of the process's share taken
     fd = int(files.fds[0])
     files.close()
+    assert files_allowed() == allowed and (files.fds == -1).all()
     with pytest.raises(OSError):
         os.fstat(fd)
     with pytest.raises(ValueError):
         OpenFiles([str(a)], [])
 
 
-# In a fresh interpreter whose limit of open files is 64: files_allowed() is 16, so a dataset of
-# more shards keeps its maps, one of fewer reads with pread; both read the right records.
+# In a fresh interpreter whose limit of open files is 64: readers may hold 16 open, so a
+# dataset of 6 shards reads with pread, and then one of more than the 10 left keeps its maps;
+# both read the right records.
 CHILD = r"""
 import json, resource, sys
 import numpy as np
