@@ -82,7 +82,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["auto", *SOURCES],
         help="input kind (default: detect from SRC)",
     )
-    out = p.add_argument_group("output")
+    _add_output_options(p.add_argument_group("output"))
+    _add_running_options(p.add_argument_group("running"))
+    _add_source_options(p.add_argument_group("source options"))
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_output_options(out: Any) -> None:
     out.add_argument(
         "--shard-size",
         default="64MiB",
@@ -120,7 +127,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_json_object,
         help="fsspec options for SRC alone (then --storage-options is DST's alone)",
     )
-    run_group = p.add_argument_group("running")
+
+
+def _add_running_options(run_group: Any) -> None:
     run_group.add_argument(
         "--workers",
         type=int,
@@ -150,9 +159,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the result as one JSON object instead of a summary",
     )
-    _add_source_options(p.add_argument_group("source options"))
-    p.set_defaults(func=run)
-    return p
 
 
 def _add_source_options(src: Any) -> None:

@@ -119,10 +119,7 @@ def convert(
     start = time.monotonic()
     src, dst = os.fspath(src), os.fspath(dst)
     opts = _write_options(dst, shard_size, block_size, compression, level, storage_options)
-    if workers is None:
-        workers = default_workers()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConvertError(f"workers must be a positive integer, got {workers!r}")
+    workers = _checked_workers(workers)
     _check_not_nested(src, dst)
     inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)
     reader, schema, tasks, notes = _plan(inputs, source, opts.shard_size, source_options)
@@ -148,12 +145,11 @@ def convert(
         with contextlib.suppress(Exception):
             prepare_destination(dst, overwrite=False, storage_options=storage_options)
         raise
-    skipped = sum(r.skipped for r in results)
     return ConvertResult(
         dst=dst,
         source=reader.name,
         records=manifest.records,
-        skipped=skipped,
+        skipped=sum(r.skipped for r in results),
         skip_examples=tuple(e for r in results for e in r.skip_examples)[:_MAX_EXAMPLES],
         shards=len(manifest.shards),
         tasks=len(tasks),
@@ -163,6 +159,15 @@ def convert(
         seconds=time.monotonic() - start,
         notes=notes,
     )
+
+
+def _checked_workers(workers: int | None) -> int:
+    """``workers`` as convert takes it: a positive integer, None for the default."""
+    if workers is None:
+        return default_workers()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConvertError(f"workers must be a positive integer, got {workers!r}")
+    return workers
 
 
 def _plan(

@@ -70,22 +70,7 @@ def fill_batch(
     mine = indices
     if part[1] > 1:
         mine, views = indices[lo:hi], {name: v[lo:hi] for name, v in views.items()}
-    bad: list[tuple[int, str]] = []
-    fast = _raw_gather(dataset, layout)
-    out = layout.gather_views(views)
-    if fast is None or not fast.gather(mine, out):
-        # Images to decode here are read as views (decoded below, never sent anywhere), and
-        # so are staged ones (copied end to end into one bytes below).
-        views_of = (*layout.decode, *layout.staged)
-        extra = {"image_views": views_of} if views_of else {}
-        try:
-            listed = dataset.read_into(mine, out=out, **extra)
-        except CorruptRecordError:
-            if not skip_bad:
-                raise
-            listed, bad = _read_each(dataset, layout, np.asarray(mine), out, extra, lo)
-    else:
-        listed = {}
+    listed, bad = _read_share(dataset, layout, mine, views, lo, skip_bad)
     for name, spec in layout.padded.items():
         fill_padded(
             listed.pop(name), views[name], views[f"{name}_lengths"], spec, np.asarray(mine), name
@@ -116,6 +101,28 @@ def fill_batch(
     if dataset.remote:
         _add_io(dataset, timings)
     return listed, timings
+
+
+def _read_share(
+    dataset: Readable, layout: BatchLayout, mine, views: dict, lo: int, skip_bad: bool
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """Records ``mine`` (rows ``lo`` on of the batch) read into ``views``: one core call where
+    the dataset has one for these fields, else read_into. Returns the fields that travel as
+    lists, and the bad rows skipped (``skip_bad``) as ``(row, why)``."""
+    fast = _raw_gather(dataset, layout)
+    out = layout.gather_views(views)
+    if fast is not None and fast.gather(mine, out):
+        return {}, []
+    # Images to decode here are read as views (decoded below, never sent anywhere), and so
+    # are staged ones (copied end to end into one bytes below).
+    views_of = (*layout.decode, *layout.staged)
+    extra = {"image_views": views_of} if views_of else {}
+    try:
+        return dataset.read_into(mine, out=out, **extra), []
+    except CorruptRecordError:
+        if not skip_bad:
+            raise
+        return _read_each(dataset, layout, np.asarray(mine), out, extra, lo)
 
 
 def _finish_tokens(
