@@ -136,10 +136,12 @@ class RecordMap:
         n_blocks: int,
         n_records: int,
         record_size: int | None,
+        group: int = 1,
     ) -> None:
         """Add shard ``shard``: ``blocks``, its block table's bytes (48 per block);
         ``records``, its record table's bytes: 16 per record, or, with ``record_size`` (the
-        fixed layout), the records' checksums (4 bytes each).
+        fixed layout), the records' checksums (4 bytes each), one per ``group`` records of
+        a block where ``group`` > 1.
 
         Raises ValueError when the bytes do not hold the counts, the counts are not the
         shard's in the map, the shard was added already, or (fixed layout) the blocks do
@@ -160,14 +162,18 @@ class RecordMap:
         npt.NDArray[np.uint64],
         npt.NDArray[np.uint64],
         npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
         npt.NDArray[np.uint32],
     ]:
         """Where dataset records ``indices`` lie: ``(stop, sources, offsets, lengths,
-        checksums)``, as :meth:`gather` would read them (``in_blocks``: sources are
-        dataset-wide block numbers and offsets in their raw bytes; else shard numbers and
-        offsets in their files, raw blocks only). ``stop`` is -1, or the first row that
-        cannot be placed (index out of range, its shard not added, a compressed block's
-        record in a file); that row and the ones after it are zero."""
+        check_offsets, check_lengths, checksums)``, as :meth:`gather` would read them
+        (``in_blocks``: sources are dataset-wide block numbers and offsets in their raw
+        bytes; else shard numbers and offsets in their files, raw blocks only). A checksum
+        covers ``source[check_offset : +check_length]``: the record, or its group. ``stop``
+        is -1, or the first row that cannot be placed (index out of range, its shard not
+        added, a compressed block's record in a file); that row and the ones after it are
+        zero."""
 
     def gather(
         self,

@@ -679,18 +679,22 @@ def record_map_dataset(tmp_path, schema, record, n=300):
     m = _core.RecordMap(np.asarray(ds.record_starts, np.int64), base)
     for s, r in enumerate(readers):
         ix = r.index
-        m.add(s, ix.block_bytes, ix.table, len(r.blocks), len(r), ix.record_size)
+        m.add(s, ix.block_bytes, ix.table, len(r.blocks), len(r), ix.record_size, ix.group)
     return ds, readers, base, m
 
 
-FIXED = ({"i": "int64", "v": "uint16[5]"}, lambda i: {"i": i, "v": np.arange(5) + i})
+# 40-byte records, a checksum each; 16-byte ones, a checksum per 4; records of any size.
+FIXED = ({"i": "int64", "v": "uint16[16]"}, lambda i: {"i": i, "v": np.arange(16) + i})
+GROUPED = ({"i": "int64", "v": "uint16[4]"}, lambda i: {"i": i, "v": np.arange(4) + i})
 ENTRIES = ({"i": "int64", "s": "str"}, lambda i: {"i": i, "s": "x" * (i % 7)})
 
 
-@pytest.mark.parametrize("kind", [FIXED, ENTRIES], ids=["fixed", "entries"])
+@pytest.mark.parametrize("kind", [FIXED, GROUPED, ENTRIES], ids=["fixed", "grouped", "entries"])
 def test_record_map_gathers_what_the_dataset_reads(tmp_path, kind):
     ds, readers, base, m = record_map_dataset(tmp_path, *kind)
-    assert len(readers) > 2 and readers[0].index.record_size == (20 if kind is FIXED else None)
+    size = {id(FIXED): 40, id(GROUPED): 16}.get(id(kind))
+    assert len(readers) > 2 and readers[0].index.record_size == size
+    assert readers[0].index.group == (4 if kind is GROUPED else 1)
     idx = np.random.default_rng(0).integers(0, len(ds), 64)
     files = [r.source.buffer for r in readers]
     out = bytearray(64 * 8)
@@ -701,10 +705,13 @@ def test_record_map_gathers_what_the_dataset_reads(tmp_path, kind):
     out2 = bytearray(64 * 8)
     assert m.gather(blocks, idx, True, u64([0]), u64([8]), [out2], True) == -1
     assert out2 == out
-    stop, src, off, length, checksum = m.places(idx, True)
-    want = [readers[s].index.entries()[r] for s, r in map(ds.locate, idx.tolist())]
+    stop, src, off, length, check_off, check_len, checksum = m.places(idx, True)
+    located = [ds.locate(i) for i in idx.tolist()]
+    want = [readers[s].index.entries()[r] for s, r in located]
     assert stop == -1 and length.tolist() == [int(e["length"]) for e in want]
     assert checksum.tolist() == [int(e["checksum"]) for e in want]
+    checked = [readers[s].index.checked(r) for s, r in located]  # the record, or its group
+    assert list(zip(check_off.tolist(), check_len.tolist())) == checked
     shard = np.searchsorted(ds.record_starts, idx, side="right") - 1
     assert (src - base[shard]).tolist() == [int(e["block"]) for e in want]
     assert off.tolist() == [int(e["offset"]) for e in want]
@@ -715,7 +722,7 @@ def test_record_map_places_only_the_shards_added(tmp_path):
     ds, readers, base, full = record_map_dataset(tmp_path, *FIXED)
     m = _core.RecordMap(np.asarray(ds.record_starts, np.int64), base)
     ix = readers[1].index
-    m.add(1, ix.block_bytes, ix.table, len(readers[1].blocks), len(readers[1]), ix.record_size)
+    m.add(1, ix.block_bytes, ix.table, len(readers[1].blocks), len(readers[1]), ix.record_size, 1)
     assert [m.added(s) for s in range(3)] == [False, True, False]
     first = int(ds.record_starts[1])
     idx = np.array([first, first - 1, len(ds), -1, first + 3], np.int64)
@@ -733,7 +740,7 @@ def test_record_map_places_only_the_shards_added(tmp_path):
 def test_record_map_checks_every_record_it_reads(tmp_path):
     ds, readers, _, m = record_map_dataset(tmp_path, *FIXED)
     files = [bytearray(r.source.buffer) for r in readers]
-    stop, src, off, _, _ = m.places(np.array([7], np.int64), False)
+    stop, src, off, *_ = m.places(np.array([7], np.int64), False)
     files[int(src[0])][int(off[0]) + 3] ^= 1
     out = bytearray(3 * 8)
     idx = np.array([2, 7, 9], np.int64)
@@ -761,6 +768,9 @@ def test_record_map_refuses_what_its_tables_cannot_hold(tmp_path):
         m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size + 1)
     with pytest.raises(ValueError, match="out of range"):
         m.add(len(readers), ix.block_bytes, ix.table, nb, n, ix.record_size)
+    for group in (0, 2):  # a checksum a record, not one per group; none per 0
+        with pytest.raises(ValueError, match="records per checksum|checksums of groups"):
+            m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size, group)
     m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size)
     with pytest.raises(ValueError, match="added already"):
         m.add(0, ix.block_bytes, ix.table, nb, n, ix.record_size)

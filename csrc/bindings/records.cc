@@ -45,11 +45,11 @@ class PyRecordMap {
       : map_(offsets_of(starts, "starts"), offsets_of(block_base, "block_base")) {}
 
   void add(size_t s, nb::handle blocks, nb::handle records, uint64_t n_blocks, uint64_t n_records,
-           std::optional<uint64_t> record_size) {
+           std::optional<uint64_t> record_size, uint64_t group) {
     auto b = std::make_unique<Buffer>(blocks, false, "blocks");
     auto r = std::make_unique<Buffer>(records, false, "records");
     const ShardIndex index = shard_index(b->span(), n_blocks, r->span(), n_records,
-                                         record_size.has_value(), record_size.value_or(0));
+                                         record_size.has_value(), record_size.value_or(0), group);
     map_.add(s, index);
     held_.push_back(std::move(b));
     held_.push_back(std::move(r));
@@ -67,14 +67,16 @@ class PyRecordMap {
   }
 
   // place_rows into new arrays: (first row not placed or -1, sources, offsets, lengths,
-  // checksums); rows from the first not placed on are zero.
-  std::tuple<int64_t, U64Array, U64Array, U64Array, U32Array> places(Array<int64_t> indices,
-                                                                     bool in_blocks) const {
+  // checked offsets, checked lengths, checksums); rows from the first not placed on are zero.
+  std::tuple<int64_t, U64Array, U64Array, U64Array, U64Array, U64Array, U32Array> places(
+      Array<int64_t> indices, bool in_blocks) const {
     const size_t n = indices.shape(0);
-    uint64_t *source, *offset, *length;
+    uint64_t *source, *offset, *length, *check_offset, *check_length;
     uint32_t* checksum;
     U64Array sources = new_array<uint64_t>(n, &source), offsets = new_array<uint64_t>(n, &offset),
-             lengths = new_array<uint64_t>(n, &length);
+             lengths = new_array<uint64_t>(n, &length),
+             check_offsets = new_array<uint64_t>(n, &check_offset),
+             check_lengths = new_array<uint64_t>(n, &check_length);
     U32Array checksums = new_array<uint32_t>(n, &checksum);
     std::vector<Place> placed(n);
     const int64_t stop = place_rows(map_, indices.data(), n,
@@ -86,9 +88,11 @@ class PyRecordMap {
       source[i] = p.source;
       offset[i] = p.offset;
       length[i] = p.length;
+      check_offset[i] = i < rows ? p.checked_at() : 0;
+      check_length[i] = i < rows ? p.checked_length() : 0;
       checksum[i] = p.checksum;
     }
-    return {stop, sources, offsets, lengths, checksums};
+    return {stop, sources, offsets, lengths, check_offsets, check_lengths, checksums};
   }
 
   int64_t gather(nb::sequence sources, Array<int64_t> indices, bool verify,
@@ -173,9 +177,11 @@ void register_records(nb::module_& m) {
            "from 0. Raises ValueError otherwise.")
       .def("add", &PyRecordMap::add, nb::arg("shard"), nb::arg("blocks"), nb::arg("records"),
            nb::arg("n_blocks"), nb::arg("n_records"), nb::arg("record_size").none(),
+           nb::arg("group") = 1,
            "Add shard ``shard``: ``blocks``, its block table's bytes (48 per block);\n"
            "``records``, its record table's bytes: 16 per record, or, with ``record_size`` (the\n"
-           "fixed layout), the records' checksums (4 bytes each).\n\n"
+           "fixed layout), the records' checksums (4 bytes each), one per ``group`` records of\n"
+           "a block where ``group`` > 1.\n\n"
            "Raises ValueError when the bytes do not hold the counts, the counts are not the\n"
            "shard's in the map, the shard was added already, or (fixed layout) the blocks do\n"
            "not hold the records as that layout lays them out.")
@@ -185,11 +191,13 @@ void register_records(nb::module_& m) {
            "-1 where it is not known here (out of range, its shard not added).")
       .def("places", &PyRecordMap::places, nb::arg("indices").noconvert(), nb::arg("in_blocks"),
            "Where dataset records ``indices`` lie: ``(stop, sources, offsets, lengths,\n"
-           "checksums)``, as :meth:`gather` would read them (``in_blocks``: sources are\n"
-           "dataset-wide block numbers and offsets in their raw bytes; else shard numbers and\n"
-           "offsets in their files, raw blocks only). ``stop`` is -1, or the first row that\n"
-           "cannot be placed (index out of range, its shard not added, a compressed block's\n"
-           "record in a file); that row and the ones after it are zero.")
+           "check_offsets, check_lengths, checksums)``, as :meth:`gather` would read them\n"
+           "(``in_blocks``: sources are dataset-wide block numbers and offsets in their raw\n"
+           "bytes; else shard numbers and offsets in their files, raw blocks only). A checksum\n"
+           "covers ``source[check_offset : +check_length]``: the record, or its group. ``stop``\n"
+           "is -1, or the first row that cannot be placed (index out of range, its shard not\n"
+           "added, a compressed block's record in a file); that row and the ones after it are\n"
+           "zero.")
       .def("gather", &PyRecordMap::gather, nb::arg("sources"), nb::arg("indices").noconvert(),
            nb::arg("verify"), nb::arg("field_at").noconvert(), nb::arg("field_size").noconvert(),
            nb::arg("outs"), nb::arg("in_blocks"),

@@ -1,5 +1,6 @@
 #include "file_read.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -33,19 +34,30 @@ bool read_fully(int fd, uint8_t* buf, uint64_t length, uint64_t offset) {
 #endif
 }
 
-// The rows [i, end) one pread can fetch: the same file, each starting at or after the end of
-// the one before and within kReadGapBytes of it, kReadRunBytes at most in all. Returns end.
-size_t run_end(const Place* places, size_t i, size_t n) {
+// The bytes row p needs read: its record, or (checked) the bytes its checksum covers, which
+// hold the record.
+uint64_t read_at(const Place& p, bool verify) { return verify ? p.checked_at() : p.offset; }
+uint64_t read_end(const Place& p, bool verify) {
+  return read_at(p, verify) + (verify ? p.checked_length() : p.length);
+}
+
+// The rows [i, end) one pread can fetch: the same file, each starting where or after the one
+// before starts (rows of one checksum group share their bytes) and within kReadGapBytes of
+// the bytes so far, kReadRunBytes at most in all. Returns end.
+size_t run_end(const Place* places, size_t i, size_t n, bool verify) {
   const Place& first = places[i];
-  uint64_t stop = first.offset + first.length;
+  const uint64_t start = read_at(first, verify);
+  uint64_t last = start, stop = read_end(first, verify);
   size_t j = i + 1;
   for (; j < n; ++j) {
     const Place& p = places[j];
-    if (p.source != first.source || p.offset < stop || p.offset - stop > kReadGapBytes ||
-        p.offset + p.length - first.offset > kReadRunBytes) {
+    const uint64_t at = read_at(p, verify), end = read_end(p, verify);
+    if (p.source != first.source || at < last || (at > stop && at - stop > kReadGapBytes) ||
+        end - start > kReadRunBytes) {
       break;
     }
-    stop = p.offset + p.length;
+    last = at;
+    stop = std::max(stop, end);
   }
   return j;
 }
@@ -58,8 +70,10 @@ bool fields_fit(const Place& p, const uint64_t* field_at, const uint64_t* field_
   return true;
 }
 
-bool checks(const uint8_t* record, const Place& p) {
-  return static_cast<uint32_t>(xxh64(record, static_cast<size_t>(p.length), 0)) == p.checksum;
+// Whether the bytes p's checksum covers, at `checked`, match it.
+bool checks(const uint8_t* checked, const Place& p) {
+  return static_cast<uint32_t>(xxh64(checked, static_cast<size_t>(p.checked_length()), 0)) ==
+         p.checksum;
 }
 
 void copy_fields(const uint8_t* record, size_t row, const uint64_t* field_at,
@@ -78,19 +92,25 @@ int64_t read_run(int fd, const Place* places, size_t i, size_t end, bool verify,
                  const uint64_t* field_at, const uint64_t* field_size, const MutByteSpan* out,
                  size_t n_fields, std::vector<uint8_t>& scratch) {
   const Place& first = places[i];
-  if (end == i + 1 && n_fields == 1 && field_at[0] == 0 && field_size[0] == first.length) {
+  const bool alone = !verify || first.check_length == 0;  // its checksum is its own
+  if (end == i + 1 && alone && n_fields == 1 && field_at[0] == 0 &&
+      field_size[0] == first.length) {
     uint8_t* row = out[0].data + i * field_size[0];
     const bool ok =
         read_fully(fd, row, first.length, first.offset) && (!verify || checks(row, first));
     return ok ? -1 : static_cast<int64_t>(i);
   }
-  const uint64_t span = places[end - 1].offset + places[end - 1].length - first.offset;
-  if (scratch.size() < span) scratch.resize(static_cast<size_t>(span));
-  if (!read_fully(fd, scratch.data(), span, first.offset)) return static_cast<int64_t>(i);
+  const uint64_t start = read_at(first, verify);
+  uint64_t stop = 0;
+  for (size_t k = i; k < end; ++k) stop = std::max(stop, read_end(places[k], verify));
+  if (scratch.size() < stop - start) scratch.resize(static_cast<size_t>(stop - start));
+  if (!read_fully(fd, scratch.data(), stop - start, start)) return static_cast<int64_t>(i);
   for (size_t k = i; k < end; ++k) {
-    const uint8_t* record = scratch.data() + (places[k].offset - first.offset);
-    if (verify && !checks(record, places[k])) return static_cast<int64_t>(k);
-    copy_fields(record, k, field_at, field_size, out, n_fields);
+    const Place& p = places[k];
+    if (verify && !checks(scratch.data() + (p.checked_at() - start), p)) {
+      return static_cast<int64_t>(k);
+    }
+    copy_fields(scratch.data() + (p.offset - start), k, field_at, field_size, out, n_fields);
   }
   return -1;
 }
@@ -102,7 +122,7 @@ int64_t read_rows(const int* fds, const Place* places, size_t n, bool verify,
   for (size_t i = 0; i < n;) {
     const int fd = fds[places[i].source];
     if (fd < 0) return static_cast<int64_t>(i);
-    const size_t end = run_end(places, i, n);
+    const size_t end = run_end(places, i, n, verify);
     const int64_t stop =
         read_run(fd, places, i, end, verify, field_at, field_size, out, n_fields, scratch);
     if (stop >= 0 && static_cast<size_t>(stop) == i && end > i + 1) {

@@ -30,12 +30,18 @@ struct RecordTable {
 };
 
 // Where a row of a batch lies: sources[source][offset : +length], whose xxh64's low 32 bits
-// are checksum.
+// are checksum; or, where a checksum covers a group of records (records.h), the low 32 bits of
+// the xxh64 of sources[source][check_offset : +check_length], which holds the record.
 struct Place {
   uint64_t source;
   uint64_t offset;
   uint64_t length;
   uint32_t checksum;
+  uint64_t check_offset = 0;
+  uint64_t check_length = 0;  // 0: the checksum is the record's own
+
+  uint64_t checked_at() const { return check_length ? check_offset : offset; }
+  uint64_t checked_length() const { return check_length ? check_length : length; }
 };
 
 // One batch of fixed-size fields, straight from whole records: for row i (record idx[i]) and

@@ -57,13 +57,14 @@ BlockInfo ShardIndex::block(uint64_t b) const {
 }
 
 ShardIndex shard_index(ByteSpan blocks, uint64_t n_blocks, ByteSpan records, uint64_t n_records,
-                       bool fixed, uint64_t record_size) {
+                       bool fixed, uint64_t record_size, uint64_t group) {
   // Counts are checked against the bytes by division: a product could wrap around 2^64.
   if (blocks.size / kBlockEntryBytes < n_blocks) {
     bad_index(str(n_blocks) + " blocks do not fit in " + str(blocks.size) + " bytes");
   }
+  if (group == 0 || (group > 1 && !fixed)) bad_index("records per checksum: " + str(group));
   const uint64_t entry = fixed ? kChecksumBytes : kRecordEntryBytes;
-  if (records.size / entry < n_records) {
+  if (group == 1 && records.size / entry < n_records) {
     bad_index(str(n_records) + " records do not fit in " + str(records.size) + " bytes");
   }
   ShardIndex s;
@@ -88,6 +89,16 @@ ShardIndex shard_index(ByteSpan blocks, uint64_t n_blocks, ByteSpan records, uin
     }
   }
   check_fixed_blocks(s);
+  s.group = group;
+  s.groups_per_block = (s.per_block + group - 1) / group;
+  if (group > 1 && n_records != 0) {
+    const uint64_t last = n_records - (n_blocks - 1) * s.per_block;
+    const uint64_t groups = (n_blocks - 1) * s.groups_per_block + (last + group - 1) / group;
+    if (records.size / kChecksumBytes != groups) {
+      bad_index(str(groups) + " checksums of groups of " + str(group) + " records do not fit " +
+                str(records.size) + " bytes");
+    }
+  }
   return s;
 }
 
@@ -96,9 +107,22 @@ bool place_record(const ShardIndex& s, uint64_t r, RecordPlace* out) {
   RecordPlace p;
   if (s.fixed) {
     p.block = r / s.per_block;
-    p.offset = (r % s.per_block) * s.stride;
+    const uint64_t k = r % s.per_block;
+    p.offset = k * s.stride;
     p.length = s.record_size;
-    p.checksum = load<uint32_t>(s.records.data + r * kChecksumBytes);
+    if (s.group == 1) {
+      p.checksum = load<uint32_t>(s.records.data + r * kChecksumBytes);
+    } else {
+      const uint64_t first = k / s.group * s.group;  // the group's first record in the block
+      const uint64_t in_block = p.block + 1 < s.n_blocks
+                                    ? s.per_block
+                                    : s.n_records - (s.n_blocks - 1) * s.per_block;
+      const uint64_t count = std::min(s.group, in_block - first);
+      p.check_offset = first * s.stride;
+      p.check_length = (count - 1) * s.stride + s.record_size;
+      const uint64_t g = p.block * s.groups_per_block + k / s.group;
+      p.checksum = load<uint32_t>(s.records.data + g * kChecksumBytes);
+    }
   } else {
     const uint8_t* at = s.records.data + r * kRecordEntryBytes;
     p.block = load<uint32_t>(at);
@@ -106,7 +130,8 @@ bool place_record(const ShardIndex& s, uint64_t r, RecordPlace* out) {
     p.length = load<uint32_t>(at + 8);
     p.checksum = load<uint32_t>(at + 12);
   }
-  if (p.block >= s.n_blocks || !in_bounds(p.offset, p.length, s.block(p.block).raw_size)) {
+  if (p.block >= s.n_blocks || !in_bounds(p.offset, p.length, s.block(p.block).raw_size) ||
+      !in_bounds(p.check_offset, p.check_length, s.block(p.block).raw_size)) {
     return false;
   }
   *out = p;
@@ -179,15 +204,18 @@ int64_t place_rows(const RecordMap& map, const int64_t* idx, size_t n, PlaceIn w
       return static_cast<int64_t>(i);
     }
     if (where == PlaceIn::kBlocks) {
-      out[i] = {map.block_base(s) + p.block, p.offset, p.length, p.checksum};
+      out[i] = {map.block_base(s) + p.block, p.offset, p.length, p.checksum, p.check_offset,
+                p.check_length};
       continue;
     }
     const BlockInfo block = map.shard(s).block(p.block);
     if (block.codec != kCodecNone || !in_bounds(p.offset, p.length, block.stored_size) ||
-        block.offset > UINT64_MAX - p.offset) {
+        !in_bounds(p.check_offset, p.check_length, block.stored_size) ||
+        block.offset > UINT64_MAX - p.offset || block.offset > UINT64_MAX - p.check_offset) {
       return static_cast<int64_t>(i);
     }
-    out[i] = {s, block.offset + p.offset, p.length, p.checksum};
+    out[i] = {s, block.offset + p.offset, p.length, p.checksum, block.offset + p.check_offset,
+              p.check_length};
   }
   return -1;
 }

@@ -42,32 +42,43 @@ struct BlockInfo {
 // from the block table: record r is record r % per_block of block r / per_block, at
 // (r % per_block) * stride in the block's raw bytes, where stride is record_size rounded up
 // to 8 and every block but the last holds per_block records.
+//
+// Small fixed-size records may share checksums (group > 1): the records of each block, from
+// its first, in groups of `group` (the block's last group may hold fewer), one u32 checksum
+// per group over the group's bytes, from its first record's start to its last one's end.
+// Block b's groups are checksums b * groups_per_block on.
 struct ShardIndex {
   ByteSpan blocks{nullptr, 0};
   ByteSpan records{nullptr, 0};
   uint64_t n_blocks = 0;
   uint64_t n_records = 0;
   bool fixed = false;
-  uint64_t record_size = 0;  // fixed layout only, as are the two below
+  uint64_t record_size = 0;  // fixed layout only, as are the four below
   uint64_t stride = 0;
   uint64_t per_block = 0;
+  uint64_t group = 1;  // records per checksum
+  uint64_t groups_per_block = 0;
 
   BlockInfo block(uint64_t b) const;  // b < n_blocks (the caller's check)
 };
 
-// The index of a shard from its block table and record table bytes. Throws BoundsError when
-// the bytes do not hold `n_blocks` and `n_records` entries, or, for the fixed layout, the
-// blocks do not hold the records as it lays them out (counts, first records, raw sizes).
+// The index of a shard from its block table and record table bytes (`group`: records per
+// checksum, fixed layout only). Throws BoundsError when the bytes do not hold `n_blocks` and
+// `n_records` entries (or their groups' checksums), or, for the fixed layout, the blocks do
+// not hold the records as it lays them out (counts, first records, raw sizes).
 ShardIndex shard_index(ByteSpan blocks, uint64_t n_blocks, ByteSpan records, uint64_t n_records,
-                       bool fixed, uint64_t record_size);
+                       bool fixed, uint64_t record_size, uint64_t group = 1);
 
 // Record r of a shard: its block, where it starts in the block's raw bytes, its length and
-// its checksum (the low 32 bits of its xxh64).
+// its checksum (the low 32 bits of the xxh64 of its bytes, or of its group's: check_offset
+// and check_length in the block's raw bytes; 0 for a record checked alone).
 struct RecordPlace {
   uint64_t block;
   uint64_t offset;
   uint64_t length;
   uint32_t checksum;
+  uint64_t check_offset = 0;
+  uint64_t check_length = 0;
 };
 
 // Where record r lies; false when r is out of range or the table places it outside its

@@ -123,6 +123,38 @@ FL_TEST(reads_stop_at_the_first_row_that_cannot_be_read) {
   CHECK_EQ(read({file.place(0), file.place(3, kRecord - 1)}, &file.fd, 1, true), int64_t{1});
 }
 
+FL_TEST(records_sharing_a_checksum_are_read_and_checked_with_their_group) {
+  TempFile file(12);
+  // Records in groups of 3 (their bytes from the first's start to the last's end).
+  auto grouped = [&](uint64_t r) {
+    const uint64_t first = r / 3 * 3, span = 2 * kStride + kRecord;
+    Place p = file.place(r);
+    p.check_offset = 32 + first * kStride;
+    p.check_length = span;
+    p.checksum =
+        static_cast<uint32_t>(fastload::xxh64(file.bytes.data() + p.check_offset, span, 0));
+    return p;
+  };
+  const std::vector<uint64_t> records = {10, 0, 1, 2, 7};
+  std::vector<Place> places;
+  for (uint64_t r : records) places.push_back(grouped(r));
+  std::vector<uint8_t> out(records.size() * kRecord);
+  const uint64_t at = 0, size = kRecord;
+  const MutByteSpan spans[] = {{out.data(), out.size()}};
+  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
+                                 spans, 1),
+           int64_t{-1});
+  for (size_t i = 0; i < records.size(); ++i) CHECK(row_is(out, i, records[i], 0, kRecord));
+  // Damage to record 11 fails record 10's row: they share a checksum.
+  const uint8_t flipped = static_cast<uint8_t>(byte_of(11, 3) ^ 1);
+  CHECK_EQ(pwrite(file.fd, &flipped, 1, 32 + 11 * kStride + 3), ssize_t{1});
+  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
+                                 spans, 1),
+           int64_t{0});
+  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data() + 1, 4, true, &at, &size, spans, 1),
+           int64_t{-1});
+}
+
 FL_TEST(bad_arguments_throw_before_reading) {
   TempFile file(10);
   const uint64_t at = 0, size = kRecord;

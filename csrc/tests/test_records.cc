@@ -1,6 +1,7 @@
 // Records placed from shards' index bytes as stored (both layouts): the places are those the
 // tables say, a damaged table is refused when the shard is added or places nothing outside
 // its block, and a gather from placed rows copies the right bytes (checked by checksum).
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -180,6 +181,67 @@ FL_TEST(fixed_layout_refuses_blocks_that_do_not_hold_its_records) {
   CHECK(refused({}, 3, 5));                                             // records, no blocks
   CHECK(refused({{0, 8, 8, 0, 1, 0}}, 1, (uint64_t{1} << 31) + 1));     // too large a record
   CHECK(!refused({}, 0, 5));                                            // an empty shard
+}
+
+FL_TEST(checksum_groups_cover_each_group_of_a_blocks_records) {
+  FixedShard shard;
+  // The same records, a checksum per 2 of a block's: (0 1) (2) | (3 4) (5) | (6).
+  const uint64_t block_at[] = {32, 53, 74}, counts[] = {3, 3, 1};
+  std::vector<uint32_t> sums;
+  for (size_t b = 0; b < 3; ++b) {
+    for (uint64_t first = 0; first < counts[b]; first += 2) {
+      const uint64_t span = (std::min<uint64_t>(2, counts[b] - first) - 1) * 8 + 5;
+      const uint8_t* at = shard.file.data() + block_at[b] + first * 8;
+      sums.push_back(static_cast<uint32_t>(fastload::xxh64(at, span, 0)));
+    }
+  }
+  const Bytes records = checksums(sums);
+  const ShardIndex index =
+      fastload::shard_index(shard.blocks.span(), 3, records.span(), 7, true, 5, 2);
+  CHECK_EQ(index.groups_per_block, uint64_t{2});
+  RecordPlace p;
+  CHECK(fastload::place_record(index, 1, &p));
+  CHECK_EQ(p.offset, uint64_t{8});
+  CHECK_EQ(p.check_offset, uint64_t{0});
+  CHECK_EQ(p.check_length, uint64_t{13});
+  CHECK_EQ(p.checksum, sums[0]);
+  CHECK(fastload::place_record(index, 5, &p));
+  CHECK_EQ(p.block, uint64_t{1});
+  CHECK_EQ(p.check_offset, uint64_t{16});
+  CHECK_EQ(p.check_length, uint64_t{5});
+  CHECK_EQ(p.checksum, sums[3]);
+  CHECK(fastload::place_record(index, 6, &p));
+  CHECK_EQ(p.checksum, sums[4]);
+
+  // One checksum more or fewer than the groups, or no records per checksum: refused.
+  const Bytes short_table = checksums({sums[0], sums[1], sums[2], sums[3]});
+  CHECK_THROWS(fastload::shard_index(shard.blocks.span(), 3, short_table.span(), 7, true, 5, 2),
+               BoundsError);
+  CHECK_THROWS(fastload::shard_index(shard.blocks.span(), 3, records.span(), 7, true, 5, 0),
+               BoundsError);
+  CHECK_THROWS(fastload::shard_index(shard.blocks.span(), 3, records.span(), 7, false, 5, 2),
+               BoundsError);
+
+  // A gather checks each row's group: a flipped byte of record 1 fails record 0's row.
+  RecordMap map({0, 7}, {0, 3});
+  map.add(0, index);
+  const int64_t idx[] = {6, 0};
+  Place places[2];
+  CHECK_EQ(fastload::place_rows(map, idx, 2, PlaceIn::kShardFiles, places), int64_t{-1});
+  CHECK_EQ(places[1].check_offset, uint64_t{32});
+  CHECK_EQ(places[1].check_length, uint64_t{13});
+  const ByteSpan file{shard.file.data(), shard.file.size()};
+  const uint64_t field_at[] = {0}, field_size[] = {5};
+  std::vector<uint8_t> out(10, 0);
+  const MutByteSpan outs[] = {{out.data(), out.size()}};
+  CHECK_EQ(fastload::gather_placed(&file, 1, places, 2, true, field_at, field_size, outs, 1),
+           int64_t{-1});
+  CHECK_EQ(out[5], uint8_t{0});  // record 0's first byte
+  shard.file[32 + 8 + 4] ^= 1;   // record 1's last byte
+  CHECK_EQ(fastload::gather_placed(&file, 1, places, 2, true, field_at, field_size, outs, 1),
+           int64_t{1});
+  CHECK_EQ(fastload::gather_placed(&file, 1, places, 2, false, field_at, field_size, outs, 1),
+           int64_t{-1});
 }
 
 FL_TEST(record_map_finds_dataset_records_in_added_shards) {

@@ -11,9 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from .record import RecordLayout
-from .spec import CODEC_NAMES, CODEC_NONE, HEADER_SIZE, MAX_BLOCK_RAW_SIZE, RECORD_ALIGN
+from .spec import (
+    CHECKSUM_DTYPE,
+    CODEC_NAMES,
+    CODEC_NONE,
+    HEADER_SIZE,
+    MAX_BLOCK_RAW_SIZE,
+    RECORD_ALIGN,
+)
 
-__all__ = ["block_problems", "entry_problems", "fixed_problems", "misfit_record", "CHUNK"]
+__all__ = [
+    "block_problems",
+    "entry_problems",
+    "fixed_problems",
+    "group_problems",
+    "misfit_record",
+    "CHUNK",
+]
 
 CHUNK = 1 << 20  # records checked at a time
 
@@ -110,6 +124,22 @@ def fixed_problems(blocks: np.ndarray, n_records: int, record_size: int) -> list
         f"{record_size} bytes take {expected[i]}"
         for i in bad[:1]
     ]
+
+
+def group_problems(blocks: np.ndarray, group: int, table_bytes: int) -> list[str]:
+    """What is wrong with the checksums of a shard of fixed-size records in groups of
+    ``group`` (its blocks checked already by :func:`fixed_problems`): ``table_bytes`` must be
+    one checksum per group of each block's records."""
+    if not 2 <= group <= MAX_BLOCK_RAW_SIZE:
+        return [f"{group} records per checksum"]
+    counts = blocks["n_records"].astype(np.int64)
+    groups = int((-(-counts // group)).sum())
+    if table_bytes != groups * CHECKSUM_DTYPE.itemsize:
+        return [
+            f"the record table has {table_bytes} bytes of checksums, but {len(counts)} blocks "
+            f"in groups of {group} records need {groups}"
+        ]
+    return []
 
 
 def misfit_record(lengths: np.ndarray, layout: RecordLayout) -> tuple[int, str] | None:

@@ -24,6 +24,8 @@ from .shard_index import block_problems
 from .shard_records import ShardRecords, shard_records
 from .spec import (
     CODEC_NONE,
+    FLAG_CHECKSUM_GROUPS,
+    FLAG_FIXED_SIZE,
     HEADER_DTYPE,
     HEADER_SIZE,
     KNOWN_FLAGS,
@@ -178,6 +180,8 @@ class ShardReader:
         # A flag this reader does not know is a feature it cannot honour (or a damaged byte),
         # so it is refused rather than ignored; version 1 had no flags at all.
         unknown = flags & ~(KNOWN_FLAGS if version >= 2 else 0)
+        if flags & FLAG_CHECKSUM_GROUPS and not flags & FLAG_FIXED_SIZE:
+            unknown |= FLAG_CHECKSUM_GROUPS  # groups of records of one size only
         if unknown or any(reserved):
             raise self._fail(
                 f"the {where} has flags {flags:#x} and reserved bytes "
@@ -194,7 +198,9 @@ class ShardReader:
                 f"index claims {length} bytes at offset {offset}, but the file has "
                 f"{size} bytes (index must end at {index_end})"
             )
-        if length != index_size(n_blocks, n_records, flags):
+        most = index_size(n_blocks, n_records, flags)
+        least = most if not flags & FLAG_CHECKSUM_GROUPS else index_size(n_blocks, 0, flags)
+        if not least <= length <= most:  # grouped checksums: counted once the blocks are read
             raise self._fail(
                 f"index is {length} bytes, which does not hold {n_blocks} blocks and "
                 f"{n_records} records; the trailer is corrupt"
@@ -227,7 +233,13 @@ class ShardReader:
         index = self.index
         try:
             record_map.add(
-                0, index.block_bytes, index.table, len(self.blocks), len(index), index.record_size
+                0,
+                index.block_bytes,
+                index.table,
+                len(self.blocks),
+                len(index),
+                index.record_size,
+                index.group,
             )
         except ValueError as e:  # the core checks on its own (what the reader let through)
             raise self._fail(f"index is inconsistent: {e}") from None
@@ -351,24 +363,36 @@ class ShardReader:
             f"records {first}..{last}) {why}; the shard is corrupt: re-create or re-download it"
         )
 
-    def corrupt_record(self, r: int, why: str) -> CorruptRecordError:
-        """The error for record ``r`` (also used by callers that decode it)."""
+    def corrupt_record(self, r: int, why: str, *, checksum: bool = False) -> CorruptRecordError:
+        """The error for record ``r`` (also used by callers that decode it); ``checksum``: it
+        failed its checksum, which it may share with its neighbours (then named too)."""
         b, offset, _, _ = self.index.place(r)
         where = int(self.blocks[b]["offset"]) + offset
         in_block = "" if self.blocks[b]["codec"] == CODEC_NONE else " before decompression"
+        first, last = self.index.sharing_checksum(r) if checksum else (r, r)
+        shared = f"; one checksum with records {first}..{last}" if first != last else ""
         return CorruptRecordError(
-            f"{self.name}: record {r} (block {b}, byte offset {where}{in_block}) {why}"
+            f"{self.name}: record {r} (block {b}, byte offset {where}{in_block}{shared}) {why}"
+        )
+
+    def checksum_failed(self, r: int) -> CorruptRecordError:
+        """The error for record ``r`` failing its checksum (shared with its group, if any)."""
+        return self.corrupt_record(
+            r,
+            "failed its checksum; the shard is corrupt: re-create or re-download it",
+            checksum=True,
         )
 
     def record(self, r: int) -> bytes | memoryview:
         """The bytes of record ``r`` (a zero-copy slice when the shard is mapped)."""
         b, offset, length, checksum = self.index.place(r)
-        view = self._raw_record(b, offset, length)
-        if self.verify and record_checksum(view) != checksum:
-            raise self.corrupt_record(
-                r, "failed its checksum; the shard is corrupt: re-create or re-download it"
-            )
-        return view
+        if not self.verify:
+            return self._raw_record(b, offset, length)
+        at, checked = self.index.checked(r)  # the record, or its group of records
+        view = self._raw_record(b, at, checked)
+        if record_checksum(view) != checksum:
+            raise self.checksum_failed(r)
+        return view if checked == length else memoryview(view)[offset - at : offset - at + length]
 
     def _raw_record(self, b: int, offset: int, length: int) -> bytes | memoryview:
         entry = self.blocks[b]
@@ -389,7 +413,7 @@ class ShardReader:
         """
         mapped = self.source.buffer
         in_file = mapped is not None and self._all_raw  # the common case: local, raw shards
-        stop, blocks, offsets, lengths, checksums = self._map.places(
+        stop, blocks, offsets, lengths, check_at, check_len, checksums = self._map.places(
             np.ascontiguousarray(rs, np.int64), not in_file
         )
         if stop >= 0:
@@ -398,12 +422,9 @@ class ShardReader:
             )
         if in_file:  # offsets in the file
             if self.verify:
-                bad = first_bad_record(mapped, offsets, lengths, checksums)
+                bad = first_bad_record(mapped, check_at, check_len, checksums)
                 if bad >= 0:
-                    raise self.corrupt_record(
-                        int(rs[bad]),
-                        "failed its checksum; the shard is corrupt: re-create or re-download it",
-                    )
+                    raise self.checksum_failed(int(rs[bad]))
             return [mapped], np.zeros(len(rs), np.uint32), offsets, lengths
         source_index = np.zeros(len(rs), np.uint32)
         buffers: list = []
@@ -413,17 +434,13 @@ class ShardReader:
             if raw_mapped.any():  # sliced straight out of the map, as in the fast path
                 buffers.append(mapped)
                 offsets[raw_mapped] += self._block_at[blocks[raw_mapped]]
+                check_at[raw_mapped] += self._block_at[blocks[raw_mapped]]
                 in_blocks = ~raw_mapped
                 if self.verify:
                     mine = np.flatnonzero(raw_mapped)
-                    bad = first_bad_record(mapped, offsets[mine], lengths[mine], checksums[mine])
+                    bad = first_bad_record(mapped, check_at[mine], check_len[mine], checksums[mine])
                     if bad >= 0:
-                        raise self.corrupt_record(
-                            int(rs[mine[bad]]),
-                            "failed its checksum; "
-                            "the shard is corrupt: re-create or "
-                            "re-download it",
-                        )
+                        raise self.checksum_failed(int(rs[mine[bad]]))
         if in_blocks.any():
             # One buffer per distinct block. Each was checked whole against its block
             # checksum (verify=True), which covers every record in it: checking the records
@@ -473,7 +490,7 @@ class ShardReader:
                 if bad < 0:
                     break
                 failed.add(first + done + bad)
-                yield self.corrupt_record(first + done + bad, "failed its checksum")
+                yield self.corrupt_record(first + done + bad, "failed its checksum", checksum=True)
                 done += bad + 1
             if check is not None:
                 yield from self._unreadable(memoryview(raw), first, len(offsets), failed, check)

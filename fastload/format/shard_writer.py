@@ -11,8 +11,10 @@ from .codec import BlockCompressor
 from .spec import (
     BLOCK_DTYPE,
     CHECKSUM_DTYPE,
+    FLAG_CHECKSUM_GROUPS,
     FLAG_FIXED_SIZE,
     FORMAT_VERSION,
+    GROUP_DTYPE,
     HEADER_DTYPE,
     MAGIC,
     MAX_BLOCK_RAW_SIZE,
@@ -20,6 +22,7 @@ from .spec import (
     RECORD_DTYPE,
     RECORD_SIZE_DTYPE,
     TRAILER_DTYPE,
+    checksum_group,
 )
 
 __all__ = ["ShardWriter", "ShardSummary"]
@@ -49,13 +52,18 @@ class ShardWriter:
         recorded in the header for readers to check against the manifest's schema.
         ``record_size``: the one size of every record, for a schema of fixed-size fields only
         (``RecordLayout.header_size``); the shard is then written in the fixed layout (4 bytes
-        of index per record: docs/format.md), and a record of another size is refused."""
+        of index per record, or one checksum per group of records smaller than 64 bytes:
+        docs/format.md), and a record of another size is refused."""
         if block_size <= 0 or block_size > MAX_BLOCK_RAW_SIZE:
             raise ValueError(f"block_size must be in 1..{MAX_BLOCK_RAW_SIZE}, got {block_size}")
         if record_size is not None and not 0 <= record_size <= MAX_BLOCK_RAW_SIZE:
             raise ValueError(f"record_size must be in 0..{MAX_BLOCK_RAW_SIZE}, got {record_size}")
         self._record_size = record_size
         self._flags = 0 if record_size is None else FLAG_FIXED_SIZE
+        self._group = 1 if record_size is None else checksum_group(record_size)
+        if self._group > 1:
+            self._flags |= FLAG_CHECKSUM_GROUPS
+        self._group_sums: list[np.ndarray] = []  # a block's groups' checksums, per block
         self._out = out
         self._compressor = compressor
         self._block_size = block_size
@@ -193,6 +201,8 @@ class ShardWriter:
             )
         )
         self._records.append(entries)
+        if self._group > 1:
+            self._group_sums.append(_group_checksums(raw, offsets, lengths, self._group))
         self._n_records += len(entries)
         self._write(stored)
         self.raw_bytes += len(raw)
@@ -236,7 +246,22 @@ class ShardWriter:
         if len(counts) and ((counts[:-1] != counts[0]).any() or counts[-1] > counts[0]):
             raise RuntimeError(f"fixed-size records cut into blocks of {counts.tolist()} records")
         size = np.array(self._record_size, RECORD_SIZE_DTYPE).tobytes()
-        return size + records["checksum"].astype(CHECKSUM_DTYPE).tobytes()
+        if self._group == 1:
+            return size + records["checksum"].astype(CHECKSUM_DTYPE).tobytes()
+        sums = np.concatenate(self._group_sums) if self._group_sums else np.zeros(0)
+        group = np.array(self._group, GROUP_DTYPE).tobytes()
+        return size + group + sums.astype(CHECKSUM_DTYPE).tobytes()
+
+
+def _group_checksums(raw, offsets, lengths, group: int) -> np.ndarray:
+    """The checksums of a block's records in groups of ``group`` from its first: each over
+    its records' bytes end to end, from the first one's start to the last one's end."""
+    offsets = np.asarray(offsets, np.uint64)
+    lengths = np.asarray(lengths, np.uint64)
+    starts = np.arange(0, len(offsets), group)
+    lasts = np.minimum(starts + group, len(offsets)) - 1
+    spans = offsets[lasts] + lengths[lasts] - offsets[starts]
+    return record_checksums(raw, offsets[starts], spans)
 
 
 def _round_up(n: int, k: int) -> int:

@@ -10,7 +10,9 @@ A shard file is::
 The record table is ``n_records x RECORD_DTYPE``, or, in a shard whose flags hold
 ``FLAG_FIXED_SIZE`` (version 2), the records' one size (RECORD_SIZE_DTYPE) followed by
 ``n_records x CHECKSUM_DTYPE``: each record's block, offset and length follow from the block
-table (see ``fixed_place`` in shard_records.py).
+table (see ``FixedRecords`` in shard_records.py). With ``FLAG_CHECKSUM_GROUPS`` too, the size
+is followed by the records per checksum (GROUP_DTYPE), and the checksums are one per group of
+that many records of a block.
 
 All integers are little-endian. docs/format.md is the prose version of this module; if the
 two disagree, this module is right and the document is a bug.
@@ -78,6 +80,7 @@ RECORD_DTYPE = np.dtype(
 # The fixed layout's record table: the one record size, then a checksum per record.
 RECORD_SIZE_DTYPE = np.dtype("<u8")
 CHECKSUM_DTYPE = np.dtype("<u4")  # low 32 bits of xxh64 of the record's bytes
+GROUP_DTYPE = np.dtype("<u8")  # records per checksum (FLAG_CHECKSUM_GROUPS)
 
 # Header and trailer flags (both carry the same). A reader refuses a bit it does not know, a
 # header and trailer that disagree, and any flag in a version-1 shard (it had none).
@@ -85,7 +88,14 @@ CHECKSUM_DTYPE = np.dtype("<u4")  # low 32 bits of xxh64 of the record's bytes
 # holds only their checksums: a record costs 4 bytes of index instead of 16, and a reader
 # computes where it lies instead of keeping a table per record.
 FLAG_FIXED_SIZE = 1
-KNOWN_FLAGS = FLAG_FIXED_SIZE
+# FLAG_CHECKSUM_GROUPS (version 2, with FLAG_FIXED_SIZE only): records smaller than
+# CHECKSUM_GROUP_BYTES share checksums, one per group of consecutive records of a block (from
+# its first; the block's last group may hold fewer), over the group's bytes from its first
+# record's start to its last one's end: 16-byte records cost 1 byte of index each, not 4, and
+# reading one hashes its group's 64 bytes.
+FLAG_CHECKSUM_GROUPS = 2
+KNOWN_FLAGS = FLAG_FIXED_SIZE | FLAG_CHECKSUM_GROUPS
+CHECKSUM_GROUP_BYTES = 64
 
 HEADER_SIZE = HEADER_DTYPE.itemsize
 TRAILER_SIZE = TRAILER_DTYPE.itemsize
@@ -106,10 +116,20 @@ assert BLOCK_DTYPE.itemsize == 48 and RECORD_DTYPE.itemsize == 16
 
 
 def index_size(n_blocks: int, n_records: int, flags: int = 0) -> int:
-    """The byte size of an index holding ``n_blocks`` blocks and ``n_records`` records, in
-    the layout ``flags`` say."""
+    """The largest byte size of an index holding ``n_blocks`` blocks and ``n_records``
+    records, in the layout ``flags`` say: its size, but with ``FLAG_CHECKSUM_GROUPS``, where
+    the checksums also depend on how the blocks hold the records (at most one a record)."""
     if flags & FLAG_FIXED_SIZE:
         records = RECORD_SIZE_DTYPE.itemsize + n_records * CHECKSUM_DTYPE.itemsize
+        if flags & FLAG_CHECKSUM_GROUPS:
+            records += GROUP_DTYPE.itemsize
     else:
         records = n_records * RECORD_DTYPE.itemsize
     return n_blocks * BLOCK_DTYPE.itemsize + records
+
+
+def checksum_group(record_size: int) -> int:
+    """Records per checksum in a shard of ``record_size``-byte records: as many as fit in
+    CHECKSUM_GROUP_BYTES laid at RECORD_ALIGN, at least 1 (1 for empty records too)."""
+    stride = -(-record_size // RECORD_ALIGN) * RECORD_ALIGN
+    return max(1, CHECKSUM_GROUP_BYTES // stride) if stride else 1

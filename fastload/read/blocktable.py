@@ -34,7 +34,13 @@ class BlockTable:
         """Shard ``s`` is open: its records are placed from now on."""
         index = reader.index
         self.map.add(
-            s, index.block_bytes, index.table, len(reader.blocks), len(reader), index.record_size
+            s,
+            index.block_bytes,
+            index.table,
+            len(reader.blocks),
+            len(reader),
+            index.record_size,
+            index.group,
         )
         self._readers[s] = reader
         self.shards_added += 1

@@ -30,6 +30,21 @@ RECORD = struct.Struct("<IIII")  # block, offset, length, checksum
 assert (HEADER.size, TRAILER.size, BLOCK.size, RECORD.size) == (32, 56, 48, 16)
 CODEC_NONE, CODEC_ZSTD = 0, 1
 FIXED_SIZE = 1  # the flag of the fixed layout: record size (u64), then a u32 checksum each
+# With FIXED_SIZE: the records per checksum (u64) after the record size, and a u32 checksum per
+# group of that many records of a block, over the group's bytes from first record to last.
+CHECKSUM_GROUPS = 2
+
+
+def group_span(r: int, blocks: list[dict], record_size: int, group: int) -> tuple[int, int]:
+    """Where the bytes record ``r``'s group checksum covers lie in its block (offset, length),
+    per docs/format.md."""
+    per_block = blocks[0]["n_records"]
+    stride = -(-record_size // 8) * 8
+    b, k = divmod(r, per_block)
+    first = k // group * group
+    count = min(group, blocks[b]["n_records"] - first)
+    return first * stride, (count - 1) * stride + record_size
+
 
 # --------------------------------------------------------------------------- test data
 
@@ -188,11 +203,22 @@ def parse_shard(data: bytes) -> dict[str, Any]:
     roff = off + trailer["n_blocks"] * BLOCK.size
     records = []
     record_size = None
+    group = 1
     if flags & FIXED_SIZE:  # places computed as docs/format.md says, checksums read
         (record_size,) = struct.unpack_from("<Q", data, roff)
         stride = -(-record_size // 8) * 8
-        sums = struct.unpack_from(f"<{trailer['n_records']}I", data, roff + 8)
         per_block = blocks[0]["n_records"] if blocks else 1
+        if flags & CHECKSUM_GROUPS:  # a checksum per group of a block's records, from its first
+            (group,) = struct.unpack_from("<Q", data, roff + 8)
+            per = [-(-b["n_records"] // group) for b in blocks]
+            group_sums = struct.unpack_from(f"<{sum(per)}I", data, roff + 16)
+            base = [sum(per[:b]) for b in range(len(blocks))]
+            sums = [
+                group_sums[base[r // per_block] + r % per_block // group]
+                for r in range(trailer["n_records"])
+            ]
+        else:
+            sums = struct.unpack_from(f"<{trailer['n_records']}I", data, roff + 8)
         for k, checksum in enumerate(sums):
             block, at = divmod(k, per_block)
             records.append(
@@ -212,6 +238,7 @@ def parse_shard(data: bytes) -> dict[str, Any]:
         "blocks": blocks,
         "records": records,
         "record_size": record_size,
+        "group": group,
         "stored": stored,
     }
 
@@ -234,13 +261,15 @@ def build_shard(
     fix_offsets: bool = True,
     flags: int = 0,
     record_size: int | None = None,
+    group: int = 1,
 ) -> bytes:
     """Lay out a shard from its parts, computing block offsets, the index and its hash.
 
     ``flags``: the header's and trailer's; with ``FIXED_SIZE``, the record table is
     ``record_size`` (default: the first record's length) and the records' checksums (their
-    other fields are not written). ``trailer`` overrides trailer fields after they are
-    computed (to forge bad ones).
+    other fields are not written); with ``CHECKSUM_GROUPS`` too, ``group`` and the checksum of
+    each group's first record. ``trailer`` overrides trailer fields after they are computed (to
+    forge bad ones).
     """
     out = bytearray(
         HEADER.pack(
@@ -273,7 +302,12 @@ def build_shard(
         if record_size is None:
             record_size = records[0]["length"] if records else 0
         index += struct.pack("<Q", record_size)
-        index += b"".join(struct.pack("<I", r["checksum"]) for r in records)
+        checked = records
+        if flags & CHECKSUM_GROUPS:  # each group's first record carries its checksum
+            index += struct.pack("<Q", group)
+            per_block = max(blocks[0]["n_records"] if blocks else 1, 1)
+            checked = [r for k, r in enumerate(records) if k % per_block % group == 0]
+        index += b"".join(struct.pack("<I", r["checksum"]) for r in checked)
     else:
         index += b"".join(
             RECORD.pack(r["block"], r["offset"], r["length"], r["checksum"]) for r in records
@@ -311,15 +345,20 @@ def reseal(parsed: dict, *, recompress: bool = True, **kw) -> bytes:
             b["raw_size"] = len(raw)
         b["checksum"] = hash64(s)
         stored.append(s)
-    for r in records:
-        if r["block"] < len(raws):
-            raw = raws[r["block"]]
-            r["checksum"] = hash64(raw[r["offset"] : r["offset"] + r["length"]]) & 0xFFFFFFFF
     kw.setdefault("version", parsed["version"])
-    kw.setdefault("schema_hash", parsed["schema_hash"])
     # version 1 had no flags: a fixed-size shard resealed as version 1 gets an entry per record
     kw.setdefault("flags", parsed["flags"] if kw["version"] >= 2 else 0)
+    group = parsed.get("group", 1) if kw["flags"] & CHECKSUM_GROUPS else 1
+    for k, r in enumerate(records):
+        if r["block"] < len(raws):
+            raw = raws[r["block"]]
+            at, n = r["offset"], r["length"]
+            if group > 1:
+                at, n = group_span(k, blocks, parsed["record_size"], group)
+            r["checksum"] = hash64(raw[at : at + n]) & 0xFFFFFFFF
+    kw.setdefault("schema_hash", parsed["schema_hash"])
     kw.setdefault("record_size", parsed.get("record_size"))
+    kw.setdefault("group", group)
     return build_shard(stored, blocks, records, **kw)
 
 

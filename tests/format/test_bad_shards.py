@@ -31,6 +31,7 @@ from fastload.format.shard_reader import ShardReader
 from fastload.verify import verify_dataset
 
 from .formattools import (
+    CHECKSUM_GROUPS,
     CODEC_NONE,
     CODEC_ZSTD,
     FIXED_SIZE,
@@ -93,16 +94,28 @@ def small(small_ds_path):
 
 
 # The same faults in a shard of the fixed layout (fixed-size records: a checksum per record,
-# places computed from the block table): 32-byte records, three to a block of 100 bytes.
-FIXED_SCHEMA = {"i": "int32", "v": "uint8[24]", "x": "float32"}
+# places computed from the block table): 40-byte records, three to a block of 130 bytes.
+FIXED_SCHEMA = {"i": "int32", "v": "uint8[32]", "x": "float32"}
 
 
 def fixed_record(i: int) -> dict:
-    v = index_bytes(i, 24) if i % 6 < 3 else bytes([65 + i]) * 24  # raw and zstd blocks
+    v = index_bytes(i, 32) if i % 6 < 3 else bytes([65 + i]) * 32  # raw and zstd blocks
     return {"i": i, "v": np.frombuffer(v, np.uint8), "x": i / 4}
 
 
 FIXED_ORIGINALS = [fixed_record(i) for i in range(N)]
+
+# ... and in one whose small records share checksums: 16-byte records, a checksum per 4
+# records of a block, six to a block of 100 bytes (groups of 4 and of 2).
+GROUPED_SCHEMA = {"i": "int32", "g": "uint8[8]", "x": "float32"}
+
+
+def grouped_record(i: int) -> dict:
+    g = index_bytes(i, 8) if i % 12 < 6 else bytes([65 + i]) * 8  # raw and zstd blocks
+    return {"i": i, "g": np.frombuffer(g, np.uint8), "x": i / 4}
+
+
+GROUPED_ORIGINALS = [grouped_record(i) for i in range(N)]
 
 
 @pytest.fixture(scope="module")
@@ -110,26 +123,48 @@ def fixed_small(tmp_path_factory):
     """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
     fixed-size records in 5 blocks, raw and zstd."""
     path = tmp_path_factory.mktemp("fixed") / "ds"
-    with fastload.Writer(path, FIXED_SCHEMA, block_size=100, compression="zstd") as w:
+    with fastload.Writer(path, FIXED_SCHEMA, block_size=130, compression="zstd") as w:
         for rec in FIXED_ORIGINALS:
             w.write(rec)
     ds = fastload.Dataset(path)
     info = ds.shards[0]
     data = (path / info.path).read_bytes()
     p = parse_shard(data)
-    assert p["flags"] == FIXED_SIZE and p["record_size"] == 32
+    assert p["flags"] == FIXED_SIZE and p["record_size"] == 40
     assert {b["codec"] for b in p["blocks"]} == {CODEC_NONE, CODEC_ZSTD} and len(p["blocks"]) == 5
     yield ds, data, info, p
     ds.close()
 
 
-@pytest.fixture(params=["entries", "fixed"])
+@pytest.fixture(scope="module")
+def grouped_small(tmp_path_factory):
+    """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
+    16-byte records in 3 blocks, raw and zstd, a checksum per group of 4 records."""
+    path = tmp_path_factory.mktemp("grouped") / "ds"
+    with fastload.Writer(path, GROUPED_SCHEMA, block_size=100, compression="zstd") as w:
+        for rec in GROUPED_ORIGINALS:
+            w.write(rec)
+    ds = fastload.Dataset(path)
+    info = ds.shards[0]
+    data = (path / info.path).read_bytes()
+    p = parse_shard(data)
+    assert p["flags"] == FIXED_SIZE | CHECKSUM_GROUPS and p["group"] == 4
+    assert [b["n_records"] for b in p["blocks"]] == [6, 6, 2]
+    assert {b["codec"] for b in p["blocks"]} == {CODEC_NONE, CODEC_ZSTD}
+    yield ds, data, info, p
+    ds.close()
+
+
+@pytest.fixture(params=["entries", "fixed", "grouped"])
 def any_small(request):
-    """``small`` or ``fixed_small``: the checks every layout gets."""
-    return request.getfixturevalue("small" if request.param == "entries" else "fixed_small")
+    """``small``, ``fixed_small`` or ``grouped_small``: the checks every layout gets."""
+    name = {"entries": "small", "fixed": "fixed_small", "grouped": "grouped_small"}
+    return request.getfixturevalue(name[request.param])
 
 
 def originals_of(ds: fastload.Dataset) -> list[dict]:
+    if "g" in ds.schema:
+        return GROUPED_ORIGINALS
     return FIXED_ORIGINALS if "v" in ds.schema else ORIGINALS
 
 
@@ -370,9 +405,15 @@ def test_every_byte_flip_is_detected_or_harmless(any_small, mapped):
                     first, last = blk["first_record"], blk["first_record"] + blk["n_records"] - 1
                     assert f"block {k} (byte offset {blk['offset']}" in msg, msg
                     assert f"records {first}..{last}" in msg, msg
-                else:  # raw block: the record itself, with its byte offset in the file
+                elif p["group"] == 1:  # raw block: the record itself, its byte offset in the file
                     offset = blk["offset"] + p["records"][r]["offset"]
                     assert f"record {r} (block {k}, byte offset {offset})" in msg, msg
+                else:  # the first record read of the group whose one checksum failed
+                    first = r - (r - blk["first_record"]) % p["group"]
+                    last = min(first + p["group"], blk["first_record"] + blk["n_records"]) - 1
+                    offset = blk["offset"] + p["records"][first]["offset"]
+                    assert f"record {first} (block {k}, byte offset {offset}" in msg, msg
+                    assert f"one checksum with records {first}..{last})" in msg, msg
             else:
                 assert stage == "open", (pos, cls, msg)
     for pos, cls in undetected:
@@ -523,9 +564,9 @@ def forged_fixed(p: dict, edit, **kw) -> bytes:
         (lambda b, q: b[2].update(first_record=7), "block 2 says its first record is 7"),
         (
             lambda b, q: b[1].update(raw_size=b[1]["raw_size"] + 8),
-            r"block 1 has 104 raw bytes, but 3 records of 32 bytes take 96",
+            r"block 1 has 128 raw bytes, but 3 records of 40 bytes take 120",
         ),
-        (lambda b, q: q.update(record_size=33), "block 0 has 96 raw bytes, but 3 records of 33"),
+        (lambda b, q: q.update(record_size=41), "block 0 has 120 raw bytes, but 3 records of 41"),
         (lambda b, q: q.update(record_size=2**40), r"records of 1099511627776 bytes \(limit"),
         (lambda b, q: q.update(record_size=2**64 - 1), "records of 18446744073709551615 bytes"),
     ],

@@ -24,23 +24,29 @@ RECORDS, WIDTH = 6000, 120  # ~0.8 MB of records in 6 shards
 BUDGET = 64 << 10  # far less than the data
 
 
-def row(i) -> np.ndarray:
+def row(i, width: int = WIDTH) -> np.ndarray:
     """Record i's bytes, a function of i, so that a wrong record is seen."""
-    return ((np.asarray(i)[..., None] * 7 + np.arange(WIDTH)) % 251).astype(np.uint8)
+    return ((np.asarray(i)[..., None] * 7 + np.arange(width)) % 251).astype(np.uint8)
+
+
+# "tokens": one field, the whole record (read straight into its row); "fields": an id and
+# the bytes (a run read, then copied field by field); "small": the same in 16 bytes, which
+# share their checksums 4 by 4 (a record is read and checked with its group).
+WIDTHS = {"tokens": WIDTH, "fields": WIDTH, "small": 8}
 
 
 def write(path, schema: str, shards: int = 6) -> str:
-    """``schema`` "tokens": one field, the whole record (read straight into its row);
-    "fields": an id and the bytes (a run read, then copied field by field)."""
-    spec = {"x": f"uint8[{WIDTH}]"}
-    if schema == "fields":
+    width = WIDTHS[schema]
+    spec = {"x": f"uint8[{width}]"}
+    if schema != "tokens":
         spec = {"i": "int64", **spec}
-    per_shard = -(-RECORDS // shards) * (WIDTH + 8)
+    per_shard = -(-RECORDS // shards) * (width + 8)
     with fastload.Writer(
         path, spec, compression="none", shard_size=per_shard, block_size=8 << 10, overwrite=True
     ) as w:
         ids = np.arange(RECORDS)
-        w.write_columns({"x": row(ids)} if schema == "tokens" else {"i": ids, "x": row(ids)})
+        x = row(ids, width)
+        w.write_columns({"x": x} if schema == "tokens" else {"i": ids, "x": x})
     return str(path)
 
 
@@ -53,19 +59,21 @@ def budget():
     mapping.set_mapped_budget(before)
 
 
-def gather(g, idx: np.ndarray, names: tuple) -> dict:
+def gather(g, idx: np.ndarray, names: tuple, width: int = WIDTH) -> dict:
     """Records ``idx`` gathered by ``g`` into new arrays of fields ``names``."""
-    empty = {"i": np.zeros(len(idx), np.int64), "x": np.zeros((len(idx), WIDTH), np.uint8)}
+    empty = {"i": np.zeros(len(idx), np.int64), "x": np.zeros((len(idx), width), np.uint8)}
     views = {name: empty[name] for name in names}
     assert g.gather(idx.astype(np.int64), views)
     return views
 
 
-@pytest.mark.parametrize("schema", ["tokens", "fields"])
+@pytest.mark.parametrize("schema", ["tokens", "fields", "small"])
 def test_data_past_the_budget_is_read_with_pread_and_reads_the_same(tmp_path, budget, schema):
     ds = fastload.Dataset(write(tmp_path / "ds", schema))
     assert len(ds.shards) == 6
+    assert ds.shard_reader(0).index.group == (4 if schema == "small" else 1)
     names = ("x",) if schema == "tokens" else ("i", "x")
+    width = WIDTHS[schema]
     g = ds.fast_gather(names)
     assert g is not None and g.files is not None and g.files.complete
     releases = mapping.release_count()
@@ -73,9 +81,9 @@ def test_data_past_the_budget_is_read_with_pread_and_reads_the_same(tmp_path, bu
     batches = [rng.integers(0, RECORDS, 16) for _ in range(300)]
     batches += [np.arange(100, 2100), np.arange(RECORDS - 3, RECORDS), np.array([5, 5, 4, 5])]
     for idx in batches:
-        got = gather(g, idx, names)
-        assert np.array_equal(got["x"], row(idx))
-        if schema == "fields":
+        got = gather(g, idx, names, width)
+        assert np.array_equal(got["x"], row(idx, width))
+        if schema != "tokens":
             assert got["i"].tolist() == idx.tolist()
     assert mapping.release_count() == releases  # nothing mapped, nothing to let go
 
@@ -94,8 +102,10 @@ def test_data_within_the_budget_stays_mapped(tmp_path):
         mapping.set_mapped_budget(before)
 
 
-def test_a_damaged_record_read_with_pread_is_reported_by_name(tmp_path, budget):
-    path = write(tmp_path / "ds", "fields")
+@pytest.mark.parametrize("schema", ["fields", "small"])
+def test_a_damaged_record_read_with_pread_is_reported_by_name(tmp_path, budget, schema):
+    path = write(tmp_path / "ds", schema)
+    width = WIDTHS[schema]
     ds = fastload.Dataset(path)
     victim = 4321
     starts = np.cumsum([0] + [s.records for s in ds.shards])
@@ -103,20 +113,23 @@ def test_a_damaged_record_read_with_pread_is_reported_by_name(tmp_path, budget):
     shard, in_shard = ds.shards[k], victim - int(starts[k])
     file = os.path.join(path, shard.path)
     data = bytearray(open(file, "rb").read())
-    record = np.int64(victim).tobytes() + row(victim).tobytes()  # its fields, laid in order
+    record = np.int64(victim).tobytes() + row(victim, width).tobytes()  # its fields in order
     at = data.find(record)
     assert at > 0 and data.find(record, at + 1) < 0
-    data[at + 20] ^= 0xFF
+    data[at + len(record) - 2] ^= 0xFF  # a byte of its own
     with open(file, "r+b") as f:  # in place: the file the dataset maps and opens
         f.write(data)
     ds = fastload.Dataset(path)
     g = ds.fast_gather(("i", "x"))
     assert g is not None and g.files is not None
     idx = np.array([1, victim, 2], np.int64)
-    views = {"i": np.zeros(3, np.int64), "x": np.zeros((3, WIDTH), np.uint8)}
+    views = {"i": np.zeros(3, np.int64), "x": np.zeros((3, width), np.uint8)}
     assert not g.gather(idx, views)  # the general path then names the record
-    with pytest.raises(CorruptRecordError, match=rf"{shard.path}: record {in_shard} "):
+    with pytest.raises(CorruptRecordError, match=rf"{shard.path}: record {in_shard} ") as e:
         ds.read_into(idx, out=views)
+    if schema == "small":  # checked with its group: the group is named too
+        first = in_shard // 4 * 4  # (blocks of 8 KiB hold a multiple of 4 records)
+        assert f"one checksum with records {first}..{first + 3})" in str(e.value)
     loader = fastload.DataLoader(ds, batch_size=16, sampler=[victim - 3 + k for k in range(16)])
     with pytest.raises(CorruptRecordError, match="failed its checksum"):
         next(iter(loader))

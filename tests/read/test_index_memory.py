@@ -68,7 +68,7 @@ def many_small(tmp_path_factory) -> Path:
     return path
 
 
-def test_fixed_records_cost_4_bytes_of_index_each_on_disk(many_small):
+def test_small_fixed_records_cost_a_byte_of_index_each_on_disk(many_small):
     ds = fastload.Dataset(many_small)
     assert len(ds) == N_RECORDS and len(ds.shards) == N_SHARDS
     index = 0
@@ -76,12 +76,16 @@ def test_fixed_records_cost_4_bytes_of_index_each_on_disk(many_small):
         with open(many_small / s.path, "rb") as f:
             f.seek(-spec.TRAILER_SIZE, os.SEEK_END)
             trailer = np.frombuffer(f.read(spec.TRAILER_SIZE), spec.TRAILER_DTYPE)[0]
-        assert int(trailer["flags"]) == spec.FLAG_FIXED_SIZE
+        assert int(trailer["flags"]) == spec.FLAG_FIXED_SIZE | spec.FLAG_CHECKSUM_GROUPS
         blocks = int(trailer["n_blocks"])
-        # 4 bytes a record, 48 a block (of ~65,000 records), 8 a shard: nothing more
-        assert int(trailer["index_size"]) == 4 * s.records + 48 * blocks + 8
+        counts = ds.shard_reader(ds.shards.index(s)).blocks["n_records"].astype(np.int64)
+        assert counts.sum() == s.records and len(counts) == blocks
+        # 16-byte records, 4 to a checksum: 4 bytes per group of a block's records, 48 a block
+        # (of ~65,000 records), 16 a shard: nothing more
+        groups = int((-(-counts // 4)).sum())
+        assert int(trailer["index_size"]) == 4 * groups + 48 * blocks + 16
         index += int(trailer["index_size"])
-    assert index / N_RECORDS < 4.01
+    assert index / N_RECORDS < 1.01
 
 
 def test_reads_across_every_shard_copy_no_index(many_small):
