@@ -72,18 +72,22 @@ def test_skipped_records_are_not_transformed(damaged, num_workers):
     assert [t for b in batches for t in b["tag"]] == [f"t{i}" for i in got]
 
 
-def test_fixed_fields_only_through_the_batched_gather(tmp_path):
+@pytest.mark.parametrize("width, lost", [(13, BAD), (4, (0, 1, 2, 3, 4, 5, 6, 7, 48, 49, 50, 51))])
+def test_fixed_fields_only_through_the_batched_gather(tmp_path, width, lost):
     """Fixed-size fields only: the batch read that checks and copies in one call finds the
-    corrupt record, and the rows around it come from the general path, one by one."""
+    corrupt record, and the rows around it come from the general path, one by one. Records of
+    34 bytes have a checksum each; records of 16 share one per 4 (blocks of 288 bytes hold 18
+    of them): a damaged one is skipped with the records of its group."""
     with fastload.Writer(
         tmp_path / "ds",
-        {"i": "int64", "t": "uint16[9]"},
+        {"i": "int64", "t": f"uint16[{width}]"},
         shard_size=900,
         block_size=300,
         compression="none",
     ) as w:
         for i in range(N):
-            w.write({"i": i, "t": np.full(9, i, np.uint16)})
+            w.write({"i": i, "t": np.full(width, i, np.uint16)})
+    assert fastload.Dataset(tmp_path / "ds").shard_reader(0).index.group == (4 if width == 4 else 1)
     bad = damage(tmp_path / "ds", tmp_path / "bad", BAD)
     with fastload.Dataset(bad) as ds:
         loader = fastload.DataLoader(
@@ -96,10 +100,10 @@ def test_fixed_fields_only_through_the_batched_gather(tmp_path):
         )
         seen = []
         for b in loader:
-            assert torch.equal(b["t"], b["i"][:, None].to(torch.uint16).expand(-1, 9))
+            assert torch.equal(b["t"], b["i"][:, None].to(torch.uint16).expand(-1, width))
             seen += b["i"].tolist()
-    assert sorted(seen) == [i for i in range(N) if i not in BAD]
-    assert loader.stats()["skipped_samples"] == len(BAD)
+    assert sorted(seen) == [i for i in range(N) if i not in lost]
+    assert loader.stats()["skipped_samples"] == len(lost)
 
 
 def test_a_corrupt_compressed_block_skips_its_records(intact, tmp_path):
