@@ -140,22 +140,26 @@ class FixedRecords:
         checksum = self._checksums[b * self.groups_per_block + k // self.group]
         return b, k * self.stride, self.record_size, int(checksum)
 
+    def _group_of(self, r: int) -> tuple[int, int, int]:
+        """Record ``r``'s group: its block, its first record's place in the block, and how
+        many records it holds (1 and r's own place without groups)."""
+        b, k = divmod(r, self.per_block)
+        if self.group == 1:
+            return b, k, 1
+        first = k // self.group * self.group
+        return b, first, min(self.group, int(self.blocks["n_records"][b]) - first)
+
     def checked(self, r: int) -> tuple[int, int]:
         """Where the bytes record ``r``'s checksum covers lie in its block: offset, length
         (the record itself, or its group)."""
-        b, k = divmod(r, self.per_block)
-        if self.group == 1:
-            return k * self.stride, self.record_size
-        first = k // self.group * self.group
-        count = min(self.group, int(self.blocks["n_records"][b]) - first)
+        _, first, count = self._group_of(r)
         return first * self.stride, (count - 1) * self.stride + self.record_size
 
     def sharing_checksum(self, r: int) -> tuple[int, int]:
         """The first and last record checked with record ``r``'s checksum (its group)."""
-        b, k = divmod(r, self.per_block)
-        first = b * self.per_block + k // self.group * self.group
-        last = min(first + self.group, b * self.per_block + int(self.blocks["n_records"][b]))
-        return first, last - 1
+        b, first, count = self._group_of(r)
+        start = b * self.per_block + first
+        return start, start + count - 1
 
     def length(self, r: int) -> int:
         return self.record_size

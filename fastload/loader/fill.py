@@ -184,6 +184,10 @@ def _decoded(
     from ..decode import DecodeError, draw_batch_params, image_rngs
 
     bad = []
+    # Reading checked every image's bytes, which mapped them all (~20 MB a worker for 128
+    # JPEGs): let them go now, and each few once decoded, so that a worker maps a few images'
+    # pages at a time instead of its whole share of the batch.
+    release_views(im.data for name in layout.decode for im in listed[name] if im is not None)
     for name, spec in layout.decode.items():
         images = listed.pop(name)  # None for a row whose record was skipped
         heights = [im.height if im is not None else 1 for im in images]
@@ -201,10 +205,9 @@ def _decoded(
                 ratio=spec.ratio,
             )
         finished = layout.tensor(name, views[name]) if name in layout.finished_in_workers else None
-        step = _FINISH_ROWS if finished is not None else len(images)  # else each run at once
         for a, b in _runs([im is not None for im in images]):
-            for lo in range(a, b, step):
-                hi = min(b, lo + step)
+            for lo in range(a, b, _FINISH_ROWS):
+                hi = min(b, lo + _FINISH_ROWS)
                 target = _pixels(spec, hi - lo) if finished is not None else views[name][lo:hi]
                 for i, e in _decode(
                     images[lo:hi],
@@ -223,12 +226,13 @@ def _decoded(
                     bad.append((rows.start + lo + i, f"{where}: {e.reason}"))
                 if finished is not None:
                     spec.finish(target, out=finished[lo:hi])
-        release_views(im.data for im in images if im is not None)  # decoded: not needed
+                release_views(im.data for im in images[lo:hi])  # decoded: not needed
     return bad
 
 
-# Rows a worker decodes into scratch pixels before finishing them into the slab: a few MB of
-# pixels (16 images of 224x224), still in the CPU's caches when the finishing pass reads them.
+# Rows a worker decodes at a time: into scratch pixels before finishing them into the slab, a
+# few MB of pixels (16 images of 224x224) still in the CPU's caches when the finishing pass
+# reads them; and the images whose mapped bytes it lets go of together.
 _FINISH_ROWS = 16
 
 
