@@ -318,7 +318,10 @@ def check_workers(saved: Mapping[str, Any] | None, num_workers: int, what: str) 
         )
 
 
-_WORKER_DIED = "exited unexpectedly"
+# torch says a worker died in two ways: its iterator, when it finds the worker gone ("exited
+# unexpectedly"), and its SIGCHLD handler, which raises wherever the main thread is at the
+# moment ("is killed by signal: Terminated."), inside next() as often as not.
+_WORKER_DIED = ("exited unexpectedly", "is killed by signal")
 _TIMED_OUT = "DataLoader timed out after"
 
 
@@ -333,7 +336,7 @@ def fatal(error: BaseException, step: int, record: EpochRecord | None) -> BaseEx
         return None
     indices = record.indices_of(step) if record is not None else None
     batches = {step: _listed(indices)}
-    if "DataLoader worker" in text and _WORKER_DIED in text:
+    if "DataLoader worker" in text and any(said in text for said in _WORKER_DIED):
         died: BaseException = WorkerDiedError(
             f"{text} while loading {describe_batches(batches)}", batches=batches
         )

@@ -193,7 +193,7 @@ def test_workers_do_not_run_the_handlers_they_inherit(ds_paths, tmp_path, path_k
         os.kill(victim, signal.SIGTERM)
         # (torch's iterators learn of it by SIGCHLD, raising wherever the main thread is: a
         # loop that does nothing else is inside next(), which names the death as fastload's)
-        with pytest.raises(WorkerDiedError, match="SIGTERM|exited unexpectedly"):
+        with pytest.raises(WorkerDiedError, match="SIGTERM|exited unexpectedly|killed by signal"):
             for _ in it:
                 pass
         assert wait_gone([victim], 10) == []
@@ -201,3 +201,20 @@ def test_workers_do_not_run_the_handlers_they_inherit(ds_paths, tmp_path, path_k
         assert not alive(victim)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        # torch's iterator, finding a worker gone; its SIGCHLD handler, raising wherever the
+        # main thread is (both message forms as torch writes them)
+        "DataLoader worker (pid(s) 30004) exited unexpectedly",
+        "DataLoader worker (pid 30004) is killed by signal: Terminated. ",
+    ],
+)
+def test_each_way_torch_says_a_worker_died_is_a_worker_death(said):
+    from fastload.loader.general import fatal
+
+    died = fatal(RuntimeError(said), 3, None)
+    assert isinstance(died, WorkerDiedError) and str(died).startswith(said)
+    assert fatal(RuntimeError("a batch failed"), 3, None) is None  # one batch's error
