@@ -60,17 +60,22 @@ bool row_is(const std::vector<uint8_t>& out, size_t row, uint64_t r, uint64_t at
   return true;
 }
 
+// read_placed of `places`, whole records into `out` (a row each), checked.
+int64_t read_whole(const TempFile& file, const std::vector<Place>& places,
+                   std::vector<uint8_t>& out) {
+  const uint64_t at = 0, size = kRecord;
+  const MutByteSpan spans[] = {{out.data(), out.size()}};
+  return fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
+                               spans, 1);
+}
+
 FL_TEST(whole_records_are_read_in_any_order) {
   TempFile file(100);
   const std::vector<uint64_t> records = {97, 3, 50, 4, 0, 99};  // apart: a pread each
   std::vector<Place> places;
   for (uint64_t r : records) places.push_back(file.place(r));
   std::vector<uint8_t> out(records.size() * kRecord);
-  const uint64_t at = 0, size = kRecord;
-  const MutByteSpan spans[] = {{out.data(), out.size()}};
-  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
-                                 spans, 1),
-           int64_t{-1});
+  CHECK_EQ(read_whole(file, places, out), int64_t{-1});
   for (size_t i = 0; i < records.size(); ++i) CHECK(row_is(out, i, records[i], 0, kRecord));
 }
 
@@ -139,20 +144,14 @@ FL_TEST(records_sharing_a_checksum_are_read_and_checked_with_their_group) {
   std::vector<Place> places;
   for (uint64_t r : records) places.push_back(grouped(r));
   std::vector<uint8_t> out(records.size() * kRecord);
-  const uint64_t at = 0, size = kRecord;
-  const MutByteSpan spans[] = {{out.data(), out.size()}};
-  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
-                                 spans, 1),
-           int64_t{-1});
+  CHECK_EQ(read_whole(file, places, out), int64_t{-1});
   for (size_t i = 0; i < records.size(); ++i) CHECK(row_is(out, i, records[i], 0, kRecord));
   // Damage to record 11 fails record 10's row: they share a checksum.
   const uint8_t flipped = static_cast<uint8_t>(byte_of(11, 3) ^ 1);
   CHECK_EQ(pwrite(file.fd, &flipped, 1, 32 + 11 * kStride + 3), ssize_t{1});
-  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data(), places.size(), true, &at, &size,
-                                 spans, 1),
-           int64_t{0});
-  CHECK_EQ(fastload::read_placed(&file.fd, 1, places.data() + 1, 4, true, &at, &size, spans, 1),
-           int64_t{-1});
+  CHECK_EQ(read_whole(file, places, out), int64_t{0});
+  const std::vector<Place> others(places.begin() + 1, places.end());  // 0, 1, 2 and 7
+  CHECK_EQ(read_whole(file, others, out), int64_t{-1});
 }
 
 FL_TEST(bad_arguments_throw_before_reading) {

@@ -71,7 +71,7 @@ class Fields:
         """Records ``idx`` gathered into ``views``, placed by ``table`` in ``sources`` (see
         ``_core.RecordMap.gather``). Returns a negative number when every record was
         gathered, else the position of the first that was not."""
-        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
+        outs = self._bytes_of(views)
         stop = table.map.gather(sources, idx, verify, self.at, self.size, outs, in_blocks)
         note_read(len(idx), len(idx) * self.record_bytes)  # the pages it mapped: in budget
         return stop
@@ -82,8 +82,11 @@ class Fields:
         """:meth:`gather` of records of raw blocks read from the shards' files ``fds`` with
         pread (``_core.RecordMap.read``): nothing is mapped, so nothing counts against the
         process's mapped budget."""
-        outs = [views[name].reshape(-1).view(np.uint8) for name in self.names]
-        return table.map.read(fds, idx, verify, self.at, self.size, outs)
+        return table.map.read(fds, idx, verify, self.at, self.size, self._bytes_of(views))
+
+    def _bytes_of(self, views: dict) -> list[Any]:  # (numpy arrays: writable buffers)
+        """The fields' arrays in ``views``, as the flat bytes the core writes."""
+        return [views[name].reshape(-1).view(np.uint8) for name in self.names]
 
 
 class RawGather:

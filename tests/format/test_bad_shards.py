@@ -118,17 +118,23 @@ def grouped_record(i: int) -> dict:
 GROUPED_ORIGINALS = [grouped_record(i) for i in range(N)]
 
 
+def one_shard(tmp_path_factory, name: str, schema: dict, originals: list, block_size: int):
+    """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of
+    ``originals``, zstd where it pays."""
+    path = tmp_path_factory.mktemp(name) / "ds"
+    with fastload.Writer(path, schema, block_size=block_size, compression="zstd") as w:
+        for rec in originals:
+            w.write(rec)
+    ds = fastload.Dataset(path)
+    info = ds.shards[0]
+    return ds, (path / info.path).read_bytes(), info
+
+
 @pytest.fixture(scope="module")
 def fixed_small(tmp_path_factory):
     """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
     fixed-size records in 5 blocks, raw and zstd."""
-    path = tmp_path_factory.mktemp("fixed") / "ds"
-    with fastload.Writer(path, FIXED_SCHEMA, block_size=130, compression="zstd") as w:
-        for rec in FIXED_ORIGINALS:
-            w.write(rec)
-    ds = fastload.Dataset(path)
-    info = ds.shards[0]
-    data = (path / info.path).read_bytes()
+    ds, data, info = one_shard(tmp_path_factory, "fixed", FIXED_SCHEMA, FIXED_ORIGINALS, 130)
     p = parse_shard(data)
     assert p["flags"] == FIXED_SIZE and p["record_size"] == 40
     assert {b["codec"] for b in p["blocks"]} == {CODEC_NONE, CODEC_ZSTD} and len(p["blocks"]) == 5
@@ -140,13 +146,7 @@ def fixed_small(tmp_path_factory):
 def grouped_small(tmp_path_factory):
     """(dataset, shard bytes, manifest entry, parsed shard) of a one-shard dataset of N
     16-byte records in 3 blocks, raw and zstd, a checksum per group of 4 records."""
-    path = tmp_path_factory.mktemp("grouped") / "ds"
-    with fastload.Writer(path, GROUPED_SCHEMA, block_size=100, compression="zstd") as w:
-        for rec in GROUPED_ORIGINALS:
-            w.write(rec)
-    ds = fastload.Dataset(path)
-    info = ds.shards[0]
-    data = (path / info.path).read_bytes()
+    ds, data, info = one_shard(tmp_path_factory, "grouped", GROUPED_SCHEMA, GROUPED_ORIGINALS, 100)
     p = parse_shard(data)
     assert p["flags"] == FIXED_SIZE | CHECKSUM_GROUPS and p["group"] == 4
     assert [b["n_records"] for b in p["blocks"]] == [6, 6, 2]
