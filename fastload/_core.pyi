@@ -278,3 +278,29 @@ def finish_tokens(
     2**31 - 1 would wrap). Devices, ``stream`` and ``num_threads`` as :func:`finish_images`;
     ``fastload.decode.finish_tokens`` is the API.
     """
+
+def jpeg_region_available() -> bool:
+    """Whether this build decodes JPEG regions (it found libjpeg-turbo)."""
+
+def decode_jpeg_region(
+    data: _Buffer,
+    scale: int,
+    expect_height: int,
+    expect_width: int,
+    top: int,
+    left: int,
+    bottom: int,
+    right: int,
+    out: _OutBuffer,
+) -> tuple[int, str, int, int, int, int, int, int]:
+    """Decode rows [top, bottom) and columns [left, right) of a JPEG at 1/``scale`` (1, 2, 4
+    or 8; bounds in scaled pixels, clamped to the image) into ``out`` as packed RGB.
+
+    Returns (status, message, image_height, image_width, row0, col0, rows, cols): status 0
+    decoded: ``out[: rows * cols * 3]`` holds scaled rows [row0, row0 + rows) and columns
+    [col0, col0 + cols) (the columns widened to whole blocks); 1 not handled here (CMYK or
+    YCCK, or libjpeg warned about corrupt or truncated data): decode it another way; 2 the
+    header's size is not expect_height x expect_width; 3 libjpeg refused the data (message
+    says why), or out is too small; 4 built without libjpeg-turbo. Pixels equal a
+    whole-image decode's except on the region's outermost pixels (chroma upsampling at an
+    edge): ask for one more on each side than is used. Runs with the GIL released."""

@@ -95,5 +95,6 @@ void register_records(nb::module_& m);
 void register_cuda(nb::module_& m);
 void register_plan(nb::module_& m);
 void register_finish(nb::module_& m);
+void register_jpeg(nb::module_& m);
 
 }  // namespace fastload::bind

@@ -4,7 +4,7 @@
 NB_MODULE(_core, m) {
   m.doc() =
       "fastload's compiled core (``fastload._core``): hashing, bounds-checked gathers, keyed\n"
-      "permutations, batch finishing, CUDA queries.\n"
+      "permutations, batch finishing, JPEG region decoding, CUDA queries.\n"
       "\n"
       "Buffers are any object exporting a C-contiguous buffer (bytes, bytearray, memoryview,\n"
       "mmap.mmap, numpy arrays); ``out`` buffers must also be writable. Index arrays must be 1-D\n"
@@ -21,4 +21,5 @@ NB_MODULE(_core, m) {
   fastload::bind::register_cuda(m);
   fastload::bind::register_plan(m);
   fastload::bind::register_finish(m);
+  fastload::bind::register_jpeg(m);
 }

@@ -8,7 +8,7 @@ from typing import Union
 
 import numpy as np
 
-from .decoders import dct_scale, decode_any, decode_jpeg, is_jpeg
+from .decoders import Region, dct_scale, decode_any, decode_jpeg, is_jpeg
 from .params import EVAL_CROP_RATIO, center_crop_params, eval_resize_size
 from .resize import box_resize_into, resize_crop_into, resize_into, round_box
 
@@ -64,6 +64,20 @@ def _check_crop(crop: Sequence[float], height: int, width: int) -> tuple:
     return top, left, h, w
 
 
+def _region(top: float, left: float, h: float, w: float, scale: int, oh: int, ow: int) -> Region:
+    """The decoded pixels a crop needs at 1/``scale``: its box, plus Pillow's filter reach on
+    each side (``box_resize_into`` reads up to ~(decoded crop / out) pixels past the box),
+    plus two for rounding and for chroma upsampling at a region's edge."""
+    reach_rows = int(math.ceil(h / scale / oh)) + 2
+    reach_cols = int(math.ceil(w / scale / ow)) + 2
+    return Region(
+        int(math.floor(top / scale)) - reach_rows,
+        int(math.floor(left / scale)) - reach_cols,
+        int(math.ceil((top + h) / scale)) + reach_rows,
+        int(math.ceil((left + w) / scale)) + reach_cols,
+    )
+
+
 def decode_crop_into(
     data: Buffer,
     out: np.ndarray,
@@ -89,13 +103,18 @@ def decode_crop_into(
     as recorded in the dataset; a different decoded size is a :class:`DecodeError`.
 
     JPEGs are decoded at a 1/2, 1/4 or 1/8 DCT scale when the crop is still at least
-    ``out``'s size at that scale, and (``pillow`` backend) only down to the crop's last row.
+    ``out``'s size at that scale, and only the crop's rectangle (``libjpeg-region`` backend)
+    or only down to its last row (``pillow``).
     Colour: grayscale, palette, CMYK and alpha images become RGB (alpha dropped). EXIF
-    orientation is ignored. With the ``pillow`` backend, damage confined to rows below the
-    crop goes unnoticed (they are not decoded). Raises DecodeError for bytes that do not
-    decode, ValueError for a bad ``out`` or ``crop``.
+    orientation is ignored. With the ``libjpeg-region`` and ``pillow`` backends, damage
+    confined to rows below the crop goes unnoticed (they are not decoded). Raises
+    DecodeError for bytes that do not decode, ValueError for a bad ``out`` or ``crop``.
+    A box between pixels may come out one level apart from another backend's on some pixels
+    (Pillow's ``resize(box=...)`` rounds by the size of the array it is given); the decoded
+    pixels are the same.
 
-    ``jpeg_backend``: ``"simplejpeg"`` (if installed), ``"pillow"`` or ``"pillow-draft"``;
+    ``jpeg_backend``: ``"libjpeg-region"`` (if built), ``"simplejpeg"`` (if installed),
+    ``"pillow"`` or ``"pillow-draft"``;
     ``resize_backend``: ``"torch"`` or ``"pil"``; default the fastest available (see
     ``available_jpeg_backends()``, ``available_resize_backends()``).
     """
@@ -103,15 +122,19 @@ def decode_crop_into(
     top, left, h, w = _check_crop(crop, height, width)
     if is_jpeg(data):
         scale = dct_scale(h, w, oh, ow)
-        # The crop's last decoded row, plus Pillow's filter reach (``box_resize_into`` reads
-        # up to ~(decoded crop / out) rows past the box), plus one for rounding.
-        rows_needed = int(math.ceil((top + h) / scale)) + int(math.ceil(h / scale / oh)) + 2
-        decoded = decode_jpeg(data, scale, rows_needed, height, width, jpeg_backend)
+        decoded = decode_jpeg(
+            data, scale, _region(top, left, h, w, scale, oh, ow), height, width, jpeg_backend
+        )
     else:
         decoded = decode_any(data, 1, height, width)
     rows, cols = decoded.pixels.shape[:2]
     k = decoded.scale
-    fbox = (top * k, left * k, (top + h) * k, (left + w) * k)
+    fbox = (
+        top * k - decoded.top,
+        left * k - decoded.left,
+        (top + h) * k - decoded.top,
+        (left + w) * k - decoded.left,
+    )
     if all(abs(v - round(v)) < 1e-6 for v in fbox):
         box = round_box(*fbox, rows, cols)
         resize_into(decoded.pixels, box, out, layout, bool(flip), resize_backend)
@@ -163,7 +186,8 @@ def decode_center_crop_into(
     at = (int(round((new_h - oh) / 2.0)), int(round((new_w - ow) / 2.0)))
     if is_jpeg(data):
         scale = dct_scale(height, width, new_h, new_w)
-        decoded = decode_jpeg(data, scale, -(-height // scale), height, width, jpeg_backend)
+        whole = Region(0, 0, -(-height // scale), -(-width // scale))
+        decoded = decode_jpeg(data, scale, whole, height, width, jpeg_backend)
     else:
         decoded = decode_any(data, 1, height, width)
     resize_crop_into(decoded.pixels, (new_h, new_w), at, out, layout, resize_backend)

@@ -1,7 +1,15 @@
 """Decode an encoded image to an HWC uint8 pixel array, decoding as little as the crop allows.
 
-Three ways, all returning a :class:`Decoded`:
+Four ways, all returning a :class:`Decoded`:
 
+``libjpeg-region`` (JPEG, where ``fastload._core`` was built with libjpeg-turbo)
+    Decodes only the rectangle the crop needs, at its DCT scale, into a reused buffer: rows
+    above it are entropy-decoded only, columns beside it are not transformed, rows below it
+    are not read. The pixels are a whole-image decode's, bit for bit (the region is one pixel
+    wider than used on each side, for chroma upsampling). A random crop covers about half an
+    image, so this decodes a crop in ~0.8x the time of a whole-image decode (measured on
+    640x480 JPEGs). CMYK/YCCK JPEGs, and data libjpeg warns about, go to ``simplejpeg``
+    (or Pillow), which decides what is an error.
 ``pillow`` (JPEG)
     Pillow's own libjpeg-turbo decoder, driven directly: it decodes at a 1/2, 1/4 or 1/8 DCT
     scale (what ``Image.draft`` asks for) and **stops at the last row the crop needs**, into a
@@ -26,16 +34,18 @@ import io
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, NamedTuple, Union
 
 import numpy as np
 from PIL import Image
 
+from .. import _core
 from .errors import DecodeError
 from .scratch import scratch
 
 __all__ = [
     "Decoded",
+    "Region",
     "pillow_rows_works",
     "JPEG_BACKENDS",
     "available_jpeg_backends",
@@ -64,6 +74,20 @@ class Decoded:
 
     pixels: np.ndarray
     scale: float
+    #: The decoded pixel that ``pixels[0, 0]`` is (a region decode starts past the corner).
+    top: int = 0
+    left: int = 0
+
+
+class Region(NamedTuple):
+    """The decoded pixels a caller needs, rows [top, bottom) and columns [left, right), at
+    the decode's scale; bounds past the image are fine (clamped). A backend may decode more
+    (all of it, or every row down to ``bottom``)."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
 
 
 def is_jpeg(data: Buffer) -> bool:
@@ -218,16 +242,16 @@ def pillow_rows_works() -> bool:
     return bool(_pillow_rows_ok)
 
 
-def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int, width: int) -> Decoded:
+def _decode_pillow(data: Buffer, scale: int, want: Region, height: int, width: int) -> Decoded:
     if not pillow_rows_works():
-        return _decode_pillow_draft(data, scale, rows_needed, height, width)
+        return _decode_pillow_draft(data, scale, want, height, width)
 
     def size_ok(h: int, w: int) -> bool:
         _check_size(h, w, height, width)  # raises DecodeError on a mismatch
         return True
 
     try:
-        decoded = _pillow_rows(data, scale, rows_needed, size_ok)
+        decoded = _pillow_rows(data, scale, want.bottom, size_ok)
     except DecodeError:
         raise
     except Exception as e:
@@ -238,7 +262,7 @@ def _decode_pillow(data: Buffer, scale: int, rows_needed: int, height: int, widt
 
 
 def _decode_pillow_draft(
-    data: Buffer, scale: int, rows_needed: int, height: int, width: int
+    data: Buffer, scale: int, want: Region, height: int, width: int
 ) -> Decoded:
     """Pillow's public API: ``draft`` (DCT scale) and a whole-image ``load``."""
     return decode_any(data, scale, height, width)
@@ -247,9 +271,7 @@ def _decode_pillow_draft(
 # -------------------------------------------------------------------- JPEG via simplejpeg
 
 
-def _decode_simplejpeg(
-    data: Buffer, scale: int, rows_needed: int, height: int, width: int
-) -> Decoded:
+def _decode_simplejpeg(data: Buffer, scale: int, want: Region, height: int, width: int) -> Decoded:
     sj = _simplejpeg
     if sj is None:  # not installed: the backend is not chosen then, but Pillow copes anyway
         return decode_any(data, scale, height, width)
@@ -282,9 +304,46 @@ def _decode_simplejpeg(
     return Decoded(pixels, pixels.shape[1] / w)  # pragma: no cover
 
 
+# -------------------------------------------------------------- JPEG regions via libjpeg
+
+# decode_jpeg_region's status codes (csrc/core/jpeg_region.h)
+_REGION_OK, _REGION_NOT_HANDLED, _REGION_SIZE_MISMATCH = 0, 1, 2
+
+
+def _decode_whole(data: Buffer, scale: int, want: Region, height: int, width: int) -> Decoded:
+    """What decodes a JPEG the region path does not take: simplejpeg, else Pillow."""
+    if _simplejpeg is not None:
+        return _decode_simplejpeg(data, scale, want, height, width)
+    return _decode_pillow(data, scale, want, height, width)
+
+
+def _decode_region(data: Buffer, scale: int, want: Region, height: int, width: int) -> Decoded:
+    rows = -(-height // scale)
+    cols = -(-width // scale)
+    top, bottom = max(0, want.top), min(rows, want.bottom)
+    # libjpeg widens the columns to whole blocks, never past the image: a full row fits.
+    buf = scratch("jpeg-region", (max(1, bottom - top) * cols * 3,))
+    status, message, got_h, got_w, row0, col0, n_rows, n_cols = _core.decode_jpeg_region(
+        data, scale, height, width, top, want.left, bottom, want.right, buf
+    )
+    if status == _REGION_OK:
+        pixels = buf[: n_rows * n_cols * 3].reshape(n_rows, n_cols, 3)
+        return Decoded(pixels, 1.0 / scale, row0, col0)
+    if status == _REGION_SIZE_MISMATCH:
+        _check_size(got_h, got_w, height, width)  # raises
+    if status == _REGION_NOT_HANDLED:
+        return _decode_whole(data, scale, want, height, width)
+    # Refused: the whole-image paths say what is wrong in their own words, as for every
+    # other backend (or, for data only libjpeg-turbo's strictness refuses, decode it).
+    try:
+        return _decode_whole(data, scale, want, height, width)
+    except DecodeError as e:
+        raise DecodeError(f"{e} (libjpeg: {message})") from e
+
+
 # ----------------------------------------------------------------------------- choosing
 
-_Decoder = Callable[[Buffer, int, int, int, int], Decoded]
+_Decoder = Callable[[Buffer, int, Region, int, int], Decoded]
 
 JPEG_BACKENDS: dict[str, _Decoder] = {
     "pillow": _decode_pillow,
@@ -292,9 +351,11 @@ JPEG_BACKENDS: dict[str, _Decoder] = {
 }
 if _simplejpeg is not None:
     JPEG_BACKENDS["simplejpeg"] = _decode_simplejpeg
+if _core.jpeg_region_available():
+    JPEG_BACKENDS["libjpeg-region"] = _decode_region
 
 # Fastest first, as measured by benchmarks/decode.py on ImageNet-like JPEGs (see its results).
-_PREFERENCE = ("simplejpeg", "pillow", "pillow-draft")
+_PREFERENCE = ("libjpeg-region", "simplejpeg", "pillow", "pillow-draft")
 
 
 def available_jpeg_backends() -> list:
@@ -310,13 +371,13 @@ def default_jpeg_backend() -> str:
 def decode_jpeg(
     data: Buffer,
     scale: int,
-    rows_needed: int,
+    want: Region,
     height: int,
     width: int,
     backend: str | None = None,
 ) -> Decoded:
     """Decode a JPEG at 1/``scale`` through ``backend`` (default: the fastest available).
-    Only the first ``rows_needed`` decoded rows are guaranteed (more may come)."""
+    Only the pixels of ``want`` are guaranteed (more may come: see ``Decoded.top/left``)."""
     name = backend or default_jpeg_backend()
     try:
         fn = JPEG_BACKENDS[name]
@@ -324,4 +385,4 @@ def decode_jpeg(
         raise ValueError(
             f"unknown or unavailable JPEG backend {name!r}; available: {available_jpeg_backends()}"
         ) from None
-    return fn(data, scale, rows_needed, height, width)
+    return fn(data, scale, want, height, width)

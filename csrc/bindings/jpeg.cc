@@ -1,0 +1,49 @@
+// Bindings: jpeg_region_available, decode_jpeg_region.
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <string>
+#include <tuple>
+
+#include "../core/jpeg_region.h"
+#include "common.h"
+
+namespace fastload::bind {
+
+void register_jpeg(nb::module_& m) {
+  m.def("jpeg_region_available", &fastload::jpeg_region_available,
+        "Whether this build decodes JPEG regions (it found libjpeg-turbo).");
+
+  m.def(
+      "decode_jpeg_region",
+      [](nb::handle data, int scale, int expect_height, int expect_width, int top, int left,
+         int bottom, int right, nb::handle out) {
+        Buffer src(data, false, "data");
+        Buffer dst(out, true, "out");
+        const ByteSpan in = src.span();
+        const MutByteSpan to = dst.mut_span();
+        JpegRegionResult r;
+        {
+          nb::gil_scoped_release nogil;  // a decode is always real work
+          r = fastload::decode_jpeg_region(in.data, static_cast<size_t>(in.size), scale,
+                                           expect_height, expect_width, top, left, bottom,
+                                           right, to.data, static_cast<size_t>(to.size));
+        }
+        return std::make_tuple(static_cast<int>(r.status), std::string(r.message),
+                               r.image_height, r.image_width, r.row0, r.col0, r.rows, r.cols);
+      },
+      nb::arg("data"), nb::arg("scale"), nb::arg("expect_height"), nb::arg("expect_width"),
+      nb::arg("top"), nb::arg("left"), nb::arg("bottom"), nb::arg("right"), nb::arg("out"),
+      "Decode rows [top, bottom) and columns [left, right) of a JPEG at 1/``scale`` (1, 2, 4\n"
+      "or 8; bounds in scaled pixels, clamped to the image) into ``out`` as packed RGB.\n\n"
+      "Returns (status, message, image_height, image_width, row0, col0, rows, cols): status 0\n"
+      "decoded: ``out[: rows * cols * 3]`` holds scaled rows [row0, row0 + rows) and columns\n"
+      "[col0, col0 + cols) (the columns widened to whole blocks); 1 not handled here (CMYK or\n"
+      "YCCK, or libjpeg warned about corrupt or truncated data): decode it another way; 2 the\n"
+      "header's size is not expect_height x expect_width; 3 libjpeg refused the data (message\n"
+      "says why), or out is too small; 4 built without libjpeg-turbo. Pixels equal a\n"
+      "whole-image decode's except on the region's outermost pixels (chroma upsampling at an\n"
+      "edge): ask for one more on each side than is used. Runs with the GIL released.");
+}
+
+}  // namespace fastload::bind
