@@ -230,20 +230,25 @@ class ShardReader:
         """The compiled core's view of the tables (checked): a batch's places in one call."""
         n = np.array([0, len(self.index)], np.int64)
         record_map = _core.RecordMap(n, np.array([0, len(self.blocks)], np.int64))
-        index = self.index
         try:
-            record_map.add(
-                0,
-                index.block_bytes,
-                index.table,
-                len(self.blocks),
-                len(index),
-                index.record_size,
-                index.group,
-            )
+            self.add_to(record_map, 0)
         except ValueError as e:  # the core checks on its own (what the reader let through)
             raise self._fail(f"index is inconsistent: {e}") from None
         return record_map
+
+    def add_to(self, record_map: _core.RecordMap, s: int) -> None:
+        """Place this shard's records as shard ``s`` of ``record_map``: its tables read in
+        place (ValueError where the core finds them inconsistent)."""
+        index = self.index
+        record_map.add(
+            s,
+            index.block_bytes,
+            index.table,
+            len(self.blocks),
+            len(index),
+            index.record_size,
+            index.group,
+        )
 
     def _check_expected(self, expected: ShardInfo) -> None:
         if format_hash(self.index_hash) != expected.hash:

@@ -32,16 +32,7 @@ class BlockTable:
 
     def add(self, s: int, reader: ShardReader) -> None:
         """Shard ``s`` is open: its records are placed from now on."""
-        index = reader.index
-        self.map.add(
-            s,
-            index.block_bytes,
-            index.table,
-            len(reader.blocks),
-            len(reader),
-            index.record_size,
-            index.group,
-        )
+        reader.add_to(self.map, s)  # (checked already, as the reader placed its own)
         self._readers[s] = reader
         self.shards_added += 1
 
