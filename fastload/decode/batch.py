@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Union
@@ -187,29 +188,34 @@ def decode_batch_into(
 
 
 _warm = False
+# A 64x48 JPEG (Pillow, quality 50): made by Pillow at run time, it cost ~7 ms of Pillow's
+# plugin imports that the region decoder never needs.
+_WARM_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERX"
+    "RTc4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/2wBDARESEhgVGC8aGi9jQjhCY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2Nj"
+    "Y2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2P/wAARCAAwAEADASIAAhEBAxEB/8QAFQABAQAAAAAAAAAAAAAAAAAA"
+    "AAP/xAAUEAEAAAAAAAAAAAAAAAAAAAAA/8QAFQEBAQAAAAAAAAAAAAAAAAAAAAT/xAAUEQEAAAAAAAAAAAAAAAAA"
+    "AAAA/9oADAMBAAIRAxEAPwCAClOAAAAAAAAAAAAAAAAAAAAAA//Z"
+)
 
 
 def warm_up() -> None:
     """Do once, in this process, what the first image decode would otherwise pay for: the
-    decoders' self-check and the first call of the resize kernels (about 0.05 s here). The
-    loader calls it before starting its workers, so forked workers begin warm and the first
-    batch comes that much sooner. Never raises."""
+    Pillow row decoder's self-check where it is the default JPEG path (7 ms, for nothing
+    where the region decoder is) and the first call of the resize kernels (about 0.05 s
+    here). The loader calls it before starting its workers, so forked workers begin warm and
+    the first batch comes that much sooner. Never raises."""
     global _warm
     if _warm:
         return
     _warm = True
     try:
-        import io
+        from .decoders import default_jpeg_backend, pillow_rows_works
 
-        from PIL import Image
-
-        from .decoders import pillow_rows_works
-
-        pillow_rows_works()
-        f = io.BytesIO()
-        Image.new("RGB", (64, 48), (90, 120, 150)).save(f, "JPEG")
+        if default_jpeg_backend() == "pillow":
+            pillow_rows_works()
         out = np.empty((1, 16, 16, 3), np.uint8)
         params = draw_batch_params([48], [64], (16, 16), train=True, rngs=image_rngs([0], [0]))
-        decode_batch_into([f.getvalue()], [48], [64], out, train=True, params=params)
+        decode_batch_into([_WARM_JPEG], [48], [64], out, train=True, params=params)
     except Exception:  # a real problem shows on the first real image, with its index
         pass

@@ -492,3 +492,22 @@ def test_bad_out_and_crop_raise_value_error(jpeg_rgb):
         decode_crop_into(
             jpeg_rgb, np.zeros((8, 8, 3), np.uint8), crop, False, **kw, jpeg_backend="nope"
         )
+
+
+def test_warm_up_image_decodes_with_every_backend():
+    """The loader's warm-up decodes a JPEG kept in the source (Pillow's encoder and its
+    plugin imports are not paid for at start): it must stay a 64x48 RGB JPEG that every
+    backend decodes alike."""
+    from fastload.decode.batch import _WARM_JPEG, warm_up
+
+    with Image.open(io.BytesIO(_WARM_JPEG)) as im:
+        assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (64, 48))
+        want = np.asarray(im.convert("RGB"))
+    for backend in JPEG_BACKENDS:
+        out = np.zeros((1, 48, 64, 3), np.uint8)
+        params = [((0.0, 0.0, 48.0, 64.0), False)]
+        decode_batch_into(
+            [_WARM_JPEG], [48], [64], out, train=True, params=params, jpeg_backend=backend
+        )
+        np.testing.assert_array_equal(out[0], want)
+    warm_up()  # never raises
