@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -111,10 +112,27 @@ def _check_inside(path: str, root: str, name: str) -> None:
     """Refuse a shard whose real path (every symbolic link followed) is outside the real path
     of ``root``: a dataset from elsewhere could otherwise make fastload open any file the user
     can read (and, before shards were checked quietly, show its first bytes)."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
+    real, base = _real_path(path), _real_dir(root)
     if os.path.commonpath([real, base]) != base:
         raise ShardFormatError(
             f"{name}: is a symbolic link to {real}, outside the dataset's directory {base}; "
             "fastload does not follow links out of a dataset unless told to "
             "(Dataset(..., follow_symlinks=True), or --follow-symlinks)"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _real_dir(path: str) -> str:
+    """A directory's real path, resolved once per process: a dataset's shards share their
+    directory, and resolving it again for each (an lstat per component) was most of the
+    time a loader worker took to open five shards."""
+    return os.path.realpath(path)
+
+
+def _real_path(path: str) -> str:
+    """``os.path.realpath(path)``, resolving only the last component here when it is not a
+    link (its directory's real path is cached)."""
+    head, tail = os.path.split(path)
+    if tail in ("", ".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_dir(head or "."), tail)

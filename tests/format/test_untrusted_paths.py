@@ -179,3 +179,28 @@ def test_no_manifest_error_quotes_what_the_manifest_file_holds(ds, tmp_path, con
     assert msg.startswith(str(ds / "manifest.json"))
     for k in range(len(SECRET) - 8):
         assert SECRET[k : k + 8].decode() not in msg, msg
+
+
+def test_shard_real_paths_resolve_as_realpath_does(tmp_path):
+    """The check resolves a shard's directory once per process and only the file name after:
+    it must agree with os.path.realpath for plain files, links to files, files in a linked
+    directory, and paths through '..'."""
+    from fastload.io.source import _real_path
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "g").write_bytes(b"y")
+    (tmp_path / "d" / "link").symlink_to(tmp_path / "out" / "g")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "out")
+    paths = [
+        tmp_path / "d" / "f",
+        tmp_path / "d" / "link",
+        tmp_path / "dirlink" / "g",
+        tmp_path / "d" / ".." / "out" / "g",
+        tmp_path / "d" / "..",
+        tmp_path / "d" / "missing",
+    ]
+    for p in paths:
+        assert _real_path(str(p)) == os.path.realpath(p), p
+    assert _real_path(str(tmp_path / "dirlink" / "g")) == str((tmp_path / "out" / "g").resolve())
