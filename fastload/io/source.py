@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 
@@ -112,7 +111,8 @@ def _check_inside(path: str, root: str, name: str) -> None:
     """Refuse a shard whose real path (every symbolic link followed) is outside the real path
     of ``root``: a dataset from elsewhere could otherwise make fastload open any file the user
     can read (and, before shards were checked quietly, show its first bytes)."""
-    real, base = _real_path(path), _real_dir(root)
+    base = _real_root(root)
+    real = _real_path(path, root, base)
     if os.path.commonpath([real, base]) != base:
         raise ShardFormatError(
             f"{name}: is a symbolic link to {real}, outside the dataset's directory {base}; "
@@ -121,18 +121,33 @@ def _check_inside(path: str, root: str, name: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=64)
-def _real_dir(path: str) -> str:
-    """A directory's real path, resolved once per process: a dataset's shards share their
-    directory, and resolving it again for each (an lstat per component) was most of the
-    time a loader worker took to open five shards."""
-    return os.path.realpath(path)
+# A dataset directory's real path, by the path it was given as: resolving it for every shard
+# (an lstat per component) was most of the time a loader worker took to open five shards.
+# Kept with the directory's identity, and used only while the path still leads to it.
+_ROOTS: dict[str, tuple[tuple[int, int], str]] = {}
 
 
-def _real_path(path: str) -> str:
-    """``os.path.realpath(path)``, resolving only the last component here when it is not a
-    link (its directory's real path is cached)."""
+def _real_root(root: str) -> str:
+    try:
+        info = os.stat(root)
+    except OSError:
+        return os.path.realpath(root)
+    identity = (info.st_dev, info.st_ino)
+    known = _ROOTS.get(root)
+    if known is not None and known[0] == identity:
+        return known[1]
+    real = os.path.realpath(root)
+    if len(_ROOTS) >= 64:
+        _ROOTS.clear()
+    _ROOTS[root] = (identity, real)
+    return real
+
+
+def _real_path(path: str, root: str, real_root: str) -> str:
+    """``os.path.realpath(path)``; for a file directly in ``root`` that is not a link, its
+    name under ``root``'s real path ``real_root``. Anything deeper is resolved in full, so a
+    link inside the dataset is followed as it is now."""
     head, tail = os.path.split(path)
-    if tail in ("", ".", "..") or os.path.islink(path):
+    if head != root or tail in ("", ".", "..") or os.path.islink(path):
         return os.path.realpath(path)
-    return os.path.join(_real_dir(head or "."), tail)
+    return os.path.join(real_root, tail)

@@ -182,25 +182,33 @@ def test_no_manifest_error_quotes_what_the_manifest_file_holds(ds, tmp_path, con
 
 
 def test_shard_real_paths_resolve_as_realpath_does(tmp_path):
-    """The check resolves a shard's directory once per process and only the file name after:
-    it must agree with os.path.realpath for plain files, links to files, files in a linked
-    directory, and paths through '..'."""
-    from fastload.io.source import _real_path
+    """The check resolves a dataset directory once (while the path leads to the same
+    directory) and, for a plain file directly in it, only the file's name after: it must
+    agree with os.path.realpath for plain files, links to files, files in a linked
+    directory, paths through '..', and a dataset path re-pointed to another directory."""
+    from fastload.io.source import _real_path, _real_root
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"x")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "g").write_bytes(b"y")
     (tmp_path / "d" / "link").symlink_to(tmp_path / "out" / "g")
-    (tmp_path / "dirlink").symlink_to(tmp_path / "out")
-    paths = [
-        tmp_path / "d" / "f",
-        tmp_path / "d" / "link",
-        tmp_path / "dirlink" / "g",
-        tmp_path / "d" / ".." / "out" / "g",
-        tmp_path / "d" / "..",
-        tmp_path / "d" / "missing",
-    ]
-    for p in paths:
-        assert _real_path(str(p)) == os.path.realpath(p), p
-    assert _real_path(str(tmp_path / "dirlink" / "g")) == str((tmp_path / "out" / "g").resolve())
+    (tmp_path / "d" / "sub").symlink_to(tmp_path / "out")
+    (tmp_path / "alias").symlink_to(tmp_path / "d")
+    for root in (tmp_path / "d", tmp_path / "alias"):
+        for p in (
+            root / "f",
+            root / "link",
+            root / "sub" / "g",
+            root / ".." / "out" / "g",
+            root / "sub" / ".." / "d" / "f",
+            root / "missing",
+        ):
+            assert _real_path(str(p), str(root), _real_root(str(root))) == os.path.realpath(p), p
+    assert _real_root(str(tmp_path / "alias")) == str((tmp_path / "d").resolve())
+    (tmp_path / "alias").unlink()  # the same path, now to another directory: resolved anew
+    (tmp_path / "alias").symlink_to(tmp_path / "out")
+    assert _real_root(str(tmp_path / "alias")) == str((tmp_path / "out").resolve())
+    assert _real_path(
+        str(tmp_path / "alias" / "g"), str(tmp_path / "alias"), str(tmp_path / "out")
+    ) == str((tmp_path / "out" / "g").resolve())
