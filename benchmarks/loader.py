@@ -422,7 +422,7 @@ def pass_options(suite: str, samples: int, batch: int, quick: bool) -> list[str]
     """Tokens: the first epoch (at most 60 s), then one more epoch for the steady rate (at
     most 6 s), then each stall pass (at most 4 s). Images: one epoch (~12 batches of 256)
     each for the first epoch, the steady rate and each stall pass (at most 10 s: with 8
-    batches a pass, one slow batch moved a run's stall from 0.2% to 2.7%)."""
+    batches a pass, 7 of them counted, one slow batch moved a run's stall from 0.2% to 2.7%)."""
     epoch = -(-samples // batch)
     if suite == "tokens":
         first, secs, stall, stall_secs = (10, 2, epoch, 1.5) if quick else (60, 6, epoch, 4)

@@ -128,6 +128,7 @@ _ROOTS: dict[str, tuple[tuple[int, int], str]] = {}
 
 
 def _real_root(root: str) -> str:
+    """``os.path.realpath(root)``, resolved again whenever ``root`` leads elsewhere."""
     try:
         info = os.stat(root)
     except OSError:
