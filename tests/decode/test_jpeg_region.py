@@ -153,6 +153,23 @@ def test_crops_equal_a_whole_image_backends(layout, size):
             assert gap.max() <= 1, (layout, (top, left, h, w))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_crops_with_edges_on_block_boundaries_equal_a_whole_image_backends(layout):
+    """A whole-pixel crop at full scale is decoded with a two-pixel margin only: edges on
+    8- and 16-pixel boundaries (where the decoded region's own edge would fall) still give
+    the bytes of a whole-image decode."""
+    data = encode(Image.fromarray(photo(H, W, 4)), "JPEG", quality=90, **LAYOUTS[layout])
+    boxes = [(16, 32, 64, 96), (0, 0, 16, 16), (32, 48, H - 32, W - 48), (8, 8, 200, 320)]
+    for top, left, h, w in boxes:
+        assert dct_scale(h, w, 160, 160) == 1
+        got, want = np.zeros((2, 160, 160, 3), np.uint8)
+        kw = dict(width=W, height=H, jpeg_backend="libjpeg-region")
+        decode_crop_into(data, got, (top, left, h, w), False, **kw)
+        kw["jpeg_backend"] = "pillow-draft"
+        decode_crop_into(data, want, (top, left, h, w), False, **kw)
+        assert np.array_equal(got, want), (layout, (top, left, h, w))
+
+
 def test_threads_decode_side_by_side():
     from concurrent.futures import ThreadPoolExecutor
 
