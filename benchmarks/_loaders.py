@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 
+import _procmem  # standard library only, as this file
 import numpy as np
 
 # to_chw wraps PIL's read-only array, as torchvision's PILToTensor does after its own copy.
@@ -383,12 +384,15 @@ def rate(times: list[float], sizes: list[int]) -> dict:
 
 def first_batch(build) -> tuple:
     """(loader, its iterator, seconds from building the loader to its first batch, the
-    first batch's size and description). Imports are done before."""
+    first batch's size and description). Imports are done before. loader.py samples this
+    process tree's memory only once told that the first batch is in."""
     start = time.perf_counter()
     loader = build()
     it = iter(loader)
     first = next(it)
-    return loader, it, time.perf_counter() - start, batch_size_of(first), describe(first)
+    took = time.perf_counter() - start
+    _procmem.say_first_batch()
+    return loader, it, took, batch_size_of(first), describe(first)
 
 
 def measure(
@@ -530,6 +534,7 @@ def pil_limit(root: str, epochs: int, draft: bool = False) -> dict:
     ``draft``: with augment_draft's scaled decode."""
     from multiprocessing import get_context
 
+    _procmem.say_first_batch()  # no first batch here: memory is sampled from the start
     paths = [p for p, _ in list_images(root)]
     work = [(paths[k::WORKERS] * epochs, draft) for k in range(WORKERS)]
     with get_context("fork").Pool(WORKERS) as pool:
