@@ -292,15 +292,26 @@ def decode_jpeg_region(
     bottom: int,
     right: int,
     out: _OutBuffer,
-) -> tuple[int, str, int, int, int, int, int, int]:
+    index: _Buffer | None = None,
+) -> tuple[int, str, int, int, int, int, int, int, bool]:
     """Decode rows [top, bottom) and columns [left, right) of a JPEG at 1/``scale`` (1, 2, 4
     or 8; bounds in scaled pixels, clamped to the image) into ``out`` as packed RGB.
 
-    Returns (status, message, image_height, image_width, row0, col0, rows, cols): status 0
-    decoded: ``out[: rows * cols * 3]`` holds scaled rows [row0, row0 + rows) and columns
-    [col0, col0 + cols) (the columns widened to whole blocks); 1 not handled here (CMYK or
-    YCCK, or libjpeg warned about corrupt or truncated data): decode it another way; 2 the
+    Returns (status, message, image_height, image_width, row0, col0, rows, cols, indexed):
+    status 0 decoded: ``out[: rows * cols * 3]`` holds scaled rows [row0, row0 + rows) and
+    columns [col0, col0 + cols) (the columns widened to whole blocks), ``indexed`` whether
+    only the MCUs around the region were decoded, through ``index``; 1 not handled here (CMYK
+    or YCCK, or libjpeg warned about corrupt or truncated data): decode it another way; 2 the
     header's size is not expect_height x expect_width; 3 libjpeg refused the data (message
     says why), or out is too small; 4 built without libjpeg-turbo. Pixels equal a
     whole-image decode's except on the region's outermost pixels (chroma upsampling at an
-    edge): ask for one more on each side than is used. Runs with the GIL released."""
+    edge): ask for one more on each side than is used. ``index``: the JPEG's entropy index
+    (``jpeg_entropy_index``), with which only the MCUs around the region are decoded; the
+    same pixels either way, and an index that does not fit these bytes is ignored. Runs with
+    the GIL released."""
+
+def jpeg_entropy_index(data: _Buffer) -> bytes | None:
+    """The entropy index of a baseline JPEG (the bit position and DC predictors at every 4th
+    MCU or so of each MCU row: ~3 KB for a 640x480 photo), or None for a JPEG it is not made for
+    (progressive, arithmetic-coded, restart markers, 12-bit, other than 1 or 3 components) or
+    whose data does not decode. Runs with the GIL released."""

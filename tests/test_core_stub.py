@@ -67,6 +67,8 @@ def compatible(stub: str, module: str) -> bool:
     """Whether the committed stub's type may stand for the type the module declares."""
     if stub == module or module == "object":  # the binding checks what it takes at run time
         return True
+    if module.endswith(" | None") and stub.endswith(" | None"):  # an optional one, the same
+        return compatible(stub[: -len(" | None")], module[: -len(" | None")])
     return module == "Sequence" and stub.startswith("Sequence[")
 
 

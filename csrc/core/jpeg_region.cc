@@ -2,6 +2,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <vector>
+
+#include "jpeg_index.h"
 
 #ifdef FASTLOAD_HAS_JPEG
 // jpeglib.h needs size_t and FILE declared first.
@@ -24,7 +27,7 @@ void set_message(JpegRegionResult& r, const char* text) {
 bool jpeg_region_available() { return false; }
 
 JpegRegionResult decode_jpeg_region(const uint8_t*, size_t, int, int, int, int, int, int, int,
-                                    uint8_t*, size_t) {
+                                    uint8_t*, size_t, const uint8_t*, size_t) {
   JpegRegionResult r;
   r.status = JpegStatus::kUnavailable;
   set_message(r, "fastload._core was built without libjpeg-turbo");
@@ -131,16 +134,11 @@ void decode(jpeg_decompress_struct* cinfo, ErrorManager* err, const uint8_t* dat
   if (err->warnings > 0) set_message(*r, "libjpeg warned about the data (corrupt or truncated)");
 }
 
-}  // namespace
-
-JpegRegionResult decode_jpeg_region(const uint8_t* data, size_t size, int scale,
-                                    int expect_height, int expect_width, int top, int left,
-                                    int bottom, int right, uint8_t* out, size_t capacity) {
+// The region of the JPEG in data, decoded from its start.
+JpegRegionResult decode_whole_stream(const uint8_t* data, size_t size, int scale,
+                                     int expect_height, int expect_width, int top, int left,
+                                     int bottom, int right, uint8_t* out, size_t capacity) {
   JpegRegionResult r;
-  if (scale != 1 && scale != 2 && scale != 4 && scale != 8) {
-    set_message(r, "scale must be 1, 2, 4 or 8");
-    return r;
-  }
   jpeg_decompress_struct cinfo;
   ErrorManager err;
   std::memset(&cinfo, 0, sizeof(cinfo));  // so destroying it is safe however far create got
@@ -152,6 +150,71 @@ JpegRegionResult decode_jpeg_region(const uint8_t* data, size_t size, int scale,
          out, capacity, &r);
   jpeg_destroy_decompress(&cinfo);  // also ends a decompression left half-way
   return r;
+}
+
+// The region through a stream of only the MCUs around it (jpeg_index.h), or false where the
+// index does not help (a region at the top left, or almost the whole image) or does not fit
+// these bytes; *r is then untouched.
+bool decode_from_index(const uint8_t* data, size_t size, int scale, int expect_height,
+                       int expect_width, int top, int left, int bottom, int right, uint8_t* out,
+                       size_t capacity, const uint8_t* index, size_t index_size,
+                       JpegRegionResult* r) {
+  const JpegGrid g = jpeg_index_grid(index, index_size);
+  // Two scaled pixels of margin around the region inside the window: chroma upsampling
+  // reads one sample across the window's edges (and the synthetic MCUs left of it).
+  if (g.step == 0 || left < 2) return false;
+  const int height = (expect_height + scale - 1) / scale, width = (expect_width + scale - 1) / scale;
+  top = top < 0 ? 0 : top;
+  bottom = bottom > height ? height : bottom;
+  right = right > width ? width : right;
+  if (top >= bottom || left >= right) return false;
+  const int row0 = top < 2 ? 0 : (top - 2) * scale / g.mcu_h;
+  int row1 = ((bottom + 2) * scale + g.mcu_h - 1) / g.mcu_h;
+  row1 = row1 > g.rows ? g.rows : row1;
+  const int col0 = (left - 2) * scale / g.mcu_w / g.step * g.step;
+  int col1 = ((right + 2) * scale + g.mcu_w - 1) / g.mcu_w;
+  col1 = (col1 + g.step - 1) / g.step * g.step;
+  col1 = col1 > g.cols ? g.cols : col1;
+  // Worth it only where it leaves out more MCUs than a row of them (the synthetic column).
+  const long kept = static_cast<long>(row1 - row0) * (col1 - col0 + 1);
+  const long plain = static_cast<long>(row1) * g.cols;
+  if (plain - kept < g.cols) return false;
+  thread_local std::vector<uint8_t> stream;
+  JpegWindow win;
+  if (!jpeg_window(data, size, index, index_size, row0, row1, col0, col1, &stream, &win) ||
+      win.image_height != expect_height || win.image_width != expect_width)
+    return false;
+  const int dy = win.top / scale, dx = win.left / scale;  // MCUs are whole scaled pixels
+  JpegRegionResult got =
+      decode_whole_stream(stream.data(), stream.size(), scale, win.height, win.width, top - dy,
+                          left - dx, bottom - dy, right - dx, out, capacity);
+  if (got.status != JpegStatus::kOk) return false;  // the plain decode says what is wrong
+  got.row0 += dy;
+  got.col0 += dx;
+  got.image_height = expect_height;
+  got.image_width = expect_width;
+  got.indexed = true;
+  *r = got;
+  return true;
+}
+
+}  // namespace
+
+JpegRegionResult decode_jpeg_region(const uint8_t* data, size_t size, int scale,
+                                    int expect_height, int expect_width, int top, int left,
+                                    int bottom, int right, uint8_t* out, size_t capacity,
+                                    const uint8_t* index, size_t index_size) {
+  JpegRegionResult r;
+  if (scale != 1 && scale != 2 && scale != 4 && scale != 8) {
+    set_message(r, "scale must be 1, 2, 4 or 8");
+    return r;
+  }
+  if (index != nullptr && decode_from_index(data, size, scale, expect_height, expect_width,
+                                            top, left, bottom, right, out, capacity, index,
+                                            index_size, &r))
+    return r;
+  return decode_whole_stream(data, size, scale, expect_height, expect_width, top, left, bottom,
+                             right, out, capacity);
 }
 
 #endif  // FASTLOAD_HAS_JPEG

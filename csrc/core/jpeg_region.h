@@ -35,6 +35,7 @@ struct JpegRegionResult {
   // the scaled image, RGB, packed (row stride cols * 3). col0 <= the left asked for and
   // col0 + cols >= the right (libjpeg widens the region to whole blocks).
   int row0 = 0, col0 = 0, rows = 0, cols = 0;
+  bool indexed = false;  // decoded through the entropy index (only the MCUs around the region)
   char message[200] = {0};
 };
 
@@ -45,8 +46,16 @@ bool jpeg_region_available();
 // into out (capacity bytes). The image must be expect_height x expect_width (unscaled), else
 // kSizeMismatch. Never throws; a region left empty by clamping, or an out too small for the
 // widened region, is kError.
+//
+// `index` (optional): the JPEG's entropy index (jpeg_index.h). Where it fits these bytes and
+// the region leaves out more than a row of MCUs, only the MCUs around the region are decoded
+// instead of every row above it and the whole width of its rows; the result is the same,
+// pixel for pixel.
+// An index that does not fit, or a stream it makes that libjpeg does not decode cleanly, is
+// set aside: the plain decode runs and its result is returned.
 JpegRegionResult decode_jpeg_region(const uint8_t* data, size_t size, int scale,
                                     int expect_height, int expect_width, int top, int left,
-                                    int bottom, int right, uint8_t* out, size_t capacity);
+                                    int bottom, int right, uint8_t* out, size_t capacity,
+                                    const uint8_t* index = nullptr, size_t index_size = 0);
 
 }  // namespace fastload

@@ -1,13 +1,15 @@
 // The JPEG region decoder on JPEGs this test encodes with libjpeg itself: a region's pixels
-// are the whole image's at every scale and chroma layout; truncated, damaged and mismatched
-// data, a bad scale, an empty region and a small buffer each get their status, never a crash
-// (every byte of a JPEG flipped in turn, under ASan). Built without libjpeg-turbo, the decoder
-// says so.
+// are the whole image's at every scale and chroma layout, with or without the JPEG's entropy
+// index (jpeg_index.h); truncated, damaged and mismatched data, a bad scale, an empty region
+// and a small buffer each get their status, never a crash (every byte of a JPEG, and of its
+// index, flipped in turn, under ASan). Built without libjpeg-turbo, the decoder says so.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
 #include "check.h"
+#include "core/jpeg_index.h"
 #include "core/jpeg_region.h"
 
 #ifdef FASTLOAD_HAS_JPEG
@@ -25,7 +27,8 @@ constexpr int kH = 61, kW = 83;  // partial blocks at the right and bottom
 #ifdef FASTLOAD_HAS_JPEG
 
 // A busy RGB picture (so every block has detail) encoded with h x v luma sampling.
-std::vector<uint8_t> encode(int h_samp, int v_samp) {
+std::vector<uint8_t> encode(int h_samp, int v_samp, int restart_interval = 0,
+                            bool progressive = false) {
   std::vector<uint8_t> rgb(static_cast<size_t>(kH) * kW * 3);
   for (int y = 0; y < kH; ++y)
     for (int x = 0; x < kW; ++x)
@@ -47,6 +50,8 @@ std::vector<uint8_t> encode(int h_samp, int v_samp) {
   jpeg_set_quality(&cinfo, 90, TRUE);
   cinfo.comp_info[0].h_samp_factor = h_samp;
   cinfo.comp_info[0].v_samp_factor = v_samp;
+  cinfo.restart_interval = static_cast<unsigned int>(restart_interval);
+  if (progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
   while (cinfo.next_scanline < cinfo.image_height) {
     JSAMPROW row = &rgb[static_cast<size_t>(cinfo.next_scanline) * kW * 3];
@@ -67,11 +72,13 @@ struct Decode {
 };
 
 Decode region(const std::vector<uint8_t>& jpeg, int scale, int top, int left, int bottom,
-              int right, size_t capacity = static_cast<size_t>(kH) * kW * 3) {
+              int right, size_t capacity = static_cast<size_t>(kH) * kW * 3,
+              const std::vector<uint8_t>* index = nullptr) {
   Decode d;
   d.px.assign(capacity, 0);
   d.r = decode_jpeg_region(jpeg.data(), jpeg.size(), scale, kH, kW, top, left, bottom, right,
-                           d.px.data(), d.px.size());
+                           d.px.data(), d.px.size(), index ? index->data() : nullptr,
+                           index ? index->size() : 0);
   return d;
 }
 
@@ -139,6 +146,90 @@ FL_TEST(every_flipped_byte_is_survived) {
     if (d.r.status == JpegStatus::kOk) CHECK(d.r.rows * d.r.cols * 3 <= kH * kW * 3);
   }
   CHECK(decoded < static_cast<int>(jpeg.size()));  // damage is noticed somewhere
+}
+
+FL_TEST(indexed_regions_equal_plain_ones) {
+  const int layouts[][2] = {{1, 1}, {2, 1}, {2, 2}};
+  for (const auto& layout : layouts) {
+    const std::vector<uint8_t> jpeg = encode(layout[0], layout[1]);
+    std::vector<uint8_t> index;
+    CHECK(fastload::build_jpeg_index(jpeg.data(), jpeg.size(), &index));
+    int indexed = 0, compared = 0;
+    for (int scale : {1, 2, 4, 8}) {
+      const int rows = scaled(kH, scale), cols = scaled(kW, scale);
+      for (int top = 0; top < rows; top += 2) {
+        for (int left = 0; left < cols; left += 3) {
+          const int bottom = top + 1 + (top * 7 + left) % (rows - top);
+          const int right = left + 1 + (left * 3 + top) % (cols - left);
+          const Decode plain = region(jpeg, scale, top, left, bottom, right);
+          const Decode fast = region(jpeg, scale, top, left, bottom, right,
+                                     static_cast<size_t>(kH) * kW * 3, &index);
+          CHECK(plain.r.status == JpegStatus::kOk && fast.r.status == JpegStatus::kOk);
+          CHECK(!plain.r.indexed);
+          indexed += fast.r.indexed;
+          ++compared;
+          CHECK_EQ(fast.r.row0, plain.r.row0);
+          CHECK_EQ(fast.r.col0, plain.r.col0);
+          CHECK_EQ(fast.r.rows, plain.r.rows);
+          CHECK_EQ(fast.r.cols, plain.r.cols);
+          const size_t n = static_cast<size_t>(plain.r.rows) * plain.r.cols * 3;
+          CHECK(std::equal(plain.px.begin(), plain.px.begin() + static_cast<long>(n),
+                           fast.px.begin()));
+        }
+      }
+    }
+    CHECK(indexed > compared / 4);  // the index path is taken, not only the plain one
+  }
+}
+
+FL_TEST(what_the_index_is_not_made_for_gets_none) {
+  std::vector<uint8_t> index = {1, 2, 3};
+  const std::vector<uint8_t> restarts = encode(2, 2, 3);
+  CHECK(!fastload::build_jpeg_index(restarts.data(), restarts.size(), &index));
+  CHECK(index.empty());
+  const std::vector<uint8_t> progressive = encode(2, 2, 0, true);
+  CHECK(!fastload::build_jpeg_index(progressive.data(), progressive.size(), &index));
+  const std::vector<uint8_t> jpeg = encode(2, 2);
+  const std::vector<uint8_t> cut(jpeg.begin(), jpeg.begin() + static_cast<long>(jpeg.size() / 2));
+  CHECK(!fastload::build_jpeg_index(cut.data(), cut.size(), &index));  // data runs out
+  CHECK(!fastload::build_jpeg_index(nullptr, 0, &index));
+}
+
+FL_TEST(an_index_that_does_not_fit_is_set_aside) {
+  const std::vector<uint8_t> a = encode(2, 2), b = encode(1, 1);
+  std::vector<uint8_t> index_a;
+  CHECK(fastload::build_jpeg_index(a.data(), a.size(), &index_a));
+  // b's own pixels, through the plain path, with a's index
+  const Decode plain = region(b, 1, 40, 50, 60, 80);
+  const Decode other = region(b, 1, 40, 50, 60, 80, static_cast<size_t>(kH) * kW * 3, &index_a);
+  CHECK(other.r.status == JpegStatus::kOk && !other.r.indexed);
+  CHECK(plain.px == other.px);
+  std::vector<uint8_t> short_index(index_a.begin(), index_a.end() - 1);
+  CHECK(!region(a, 1, 40, 50, 60, 80, static_cast<size_t>(kH) * kW * 3, &short_index).r.indexed);
+}
+
+FL_TEST(every_flipped_byte_of_a_jpeg_or_its_index_is_survived) {
+  const std::vector<uint8_t> jpeg = encode(2, 2);
+  std::vector<uint8_t> index, scratch;
+  CHECK(fastload::build_jpeg_index(jpeg.data(), jpeg.size(), &index));
+  const size_t capacity = static_cast<size_t>(kH) * kW * 3;
+  CHECK(region(jpeg, 1, 40, 50, 60, 80, capacity, &index).r.indexed);
+  for (size_t i = 0; i < jpeg.size(); ++i) {
+    std::vector<uint8_t> bad = jpeg;
+    bad[i] ^= 0x5A;
+    fastload::build_jpeg_index(bad.data(), bad.size(), &scratch);  // never reads outside
+    const Decode d = region(bad, 1, 40, 50, 60, 80, capacity, &index);
+    if (d.r.status == JpegStatus::kOk) CHECK(d.r.rows * d.r.cols * 3 <= kH * kW * 3);
+  }
+  for (size_t i = 0; i < index.size(); ++i) {
+    for (uint8_t flip : {0x01, 0x5A, 0xFF}) {
+      std::vector<uint8_t> bad = index;
+      bad[i] ^= flip;
+      const Decode d = region(jpeg, 1, 40, 50, 60, 80, capacity, &bad);
+      CHECK(d.r.status == JpegStatus::kOk);  // a bad index falls back, or decodes anyway
+      CHECK(d.r.rows * d.r.cols * 3 <= kH * kW * 3);
+    }
+  }
 }
 
 #else

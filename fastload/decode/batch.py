@@ -81,7 +81,9 @@ def image_rngs(seed: Sequence[int], positions: Iterable[int]) -> list[ImageRng]:
     return [ImageRng(base + [int(p)]) for p in positions]
 
 
-def _run(images, heights, widths, out, params, layout, lo, hi, jpeg_backend, resize_backend):
+def _run(
+    images, indexes, heights, widths, out, params, layout, lo, hi, jpeg_backend, resize_backend
+):
     for i in range(lo, hi):
         try:
             if params is None:
@@ -106,6 +108,7 @@ def _run(images, heights, widths, out, params, layout, lo, hi, jpeg_backend, res
                     layout=layout,
                     jpeg_backend=jpeg_backend,
                     resize_backend=resize_backend,
+                    entropy_index=indexes[i] if indexes is not None else None,
                 )
         except DecodeError as e:
             raise e.with_index(i) from e.__cause__
@@ -127,6 +130,7 @@ def decode_batch_into(
     params: Sequence[tuple[Crop, bool]] | None = None,
     scale: tuple[float, float] = DEFAULT_SCALE,
     ratio: tuple[float, float] = DEFAULT_RATIO,
+    indexes: Sequence[Buffer | None] | None = None,
 ) -> None:
     """Decode ``images`` (JPEG/PNG/WebP bytes) into ``out`` (N, H, W, 3) for ``layout="HWC"``
     or (N, 3, H, W) for ``"CHW"``, uint8, in place.
@@ -140,6 +144,8 @@ def decode_batch_into(
 
     ``params``: training crops and flips already drawn, one ``(Crop, flip)`` per image (from
     :func:`draw_batch_params`, say with a generator per image), instead of drawing them here.
+    ``indexes``: each image's entropy index or None (``EncodedImage.entropy_index``): a
+    training crop of an indexed JPEG decodes only the MCUs around it (the same pixels).
 
     ``num_threads > 1`` splits the batch into that many contiguous parts decoded on threads
     (decode and resize release the GIL); the first failing image in batch order is raised.
@@ -149,6 +155,8 @@ def decode_batch_into(
     n = len(images)
     if len(heights) != n or len(widths) != n:
         raise ValueError(f"{n} images but {len(heights)} heights and {len(widths)} widths")
+    if indexes is not None and len(indexes) != n:
+        raise ValueError(f"{n} images but {len(indexes)} entropy indexes")
     oh, ow = check_out(out, layout, batched=True)
     if out.shape[0] != n:
         raise ValueError(f"out holds {out.shape[0]} images but {n} were given")
@@ -168,7 +176,7 @@ def decode_batch_into(
         if oh != ow:
             raise ValueError(f"the eval center crop is square; out is {ow}x{oh}")
         params = None  # each image: decode_center_crop_into (resize, then center crop)
-    args = (images, heights, widths, out, params, layout)
+    args = (images, indexes, heights, widths, out, params, layout)
     threads = min(num_threads, n)
     if threads <= 1:
         _run(*args, 0, n, jpeg_backend, resize_backend)

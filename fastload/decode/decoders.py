@@ -317,14 +317,16 @@ def _decode_whole(data: Buffer, scale: int, want: Region, height: int, width: in
     return _decode_pillow(data, scale, want, height, width)
 
 
-def _decode_region(data: Buffer, scale: int, want: Region, height: int, width: int) -> Decoded:
+def _decode_region(
+    data: Buffer, scale: int, want: Region, height: int, width: int, index: Buffer | None = None
+) -> Decoded:
     rows = -(-height // scale)
     cols = -(-width // scale)
     top, bottom = max(0, want.top), min(rows, want.bottom)
     # libjpeg widens the columns to whole blocks, never past the image: a full row fits.
     buf = scratch("jpeg-region", (max(1, bottom - top) * cols * 3,))
-    status, message, got_h, got_w, row0, col0, n_rows, n_cols = _core.decode_jpeg_region(
-        data, scale, height, width, top, want.left, bottom, want.right, buf
+    status, message, got_h, got_w, row0, col0, n_rows, n_cols, _ = _core.decode_jpeg_region(
+        data, scale, height, width, top, want.left, bottom, want.right, buf, index
     )
     if status == _REGION_OK:
         pixels = buf[: n_rows * n_cols * 3].reshape(n_rows, n_cols, 3)
@@ -375,9 +377,12 @@ def decode_jpeg(
     height: int,
     width: int,
     backend: str | None = None,
+    index: Buffer | None = None,
 ) -> Decoded:
     """Decode a JPEG at 1/``scale`` through ``backend`` (default: the fastest available).
-    Only the pixels of ``want`` are guaranteed (more may come: see ``Decoded.top/left``)."""
+    Only the pixels of ``want`` are guaranteed (more may come: see ``Decoded.top/left``).
+    ``index``: the JPEG's entropy index (``EncodedImage.entropy_index``), with which the
+    ``libjpeg-region`` backend decodes only the MCUs around ``want`` (the same pixels)."""
     name = backend or default_jpeg_backend()
     try:
         fn = JPEG_BACKENDS[name]
@@ -385,4 +390,6 @@ def decode_jpeg(
         raise ValueError(
             f"unknown or unavailable JPEG backend {name!r}; available: {available_jpeg_backends()}"
         ) from None
+    if fn is _decode_region:
+        return _decode_region(data, scale, want, height, width, index)
     return fn(data, scale, want, height, width)

@@ -41,9 +41,10 @@ def whole(data: bytes, scale: int) -> np.ndarray:
 
 def region(data: bytes, scale: int, top: int, left: int, bottom: int, right: int):
     out = np.zeros(-(-H // scale) * -(-W // scale) * 3, np.uint8)
-    status, message, h, w, row0, col0, rows, cols = _core.decode_jpeg_region(
+    status, message, h, w, row0, col0, rows, cols, indexed = _core.decode_jpeg_region(
         data, scale, H, W, top, left, bottom, right, out
     )
+    assert not indexed  # no index given
     assert (h, w) == (H, W)
     return status, message, row0, col0, out[: rows * cols * 3].reshape(rows, cols, 3)
 
