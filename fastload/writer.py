@@ -42,6 +42,12 @@ class Writer:
     ``classes`` (``{"label": ["cat", "dog"]}``: a label field's class names, index = label)
     and ``features`` (the source's own column types, JSON-able) go into the manifest, where
     ``Dataset.classes`` and ``Dataset.features`` find them.
+
+    ``jpeg_index`` (default True): each baseline JPEG of an image field is stored with its
+    entropy index (~3 KB for a 640x480 photo, 2-3% of a 110 KB one; building it is one
+    Huffman pass, ~1 ms for a 110 KB photo), with which the loader decodes only the MCUs
+    around a crop: ~18% less JPEG decode time for RandomResizedCrop(224) of ImageNet-sized
+    photos (benchmarks/decode.py). The image's bytes read back unchanged either way.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Writer:
         overwrite: bool = False,
         classes: Mapping[str, Sequence[str]] | None = None,
         features: Mapping[str, Any] | None = None,
+        jpeg_index: bool = True,
     ) -> None:
         self.schema = Schema(schema)
         self._classes = _checked_classes(classes, self.schema)
@@ -69,7 +76,7 @@ class Writer:
         if part is not None and (not isinstance(part, int) or part < 0):
             raise ValueError(f"part must be a non-negative int, got {part!r}")
         self._compressor = BlockCompressor(compression, level)
-        self._layout = RecordLayout(self.schema)
+        self._layout = RecordLayout(self.schema, jpeg_index=jpeg_index)
         self.fs, self.root = open_fs(dst, storage_options)
         self.part = part
         if part is None:

@@ -73,7 +73,7 @@ def ns(path, **kw) -> argparse.Namespace:
 def check_inspect_text(out: str, path: Path) -> None:
     assert f"dataset      {path}" in out
     assert f"records      {N}" in out
-    assert "shards       " in out and "fastload v2" in out and "fingerprint xxh64:" in out
+    assert "shards       " in out and "fastload v3" in out and "fingerprint xxh64:" in out
     assert "on disk" in out and "raw (ratio " in out and "compression=zstd" in out
     for name, spec in INDEX_SCHEMA.items():
         assert any(line.split() == [name, spec] for line in out.splitlines()), name
@@ -82,7 +82,7 @@ def check_inspect_text(out: str, path: Path) -> None:
 
 def check_inspect_json(out: str, path: Path) -> None:
     info = json.loads(out)
-    assert info["path"] == str(path) and info["format_version"] == 2
+    assert info["path"] == str(path) and info["format_version"] == 3
     assert info["records"] == N and info["shards"] > 1
     m = json.loads((path / "manifest.json").read_text())
     assert info["bytes"] == m["bytes"] and info["shards"] == len(m["shards"])

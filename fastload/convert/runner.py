@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConvertError, FastloadError
@@ -94,6 +94,7 @@ def convert(
     src_storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     ray: bool | str = False,
+    jpeg_index: bool = True,
     **source_options: Any,
 ) -> ConvertResult:
     """Convert ``src`` into a fastload dataset at ``dst``.
@@ -112,6 +113,8 @@ def convert(
     with ``ray`` as tasks of a Ray cluster (``True``: the one ``ray.init()`` finds or starts;
     a string: its address), whose nodes must all reach ``src`` and ``dst`` (see cluster.py).
 
+    ``jpeg_index``: store each baseline JPEG with its entropy index (``Writer``).
+
     A bad input record fails the convert with a SourceRecordError naming it, unless
     ``skip_bad``, which skips and counts it. ``dst`` must be new or empty, or hold a dataset
     and ``overwrite=True``. No manifest is written unless every task succeeds.
@@ -119,6 +122,7 @@ def convert(
     start = time.monotonic()
     src, dst = os.fspath(src), os.fspath(dst)
     opts = _write_options(dst, shard_size, block_size, compression, level, storage_options)
+    opts = replace(opts, jpeg_index=bool(jpeg_index))
     workers = _checked_workers(workers)
     _check_not_nested(src, dst)
     inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)

@@ -50,6 +50,7 @@ class WriteOptions:
     compression: str
     level: int
     storage_options: dict[str, Any] | None
+    jpeg_index: bool = True
 
 
 @dataclass
@@ -85,6 +86,7 @@ def run_task(
             compression=opts.compression,
             level=opts.level,
             storage_options=opts.storage_options,
+            jpeg_index=opts.jpeg_index,
         ) as writer:
             columns = source.read_columns(task)
             if columns is not None:

@@ -8,7 +8,7 @@ the bytes come from untrusted files.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "EncodedImage",
@@ -17,11 +17,15 @@ __all__ = [
     "size_problem",
     "FORMAT_IDS",
     "FORMAT_NAMES",
+    "JPEG_INDEXED_ID",
     "MAX_SIDE",
 ]
 
 FORMAT_IDS = {"jpeg": 1, "png": 2, "webp": 3}
 FORMAT_NAMES = {v: k for k, v in FORMAT_IDS.items()}
+#: The stored format id of a JPEG kept with its entropy index (format version 3): its bytes,
+#: then the index, then the index's length (u32, little-endian). It reads as a "jpeg".
+JPEG_INDEXED_ID = 4
 #: The largest side each format can describe: JPEG's 16-bit sizes, WebP's 14-bit ones (+1),
 #: PNG's 31-bit ones. An image claiming more can never be decoded.
 MAX_SIDE = {"jpeg": 65535, "png": 2**31 - 1, "webp": 16384}
@@ -39,12 +43,19 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An image field's value: the encoded bytes as stored, with their format and size."""
+    """An image field's value: the encoded bytes as stored, with their format and size.
+
+    ``entropy_index``: for a baseline JPEG written with one (``Writer(jpeg_index=True)``, the
+    default), where in its entropy-coded data each stretch of MCUs starts, so that decoding a
+    crop decodes only the MCUs around it (``_core.jpeg_entropy_index``); None otherwise. It
+    is not part of ``data``, which is always the image's bytes exactly as given, nor of the
+    image's identity: images with the same bytes, format and size are equal."""
 
     data: bytes | memoryview  # a memoryview where a reader asked for no copy (Dataset.read_into)
     format: str
     height: int
     width: int
+    entropy_index: bytes | memoryview | None = field(default=None, compare=False)
 
     def decode(self):
         """Decode to an ``(height, width, 3)`` uint8 numpy array (RGB) with Pillow."""

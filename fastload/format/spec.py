@@ -23,9 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 # Version 2 added the manifest's checksum (and the shard header's schema fingerprint);
-# version 1 datasets still read. docs/format.md says what each version holds.
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+# version 3 the JPEG images stored with their entropy index (image format id 4); earlier
+# datasets still read. docs/format.md says what each version holds.
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 MAGIC = b"FASTLOAD"  # 8 bytes; no NUL, which numpy S8 would strip
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".fls"

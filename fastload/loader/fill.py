@@ -450,6 +450,7 @@ def _decode(
     from ..decode import DecodeError, decode_batch_into
 
     data, start = [im.data for im in images], 0
+    indexes = [im.entropy_index for im in images]
     while start < len(images):
         part = slice(start, None)
         try:
@@ -461,6 +462,7 @@ def _decode(
                 train=spec.train,
                 layout=spec.pixel_layout,
                 params=params[part] if params is not None else None,
+                indexes=indexes[part],
             )
             return
         except DecodeError as e:

@@ -1,5 +1,6 @@
-"""Write the golden fastload datasets of the current format version to tests/format/data/v<N>/
-(and data/v2-fixed/, version 2's fixed layout of the record table).
+"""Write the golden fastload dataset of the current format version to tests/format/data/v<N>/
+(data/v1/, data/v2/ and data/v2-fixed/, version 2's fixed layout of the record table, were
+written by earlier versions of this script).
 
     python tests/format/make_golden.py            # writes only those that do not exist
     python tests/format/make_golden.py --force    # only if the files were never released
@@ -27,6 +28,7 @@ import numpy as np
 HERE = Path(__file__).parent
 V1_DIR = HERE / "data" / "v1"
 V2_DIR = HERE / "data" / "v2"
+V3_DIR = HERE / "data" / "v3"
 
 # A 3x2 RGB PNG and a 3x2 lossless WebP, made once with Pillow and frozen here.
 PNG_3X2 = bytes.fromhex(
@@ -35,6 +37,42 @@ PNG_3X2 = bytes.fromhex(
 )
 WEBP_3X2 = bytes.fromhex(
     "524946461e000000574542505650384c110000002f0240000007508522d7a3ff8188e87f0000"
+)
+
+# A 160x96 baseline JPEG (4:2:0, quality 40: 10 x 6 MCUs), made once with Pillow and frozen.
+JPEG_160X96 = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300140e0f120f0d14121012171514181e32211e1c"
+    "1c1e3d2c2e243249404c4b47404645505a736250556d5645466488656d777b8182814e608d978c7d96737e81"
+    "7cffdb0043011517171e1a1e3b21213b7c5346537c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c"
+    "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7cffc0001108006000a0030122000211010311"
+    "01ffc4001f0000010501010101010100000000000000000102030405060708090a0bffc400b5100002010303"
+    "020403050504040000017d01020300041105122131410613516107227114328191a1082342b1c11552d1f024"
+    "33627282090a161718191a25262728292a3435363738393a434445464748494a535455565758595a63646566"
+    "6768696a737475767778797a838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7"
+    "b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffc400"
+    "1f0100030101010101010101010000000000000102030405060708090a0bffc400b511000201020404030407"
+    "05040400010277000102031104052131061241510761711322328108144291a1b1c109233352f0156272d10a"
+    "162434e125f11718191a262728292a35363738393a434445464748494a535455565758595a63646566676869"
+    "6a737475767778797a82838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9"
+    "bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae2e3e4e5e6e7e8e9eaf2f3f4f5f6f7f8f9faffda000c030100"
+    "02110311003f00e3c2d382d3c2d382d3b92a44c16942d4816942d7d25c4a4530b4a16a40b4a16be5ee75a913"
+    "05a50b5205a50b5f4b712914c2d285a902d285af97b9d6a44c16942d4816942d7d25c4a4530b4a16a40b4a16"
+    "be62e75a91305a705a785a705afa4b92a4520b4e0b4f0b4e0b5f2f73b148942d382d3c2d382d7d2dc95231c2"
+    "d285a902d285ae9b9f18a4530b4a16a40b4a16be62e75a91305a50b5205a50b5f49712914c2d285a902d285a"
+    "f97b9d6a44c16942d4816942d7d2dc4a4530b4a16a40b4a16be5ee75a91305a705a785a705afa4b8948a4169"
+    "c169e169c16be62e75a91285a705a785a705afa4b8948a4169c169e169c16be5ee75a918e16942d4816942d7"
+    "55cf8c52260b4a16a40b4a16be92e4a914c2d285a902d285af97b9d6a44c16942d48169c16be96e2522905a5"
+    "0b5205a50b5f2f73ad48982d382d3c2d382d7d2dc4a4520b4e0b4f0b4e0b5f2f73ad48942d382d3c2d382d7d"
+    "25c4a4520b4e0b4f0b4e0b5f3173ad48942d382d3c2d382d7d25c4a46385a50b5205a50b5d373e3148a61694"
+    "2d4816942d7cc5ceb52260b4a16a40b4e0b5f4972548a416942d4816942d7cbdcec52260b4e0b4f0b4e0b5f4"
+    "b72548a4169c169e169c16be5ee75a91285a705a785a705afa5b8948a4169c169e169c16be5ee75a91285a70"
+    "5a785a705afa4b8948a4169c169e169c16be5ee75a918e16942d4816942d755cf8c52260b4a16a40b4e0b5f4"
+    "971291482d285a902d285af98b9d6a44c169c169e169c16be92e2522905a705a785a705af97b9d6a44a169c1"
+    "69e169c16be96e4a91482d382d3c2d382d7cbdceb52250b4e0b4f0b4e0b5f4971291482d382d3c2d382d7cc5"
+    "ceb52250b4e0b5205a50b5f49712918e16942d48169c16baae7c6291482d285a902d285af97b9d6a44c169c1"
+    "69e169c16be92e2522905a705a785a705af98b9d6a44a169c169e169c16be92e2522905a705a785a705af97b"
+    "9d6a44a169c169e169c16be96e4a91482d382d3c2d382d7cbdceb52260b4a16a40b4a16be92e2522905a705a"
+    "902d285af98b9d6a47ffd9"
 )
 
 V1_SCHEMA = {
@@ -133,9 +171,33 @@ def v2_fixed_record(i: int) -> dict:
     }
 
 
+# Version 3: version 2's fields, with JPEGs stored with their entropy index (image format id
+# 4) in the image field of even records; odd ones keep their PNG or WebP.
+V3_SCHEMA = V2_SCHEMA
+V3_OPTIONS = V2_OPTIONS
+V3_RECORDS = 9
+
+
+def v3_record(i: int) -> dict:
+    rec = v2_record(i)
+    if i % 2 == 0:
+        rec["img"] = JPEG_160X96
+    return rec
+
+
+def write_v3(dst: Path) -> None:
+    import fastload
+
+    assert fastload.format.FORMAT_VERSION == 3
+    with fastload.Writer(dst, V3_SCHEMA, **V3_OPTIONS) as w:
+        for i in range(V3_RECORDS):
+            w.write(v3_record(i))
+
+
 def write_v2(dst: Path) -> None:
     import fastload
 
+    # (run only while the writer wrote version 2: kept to say what data/v2/ holds)
     assert fastload.format.FORMAT_VERSION == 2
     with fastload.Writer(dst, V2_SCHEMA, **V2_OPTIONS) as w:
         for i in range(V2_RECORDS):
@@ -153,11 +215,9 @@ def write_v2_fixed(dst: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="replace existing golden files")
-    parser.add_argument(
-        "--out", type=Path, default=HERE / "data", help="where to write v2/ and v2-fixed/"
-    )
+    parser.add_argument("--out", type=Path, default=HERE / "data", help="where to write v3/")
     args = parser.parse_args(argv)
-    targets = {args.out / V2_DIR.name: write_v2, args.out / V2_FIXED_DIR.name: write_v2_fixed}
+    targets = {args.out / V3_DIR.name: write_v3}
     for dst, write in targets.items():
         if dst.exists():
             if not args.force:

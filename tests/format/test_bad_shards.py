@@ -257,7 +257,7 @@ def test_a3_html_error_page_saved_as_a_shard(ds_copy):
 
 
 @pytest.mark.parametrize("where", ["header", "trailer"])
-@pytest.mark.parametrize("version", [0, 3, 2**32 - 1])
+@pytest.mark.parametrize("version", [0, 4, 2**32 - 1])
 def test_a4_unknown_format_version(small, where, version):
     _, data, info, _ = small
     bad = bytearray(data)
@@ -268,7 +268,7 @@ def test_a4_unknown_format_version(small, where, version):
             ShardReader(MemSource(bytes(bad), NAME), expected=expected)
         msg = str(e.value)
         assert msg.startswith(NAME) and f"format version {version} in the {where}" in msg
-        assert "supports [1, 2]" in msg and "upgrade fastload" in msg
+        assert "supports [1, 2, 3]" in msg and "upgrade fastload" in msg
 
 
 @pytest.mark.parametrize("where", ["header", "trailer"])
@@ -817,7 +817,7 @@ def test_a16_unreadable_manifest_names_its_path(ds_copy, content, match):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda m: m.update(version=3), r"format version 3 is not supported.*supports \[1, 2\]"),
+        (lambda m: m.update(version=4), r"format version 4 is not supported.*supports \[1, 2, 3\]"),
         (lambda m: m.pop("version"), "format version None is not supported"),
         (lambda m: m.update(records=999), '"records" is 999 but the shards add up to 14'),
         (lambda m: m.update(schema={"i": "int32"}), "invalid schema"),

@@ -52,7 +52,7 @@ def manifest_of(root: Path) -> dict:
 
 def test_written_manifest_carries_the_documented_checksum(small_path):
     m = manifest_of(small_path)
-    assert m["version"] == 2 and len(m["shards"]) == 2
+    assert m["version"] == 3 and len(m["shards"]) == 2
     assert m["checksum"] == manifest_checksum(m)  # computed independently of fastload
     with fastload.Dataset(small_path) as ds:
         assert ds.manifest.to_json() == m
@@ -109,10 +109,10 @@ def test_members_added_later_are_covered_once_sealed(ds_copy):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda m: m.pop("checksum"), 'no "checksum" member, which format version 2'),
+        (lambda m: m.pop("checksum"), 'no "checksum" member, which format version 3'),
         (lambda m: m.update(checksum="xxh64:1234"), "checksum 'xxh64:1234' must look like"),
         (lambda m: m.update(checksum=7), "checksum 7 must look like"),
-        (lambda m: m.update(version=3), r"version 3 is not supported.*\[1, 2\].*damaged"),
+        (lambda m: m.update(version=4), r"version 4 is not supported.*\[1, 2, 3\].*damaged"),
         (lambda m: m.update(version=True), "version True is not supported"),
         (lambda m: m.update(version=2.0), "version 2.0 is not supported"),
     ],
@@ -128,7 +128,7 @@ def test_missing_or_malformed_checksum_and_version(ds_copy, edit, match):
 
 def test_a_newer_version_with_a_valid_checksum_asks_for_an_upgrade(ds_copy):
     m = manifest_of(ds_copy)
-    m["version"] = 3
+    m["version"] = 4
     write_manifest(ds_copy, m)
     with pytest.raises(ManifestError, match="upgrade fastload to read it$"):
         fastload.Dataset(ds_copy)
@@ -227,4 +227,4 @@ def test_every_bit_flip_of_the_manifest_is_an_error_or_changes_nothing(ds_copy):
 def test_manifest_round_trips_through_from_bytes(small_path):
     data = (small_path / "manifest.json").read_bytes()
     m = Manifest.from_bytes(data, "m.json")
-    assert m.to_bytes() == data and m.version == 2
+    assert m.to_bytes() == data and m.version == 3

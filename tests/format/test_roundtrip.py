@@ -263,7 +263,7 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
             random = i % 20 < 10
             w.write({"i": i, "b": index_bytes(i, 60 + i % 3) if random else b"ab" * (i % 40)})
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "fastload" and manifest["version"] == 2
+    assert manifest["format"] == "fastload" and manifest["version"] == 3
     assert manifest["checksum"] == manifest_checksum(manifest)
     assert manifest["schema"] == [{"name": "i", "type": "int64"}, {"name": "b", "type": "bytes"}]
     assert manifest["records"] == 60 == sum(s["records"] for s in manifest["shards"])
@@ -283,7 +283,7 @@ def test_shard_layout_matches_the_documented_format(tmp_path):
         data = (path / entry["path"]).read_bytes()
         p = parse_shard(data)
         t = p["trailer"]
-        assert p["magic"] == MAGIC == t["magic"] and p["version"] == 2 == t["version"]
+        assert p["magic"] == MAGIC == t["magic"] and p["version"] == 3 == t["version"]
         assert p["flags"] == 0 == t["flags"] and p["reserved"] == b"\0" * 8
         assert p["schema_hash"] == schema_hash({"i": "int64", "b": "bytes"}) != 0
         assert entry["bytes"] == len(data)

@@ -310,3 +310,34 @@ def test_variable_length_fields_of_shared_image_batches(tmp_path):
         want = [list(range(i, i + i % 9)) for i in b["label"].tolist()]
         offsets = b["caption_offsets"].tolist()
         assert [b["caption"][a:z].tolist() for a, z in zip(offsets, offsets[1:])] == want
+
+
+def photo_jpeg(i: int) -> bytes:
+    """A 176x248 picture: enough MCUs that most crops leave some out (the entropy index)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:176, 0:248]
+    pixels = np.stack([(x * 2 + 9 * i) % 256, (y * 3) % 256, (x * y // 40 + i) % 256], -1)
+    f = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(f, "JPEG", quality=88)
+    return f.getvalue()
+
+
+def test_jpegs_with_their_entropy_index_load_as_without(tmp_path):
+    """The index changes how much of each JPEG is decoded, never a pixel of a batch."""
+    paths = []
+    for jpeg_index in (True, False):
+        path = tmp_path / f"index-{jpeg_index}"
+        with fastload.Writer(
+            path, {"image": "image", "label": "int64", "name": "str"}, jpeg_index=jpeg_index
+        ) as w:
+            for i in range(40):
+                w.write({"image": photo_jpeg(i), "label": i, "name": f"img{i}"})
+        paths.append(path)
+    with fastload.Dataset(paths[0]) as a, fastload.Dataset(paths[1]) as b:
+        assert a[0]["image"].entropy_index is not None and b[0]["image"].entropy_index is None
+    kw = dict(batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    indexed = epoch(paths[0], 2, **kw)
+    kw["generator"] = torch.Generator().manual_seed(3)
+    assert same(indexed, epoch(paths[1], 2, **kw))
+    assert sum(len(b["label"]) for b in indexed) == 40
