@@ -6,7 +6,8 @@ horizontal flip, uint8 HWC out. One core (the process pinned to one CPU where th
 
   A   PIL, torchvision-style: Image.open().convert('RGB'), crop, resize(224, BILINEAR), flip
   B*  Pillow-only attempts at decoding less: draft (DCT-scaled decode) + crop/box/reduce
-  F*  fastload.decode.decode_batch_into with each JPEG backend x resize backend
+  F*  fastload.decode.decode_batch_into with each JPEG backend x resize backend, and with each
+      JPEG's entropy index (what the Writer stores by default: only a crop's MCUs are decoded)
   S1  simplejpeg whole-image decode + the same PIL crop/resize as A
   D*  NVIDIA DALI CPU pipelines, num_threads=1 (if nvidia-dali is installed)
 
@@ -42,6 +43,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 
 import torch  # noqa: E402
 
+from fastload import _core  # noqa: E402
 from fastload.decode import (  # noqa: E402
     available_jpeg_backends,
     available_resize_backends,
@@ -59,6 +61,7 @@ FLIP = Image.Transpose.FLIP_LEFT_RIGHT
 
 # Set in main() before any worker process forks (they inherit them).
 IMAGES: list[bytes] = []
+INDEXES: list = []  # each JPEG's entropy index, as a fastload dataset stores it
 HEIGHTS: list[int] = []
 WIDTHS: list[int] = []
 PARAMS: list = []
@@ -158,7 +161,12 @@ def per_image(fn: Callable) -> Callable[[np.ndarray, int, int], None]:
 
 
 def fastload_batch(
-    jpeg: str, resize: str, layout: str = "HWC", threads: int = 1, batch: int = 50
+    jpeg: str,
+    resize: str,
+    layout: str = "HWC",
+    threads: int = 1,
+    batch: int = 50,
+    indexed: bool = False,
 ) -> Callable[[np.ndarray, int, int], None]:
     def run(out: np.ndarray, lo: int, hi: int) -> None:
         # Same seed as PARAMS: decode_batch_into draws the same crops and flips, in order.
@@ -177,6 +185,7 @@ def fastload_batch(
                 num_threads=threads,
                 jpeg_backend=jpeg,
                 resize_backend=resize,
+                indexes=INDEXES[b:e] if indexed else None,
             )
 
     run.layout = layout
@@ -381,7 +390,7 @@ def fastload_eval(jpeg: str, batch: int = 50) -> Callable:
 
 
 def main() -> None:
-    global IMAGES, HEIGHTS, WIDTHS, PARAMS
+    global IMAGES, INDEXES, HEIGHTS, WIDTHS, PARAMS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=5)
@@ -395,6 +404,7 @@ def main() -> None:
     torch.set_num_threads(1)  # as in a DataLoader worker
 
     IMAGES = load_images(n)
+    INDEXES = [_core.jpeg_entropy_index(d) for d in IMAGES]
     sizes = [Image.open(io.BytesIO(d)).size for d in IMAGES]
     WIDTHS = [s[0] for s in sizes]
     HEIGHTS = [s[1] for s in sizes]
@@ -421,6 +431,10 @@ def main() -> None:
         for r in resizes:
             variants[f"F  fastload {j} + {r} resize"] = fastload_batch(j, r, batch=batch)
     best_jpeg = jpegs[0]
+    if best_jpeg == "libjpeg-region":
+        variants[f"F  fastload {best_jpeg} + {resizes[0]}, indexed"] = fastload_batch(
+            best_jpeg, resizes[0], batch=batch, indexed=True
+        )
     variants[f"F  fastload {best_jpeg} + {resizes[0]}, CHW out"] = fastload_batch(
         best_jpeg, resizes[0], "CHW", batch=batch
     )
@@ -482,7 +496,8 @@ def main() -> None:
     # ---- two cores: every contender once per round, rounds interleaved
     base_name = "A  PIL decode+crop+resize (torchvision-style)"
     fastest = max(
-        (k for k in one if k.startswith("F  ") and "CHW" not in k), key=lambda k: one[k]["cpu"]
+        (k for k in one if k.startswith("F  ") and "CHW" not in k and "indexed" not in k),
+        key=lambda k: one[k]["cpu"],
     )
     fj, fr = fastest.split()[2], fastest.split()[4]
     contenders: dict[str, Callable] = {
@@ -491,6 +506,9 @@ def main() -> None:
         f"{fastest}, num_threads=2": fastload_batch(fj, fr, threads=2, batch=batch),
         f"{fastest}, 2 processes": Processes(variants[fastest], n),
     }
+    indexed = [k for k in variants if k.endswith(", indexed")]
+    if indexed:
+        contenders[f"{indexed[0]}, 2 processes"] = Processes(variants[indexed[0]], n)
     if fj != "pillow":  # what a machine without simplejpeg gets
         pname = f"F  fastload pillow + {fr} resize"
         contenders[f"{pname}, num_threads=2"] = fastload_batch("pillow", fr, threads=2, batch=batch)
