@@ -1,7 +1,8 @@
 """How fast does `fastload convert` build shards, next to what people use today?
 
 Images: an ImageNet-like JPEG folder converted by `python -m fastload convert` (2 and 1
-workers), WebDataset's ShardWriter and MosaicML Streaming's MDSWriter. Tokens: a uint16
+workers; and 2 without the JPEG entropy index, `--no-jpeg-index`), WebDataset's ShardWriter
+and MosaicML Streaming's MDSWriter. Tokens: a uint16
 token file converted by fastload, next to plain zstd on the same cores (the practical limit).
 All data is generated here, deterministically, and cached in benchmarks/.data/.
 
@@ -295,6 +296,26 @@ def bench_images(
         )
         for w in sorted({workers, 1}, reverse=True)
     ]
+    # Without the JPEG entropy index the loader's crops use (building it is a Huffman pass
+    # over each JPEG, ~1 ms of CPU for one of these): what convert costs when it only copies.
+    runs.append(
+        (
+            f"fastload --workers {workers} --no-jpeg-index",
+            out("fastload-noindex"),
+            fastload_cmd(
+                src,
+                out("fastload-noindex"),
+                "--from",
+                "imagefolder",
+                "--workers",
+                str(workers),
+                "--no-jpeg-index",
+                "--overwrite",
+                "--shard-size",
+                str(SHARD_BYTES),
+            ),
+        )
+    )
     # The same on a Ray cluster the convert starts locally (every CPU): what Ray costs where
     # one machine would do (its start-up, a task per part); loopback only.
     runs.append(
