@@ -1,6 +1,5 @@
 #include "jpeg_index.h"
 
-#include <array>
 #include <cstring>
 
 namespace fastload {
