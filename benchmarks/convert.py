@@ -297,7 +297,7 @@ def bench_images(
         for w in sorted({workers, 1}, reverse=True)
     ]
     # Without the JPEG entropy index the loader's crops use (building it is a Huffman pass
-    # over each JPEG, ~1 ms of CPU for one of these): what convert costs when it only copies.
+    # over each JPEG, ~0.7 ms of CPU for one of these): what convert costs when it only copies.
     runs.append(
         (
             f"fastload --workers {workers} --no-jpeg-index",

@@ -1,6 +1,7 @@
 #include "jpeg_index.h"
 
 #include <cstring>
+#include <memory>
 
 namespace fastload {
 
@@ -62,6 +63,66 @@ struct Huffman {
     return present = true;
   }
 };
+
+// Runs of AC symbols read with one lookup: for each value of the next kRunBits bits, the
+// complete symbols (code and value bits) they begin with, up to and including an end of
+// block. Most of a photo's AC symbols are short, so a lookup takes two to four of them.
+constexpr int kRunBits = 14;
+struct AcRuns {
+  uint8_t bits[1 << kRunBits] = {0};       // bits those symbols take; 0: the first is longer
+  uint8_t positions[1 << kRunBits] = {0};  // coefficient positions taken before an end of block
+  bool ends[1 << kRunBits] = {false};      // whether they end the block
+
+  explicit AcRuns(const Huffman& t) {
+    for (int v = 0; v < (1 << kRunBits); ++v) {
+      int used = 0, taken = 0;
+      while (used < kRunBits) {
+        // the next kLookBits bits after `used`, zeros past the window
+        const int peek = ((v << used) >> (kRunBits - kLookBits)) & ((1 << kLookBits) - 1);
+        const uint16_t e = t.look[peek];
+        const int len = e >> 8, rs = e & 0xFF, run = rs >> 4, size = rs & 15;
+        if (len == 0 || used + len + size > kRunBits) break;  // does not fit the window
+        used += len + size;
+        if (size == 0 && run != 15) {  // an end of block, as libjpeg reads any such symbol
+          ends[v] = true;
+          break;
+        }
+        taken += size == 0 ? 16 : run + 1;
+        if (taken > 63) break;  // (never read as a run: see skip_ac)
+      }
+      bits[v] = static_cast<uint8_t>(used);
+      positions[v] = static_cast<uint8_t>(taken > 255 ? 255 : taken);
+    }
+  }
+};
+
+// The runs of a table, made once per thread for the last few tables used (most JPEGs share
+// their encoder's standard tables, and making the runs costs more than using them for one
+// image). The least recently used goes: a scan uses at most 3 tables, so none that one JPEG's
+// index is using is replaced while it is built.
+const AcRuns& runs_of(const Huffman& t) {
+  struct Entry {
+    std::vector<uint8_t> key;  // the table's code counts and symbols
+    std::unique_ptr<AcRuns> runs;
+    uint64_t used = 0;
+  };
+  thread_local Entry cache[4];
+  thread_local uint64_t clock = 0;
+  std::vector<uint8_t> key(t.count, t.count + 17);
+  key.insert(key.end(), t.symbols, t.symbols + t.n);
+  Entry* oldest = &cache[0];
+  for (Entry& e : cache) {
+    if (e.runs && e.key == key) {
+      e.used = ++clock;
+      return *e.runs;
+    }
+    if (e.used < oldest->used) oldest = &e;
+  }
+  oldest->key = std::move(key);
+  oldest->runs = std::make_unique<AcRuns>(t);
+  oldest->used = ++clock;
+  return *oldest->runs;
+}
 
 struct Component {
   int id = 0, h = 1, v = 1, dc = 0, ac = 0;
@@ -229,19 +290,31 @@ class BitReader {
     return v < (1 << (s - 1)) ? v - (1 << s) + 1 : v;
   }
 
-  // Past one block's AC coefficients (their codes and value bits).
-  void skip_ac(const Huffman& t) {
-    for (int k = 1; k < 64; ++k) {
+  // Past one block's AC coefficients (their codes and value bits): a run of symbols at a
+  // time through `runs` where it stays inside the block, else one symbol at a time, each
+  // taking its run and itself (libjpeg's k += r, k++) and an end of block ending it.
+  void skip_ac(const Huffman& t, const AcRuns* runs) {
+    int k = 1;
+    while (k < 64) {
       if (bits_ < 32) fill();
+      if (runs != nullptr) {
+        const int v = static_cast<int>((buf_ >> (bits_ - kRunBits)) & ((1 << kRunBits) - 1));
+        if (runs->bits[v] && k + runs->positions[v] <= 63) {
+          bits_ -= runs->bits[v];
+          if (runs->ends[v]) return;
+          k += runs->positions[v];
+          continue;
+        }
+      }
       int len;
       const int rs = symbol(t, &len);
       const int run = rs >> 4, size = rs & 15;
       bits_ -= len + size;
       if (size) {
-        k += run;
+        k += run + 1;
       } else {
         if (run != 15) return;
-        k += 15;
+        k += 16;
       }
     }
   }
@@ -479,7 +552,8 @@ size_t end_before(const uint8_t* data, size_t size, uint32_t pos) {
 
 }  // namespace
 
-bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* out) {
+bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* out,
+                      bool symbol_runs) {
   out->clear();
   Header h;
   if (size >= kMaxSize || !parse_header(data, size, &h) || h.mcus_y > 0xFFFF || h.mcus_x > 0xFFFF)
@@ -501,6 +575,10 @@ bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* ou
   put_u16(&index, 0);
   put_u32(&index, 0);  // the entropy end, once known
 
+  const AcRuns* runs[4] = {nullptr, nullptr, nullptr, nullptr};  // each AC table the scan uses
+  if (symbol_runs) {
+    for (int c = 0; c < h.ncomp; ++c) runs[h.comp[c].ac] = &runs_of(h.ac[h.comp[c].ac]);
+  }
   BitReader in(data, size, h.entropy_start);
   int pred[3] = {0, 0, 0};
   for (int row = 0; row < h.mcus_y; ++row) {
@@ -517,7 +595,7 @@ bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* ou
         int& p = pred[h.block_comp[b]];
         p += in.dc_diff(h.dc[comp.dc]);
         if (p < -32768 || p > 32767) return false;
-        in.skip_ac(h.ac[comp.ac]);
+        in.skip_ac(h.ac[comp.ac], runs[comp.ac]);
       }
       if (!in.ok()) return false;
     }

@@ -30,7 +30,10 @@ namespace fastload {
 // Writes the entropy index of the JPEG in data[0:size] to *out (replacing its contents) and
 // returns true, or returns false (out left empty) when the JPEG is not indexable or its
 // entropy-coded data does not decode. Every read is bounds-checked (untrusted bytes).
-bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* out);
+// `symbol_runs` false reads one Huffman symbol at a time instead of several per table
+// lookup: the same index, slower (the tests compare the two).
+bool build_jpeg_index(const uint8_t* data, size_t size, std::vector<uint8_t>* out,
+                      bool symbol_runs = true);
 
 // The MCU grid an index describes (all zero for bytes that are not an index this build reads).
 struct JpegGrid {

@@ -152,8 +152,10 @@ FL_TEST(indexed_regions_equal_plain_ones) {
   const int layouts[][2] = {{1, 1}, {2, 1}, {2, 2}};
   for (const auto& layout : layouts) {
     const std::vector<uint8_t> jpeg = encode(layout[0], layout[1]);
-    std::vector<uint8_t> index;
+    std::vector<uint8_t> index, one_at_a_time;
     CHECK(fastload::build_jpeg_index(jpeg.data(), jpeg.size(), &index));
+    CHECK(fastload::build_jpeg_index(jpeg.data(), jpeg.size(), &one_at_a_time, false));
+    CHECK(index == one_at_a_time);  // runs of symbols per lookup read the same bits
     int indexed = 0, compared = 0;
     for (int scale : {1, 2, 4, 8}) {
       const int rows = scaled(kH, scale), cols = scaled(kW, scale);
