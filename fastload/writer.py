@@ -46,7 +46,7 @@ class Writer:
     ``jpeg_index`` (default True): each baseline JPEG of an image field is stored with its
     entropy index (~3 KB for a 640x480 photo, 2-3% of a 110 KB one; building it is one
     Huffman pass, ~0.7 ms for a 110 KB photo), with which the loader decodes only the MCUs
-    around a crop: ~18% less JPEG decode time for RandomResizedCrop(224) of ImageNet-sized
+    around a crop: ~20% less JPEG decode time for RandomResizedCrop(224) of ImageNet-sized
     photos (benchmarks/decode.py). The image's bytes read back unchanged either way.
     """
 
