@@ -117,7 +117,8 @@ def _add_output_options(out: Any) -> None:
         dest="jpeg_index",
         action="store_false",
         help="store JPEGs without their entropy index (by default each baseline JPEG gets one, "
-        "~3 KB for a 640x480 photo, so that a crop decodes only its own MCUs: ~20%% less decode time)",
+        "~3 KB for a 640x480 photo, so that a crop decodes only its own MCUs: ~20%% less "
+        "decode time)",
     )
     out.add_argument(
         "--overwrite", action="store_true", help="replace a fastload dataset already at DST"
