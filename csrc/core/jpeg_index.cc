@@ -332,7 +332,6 @@ class BitReader {
   }
 
   // Whether every bit read so far came from the data (none from the zeros after its end).
-  // (Also false where a code was not one of its table's.)
   bool within_data() const { return 8 * total_ - static_cast<uint64_t>(bits_) <= 8 * real_; }
 
   // The file offset just past the byte of the last bit read (and its 0x00 stuffing).
@@ -428,6 +427,12 @@ int entries_per_row(int cols, int step) { return (cols + step - 1) / step; }
 int step_for(int cols) {
   const int step = (cols + 15) / 16;
   return step < 4 ? 4 : (step > 255 ? 255 : step);
+}
+
+// A byte of entropy-coded data: a 0xFF is followed by a stuffed 0x00.
+void put_stuffed(std::vector<uint8_t>* out, uint8_t byte) {
+  out->push_back(byte);
+  if (byte == 0xFF) out->push_back(0x00);
 }
 
 // Appends bits, most significant first, to whole bytes (0xFF stuffing is the caller's).
@@ -689,11 +694,11 @@ bool jpeg_window(const uint8_t* data, size_t size, const uint8_t* index, size_t 
     // each component carries that component's predictor at this MCU as its DC difference,
     // the others a zero one; each block ends at once (EOB), but for the padding AC symbols
     // in the first block that make its length end where the original row starts in its byte.
-    int length = 0;
+    int diff[10], length = 0;
     for (int b = 0; b < h.blocks; ++b) {
       const int c = h.block_comp[b];
-      const int diff = h.first_of_comp[b] ? static_cast<int16_t>(get_u16(e + 4 + 2 * c)) : 0;
-      const int n = dc_bits(h.dc[h.comp[c].dc], diff);
+      diff[b] = h.first_of_comp[b] ? static_cast<int16_t>(get_u16(e + 4 + 2 * c)) : 0;
+      const int n = dc_bits(h.dc[h.comp[c].dc], diff[b]);
       const Huffman& ac = h.ac[h.comp[c].ac];
       if (n < 0 || !ac.length[0]) return false;
       length += n + ac.length[0];
@@ -704,8 +709,7 @@ bool jpeg_window(const uint8_t* data, size_t size, const uint8_t* index, size_t 
     for (int b = 0; b < h.blocks; ++b) {
       const int c = h.block_comp[b];
       const Huffman& ac = h.ac[h.comp[c].ac];
-      put_dc(&w, h.dc[h.comp[c].dc],
-             h.first_of_comp[b] ? static_cast<int16_t>(get_u16(e + 4 + 2 * c)) : 0);
+      put_dc(&w, h.dc[h.comp[c].dc], diff[b]);
       if (b == 0) {
         for (uint8_t s : padding.symbols[want]) {
           w.put(pad_table.code[s], pad_table.length[s]);
@@ -715,16 +719,11 @@ bool jpeg_window(const uint8_t* data, size_t size, const uint8_t* index, size_t 
       w.put(ac.code[0], ac.length[0]);
     }
     if (w.partial_bits() != bit) return false;
-    for (uint8_t byte : w.bytes()) {
-      out->push_back(byte);
-      if (byte == 0xFF) out->push_back(0x00);
-    }
+    for (uint8_t byte : w.bytes()) put_stuffed(out, byte);
     size_t from = from_byte;
     if (bit > 0) {  // the synthetic MCU's last bits and the row's first bits share a byte
       const uint8_t low = static_cast<uint8_t>(data[from_byte] & ((1u << (8 - bit)) - 1));
-      const uint8_t byte = static_cast<uint8_t>((w.partial() << (8 - bit)) | low);
-      out->push_back(byte);
-      if (byte == 0xFF) out->push_back(0x00);
+      put_stuffed(out, static_cast<uint8_t>((w.partial() << (8 - bit)) | low));
       from = from_byte + (stuffed ? 2 : 1);
     }
     if (from > end) return false;  // (bytes that changed since the index was built)
