@@ -47,10 +47,16 @@ __all__ = [
     "set_mapped_budget",
     "release_count",
     "FAULT_AROUND",
+    "FAULT_REGION",
     "DEFAULT_MAPPED_BUDGET",
 ]
 
 FAULT_AROUND = 64 << 10  # what a read fault of a file map maps around it (Linux's default)
+#: The most a read fault of a file map may map around it: pages of the 2 MiB-aligned block of
+#: addresses that one page table covers, which the kernel never crosses. Fault-around maps 64
+#: KiB of it, but a page cache holding the file in large folios (Linux 6.x on ext4 and xfs)
+#: maps a whole folio: touching one page of a freshly written file mapped 1 MiB here.
+FAULT_REGION = 2 << 20
 #: Bytes of mapped data a process reads (as :func:`note_read` counts them) before it lets the
 #: pages of its maps go: at most about this much of its data stays mapped in it. Random reads
 #: over more data than the budget fault about once a record (each fault maps 64 KiB or more
@@ -142,17 +148,17 @@ def release(mapped: memoryview, offset: int, length: int) -> bool:
     return end > start and _madvise(start, end - start, mmap.MADV_DONTNEED) == 0
 
 
-def release_pages(view: memoryview, around: int = 0) -> int:
+def release_pages(view: memoryview, region: int = 0) -> int:
     """Drop this process's page-table entries for the pages of ``view``, a slice of a map
     that :func:`map_readonly` made (anything else is left alone: on memory that is not a
-    shared file mapping, MADV_DONTNEED would zero it), and for ``around`` bytes on each side
-    of it within the map. The pages stay in the page cache, shared, and the next access maps
-    them again (a minor fault, no I/O); meanwhile they are no longer counted in this
-    process's RSS or PSS. A loader worker decoding a dataset's images at random touches
-    each page about once an epoch, so its maps would otherwise come to hold the whole
-    dataset, where a read() into a buffer holds none of it. ``around``: a read fault maps
-    the pages around it too (fault-around, 64 KiB), pages of the neighbouring records.
-    Returns the bytes released."""
+    shared file mapping, MADV_DONTNEED would zero it), widened to whole ``region``-aligned
+    blocks of addresses (a power of two; 0: the view's pages only) within the map. The pages
+    stay in the page cache, shared, and the next access maps them again (a minor fault, no
+    I/O); meanwhile they are no longer counted in this process's RSS or PSS. A loader worker
+    decoding a dataset's images at random touches each page about once an epoch, so its maps
+    would otherwise come to hold the whole dataset, where a read() into a buffer holds none
+    of it. ``region=FAULT_REGION``: also every page a read of ``view`` may have mapped beside
+    it, pages of the neighbouring records. Returns the bytes released."""
     base = getattr(view, "obj", None)
     if _madvise is None or not hasattr(mmap, "MADV_DONTNEED") or not len(view):
         return 0
@@ -162,8 +168,9 @@ def release_pages(view: memoryview, around: int = 0) -> int:
     if _MAPS.get(low) != len(base):
         return 0
     start = low if len(view) == len(base) else int(np.frombuffer(view, np.uint8).ctypes.data)
-    first = max(low, (start - around) // _PAGE * _PAGE)  # the map starts on a page
-    end = min(low + len(base), -(-(start + len(view) + around) // _PAGE) * _PAGE)
+    align = max(region, _PAGE)
+    first = max(low, start // align * align)  # the map starts on a page
+    end = min(low + len(base), -(-(start + len(view)) // align) * align)
     if end <= first or _madvise(first, end - first, mmap.MADV_DONTNEED) != 0:
         return 0
     return end - first

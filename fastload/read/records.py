@@ -14,7 +14,7 @@ from .. import _core
 from ..errors import CorruptRecordError
 from ..format.record import RecordDecodeError, RecordLayout
 from ..format.schema import Field
-from ..io.mapping import FAULT_AROUND, note_read, release_pages
+from ..io.mapping import FAULT_REGION, note_read, release_pages
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -178,5 +178,5 @@ def release_views(views: Iterable[memoryview | None]) -> None:
     decoding a dataset's images otherwise came to map every image it had read, ~1.3x
     torch DataLoader's memory (PSS) on 334 MB of JPEGs, where torch read()s its files."""
     for view in views:
-        if view is not None:  # the pages read faults mapped around it too
-            release_pages(view, around=FAULT_AROUND)
+        if view is not None:  # and the pages the reads' faults mapped beside it
+            release_pages(view, region=FAULT_REGION)
