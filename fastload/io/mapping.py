@@ -152,13 +152,16 @@ def release_pages(view: memoryview, region: int = 0) -> int:
     """Drop this process's page-table entries for the pages of ``view``, a slice of a map
     that :func:`map_readonly` made (anything else is left alone: on memory that is not a
     shared file mapping, MADV_DONTNEED would zero it), widened to whole ``region``-aligned
-    blocks of addresses (a power of two; 0: the view's pages only) within the map. The pages
-    stay in the page cache, shared, and the next access maps them again (a minor fault, no
-    I/O); meanwhile they are no longer counted in this process's RSS or PSS. A loader worker
-    decoding a dataset's images at random touches each page about once an epoch, so its maps
-    would otherwise come to hold the whole dataset, where a read() into a buffer holds none
-    of it. ``region=FAULT_REGION``: also every page a read of ``view`` may have mapped beside
-    it, pages of the neighbouring records. Returns the bytes released."""
+    blocks of addresses (a multiple of the page size; 0: the view's pages only) within the
+    map. The pages stay in the page cache, shared, and the next access maps them again (a
+    minor fault, no I/O); meanwhile they are no longer counted in this process's RSS or PSS.
+    A loader worker decoding a dataset's images at random touches each page about once an
+    epoch, so its maps would otherwise come to hold the whole dataset, where a read() into a
+    buffer holds none of it. ``region=FAULT_REGION``: also every page a read of ``view`` may
+    have mapped beside it, pages of the neighbouring records. Returns the bytes released."""
+    align = max(region, _PAGE)
+    if align % _PAGE:
+        raise ValueError(f"region must be a multiple of the page size, got {region}")
     base = getattr(view, "obj", None)
     if _madvise is None or not hasattr(mmap, "MADV_DONTNEED") or not len(view):
         return 0
@@ -168,7 +171,6 @@ def release_pages(view: memoryview, region: int = 0) -> int:
     if _MAPS.get(low) != len(base):
         return 0
     start = low if len(view) == len(base) else int(np.frombuffer(view, np.uint8).ctypes.data)
-    align = max(region, _PAGE)
     first = max(low, start // align * align)  # the map starts on a page
     end = min(low + len(base), -(-(start + len(view)) // align) * align)
     if end <= first or _madvise(first, end - first, mmap.MADV_DONTNEED) != 0:

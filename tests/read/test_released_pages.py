@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from fastload.io.mapping import FAULT_REGION, map_readonly, release_pages
 
@@ -43,6 +44,8 @@ def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
     first, end = (low + (9 << 19)) >> 20 << 20, -(-(low + (5 << 20) + 1) >> 20) << 20
     assert release_pages(view[9 << 19 : (5 << 20) + 1], region=1 << 20) == end - first
     assert resident(view) == len(data) - (4 << 20) - (end - max(first, low + (4 << 20)))
+    with pytest.raises(ValueError, match="multiple of the page size"):
+        release_pages(view[:10], region=5000)
     assert release_pages(view) == len(data)
     assert resident(view) == 0
     np.testing.assert_array_equal(pages, data)  # mapped again as read, unchanged
