@@ -27,13 +27,19 @@ def resident(view: memoryview) -> int:
     raise AssertionError("the mapping is not in smaps")
 
 
-def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
-    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+def mapped_file(tmp_path, nbytes: int, seed: int) -> tuple[np.ndarray, memoryview]:
+    """``nbytes`` random bytes written to a file, and a map of that file (nothing touched)."""
+    data = np.random.default_rng(seed).integers(0, 255, nbytes, dtype=np.uint8)
     path = tmp_path / "f"
     data.tofile(path)
     fd = os.open(path, os.O_RDONLY)
     view = map_readonly(fd, len(data))
     os.close(fd)
+    return data, view
+
+
+def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
+    data, view = mapped_file(tmp_path, 8 << 20, seed=0)
     pages = np.frombuffer(view, np.uint8)
     assert int(pages[::4096].sum()) == int(data[::4096].sum())  # every page read
     assert resident(view) >= len(data) - 4096
@@ -55,12 +61,7 @@ def test_what_a_read_fault_mapped_beside_a_view_goes_with_it(tmp_path):
     # A fault maps more than the page it touched: fault-around, or a whole large folio of
     # the page cache (1 MiB on a freshly written file seen on Linux 6.18). Released by
     # FAULT_REGION, whatever the kernel mapped goes.
-    data = np.random.default_rng(1).integers(0, 255, 6 << 20, dtype=np.uint8)
-    path = tmp_path / "f"
-    data.tofile(path)
-    fd = os.open(path, os.O_RDONLY)
-    view = map_readonly(fd, len(data))
-    os.close(fd)
+    data, view = mapped_file(tmp_path, 6 << 20, seed=1)
     pages = np.frombuffer(view, np.uint8)
     for at in (0, 3 << 20, (6 << 20) - 1):
         assert int(pages[at]) == int(data[at])
