@@ -45,13 +45,16 @@ def test_released_pages_leave_the_process_and_read_the_same(tmp_path):
     assert resident(view) >= len(data) - 4096
     assert release_pages(view[10 : 4 << 20]) == 4 << 20  # its pages, partial ones too
     assert resident(view) == len(data) - (4 << 20)
-    # Widened to whole 1 MiB-aligned blocks of addresses, clipped to the map.
+    # Widened to whole 1 MiB-aligned blocks of addresses.
     low = int(pages.ctypes.data)
     first, end = (low + (9 << 19)) >> 20 << 20, -(-(low + (5 << 20) + 1) >> 20) << 20
     assert release_pages(view[9 << 19 : (5 << 20) + 1], region=1 << 20) == end - first
     assert resident(view) == len(data) - (4 << 20) - (end - max(first, low + (4 << 20)))
     with pytest.raises(ValueError, match="multiple of the page size"):
         release_pages(view[:10], region=5000)
+    # A region larger than the map: never past either of its ends.
+    top = low + len(data)
+    assert release_pages(view[-1:], region=64 << 20) == top - max(low, (top - 1) >> 26 << 26)
     assert release_pages(view) == len(data)
     assert resident(view) == 0
     np.testing.assert_array_equal(pages, data)  # mapped again as read, unchanged
