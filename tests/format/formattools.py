@@ -121,6 +121,13 @@ def write_compressed_rows(path: Path, n: int) -> np.ndarray:
     return rows
 
 
+def assert_files_unchanged(folder: Path, sha256: dict[str, str]) -> None:
+    """``folder`` holds exactly the files named in ``sha256``, each with that digest."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(sha256)
+    for name, digest in sha256.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+
+
 def all_files(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` by relative path (for byte-identical comparisons)."""
     return {

@@ -4,7 +4,6 @@ schema fingerprints are the ones docs/format.md defines, computed here independe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 
@@ -15,7 +14,14 @@ import fastload
 from fastload.format.imageinfo import EncodedImage
 from fastload.verify import verify_dataset
 
-from .formattools import CODEC_NONE, CODEC_ZSTD, manifest_checksum, parse_shard, schema_hash
+from .formattools import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    assert_files_unchanged,
+    manifest_checksum,
+    parse_shard,
+    schema_hash,
+)
 from .make_golden import (
     PNG_3X2,
     V2_DIR,
@@ -39,9 +45,7 @@ V2_SHA256 = {
 
 
 def test_golden_v2_files_are_unchanged():
-    assert sorted(p.name for p in V2_DIR.iterdir()) == sorted(V2_SHA256)
-    for name, digest in V2_SHA256.items():
-        assert hashlib.sha256((V2_DIR / name).read_bytes()).hexdigest() == digest, name
+    assert_files_unchanged(V2_DIR, V2_SHA256)
 
 
 @pytest.fixture(scope="module")

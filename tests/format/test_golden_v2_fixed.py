@@ -5,7 +5,6 @@ with; its shards' layout is the one docs/format.md defines, parsed here independ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import warnings
@@ -16,7 +15,14 @@ import pytest
 import fastload
 from fastload.verify import verify_dataset
 
-from .formattools import CODEC_NONE, CODEC_ZSTD, FIXED_SIZE, hash64, parse_shard
+from .formattools import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    FIXED_SIZE,
+    assert_files_unchanged,
+    hash64,
+    parse_shard,
+)
 from .make_golden import (
     V2_FIXED_DIR,
     V2_FIXED_OPTIONS,
@@ -36,9 +42,7 @@ RECORD_SIZE = 8 + 1 + 4 + 1 + 24 + 4 + 10 + 1024  # the schema's fixed part
 
 
 def test_golden_v2_fixed_files_are_unchanged():
-    assert sorted(p.name for p in V2_FIXED_DIR.iterdir()) == sorted(V2_FIXED_SHA256)
-    for name, digest in V2_FIXED_SHA256.items():
-        assert hashlib.sha256((V2_FIXED_DIR / name).read_bytes()).hexdigest() == digest, name
+    assert_files_unchanged(V2_FIXED_DIR, V2_FIXED_SHA256)
 
 
 @pytest.fixture(scope="module")
