@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError, FastloadError
@@ -121,8 +121,9 @@ def convert(
     """
     start = time.monotonic()
     src, dst = os.fspath(src), os.fspath(dst)
-    opts = _write_options(dst, shard_size, block_size, compression, level, storage_options)
-    opts = replace(opts, jpeg_index=bool(jpeg_index))
+    opts = _write_options(
+        dst, shard_size, block_size, compression, level, storage_options, jpeg_index
+    )
     workers = _checked_workers(workers)
     _check_not_nested(src, dst)
     inputs = Inputs(src, storage_options if src_storage_options is None else src_storage_options)
@@ -202,11 +203,18 @@ def _write_options(
     compression: str,
     level: int,
     storage_options: dict[str, Any] | None,
+    jpeg_index: bool = True,
 ) -> WriteOptions:
     """Checked Writer arguments: bad ones fail here, before any work, not in a worker."""
     try:
         opts = WriteOptions(
-            dst, parse_size(shard_size), parse_size(block_size), compression, level, storage_options
+            dst,
+            parse_size(shard_size),
+            parse_size(block_size),
+            compression,
+            level,
+            storage_options,
+            bool(jpeg_index),
         )
         BlockCompressor(compression, level)
     except ValueError as e:
