@@ -47,14 +47,15 @@ void register_jpeg(nb::module_& m) {
       "Returns (status, message, image_height, image_width, row0, col0, rows, cols, indexed):\n"
       "status 0 decoded: ``out[: rows * cols * 3]`` holds scaled rows [row0, row0 + rows) and\n"
       "columns [col0, col0 + cols) (the columns widened to whole blocks), ``indexed`` whether\n"
-      "only the MCUs around the region were decoded, through ``index``; 1 not handled here (CMYK or\n"
-      "YCCK, or libjpeg warned about corrupt or truncated data): decode it another way; 2 the\n"
-      "header's size is not expect_height x expect_width; 3 libjpeg refused the data (message\n"
-      "says why), or out is too small; 4 built without libjpeg-turbo. Pixels equal a\n"
-      "whole-image decode's except on the region's outermost pixels (chroma upsampling at an\n"
-      "edge): ask for one more on each side than is used. ``index``: the JPEG's entropy index\n"
-      "(``jpeg_entropy_index``), with which only the MCUs around the region are decoded; the\n"
-      "same pixels either way, and an index that does not fit these bytes is ignored. Runs with the GIL released.");
+      "only the MCUs around the region were decoded, through ``index``; 1 not handled here\n"
+      "(CMYK or YCCK, or libjpeg warned about corrupt or truncated data): decode it another\n"
+      "way; 2 the header's size is not expect_height x expect_width; 3 libjpeg refused the\n"
+      "data (message says why), or out is too small; 4 built without libjpeg-turbo. Pixels\n"
+      "equal a whole-image decode's except on the region's outermost pixels (chroma\n"
+      "upsampling at an edge): ask for one more on each side than is used. ``index``: the\n"
+      "JPEG's entropy index (``jpeg_entropy_index``), with which only the MCUs around the\n"
+      "region are decoded; the same pixels either way, and an index that does not fit these\n"
+      "bytes is ignored. Runs with the GIL released.");
 
   m.def(
       "jpeg_entropy_index",
